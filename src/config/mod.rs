@@ -1,0 +1,566 @@
+//! Configuration: one serde struct per section, defaults in code, TOML files plus
+//! `SENSORCAST__SECTION__KEY` environment overrides, and validation that names the key.
+//!
+//! Every key is documented in `config/default.toml`; a test keeps that file and these defaults
+//! in step. Parsing rejects unknown keys (`deny_unknown_fields`); [`Config::validate`] then
+//! checks values and reports every problem at once as `key: what is wrong`.
+
+mod duration;
+
+pub use duration::HumanDuration;
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Input streams: one schema (and one model) each.
+    pub streams: Vec<StreamConfig>,
+    /// Model architecture and registry.
+    pub model: ModelConfig,
+    /// Streaming engine behaviour.
+    pub engine: EngineConfig,
+    /// Anomaly scoring.
+    pub anomaly: AnomalyConfig,
+    /// Training.
+    pub train: TrainConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            streams: vec![StreamConfig::default()],
+            model: ModelConfig::default(),
+            engine: EngineConfig::default(),
+            anomaly: AnomalyConfig::default(),
+            train: TrainConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Input payload format of a stream.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `{"device":…,"ts":…,"values":{…}}`
+    Json,
+    /// InfluxDB line protocol as Telegraf writes it.
+    Line,
+}
+
+/// One input stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Stream name; the `stream` tag of every output point and the model's registry folder.
+    pub name: String,
+    /// Kafka topic (used by `serve`).
+    pub topic: String,
+    /// Payload format.
+    pub format: Format,
+    /// Feature names, in model input order.
+    pub features: Vec<String>,
+    /// Tag (line protocol) or field (JSON) that carries the device id when the message key
+    /// does not.
+    pub device_key: String,
+    /// Expected time between readings of a device; used for forecast timestamps until a
+    /// device's own interval is known.
+    pub interval: HumanDuration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            name: "pumps".into(),
+            topic: "sensors.pumps".into(),
+            format: Format::Json,
+            features: vec!["vibration".into(), "temperature".into(), "current".into()],
+            device_key: "device".into(),
+            interval: HumanDuration::from_secs(60),
+        }
+    }
+}
+
+/// Model architecture and registry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Directory of versioned models: `<registry>/<stream>/<version>/`.
+    pub registry: PathBuf,
+    /// LSTM hidden width.
+    pub hidden: usize,
+    /// Stacked LSTM layers.
+    pub layers: usize,
+    /// Forecast steps ahead.
+    pub horizon: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            registry: PathBuf::from("models"),
+            hidden: 64,
+            layers: 1,
+            horizon: 3,
+        }
+    }
+}
+
+/// Streaming engine behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// A gap between two readings of a device longer than this resets its LSTM state.
+    pub max_gap: HumanDuration,
+    /// Readings per device before anomaly flags are raised (cold start).
+    pub warmup: u32,
+    /// Largest micro-batch stepped at once.
+    pub max_batch: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_gap: HumanDuration::from_secs(3600),
+            warmup: 30,
+            max_batch: 4096,
+        }
+    }
+}
+
+/// Anomaly scoring (DESIGN.md §4).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalyConfig {
+    /// A reading whose score reaches this is flagged at once (a sharp outlier).
+    pub score_threshold: f64,
+    /// A device whose anomaly likelihood reaches this is flagged (a sustained change).
+    pub likelihood_threshold: f64,
+    /// Readings in the short-term average of scores.
+    pub short_window: u32,
+    /// Readings in the long-term history the short-term average is compared with.
+    pub long_window: u32,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        Self {
+            score_threshold: 0.999_99,
+            likelihood_threshold: 0.999,
+            short_window: 8,
+            long_window: 500,
+        }
+    }
+}
+
+/// Training.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Steps per training window.
+    pub window: usize,
+    /// Windows start every `stride` readings.
+    pub stride: usize,
+    /// Most passes over the training windows.
+    pub epochs: usize,
+    /// Windows per optimiser step.
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub learning_rate: f64,
+    /// Share of each device's history (its most recent part) held out for validation.
+    pub validation_fraction: f64,
+    /// Epochs without validation improvement before stopping early.
+    pub patience: usize,
+    /// Seed for initialisation and shuffling; the same seed and data give the same model.
+    pub seed: u64,
+    /// Upper bound on training windows (evenly subsampled beyond it).
+    pub max_windows: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            window: 48,
+            stride: 8,
+            epochs: 30,
+            batch_size: 64,
+            learning_rate: 3e-3,
+            validation_fraction: 0.2,
+            patience: 4,
+            seed: 42,
+            max_windows: 20_000,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `sensorcast=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// One problem with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `model.hidden` or `streams[0].features`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing or unreadable.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TOML or an environment override does not parse into the schema.
+    #[error("config {origin}: {message}")]
+    Parse {
+        /// File name, or "environment".
+        origin: String,
+        /// The parser's message (names the key).
+        message: String,
+    },
+    /// Values parsed but are not usable.
+    #[error("invalid config{}:\n{}", origin.as_ref().map(|o| format!(" {o}")).unwrap_or_default(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// File name, if any.
+        origin: Option<String>,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+impl Config {
+    /// Loads defaults, then `path` (when given), then `SENSORCAST__…` environment overrides,
+    /// and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        let origin = path.map(|p| p.display().to_string());
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            // Parse the file alone first so that its errors name the file, not the merge.
+            let file_only = config::Config::builder()
+                .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+                .build()
+                .map_err(|e| ConfigError::Parse {
+                    origin: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            file_only
+                .try_deserialize::<Config>()
+                .map_err(|e| ConfigError::Parse {
+                    origin: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        let env: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("SENSORCAST__"))
+            .collect();
+        let has_env = !env.is_empty();
+        builder = builder.add_source(
+            config::Environment::with_prefix("SENSORCAST")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let merged = builder.build().map_err(|e| ConfigError::Parse {
+            origin: origin.clone().unwrap_or_else(|| "environment".into()),
+            message: e.to_string(),
+        })?;
+        let cfg: Config = merged.try_deserialize().map_err(|e| ConfigError::Parse {
+            origin: if has_env {
+                "environment (SENSORCAST__…)".into()
+            } else {
+                origin.clone().unwrap_or_else(|| "defaults".into())
+            },
+            message: e.to_string(),
+        })?;
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid { origin, problems })
+        }
+    }
+
+    /// Checks values that parse but cannot work; returns every problem found.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |key: String, message: String| p.push(Problem { key, message });
+        if self.streams.is_empty() {
+            bad("streams".into(), "at least one [[streams]] entry is required".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.streams.iter().enumerate() {
+            let key = |k: &str| format!("streams[{i}].{k}");
+            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                bad(key("name"), format!("{:?} must be non-empty and use only letters, digits, '-', '_' or '.'", s.name));
+            }
+            if !names.insert(s.name.clone()) {
+                bad(key("name"), format!("stream name {:?} is used twice", s.name));
+            }
+            if s.topic.is_empty() {
+                bad(key("topic"), "must not be empty".into());
+            }
+            if s.features.is_empty() {
+                bad(key("features"), "needs at least one feature".into());
+            }
+            let mut seen = std::collections::HashSet::new();
+            for f in &s.features {
+                if f.is_empty() || f.contains(['"', '\n', '\\']) {
+                    bad(key("features"), format!("feature name {f:?} is empty or has a quote, backslash or newline"));
+                }
+                if !seen.insert(f) {
+                    bad(key("features"), format!("feature {f:?} is listed twice"));
+                }
+            }
+            if s.device_key.is_empty() {
+                bad(key("device_key"), "must not be empty".into());
+            }
+            if s.interval.as_nanos() == 0 {
+                bad(key("interval"), "must be longer than zero".into());
+            }
+        }
+        let m = &self.model;
+        if !(1..=1024).contains(&m.hidden) {
+            bad("model.hidden".into(), format!("{} is out of range 1..=1024", m.hidden));
+        }
+        if !(1..=8).contains(&m.layers) {
+            bad("model.layers".into(), format!("{} is out of range 1..=8", m.layers));
+        }
+        if !(1..=256).contains(&m.horizon) {
+            bad("model.horizon".into(), format!("{} is out of range 1..=256", m.horizon));
+        }
+        if m.registry.as_os_str().is_empty() {
+            bad("model.registry".into(), "must not be empty".into());
+        }
+        let e = &self.engine;
+        if e.max_gap.as_nanos() == 0 {
+            bad("engine.max_gap".into(), "must be longer than zero".into());
+        }
+        if !(1..=1_000_000).contains(&e.max_batch) {
+            bad("engine.max_batch".into(), format!("{} is out of range 1..=1000000", e.max_batch));
+        }
+        let a = &self.anomaly;
+        for (k, v) in [("anomaly.score_threshold", a.score_threshold), ("anomaly.likelihood_threshold", a.likelihood_threshold)] {
+            if !(v > 0.0 && v < 1.0) {
+                bad(k.into(), format!("{v} must be strictly between 0 and 1"));
+            }
+        }
+        if a.short_window == 0 {
+            bad("anomaly.short_window".into(), "must be at least 1".into());
+        }
+        if a.long_window <= a.short_window {
+            bad("anomaly.long_window".into(), format!("{} must be larger than anomaly.short_window ({})", a.long_window, a.short_window));
+        }
+        let t = &self.train;
+        if t.window < 2 {
+            bad("train.window".into(), "must be at least 2".into());
+        }
+        if t.stride == 0 {
+            bad("train.stride".into(), "must be at least 1".into());
+        }
+        if t.epochs == 0 {
+            bad("train.epochs".into(), "must be at least 1".into());
+        }
+        if t.batch_size == 0 {
+            bad("train.batch_size".into(), "must be at least 1".into());
+        }
+        if !(t.learning_rate > 0.0 && t.learning_rate < 1.0) {
+            bad("train.learning_rate".into(), format!("{} must be in (0, 1)", t.learning_rate));
+        }
+        if !(t.validation_fraction > 0.0 && t.validation_fraction < 0.9) {
+            bad("train.validation_fraction".into(), format!("{} must be in (0, 0.9)", t.validation_fraction));
+        }
+        if t.max_windows == 0 {
+            bad("train.max_windows".into(), "must be at least 1".into());
+        }
+        if self.log.level.trim().is_empty() {
+            bad("log.level".into(), "must not be empty".into());
+        } else if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            bad("log.level".into(), format!("{:?} is not a valid tracing filter", self.log.level));
+        }
+        p
+    }
+
+    /// The stream called `name`, or the only stream when `name` is `None`.
+    pub fn stream(&self, name: Option<&str>) -> Result<&StreamConfig, String> {
+        match name {
+            Some(n) => self.streams.iter().find(|s| s.name == n).ok_or_else(|| {
+                let known: Vec<_> = self.streams.iter().map(|s| s.name.as_str()).collect();
+                format!("no stream named {n:?} in the config (streams: {})", known.join(", "))
+            }),
+            None if self.streams.len() == 1 => Ok(&self.streams[0]),
+            None => Err("the config has several streams: choose one with --stream NAME".into()),
+        }
+    }
+
+    /// The effective configuration as TOML, with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut value = match toml::Value::try_from(self) {
+            Ok(v) => v,
+            Err(e) => return format!("# cannot render config: {e}\n"),
+        };
+        mask_secrets(&mut value);
+        toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Replaces the value of every key that looks like a secret with `"***"`.
+fn mask_secrets(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                let lower = k.to_ascii_lowercase();
+                let secret = ["token", "password", "secret"].iter().any(|s| lower.contains(s)) && !lower.ends_with("_file");
+                if secret {
+                    if let toml::Value::String(s) = v {
+                        if !s.is_empty() {
+                            *s = "***".into();
+                        }
+                    }
+                } else {
+                    mask_secrets(v);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(mask_secrets),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let f = write(text);
+        Config::load_with_env(Some(f.path()), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn default_toml_matches_code_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let cfg = Config::load_with_env(Some(&path), []).expect("config/default.toml loads");
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load("[model]\nhiden = 3\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("hiden"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = load("[model]\nhidden = \"big\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("hidden"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_keys() {
+        let err = load("[model]\nhidden = 0\n[train]\nvalidation_fraction = 1.5\n", &[]).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else { panic!("expected Invalid, got {err}") };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["model.hidden", "train.validation_fraction"]);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let cfg = load("[model]\nhidden = 16\n", &[("SENSORCAST__MODEL__HIDDEN", "24"), ("OTHER", "x")]).expect("loads");
+        assert_eq!(cfg.model.hidden, 24);
+        let err = load("", &[("SENSORCAST__MODEL__HIDDEN", "lots")]).unwrap_err().to_string();
+        assert!(err.contains("environment") && err.contains("hidden"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_and_reject() {
+        let cfg = load("[engine]\nmax_gap = \"90s\"\n", &[]).expect("loads");
+        assert_eq!(cfg.engine.max_gap.as_nanos(), 90_000_000_000);
+        let err = load("[engine]\nmax_gap = \"soon\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn several_streams_need_a_choice() {
+        let cfg = load(
+            "[[streams]]\nname = \"a\"\ntopic = \"t.a\"\nfeatures = [\"x\"]\n[[streams]]\nname = \"b\"\ntopic = \"t.b\"\nfeatures = [\"y\"]\n",
+            &[],
+        )
+        .expect("loads");
+        assert!(cfg.stream(None).is_err());
+        assert_eq!(cfg.stream(Some("b")).expect("b").features, ["y"]);
+        assert!(cfg.stream(Some("c")).unwrap_err().contains("\"c\""));
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let mut v: toml::Value = toml::from_str("[influxdb]\ntoken = \"abc\"\ntoken_file = \"/run/t\"\n").expect("toml");
+        mask_secrets(&mut v);
+        let s = v.to_string();
+        assert!(s.contains("***") && !s.contains("abc") && s.contains("/run/t"), "{s}");
+    }
+}

@@ -1,0 +1,743 @@
+//! Decoding readings: JSON and InfluxDB line protocol messages (DESIGN.md §5), and CSV or
+//! either message format in files.
+//!
+//! Keeps invariant §3.4 (bad input is contained) at the edge: every failure is a
+//! [`DecodeError`] with a stable `reason()` (a metric label) and a message that names the
+//! field, so callers can count it, log it and dead-letter it without ever panicking.
+
+use crate::config::StreamConfig;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// One sensor reading, validated against its stream's schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// Device id.
+    pub device: String,
+    /// Event time, nanoseconds since the Unix epoch.
+    pub ts: i64,
+    /// One finite value per schema feature, in schema order.
+    pub values: Vec<f32>,
+}
+
+/// Earliest accepted event time (1990-01-01T00:00:00Z): older is treated as absurd.
+pub const MIN_TS: i64 = 631_152_000_000_000_000;
+/// Latest accepted event time (2200-01-01T00:00:00Z).
+pub const MAX_TS: i64 = 7_258_118_400_000_000_000;
+
+/// Why a message or line could not become a [`Reading`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not valid JSON, or not an object of the expected shape.
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    /// Not valid line protocol.
+    #[error("invalid line protocol: {0}")]
+    InvalidLineProtocol(String),
+    /// Not a valid CSV record.
+    #[error("invalid CSV: {0}")]
+    InvalidCsv(String),
+    /// No device id in the key or the payload.
+    #[error("missing device id (no message key and no {0:?} field or tag)")]
+    MissingDevice(String),
+    /// No timestamp.
+    #[error("missing timestamp")]
+    MissingTimestamp,
+    /// A timestamp that does not parse or lies outside 1990..2200.
+    #[error("bad timestamp: {0}")]
+    BadTimestamp(String),
+    /// A feature value of the wrong type.
+    #[error("feature {feature:?} has the wrong type: {found}")]
+    WrongType {
+        /// Feature.
+        feature: String,
+        /// What was found instead of a number.
+        found: String,
+    },
+    /// NaN or ±inf.
+    #[error("feature {0:?} is not a finite number")]
+    NotFinite(String),
+    /// A feature the stream's schema does not list.
+    #[error("unknown feature {feature:?} (the stream's features are {known})")]
+    UnknownFeature {
+        /// Feature.
+        feature: String,
+        /// The schema's features, comma-separated.
+        known: String,
+    },
+    /// A schema feature absent from the reading.
+    #[error("missing feature {0:?}")]
+    MissingFeature(String),
+    /// Payload larger than allowed.
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Size.
+        size: usize,
+        /// Limit.
+        limit: usize,
+    },
+}
+
+impl DecodeError {
+    /// A short, stable label for metrics and dead-letter headers.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::InvalidJson(_) => "invalid_json",
+            DecodeError::InvalidLineProtocol(_) => "invalid_line_protocol",
+            DecodeError::InvalidCsv(_) => "invalid_csv",
+            DecodeError::MissingDevice(_) => "missing_device",
+            DecodeError::MissingTimestamp => "missing_timestamp",
+            DecodeError::BadTimestamp(_) => "bad_timestamp",
+            DecodeError::WrongType { .. } => "wrong_type",
+            DecodeError::NotFinite(_) => "not_finite",
+            DecodeError::UnknownFeature { .. } => "unknown_feature",
+            DecodeError::MissingFeature(_) => "missing_feature",
+            DecodeError::TooLarge { .. } => "too_large",
+        }
+    }
+}
+
+/// A stream's schema: feature names in model order and where the device id lives.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    features: Vec<String>,
+    index: HashMap<String, usize>,
+    device_key: String,
+}
+
+impl Schema {
+    /// Schema of a configured stream.
+    pub fn from_stream(stream: &StreamConfig) -> Self {
+        Self::new(stream.features.clone(), stream.device_key.clone())
+    }
+
+    /// Schema from feature names and the device field/tag name.
+    pub fn new(features: Vec<String>, device_key: String) -> Self {
+        let index = features.iter().enumerate().map(|(i, f)| (f.clone(), i)).collect();
+        Self {
+            features,
+            index,
+            device_key,
+        }
+    }
+
+    /// Feature names in order.
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
+    fn unknown(&self, feature: &str) -> DecodeError {
+        DecodeError::UnknownFeature {
+            feature: feature.to_string(),
+            known: self.features.join(", "),
+        }
+    }
+
+    fn finish(&self, device: Option<String>, ts: Option<i64>, values: Vec<Option<f32>>) -> Result<Reading, DecodeError> {
+        let device = device
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| DecodeError::MissingDevice(self.device_key.clone()))?;
+        let ts = ts.ok_or(DecodeError::MissingTimestamp)?;
+        check_ts_range(ts)?;
+        let values = values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v.ok_or_else(|| DecodeError::MissingFeature(self.features[i].clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Reading { device, ts, values })
+    }
+
+    fn set(&self, values: &mut [Option<f32>], feature: &str, v: f64) -> Result<(), DecodeError> {
+        let i = *self.index.get(feature).ok_or_else(|| self.unknown(feature))?;
+        let f = v as f32;
+        if !v.is_finite() || !f.is_finite() {
+            return Err(DecodeError::NotFinite(feature.to_string()));
+        }
+        values[i] = Some(f);
+        Ok(())
+    }
+
+    /// Decodes a JSON message `{"device":…,"ts":…,"values":{…}}`; `key` (the Kafka message key)
+    /// is the device id unless the payload names one.
+    pub fn decode_json(&self, key: Option<&str>, payload: &[u8]) -> Result<Reading, DecodeError> {
+        let v: serde_json::Value = serde_json::from_slice(payload).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+        let obj = v.as_object().ok_or_else(|| DecodeError::InvalidJson("expected a JSON object".into()))?;
+        let device = match obj.get(&self.device_key) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            Some(other) => {
+                return Err(DecodeError::InvalidJson(format!("{:?} must be a string, found {}", self.device_key, kind(other))));
+            }
+            None => key.map(str::to_string),
+        };
+        let ts = match obj.get("ts") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(parse_ts_text(s)?),
+            Some(serde_json::Value::Number(n)) => Some(epoch_by_magnitude(
+                n.as_i64()
+                    .ok_or_else(|| DecodeError::BadTimestamp(format!("{n} is not an integer epoch")))?,
+            )?),
+            Some(other) => return Err(DecodeError::BadTimestamp(format!("expected a string or integer, found {}", kind(other)))),
+        };
+        let values_obj = match obj.get("values") {
+            Some(serde_json::Value::Object(m)) => m,
+            Some(other) => return Err(DecodeError::InvalidJson(format!("\"values\" must be an object, found {}", kind(other)))),
+            None => return Err(DecodeError::InvalidJson("missing \"values\" object".into())),
+        };
+        let mut values = vec![None; self.features.len()];
+        for (name, val) in values_obj {
+            match val {
+                serde_json::Value::Number(n) => {
+                    let x = n.as_f64().ok_or_else(|| DecodeError::NotFinite(name.clone()))?;
+                    self.set(&mut values, name, x)?;
+                }
+                other => {
+                    if !self.index.contains_key(name) {
+                        return Err(self.unknown(name));
+                    }
+                    return Err(DecodeError::WrongType {
+                        feature: name.clone(),
+                        found: kind(other).into(),
+                    });
+                }
+            }
+        }
+        self.finish(device, ts, values)
+    }
+
+    /// Decodes one InfluxDB line-protocol line as Telegraf's Kafka output writes it:
+    /// `measurement,device=pump-7 vibration=0.12,temp=71.3 1795748248000000000`
+    /// (timestamp in nanoseconds). The device comes from the `device_key` tag, else `key`.
+    pub fn decode_line(&self, key: Option<&str>, line: &[u8]) -> Result<Reading, DecodeError> {
+        let text = std::str::from_utf8(line).map_err(|_| DecodeError::InvalidLineProtocol("not UTF-8".into()))?;
+        let line = text.trim_end_matches(['\n', '\r']);
+        let lp = parse_line_protocol(line).map_err(DecodeError::InvalidLineProtocol)?;
+        let device = lp
+            .tags
+            .iter()
+            .find(|(k, _)| *k == self.device_key)
+            .map(|(_, v)| v.clone())
+            .or_else(|| key.map(str::to_string));
+        let mut values = vec![None; self.features.len()];
+        for (name, val) in &lp.fields {
+            match val {
+                LpValue::Number(x) => self.set(&mut values, name, *x)?,
+                other => {
+                    if !self.index.contains_key(name.as_str()) {
+                        return Err(self.unknown(name));
+                    }
+                    return Err(DecodeError::WrongType {
+                        feature: name.clone(),
+                        found: other.kind().into(),
+                    });
+                }
+            }
+        }
+        let ts = lp.timestamp;
+        self.finish(device, ts, values)
+    }
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn check_ts_range(ts: i64) -> Result<(), DecodeError> {
+    if (MIN_TS..MAX_TS).contains(&ts) {
+        Ok(())
+    } else {
+        Err(DecodeError::BadTimestamp(format!(
+            "{ts} ns since the epoch is outside 1990-01-01..2200-01-01"
+        )))
+    }
+}
+
+/// Integer epoch in seconds, milliseconds, microseconds or nanoseconds, told apart by size.
+pub fn epoch_by_magnitude(v: i64) -> Result<i64, DecodeError> {
+    let a = v.unsigned_abs();
+    let ns = if a < 100_000_000_000 {
+        v.checked_mul(1_000_000_000)
+    } else if a < 100_000_000_000_000 {
+        v.checked_mul(1_000_000)
+    } else if a < 100_000_000_000_000_000 {
+        v.checked_mul(1_000)
+    } else {
+        Some(v)
+    };
+    let ns = ns.ok_or_else(|| DecodeError::BadTimestamp(format!("{v} overflows")))?;
+    check_ts_range(ns)?;
+    Ok(ns)
+}
+
+/// RFC 3339 text (`2026-11-27T03:00:00Z`) or an integer epoch written as text.
+pub fn parse_ts_text(s: &str) -> Result<i64, DecodeError> {
+    let t = s.trim();
+    if let Ok(v) = t.parse::<i64>() {
+        return epoch_by_magnitude(v);
+    }
+    let dt = chrono::DateTime::parse_from_rfc3339(t)
+        .map_err(|e| DecodeError::BadTimestamp(format!("{t:?} is neither RFC 3339 nor an integer epoch ({e})")))?;
+    let ns = dt
+        .timestamp_nanos_opt()
+        .ok_or_else(|| DecodeError::BadTimestamp(format!("{t:?} is out of range")))?;
+    check_ts_range(ns)?;
+    Ok(ns)
+}
+
+/// Formats nanoseconds since the epoch as RFC 3339 (UTC).
+pub fn format_ts(ts: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ts).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// A field value of line protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LpValue {
+    /// Float, integer (`i`) or unsigned (`u`).
+    Number(f64),
+    /// `t`, `true`, `f`, `false`, …
+    Bool(bool),
+    /// Double-quoted string.
+    Str(String),
+}
+
+impl LpValue {
+    fn kind(&self) -> &'static str {
+        match self {
+            LpValue::Number(_) => "a number",
+            LpValue::Bool(_) => "a boolean",
+            LpValue::Str(_) => "a string",
+        }
+    }
+}
+
+/// A parsed line-protocol line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineProtocol {
+    /// Measurement.
+    pub measurement: String,
+    /// Tags in order.
+    pub tags: Vec<(String, String)>,
+    /// Fields in order.
+    pub fields: Vec<(String, LpValue)>,
+    /// Timestamp (nanoseconds), if present.
+    pub timestamp: Option<i64>,
+}
+
+/// Reads up to an unescaped delimiter; backslash escapes the next character.
+fn take_escaped<'a>(s: &'a str, stops: &[char]) -> (String, &'a str) {
+    let mut out = String::new();
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some((_, n)) if stops.contains(&n) || n == '\\' || n == '=' || n == ',' || n == ' ' => out.push(n),
+                Some((_, n)) => {
+                    out.push('\\');
+                    out.push(n);
+                }
+                None => out.push('\\'),
+            }
+        } else if stops.contains(&c) {
+            return (out, &s[i..]);
+        } else {
+            out.push(c);
+        }
+    }
+    (out, "")
+}
+
+/// Parses one line of InfluxDB line protocol.
+pub fn parse_line_protocol(line: &str) -> Result<LineProtocol, String> {
+    if line.trim().is_empty() {
+        return Err("empty line".into());
+    }
+    let (measurement, mut rest) = take_escaped(line, &[',', ' ']);
+    if measurement.is_empty() {
+        return Err("missing measurement".into());
+    }
+    let mut tags = Vec::new();
+    while let Some(r) = rest.strip_prefix(',') {
+        let (k, r) = take_escaped(r, &['=', ',', ' ']);
+        let r = r.strip_prefix('=').ok_or_else(|| format!("tag {k:?} has no '='"))?;
+        let (v, r) = take_escaped(r, &[',', ' ']);
+        if k.is_empty() || v.is_empty() {
+            return Err(format!("empty tag key or value near {k:?}"));
+        }
+        tags.push((k, v));
+        rest = r;
+    }
+    let mut rest = rest.strip_prefix(' ').ok_or("missing fields")?.trim_start_matches(' ');
+    let mut fields = Vec::new();
+    loop {
+        let (k, r) = take_escaped(rest, &['=', ',', ' ']);
+        let r = r.strip_prefix('=').ok_or_else(|| format!("field {k:?} has no '='"))?;
+        if k.is_empty() {
+            return Err("empty field key".into());
+        }
+        let (value, r) = if let Some(q) = r.strip_prefix('"') {
+            let mut s = String::new();
+            let mut end = None;
+            let mut it = q.char_indices();
+            while let Some((i, c)) = it.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = it.next() {
+                            s.push(n);
+                        }
+                    }
+                    '"' => {
+                        end = Some(i);
+                        break;
+                    }
+                    c => s.push(c),
+                }
+            }
+            let end = end.ok_or_else(|| format!("field {k:?}: unterminated string"))?;
+            (LpValue::Str(s), &q[end + 1..])
+        } else {
+            let end = r.find([',', ' ']).unwrap_or(r.len());
+            let raw = &r[..end];
+            let v = match raw {
+                "t" | "T" | "true" | "True" | "TRUE" => LpValue::Bool(true),
+                "f" | "F" | "false" | "False" | "FALSE" => LpValue::Bool(false),
+                _ => {
+                    let num = raw.strip_suffix(['i', 'u']).unwrap_or(raw);
+                    let x: f64 = num.parse().map_err(|_| format!("field {k:?}: {raw:?} is not a number, boolean or string"))?;
+                    if raw.ends_with(['i', 'u']) && num.parse::<i64>().is_err() && num.parse::<u64>().is_err() {
+                        return Err(format!("field {k:?}: {raw:?} is not an integer"));
+                    }
+                    LpValue::Number(x)
+                }
+            };
+            (v, &r[end..])
+        };
+        fields.push((k, value));
+        if let Some(r2) = r.strip_prefix(',') {
+            rest = r2;
+        } else {
+            rest = r;
+            break;
+        }
+    }
+    let ts_text = rest.trim();
+    let timestamp = if ts_text.is_empty() {
+        None
+    } else {
+        Some(ts_text.parse::<i64>().map_err(|_| format!("timestamp {ts_text:?} is not an integer"))?)
+    };
+    Ok(LineProtocol {
+        measurement,
+        tags,
+        fields,
+        timestamp,
+    })
+}
+
+/// A file of readings could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// I/O.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A CSV header that does not fit the schema.
+    #[error("{path}:1: {message}")]
+    Header {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// No readings in the file.
+    #[error("{path}: the file contains no readings")]
+    Empty {
+        /// File.
+        path: PathBuf,
+    },
+}
+
+/// A line of a file that was skipped.
+#[derive(Debug, Clone)]
+pub struct LineError {
+    /// File.
+    pub path: PathBuf,
+    /// 1-based line number.
+    pub line: usize,
+    /// Why.
+    pub error: DecodeError,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.error)
+    }
+}
+
+/// Readings of a file with the line each came from, plus the lines that failed.
+#[derive(Debug, Default)]
+pub struct FileReadings {
+    /// `(line, reading)` in file order.
+    pub readings: Vec<(usize, Reading)>,
+    /// Lines that could not be decoded.
+    pub errors: Vec<LineError>,
+}
+
+/// File formats for `train` and `replay` input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// JSON lines (DESIGN.md §5).
+    JsonLines,
+    /// CSV with the header `device,ts,<feature>...`.
+    Csv,
+    /// InfluxDB line protocol.
+    LineProtocol,
+}
+
+impl FileFormat {
+    /// By extension (`.csv`, `.lp`/`.line`, `.json`/`.jsonl`/`.ndjson`), else by the first line.
+    pub fn detect(path: &Path, first_line: &str) -> Self {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("csv") => FileFormat::Csv,
+            Some("lp" | "line") => FileFormat::LineProtocol,
+            Some("json" | "jsonl" | "ndjson") => FileFormat::JsonLines,
+            _ if first_line.trim_start().starts_with('{') => FileFormat::JsonLines,
+            _ if first_line.split(',').next().map(str::trim) == Some("device") => FileFormat::Csv,
+            _ => FileFormat::LineProtocol,
+        }
+    }
+}
+
+/// Reads a file of readings. Bad lines are collected in [`FileReadings::errors`] (each names
+/// the file and line); an unreadable file, a bad CSV header or a file with no readings at all
+/// is a [`FileError`].
+pub fn read_file(path: &Path, schema: &Schema) -> Result<FileReadings, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let mut out = FileReadings::default();
+    match FileFormat::detect(path, first) {
+        FileFormat::Csv => read_csv(path, &text, schema, &mut out)?,
+        format => {
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                    continue;
+                }
+                let result = match format {
+                    FileFormat::JsonLines => schema.decode_json(None, line.as_bytes()),
+                    _ => schema.decode_line(None, line.as_bytes()),
+                };
+                match result {
+                    Ok(r) => out.readings.push((i + 1, r)),
+                    Err(error) => out.errors.push(LineError {
+                        path: path.to_path_buf(),
+                        line: i + 1,
+                        error,
+                    }),
+                }
+            }
+        }
+    }
+    if out.readings.is_empty() && out.errors.is_empty() {
+        return Err(FileError::Empty { path: path.to_path_buf() });
+    }
+    Ok(out)
+}
+
+fn read_csv(path: &Path, text: &str, schema: &Schema, out: &mut FileReadings) -> Result<(), FileError> {
+    let header_err = |message: String| FileError::Header {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
+    let headers = rdr.headers().map_err(|e| header_err(format!("bad CSV header: {e}")))?.clone();
+    let names: Vec<&str> = headers.iter().map(str::trim).collect();
+    if names.first() != Some(&"device") || names.get(1) != Some(&"ts") {
+        return Err(header_err(format!(
+            "the header must start with \"device,ts\" followed by features, found {:?}",
+            names.join(",")
+        )));
+    }
+    let mut columns = Vec::new();
+    for name in &names[2..] {
+        match schema.index.get(*name) {
+            Some(&i) => columns.push(i),
+            None => return Err(header_err(schema.unknown(name).to_string())),
+        }
+    }
+    for (i, f) in schema.features.iter().enumerate() {
+        if !columns.contains(&i) {
+            return Err(header_err(format!("missing feature column {f:?}")));
+        }
+    }
+    for record in rdr.records() {
+        let (line, result) = match record {
+            Err(e) => (
+                e.position().map(|p| p.line() as usize).unwrap_or(0),
+                Err(DecodeError::InvalidCsv(e.to_string())),
+            ),
+            Ok(rec) => {
+                let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
+                (line, decode_csv_record(&rec, &columns, schema))
+            }
+        };
+        match result {
+            Ok(r) => out.readings.push((line, r)),
+            Err(error) => out.errors.push(LineError {
+                path: path.to_path_buf(),
+                line,
+                error,
+            }),
+        }
+    }
+    Ok(())
+}
+
+fn decode_csv_record(rec: &csv::StringRecord, columns: &[usize], schema: &Schema) -> Result<Reading, DecodeError> {
+    if rec.len() != columns.len() + 2 {
+        return Err(DecodeError::InvalidCsv(format!(
+            "expected {} columns, found {}",
+            columns.len() + 2,
+            rec.len()
+        )));
+    }
+    let device = Some(rec[0].trim().to_string());
+    let ts_text = rec[1].trim();
+    let ts = if ts_text.is_empty() { None } else { Some(parse_ts_text(ts_text)?) };
+    let mut values = vec![None; schema.features.len()];
+    for (col, &fi) in columns.iter().enumerate() {
+        let raw = rec[col + 2].trim();
+        let name = &schema.features[fi];
+        if raw.is_empty() {
+            return Err(DecodeError::MissingFeature(name.clone()));
+        }
+        let x: f64 = raw.parse().map_err(|_| DecodeError::WrongType {
+            feature: name.clone(),
+            found: format!("{raw:?}"),
+        })?;
+        schema.set(&mut values, name, x)?;
+    }
+    schema.finish(device, ts, values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema::new(vec!["vibration".into(), "temp".into()], "device".into())
+    }
+
+    #[test]
+    fn json_with_every_timestamp_form() {
+        let s = schema();
+        let base = 1_795_748_248_000_000_000i64;
+        for ts in ["\"2026-11-27T02:57:28Z\"", "1795748248", "1795748248000", "1795748248000000", "1795748248000000000"] {
+            let msg = format!(r#"{{"device":"pump-7","ts":{ts},"values":{{"vibration":0.12,"temp":71.3}}}}"#);
+            let r = s.decode_json(None, msg.as_bytes()).expect(ts);
+            assert_eq!(r, Reading { device: "pump-7".into(), ts: base, values: vec![0.12, 71.3] }, "{ts}");
+        }
+        let r = s.decode_json(Some("from-key"), br#"{"ts":1795748248000,"values":{"vibration":1,"temp":2}}"#).expect("key");
+        assert_eq!(r.device, "from-key");
+    }
+
+    #[test]
+    fn json_errors_name_what_is_wrong() {
+        let s = schema();
+        let cases: &[(&[u8], &str)] = &[
+            (b"{not json", "invalid_json"),
+            (b"[1,2]", "invalid_json"),
+            (br#"{"ts":1795748248000,"values":{"vibration":1,"temp":2}}"#, "missing_device"),
+            (br#"{"device":"d","values":{"vibration":1,"temp":2}}"#, "missing_timestamp"),
+            (br#"{"device":"d","ts":"yesterday","values":{"vibration":1,"temp":2}}"#, "bad_timestamp"),
+            (br#"{"device":"d","ts":5,"values":{"vibration":1,"temp":2}}"#, "bad_timestamp"),
+            (br#"{"device":"d","ts":1795748248000,"values":{"vibration":"high","temp":2}}"#, "wrong_type"),
+            (br#"{"device":"d","ts":1795748248000,"values":{"vibration":1e39,"temp":2}}"#, "not_finite"),
+            (br#"{"device":"d","ts":1795748248000,"values":{"vibration":1,"temp":2,"rpm":3}}"#, "unknown_feature"),
+            (br#"{"device":"d","ts":1795748248000,"values":{"vibration":1}}"#, "missing_feature"),
+        ];
+        for (msg, reason) in cases {
+            let err = s.decode_json(None, msg).expect_err(reason);
+            assert_eq!(err.reason(), *reason, "{}: {err}", String::from_utf8_lossy(msg));
+        }
+        let err = s.decode_json(None, br#"{"device":"d","ts":1795748248000,"values":{"vibration":1}}"#).unwrap_err();
+        assert!(err.to_string().contains("temp"), "{err}");
+    }
+
+    #[test]
+    fn line_protocol_as_telegraf_writes_it() {
+        let s = schema();
+        let r = s
+            .decode_line(None, b"pump,device=pump-7,site=a vibration=0.12,temp=71i 1795748248000000000\n")
+            .expect("valid");
+        assert_eq!(r, Reading { device: "pump-7".into(), ts: 1_795_748_248_000_000_000, values: vec![0.12, 71.0] });
+        let lp = parse_line_protocol(r#"my\ meas,tag\,k=v\ 1 s="a \"q\"",b=t,n=-1.5e3"#).expect("escapes");
+        assert_eq!(lp.measurement, "my meas");
+        assert_eq!(lp.tags, [("tag,k".to_string(), "v 1".to_string())]);
+        assert_eq!(lp.fields[0].1, LpValue::Str("a \"q\"".into()));
+        assert_eq!(lp.fields[1].1, LpValue::Bool(true));
+        assert_eq!(lp.fields[2].1, LpValue::Number(-1500.0));
+        assert_eq!(lp.timestamp, None);
+    }
+
+    #[test]
+    fn line_protocol_errors() {
+        let s = schema();
+        for (line, reason) in [
+            ("pump,device=d", "invalid_line_protocol"),
+            ("pump,device=d vibration=abc,temp=1 1795748248000000000", "invalid_line_protocol"),
+            ("pump,device=d vibration=1,temp=1", "missing_timestamp"),
+            ("pump vibration=1,temp=1 1795748248000000000", "missing_device"),
+            ("pump,device=d vibration=\"x\",temp=1 1795748248000000000", "wrong_type"),
+            ("pump,device=d vibration=1,temp=inf 1795748248000000000", "not_finite"),
+            ("pump,device=d vibration=1,temp=NaN 1795748248000000000", "not_finite"),
+            ("pump,device=d vibration=1 1795748248000000000", "missing_feature"),
+            ("pump,device=d vibration=1,temp=1,x=2 1795748248000000000", "unknown_feature"),
+            ("pump,device=d vibration=1,temp=1 12", "bad_timestamp"),
+        ] {
+            let err = s.decode_line(None, line.as_bytes()).expect_err(line);
+            assert_eq!(err.reason(), reason, "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn files_report_file_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = schema();
+        let csv = dir.path().join("in.csv");
+        std::fs::write(&csv, "device,ts,temp,vibration\nd1,1795748248000,1.0,2.0\nd1,1795748249000,nan,2.0\nd1,oops,1,2\nd1,1795748250000,1\n").expect("write");
+        let fr = read_file(&csv, &s).expect("reads");
+        assert_eq!(fr.readings.len(), 1);
+        assert_eq!(fr.readings[0].1.values, vec![2.0, 1.0], "columns are mapped by name");
+        let lines: Vec<_> = fr.errors.iter().map(|e| (e.line, e.error.reason())).collect();
+        assert_eq!(lines, [(3, "not_finite"), (4, "bad_timestamp"), (5, "invalid_csv")]);
+        assert!(fr.errors[0].to_string().starts_with(&format!("{}:3:", csv.display())));
+
+        let bad_header = dir.path().join("h.csv");
+        std::fs::write(&bad_header, "device,ts,temp,rpm\n").expect("write");
+        let err = read_file(&bad_header, &s).unwrap_err().to_string();
+        assert!(err.contains("h.csv:1") && err.contains("rpm"), "{err}");
+
+        let empty = dir.path().join("e.jsonl");
+        std::fs::write(&empty, "\n\n").expect("write");
+        assert!(matches!(read_file(&empty, &s), Err(FileError::Empty { .. })));
+
+        let json = dir.path().join("in.jsonl");
+        std::fs::write(&json, "{\"device\":\"a\",\"ts\":1795748248000,\"values\":{\"vibration\":1,\"temp\":2}}\n{broken\n").expect("write");
+        let fr = read_file(&json, &s).expect("reads");
+        assert_eq!((fr.readings.len(), fr.errors[0].line, fr.errors[0].error.reason()), (1, 2, "invalid_json"));
+        assert!(matches!(read_file(&dir.path().join("missing.csv"), &s), Err(FileError::Io { .. })));
+    }
+}

@@ -1,0 +1,713 @@
+//! Batched LSTM inference kernel on exported weights.
+//!
+//! Owns the hot loop of the streaming engine: one time step for many independent sequences at
+//! once (gather states → one matrix product per layer → scatter). burn trains and stores the
+//! model; this module runs it at streaming rates on the CPU.
+//!
+//! Invariant kept here: **determinism** (DESIGN.md §3.6). Every output element is computed with
+//! the same sequence of floating-point operations whatever the batch size or the row it sits
+//! in: each dot product accumulates over `k` in order with fused multiply-adds, rows are padded to
+//! a fixed block and never mixed, and the SIMD paths (AVX-512, AVX2+FMA) and the scalar fallback
+//! share one generic body, so a reading replayed alone or inside a batch of 4096 gives the same
+//! bits.
+//!
+//! The gate equations are PyTorch's and burn's (DESIGN.md §4), gate order (i, f, g, o):
+//! `gates = [x, h] · W + b`, `i, f, o = σ(·)`, `g = tanh(·)`, `c' = f·c + i·g`, `h' = o·tanh(c')`.
+
+/// Columns per packed weight panel.
+pub const NR: usize = 32;
+/// Row padding of every batch matrix; every micro-kernel's row count divides it.
+pub const ROW_PAD: usize = 8;
+
+/// Rounds a batch size up to the row padding.
+pub fn padded_rows(rows: usize) -> usize {
+    rows.div_ceil(ROW_PAD) * ROW_PAD
+}
+
+/// A `k × n` weight matrix (`y = x · W + b`) packed into column panels of width [`NR`], so
+/// that the micro-kernel streams each panel contiguously. Columns past `n` are zero.
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    k: usize,
+    n: usize,
+    n_pad: usize,
+    panels: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl PackedMatrix {
+    /// Packs a row-major `k × n` matrix and its bias of length `n`.
+    pub fn new(k: usize, n: usize, weights: &[f32], bias: &[f32]) -> Self {
+        assert_eq!(weights.len(), k * n, "weight matrix must be k × n");
+        assert_eq!(bias.len(), n, "bias must have n entries");
+        let n_pad = n.div_ceil(NR) * NR;
+        let mut panels = vec![0.0; k * n_pad];
+        for p in 0..n_pad / NR {
+            let panel = &mut panels[p * k * NR..(p + 1) * k * NR];
+            for kk in 0..k {
+                for j in 0..NR {
+                    let col = p * NR + j;
+                    if col < n {
+                        panel[kk * NR + j] = weights[kk * n + col];
+                    }
+                }
+            }
+        }
+        let mut padded_bias = vec![0.0; n_pad];
+        padded_bias[..n].copy_from_slice(bias);
+        Self {
+            k,
+            n,
+            n_pad,
+            panels,
+            bias: padded_bias,
+        }
+    }
+
+    /// Rows of the matrix (input width).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of the matrix (output width).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Output row stride (columns rounded up to the panel width).
+    pub fn n_pad(&self) -> usize {
+        self.n_pad
+    }
+}
+
+/// One LSTM layer's weights, packed as a single `(input + hidden) × 4·hidden` matrix with gate
+/// blocks in the order (i, f, g, o) and the input and hidden biases summed.
+#[derive(Debug, Clone)]
+pub struct LstmLayer {
+    input: usize,
+    hidden: usize,
+    gates: PackedMatrix,
+}
+
+impl LstmLayer {
+    /// Builds a layer from PyTorch-layout weights: `w_ih` is `[4H, input]`, `w_hh` is `[4H, H]`
+    /// (rows in gate order i, f, g, o), `b_ih` and `b_hh` are `[4H]`.
+    pub fn from_pytorch(
+        input: usize,
+        hidden: usize,
+        w_ih: &[f32],
+        w_hh: &[f32],
+        b_ih: &[f32],
+        b_hh: &[f32],
+    ) -> Self {
+        let n = 4 * hidden;
+        let k = input + hidden;
+        let mut w = vec![0.0; k * n];
+        for row in 0..n {
+            for col in 0..input {
+                w[col * n + row] = w_ih[row * input + col];
+            }
+            for col in 0..hidden {
+                w[(input + col) * n + row] = w_hh[row * hidden + col];
+            }
+        }
+        let bias: Vec<f32> = b_ih.iter().zip(b_hh).map(|(a, b)| a + b).collect();
+        Self {
+            input,
+            hidden,
+            gates: PackedMatrix::new(k, n, &w, &bias),
+        }
+    }
+
+    /// Builds a layer from burn's layout: per gate (order i, f, g, o) an input transform
+    /// `[input, H]`, a hidden transform `[H, H]` (both `y = x · W`), and their biases `[H]`.
+    pub fn from_gate_transforms(input: usize, hidden: usize, gates: [GateWeights<'_>; 4]) -> Self {
+        let n = 4 * hidden;
+        let k = input + hidden;
+        let mut w = vec![0.0; k * n];
+        let mut bias = vec![0.0; n];
+        for (g, gate) in gates.iter().enumerate() {
+            for row in 0..input {
+                for j in 0..hidden {
+                    w[row * n + g * hidden + j] = gate.input_weight[row * hidden + j];
+                }
+            }
+            for row in 0..hidden {
+                for j in 0..hidden {
+                    w[(input + row) * n + g * hidden + j] = gate.hidden_weight[row * hidden + j];
+                }
+            }
+            for j in 0..hidden {
+                bias[g * hidden + j] = gate.input_bias[j] + gate.hidden_bias[j];
+            }
+        }
+        Self {
+            input,
+            hidden,
+            gates: PackedMatrix::new(k, n, &w, &bias),
+        }
+    }
+
+    /// Input width of the layer.
+    pub fn input(&self) -> usize {
+        self.input
+    }
+
+    /// Hidden width of the layer.
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+}
+
+/// One gate's weights in burn's layout, borrowed for [`LstmLayer::from_gate_transforms`].
+#[derive(Debug, Clone, Copy)]
+pub struct GateWeights<'a> {
+    /// `[input, H]`, row-major.
+    pub input_weight: &'a [f32],
+    /// `[H]`.
+    pub input_bias: &'a [f32],
+    /// `[H, H]`, row-major.
+    pub hidden_weight: &'a [f32],
+    /// `[H]`.
+    pub hidden_bias: &'a [f32],
+}
+
+/// Scratch buffers reused across steps so the hot loop does not allocate.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    a: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// Which instruction set the kernel runs on; chosen once, at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F (x86-64).
+    Avx512,
+    /// AVX2 with FMA (x86-64).
+    Avx2,
+    /// Portable code; `f32::mul_add` keeps it bit-identical to the SIMD paths.
+    Portable,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+}
+
+/// `out[rows × n_pad] = a[rows × k] · W + b`; `rows` must be a multiple of [`ROW_PAD`].
+pub fn gemm_bias(isa: Isa, a: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
+    assert_eq!(rows % ROW_PAD, 0, "rows must be padded to ROW_PAD");
+    assert!(a.len() >= rows * w.k && out.len() >= rows * w.n_pad);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced by `Isa::detect` after checking the features.
+        Isa::Avx512 => unsafe { simd::gemm_avx512(a, rows, w, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX2 and FMA.
+        Isa::Avx2 => unsafe { simd::gemm_avx2(a, rows, w, out) },
+        _ => gemm_generic::<1>(a, rows, w, out),
+    }
+}
+
+#[inline(always)]
+fn gemm_generic<const MR: usize>(a: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
+    let k = w.k;
+    let n_pad = w.n_pad;
+    for r0 in (0..rows).step_by(MR) {
+        let a_rows: [&[f32]; MR] = std::array::from_fn(|r| &a[(r0 + r) * k..(r0 + r + 1) * k]);
+        for (p, panel) in w.panels.chunks_exact(k * NR).enumerate() {
+            let bias: &[f32; NR] = w.bias[p * NR..(p + 1) * NR]
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("bias is padded to whole panels"));
+            let mut acc = [*bias; MR];
+            for (kk, wk) in panel.chunks_exact(NR).enumerate() {
+                let wk: &[f32; NR] = wk
+                    .try_into()
+                    .unwrap_or_else(|_| unreachable!("panel rows are NR wide"));
+                for r in 0..MR {
+                    let av = a_rows[r][kk];
+                    for j in 0..NR {
+                        acc[r][j] = av.mul_add(wk[j], acc[r][j]);
+                    }
+                }
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                let start = (r0 + r) * n_pad + p * NR;
+                out[start..start + NR].copy_from_slice(acc_r);
+            }
+        }
+    }
+}
+
+/// Exponential with a Cephes-style polynomial: branch-free, vectorisable and, unlike `f32::exp`,
+/// the same bits on every code path. Relative error about 1e-7 on the clamped range.
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
+    let mut p = 1.987_569_1e-4_f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 5.000_000_1e-1);
+    let y = p.mul_add(r * r, r) + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    y * scale
+}
+
+/// Logistic sigmoid on top of [`exp_approx`].
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp_approx(-x))
+}
+
+/// Hyperbolic tangent on top of [`exp_approx`]; absolute error about 2e-7.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (exp_approx(2.0 * x) + 1.0)
+}
+
+/// The LSTM cell update for `rows` rows given their gate pre-activations (row stride `stride`,
+/// blocks i, f, g, o of width `h`), updating `c` and `h_out` (`rows × h`) in place.
+#[inline(always)]
+fn cell_update(gates: &mut [f32], stride: usize, rows: usize, h: usize, c: &mut [f32], h_out: &mut [f32]) {
+    for r in 0..rows {
+        let g = &mut gates[r * stride..r * stride + 4 * h];
+        for v in g[..2 * h].iter_mut() {
+            *v = sigmoid(*v);
+        }
+        for v in g[2 * h..3 * h].iter_mut() {
+            *v = tanh(*v);
+        }
+        for v in g[3 * h..].iter_mut() {
+            *v = sigmoid(*v);
+        }
+        let (i, rest) = g.split_at(h);
+        let (f, rest) = rest.split_at(h);
+        let (cand, o) = rest.split_at(h);
+        let c = &mut c[r * h..(r + 1) * h];
+        let ho = &mut h_out[r * h..(r + 1) * h];
+        for j in 0..h {
+            let cj = f[j] * c[j] + i[j] * cand[j];
+            c[j] = cj;
+            ho[j] = o[j] * tanh(cj);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::*;
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn gemm_avx512(a: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
+        gemm_generic::<8>(a, rows, w, out)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gemm_avx2(a: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
+        gemm_generic::<4>(a, rows, w, out)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn cell_avx512(
+        gates: &mut [f32],
+        stride: usize,
+        rows: usize,
+        h: usize,
+        c: &mut [f32],
+        h_out: &mut [f32],
+    ) {
+        cell_update(gates, stride, rows, h, c, h_out)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn cell_avx2(
+        gates: &mut [f32],
+        stride: usize,
+        rows: usize,
+        h: usize,
+        c: &mut [f32],
+        h_out: &mut [f32],
+    ) {
+        cell_update(gates, stride, rows, h, c, h_out)
+    }
+}
+
+fn cell(isa: Isa, gates: &mut [f32], stride: usize, rows: usize, h: usize, c: &mut [f32], h_out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced by `Isa::detect` after checking the features.
+        Isa::Avx512 => unsafe { simd::cell_avx512(gates, stride, rows, h, c, h_out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX2 and FMA.
+        Isa::Avx2 => unsafe { simd::cell_avx2(gates, stride, rows, h, c, h_out) },
+        _ => cell_update(gates, stride, rows, h, c, h_out),
+    }
+}
+
+impl LstmLayer {
+    /// Advances `rows` independent sequences by one step.
+    ///
+    /// `x` is `rows × input`; `h` and `c` are `rows × hidden` and are updated in place.
+    pub fn step(&self, isa: Isa, ws: &mut Workspace, rows: usize, x: &[f32], h: &mut [f32], c: &mut [f32]) {
+        let (inp, hid) = (self.input, self.hidden);
+        assert!(x.len() >= rows * inp && h.len() >= rows * hid && c.len() >= rows * hid);
+        let padded = padded_rows(rows);
+        let k = inp + hid;
+        ws.a.clear();
+        ws.a.resize(padded * k, 0.0);
+        for r in 0..rows {
+            let row = &mut ws.a[r * k..(r + 1) * k];
+            row[..inp].copy_from_slice(&x[r * inp..(r + 1) * inp]);
+            row[inp..].copy_from_slice(&h[r * hid..(r + 1) * hid]);
+        }
+        let stride = self.gates.n_pad;
+        ws.out.resize(padded * stride, 0.0);
+        gemm_bias(isa, &ws.a, padded, &self.gates, &mut ws.out);
+        cell(isa, &mut ws.out, stride, rows, hid, c, h);
+    }
+}
+
+/// A stack of LSTM layers: layer `l + 1` reads layer `l`'s new hidden state.
+#[derive(Debug, Clone)]
+pub struct LstmStack {
+    layers: Vec<LstmLayer>,
+}
+
+impl LstmStack {
+    /// Stacks layers; each layer's input width must equal the previous layer's hidden width.
+    pub fn new(layers: Vec<LstmLayer>) -> Result<Self, String> {
+        if layers.is_empty() {
+            return Err("an LSTM stack needs at least one layer".into());
+        }
+        for pair in layers.windows(2) {
+            if pair[1].input != pair[0].hidden {
+                return Err(format!(
+                    "layer input width {} does not match previous hidden width {}",
+                    pair[1].input, pair[0].hidden
+                ));
+            }
+        }
+        Ok(Self { layers })
+    }
+
+    /// The layers, bottom first.
+    pub fn layers(&self) -> &[LstmLayer] {
+        &self.layers
+    }
+
+    /// Input width.
+    pub fn input(&self) -> usize {
+        self.layers[0].input
+    }
+
+    /// Hidden width of the top layer.
+    pub fn hidden(&self) -> usize {
+        self.layers[self.layers.len() - 1].hidden
+    }
+
+    /// Floats of state per sequence per kind (h or c): the sum of the layers' hidden widths.
+    pub fn state_len(&self) -> usize {
+        self.layers.iter().map(|l| l.hidden).sum()
+    }
+
+    /// One step for `rows` sequences. `h` and `c` hold, per layer in order, a `rows × hidden`
+    /// block (so `rows × state_len()` floats each); after the call the top layer's new hidden
+    /// state is the last block of `h`.
+    pub fn step(&self, isa: Isa, ws: &mut Workspace, rows: usize, x: &[f32], h: &mut [f32], c: &mut [f32]) {
+        let mut offset = 0;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let len = rows * layer.hidden;
+            let (below, rest) = h.split_at_mut(offset);
+            let h_l = &mut rest[..len];
+            let c_l = &mut c[offset..offset + len];
+            if l == 0 {
+                layer.step(isa, ws, rows, x, h_l, c_l);
+            } else {
+                let prev_len = rows * self.layers[l - 1].hidden;
+                let input = &below[offset - prev_len..];
+                layer.step(isa, ws, rows, input, h_l, c_l);
+            }
+            offset += len;
+        }
+    }
+
+    /// Runs whole sequences: `x` is `[batch, steps, input]` row-major, `h0`/`c0` are
+    /// `[layers, batch, hidden]` (PyTorch's layout) or empty for zeros. With `reverse` the
+    /// sequences are read from the last step to the first. Returns the top layer's outputs
+    /// `[batch, steps, hidden]` (in the original time order) and the final `(h, c)` in the
+    /// `[layers, batch, hidden]` layout.
+    pub fn run_sequences(
+        &self,
+        isa: Isa,
+        batch: usize,
+        steps: usize,
+        x: &[f32],
+        h0: &[f32],
+        c0: &[f32],
+        reverse: bool,
+    ) -> SequenceOutput {
+        let inp = self.input();
+        let top = self.hidden();
+        let total = batch * self.state_len();
+        let mut h = if h0.is_empty() { vec![0.0; total] } else { h0.to_vec() };
+        let mut c = if c0.is_empty() { vec![0.0; total] } else { c0.to_vec() };
+        let mut ws = Workspace::default();
+        let mut xt = vec![0.0; batch * inp];
+        let mut output = vec![0.0; batch * steps * top];
+        let top_offset = total - batch * top;
+        for s in 0..steps {
+            let t = if reverse { steps - 1 - s } else { s };
+            for b in 0..batch {
+                let src = &x[(b * steps + t) * inp..(b * steps + t + 1) * inp];
+                xt[b * inp..(b + 1) * inp].copy_from_slice(src);
+            }
+            self.step(isa, &mut ws, batch, &xt, &mut h, &mut c);
+            for b in 0..batch {
+                let dst = &mut output[(b * steps + t) * top..(b * steps + t + 1) * top];
+                dst.copy_from_slice(&h[top_offset + b * top..top_offset + (b + 1) * top]);
+            }
+        }
+        SequenceOutput { output, h, c }
+    }
+}
+
+/// Result of [`LstmStack::run_sequences`].
+#[derive(Debug, Clone)]
+pub struct SequenceOutput {
+    /// `[batch, steps, hidden]`.
+    pub output: Vec<f32>,
+    /// Final hidden state, `[layers, batch, hidden]`.
+    pub h: Vec<f32>,
+    /// Final cell state, `[layers, batch, hidden]`.
+    pub c: Vec<f32>,
+}
+
+/// A bidirectional LSTM (BiLSTM): per layer a forward and a reverse stack, each reading the
+/// previous layer's concatenated `[forward, reverse]` outputs. It cannot forecast (the reverse
+/// direction reads the future); the engine uses it for lagged re-scoring of a window.
+#[derive(Debug, Clone)]
+pub struct BiLstm {
+    layers: Vec<(LstmLayer, LstmLayer)>,
+}
+
+impl BiLstm {
+    /// Layers as (forward, reverse) pairs; layer `l > 0` must take `2 × hidden` inputs.
+    pub fn new(layers: Vec<(LstmLayer, LstmLayer)>) -> Result<Self, String> {
+        if layers.is_empty() {
+            return Err("a BiLSTM needs at least one layer".into());
+        }
+        for (l, (fwd, rev)) in layers.iter().enumerate() {
+            if fwd.input != rev.input || fwd.hidden != rev.hidden {
+                return Err(format!("layer {l}: forward and reverse shapes differ"));
+            }
+            if l > 0 && fwd.input != 2 * layers[l - 1].0.hidden {
+                return Err(format!("layer {l}: input width must be twice the previous hidden width"));
+            }
+        }
+        Ok(Self { layers })
+    }
+
+    /// Runs whole sequences (`x`: `[batch, steps, input]`; `h0`/`c0`: `[layers·2, batch, hidden]`
+    /// or empty for zeros). Returns `[batch, steps, 2·hidden]` outputs and final states in
+    /// PyTorch's `[layers·2, batch, hidden]` layout.
+    pub fn run_sequences(&self, isa: Isa, batch: usize, steps: usize, x: &[f32], h0: &[f32], c0: &[f32]) -> SequenceOutput {
+        let mut input = x.to_vec();
+        let (mut h_n, mut c_n) = (Vec::new(), Vec::new());
+        for (l, (fwd, rev)) in self.layers.iter().enumerate() {
+            let hid = fwd.hidden;
+            let block = batch * hid;
+            let slice = |v: &[f32], d: usize| -> Vec<f32> {
+                if v.is_empty() {
+                    Vec::new()
+                } else {
+                    v[(2 * l + d) * block..(2 * l + d + 1) * block].to_vec()
+                }
+            };
+            let mut outs = Vec::with_capacity(2);
+            for (d, layer) in [fwd, rev].into_iter().enumerate() {
+                let stack = LstmStack { layers: vec![layer.clone()] };
+                let out = stack.run_sequences(isa, batch, steps, &input, &slice(h0, d), &slice(c0, d), d == 1);
+                h_n.extend_from_slice(&out.h);
+                c_n.extend_from_slice(&out.c);
+                outs.push(out.output);
+            }
+            let mut next = vec![0.0; batch * steps * 2 * hid];
+            for bt in 0..batch * steps {
+                next[bt * 2 * hid..bt * 2 * hid + hid].copy_from_slice(&outs[0][bt * hid..(bt + 1) * hid]);
+                next[bt * 2 * hid + hid..(bt + 1) * 2 * hid].copy_from_slice(&outs[1][bt * hid..(bt + 1) * hid]);
+            }
+            input = next;
+        }
+        SequenceOutput { output: input, h: h_n, c: c_n }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn shared_dir() -> std::path::PathBuf {
+        std::env::var_os("SENSORCAST_SHARED")
+            .map(Into::into)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+    }
+
+    fn flat(v: &Value, out: &mut Vec<f32>) {
+        match v {
+            Value::Array(items) => items.iter().for_each(|i| flat(i, out)),
+            Value::Number(n) => out.push(n.as_f64().expect("number") as f32),
+            other => panic!("unexpected JSON value {other}"),
+        }
+    }
+
+    fn tensor(v: &Value, key: &str) -> Vec<f32> {
+        let mut out = Vec::new();
+        flat(&v[key], &mut out);
+        out
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    fn layer(g: &Value, l: usize, suffix: &str, input: usize, hidden: usize) -> LstmLayer {
+        let w = &g["weights"];
+        let name = |base: &str| format!("{base}_l{l}{suffix}");
+        LstmLayer::from_pytorch(
+            input,
+            hidden,
+            &tensor(w, &name("weight_ih")),
+            &tensor(w, &name("weight_hh")),
+            &tensor(w, &name("bias_ih")),
+            &tensor(w, &name("bias_hh")),
+        )
+    }
+
+    fn check_golden(name: &str, isa: Isa) {
+        let path = shared_dir().join("golden").join(format!("{name}.json"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("golden file {} is needed: {e}", path.display()));
+        let g: Value = serde_json::from_str(&text).expect("golden JSON");
+        let as_usize = |k: &str| g[k].as_u64().expect(k) as usize;
+        let (input, hidden, layers) = (as_usize("input_size"), as_usize("hidden_size"), as_usize("num_layers"));
+        let (batch, steps) = (as_usize("batch"), as_usize("steps"));
+        let bidirectional = g["bidirectional"].as_bool().expect("bidirectional");
+        let (x, h0, c0) = (tensor(&g, "x"), tensor(&g, "h0"), tensor(&g, "c0"));
+        let out = if bidirectional {
+            let pairs = (0..layers)
+                .map(|l| {
+                    let inp = if l == 0 { input } else { 2 * hidden };
+                    (layer(&g, l, "", inp, hidden), layer(&g, l, "_reverse", inp, hidden))
+                })
+                .collect();
+            BiLstm::new(pairs).expect("bilstm").run_sequences(isa, batch, steps, &x, &h0, &c0)
+        } else {
+            let stack = (0..layers)
+                .map(|l| layer(&g, l, "", if l == 0 { input } else { hidden }, hidden))
+                .collect();
+            LstmStack::new(stack).expect("stack").run_sequences(isa, batch, steps, &x, &h0, &c0, false)
+        };
+        for (key, got) in [("output", &out.output), ("h_n", &out.h), ("c_n", &out.c)] {
+            let diff = max_abs_diff(got, &tensor(&g, key));
+            assert!(diff <= 1e-5, "{name} {key} ({isa:?}): max abs diff {diff} > 1e-5");
+        }
+    }
+
+    #[test]
+    fn matches_pytorch_golden_vectors() {
+        let mut isas = vec![Isa::Portable];
+        if Isa::detect() != Isa::Portable {
+            isas.push(Isa::detect());
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            isas.push(Isa::Avx2);
+        }
+        for isa in isas {
+            for name in ["lstm_small", "lstm_state", "lstm_2layer", "bilstm_small", "bilstm_2layer"] {
+                check_golden(name, isa);
+            }
+        }
+    }
+
+    #[test]
+    fn activations_are_accurate() {
+        let mut worst = (0.0f32, 0.0f32, 0.0f32);
+        for i in -20_000..=20_000 {
+            let x = i as f32 / 1000.0;
+            worst.0 = worst.0.max(((exp_approx(x) - x.exp()) / x.exp()).abs());
+            worst.1 = worst.1.max((sigmoid(x) - 1.0 / (1.0 + (-x).exp())).abs());
+            worst.2 = worst.2.max((tanh(x) - x.tanh()).abs());
+        }
+        assert!(worst.0 < 5e-7, "exp relative error {}", worst.0);
+        assert!(worst.1 < 5e-7, "sigmoid abs error {}", worst.1);
+        assert!(worst.2 < 5e-7, "tanh abs error {}", worst.2);
+        assert_eq!(sigmoid(-1000.0), 0.0f32.max(sigmoid(-1000.0)));
+        assert!((tanh(1000.0) - 1.0).abs() < 1e-7 && (tanh(-1000.0) + 1.0).abs() < 1e-7);
+    }
+
+    #[test]
+    fn every_isa_and_batch_size_gives_identical_bits() {
+        // Pseudo-random weights and inputs; a row's result must not depend on its batch.
+        let (input, hidden, rows) = (5, 24, 19);
+        let mut seed = 0x2545_f491_u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32) - 0.5
+        };
+        let w_ih: Vec<f32> = (0..4 * hidden * input).map(|_| next()).collect();
+        let w_hh: Vec<f32> = (0..4 * hidden * hidden).map(|_| next()).collect();
+        let b: Vec<f32> = (0..4 * hidden).map(|_| next()).collect();
+        let layer = LstmLayer::from_pytorch(input, hidden, &w_ih, &w_hh, &b, &b);
+        let x: Vec<f32> = (0..rows * input).map(|_| next() * 4.0).collect();
+        let h0: Vec<f32> = (0..rows * hidden).map(|_| next()).collect();
+        let c0: Vec<f32> = (0..rows * hidden).map(|_| next()).collect();
+        let mut reference: Option<(Vec<f32>, Vec<f32>)> = None;
+        for isa in [Isa::Portable, Isa::detect()] {
+            let mut ws = Workspace::default();
+            let (mut h, mut c) = (h0.clone(), c0.clone());
+            layer.step(isa, &mut ws, rows, &x, &mut h, &mut c);
+            match &reference {
+                None => reference = Some((h, c)),
+                Some((rh, rc)) => {
+                    assert!(h.iter().zip(rh).all(|(a, b)| a.to_bits() == b.to_bits()));
+                    assert!(c.iter().zip(rc).all(|(a, b)| a.to_bits() == b.to_bits()));
+                }
+            }
+            let (rh, rc) = reference.as_ref().expect("set above");
+            for r in 0..rows {
+                let (mut h1, mut c1) = (h0[r * hidden..(r + 1) * hidden].to_vec(), c0[r * hidden..(r + 1) * hidden].to_vec());
+                layer.step(isa, &mut ws, 1, &x[r * input..(r + 1) * input], &mut h1, &mut c1);
+                assert!(h1.iter().zip(&rh[r * hidden..]).all(|(a, b)| a.to_bits() == b.to_bits()), "row {r} h");
+                assert!(c1.iter().zip(&rc[r * hidden..]).all(|(a, b)| a.to_bits() == b.to_bits()), "row {r} c");
+            }
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The streaming engine: per-device LSTM state, micro-batched stepping and scoring.
+//!
+//! Owns the device table (hidden and cell state per layer, last timestamp, warm-up counter,
+//! the one-step-ahead forecast and score statistics) and turns each reading into a forecast of
+//! the next `horizon` steps plus an anomaly score against the forecast made one step earlier.
+//!
+//! Invariants kept here: **determinism** (§3.6) — a batch is split into waves in which each
+//! device appears at most once, a device's readings are stepped in batch order, and every row
+//! is computed independently of the others, so any batching gives the same bits; **replays are
+//! harmless** (§3.2) — a duplicate or older timestamp never advances a device; **memory is
+//! bounded** (§3.5) — state is a fixed number of floats per device in flat arrays.
+
+pub mod kernel;
+pub mod score;
+
+use crate::decode::Reading;
+use kernel::{Isa, LstmStack, PackedMatrix, Workspace};
+use score::{Likelihood, ScoreStats};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// z-value of the 90% central prediction band.
+pub const Z90: f32 = 1.644_853_6;
+/// Bounds on the head's log-variance, shared with training.
+pub const LOGVAR_MIN: f32 = -12.0;
+/// See [`LOGVAR_MIN`].
+pub const LOGVAR_MAX: f32 = 8.0;
+
+/// A model ready for streaming inference: exported LSTM weights, the forecast head and the
+/// normalisation learned in training.
+#[derive(Debug, Clone)]
+pub struct InferenceModel {
+    /// Model version (registry folder name).
+    pub version: String,
+    /// Feature names, in input order.
+    pub features: Vec<String>,
+    /// Forecast steps.
+    pub horizon: usize,
+    /// Per-feature mean used for normalisation.
+    pub mean: Vec<f32>,
+    /// Per-feature standard deviation used for normalisation.
+    pub std: Vec<f32>,
+    /// The LSTM layers.
+    pub stack: LstmStack,
+    /// Head: top hidden state → `horizon·F` means then `horizon·F` log-variances.
+    pub head: PackedMatrix,
+}
+
+impl InferenceModel {
+    /// Checks that the pieces fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        let f = self.features.len();
+        if f == 0 || self.mean.len() != f || self.std.len() != f {
+            return Err("normalisation statistics do not match the features".into());
+        }
+        if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || self.mean.iter().any(|m| !m.is_finite()) {
+            return Err("normalisation statistics must be finite with positive deviations".into());
+        }
+        if self.stack.input() != f {
+            return Err(format!("LSTM input width {} != {} features", self.stack.input(), f));
+        }
+        if self.head.k() != self.stack.hidden() || self.head.n() != 2 * self.horizon * f {
+            return Err("forecast head shape does not match hidden width, horizon and features".into());
+        }
+        Ok(())
+    }
+}
+
+/// Engine settings taken from the config.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Gap (ns) after which a device's state is reset.
+    pub max_gap_ns: i64,
+    /// Readings before flags are raised.
+    pub warmup: u32,
+    /// Step (ns) assumed for forecast timestamps until a device's interval is known.
+    pub default_interval_ns: i64,
+    /// Immediate flag threshold on the score.
+    pub score_threshold: f64,
+    /// Flag threshold on the likelihood.
+    pub likelihood_threshold: f64,
+    /// Likelihood smoothing.
+    pub likelihood: Likelihood,
+}
+
+impl EngineSettings {
+    /// From the config sections and one stream.
+    pub fn from_config(cfg: &crate::config::Config, stream: &crate::config::StreamConfig) -> Self {
+        Self {
+            max_gap_ns: cfg.engine.max_gap.as_nanos(),
+            warmup: cfg.engine.warmup,
+            default_interval_ns: stream.interval.as_nanos(),
+            score_threshold: cfg.anomaly.score_threshold,
+            likelihood_threshold: cfg.anomaly.likelihood_threshold,
+            likelihood: Likelihood::new(cfg.anomaly.short_window, cfg.anomaly.long_window),
+        }
+    }
+}
+
+/// What became of one reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// The device was stepped: a forecast and a score.
+    Scored(Scored),
+    /// Duplicate or older timestamp than the device's last reading: not stepped.
+    Stale {
+        /// The device's last timestamp.
+        last_ts: i64,
+    },
+}
+
+/// Score and forecast metadata of a stepped reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// Tail score in [0, 1] (0 when there was no earlier forecast).
+    pub score: f64,
+    /// Anomaly likelihood in [0, 1] (0 during warm-up).
+    pub likelihood: f64,
+    /// Whether the reading is flagged.
+    pub is_anomaly: bool,
+    /// Index of the feature contributing most.
+    pub top_feature: usize,
+    /// Time between forecast steps (ns): forecast `h` targets `ts + h · step_ns`.
+    pub step_ns: i64,
+    /// The device started from a zero state (first reading or a reset after a gap).
+    pub cold: bool,
+}
+
+/// Results of one batch, parallel to its readings.
+#[derive(Debug, Default, Clone)]
+pub struct BatchOutput {
+    /// One outcome per reading.
+    pub outcomes: Vec<Outcome>,
+    forecasts: Vec<f32>,
+    per: usize,
+}
+
+impl BatchOutput {
+    /// Forecast of reading `i`: for each step `h` and feature `f`, `(yhat, lower, upper)` at
+    /// `[(h·F + f)·3 ..]`. Meaningful only for [`Outcome::Scored`].
+    pub fn forecast(&self, i: usize) -> &[f32] {
+        &self.forecasts[i * self.per..(i + 1) * self.per]
+    }
+}
+
+/// Engine counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Readings stepped.
+    pub stepped: u64,
+    /// Readings skipped as duplicate or older.
+    pub stale: u64,
+    /// States reset because of a gap.
+    pub gap_resets: u64,
+    /// Devices seen for the first time.
+    pub new_devices: u64,
+}
+
+/// A reading whose shape does not fit the model.
+#[derive(Debug, thiserror::Error)]
+#[error("reading {index} of the batch (device {device:?}) has {got} values, the model expects {want}")]
+pub struct ShapeError {
+    /// Position in the batch.
+    pub index: usize,
+    /// Device.
+    pub device: String,
+    /// Values found.
+    pub got: usize,
+    /// Features expected.
+    pub want: usize,
+}
+
+/// Per-device state in flat arrays, one slot per device.
+#[derive(Debug, Default)]
+struct Slots {
+    h: Vec<f32>,
+    c: Vec<f32>,
+    pred_mean: Vec<f32>,
+    pred_sigma: Vec<f32>,
+    stats: Vec<ScoreStats>,
+    last_ts: Vec<i64>,
+    count: Vec<u32>,
+    // Per-batch scratch: the batch a slot was last seen in and its wave there.
+    mark: Vec<u32>,
+    wave: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    index: usize,
+    slot: usize,
+    reset: bool,
+    step_ns: i64,
+}
+
+/// The streaming engine for one stream.
+pub struct Engine {
+    model: Arc<InferenceModel>,
+    settings: EngineSettings,
+    isa: Isa,
+    ids: HashMap<String, u32>,
+    slots: Slots,
+    state_len: usize,
+    epoch: u32,
+    counters: Counters,
+    // Reused buffers.
+    waves: Vec<Vec<Item>>,
+    ws: Workspace,
+    x: Vec<f32>,
+    h: Vec<f32>,
+    c: Vec<f32>,
+    head_in: Vec<f32>,
+    head_out: Vec<f32>,
+}
+
+impl Engine {
+    /// An engine with no devices yet.
+    pub fn new(model: Arc<InferenceModel>, settings: EngineSettings) -> Result<Self, String> {
+        model.validate()?;
+        let state_len = model.stack.state_len();
+        Ok(Self {
+            model,
+            settings,
+            isa: Isa::detect(),
+            ids: HashMap::new(),
+            slots: Slots::default(),
+            state_len,
+            epoch: 0,
+            counters: Counters::default(),
+            waves: Vec::new(),
+            ws: Workspace::default(),
+            x: Vec::new(),
+            h: Vec::new(),
+            c: Vec::new(),
+            head_in: Vec::new(),
+            head_out: Vec::new(),
+        })
+    }
+
+    /// Forces an instruction set (tests compare paths).
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.isa = isa;
+        self
+    }
+
+    /// The model in use.
+    pub fn model(&self) -> &Arc<InferenceModel> {
+        &self.model
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Devices tracked.
+    pub fn devices(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Bytes of state per device held in the slot arrays (excluding the id map).
+    pub fn slot_bytes_per_device(&self) -> usize {
+        let f = self.model.features.len();
+        (2 * self.state_len + 2 * f) * 4 + size_of::<ScoreStats>() + 8 + 4 + 8
+    }
+
+    fn slot_for(&mut self, device: &str) -> usize {
+        if let Some(&s) = self.ids.get(device) {
+            return s as usize;
+        }
+        let s = self.slots.last_ts.len();
+        let f = self.model.features.len();
+        let sl = &mut self.slots;
+        sl.h.resize(sl.h.len() + self.state_len, 0.0);
+        sl.c.resize(sl.c.len() + self.state_len, 0.0);
+        sl.pred_mean.resize(sl.pred_mean.len() + f, 0.0);
+        sl.pred_sigma.resize(sl.pred_sigma.len() + f, 1.0);
+        sl.stats.push(self.settings.likelihood.prior());
+        sl.last_ts.push(i64::MIN);
+        sl.count.push(0);
+        sl.mark.push(u32::MAX);
+        sl.wave.push(0);
+        self.ids.insert(device.to_string(), s as u32);
+        self.counters.new_devices += 1;
+        s
+    }
+
+    /// Steps every reading of `batch` (in order per device) and fills `out`.
+    pub fn process(&mut self, batch: &[Reading], out: &mut BatchOutput) -> Result<(), ShapeError> {
+        let nf = self.model.features.len();
+        let per = self.model.horizon * nf * 3;
+        out.outcomes.clear();
+        out.per = per;
+        out.forecasts.clear();
+        out.forecasts.resize(batch.len() * per, 0.0);
+        for (index, r) in batch.iter().enumerate() {
+            if r.values.len() != nf {
+                return Err(ShapeError {
+                    index,
+                    device: r.device.clone(),
+                    got: r.values.len(),
+                    want: nf,
+                });
+            }
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == u32::MAX {
+            self.slots.mark.iter_mut().for_each(|m| *m = u32::MAX);
+            self.epoch = 0;
+        }
+        for w in self.waves.iter_mut() {
+            w.clear();
+        }
+        for (index, r) in batch.iter().enumerate() {
+            let slot = self.slot_for(&r.device);
+            let last = self.slots.last_ts[slot];
+            if last != i64::MIN && r.ts <= last {
+                self.counters.stale += 1;
+                out.outcomes.push(Outcome::Stale { last_ts: last });
+                continue;
+            }
+            let gap = last != i64::MIN && r.ts - last > self.settings.max_gap_ns;
+            if gap {
+                self.counters.gap_resets += 1;
+            }
+            let reset = last == i64::MIN || gap;
+            let step_ns = if reset { self.settings.default_interval_ns } else { r.ts - last };
+            self.slots.last_ts[slot] = r.ts;
+            let wave = if self.slots.mark[slot] == self.epoch { self.slots.wave[slot] + 1 } else { 0 };
+            self.slots.mark[slot] = self.epoch;
+            self.slots.wave[slot] = wave;
+            let wave = wave as usize;
+            if self.waves.len() <= wave {
+                self.waves.resize_with(wave + 1, Vec::new);
+            }
+            self.waves[wave].push(Item { index, slot, reset, step_ns });
+            // Placeholder, overwritten when the wave runs.
+            out.outcomes.push(Outcome::Stale { last_ts: last });
+        }
+        let waves = std::mem::take(&mut self.waves);
+        for wave in waves.iter().filter(|w| !w.is_empty()) {
+            self.run_wave(batch, wave, out);
+        }
+        self.waves = waves;
+        Ok(())
+    }
+
+    fn run_wave(&mut self, batch: &[Reading], items: &[Item], out: &mut BatchOutput) {
+        let model = Arc::clone(&self.model);
+        let nf = model.features.len();
+        let rows = items.len();
+        let s_len = self.state_len;
+        let layers = model.stack.layers();
+        let top = model.stack.hidden();
+        self.x.clear();
+        for it in items {
+            let r = &batch[it.index];
+            for f in 0..nf {
+                self.x.push((r.values[f] - model.mean[f]) / model.std[f]);
+            }
+        }
+        // Gather: per layer a rows × hidden block.
+        self.h.clear();
+        self.h.resize(rows * s_len, 0.0);
+        self.c.clear();
+        self.c.resize(rows * s_len, 0.0);
+        let mut off = 0;
+        for layer in layers {
+            let hl = layer.hidden();
+            for (r, it) in items.iter().enumerate() {
+                if it.reset {
+                    continue;
+                }
+                let src = it.slot * s_len + off;
+                let dst = rows * off + r * hl;
+                self.h[dst..dst + hl].copy_from_slice(&self.slots.h[src..src + hl]);
+                self.c[dst..dst + hl].copy_from_slice(&self.slots.c[src..src + hl]);
+            }
+            off += hl;
+        }
+        model.stack.step(self.isa, &mut self.ws, rows, &self.x, &mut self.h, &mut self.c);
+        // Head on the top layer's new hidden state.
+        let padded = kernel::padded_rows(rows);
+        let top_block = rows * (s_len - top);
+        self.head_in.clear();
+        self.head_in.extend_from_slice(&self.h[top_block..top_block + rows * top]);
+        self.head_in.resize(padded * top, 0.0);
+        let stride = model.head.n_pad();
+        self.head_out.resize(padded * stride, 0.0);
+        kernel::gemm_bias(self.isa, &self.head_in, padded, &model.head, &mut self.head_out);
+        let hf = model.horizon * nf;
+        for (r, it) in items.iter().enumerate() {
+            let slot = it.slot;
+            let x = &self.x[r * nf..(r + 1) * nf];
+            let head = &self.head_out[r * stride..r * stride + 2 * hf];
+            let had_forecast = !it.reset && self.slots.count[slot] > 0;
+            let warm = !it.reset && self.slots.count[slot] >= self.settings.warmup;
+            let (mut score, mut top_feature, mut likelihood) = (0.0, 0, 0.0);
+            if had_forecast {
+                let (s, t) = score::tail_score(
+                    x,
+                    &self.slots.pred_mean[slot * nf..(slot + 1) * nf],
+                    &self.slots.pred_sigma[slot * nf..(slot + 1) * nf],
+                );
+                score = s;
+                top_feature = t;
+                if warm {
+                    likelihood = self.settings.likelihood.update(&mut self.slots.stats[slot], s);
+                }
+            }
+            let is_anomaly = warm && (score >= self.settings.score_threshold || likelihood >= self.settings.likelihood_threshold);
+            // Keep the one-step-ahead forecast for scoring the next reading.
+            for f in 0..nf {
+                self.slots.pred_mean[slot * nf + f] = head[f];
+                self.slots.pred_sigma[slot * nf + f] = sigma_of(head[hf + f]);
+            }
+            let fc = &mut out.forecasts[it.index * out.per..(it.index + 1) * out.per];
+            for k in 0..hf {
+                let f = k % nf;
+                let yhat = head[k] * model.std[f] + model.mean[f];
+                let half = Z90 * sigma_of(head[hf + k]) * model.std[f];
+                fc[3 * k] = yhat;
+                fc[3 * k + 1] = yhat - half;
+                fc[3 * k + 2] = yhat + half;
+            }
+            // Scatter the new state back.
+            let mut off = 0;
+            for layer in layers {
+                let hl = layer.hidden();
+                let dst = slot * s_len + off;
+                let src = rows * off + r * hl;
+                self.slots.h[dst..dst + hl].copy_from_slice(&self.h[src..src + hl]);
+                self.slots.c[dst..dst + hl].copy_from_slice(&self.c[src..src + hl]);
+                off += hl;
+            }
+            self.slots.count[slot] = if it.reset { 1 } else { self.slots.count[slot].saturating_add(1) };
+            self.counters.stepped += 1;
+            out.outcomes[it.index] = Outcome::Scored(Scored {
+                score,
+                likelihood,
+                is_anomaly,
+                top_feature,
+                step_ns: it.step_ns,
+                cold: it.reset,
+            });
+        }
+    }
+}
+
+/// Standard deviation (normalised units) from the head's log-variance output.
+#[inline]
+pub fn sigma_of(logvar: f32) -> f32 {
+    (0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)).exp()
+}

@@ -1,0 +1,10 @@
+//! sensorcast: streaming LSTM forecasting and anomaly scoring for sensor fleets.
+//!
+//! Layout mirrors the data flow (DESIGN.md §7): [`decode`] turns messages and files into
+//! readings, [`engine`] steps per-device LSTM state and scores, [`model`] and [`train`] build
+//! models with burn, [`registry`] versions them, [`output`] writes points.
+pub mod config;
+pub mod decode;
+pub mod engine;
+pub mod output;
+pub mod synth;

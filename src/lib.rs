@@ -6,5 +6,6 @@
 pub mod config;
 pub mod decode;
 pub mod engine;
+pub mod model;
 pub mod output;
 pub mod synth;

@@ -8,4 +8,6 @@ pub mod decode;
 pub mod engine;
 pub mod model;
 pub mod output;
+pub mod registry;
 pub mod synth;
+pub mod train;

@@ -1,0 +1,293 @@
+//! The model registry: `<registry>/<stream>/<version>/{model.bpk, meta.json}` plus a
+//! `<registry>/<stream>/current` file naming the version in use.
+//!
+//! Publishing never exposes a half-written model: a version is written into a hidden
+//! temporary folder and renamed into place, and `current` is replaced by renaming a
+//! temporary file over it, so a reader sees the old version or the new one, never a mix.
+
+use crate::engine::InferenceModel;
+use crate::model::{Architecture, Forecaster};
+use burn::module::Module;
+use burn::prelude::Device;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Weights file name inside a version folder.
+pub const WEIGHTS_FILE: &str = "model.bpk";
+/// Metadata file name inside a version folder.
+pub const META_FILE: &str = "meta.json";
+/// Pointer file naming the current version.
+pub const CURRENT_FILE: &str = "current";
+
+/// Validation metrics of a trained model (see `train`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    /// Mean absolute error, normalised units, all horizons and features.
+    pub mae: f64,
+    /// Root mean squared error, normalised units.
+    pub rmse: f64,
+    /// MAE divided by the naive last-value forecast's MAE on the same points.
+    pub mase: f64,
+    /// Share of actual values inside the 90% band.
+    pub coverage_90: f64,
+    /// MASE per horizon step.
+    pub mase_by_horizon: Vec<f64>,
+    /// MAE per feature, in the feature's own units.
+    pub mae_by_feature: Vec<f64>,
+    /// Forecast values evaluated.
+    pub points: u64,
+}
+
+/// What the model was trained on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainingInfo {
+    /// First reading (RFC 3339).
+    pub from: String,
+    /// Last reading (RFC 3339).
+    pub to: String,
+    /// Devices.
+    pub devices: usize,
+    /// Readings used.
+    pub readings: usize,
+    /// Training windows.
+    pub train_windows: usize,
+    /// Validation windows.
+    pub validation_windows: usize,
+    /// Epochs run.
+    pub epochs: usize,
+    /// Epoch whose weights were kept.
+    pub best_epoch: usize,
+    /// Best validation loss (Gaussian NLL, normalised units).
+    pub best_validation_loss: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Window length.
+    pub window: usize,
+    /// Learning rate.
+    pub learning_rate: f64,
+    /// Input files.
+    pub inputs: Vec<String>,
+}
+
+/// `meta.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelMeta {
+    /// Format of this file.
+    pub format: u32,
+    /// Version (folder name).
+    pub version: String,
+    /// Stream.
+    pub stream: String,
+    /// When it was published (RFC 3339).
+    pub created_at: String,
+    /// Feature names in input order (the schema).
+    pub features: Vec<String>,
+    /// Normalisation means.
+    pub mean: Vec<f32>,
+    /// Normalisation standard deviations.
+    pub std: Vec<f32>,
+    /// Architecture.
+    pub architecture: Architecture,
+    /// Training data and settings.
+    pub training: TrainingInfo,
+    /// Validation metrics.
+    pub validation: Metrics,
+}
+
+/// Registry failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// I/O on a path.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// No current model.
+    #[error("no model for stream {stream:?} in {registry} (train one with `sensorcast train`)")]
+    NoModel {
+        /// Stream.
+        stream: String,
+        /// Registry.
+        registry: PathBuf,
+    },
+    /// Bad `meta.json`.
+    #[error("{path}: invalid model metadata: {message}")]
+    Meta {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Weights could not be saved or loaded.
+    #[error("{path}: {message}")]
+    Weights {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
+    move |source| RegistryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A registry root.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    root: PathBuf,
+}
+
+/// A loaded model version.
+pub struct LoadedModel {
+    /// Metadata.
+    pub meta: ModelMeta,
+    /// The burn model (for retraining or comparison).
+    pub model: Forecaster,
+    /// Exported for the engine.
+    pub inference: InferenceModel,
+}
+
+impl Registry {
+    /// Registry at `root` (created on first publish).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn stream_dir(&self, stream: &str) -> PathBuf {
+        self.root.join(stream)
+    }
+
+    /// A fresh version name from the time (`20261127T033000Z`), with a suffix if taken.
+    pub fn new_version(&self, stream: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+        let base = now.format("%Y%m%dT%H%M%SZ").to_string();
+        let dir = self.stream_dir(stream);
+        let mut name = base.clone();
+        let mut n = 1;
+        while dir.join(&name).exists() {
+            n += 1;
+            name = format!("{base}-{n}");
+        }
+        name
+    }
+
+    /// Writes a version and makes it current. Returns the version folder.
+    pub fn publish(&self, meta: &ModelMeta, model: &Forecaster) -> Result<PathBuf, RegistryError> {
+        let dir = self.stream_dir(&meta.stream);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let tmp = dir.join(format!(".tmp-{}-{}", meta.version, std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let weights = tmp.join(WEIGHTS_FILE);
+        model.clone().save_file(&weights).map_err(|e| RegistryError::Weights {
+            path: weights.clone(),
+            message: format!("cannot save weights: {e:?}"),
+        })?;
+        let meta_path = tmp.join(META_FILE);
+        let text = serde_json::to_string_pretty(meta).map_err(|e| RegistryError::Meta {
+            path: meta_path.clone(),
+            message: e.to_string(),
+        })?;
+        write_synced(&meta_path, text.as_bytes())?;
+        sync_file(&weights)?;
+        let final_dir = dir.join(&meta.version);
+        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+        self.set_current(&meta.stream, &meta.version)?;
+        Ok(final_dir)
+    }
+
+    /// Points `current` at `version` atomically.
+    pub fn set_current(&self, stream: &str, version: &str) -> Result<(), RegistryError> {
+        let dir = self.stream_dir(stream);
+        let target = dir.join(version);
+        if !target.join(META_FILE).is_file() {
+            return Err(RegistryError::Meta {
+                path: target,
+                message: "no such version".into(),
+            });
+        }
+        let tmp = dir.join(format!(".{CURRENT_FILE}.tmp-{}", std::process::id()));
+        write_synced(&tmp, format!("{version}\n").as_bytes())?;
+        let current = dir.join(CURRENT_FILE);
+        std::fs::rename(&tmp, &current).map_err(io(&current))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// The current version of a stream.
+    pub fn current(&self, stream: &str) -> Result<String, RegistryError> {
+        let path = self.stream_dir(stream).join(CURRENT_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+            Ok(_) => Err(RegistryError::Meta {
+                path,
+                message: "empty pointer".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RegistryError::NoModel {
+                stream: stream.to_string(),
+                registry: self.root.clone(),
+            }),
+            Err(e) => Err(RegistryError::Io { path, source: e }),
+        }
+    }
+
+    /// Reads a version's metadata.
+    pub fn meta(&self, stream: &str, version: &str) -> Result<ModelMeta, RegistryError> {
+        let path = self.stream_dir(stream).join(version).join(META_FILE);
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let meta: ModelMeta = serde_json::from_str(&text).map_err(|e| RegistryError::Meta {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        if meta.version != version || meta.stream != stream {
+            return Err(RegistryError::Meta {
+                path,
+                message: format!("names version {:?} of stream {:?}", meta.version, meta.stream),
+            });
+        }
+        Ok(meta)
+    }
+
+    /// Loads a version (the current one when `version` is `None`) and exports it.
+    pub fn load(&self, stream: &str, version: Option<&str>) -> Result<LoadedModel, RegistryError> {
+        let version = match version {
+            Some(v) => v.to_string(),
+            None => self.current(stream)?,
+        };
+        let meta = self.meta(stream, &version)?;
+        let path = self.stream_dir(stream).join(&version).join(WEIGHTS_FILE);
+        let device = Device::flex();
+        let model = Forecaster::new(&meta.architecture, &device)
+            .try_load_file(&path)
+            .map_err(|e| RegistryError::Weights {
+                path: path.clone(),
+                message: format!("cannot load weights: {e:?}"),
+            })?;
+        let inference = model
+            .export(&meta.architecture, &meta.version, &meta.features, &meta.mean, &meta.std)
+            .map_err(|message| RegistryError::Weights { path, message })?;
+        Ok(LoadedModel { meta, model, inference })
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn sync_file(path: &Path) -> Result<(), RegistryError> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
+}

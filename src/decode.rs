@@ -113,7 +113,11 @@ impl Schema {
 
     /// Schema from feature names and the device field/tag name.
     pub fn new(features: Vec<String>, device_key: String) -> Self {
-        let index = features.iter().enumerate().map(|(i, f)| (f.clone(), i)).collect();
+        let index = features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.clone(), i))
+            .collect();
         Self {
             features,
             index,
@@ -133,7 +137,12 @@ impl Schema {
         }
     }
 
-    fn finish(&self, device: Option<String>, ts: Option<i64>, values: Vec<Option<f32>>) -> Result<Reading, DecodeError> {
+    fn finish(
+        &self,
+        device: Option<String>,
+        ts: Option<i64>,
+        values: Vec<Option<f32>>,
+    ) -> Result<Reading, DecodeError> {
         let device = device
             .filter(|d| !d.is_empty())
             .ok_or_else(|| DecodeError::MissingDevice(self.device_key.clone()))?;
@@ -148,7 +157,10 @@ impl Schema {
     }
 
     fn set(&self, values: &mut [Option<f32>], feature: &str, v: f64) -> Result<(), DecodeError> {
-        let i = *self.index.get(feature).ok_or_else(|| self.unknown(feature))?;
+        let i = *self
+            .index
+            .get(feature)
+            .ok_or_else(|| self.unknown(feature))?;
         let f = v as f32;
         if !v.is_finite() || !f.is_finite() {
             return Err(DecodeError::NotFinite(feature.to_string()));
@@ -160,35 +172,55 @@ impl Schema {
     /// Decodes a JSON message `{"device":…,"ts":…,"values":{…}}`; `key` (the Kafka message key)
     /// is the device id unless the payload names one.
     pub fn decode_json(&self, key: Option<&str>, payload: &[u8]) -> Result<Reading, DecodeError> {
-        let v: serde_json::Value = serde_json::from_slice(payload).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
-        let obj = v.as_object().ok_or_else(|| DecodeError::InvalidJson("expected a JSON object".into()))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(payload).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| DecodeError::InvalidJson("expected a JSON object".into()))?;
         let device = match obj.get(&self.device_key) {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
             Some(serde_json::Value::Number(n)) => Some(n.to_string()),
             Some(other) => {
-                return Err(DecodeError::InvalidJson(format!("{:?} must be a string, found {}", self.device_key, kind(other))));
+                return Err(DecodeError::InvalidJson(format!(
+                    "{:?} must be a string, found {}",
+                    self.device_key,
+                    kind(other)
+                )));
             }
             None => key.map(str::to_string),
         };
         let ts = match obj.get("ts") {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) => Some(parse_ts_text(s)?),
-            Some(serde_json::Value::Number(n)) => Some(epoch_by_magnitude(
-                n.as_i64()
-                    .ok_or_else(|| DecodeError::BadTimestamp(format!("{n} is not an integer epoch")))?,
-            )?),
-            Some(other) => return Err(DecodeError::BadTimestamp(format!("expected a string or integer, found {}", kind(other)))),
+            Some(serde_json::Value::Number(n)) => {
+                Some(epoch_by_magnitude(n.as_i64().ok_or_else(|| {
+                    DecodeError::BadTimestamp(format!("{n} is not an integer epoch"))
+                })?)?)
+            }
+            Some(other) => {
+                return Err(DecodeError::BadTimestamp(format!(
+                    "expected a string or integer, found {}",
+                    kind(other)
+                )));
+            }
         };
         let values_obj = match obj.get("values") {
             Some(serde_json::Value::Object(m)) => m,
-            Some(other) => return Err(DecodeError::InvalidJson(format!("\"values\" must be an object, found {}", kind(other)))),
+            Some(other) => {
+                return Err(DecodeError::InvalidJson(format!(
+                    "\"values\" must be an object, found {}",
+                    kind(other)
+                )));
+            }
             None => return Err(DecodeError::InvalidJson("missing \"values\" object".into())),
         };
         let mut values = vec![None; self.features.len()];
         for (name, val) in values_obj {
             match val {
                 serde_json::Value::Number(n) => {
-                    let x = n.as_f64().ok_or_else(|| DecodeError::NotFinite(name.clone()))?;
+                    let x = n
+                        .as_f64()
+                        .ok_or_else(|| DecodeError::NotFinite(name.clone()))?;
                     self.set(&mut values, name, x)?;
                 }
                 other => {
@@ -209,7 +241,8 @@ impl Schema {
     /// `measurement,device=pump-7 vibration=0.12,temp=71.3 1795748248000000000`
     /// (timestamp in nanoseconds). The device comes from the `device_key` tag, else `key`.
     pub fn decode_line(&self, key: Option<&str>, line: &[u8]) -> Result<Reading, DecodeError> {
-        let text = std::str::from_utf8(line).map_err(|_| DecodeError::InvalidLineProtocol("not UTF-8".into()))?;
+        let text = std::str::from_utf8(line)
+            .map_err(|_| DecodeError::InvalidLineProtocol("not UTF-8".into()))?;
         let line = text.trim_end_matches(['\n', '\r']);
         let lp = parse_line_protocol(line).map_err(DecodeError::InvalidLineProtocol)?;
         let device = lp
@@ -282,8 +315,11 @@ pub fn parse_ts_text(s: &str) -> Result<i64, DecodeError> {
     if let Ok(v) = t.parse::<i64>() {
         return epoch_by_magnitude(v);
     }
-    let dt = chrono::DateTime::parse_from_rfc3339(t)
-        .map_err(|e| DecodeError::BadTimestamp(format!("{t:?} is neither RFC 3339 nor an integer epoch ({e})")))?;
+    let dt = chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
+        DecodeError::BadTimestamp(format!(
+            "{t:?} is neither RFC 3339 nor an integer epoch ({e})"
+        ))
+    })?;
     let ns = dt
         .timestamp_nanos_opt()
         .ok_or_else(|| DecodeError::BadTimestamp(format!("{t:?} is out of range")))?;
@@ -337,7 +373,11 @@ fn take_escaped<'a>(s: &'a str, stops: &[char]) -> (String, &'a str) {
     while let Some((i, c)) = chars.next() {
         if c == '\\' {
             match chars.next() {
-                Some((_, n)) if stops.contains(&n) || n == '\\' || n == '=' || n == ',' || n == ' ' => out.push(n),
+                Some((_, n))
+                    if stops.contains(&n) || n == '\\' || n == '=' || n == ',' || n == ' ' =>
+                {
+                    out.push(n)
+                }
                 Some((_, n)) => {
                     out.push('\\');
                     out.push(n);
@@ -365,7 +405,9 @@ pub fn parse_line_protocol(line: &str) -> Result<LineProtocol, String> {
     let mut tags = Vec::new();
     while let Some(r) = rest.strip_prefix(',') {
         let (k, r) = take_escaped(r, &['=', ',', ' ']);
-        let r = r.strip_prefix('=').ok_or_else(|| format!("tag {k:?} has no '='"))?;
+        let r = r
+            .strip_prefix('=')
+            .ok_or_else(|| format!("tag {k:?} has no '='"))?;
         let (v, r) = take_escaped(r, &[',', ' ']);
         if k.is_empty() || v.is_empty() {
             return Err(format!("empty tag key or value near {k:?}"));
@@ -373,11 +415,16 @@ pub fn parse_line_protocol(line: &str) -> Result<LineProtocol, String> {
         tags.push((k, v));
         rest = r;
     }
-    let mut rest = rest.strip_prefix(' ').ok_or("missing fields")?.trim_start_matches(' ');
+    let mut rest = rest
+        .strip_prefix(' ')
+        .ok_or("missing fields")?
+        .trim_start_matches(' ');
     let mut fields = Vec::new();
     loop {
         let (k, r) = take_escaped(rest, &['=', ',', ' ']);
-        let r = r.strip_prefix('=').ok_or_else(|| format!("field {k:?} has no '='"))?;
+        let r = r
+            .strip_prefix('=')
+            .ok_or_else(|| format!("field {k:?} has no '='"))?;
         if k.is_empty() {
             return Err("empty field key".into());
         }
@@ -409,8 +456,13 @@ pub fn parse_line_protocol(line: &str) -> Result<LineProtocol, String> {
                 "f" | "F" | "false" | "False" | "FALSE" => LpValue::Bool(false),
                 _ => {
                     let num = raw.strip_suffix(['i', 'u']).unwrap_or(raw);
-                    let x: f64 = num.parse().map_err(|_| format!("field {k:?}: {raw:?} is not a number, boolean or string"))?;
-                    if raw.ends_with(['i', 'u']) && num.parse::<i64>().is_err() && num.parse::<u64>().is_err() {
+                    let x: f64 = num.parse().map_err(|_| {
+                        format!("field {k:?}: {raw:?} is not a number, boolean or string")
+                    })?;
+                    if raw.ends_with(['i', 'u'])
+                        && num.parse::<i64>().is_err()
+                        && num.parse::<u64>().is_err()
+                    {
                         return Err(format!("field {k:?}: {raw:?} is not an integer"));
                     }
                     LpValue::Number(x)
@@ -430,7 +482,11 @@ pub fn parse_line_protocol(line: &str) -> Result<LineProtocol, String> {
     let timestamp = if ts_text.is_empty() {
         None
     } else {
-        Some(ts_text.parse::<i64>().map_err(|_| format!("timestamp {ts_text:?} is not an integer"))?)
+        Some(
+            ts_text
+                .parse::<i64>()
+                .map_err(|_| format!("timestamp {ts_text:?} is not an integer"))?,
+        )
     };
     Ok(LineProtocol {
         measurement,
@@ -507,7 +563,12 @@ pub enum FileFormat {
 impl FileFormat {
     /// By extension (`.csv`, `.lp`/`.line`, `.json`/`.jsonl`/`.ndjson`), else by the first line.
     pub fn detect(path: &Path, first_line: &str) -> Self {
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("csv") => FileFormat::Csv,
             Some("lp" | "line") => FileFormat::LineProtocol,
             Some("json" | "jsonl" | "ndjson") => FileFormat::JsonLines,
@@ -551,18 +612,30 @@ pub fn read_file(path: &Path, schema: &Schema) -> Result<FileReadings, FileError
         }
     }
     if out.readings.is_empty() && out.errors.is_empty() {
-        return Err(FileError::Empty { path: path.to_path_buf() });
+        return Err(FileError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     Ok(out)
 }
 
-fn read_csv(path: &Path, text: &str, schema: &Schema, out: &mut FileReadings) -> Result<(), FileError> {
+fn read_csv(
+    path: &Path,
+    text: &str,
+    schema: &Schema,
+    out: &mut FileReadings,
+) -> Result<(), FileError> {
     let header_err = |message: String| FileError::Header {
         path: path.to_path_buf(),
         message,
     };
-    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
-    let headers = rdr.headers().map_err(|e| header_err(format!("bad CSV header: {e}")))?.clone();
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let headers = rdr
+        .headers()
+        .map_err(|e| header_err(format!("bad CSV header: {e}")))?
+        .clone();
     let names: Vec<&str> = headers.iter().map(str::trim).collect();
     if names.first() != Some(&"device") || names.get(1) != Some(&"ts") {
         return Err(header_err(format!(
@@ -605,7 +678,11 @@ fn read_csv(path: &Path, text: &str, schema: &Schema, out: &mut FileReadings) ->
     Ok(())
 }
 
-fn decode_csv_record(rec: &csv::StringRecord, columns: &[usize], schema: &Schema) -> Result<Reading, DecodeError> {
+fn decode_csv_record(
+    rec: &csv::StringRecord,
+    columns: &[usize],
+    schema: &Schema,
+) -> Result<Reading, DecodeError> {
     if rec.len() != columns.len() + 2 {
         return Err(DecodeError::InvalidCsv(format!(
             "expected {} columns, found {}",
@@ -615,7 +692,11 @@ fn decode_csv_record(rec: &csv::StringRecord, columns: &[usize], schema: &Schema
     }
     let device = Some(rec[0].trim().to_string());
     let ts_text = rec[1].trim();
-    let ts = if ts_text.is_empty() { None } else { Some(parse_ts_text(ts_text)?) };
+    let ts = if ts_text.is_empty() {
+        None
+    } else {
+        Some(parse_ts_text(ts_text)?)
+    };
     let mut values = vec![None; schema.features.len()];
     for (col, &fi) in columns.iter().enumerate() {
         let raw = rec[col + 2].trim();
@@ -644,12 +725,33 @@ mod tests {
     fn json_with_every_timestamp_form() {
         let s = schema();
         let base = 1_795_748_248_000_000_000i64;
-        for ts in ["\"2026-11-27T02:57:28Z\"", "1795748248", "1795748248000", "1795748248000000", "1795748248000000000"] {
-            let msg = format!(r#"{{"device":"pump-7","ts":{ts},"values":{{"vibration":0.12,"temp":71.3}}}}"#);
+        for ts in [
+            "\"2026-11-27T02:57:28Z\"",
+            "1795748248",
+            "1795748248000",
+            "1795748248000000",
+            "1795748248000000000",
+        ] {
+            let msg = format!(
+                r#"{{"device":"pump-7","ts":{ts},"values":{{"vibration":0.12,"temp":71.3}}}}"#
+            );
             let r = s.decode_json(None, msg.as_bytes()).expect(ts);
-            assert_eq!(r, Reading { device: "pump-7".into(), ts: base, values: vec![0.12, 71.3] }, "{ts}");
+            assert_eq!(
+                r,
+                Reading {
+                    device: "pump-7".into(),
+                    ts: base,
+                    values: vec![0.12, 71.3]
+                },
+                "{ts}"
+            );
         }
-        let r = s.decode_json(Some("from-key"), br#"{"ts":1795748248000,"values":{"vibration":1,"temp":2}}"#).expect("key");
+        let r = s
+            .decode_json(
+                Some("from-key"),
+                br#"{"ts":1795748248000,"values":{"vibration":1,"temp":2}}"#,
+            )
+            .expect("key");
         assert_eq!(r.device, "from-key");
     }
 
@@ -659,20 +761,54 @@ mod tests {
         let cases: &[(&[u8], &str)] = &[
             (b"{not json", "invalid_json"),
             (b"[1,2]", "invalid_json"),
-            (br#"{"ts":1795748248000,"values":{"vibration":1,"temp":2}}"#, "missing_device"),
-            (br#"{"device":"d","values":{"vibration":1,"temp":2}}"#, "missing_timestamp"),
-            (br#"{"device":"d","ts":"yesterday","values":{"vibration":1,"temp":2}}"#, "bad_timestamp"),
-            (br#"{"device":"d","ts":5,"values":{"vibration":1,"temp":2}}"#, "bad_timestamp"),
-            (br#"{"device":"d","ts":1795748248000,"values":{"vibration":"high","temp":2}}"#, "wrong_type"),
-            (br#"{"device":"d","ts":1795748248000,"values":{"vibration":1e39,"temp":2}}"#, "not_finite"),
-            (br#"{"device":"d","ts":1795748248000,"values":{"vibration":1,"temp":2,"rpm":3}}"#, "unknown_feature"),
-            (br#"{"device":"d","ts":1795748248000,"values":{"vibration":1}}"#, "missing_feature"),
+            (
+                br#"{"ts":1795748248000,"values":{"vibration":1,"temp":2}}"#,
+                "missing_device",
+            ),
+            (
+                br#"{"device":"d","values":{"vibration":1,"temp":2}}"#,
+                "missing_timestamp",
+            ),
+            (
+                br#"{"device":"d","ts":"yesterday","values":{"vibration":1,"temp":2}}"#,
+                "bad_timestamp",
+            ),
+            (
+                br#"{"device":"d","ts":5,"values":{"vibration":1,"temp":2}}"#,
+                "bad_timestamp",
+            ),
+            (
+                br#"{"device":"d","ts":1795748248000,"values":{"vibration":"high","temp":2}}"#,
+                "wrong_type",
+            ),
+            (
+                br#"{"device":"d","ts":1795748248000,"values":{"vibration":1e39,"temp":2}}"#,
+                "not_finite",
+            ),
+            (
+                br#"{"device":"d","ts":1795748248000,"values":{"vibration":1,"temp":2,"rpm":3}}"#,
+                "unknown_feature",
+            ),
+            (
+                br#"{"device":"d","ts":1795748248000,"values":{"vibration":1}}"#,
+                "missing_feature",
+            ),
         ];
         for (msg, reason) in cases {
             let err = s.decode_json(None, msg).expect_err(reason);
-            assert_eq!(err.reason(), *reason, "{}: {err}", String::from_utf8_lossy(msg));
+            assert_eq!(
+                err.reason(),
+                *reason,
+                "{}: {err}",
+                String::from_utf8_lossy(msg)
+            );
         }
-        let err = s.decode_json(None, br#"{"device":"d","ts":1795748248000,"values":{"vibration":1}}"#).unwrap_err();
+        let err = s
+            .decode_json(
+                None,
+                br#"{"device":"d","ts":1795748248000,"values":{"vibration":1}}"#,
+            )
+            .unwrap_err();
         assert!(err.to_string().contains("temp"), "{err}");
     }
 
@@ -680,10 +816,21 @@ mod tests {
     fn line_protocol_as_telegraf_writes_it() {
         let s = schema();
         let r = s
-            .decode_line(None, b"pump,device=pump-7,site=a vibration=0.12,temp=71i 1795748248000000000\n")
+            .decode_line(
+                None,
+                b"pump,device=pump-7,site=a vibration=0.12,temp=71i 1795748248000000000\n",
+            )
             .expect("valid");
-        assert_eq!(r, Reading { device: "pump-7".into(), ts: 1_795_748_248_000_000_000, values: vec![0.12, 71.0] });
-        let lp = parse_line_protocol(r#"my\ meas,tag\,k=v\ 1 s="a \"q\"",b=t,n=-1.5e3"#).expect("escapes");
+        assert_eq!(
+            r,
+            Reading {
+                device: "pump-7".into(),
+                ts: 1_795_748_248_000_000_000,
+                values: vec![0.12, 71.0]
+            }
+        );
+        let lp = parse_line_protocol(r#"my\ meas,tag\,k=v\ 1 s="a \"q\"",b=t,n=-1.5e3"#)
+            .expect("escapes");
         assert_eq!(lp.measurement, "my meas");
         assert_eq!(lp.tags, [("tag,k".to_string(), "v 1".to_string())]);
         assert_eq!(lp.fields[0].1, LpValue::Str("a \"q\"".into()));
@@ -697,14 +844,35 @@ mod tests {
         let s = schema();
         for (line, reason) in [
             ("pump,device=d", "invalid_line_protocol"),
-            ("pump,device=d vibration=abc,temp=1 1795748248000000000", "invalid_line_protocol"),
+            (
+                "pump,device=d vibration=abc,temp=1 1795748248000000000",
+                "invalid_line_protocol",
+            ),
             ("pump,device=d vibration=1,temp=1", "missing_timestamp"),
-            ("pump vibration=1,temp=1 1795748248000000000", "missing_device"),
-            ("pump,device=d vibration=\"x\",temp=1 1795748248000000000", "wrong_type"),
-            ("pump,device=d vibration=1,temp=inf 1795748248000000000", "not_finite"),
-            ("pump,device=d vibration=1,temp=NaN 1795748248000000000", "not_finite"),
-            ("pump,device=d vibration=1 1795748248000000000", "missing_feature"),
-            ("pump,device=d vibration=1,temp=1,x=2 1795748248000000000", "unknown_feature"),
+            (
+                "pump vibration=1,temp=1 1795748248000000000",
+                "missing_device",
+            ),
+            (
+                "pump,device=d vibration=\"x\",temp=1 1795748248000000000",
+                "wrong_type",
+            ),
+            (
+                "pump,device=d vibration=1,temp=inf 1795748248000000000",
+                "not_finite",
+            ),
+            (
+                "pump,device=d vibration=1,temp=NaN 1795748248000000000",
+                "not_finite",
+            ),
+            (
+                "pump,device=d vibration=1 1795748248000000000",
+                "missing_feature",
+            ),
+            (
+                "pump,device=d vibration=1,temp=1,x=2 1795748248000000000",
+                "unknown_feature",
+            ),
             ("pump,device=d vibration=1,temp=1 12", "bad_timestamp"),
         ] {
             let err = s.decode_line(None, line.as_bytes()).expect_err(line);
@@ -720,10 +888,25 @@ mod tests {
         std::fs::write(&csv, "device,ts,temp,vibration\nd1,1795748248000,1.0,2.0\nd1,1795748249000,nan,2.0\nd1,oops,1,2\nd1,1795748250000,1\n").expect("write");
         let fr = read_file(&csv, &s).expect("reads");
         assert_eq!(fr.readings.len(), 1);
-        assert_eq!(fr.readings[0].1.values, vec![2.0, 1.0], "columns are mapped by name");
-        let lines: Vec<_> = fr.errors.iter().map(|e| (e.line, e.error.reason())).collect();
-        assert_eq!(lines, [(3, "not_finite"), (4, "bad_timestamp"), (5, "invalid_csv")]);
-        assert!(fr.errors[0].to_string().starts_with(&format!("{}:3:", csv.display())));
+        assert_eq!(
+            fr.readings[0].1.values,
+            vec![2.0, 1.0],
+            "columns are mapped by name"
+        );
+        let lines: Vec<_> = fr
+            .errors
+            .iter()
+            .map(|e| (e.line, e.error.reason()))
+            .collect();
+        assert_eq!(
+            lines,
+            [(3, "not_finite"), (4, "bad_timestamp"), (5, "invalid_csv")]
+        );
+        assert!(
+            fr.errors[0]
+                .to_string()
+                .starts_with(&format!("{}:3:", csv.display()))
+        );
 
         let bad_header = dir.path().join("h.csv");
         std::fs::write(&bad_header, "device,ts,temp,rpm\n").expect("write");
@@ -732,12 +915,25 @@ mod tests {
 
         let empty = dir.path().join("e.jsonl");
         std::fs::write(&empty, "\n\n").expect("write");
-        assert!(matches!(read_file(&empty, &s), Err(FileError::Empty { .. })));
+        assert!(matches!(
+            read_file(&empty, &s),
+            Err(FileError::Empty { .. })
+        ));
 
         let json = dir.path().join("in.jsonl");
         std::fs::write(&json, "{\"device\":\"a\",\"ts\":1795748248000,\"values\":{\"vibration\":1,\"temp\":2}}\n{broken\n").expect("write");
         let fr = read_file(&json, &s).expect("reads");
-        assert_eq!((fr.readings.len(), fr.errors[0].line, fr.errors[0].error.reason()), (1, 2, "invalid_json"));
-        assert!(matches!(read_file(&dir.path().join("missing.csv"), &s), Err(FileError::Io { .. })));
+        assert_eq!(
+            (
+                fr.readings.len(),
+                fr.errors[0].line,
+                fr.errors[0].error.reason()
+            ),
+            (1, 2, "invalid_json")
+        );
+        assert!(matches!(
+            read_file(&dir.path().join("missing.csv"), &s),
+            Err(FileError::Io { .. })
+        ));
     }
 }

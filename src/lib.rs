@@ -3,8 +3,12 @@
 //! Layout mirrors the data flow (DESIGN.md §7): [`decode`] turns messages and files into
 //! readings, [`engine`] steps per-device LSTM state and scores, [`model`] and [`train`] build
 //! models with burn, [`registry`] versions them, [`output`] writes points.
+pub mod bench;
+pub mod chart;
+pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod engine;
 pub mod model;
 pub mod output;

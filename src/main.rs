@@ -1,1 +1,275 @@
-fn main() {}
+//! The `sensorcast` command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sensorcast::config::{Config, ConfigError, LogFormat};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Streaming LSTM forecasting and anomaly scoring for sensor fleets.
+#[derive(Parser, Debug)]
+#[command(name = "sensorcast", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the whole pipeline on an embedded synthetic fleet (no servers needed).
+    Demo {
+        /// Output folder for line protocol, chart, model and data.
+        #[arg(long, default_value = "demo-out")]
+        out: PathBuf,
+        /// Devices in the fleet.
+        #[arg(long, default_value_t = 24)]
+        devices: usize,
+        /// Readings per device.
+        #[arg(long, default_value_t = 1000)]
+        readings: usize,
+        /// Faults to inject.
+        #[arg(long, default_value_t = 8)]
+        faults: usize,
+        /// Seed for data and training.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Train a model from history files and publish it to the registry.
+    Train {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Input files: JSON lines, CSV (`device,ts,<feature>...`) or line protocol.
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Stream to train (may be left out when the config has one stream).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Fail on the first bad input line instead of skipping it.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Run the streaming engine over a file in time order and write its outputs.
+    Replay {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Input file: JSON lines, CSV or line protocol.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output: `.lp` (InfluxDB line protocol) or `.csv`.
+        #[arg(long)]
+        output: PathBuf,
+        /// Stream (may be left out when the config has one stream).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Model version (default: the registry's current one).
+        #[arg(long)]
+        model: Option<String>,
+        /// Fail on the first bad input line instead of skipping it.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Measure the engine alone on a synthetic fleet (no I/O).
+    Bench {
+        /// Devices.
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Readings per device.
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Hidden width.
+        #[arg(long, default_value_t = 64)]
+        hidden: usize,
+        /// Features.
+        #[arg(long, default_value_t = 8)]
+        features: usize,
+        /// LSTM layers.
+        #[arg(long, default_value_t = 1)]
+        layers: usize,
+        /// Forecast horizon.
+        #[arg(long, default_value_t = 3)]
+        horizon: usize,
+        /// Readings per micro-batch.
+        #[arg(long, default_value_t = 4096)]
+        batch: usize,
+    },
+    /// Print the effective configuration (secrets masked) or every problem in it.
+    CheckConfig {
+        /// Config file (TOML); defaults and environment only when left out.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_logging(cfg: Option<&Config>) {
+    let level = cfg
+        .map(|c| c.log.level.clone())
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.map(|c| c.log.format) {
+        Some(LogFormat::Json) => builder.json().try_init(),
+        _ => builder.try_init(),
+    };
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, ConfigError> {
+    Config::load(Some(path))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(if e.downcast_ref::<ConfigError>().is_some() {
+                2
+            } else {
+                1
+            })
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match cli.command {
+        Command::CheckConfig { config } => {
+            init_logging(None);
+            match sensorcast::cli::check_config(config.as_deref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Train {
+            config,
+            input,
+            stream,
+            strict,
+        } => {
+            let cfg = load_config(&config)?;
+            init_logging(Some(&cfg));
+            let stream = cfg
+                .stream(stream.as_deref())
+                .map_err(anyhow::Error::msg)?
+                .clone();
+            sensorcast::cli::run_train(&cfg, &stream, &input, strict, tty)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            config,
+            input,
+            output,
+            stream,
+            model,
+            strict,
+        } => {
+            let cfg = load_config(&config)?;
+            init_logging(Some(&cfg));
+            let stream = cfg
+                .stream(stream.as_deref())
+                .map_err(anyhow::Error::msg)?
+                .clone();
+            let s = sensorcast::cli::run_replay(
+                &cfg,
+                &stream,
+                &input,
+                &output,
+                model.as_deref(),
+                strict,
+            )?;
+            println!(
+                "replayed {} readings of {} devices: {} stepped, {} skipped lines, {} anomalies, {} points written to {} ({:.0} events/s in the engine)",
+                s.readings,
+                s.devices,
+                s.stepped,
+                s.skipped,
+                s.anomalies,
+                s.points,
+                output.display(),
+                s.engine_events_per_s
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            devices,
+            steps,
+            hidden,
+            features,
+            layers,
+            horizon,
+            batch,
+        } => {
+            init_logging(None);
+            anyhow::ensure!(
+                devices > 0 && steps > 0 && hidden > 0 && features > 0 && layers > 0 && horizon > 0,
+                "all sizes must be at least 1"
+            );
+            let spec = sensorcast::bench::BenchSpec {
+                devices,
+                steps,
+                hidden,
+                features,
+                layers,
+                horizon,
+                batch,
+            };
+            let r = sensorcast::bench::run(&spec)
+                .map_err(anyhow::Error::msg)
+                .context("benchmark failed")?;
+            println!(
+                "devices={devices} steps={steps} hidden={hidden} features={features} layers={layers} horizon={horizon} batch={batch} isa={:?}",
+                r.isa
+            );
+            println!(
+                "events={} elapsed_s={:.3}",
+                r.events,
+                r.elapsed.as_secs_f64()
+            );
+            println!("events_per_s={:.0}", r.events_per_s);
+            println!("state_bytes_per_device={}", r.state_bytes_per_device);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            out,
+            devices,
+            readings,
+            faults,
+            seed,
+        } => {
+            init_logging(None);
+            anyhow::ensure!(
+                devices >= 1 && readings >= 100,
+                "the demo needs at least 1 device and 100 readings per device"
+            );
+            let spec = sensorcast::demo::DemoSpec {
+                out: out.clone(),
+                devices,
+                readings,
+                faults,
+                seed,
+            };
+            let summary = sensorcast::demo::run(&spec, tty)?;
+            println!("{summary}");
+            println!(
+                "wrote {}/forecasts.lp (InfluxDB line protocol), {}/chart.svg, model in {}/models, data in {}/history.jsonl and live.jsonl",
+                out.display(),
+                out.display(),
+                out.display(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -51,8 +51,7 @@ impl Forecaster {
         Self::new(arch, device)
     }
 
-    /// A freshly initialised model on `device` (see [`Forecaster::seeded`]).
-    pub fn new(arch: &Architecture, device: &Device) -> Self {
+    fn new(arch: &Architecture, device: &Device) -> Self {
         let lstms = (0..arch.layers)
             .map(|l| {
                 let input = if l == 0 { arch.input } else { arch.hidden };
@@ -77,18 +76,25 @@ impl Forecaster {
     }
 
     /// Copies the weights into the streaming kernel's layout.
-    pub fn export(&self, arch: &Architecture, version: &str, features: &[String], mean: &[f32], std: &[f32]) -> Result<InferenceModel, String> {
+    pub fn export(
+        &self,
+        arch: &Architecture,
+        version: &str,
+        features: &[String],
+        mean: &[f32],
+        std: &[f32],
+    ) -> Result<InferenceModel, String> {
         let mut layers = Vec::with_capacity(self.lstms.len());
         for (l, lstm) in self.lstms.iter().enumerate() {
             let input = if l == 0 { arch.input } else { arch.hidden };
-            let forget = lstm
-                .forget_gate
-                .as_ref()
-                .ok_or_else(|| format!("layer {l} has no forget gate (coupled LSTMs are not supported)"))?;
-            let parts: Vec<GateParts> = [&lstm.input_gate, forget, &lstm.cell_gate, &lstm.output_gate]
-                .into_iter()
-                .map(GateParts::of)
-                .collect::<Result<_, _>>()?;
+            let forget = lstm.forget_gate.as_ref().ok_or_else(|| {
+                format!("layer {l} has no forget gate (coupled LSTMs are not supported)")
+            })?;
+            let parts: Vec<GateParts> =
+                [&lstm.input_gate, forget, &lstm.cell_gate, &lstm.output_gate]
+                    .into_iter()
+                    .map(GateParts::of)
+                    .collect::<Result<_, _>>()?;
             let gates: [GateWeights<'_>; 4] = std::array::from_fn(|g| parts[g].borrow());
             layers.push(LstmLayer::from_gate_transforms(input, arch.hidden, gates));
         }
@@ -147,7 +153,9 @@ impl GateParts {
 
 /// A tensor's values as `f32`.
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, String> {
-    t.into_data().try_into_vec::<f32>().map_err(|e| format!("cannot read tensor: {e:?}"))
+    t.into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| format!("cannot read tensor: {e:?}"))
 }
 
 /// Gaussian negative log-likelihood of `target` under the head's output `out`
@@ -157,13 +165,20 @@ pub fn gaussian_nll(out: Tensor<3>, target: Tensor<3>) -> Tensor<1> {
     let mean = out.clone().narrow(2, 0, n);
     let logvar = out.narrow(2, n, n).clamp(LOGVAR_MIN, LOGVAR_MAX);
     let sq = (target - mean).square();
-    (logvar.clone() + sq * logvar.neg().exp()).mul_scalar(0.5).mean()
+    (logvar.clone() + sq * logvar.neg().exp())
+        .mul_scalar(0.5)
+        .mean()
 }
 
 impl InferenceModel {
     /// Runs one sequence (`[steps, features]`, already normalised) through the kernel from a
     /// zero state; returns the head outputs `[steps, 2·horizon·features]`.
-    pub fn head_outputs(&self, isa: crate::engine::kernel::Isa, steps: usize, x: &[f32]) -> Vec<f32> {
+    pub fn head_outputs(
+        &self,
+        isa: crate::engine::kernel::Isa,
+        steps: usize,
+        x: &[f32],
+    ) -> Vec<f32> {
         let seq = self.stack.run_sequences(isa, 1, steps, x, &[], &[], false);
         let top = self.stack.hidden();
         let padded = crate::engine::kernel::padded_rows(steps);
@@ -173,7 +188,9 @@ impl InferenceModel {
         let mut out = vec![0.0; padded * stride];
         crate::engine::kernel::gemm_bias(isa, &a, padded, &self.head, &mut out);
         let n = self.head.n();
-        (0..steps).flat_map(|t| out[t * stride..t * stride + n].to_vec()).collect()
+        (0..steps)
+            .flat_map(|t| out[t * stride..t * stride + n].to_vec())
+            .collect()
     }
 }
 
@@ -185,28 +202,53 @@ mod tests {
     #[test]
     fn kernel_agrees_with_burn_forward() {
         let device = Device::flex();
-        let arch = Architecture { input: 5, hidden: 24, layers: 2, horizon: 3 };
+        let arch = Architecture {
+            input: 5,
+            hidden: 24,
+            layers: 2,
+            horizon: 3,
+        };
         let model = Forecaster::seeded(&arch, &device, 11);
         let steps = 40;
-        let xs: Vec<f32> = (0..steps * arch.input).map(|i| ((i as f32) * 0.731).sin() * 1.5).collect();
-        let x = Tensor::<3>::from_data(TensorData::new(xs.clone(), [1, steps, arch.input]), &device);
+        let xs: Vec<f32> = (0..steps * arch.input)
+            .map(|i| ((i as f32) * 0.731).sin() * 1.5)
+            .collect();
+        let x =
+            Tensor::<3>::from_data(TensorData::new(xs.clone(), [1, steps, arch.input]), &device);
         let burn_out = to_vec(model.forward(x)).expect("values");
         let features: Vec<String> = (0..arch.input).map(|i| format!("f{i}")).collect();
         let inf = model
-            .export(&arch, "t", &features, &vec![0.0; arch.input], &vec![1.0; arch.input])
+            .export(
+                &arch,
+                "t",
+                &features,
+                &vec![0.0; arch.input],
+                &vec![1.0; arch.input],
+            )
             .expect("export");
         for isa in [Isa::Portable, Isa::detect()] {
             let ours = inf.head_outputs(isa, steps, &xs);
-            let diff = ours.iter().zip(&burn_out).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let diff = ours
+                .iter()
+                .zip(&burn_out)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
             assert!(diff <= 1e-5, "{isa:?}: max abs diff {diff}");
         }
     }
 
     #[test]
     fn same_seed_same_model() {
-        let arch = Architecture { input: 3, hidden: 8, layers: 1, horizon: 2 };
+        let arch = Architecture {
+            input: 3,
+            hidden: 8,
+            layers: 1,
+            horizon: 2,
+        };
         let device = Device::flex();
-        let weights = |seed| to_vec(Forecaster::seeded(&arch, &device, seed).head.weight.val()).expect("weights");
+        let weights = |seed| {
+            to_vec(Forecaster::seeded(&arch, &device, seed).head.weight.val()).expect("weights")
+        };
         assert_eq!(weights(5), weights(5));
         assert_ne!(weights(5), weights(6));
     }

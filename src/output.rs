@@ -54,10 +54,18 @@ impl PointFormat<'_> {
     }
 
     /// Appends the line-protocol points of a reading to `out`, one per line.
-    pub fn write_line_protocol(&self, out: &mut String, reading: &Reading, scored: &Scored, forecast: &[f32]) {
+    pub fn write_line_protocol(
+        &self,
+        out: &mut String,
+        reading: &Reading,
+        scored: &Scored,
+        forecast: &[f32],
+    ) {
         let nf = self.features.len();
         for h in 0..self.horizon {
-            let target = reading.ts.saturating_add((h as i64 + 1).saturating_mul(scored.step_ns));
+            let target = reading
+                .ts
+                .saturating_add((h as i64 + 1).saturating_mul(scored.step_ns));
             for (f, name) in self.features.iter().enumerate() {
                 let k = (h * nf + f) * 3;
                 out.push_str("forecast,stream=");
@@ -89,14 +97,20 @@ impl PointFormat<'_> {
             " score={},likelihood={},is_anomaly={},top_field=",
             scored.score, scored.likelihood, scored.is_anomaly
         );
-        let top = if scored.cold { "" } else { self.features[scored.top_feature].as_str() };
+        let top = if scored.cold {
+            ""
+        } else {
+            self.features[scored.top_feature].as_str()
+        };
         push_str_field(out, top);
         let _ = writeln!(out, " {}", reading.ts);
     }
 
     /// The CSV header matching [`PointFormat::write_csv_row`].
     pub fn csv_header(&self) -> String {
-        let mut s = String::from("device,ts,model,score,likelihood,is_anomaly,top_field,value_of_top_field");
+        let mut s = String::from(
+            "device,ts,model,score,likelihood,is_anomaly,top_field,value_of_top_field",
+        );
         for h in 1..=self.horizon {
             for f in self.features {
                 for part in ["yhat", "lower", "upper"] {
@@ -108,7 +122,13 @@ impl PointFormat<'_> {
     }
 
     /// One CSV row per stepped reading (RFC 3339 timestamps).
-    pub fn write_csv_row(&self, out: &mut String, reading: &Reading, scored: &Scored, forecast: &[f32]) {
+    pub fn write_csv_row(
+        &self,
+        out: &mut String,
+        reading: &Reading,
+        scored: &Scored,
+        forecast: &[f32],
+    ) {
         let quote = |s: &str| {
             if s.contains([',', '"', '\n']) {
                 format!("\"{}\"", s.replace('"', "\"\""))
@@ -116,8 +136,16 @@ impl PointFormat<'_> {
                 s.to_string()
             }
         };
-        let top = if scored.cold { "" } else { self.features[scored.top_feature].as_str() };
-        let top_value = if scored.cold { String::new() } else { reading.values[scored.top_feature].to_string() };
+        let top = if scored.cold {
+            ""
+        } else {
+            self.features[scored.top_feature].as_str()
+        };
+        let top_value = if scored.cold {
+            String::new()
+        } else {
+            reading.values[scored.top_feature].to_string()
+        };
         let _ = write!(
             out,
             "{},{},{},{},{},{},{},{}",
@@ -145,9 +173,25 @@ mod tests {
     #[test]
     fn line_protocol_round_trips_with_escaping() {
         let features = vec!["temp".to_string(), "vib ration".to_string()];
-        let fmt = PointFormat { stream: "pumps", model: "v1", features: &features, horizon: 2 };
-        let reading = Reading { device: "pump 7,a=b".into(), ts: 1_000_000_000_000_000_000, values: vec![1.0, 2.0] };
-        let scored = Scored { score: 0.5, likelihood: 0.25, is_anomaly: true, top_feature: 1, step_ns: 60_000_000_000, cold: false };
+        let fmt = PointFormat {
+            stream: "pumps",
+            model: "v1",
+            features: &features,
+            horizon: 2,
+        };
+        let reading = Reading {
+            device: "pump 7,a=b".into(),
+            ts: 1_000_000_000_000_000_000,
+            values: vec![1.0, 2.0],
+        };
+        let scored = Scored {
+            score: 0.5,
+            likelihood: 0.25,
+            is_anomaly: true,
+            top_feature: 1,
+            step_ns: 60_000_000_000,
+            cold: false,
+        };
         let forecast: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
         let mut out = String::new();
         fmt.write_line_protocol(&mut out, &reading, &scored, &forecast);
@@ -164,9 +208,16 @@ mod tests {
         let anomaly = parse_line_protocol(lines[4]).expect("parses");
         assert_eq!(anomaly.measurement, "anomaly");
         assert_eq!(anomaly.timestamp, Some(reading.ts));
-        assert!(lines[4].contains("is_anomaly=true,top_field=\"vib ration\""), "{}", lines[4]);
+        assert!(
+            lines[4].contains("is_anomaly=true,top_field=\"vib ration\""),
+            "{}",
+            lines[4]
+        );
         // The device tag survives a decode with the same schema conventions.
         let schema = Schema::new(vec!["score".into(), "likelihood".into()], "device".into());
-        assert!(schema.decode_line(None, lines[4].as_bytes()).is_err(), "booleans are not features");
+        assert!(
+            schema.decode_line(None, lines[4].as_bytes()).is_err(),
+            "booleans are not features"
+        );
     }
 }

@@ -188,10 +188,13 @@ impl Registry {
         }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         let weights = tmp.join(WEIGHTS_FILE);
-        model.clone().save_file(&weights).map_err(|e| RegistryError::Weights {
-            path: weights.clone(),
-            message: format!("cannot save weights: {e:?}"),
-        })?;
+        model
+            .clone()
+            .save_file(&weights)
+            .map_err(|e| RegistryError::Weights {
+                path: weights.clone(),
+                message: format!("cannot save weights: {e:?}"),
+            })?;
         let meta_path = tmp.join(META_FILE);
         let text = serde_json::to_string_pretty(meta).map_err(|e| RegistryError::Meta {
             path: meta_path.clone(),
@@ -253,7 +256,10 @@ impl Registry {
         if meta.version != version || meta.stream != stream {
             return Err(RegistryError::Meta {
                 path,
-                message: format!("names version {:?} of stream {:?}", meta.version, meta.stream),
+                message: format!(
+                    "names version {:?} of stream {:?}",
+                    meta.version, meta.stream
+                ),
             });
         }
         Ok(meta)
@@ -268,16 +274,26 @@ impl Registry {
         let meta = self.meta(stream, &version)?;
         let path = self.stream_dir(stream).join(&version).join(WEIGHTS_FILE);
         let device = Device::flex();
-        let model = Forecaster::new(&meta.architecture, &device)
+        let model = Forecaster::seeded(&meta.architecture, &device, 0)
             .try_load_file(&path)
             .map_err(|e| RegistryError::Weights {
                 path: path.clone(),
                 message: format!("cannot load weights: {e:?}"),
             })?;
         let inference = model
-            .export(&meta.architecture, &meta.version, &meta.features, &meta.mean, &meta.std)
+            .export(
+                &meta.architecture,
+                &meta.version,
+                &meta.features,
+                &meta.mean,
+                &meta.std,
+            )
             .map_err(|message| RegistryError::Weights { path, message })?;
-        Ok(LoadedModel { meta, model, inference })
+        Ok(LoadedModel {
+            meta,
+            model,
+            inference,
+        })
     }
 }
 
@@ -289,5 +305,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
 }
 
 fn sync_file(path: &Path) -> Result<(), RegistryError> {
-    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
 }

@@ -148,7 +148,11 @@ pub fn generate(spec: &FleetSpec) -> Fleet {
         let day = std::f64::consts::TAU * t as f64 / spec.day_steps as f64;
         for (d, p) in params.iter().enumerate() {
             load_noise[d] = 0.97 * load_noise[d] + 0.03 * normal(&mut rng);
-            let load = (0.6 + 0.25 * (day + p.phase).sin() + 0.1 * (2.0 * day + p.phase).sin() + 0.5 * load_noise[d]).clamp(0.05, 1.2);
+            let load = (0.6
+                + 0.25 * (day + p.phase).sin()
+                + 0.1 * (2.0 * day + p.phase).sin()
+                + 0.5 * load_noise[d])
+                .clamp(0.05, 1.2);
             thermal[d] += 0.1 * (load - thermal[d]);
             let ambient = 4.0 * (day - 1.0).sin();
             let mut v = [
@@ -159,7 +163,10 @@ pub fn generate(spec: &FleetSpec) -> Fleet {
             ];
             let scale = [p.vib, 1.0, p.cur, p.press];
             let mut noise_mult = [1.0; 4];
-            for f in faults.iter().filter(|f| f.device == d && (f.start..f.end).contains(&t)) {
+            for f in faults
+                .iter()
+                .filter(|f| f.device == d && (f.start..f.end).contains(&t))
+            {
                 let sigma = NOISE[f.feature] * scale[f.feature];
                 let progress = (t - f.start + 1) as f64 / (f.end - f.start) as f64;
                 match f.kind {
@@ -180,11 +187,20 @@ pub fn generate(spec: &FleetSpec) -> Fleet {
             steps.push(t);
         }
     }
-    Fleet { readings, faults, steps }
+    Fleet {
+        readings,
+        faults,
+        steps,
+    }
 }
 
 fn plan_faults(spec: &FleetSpec, rng: &mut ChaCha8Rng) -> Vec<Fault> {
-    let kinds = [FaultKind::LevelShift, FaultKind::Drift, FaultKind::NoiseBurst, FaultKind::Spike];
+    let kinds = [
+        FaultKind::LevelShift,
+        FaultKind::Drift,
+        FaultKind::NoiseBurst,
+        FaultKind::Spike,
+    ];
     let first = spec.readings / 2;
     let mut faults = Vec::new();
     if spec.devices == 0 || spec.readings < 80 {
@@ -202,7 +218,11 @@ fn plan_faults(spec: &FleetSpec, rng: &mut ChaCha8Rng) -> Vec<Fault> {
         let span = spec.readings - first - len - 5;
         let mut start = first + rng.random_range(0..span.max(1));
         let mut tries = 0;
-        while faults.iter().any(|f: &Fault| f.device == device && start < f.end + 40 && f.start < start + len + 40) && tries < 50 {
+        while faults
+            .iter()
+            .any(|f: &Fault| f.device == device && start < f.end + 40 && f.start < start + len + 40)
+            && tries < 50
+        {
             start = first + rng.random_range(0..span.max(1));
             tries += 1;
         }
@@ -227,14 +247,27 @@ mod tests {
 
     #[test]
     fn deterministic_and_shaped() {
-        let spec = FleetSpec { devices: 5, readings: 200, faults: 4, ..FleetSpec::default() };
+        let spec = FleetSpec {
+            devices: 5,
+            readings: 200,
+            faults: 4,
+            ..FleetSpec::default()
+        };
         let a = generate(&spec);
         let b = generate(&spec);
         assert_eq!(a.readings, b.readings);
         assert_eq!(a.readings.len(), 1000);
         assert_eq!(a.faults.len(), 4);
-        assert!(a.readings.windows(2).all(|w| w[0].ts <= w[1].ts + spec.interval_ns));
-        assert!(a.readings.iter().all(|r| r.values.iter().all(|v| v.is_finite())));
+        assert!(
+            a.readings
+                .windows(2)
+                .all(|w| w[0].ts <= w[1].ts + spec.interval_ns)
+        );
+        assert!(
+            a.readings
+                .iter()
+                .all(|r| r.values.iter().all(|v| v.is_finite()))
+        );
         let last = a.readings.iter().map(|r| r.ts).max().expect("readings");
         assert!(last >= spec.end_ts && last < spec.end_ts + spec.interval_ns);
         for f in &a.faults {

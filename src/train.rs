@@ -87,7 +87,13 @@ struct Series<'a> {
 
 /// Trains a model for `stream` on `readings` (each device's readings in time order, no
 /// duplicates: see `cli`'s ordering check).
-pub fn train(cfg: &Config, stream: &StreamConfig, readings: &[Reading], inputs: Vec<String>, progress: Progress<'_>) -> Result<Trained, TrainError> {
+pub fn train(
+    cfg: &Config,
+    stream: &StreamConfig,
+    readings: &[Reading],
+    inputs: Vec<String>,
+    progress: Progress<'_>,
+) -> Result<Trained, TrainError> {
     let tc = &cfg.train;
     let nf = stream.features.len();
     let arch = Architecture {
@@ -122,7 +128,9 @@ pub fn train(cfg: &Config, stream: &StreamConfig, readings: &[Reading], inputs: 
         }
     }
     if count == 0 {
-        return Err(TrainError::NotEnoughData("no readings in the training part".into()));
+        return Err(TrainError::NotEnoughData(
+            "no readings in the training part".into(),
+        ));
     }
     let mean: Vec<f32> = sum.iter().map(|s| (s / count as f64) as f32).collect();
     let std: Vec<f32> = (0..nf)
@@ -130,13 +138,20 @@ pub fn train(cfg: &Config, stream: &StreamConfig, readings: &[Reading], inputs: 
             let m = sum[f] / count as f64;
             let var = (sum_sq[f] / count as f64 - m * m).max(0.0);
             let sd = var.sqrt();
-            if sd > 1e-6 * m.abs().max(1.0) { sd as f32 } else { 1.0 }
+            if sd > 1e-6 * m.abs().max(1.0) {
+                sd as f32
+            } else {
+                1.0
+            }
         })
         .collect();
     let series: Vec<Series<'_>> = by_device
         .values()
         .map(|rs| {
-            let norm = rs.iter().flat_map(|r| (0..nf).map(|f| (r.values[f] - mean[f]) / std[f])).collect();
+            let norm = rs
+                .iter()
+                .flat_map(|r| (0..nf).map(|f| (r.values[f] - mean[f]) / std[f]))
+                .collect();
             Series {
                 readings: rs.clone(),
                 norm,
@@ -147,21 +162,23 @@ pub fn train(cfg: &Config, stream: &StreamConfig, readings: &[Reading], inputs: 
     // Windows never cross a gap that the engine would treat as a reset.
     let max_gap = cfg.engine.max_gap.as_nanos();
     let span = window + horizon;
-    let windows_in = |s: &Series<'_>, d: usize, lo: usize, hi: usize, out: &mut Vec<(usize, usize)>| {
-        let mut seg_start = lo;
-        for i in lo..=hi {
-            let boundary = i == hi || (i > lo && s.readings[i].ts - s.readings[i - 1].ts > max_gap);
-            if boundary {
-                let seg_end = i;
-                let mut start = seg_start;
-                while start + span <= seg_end {
-                    out.push((d, start));
-                    start += tc.stride;
+    let windows_in =
+        |s: &Series<'_>, d: usize, lo: usize, hi: usize, out: &mut Vec<(usize, usize)>| {
+            let mut seg_start = lo;
+            for i in lo..=hi {
+                let boundary =
+                    i == hi || (i > lo && s.readings[i].ts - s.readings[i - 1].ts > max_gap);
+                if boundary {
+                    let seg_end = i;
+                    let mut start = seg_start;
+                    while start + span <= seg_end {
+                        out.push((d, start));
+                        start += tc.stride;
+                    }
+                    seg_start = i;
                 }
-                seg_start = i;
             }
-        }
-    };
+        };
     let (mut train_w, mut valid_w) = (Vec::new(), Vec::new());
     for (d, s) in series.iter().enumerate() {
         windows_in(s, d, 0, s.split, &mut train_w);
@@ -214,7 +231,16 @@ pub fn train(cfg: &Config, stream: &StreamConfig, readings: &[Reading], inputs: 
             });
         }
         let valid_model = model.valid();
-        let vloss = validation_loss(&valid_model, &series, &valid_w, window, horizon, nf, burn_in, &device)?;
+        let vloss = validation_loss(
+            &valid_model,
+            &series,
+            &valid_w,
+            window,
+            horizon,
+            nf,
+            burn_in,
+            &device,
+        )?;
         let improved = best.as_ref().is_none_or(|(l, _, _)| vloss < *l - 1e-4);
         progress(ProgressEvent::Epoch {
             epoch,
@@ -232,14 +258,23 @@ pub fn train(cfg: &Config, stream: &StreamConfig, readings: &[Reading], inputs: 
             }
         }
     }
-    let (best_loss, best_epoch, best_model) = best.ok_or_else(|| TrainError::Model("no epoch finished".into()))?;
+    let (best_loss, best_epoch, best_model) =
+        best.ok_or_else(|| TrainError::Model("no epoch finished".into()))?;
     let inference = best_model
         .export(&arch, "candidate", &stream.features, &mean, &std)
         .map_err(TrainError::Model)?;
     let settings = EngineSettings::from_config(cfg, stream);
     let validation = evaluate(Arc::new(inference), settings, &series, &std, horizon)?;
-    let first = series.iter().map(|s| s.readings[0].ts).min().unwrap_or_default();
-    let last = series.iter().filter_map(|s| s.readings.last().map(|r| r.ts)).max().unwrap_or_default();
+    let first = series
+        .iter()
+        .map(|s| s.readings[0].ts)
+        .min()
+        .unwrap_or_default();
+    let last = series
+        .iter()
+        .filter_map(|s| s.readings.last().map(|r| r.ts))
+        .max()
+        .unwrap_or_default();
     let meta = ModelMeta {
         format: 1,
         version: String::new(),
@@ -266,7 +301,10 @@ pub fn train(cfg: &Config, stream: &StreamConfig, readings: &[Reading], inputs: 
         },
         validation,
     };
-    Ok(Trained { meta, model: best_model })
+    Ok(Trained {
+        meta,
+        model: best_model,
+    })
 }
 
 /// Keeps at most `max` items, evenly spaced, in their current order.
@@ -277,7 +315,14 @@ fn subsample<T: Copy>(items: &mut Vec<T>, max: usize) {
     }
 }
 
-fn batch_tensors(series: &[Series<'_>], chunk: &[(usize, usize)], window: usize, horizon: usize, nf: usize, device: &Device) -> (Tensor<3>, Tensor<3>) {
+fn batch_tensors(
+    series: &[Series<'_>],
+    chunk: &[(usize, usize)],
+    window: usize,
+    horizon: usize,
+    nf: usize,
+    device: &Device,
+) -> (Tensor<3>, Tensor<3>) {
     let b = chunk.len();
     let mut x = Vec::with_capacity(b * window * nf);
     let mut y = Vec::with_capacity(b * window * horizon * nf);
@@ -296,7 +341,16 @@ fn batch_tensors(series: &[Series<'_>], chunk: &[(usize, usize)], window: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn validation_loss(model: &Forecaster, series: &[Series<'_>], windows: &[(usize, usize)], window: usize, horizon: usize, nf: usize, burn_in: usize, device: &Device) -> Result<f64, TrainError> {
+fn validation_loss(
+    model: &Forecaster,
+    series: &[Series<'_>],
+    windows: &[(usize, usize)],
+    window: usize,
+    horizon: usize,
+    nf: usize,
+    burn_in: usize,
+    device: &Device,
+) -> Result<f64, TrainError> {
     let mut total = 0.0;
     let mut n = 0usize;
     for chunk in windows.chunks(256) {
@@ -312,7 +366,13 @@ fn validation_loss(model: &Forecaster, series: &[Series<'_>], windows: &[(usize,
 
 /// Streams every device's whole history through the engine and scores the forecasts whose
 /// targets fall in the validation part, against the naive last-value forecast.
-fn evaluate(model: Arc<crate::engine::InferenceModel>, settings: EngineSettings, series: &[Series<'_>], std: &[f32], horizon: usize) -> Result<Metrics, TrainError> {
+fn evaluate(
+    model: Arc<crate::engine::InferenceModel>,
+    settings: EngineSettings,
+    series: &[Series<'_>],
+    std: &[f32],
+    horizon: usize,
+) -> Result<Metrics, TrainError> {
     let nf = std.len();
     let mut engine = Engine::new(model, settings).map_err(TrainError::Model)?;
     let longest = series.iter().map(|s| s.readings.len()).max().unwrap_or(0);
@@ -323,9 +383,16 @@ fn evaluate(model: Arc<crate::engine::InferenceModel>, settings: EngineSettings,
     let mut abs_f = vec![0.0f64; nf];
     let mut n_f = vec![0u64; nf];
     for p in 0..longest {
-        let members: Vec<usize> = (0..series.len()).filter(|&d| p < series[d].readings.len()).collect();
-        let batch: Vec<Reading> = members.iter().map(|&d| series[d].readings[p].clone()).collect();
-        engine.process(&batch, &mut out).map_err(|e| TrainError::Model(e.to_string()))?;
+        let members: Vec<usize> = (0..series.len())
+            .filter(|&d| p < series[d].readings.len())
+            .collect();
+        let batch: Vec<Reading> = members
+            .iter()
+            .map(|&d| series[d].readings[p].clone())
+            .collect();
+        engine
+            .process(&batch, &mut out)
+            .map_err(|e| TrainError::Model(e.to_string()))?;
         for (i, &d) in members.iter().enumerate() {
             let s = &series[d];
             if !matches!(out.outcomes[i], Outcome::Scored(_)) {
@@ -358,7 +425,9 @@ fn evaluate(model: Arc<crate::engine::InferenceModel>, settings: EngineSettings,
         }
     }
     if n == 0 {
-        return Err(TrainError::NotEnoughData("no validation points to evaluate".into()));
+        return Err(TrainError::NotEnoughData(
+            "no validation points to evaluate".into(),
+        ));
     }
     let nn = n as f64;
     Ok(Metrics {
@@ -366,8 +435,16 @@ fn evaluate(model: Arc<crate::engine::InferenceModel>, settings: EngineSettings,
         rmse: (sq / nn).sqrt(),
         mase: abs / naive_abs.max(f64::MIN_POSITIVE),
         coverage_90: inside as f64 / nn,
-        mase_by_horizon: abs_h.iter().zip(&naive_h).map(|(a, b)| a / b.max(f64::MIN_POSITIVE)).collect(),
-        mae_by_feature: abs_f.iter().zip(&n_f).map(|(a, c)| a / (*c).max(1) as f64).collect(),
+        mase_by_horizon: abs_h
+            .iter()
+            .zip(&naive_h)
+            .map(|(a, b)| a / b.max(f64::MIN_POSITIVE))
+            .collect(),
+        mae_by_feature: abs_f
+            .iter()
+            .zip(&n_f)
+            .map(|(a, c)| a / (*c).max(1) as f64)
+            .collect(),
         points: n,
     })
 }
@@ -398,14 +475,30 @@ mod tests {
     #[test]
     fn seeded_training_beats_naive_and_is_reproducible() {
         let (cfg, stream) = small_config();
-        let fleet = generate(&FleetSpec { devices: 8, readings: 400, faults: 0, ..FleetSpec::default() });
+        let fleet = generate(&FleetSpec {
+            devices: 8,
+            readings: 400,
+            faults: 0,
+            ..FleetSpec::default()
+        });
         let run = || train(&cfg, &stream, &fleet.readings, vec![], &mut |_| {}).expect("trains");
         let a = run();
         eprintln!("validation: {:?}", a.meta.validation);
-        assert!(a.meta.validation.mase < 0.9, "MASE {} should beat the naive forecast with margin", a.meta.validation.mase);
-        assert!(a.meta.validation.coverage_90 > 0.7, "coverage {}", a.meta.validation.coverage_90);
+        assert!(
+            a.meta.validation.mase < 0.9,
+            "MASE {} should beat the naive forecast with margin",
+            a.meta.validation.mase
+        );
+        assert!(
+            a.meta.validation.coverage_90 > 0.7,
+            "coverage {}",
+            a.meta.validation.coverage_90
+        );
         let b = run();
-        assert_eq!(a.meta.validation, b.meta.validation, "same seed, same data → same model");
+        assert_eq!(
+            a.meta.validation, b.meta.validation,
+            "same seed, same data → same model"
+        );
         let wa = to_vec(a.model.head.weight.val()).expect("a");
         let wb = to_vec(b.model.head.weight.val()).expect("b");
         assert_eq!(wa, wb);
@@ -414,8 +507,19 @@ mod tests {
     #[test]
     fn too_little_data_is_a_clear_error() {
         let (cfg, stream) = small_config();
-        let fleet = generate(&FleetSpec { devices: 2, readings: 20, faults: 0, ..FleetSpec::default() });
-        let err = train(&cfg, &stream, &fleet.readings, vec![], &mut |_| {}).err().expect("fails").to_string();
-        assert!(err.contains("not enough data") && err.contains("train.window"), "{err}");
+        let fleet = generate(&FleetSpec {
+            devices: 2,
+            readings: 20,
+            faults: 0,
+            ..FleetSpec::default()
+        });
+        let err = train(&cfg, &stream, &fleet.readings, vec![], &mut |_| {})
+            .err()
+            .expect("fails")
+            .to_string();
+        assert!(
+            err.contains("not enough data") && err.contains("train.window"),
+            "{err}"
+        );
     }
 }

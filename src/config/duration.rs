@@ -35,7 +35,9 @@ impl std::str::FromStr for HumanDuration {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let value: f64 = num
             .parse()
@@ -46,7 +48,11 @@ impl std::str::FromStr for HumanDuration {
             "m" => 60.0,
             "h" => 3600.0,
             "d" => 86400.0,
-            other => return Err(format!("{s:?} has unknown unit {other:?} (use ms, s, m, h or d)")),
+            other => {
+                return Err(format!(
+                    "{s:?} has unknown unit {other:?} (use ms, s, m, h or d)"
+                ));
+            }
         };
         let secs = value * scale;
         if !secs.is_finite() || secs > 1e12 {
@@ -96,7 +102,10 @@ mod tests {
             let d: HumanDuration = s.parse().expect(s);
             assert_eq!(d.to_string(), s);
         }
-        assert_eq!("1.5s".parse::<HumanDuration>().expect("1.5s").get(), Duration::from_millis(1500));
+        assert_eq!(
+            "1.5s".parse::<HumanDuration>().expect("1.5s").get(),
+            Duration::from_millis(1500)
+        );
         assert!("5".parse::<HumanDuration>().is_err());
         assert!("fast".parse::<HumanDuration>().is_err());
         assert!("5 weeks".parse::<HumanDuration>().is_err());

@@ -344,16 +344,33 @@ impl Config {
         let mut p = Vec::new();
         let mut bad = |key: String, message: String| p.push(Problem { key, message });
         if self.streams.is_empty() {
-            bad("streams".into(), "at least one [[streams]] entry is required".into());
+            bad(
+                "streams".into(),
+                "at least one [[streams]] entry is required".into(),
+            );
         }
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.streams.iter().enumerate() {
             let key = |k: &str| format!("streams[{i}].{k}");
-            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                bad(key("name"), format!("{:?} must be non-empty and use only letters, digits, '-', '_' or '.'", s.name));
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                bad(
+                    key("name"),
+                    format!(
+                        "{:?} must be non-empty and use only letters, digits, '-', '_' or '.'",
+                        s.name
+                    ),
+                );
             }
             if !names.insert(s.name.clone()) {
-                bad(key("name"), format!("stream name {:?} is used twice", s.name));
+                bad(
+                    key("name"),
+                    format!("stream name {:?} is used twice", s.name),
+                );
             }
             if s.topic.is_empty() {
                 bad(key("topic"), "must not be empty".into());
@@ -364,7 +381,10 @@ impl Config {
             let mut seen = std::collections::HashSet::new();
             for f in &s.features {
                 if f.is_empty() || f.contains(['"', '\n', '\\']) {
-                    bad(key("features"), format!("feature name {f:?} is empty or has a quote, backslash or newline"));
+                    bad(
+                        key("features"),
+                        format!("feature name {f:?} is empty or has a quote, backslash or newline"),
+                    );
                 }
                 if !seen.insert(f) {
                     bad(key("features"), format!("feature {f:?} is listed twice"));
@@ -379,13 +399,22 @@ impl Config {
         }
         let m = &self.model;
         if !(1..=1024).contains(&m.hidden) {
-            bad("model.hidden".into(), format!("{} is out of range 1..=1024", m.hidden));
+            bad(
+                "model.hidden".into(),
+                format!("{} is out of range 1..=1024", m.hidden),
+            );
         }
         if !(1..=8).contains(&m.layers) {
-            bad("model.layers".into(), format!("{} is out of range 1..=8", m.layers));
+            bad(
+                "model.layers".into(),
+                format!("{} is out of range 1..=8", m.layers),
+            );
         }
         if !(1..=256).contains(&m.horizon) {
-            bad("model.horizon".into(), format!("{} is out of range 1..=256", m.horizon));
+            bad(
+                "model.horizon".into(),
+                format!("{} is out of range 1..=256", m.horizon),
+            );
         }
         if m.registry.as_os_str().is_empty() {
             bad("model.registry".into(), "must not be empty".into());
@@ -395,10 +424,16 @@ impl Config {
             bad("engine.max_gap".into(), "must be longer than zero".into());
         }
         if !(1..=1_000_000).contains(&e.max_batch) {
-            bad("engine.max_batch".into(), format!("{} is out of range 1..=1000000", e.max_batch));
+            bad(
+                "engine.max_batch".into(),
+                format!("{} is out of range 1..=1000000", e.max_batch),
+            );
         }
         let a = &self.anomaly;
-        for (k, v) in [("anomaly.score_threshold", a.score_threshold), ("anomaly.likelihood_threshold", a.likelihood_threshold)] {
+        for (k, v) in [
+            ("anomaly.score_threshold", a.score_threshold),
+            ("anomaly.likelihood_threshold", a.likelihood_threshold),
+        ] {
             if !(v > 0.0 && v < 1.0) {
                 bad(k.into(), format!("{v} must be strictly between 0 and 1"));
             }
@@ -407,7 +442,13 @@ impl Config {
             bad("anomaly.short_window".into(), "must be at least 1".into());
         }
         if a.long_window <= a.short_window {
-            bad("anomaly.long_window".into(), format!("{} must be larger than anomaly.short_window ({})", a.long_window, a.short_window));
+            bad(
+                "anomaly.long_window".into(),
+                format!(
+                    "{} must be larger than anomaly.short_window ({})",
+                    a.long_window, a.short_window
+                ),
+            );
         }
         let t = &self.train;
         if t.window < 2 {
@@ -423,10 +464,16 @@ impl Config {
             bad("train.batch_size".into(), "must be at least 1".into());
         }
         if !(t.learning_rate > 0.0 && t.learning_rate < 1.0) {
-            bad("train.learning_rate".into(), format!("{} must be in (0, 1)", t.learning_rate));
+            bad(
+                "train.learning_rate".into(),
+                format!("{} must be in (0, 1)", t.learning_rate),
+            );
         }
         if !(t.validation_fraction > 0.0 && t.validation_fraction < 0.9) {
-            bad("train.validation_fraction".into(), format!("{} must be in (0, 0.9)", t.validation_fraction));
+            bad(
+                "train.validation_fraction".into(),
+                format!("{} must be in (0, 0.9)", t.validation_fraction),
+            );
         }
         if t.max_windows == 0 {
             bad("train.max_windows".into(), "must be at least 1".into());
@@ -434,7 +481,10 @@ impl Config {
         if self.log.level.trim().is_empty() {
             bad("log.level".into(), "must not be empty".into());
         } else if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            bad("log.level".into(), format!("{:?} is not a valid tracing filter", self.log.level));
+            bad(
+                "log.level".into(),
+                format!("{:?} is not a valid tracing filter", self.log.level),
+            );
         }
         p
     }
@@ -444,7 +494,10 @@ impl Config {
         match name {
             Some(n) => self.streams.iter().find(|s| s.name == n).ok_or_else(|| {
                 let known: Vec<_> = self.streams.iter().map(|s| s.name.as_str()).collect();
-                format!("no stream named {n:?} in the config (streams: {})", known.join(", "))
+                format!(
+                    "no stream named {n:?} in the config (streams: {})",
+                    known.join(", ")
+                )
             }),
             None if self.streams.len() == 1 => Ok(&self.streams[0]),
             None => Err("the config has several streams: choose one with --stream NAME".into()),
@@ -468,7 +521,10 @@ fn mask_secrets(value: &mut toml::Value) {
         toml::Value::Table(t) => {
             for (k, v) in t.iter_mut() {
                 let lower = k.to_ascii_lowercase();
-                let secret = ["token", "password", "secret"].iter().any(|s| lower.contains(s)) && !lower.ends_with("_file");
+                let secret = ["token", "password", "secret"]
+                    .iter()
+                    .any(|s| lower.contains(s))
+                    && !lower.ends_with("_file");
                 if secret {
                     if let toml::Value::String(s) = v {
                         if !s.is_empty() {
@@ -498,7 +554,10 @@ mod tests {
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let f = write(text);
-        Config::load_with_env(Some(f.path()), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        Config::load_with_env(
+            Some(f.path()),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
     }
 
     #[test]
@@ -516,31 +575,50 @@ mod tests {
 
     #[test]
     fn wrong_type_is_named() {
-        let err = load("[model]\nhidden = \"big\"\n", &[]).unwrap_err().to_string();
+        let err = load("[model]\nhidden = \"big\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("hidden"), "{err}");
     }
 
     #[test]
     fn invalid_values_name_their_keys() {
-        let err = load("[model]\nhidden = 0\n[train]\nvalidation_fraction = 1.5\n", &[]).unwrap_err();
-        let ConfigError::Invalid { problems, .. } = err else { panic!("expected Invalid, got {err}") };
+        let err = load(
+            "[model]\nhidden = 0\n[train]\nvalidation_fraction = 1.5\n",
+            &[],
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}")
+        };
         let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["model.hidden", "train.validation_fraction"]);
     }
 
     #[test]
     fn env_overrides_file() {
-        let cfg = load("[model]\nhidden = 16\n", &[("SENSORCAST__MODEL__HIDDEN", "24"), ("OTHER", "x")]).expect("loads");
+        let cfg = load(
+            "[model]\nhidden = 16\n",
+            &[("SENSORCAST__MODEL__HIDDEN", "24"), ("OTHER", "x")],
+        )
+        .expect("loads");
         assert_eq!(cfg.model.hidden, 24);
-        let err = load("", &[("SENSORCAST__MODEL__HIDDEN", "lots")]).unwrap_err().to_string();
-        assert!(err.contains("environment") && err.contains("hidden"), "{err}");
+        let err = load("", &[("SENSORCAST__MODEL__HIDDEN", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("environment") && err.contains("hidden"),
+            "{err}"
+        );
     }
 
     #[test]
     fn durations_parse_and_reject() {
         let cfg = load("[engine]\nmax_gap = \"90s\"\n", &[]).expect("loads");
         assert_eq!(cfg.engine.max_gap.as_nanos(), 90_000_000_000);
-        let err = load("[engine]\nmax_gap = \"soon\"\n", &[]).unwrap_err().to_string();
+        let err = load("[engine]\nmax_gap = \"soon\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("soon"), "{err}");
     }
 
@@ -558,9 +636,13 @@ mod tests {
 
     #[test]
     fn secrets_are_masked() {
-        let mut v: toml::Value = toml::from_str("[influxdb]\ntoken = \"abc\"\ntoken_file = \"/run/t\"\n").expect("toml");
+        let mut v: toml::Value =
+            toml::from_str("[influxdb]\ntoken = \"abc\"\ntoken_file = \"/run/t\"\n").expect("toml");
         mask_secrets(&mut v);
         let s = v.to_string();
-        assert!(s.contains("***") && !s.contains("abc") && s.contains("/run/t"), "{s}");
+        assert!(
+            s.contains("***") && !s.contains("abc") && s.contains("/run/t"),
+            "{s}"
+        );
     }
 }

@@ -291,7 +291,14 @@ pub fn tanh(x: f32) -> f32 {
 /// The LSTM cell update for `rows` rows given their gate pre-activations (row stride `stride`,
 /// blocks i, f, g, o of width `h`), updating `c` and `h_out` (`rows × h`) in place.
 #[inline(always)]
-fn cell_update(gates: &mut [f32], stride: usize, rows: usize, h: usize, c: &mut [f32], h_out: &mut [f32]) {
+fn cell_update(
+    gates: &mut [f32],
+    stride: usize,
+    rows: usize,
+    h: usize,
+    c: &mut [f32],
+    h_out: &mut [f32],
+) {
     for r in 0..rows {
         let g = &mut gates[r * stride..r * stride + 4 * h];
         for v in g[..2 * h].iter_mut() {
@@ -319,15 +326,93 @@ fn cell_update(gates: &mut [f32], stride: usize, rows: usize, h: usize, c: &mut 
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::*;
+    use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    /// AVX-512 micro-kernel: 8 rows × one 32-column panel in 16 accumulators. Each
+    /// accumulator starts at the bias and takes one fused multiply-add per `k`, in order —
+    /// the same operations as `gemm_generic`, so the bits agree.
+    #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn gemm_avx512(a: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
-        gemm_generic::<8>(a, rows, w, out)
+        const MR: usize = 8;
+        let k = w.k;
+        let n_pad = w.n_pad;
+        debug_assert!(rows % MR == 0 && a.len() >= rows * k && out.len() >= rows * n_pad);
+        let (ap, wp, bp, op) = (
+            a.as_ptr(),
+            w.panels.as_ptr(),
+            w.bias.as_ptr(),
+            out.as_mut_ptr(),
+        );
+        // SAFETY: bounds are asserted by `gemm_bias`: rows·k floats of `a`, rows·n_pad of
+        // `out`, and n_pad/NR panels of k·NR weights plus n_pad biases in `w`.
+        unsafe {
+            for r0 in (0..rows).step_by(MR) {
+                let arow = ap.add(r0 * k);
+                for p in 0..n_pad / NR {
+                    let panel = wp.add(p * k * NR);
+                    let b0 = _mm512_loadu_ps(bp.add(p * NR));
+                    let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
+                    let mut c = [[b0, b1]; MR];
+                    for kk in 0..k {
+                        let w0 = _mm512_loadu_ps(panel.add(kk * NR));
+                        let w1 = _mm512_loadu_ps(panel.add(kk * NR + 16));
+                        for (r, cr) in c.iter_mut().enumerate() {
+                            let av = _mm512_set1_ps(*arow.add(r * k + kk));
+                            cr[0] = _mm512_fmadd_ps(av, w0, cr[0]);
+                            cr[1] = _mm512_fmadd_ps(av, w1, cr[1]);
+                        }
+                    }
+                    for (r, cr) in c.iter().enumerate() {
+                        let dst = op.add((r0 + r) * n_pad + p * NR);
+                        _mm512_storeu_ps(dst, cr[0]);
+                        _mm512_storeu_ps(dst.add(16), cr[1]);
+                    }
+                }
+            }
+        }
     }
 
+    /// AVX2 micro-kernel: 4 rows × 16 columns (half a panel) in 8 accumulators.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn gemm_avx2(a: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
-        gemm_generic::<4>(a, rows, w, out)
+        const MR: usize = 4;
+        let k = w.k;
+        let n_pad = w.n_pad;
+        debug_assert!(rows % MR == 0 && a.len() >= rows * k && out.len() >= rows * n_pad);
+        let (ap, wp, bp, op) = (
+            a.as_ptr(),
+            w.panels.as_ptr(),
+            w.bias.as_ptr(),
+            out.as_mut_ptr(),
+        );
+        // SAFETY: as for `gemm_avx512`.
+        unsafe {
+            for r0 in (0..rows).step_by(MR) {
+                let arow = ap.add(r0 * k);
+                for p in 0..n_pad / NR {
+                    let panel = wp.add(p * k * NR);
+                    for half in [0, 16] {
+                        let b0 = _mm256_loadu_ps(bp.add(p * NR + half));
+                        let b1 = _mm256_loadu_ps(bp.add(p * NR + half + 8));
+                        let mut c = [[b0, b1]; MR];
+                        for kk in 0..k {
+                            let w0 = _mm256_loadu_ps(panel.add(kk * NR + half));
+                            let w1 = _mm256_loadu_ps(panel.add(kk * NR + half + 8));
+                            for (r, cr) in c.iter_mut().enumerate() {
+                                let av = _mm256_set1_ps(*arow.add(r * k + kk));
+                                cr[0] = _mm256_fmadd_ps(av, w0, cr[0]);
+                                cr[1] = _mm256_fmadd_ps(av, w1, cr[1]);
+                            }
+                        }
+                        for (r, cr) in c.iter().enumerate() {
+                            let dst = op.add((r0 + r) * n_pad + p * NR + half);
+                            _mm256_storeu_ps(dst, cr[0]);
+                            _mm256_storeu_ps(dst.add(8), cr[1]);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -355,7 +440,15 @@ mod simd {
     }
 }
 
-fn cell(isa: Isa, gates: &mut [f32], stride: usize, rows: usize, h: usize, c: &mut [f32], h_out: &mut [f32]) {
+fn cell(
+    isa: Isa,
+    gates: &mut [f32],
+    stride: usize,
+    rows: usize,
+    h: usize,
+    c: &mut [f32],
+    h_out: &mut [f32],
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512` is only produced by `Isa::detect` after checking the features.
@@ -371,7 +464,15 @@ impl LstmLayer {
     /// Advances `rows` independent sequences by one step.
     ///
     /// `x` is `rows × input`; `h` and `c` are `rows × hidden` and are updated in place.
-    pub fn step(&self, isa: Isa, ws: &mut Workspace, rows: usize, x: &[f32], h: &mut [f32], c: &mut [f32]) {
+    pub fn step(
+        &self,
+        isa: Isa,
+        ws: &mut Workspace,
+        rows: usize,
+        x: &[f32],
+        h: &mut [f32],
+        c: &mut [f32],
+    ) {
         let (inp, hid) = (self.input, self.hidden);
         assert!(x.len() >= rows * inp && h.len() >= rows * hid && c.len() >= rows * hid);
         let padded = padded_rows(rows);
@@ -436,7 +537,15 @@ impl LstmStack {
     /// One step for `rows` sequences. `h` and `c` hold, per layer in order, a `rows × hidden`
     /// block (so `rows × state_len()` floats each); after the call the top layer's new hidden
     /// state is the last block of `h`.
-    pub fn step(&self, isa: Isa, ws: &mut Workspace, rows: usize, x: &[f32], h: &mut [f32], c: &mut [f32]) {
+    pub fn step(
+        &self,
+        isa: Isa,
+        ws: &mut Workspace,
+        rows: usize,
+        x: &[f32],
+        h: &mut [f32],
+        c: &mut [f32],
+    ) {
         let mut offset = 0;
         for (l, layer) in self.layers.iter().enumerate() {
             let len = rows * layer.hidden;
@@ -472,8 +581,16 @@ impl LstmStack {
         let inp = self.input();
         let top = self.hidden();
         let total = batch * self.state_len();
-        let mut h = if h0.is_empty() { vec![0.0; total] } else { h0.to_vec() };
-        let mut c = if c0.is_empty() { vec![0.0; total] } else { c0.to_vec() };
+        let mut h = if h0.is_empty() {
+            vec![0.0; total]
+        } else {
+            h0.to_vec()
+        };
+        let mut c = if c0.is_empty() {
+            vec![0.0; total]
+        } else {
+            c0.to_vec()
+        };
         let mut ws = Workspace::default();
         let mut xt = vec![0.0; batch * inp];
         let mut output = vec![0.0; batch * steps * top];
@@ -524,7 +641,9 @@ impl BiLstm {
                 return Err(format!("layer {l}: forward and reverse shapes differ"));
             }
             if l > 0 && fwd.input != 2 * layers[l - 1].0.hidden {
-                return Err(format!("layer {l}: input width must be twice the previous hidden width"));
+                return Err(format!(
+                    "layer {l}: input width must be twice the previous hidden width"
+                ));
             }
         }
         Ok(Self { layers })
@@ -533,7 +652,15 @@ impl BiLstm {
     /// Runs whole sequences (`x`: `[batch, steps, input]`; `h0`/`c0`: `[layers·2, batch, hidden]`
     /// or empty for zeros). Returns `[batch, steps, 2·hidden]` outputs and final states in
     /// PyTorch's `[layers·2, batch, hidden]` layout.
-    pub fn run_sequences(&self, isa: Isa, batch: usize, steps: usize, x: &[f32], h0: &[f32], c0: &[f32]) -> SequenceOutput {
+    pub fn run_sequences(
+        &self,
+        isa: Isa,
+        batch: usize,
+        steps: usize,
+        x: &[f32],
+        h0: &[f32],
+        c0: &[f32],
+    ) -> SequenceOutput {
         let mut input = x.to_vec();
         let (mut h_n, mut c_n) = (Vec::new(), Vec::new());
         for (l, (fwd, rev)) in self.layers.iter().enumerate() {
@@ -548,20 +675,36 @@ impl BiLstm {
             };
             let mut outs = Vec::with_capacity(2);
             for (d, layer) in [fwd, rev].into_iter().enumerate() {
-                let stack = LstmStack { layers: vec![layer.clone()] };
-                let out = stack.run_sequences(isa, batch, steps, &input, &slice(h0, d), &slice(c0, d), d == 1);
+                let stack = LstmStack {
+                    layers: vec![layer.clone()],
+                };
+                let out = stack.run_sequences(
+                    isa,
+                    batch,
+                    steps,
+                    &input,
+                    &slice(h0, d),
+                    &slice(c0, d),
+                    d == 1,
+                );
                 h_n.extend_from_slice(&out.h);
                 c_n.extend_from_slice(&out.c);
                 outs.push(out.output);
             }
             let mut next = vec![0.0; batch * steps * 2 * hid];
             for bt in 0..batch * steps {
-                next[bt * 2 * hid..bt * 2 * hid + hid].copy_from_slice(&outs[0][bt * hid..(bt + 1) * hid]);
-                next[bt * 2 * hid + hid..(bt + 1) * 2 * hid].copy_from_slice(&outs[1][bt * hid..(bt + 1) * hid]);
+                next[bt * 2 * hid..bt * 2 * hid + hid]
+                    .copy_from_slice(&outs[0][bt * hid..(bt + 1) * hid]);
+                next[bt * 2 * hid + hid..(bt + 1) * 2 * hid]
+                    .copy_from_slice(&outs[1][bt * hid..(bt + 1) * hid]);
             }
             input = next;
         }
-        SequenceOutput { output: input, h: h_n, c: c_n }
+        SequenceOutput {
+            output: input,
+            h: h_n,
+            c: c_n,
+        }
     }
 }
 
@@ -592,7 +735,10 @@ mod tests {
 
     fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     fn layer(g: &Value, l: usize, suffix: &str, input: usize, hidden: usize) -> LstmLayer {
@@ -614,7 +760,11 @@ mod tests {
             .unwrap_or_else(|e| panic!("golden file {} is needed: {e}", path.display()));
         let g: Value = serde_json::from_str(&text).expect("golden JSON");
         let as_usize = |k: &str| g[k].as_u64().expect(k) as usize;
-        let (input, hidden, layers) = (as_usize("input_size"), as_usize("hidden_size"), as_usize("num_layers"));
+        let (input, hidden, layers) = (
+            as_usize("input_size"),
+            as_usize("hidden_size"),
+            as_usize("num_layers"),
+        );
         let (batch, steps) = (as_usize("batch"), as_usize("steps"));
         let bidirectional = g["bidirectional"].as_bool().expect("bidirectional");
         let (x, h0, c0) = (tensor(&g, "x"), tensor(&g, "h0"), tensor(&g, "c0"));
@@ -622,19 +772,29 @@ mod tests {
             let pairs = (0..layers)
                 .map(|l| {
                     let inp = if l == 0 { input } else { 2 * hidden };
-                    (layer(&g, l, "", inp, hidden), layer(&g, l, "_reverse", inp, hidden))
+                    (
+                        layer(&g, l, "", inp, hidden),
+                        layer(&g, l, "_reverse", inp, hidden),
+                    )
                 })
                 .collect();
-            BiLstm::new(pairs).expect("bilstm").run_sequences(isa, batch, steps, &x, &h0, &c0)
+            BiLstm::new(pairs)
+                .expect("bilstm")
+                .run_sequences(isa, batch, steps, &x, &h0, &c0)
         } else {
             let stack = (0..layers)
                 .map(|l| layer(&g, l, "", if l == 0 { input } else { hidden }, hidden))
                 .collect();
-            LstmStack::new(stack).expect("stack").run_sequences(isa, batch, steps, &x, &h0, &c0, false)
+            LstmStack::new(stack)
+                .expect("stack")
+                .run_sequences(isa, batch, steps, &x, &h0, &c0, false)
         };
         for (key, got) in [("output", &out.output), ("h_n", &out.h), ("c_n", &out.c)] {
             let diff = max_abs_diff(got, &tensor(&g, key));
-            assert!(diff <= 1e-5, "{name} {key} ({isa:?}): max abs diff {diff} > 1e-5");
+            assert!(
+                diff <= 1e-5,
+                "{name} {key} ({isa:?}): max abs diff {diff} > 1e-5"
+            );
         }
     }
 
@@ -645,11 +805,18 @@ mod tests {
             isas.push(Isa::detect());
         }
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             isas.push(Isa::Avx2);
         }
         for isa in isas {
-            for name in ["lstm_small", "lstm_state", "lstm_2layer", "bilstm_small", "bilstm_2layer"] {
+            for name in [
+                "lstm_small",
+                "lstm_state",
+                "lstm_2layer",
+                "bilstm_small",
+                "bilstm_2layer",
+            ] {
                 check_golden(name, isa);
             }
         }
@@ -703,10 +870,30 @@ mod tests {
             }
             let (rh, rc) = reference.as_ref().expect("set above");
             for r in 0..rows {
-                let (mut h1, mut c1) = (h0[r * hidden..(r + 1) * hidden].to_vec(), c0[r * hidden..(r + 1) * hidden].to_vec());
-                layer.step(isa, &mut ws, 1, &x[r * input..(r + 1) * input], &mut h1, &mut c1);
-                assert!(h1.iter().zip(&rh[r * hidden..]).all(|(a, b)| a.to_bits() == b.to_bits()), "row {r} h");
-                assert!(c1.iter().zip(&rc[r * hidden..]).all(|(a, b)| a.to_bits() == b.to_bits()), "row {r} c");
+                let (mut h1, mut c1) = (
+                    h0[r * hidden..(r + 1) * hidden].to_vec(),
+                    c0[r * hidden..(r + 1) * hidden].to_vec(),
+                );
+                layer.step(
+                    isa,
+                    &mut ws,
+                    1,
+                    &x[r * input..(r + 1) * input],
+                    &mut h1,
+                    &mut c1,
+                );
+                assert!(
+                    h1.iter()
+                        .zip(&rh[r * hidden..])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "row {r} h"
+                );
+                assert!(
+                    c1.iter()
+                        .zip(&rc[r * hidden..])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "row {r} c"
+                );
             }
         }
     }

@@ -53,14 +53,22 @@ impl InferenceModel {
         if f == 0 || self.mean.len() != f || self.std.len() != f {
             return Err("normalisation statistics do not match the features".into());
         }
-        if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || self.mean.iter().any(|m| !m.is_finite()) {
+        if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            || self.mean.iter().any(|m| !m.is_finite())
+        {
             return Err("normalisation statistics must be finite with positive deviations".into());
         }
         if self.stack.input() != f {
-            return Err(format!("LSTM input width {} != {} features", self.stack.input(), f));
+            return Err(format!(
+                "LSTM input width {} != {} features",
+                self.stack.input(),
+                f
+            ));
         }
         if self.head.k() != self.stack.hidden() || self.head.n() != 2 * self.horizon * f {
-            return Err("forecast head shape does not match hidden width, horizon and features".into());
+            return Err(
+                "forecast head shape does not match hidden width, horizon and features".into(),
+            );
         }
         Ok(())
     }
@@ -158,7 +166,9 @@ pub struct Counters {
 
 /// A reading whose shape does not fit the model.
 #[derive(Debug, thiserror::Error)]
-#[error("reading {index} of the batch (device {device:?}) has {got} values, the model expects {want}")]
+#[error(
+    "reading {index} of the batch (device {device:?}) has {got} values, the model expects {want}"
+)]
 pub struct ShapeError {
     /// Position in the batch.
     pub index: usize,
@@ -258,10 +268,49 @@ impl Engine {
         self.ids.len()
     }
 
-    /// Bytes of state per device held in the slot arrays (excluding the id map).
-    pub fn slot_bytes_per_device(&self) -> usize {
+    /// Reserves room for `devices` more devices, so that growing the table does not
+    /// over-allocate (Vec doubling) when the fleet size is known.
+    pub fn reserve(&mut self, devices: usize) {
         let f = self.model.features.len();
-        (2 * self.state_len + 2 * f) * 4 + size_of::<ScoreStats>() + 8 + 4 + 8
+        let sl = &mut self.slots;
+        sl.h.reserve_exact(devices * self.state_len);
+        sl.c.reserve_exact(devices * self.state_len);
+        sl.pred_mean.reserve_exact(devices * f);
+        sl.pred_sigma.reserve_exact(devices * f);
+        sl.stats.reserve_exact(devices);
+        sl.last_ts.reserve_exact(devices);
+        sl.count.reserve_exact(devices);
+        sl.mark.reserve_exact(devices);
+        sl.wave.reserve_exact(devices);
+        self.ids.reserve(devices);
+    }
+
+    /// Heap bytes held for device state: the slot arrays (by capacity), the id map's table and
+    /// the id strings. Excludes per-batch scratch buffers, which do not grow with the fleet.
+    pub fn state_heap_bytes(&self) -> usize {
+        fn cap<T>(v: &Vec<T>) -> usize {
+            v.capacity() * size_of::<T>()
+        }
+        let sl = &self.slots;
+        let arrays = cap(&sl.h)
+            + cap(&sl.c)
+            + cap(&sl.pred_mean)
+            + cap(&sl.pred_sigma)
+            + cap(&sl.stats)
+            + cap(&sl.last_ts)
+            + cap(&sl.count)
+            + cap(&sl.mark)
+            + cap(&sl.wave);
+        // hashbrown: one bucket of (key, value) plus one control byte per bucket; buckets are
+        // the next power of two above capacity · 8/7.
+        let buckets = if self.ids.capacity() == 0 {
+            0
+        } else {
+            (self.ids.capacity() * 8 / 7).next_power_of_two()
+        };
+        let map = buckets * (size_of::<(String, u32)>() + 1);
+        let ids: usize = self.ids.keys().map(String::capacity).sum();
+        arrays + map + ids
     }
 
     fn slot_for(&mut self, device: &str) -> usize {
@@ -324,16 +373,29 @@ impl Engine {
                 self.counters.gap_resets += 1;
             }
             let reset = last == i64::MIN || gap;
-            let step_ns = if reset { self.settings.default_interval_ns } else { r.ts - last };
+            let step_ns = if reset {
+                self.settings.default_interval_ns
+            } else {
+                r.ts - last
+            };
             self.slots.last_ts[slot] = r.ts;
-            let wave = if self.slots.mark[slot] == self.epoch { self.slots.wave[slot] + 1 } else { 0 };
+            let wave = if self.slots.mark[slot] == self.epoch {
+                self.slots.wave[slot] + 1
+            } else {
+                0
+            };
             self.slots.mark[slot] = self.epoch;
             self.slots.wave[slot] = wave;
             let wave = wave as usize;
             if self.waves.len() <= wave {
                 self.waves.resize_with(wave + 1, Vec::new);
             }
-            self.waves[wave].push(Item { index, slot, reset, step_ns });
+            self.waves[wave].push(Item {
+                index,
+                slot,
+                reset,
+                step_ns,
+            });
             // Placeholder, overwritten when the wave runs.
             out.outcomes.push(Outcome::Stale { last_ts: last });
         }
@@ -378,16 +440,30 @@ impl Engine {
             }
             off += hl;
         }
-        model.stack.step(self.isa, &mut self.ws, rows, &self.x, &mut self.h, &mut self.c);
+        model.stack.step(
+            self.isa,
+            &mut self.ws,
+            rows,
+            &self.x,
+            &mut self.h,
+            &mut self.c,
+        );
         // Head on the top layer's new hidden state.
         let padded = kernel::padded_rows(rows);
         let top_block = rows * (s_len - top);
         self.head_in.clear();
-        self.head_in.extend_from_slice(&self.h[top_block..top_block + rows * top]);
+        self.head_in
+            .extend_from_slice(&self.h[top_block..top_block + rows * top]);
         self.head_in.resize(padded * top, 0.0);
         let stride = model.head.n_pad();
         self.head_out.resize(padded * stride, 0.0);
-        kernel::gemm_bias(self.isa, &self.head_in, padded, &model.head, &mut self.head_out);
+        kernel::gemm_bias(
+            self.isa,
+            &self.head_in,
+            padded,
+            &model.head,
+            &mut self.head_out,
+        );
         let hf = model.horizon * nf;
         for (r, it) in items.iter().enumerate() {
             let slot = it.slot;
@@ -405,10 +481,15 @@ impl Engine {
                 score = s;
                 top_feature = t;
                 if warm {
-                    likelihood = self.settings.likelihood.update(&mut self.slots.stats[slot], s);
+                    likelihood = self
+                        .settings
+                        .likelihood
+                        .update(&mut self.slots.stats[slot], s);
                 }
             }
-            let is_anomaly = warm && (score >= self.settings.score_threshold || likelihood >= self.settings.likelihood_threshold);
+            let is_anomaly = warm
+                && (score >= self.settings.score_threshold
+                    || likelihood >= self.settings.likelihood_threshold);
             // Keep the one-step-ahead forecast for scoring the next reading.
             for f in 0..nf {
                 self.slots.pred_mean[slot * nf + f] = head[f];
@@ -433,7 +514,11 @@ impl Engine {
                 self.slots.c[dst..dst + hl].copy_from_slice(&self.c[src..src + hl]);
                 off += hl;
             }
-            self.slots.count[slot] = if it.reset { 1 } else { self.slots.count[slot].saturating_add(1) };
+            self.slots.count[slot] = if it.reset {
+                1
+            } else {
+                self.slots.count[slot].saturating_add(1)
+            };
             self.counters.stepped += 1;
             out.outcomes[it.index] = Outcome::Scored(Scored {
                 score,

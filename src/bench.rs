@@ -1,0 +1,123 @@
+//! `sensorcast bench`: a synthetic fleet through the engine only (no I/O), reporting events
+//! per second and state bytes per device. Shared with the criterion benchmark.
+
+use crate::decode::Reading;
+use crate::engine::score::Likelihood;
+use crate::engine::{BatchOutput, Engine, EngineSettings, InferenceModel};
+use crate::model::{Architecture, Forecaster};
+use burn::prelude::Device;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Benchmark shape.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    /// Devices.
+    pub devices: usize,
+    /// Readings per device.
+    pub steps: usize,
+    /// Hidden width.
+    pub hidden: usize,
+    /// Features.
+    pub features: usize,
+    /// Layers.
+    pub layers: usize,
+    /// Forecast horizon.
+    pub horizon: usize,
+    /// Readings per micro-batch.
+    pub batch: usize,
+}
+
+/// Benchmark result.
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    /// Readings per second through `Engine::process`.
+    pub events_per_s: f64,
+    /// Heap bytes of device state per device.
+    pub state_bytes_per_device: usize,
+    /// Readings processed.
+    pub events: usize,
+    /// Time spent in the engine.
+    pub elapsed: Duration,
+    /// Instruction set used.
+    pub isa: crate::engine::kernel::Isa,
+}
+
+/// A randomly initialised model of the given shape (identity normalisation).
+pub fn synthetic_model(spec: &BenchSpec) -> InferenceModel {
+    let arch = Architecture {
+        input: spec.features,
+        hidden: spec.hidden,
+        layers: spec.layers,
+        horizon: spec.horizon,
+    };
+    let features: Vec<String> = (0..spec.features).map(|i| format!("f{i}")).collect();
+    Forecaster::seeded(&arch, &Device::flex(), 1)
+        .export(
+            &arch,
+            "bench",
+            &features,
+            &vec![0.0; spec.features],
+            &vec![1.0; spec.features],
+        )
+        .unwrap_or_else(|e| unreachable!("a freshly built model exports: {e}"))
+}
+
+/// Readings for `devices × steps`, step by step, one minute apart, smooth signals plus noise.
+pub fn synthetic_readings(devices: usize, steps: usize, features: usize) -> Vec<Reading> {
+    let names: Vec<String> = (0..devices).map(|d| format!("dev-{d:06}")).collect();
+    let mut out = Vec::with_capacity(devices * steps);
+    let mut seed = 0x9e37_79b9_u32;
+    for t in 0..steps {
+        for (d, name) in names.iter().enumerate() {
+            let values = (0..features)
+                .map(|f| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    let noise = seed as f32 / u32::MAX as f32 - 0.5;
+                    ((t as f32) * 0.05 + d as f32 * 0.1 + f as f32).sin() + 0.1 * noise
+                })
+                .collect();
+            out.push(Reading {
+                device: name.clone(),
+                ts: 1_795_737_600_000_000_000 + (t as i64) * 60_000_000_000,
+                values,
+            });
+        }
+    }
+    out
+}
+
+/// Settings used by the benchmark (defaults of the config).
+pub fn settings() -> EngineSettings {
+    EngineSettings {
+        max_gap_ns: 3_600_000_000_000,
+        warmup: 30,
+        default_interval_ns: 60_000_000_000,
+        score_threshold: 0.99999,
+        likelihood_threshold: 0.999,
+        likelihood: Likelihood::new(8, 500),
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(spec: &BenchSpec) -> Result<BenchResult, String> {
+    let model = Arc::new(synthetic_model(spec));
+    let readings = synthetic_readings(spec.devices, spec.steps, spec.features);
+    let mut engine = Engine::new(model, settings())?;
+    engine.reserve(spec.devices);
+    let mut out = BatchOutput::default();
+    let start = Instant::now();
+    for chunk in readings.chunks(spec.batch.max(1)) {
+        engine.process(chunk, &mut out).map_err(|e| e.to_string())?;
+    }
+    let elapsed = start.elapsed();
+    Ok(BenchResult {
+        events_per_s: readings.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        state_bytes_per_device: engine.state_heap_bytes() / spec.devices.max(1),
+        events: readings.len(),
+        elapsed,
+        isa: crate::engine::kernel::Isa::detect(),
+    })
+}

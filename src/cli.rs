@@ -1,0 +1,374 @@
+//! Command implementations behind `main`: reading input files with their problems reported by
+//! file and line, and the `train`, `replay`, `check-config` and `bench` commands.
+
+use crate::config::{Config, StreamConfig};
+use crate::decode::{Reading, Schema, format_ts, read_file};
+use crate::engine::{BatchOutput, Engine, EngineSettings, Outcome};
+use crate::output::PointFormat;
+use crate::registry::{ModelMeta, Registry};
+use crate::train::{ProgressEvent, Trained, train};
+use anyhow::{Context, bail};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A line of input that was skipped, with its location.
+#[derive(Debug, Clone)]
+pub struct InputIssue {
+    /// File.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for InputIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+    }
+}
+
+/// Readings of several files in order, with every skipped line.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// Readings, each device's in strictly increasing time order.
+    pub readings: Vec<Reading>,
+    /// Source of each reading (parallel to `readings`).
+    pub lines: Vec<(usize, usize)>,
+    /// Skipped lines.
+    pub issues: Vec<InputIssue>,
+    /// Files, by index used in `lines`.
+    pub files: Vec<PathBuf>,
+}
+
+/// Reads files in order. Lines that do not decode, and readings whose timestamp is not after
+/// the same device's previous reading (duplicates and out-of-order lines), are skipped and
+/// reported with file and line. A missing or empty file, or a bad CSV header, is an error.
+pub fn read_inputs(paths: &[PathBuf], schema: &Schema) -> anyhow::Result<Inputs> {
+    let mut out = Inputs::default();
+    let mut last: HashMap<String, (i64, usize, usize)> = HashMap::new();
+    for (fi, path) in paths.iter().enumerate() {
+        let fr = read_file(path, schema)?;
+        out.files.push(path.clone());
+        for e in fr.errors {
+            out.issues.push(InputIssue {
+                path: e.path,
+                line: e.line,
+                message: format!("{} ({})", e.error, e.error.reason()),
+            });
+        }
+        for (line, r) in fr.readings {
+            if let Some(&(ts, pf, pl)) = last.get(&r.device) {
+                if r.ts <= ts {
+                    let what = if r.ts == ts {
+                        "duplicate"
+                    } else {
+                        "out-of-order"
+                    };
+                    out.issues.push(InputIssue {
+                        path: path.clone(),
+                        line,
+                        message: format!(
+                            "{what} timestamp {} for device {:?}: not after its previous reading at {}:{} ({}); skipped",
+                            format_ts(r.ts),
+                            r.device,
+                            paths[pf].display(),
+                            pl,
+                            format_ts(ts)
+                        ),
+                    });
+                    continue;
+                }
+            }
+            last.insert(r.device.clone(), (r.ts, fi, line));
+            out.readings.push(r);
+            out.lines.push((fi, line));
+        }
+    }
+    out.issues
+        .sort_by(|a, b| a.path.cmp(&b.path).then(a.line.cmp(&b.line)));
+    Ok(out)
+}
+
+/// Prints skipped lines to stderr (the first `limit`, then a count) and fails in strict mode.
+pub fn report_issues(issues: &[InputIssue], strict: bool, limit: usize) -> anyhow::Result<()> {
+    for i in issues.iter().take(limit) {
+        eprintln!("warning: {i}");
+    }
+    if issues.len() > limit {
+        eprintln!("warning: … and {} more skipped lines", issues.len() - limit);
+    }
+    if strict && !issues.is_empty() {
+        bail!(
+            "{} bad input lines (--strict); the first: {}",
+            issues.len(),
+            issues[0]
+        );
+    }
+    Ok(())
+}
+
+/// `sensorcast check-config`: the effective config with secrets masked.
+pub fn check_config(path: Option<&Path>) -> Result<String, crate::config::ConfigError> {
+    Config::load(path).map(|c| c.to_masked_toml())
+}
+
+/// `sensorcast train`: trains and publishes; returns the published metadata.
+pub fn run_train(
+    cfg: &Config,
+    stream: &StreamConfig,
+    inputs: &[PathBuf],
+    strict: bool,
+    show_progress: bool,
+) -> anyhow::Result<ModelMeta> {
+    let schema = Schema::from_stream(stream);
+    let data = read_inputs(inputs, &schema)?;
+    report_issues(&data.issues, strict, 20)?;
+    if data.readings.is_empty() {
+        bail!(
+            "no valid readings in {}",
+            inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    eprintln!(
+        "training stream {:?} on {} readings of {} devices (hidden {}, layers {}, horizon {}, window {})",
+        stream.name,
+        data.readings.len(),
+        data.readings
+            .iter()
+            .map(|r| r.device.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        cfg.model.hidden,
+        cfg.model.layers,
+        cfg.model.horizon,
+        cfg.train.window
+    );
+    let bar = indicatif::ProgressBar::hidden();
+    if show_progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let mut best_line = String::new();
+    let mut on_progress = |e: ProgressEvent| match e {
+        ProgressEvent::Start { total_steps } => bar.set_length(total_steps),
+        ProgressEvent::Step { epoch, loss } => {
+            bar.inc(1);
+            bar.set_message(format!("epoch {epoch} loss {loss:.4} {best_line}"));
+        }
+        ProgressEvent::Epoch {
+            epoch,
+            validation_loss,
+            best,
+            train_loss,
+        } => {
+            if best {
+                best_line = format!("(best val {validation_loss:.4} @ {epoch})");
+            }
+            tracing::debug!(epoch, train_loss, validation_loss, best, "epoch finished");
+        }
+    };
+    let input_names = inputs.iter().map(|p| p.display().to_string()).collect();
+    let Trained { mut meta, model } =
+        train(cfg, stream, &data.readings, input_names, &mut on_progress)?;
+    bar.finish_and_clear();
+    let registry = Registry::new(&cfg.model.registry);
+    let now = chrono::Utc::now();
+    meta.version = registry.new_version(&stream.name, now);
+    meta.created_at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let dir = registry
+        .publish(&meta, &model)
+        .context("failed to publish the model")?;
+    println!("{}", validation_report(&meta));
+    println!("published {} (now current)", dir.display());
+    Ok(meta)
+}
+
+/// The validation report printed after training.
+pub fn validation_report(meta: &ModelMeta) -> String {
+    let v = &meta.validation;
+    let t = &meta.training;
+    let mut s = format!(
+        "validation report — stream {}, {} devices, {} readings ({} .. {})\n  epochs run {} (best {}), train windows {}, validation windows {}\n  MAE  {:.4} (normalised units)\n  RMSE {:.4} (normalised units)\n  MASE {:.4} vs naive last value (by horizon: {})\n  90% band coverage {:.1}% over {} forecast values\n  MAE by feature:",
+        meta.stream,
+        t.devices,
+        t.readings,
+        t.from,
+        t.to,
+        t.epochs,
+        t.best_epoch,
+        t.train_windows,
+        t.validation_windows,
+        v.mae,
+        v.rmse,
+        v.mase,
+        v.mase_by_horizon
+            .iter()
+            .map(|m| format!("{m:.3}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        v.coverage_90 * 100.0,
+        v.points
+    );
+    for (f, mae) in meta.features.iter().zip(&v.mae_by_feature) {
+        s.push_str(&format!(" {f}={mae:.4}"));
+    }
+    s
+}
+
+/// Output file kinds of `replay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// InfluxDB line protocol.
+    LineProtocol,
+    /// CSV, one row per reading.
+    Csv,
+}
+
+impl OutputKind {
+    /// From the output file's extension.
+    pub fn from_path(p: &Path) -> anyhow::Result<Self> {
+        match p
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("lp" | "line" | "txt") => Ok(OutputKind::LineProtocol),
+            Some("csv") => Ok(OutputKind::Csv),
+            _ => bail!(
+                "--output {}: use a .lp (line protocol) or .csv file name",
+                p.display()
+            ),
+        }
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default)]
+pub struct ReplaySummary {
+    /// Readings read.
+    pub readings: usize,
+    /// Readings stepped.
+    pub stepped: u64,
+    /// Readings flagged anomalous.
+    pub anomalies: u64,
+    /// Lines skipped (decode errors, duplicates, out of order).
+    pub skipped: usize,
+    /// Devices.
+    pub devices: usize,
+    /// Points written.
+    pub points: u64,
+    /// Engine throughput (readings per second, engine only).
+    pub engine_events_per_s: f64,
+}
+
+/// Runs the engine over readings in order and writes every output; `on_scored` sees each
+/// stepped reading (the demo uses it to score detection).
+pub fn replay_readings(
+    cfg: &Config,
+    stream: &StreamConfig,
+    model: Arc<crate::engine::InferenceModel>,
+    readings: &[Reading],
+    kind: OutputKind,
+    out: &mut dyn Write,
+    on_scored: &mut dyn FnMut(usize, &crate::engine::Scored, &[f32]),
+) -> anyhow::Result<ReplaySummary> {
+    let settings = EngineSettings::from_config(cfg, stream);
+    let mut engine = Engine::new(Arc::clone(&model), settings)
+        .map_err(|e| anyhow::anyhow!("model {}: {e}", model.version))?;
+    let fmt = PointFormat {
+        stream: &stream.name,
+        model: &model.version,
+        features: &model.features,
+        horizon: model.horizon,
+    };
+    if kind == OutputKind::Csv {
+        writeln!(out, "{}", fmt.csv_header())?;
+    }
+    let mut summary = ReplaySummary {
+        readings: readings.len(),
+        ..ReplaySummary::default()
+    };
+    let mut batch_out = BatchOutput::default();
+    let mut text = String::new();
+    let mut engine_time = std::time::Duration::ZERO;
+    for (b, chunk) in readings.chunks(cfg.engine.max_batch).enumerate() {
+        let t0 = std::time::Instant::now();
+        engine.process(chunk, &mut batch_out)?;
+        engine_time += t0.elapsed();
+        text.clear();
+        for (i, r) in chunk.iter().enumerate() {
+            if let Outcome::Scored(s) = &batch_out.outcomes[i] {
+                let fc = batch_out.forecast(i);
+                match kind {
+                    OutputKind::LineProtocol => fmt.write_line_protocol(&mut text, r, s, fc),
+                    OutputKind::Csv => fmt.write_csv_row(&mut text, r, s, fc),
+                }
+                summary.points += fmt.points_per_reading() as u64;
+                summary.anomalies += s.is_anomaly as u64;
+                on_scored(b * cfg.engine.max_batch + i, s, fc);
+            }
+        }
+        out.write_all(text.as_bytes())?;
+    }
+    let c = engine.counters();
+    summary.stepped = c.stepped;
+    summary.devices = engine.devices();
+    summary.engine_events_per_s = c.stepped as f64 / engine_time.as_secs_f64().max(1e-9);
+    Ok(summary)
+}
+
+/// `sensorcast replay`.
+pub fn run_replay(
+    cfg: &Config,
+    stream: &StreamConfig,
+    input: &Path,
+    output: &Path,
+    version: Option<&str>,
+    strict: bool,
+) -> anyhow::Result<ReplaySummary> {
+    let kind = OutputKind::from_path(output)?;
+    let registry = Registry::new(&cfg.model.registry);
+    let loaded = registry.load(&stream.name, version)?;
+    if loaded.meta.features != stream.features {
+        bail!(
+            "model {} of stream {:?} was trained on features {:?}, the config lists {:?}; retrain or fix streams.features",
+            loaded.meta.version,
+            stream.name,
+            loaded.meta.features,
+            stream.features
+        );
+    }
+    let schema = Schema::from_stream(stream);
+    let data = read_inputs(&[input.to_path_buf()], &schema)?;
+    report_issues(&data.issues, strict, 20)?;
+    let file = std::fs::File::create(output)
+        .with_context(|| format!("failed to create {}", output.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let mut summary = replay_readings(
+        cfg,
+        stream,
+        Arc::new(loaded.inference),
+        &data.readings,
+        kind,
+        &mut w,
+        &mut |_, _, _| {},
+    )?;
+    w.flush()
+        .with_context(|| format!("failed to write {}", output.display()))?;
+    summary.skipped = data.issues.len();
+    Ok(summary)
+}

@@ -60,14 +60,15 @@ pub fn read_inputs(paths: &[PathBuf], schema: &Schema) -> anyhow::Result<Inputs>
             });
         }
         for (line, r) in fr.readings {
-            if let Some(&(ts, pf, pl)) = last.get(&r.device) {
-                if r.ts <= ts {
-                    let what = if r.ts == ts {
-                        "duplicate"
-                    } else {
-                        "out-of-order"
-                    };
-                    out.issues.push(InputIssue {
+            if let Some(&(ts, pf, pl)) = last.get(&r.device)
+                && r.ts <= ts
+            {
+                let what = if r.ts == ts {
+                    "duplicate"
+                } else {
+                    "out-of-order"
+                };
+                out.issues.push(InputIssue {
                         path: path.clone(),
                         line,
                         message: format!(
@@ -79,8 +80,7 @@ pub fn read_inputs(paths: &[PathBuf], schema: &Schema) -> anyhow::Result<Inputs>
                             format_ts(ts)
                         ),
                     });
-                    continue;
-                }
+                continue;
             }
             last.insert(r.device.clone(), (r.ts, fi, line));
             out.readings.push(r);

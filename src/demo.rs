@@ -5,7 +5,7 @@
 //! chart, and scores detection against the known faults.
 
 use crate::cli::{OutputKind, replay_readings};
-use crate::config::{Config, HumanDuration, StreamConfig};
+use crate::config::{Config, HumanDuration, ModelConfig, StreamConfig, TrainConfig};
 use crate::registry::Registry;
 use crate::synth::{FEATURES, Fault, FleetSpec, device_name, generate};
 use crate::train::{ProgressEvent, train};
@@ -59,24 +59,31 @@ pub struct DemoSummary {
 
 /// The demo's configuration (also written to `<out>/demo.toml`).
 pub fn demo_config(out: &Path, seed: u64) -> Config {
-    let mut cfg = Config::default();
-    cfg.streams = vec![StreamConfig {
-        name: "pumps".into(),
-        topic: "sensors.pumps".into(),
-        features: FEATURES.iter().map(|s| s.to_string()).collect(),
-        interval: HumanDuration::from_secs(300),
-        ..StreamConfig::default()
-    }];
-    cfg.model.registry = out.join("models");
-    cfg.model.hidden = 32;
-    cfg.model.horizon = 3;
-    cfg.train.window = 32;
-    cfg.train.stride = 4;
-    cfg.train.epochs = 20;
-    cfg.train.batch_size = 64;
-    cfg.train.learning_rate = 5e-3;
-    cfg.train.seed = seed;
-    cfg
+    Config {
+        streams: vec![StreamConfig {
+            name: "pumps".into(),
+            topic: "sensors.pumps".into(),
+            features: FEATURES.iter().map(|s| s.to_string()).collect(),
+            interval: HumanDuration::from_secs(300),
+            ..StreamConfig::default()
+        }],
+        model: ModelConfig {
+            registry: out.join("models"),
+            hidden: 32,
+            layers: 1,
+            horizon: 3,
+        },
+        train: TrainConfig {
+            window: 32,
+            stride: 4,
+            epochs: 20,
+            batch_size: 64,
+            learning_rate: 5e-3,
+            seed,
+            ..TrainConfig::default()
+        },
+        ..Config::default()
+    }
 }
 
 /// Runs the demo.

@@ -179,7 +179,13 @@ impl InferenceModel {
         steps: usize,
         x: &[f32],
     ) -> Vec<f32> {
-        let seq = self.stack.run_sequences(isa, 1, steps, x, &[], &[], false);
+        let seq = self.stack.run_sequences(
+            isa,
+            crate::engine::kernel::Sequences { batch: 1, steps, x },
+            &[],
+            &[],
+            false,
+        );
         let top = self.stack.hidden();
         let padded = crate::engine::kernel::padded_rows(steps);
         let mut a = seq.output;

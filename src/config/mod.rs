@@ -526,10 +526,10 @@ fn mask_secrets(value: &mut toml::Value) {
                     .any(|s| lower.contains(s))
                     && !lower.ends_with("_file");
                 if secret {
-                    if let toml::Value::String(s) = v {
-                        if !s.is_empty() {
-                            *s = "***".into();
-                        }
+                    if let toml::Value::String(s) = v
+                        && !s.is_empty()
+                    {
+                        *s = "***".into();
                     }
                 } else {
                     mask_secrets(v);

@@ -270,7 +270,7 @@ pub fn exp_approx(x: f32) -> f32 {
     p = p.mul_add(r, 8.333_452e-3);
     p = p.mul_add(r, 4.166_579_6e-2);
     p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 5.000_000_1e-1);
+    p = p.mul_add(r, 5e-1);
     let y = p.mul_add(r * r, r) + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     y * scale
@@ -336,7 +336,7 @@ mod simd {
         const MR: usize = 8;
         let k = w.k;
         let n_pad = w.n_pad;
-        debug_assert!(rows % MR == 0 && a.len() >= rows * k && out.len() >= rows * n_pad);
+        debug_assert!(rows.is_multiple_of(MR) && a.len() >= rows * k && out.len() >= rows * n_pad);
         let (ap, wp, bp, op) = (
             a.as_ptr(),
             w.panels.as_ptr(),
@@ -378,7 +378,7 @@ mod simd {
         const MR: usize = 4;
         let k = w.k;
         let n_pad = w.n_pad;
-        debug_assert!(rows % MR == 0 && a.len() >= rows * k && out.len() >= rows * n_pad);
+        debug_assert!(rows.is_multiple_of(MR) && a.len() >= rows * k && out.len() >= rows * n_pad);
         let (ap, wp, bp, op) = (
             a.as_ptr(),
             w.panels.as_ptr(),
@@ -571,13 +571,12 @@ impl LstmStack {
     pub fn run_sequences(
         &self,
         isa: Isa,
-        batch: usize,
-        steps: usize,
-        x: &[f32],
+        seq: Sequences<'_>,
         h0: &[f32],
         c0: &[f32],
         reverse: bool,
     ) -> SequenceOutput {
+        let Sequences { batch, steps, x } = seq;
         let inp = self.input();
         let top = self.hidden();
         let total = batch * self.state_len();
@@ -609,6 +608,17 @@ impl LstmStack {
         }
         SequenceOutput { output, h, c }
     }
+}
+
+/// A batch of whole sequences, `x` being `[batch, steps, input]` row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct Sequences<'a> {
+    /// Sequences.
+    pub batch: usize,
+    /// Steps per sequence.
+    pub steps: usize,
+    /// Values.
+    pub x: &'a [f32],
 }
 
 /// Result of [`LstmStack::run_sequences`].
@@ -655,12 +665,11 @@ impl BiLstm {
     pub fn run_sequences(
         &self,
         isa: Isa,
-        batch: usize,
-        steps: usize,
-        x: &[f32],
+        seq: Sequences<'_>,
         h0: &[f32],
         c0: &[f32],
     ) -> SequenceOutput {
+        let Sequences { batch, steps, x } = seq;
         let mut input = x.to_vec();
         let (mut h_n, mut c_n) = (Vec::new(), Vec::new());
         for (l, (fwd, rev)) in self.layers.iter().enumerate() {
@@ -678,15 +687,12 @@ impl BiLstm {
                 let stack = LstmStack {
                     layers: vec![layer.clone()],
                 };
-                let out = stack.run_sequences(
-                    isa,
+                let seq = Sequences {
                     batch,
                     steps,
-                    &input,
-                    &slice(h0, d),
-                    &slice(c0, d),
-                    d == 1,
-                );
+                    x: &input,
+                };
+                let out = stack.run_sequences(isa, seq, &slice(h0, d), &slice(c0, d), d == 1);
                 h_n.extend_from_slice(&out.h);
                 c_n.extend_from_slice(&out.c);
                 outs.push(out.output);
@@ -778,16 +784,31 @@ mod tests {
                     )
                 })
                 .collect();
-            BiLstm::new(pairs)
-                .expect("bilstm")
-                .run_sequences(isa, batch, steps, &x, &h0, &c0)
+            BiLstm::new(pairs).expect("bilstm").run_sequences(
+                isa,
+                Sequences {
+                    batch,
+                    steps,
+                    x: &x,
+                },
+                &h0,
+                &c0,
+            )
         } else {
             let stack = (0..layers)
                 .map(|l| layer(&g, l, "", if l == 0 { input } else { hidden }, hidden))
                 .collect();
-            LstmStack::new(stack)
-                .expect("stack")
-                .run_sequences(isa, batch, steps, &x, &h0, &c0, false)
+            LstmStack::new(stack).expect("stack").run_sequences(
+                isa,
+                Sequences {
+                    batch,
+                    steps,
+                    x: &x,
+                },
+                &h0,
+                &c0,
+                false,
+            )
         };
         for (key, got) in [("output", &out.output), ("h_n", &out.h), ("c_n", &out.c)] {
             let diff = max_abs_diff(got, &tensor(&g, key));

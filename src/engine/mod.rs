@@ -537,3 +537,134 @@ impl Engine {
 pub fn sigma_of(logvar: f32) -> f32 {
     (0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)).exp()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{BenchSpec, settings, synthetic_model};
+    use crate::synth::{FleetSpec, generate};
+
+    fn engine(isa: Isa) -> Engine {
+        let spec = BenchSpec { devices: 0, steps: 0, hidden: 24, features: 4, layers: 2, horizon: 3, batch: 1 };
+        let mut s = settings();
+        s.warmup = 5;
+        s.max_gap_ns = 20 * 300_000_000_000;
+        Engine::new(Arc::new(synthetic_model(&spec)), s).expect("engine").with_isa(isa)
+    }
+
+    /// A fleet with duplicates, an out-of-order reading and a long gap mixed in.
+    fn readings() -> Vec<Reading> {
+        let mut rs = generate(&FleetSpec { devices: 5, readings: 120, faults: 2, ..FleetSpec::default() }).readings;
+        let dup = rs[40].clone();
+        rs.insert(60, dup);
+        let mut old = rs[100].clone();
+        old.ts -= 3 * 300_000_000_000;
+        rs.insert(130, old);
+        // Device pump-002 goes silent for a long gap.
+        let cut = rs.len() / 2;
+        for r in rs[cut..].iter_mut().filter(|r| r.device == "pump-002") {
+            r.ts += 40 * 300_000_000_000;
+        }
+        rs
+    }
+
+    fn run(isa: Isa, batch: usize) -> (Vec<Outcome>, Vec<u32>, Counters) {
+        let mut e = engine(isa);
+        let rs = readings();
+        let mut out = BatchOutput::default();
+        let (mut outcomes, mut bits) = (Vec::new(), Vec::new());
+        for chunk in rs.chunks(batch) {
+            e.process(chunk, &mut out).expect("process");
+            for (i, o) in out.outcomes.iter().enumerate() {
+                outcomes.push(*o);
+                if matches!(o, Outcome::Scored(_)) {
+                    bits.extend(out.forecast(i).iter().map(|v| v.to_bits()));
+                }
+            }
+        }
+        (outcomes, bits, e.counters())
+    }
+
+    fn same_bits(a: &[Outcome], b: &[Outcome]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| match (x, y) {
+                (Outcome::Scored(p), Outcome::Scored(q)) => {
+                    p.score.to_bits() == q.score.to_bits()
+                        && p.likelihood.to_bits() == q.likelihood.to_bits()
+                        && (p.is_anomaly, p.top_feature, p.step_ns, p.cold) == (q.is_anomaly, q.top_feature, q.step_ns, q.cold)
+                }
+                (Outcome::Stale { last_ts: s }, Outcome::Stale { last_ts: t }) => s == t,
+                _ => false,
+            })
+    }
+
+    #[test]
+    fn any_batching_gives_identical_bits() {
+        let (reference, ref_bits, counters) = run(Isa::detect(), 1);
+        for batch in [7, 4096] {
+            let (o, bits, c) = run(Isa::detect(), batch);
+            assert!(same_bits(&reference, &o), "batch {batch}: outcomes differ");
+            assert!(ref_bits == bits, "batch {batch}: forecasts differ");
+            assert_eq!(c, counters);
+        }
+        let (o, bits, _) = run(Isa::Portable, 4096);
+        assert!(same_bits(&reference, &o) && ref_bits == bits, "portable path differs");
+    }
+
+    #[test]
+    fn duplicates_stale_gaps_and_cold_starts() {
+        let (outcomes, _, c) = run(Isa::detect(), 64);
+        assert_eq!(c.stale, 2, "one duplicate and one older reading");
+        assert_eq!(c.gap_resets, 1, "pump-002's long silence resets its state");
+        assert_eq!(c.new_devices, 5);
+        assert_eq!(c.stepped as usize + 2, outcomes.len());
+        let cold: Vec<_> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Scored(s) if s.cold => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cold.len(), 6, "five first readings and one reset");
+        assert!(cold.iter().all(|s| s.score == 0.0 && !s.is_anomaly && s.likelihood == 0.0));
+        assert!(outcomes.iter().any(|o| matches!(o, Outcome::Scored(s) if s.score > 0.0)));
+    }
+
+    #[test]
+    fn a_device_twice_in_one_batch_is_stepped_in_order() {
+        let rs = readings();
+        let one = rs.iter().filter(|r| r.device == "pump-001").take(3).cloned().collect::<Vec<_>>();
+        let mut a = engine(Isa::detect());
+        let mut b = engine(Isa::detect());
+        let (mut oa, mut ob) = (BatchOutput::default(), BatchOutput::default());
+        a.process(&one, &mut oa).expect("batch");
+        let mut seq = Vec::new();
+        for r in &one {
+            b.process(std::slice::from_ref(r), &mut ob).expect("single");
+            seq.push(ob.forecast(0).to_vec());
+        }
+        for (i, f) in seq.iter().enumerate() {
+            assert_eq!(oa.forecast(i), f.as_slice());
+        }
+    }
+
+    #[test]
+    fn wrong_shape_is_an_error_not_a_panic() {
+        let mut e = engine(Isa::detect());
+        let bad = Reading { device: "x".into(), ts: 1_795_737_600_000_000_000, values: vec![1.0] };
+        let err = e.process(&[bad], &mut BatchOutput::default()).unwrap_err();
+        assert!(err.to_string().contains("expects 4"), "{err}");
+    }
+
+    #[test]
+    fn state_stays_within_budget() {
+        // DESIGN.md §3.5: ≤ 2 KiB per device at hidden 64, one layer (8 features).
+        let spec = BenchSpec { devices: 2000, steps: 1, hidden: 64, features: 8, layers: 1, horizon: 3, batch: 4096 };
+        let mut e = Engine::new(Arc::new(synthetic_model(&spec)), settings()).expect("engine");
+        e.reserve(spec.devices);
+        let rs = crate::bench::synthetic_readings(spec.devices, 1, spec.features);
+        e.process(&rs, &mut BatchOutput::default()).expect("process");
+        let per = e.state_heap_bytes() / spec.devices;
+        assert!(per <= 2048, "{per} bytes per device");
+    }
+}

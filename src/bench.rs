@@ -97,6 +97,7 @@ pub fn settings() -> EngineSettings {
         default_interval_ns: 60_000_000_000,
         score_threshold: 0.99999,
         likelihood_threshold: 0.999,
+        calibration_alpha: 2.0 / 201.0,
         likelihood: Likelihood::new(8, 500),
     }
 }

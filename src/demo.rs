@@ -76,8 +76,9 @@ pub fn demo_config(out: &Path, seed: u64) -> Config {
         train: TrainConfig {
             window: 32,
             stride: 4,
-            epochs: 20,
-            batch_size: 64,
+            epochs: 40,
+            batch_size: 32,
+            patience: 5,
             learning_rate: 5e-3,
             seed,
             ..TrainConfig::default()
@@ -140,7 +141,9 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
             bar.inc(1);
             bar.set_message(format!("epoch {epoch} loss {loss:.3}"));
         }
-        ProgressEvent::Epoch { .. } => {}
+        ProgressEvent::Epoch { epoch, train_loss, validation_loss, best } => {
+            tracing::debug!(epoch, train_loss, validation_loss, best, "epoch finished");
+        }
     };
     let trained = train(
         &cfg,

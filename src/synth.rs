@@ -171,7 +171,7 @@ pub fn generate(spec: &FleetSpec) -> Fleet {
                 let progress = (t - f.start + 1) as f64 / (f.end - f.start) as f64;
                 match f.kind {
                     FaultKind::LevelShift => v[f.feature] += 6.0 * sigma,
-                    FaultKind::Drift => v[f.feature] += 12.0 * sigma * progress,
+                    FaultKind::Drift => v[f.feature] += 16.0 * sigma * progress,
                     FaultKind::NoiseBurst => noise_mult[f.feature] = 6.0,
                     FaultKind::Spike => v[f.feature] += 12.0 * sigma,
                 }

@@ -146,6 +146,9 @@ pub struct AnomalyConfig {
     pub short_window: u32,
     /// Readings in the long-term history the short-term average is compared with.
     pub long_window: u32,
+    /// Readings over which each device learns how far its readings normally fall from the
+    /// forecast (per-device calibration of the model's uncertainty).
+    pub calibration_window: u32,
 }
 
 impl Default for AnomalyConfig {
@@ -155,6 +158,7 @@ impl Default for AnomalyConfig {
             likelihood_threshold: 0.999,
             short_window: 8,
             long_window: 500,
+            calibration_window: 200,
         }
     }
 }
@@ -440,6 +444,9 @@ impl Config {
         }
         if a.short_window == 0 {
             bad("anomaly.short_window".into(), "must be at least 1".into());
+        }
+        if a.calibration_window == 0 {
+            bad("anomaly.calibration_window".into(), "must be at least 1".into());
         }
         if a.long_window <= a.short_window {
             bad(

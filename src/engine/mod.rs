@@ -21,6 +21,13 @@ use std::sync::Arc;
 
 /// z-value of the 90% central prediction band.
 pub const Z90: f32 = 1.644_853_6;
+/// Largest squared residual folded into a device's calibration (5σ).
+const CALIBRATION_CAP: f32 = 25.0;
+/// Bounds of a device's calibration factor (variance ratio to the model's own σ²).
+const CALIBRATION_MIN: f32 = 0.25;
+/// See [`CALIBRATION_MIN`].
+const CALIBRATION_MAX: f32 = 400.0;
+
 /// Bounds on the head's log-variance, shared with training.
 pub const LOGVAR_MIN: f32 = -12.0;
 /// See [`LOGVAR_MIN`].
@@ -87,6 +94,8 @@ pub struct EngineSettings {
     pub score_threshold: f64,
     /// Flag threshold on the likelihood.
     pub likelihood_threshold: f64,
+    /// Weight of each new squared residual in a device's residual calibration.
+    pub calibration_alpha: f32,
     /// Likelihood smoothing.
     pub likelihood: Likelihood,
 }
@@ -100,6 +109,7 @@ impl EngineSettings {
             default_interval_ns: stream.interval.as_nanos(),
             score_threshold: cfg.anomaly.score_threshold,
             likelihood_threshold: cfg.anomaly.likelihood_threshold,
+            calibration_alpha: 2.0 / (cfg.anomaly.calibration_window as f32 + 1.0),
             likelihood: Likelihood::new(cfg.anomaly.short_window, cfg.anomaly.long_window),
         }
     }
@@ -187,6 +197,9 @@ struct Slots {
     c: Vec<f32>,
     pred_mean: Vec<f32>,
     pred_sigma: Vec<f32>,
+    // Per feature: running mean of the squared standardised residual. Scales the model's σ to
+    // the device's own normal (DESIGN.md §4: scale differs per device).
+    calib: Vec<f32>,
     stats: Vec<ScoreStats>,
     last_ts: Vec<i64>,
     count: Vec<u32>,
@@ -277,6 +290,7 @@ impl Engine {
         sl.c.reserve_exact(devices * self.state_len);
         sl.pred_mean.reserve_exact(devices * f);
         sl.pred_sigma.reserve_exact(devices * f);
+        sl.calib.reserve_exact(devices * f);
         sl.stats.reserve_exact(devices);
         sl.last_ts.reserve_exact(devices);
         sl.count.reserve_exact(devices);
@@ -324,6 +338,7 @@ impl Engine {
         sl.c.resize(sl.c.len() + self.state_len, 0.0);
         sl.pred_mean.resize(sl.pred_mean.len() + f, 0.0);
         sl.pred_sigma.resize(sl.pred_sigma.len() + f, 1.0);
+        sl.calib.resize(sl.calib.len() + f, 1.0);
         sl.stats.push(self.settings.likelihood.prior());
         sl.last_ts.push(i64::MIN);
         sl.count.push(0);
@@ -473,18 +488,25 @@ impl Engine {
             let warm = !it.reset && self.slots.count[slot] >= self.settings.warmup;
             let (mut score, mut top_feature, mut likelihood) = (0.0, 0, 0.0);
             if had_forecast {
-                let (s, t) = score::tail_score(
-                    x,
-                    &self.slots.pred_mean[slot * nf..(slot + 1) * nf],
-                    &self.slots.pred_sigma[slot * nf..(slot + 1) * nf],
-                );
+                let calib = &mut self.slots.calib[slot * nf..(slot + 1) * nf];
+                let mean = &self.slots.pred_mean[slot * nf..(slot + 1) * nf];
+                let sigma = &mut self.slots.pred_sigma[slot * nf..(slot + 1) * nf];
+                for f in 0..nf {
+                    sigma[f] *= calib[f].sqrt();
+                }
+                let (s, t) = score::tail_score(x, mean, sigma);
                 score = s;
                 top_feature = t;
                 if warm {
-                    likelihood = self
-                        .settings
-                        .likelihood
-                        .update(&mut self.slots.stats[slot], s);
+                    likelihood = self.settings.likelihood.update(&mut self.slots.stats[slot], s);
+                    // Fold this residual into the device's calibration, capped at 5σ so that a
+                    // fault does not teach the device that faults are normal.
+                    let alpha = self.settings.calibration_alpha;
+                    for f in 0..nf {
+                        let z = (x[f] - mean[f]) / sigma[f];
+                        let z2 = (z * z * calib[f]).min(CALIBRATION_CAP);
+                        calib[f] = (calib[f] + alpha * (z2 - calib[f])).clamp(CALIBRATION_MIN, CALIBRATION_MAX);
+                    }
                 }
             }
             let is_anomaly = warm
@@ -496,10 +518,11 @@ impl Engine {
                 self.slots.pred_sigma[slot * nf + f] = sigma_of(head[hf + f]);
             }
             let fc = &mut out.forecasts[it.index * out.per..(it.index + 1) * out.per];
+            let calib = &self.slots.calib[slot * nf..(slot + 1) * nf];
             for k in 0..hf {
                 let f = k % nf;
                 let yhat = head[k] * model.std[f] + model.mean[f];
-                let half = Z90 * sigma_of(head[hf + k]) * model.std[f];
+                let half = Z90 * sigma_of(head[hf + k]) * calib[f].sqrt() * model.std[f];
                 fc[3 * k] = yhat;
                 fc[3 * k + 1] = yhat - half;
                 fc[3 * k + 2] = yhat + half;

@@ -195,11 +195,19 @@ pub struct ShapeError {
 struct Slots {
     h: Vec<f32>,
     c: Vec<f32>,
+    // The one-step-ahead forecast made at the last reading (per feature, normalised units).
     pred_mean: Vec<f32>,
     pred_sigma: Vec<f32>,
-    // Per feature: running mean of the squared standardised residual. Scales the model's σ to
-    // the device's own normal (DESIGN.md §4: scale differs per device).
+    // Ring of the last `horizon` horizon-H forecasts ([horizon × F]): slot `step % horizon`
+    // holds the forecast made H steps before `step`. A level shift shows in full against it
+    // for H readings, while the one-step forecast adapts after one.
+    far_mean: Vec<f32>,
+    far_sigma: Vec<f32>,
+    // Per feature: running mean of the squared standardised residual, for the one-step and
+    // the horizon-H forecasts. Scales the model's σ to the device's own normal (DESIGN.md §4:
+    // scale differs per device).
     calib: Vec<f32>,
+    calib_far: Vec<f32>,
     stats: Vec<ScoreStats>,
     last_ts: Vec<i64>,
     count: Vec<u32>,
@@ -291,6 +299,9 @@ impl Engine {
         sl.pred_mean.reserve_exact(devices * f);
         sl.pred_sigma.reserve_exact(devices * f);
         sl.calib.reserve_exact(devices * f);
+        sl.calib_far.reserve_exact(devices * f);
+        sl.far_mean.reserve_exact(devices * f * self.model.horizon);
+        sl.far_sigma.reserve_exact(devices * f * self.model.horizon);
         sl.stats.reserve_exact(devices);
         sl.last_ts.reserve_exact(devices);
         sl.count.reserve_exact(devices);
@@ -310,6 +321,9 @@ impl Engine {
             + cap(&sl.c)
             + cap(&sl.pred_mean)
             + cap(&sl.pred_sigma)
+            + cap(&sl.far_mean)
+            + cap(&sl.far_sigma)
+            + cap(&sl.calib_far)
             + cap(&sl.stats)
             + cap(&sl.last_ts)
             + cap(&sl.count)
@@ -339,6 +353,10 @@ impl Engine {
         sl.pred_mean.resize(sl.pred_mean.len() + f, 0.0);
         sl.pred_sigma.resize(sl.pred_sigma.len() + f, 1.0);
         sl.calib.resize(sl.calib.len() + f, 1.0);
+        sl.calib_far.resize(sl.calib_far.len() + f, 1.0);
+        let hz = self.model.horizon;
+        sl.far_mean.resize(sl.far_mean.len() + f * hz, 0.0);
+        sl.far_sigma.resize(sl.far_sigma.len() + f * hz, 1.0);
         sl.stats.push(self.settings.likelihood.prior());
         sl.last_ts.push(i64::MIN);
         sl.count.push(0);
@@ -484,38 +502,55 @@ impl Engine {
             let slot = it.slot;
             let x = &self.x[r * nf..(r + 1) * nf];
             let head = &self.head_out[r * stride..r * stride + 2 * hf];
-            let had_forecast = !it.reset && self.slots.count[slot] > 0;
-            let warm = !it.reset && self.slots.count[slot] >= self.settings.warmup;
+            let step = if it.reset { 0 } else { self.slots.count[slot] as usize };
+            let had_forecast = step > 0;
+            let warm = step >= self.settings.warmup as usize;
+            let hz = model.horizon;
+            let ring = (slot * hz + step % hz) * nf;
+            let use_far = hz > 1 && step >= hz;
             let (mut score, mut top_feature, mut likelihood) = (0.0, 0, 0.0);
             if had_forecast {
-                let calib = &mut self.slots.calib[slot * nf..(slot + 1) * nf];
-                let mean = &self.slots.pred_mean[slot * nf..(slot + 1) * nf];
-                let sigma = &mut self.slots.pred_sigma[slot * nf..(slot + 1) * nf];
-                for f in 0..nf {
-                    sigma[f] *= calib[f].sqrt();
-                }
-                let (s, t) = score::tail_score(x, mean, sigma);
-                score = s;
-                top_feature = t;
-                if warm {
-                    likelihood = self.settings.likelihood.update(&mut self.slots.stats[slot], s);
-                    // Fold this residual into the device's calibration, capped at 5σ so that a
-                    // fault does not teach the device that faults are normal.
-                    let alpha = self.settings.calibration_alpha;
+                let alpha = self.settings.calibration_alpha;
+                let sl = &mut self.slots;
+                let mut worst = 0.0f64;
+                let mut judged = 0;
+                let mut judge = |x: &[f32], mean: &[f32], sigma: &[f32], calib: &mut [f32], learn: bool| {
                     for f in 0..nf {
-                        let z = (x[f] - mean[f]) / sigma[f];
-                        let z2 = (z * z * calib[f]).min(CALIBRATION_CAP);
-                        calib[f] = (calib[f] + alpha * (z2 - calib[f])).clamp(CALIBRATION_MIN, CALIBRATION_MAX);
+                        let z = (x[f] - mean[f]) / (sigma[f] * calib[f].sqrt());
+                        let az = z.abs() as f64;
+                        if az > worst {
+                            worst = az;
+                            top_feature = f;
+                        }
+                        if learn {
+                            // Capped at 5σ so that a fault does not teach the device that
+                            // faults are normal.
+                            let z2 = (z * z * calib[f]).min(CALIBRATION_CAP);
+                            calib[f] = (calib[f] + alpha * (z2 - calib[f])).clamp(CALIBRATION_MIN, CALIBRATION_MAX);
+                        }
                     }
+                    judged += nf;
+                };
+                let near = slot * nf..(slot + 1) * nf;
+                judge(x, &sl.pred_mean[near.clone()], &sl.pred_sigma[near.clone()], &mut sl.calib[near.clone()], warm);
+                if use_far {
+                    judge(x, &sl.far_mean[ring..ring + nf], &sl.far_sigma[ring..ring + nf], &mut sl.calib_far[near], warm);
+                }
+                score = score::score_from_max_z(worst, judged);
+                if warm {
+                    likelihood = self.settings.likelihood.update(&mut sl.stats[slot], score);
                 }
             }
             let is_anomaly = warm
                 && (score >= self.settings.score_threshold
                     || likelihood >= self.settings.likelihood_threshold);
-            // Keep the one-step-ahead forecast for scoring the next reading.
+            // Keep the one-step and horizon-H forecasts for scoring the readings to come.
+            let far = (hz - 1) * nf;
             for f in 0..nf {
                 self.slots.pred_mean[slot * nf + f] = head[f];
                 self.slots.pred_sigma[slot * nf + f] = sigma_of(head[hf + f]);
+                self.slots.far_mean[ring + f] = head[far + f];
+                self.slots.far_sigma[ring + f] = sigma_of(head[hf + far + f]);
             }
             let fc = &mut out.forecasts[it.index * out.per..(it.index + 1) * out.per];
             let calib = &self.slots.calib[slot * nf..(slot + 1) * nf];

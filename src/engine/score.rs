@@ -25,23 +25,13 @@ pub fn normal_cdf(x: f64) -> f64 {
     0.5 * erfc(-x / std::f64::consts::SQRT_2)
 }
 
-/// Score of a reading: `z_f = (x_f − μ_f) / σ_f` per feature, and the probability that `F`
-/// independent standard normals all stay closer to zero than the largest `|z|` seen.
-/// Uniform on [0, 1] when forecasts are calibrated, close to 1 for a reading far outside the
-/// forecast. Returns the score and the index of the feature with the largest `|z|`.
-pub fn tail_score(x: &[f32], mean: &[f32], sigma: &[f32]) -> (f64, usize) {
-    let mut top = 0;
-    let mut worst = 0.0f64;
-    for f in 0..x.len() {
-        let z = ((x[f] - mean[f]) as f64 / sigma[f] as f64).abs();
-        if z > worst {
-            worst = z;
-            top = f;
-        }
-    }
-    let p = erfc(worst / std::f64::consts::SQRT_2).clamp(0.0, 1.0);
-    let score = (x.len() as f64 * (-p).ln_1p()).exp();
-    (score, top)
+/// Score of a reading from its standardised residuals `z` (each `(x − μ) / σ` against a
+/// forecast): the probability that `n` independent standard normals all stay closer to zero
+/// than the largest `|z|` seen. Uniform on [0, 1] when forecasts are calibrated, close to 1
+/// for a reading far outside them.
+pub fn score_from_max_z(max_abs_z: f64, n: usize) -> f64 {
+    let p = erfc(max_abs_z / std::f64::consts::SQRT_2).clamp(0.0, 1.0);
+    (n as f64 * (-p).ln_1p()).exp()
 }
 
 /// Per-device score statistics: a short-term average of scores and the running mean and
@@ -126,14 +116,12 @@ mod tests {
     }
 
     #[test]
-    fn tail_score_behaves() {
-        let (s0, _) = tail_score(&[0.0, 0.0], &[0.0, 0.0], &[1.0, 1.0]);
-        assert_eq!(s0, 0.0);
-        let (s, top) = tail_score(&[0.1, 5.0], &[0.0, 0.0], &[1.0, 1.0]);
-        assert_eq!(top, 1);
+    fn score_behaves() {
+        assert_eq!(score_from_max_z(0.0, 2), 0.0);
+        let s = score_from_max_z(5.0, 2);
         assert!(s > 0.999_998 && s < 1.0, "{s}");
-        let (a, _) = tail_score(&[2.0], &[0.0], &[1.0]);
-        assert!((a - 0.954_499_7).abs() < 1e-6, "{a}");
+        assert!((score_from_max_z(2.0, 1) - 0.954_499_7).abs() < 1e-6);
+        assert!(score_from_max_z(2.0, 8) < score_from_max_z(2.0, 1), "more features, more chances");
     }
 
     #[test]

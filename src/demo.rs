@@ -141,7 +141,12 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
             bar.inc(1);
             bar.set_message(format!("epoch {epoch} loss {loss:.3}"));
         }
-        ProgressEvent::Epoch { epoch, train_loss, validation_loss, best } => {
+        ProgressEvent::Epoch {
+            epoch,
+            train_loss,
+            validation_loss,
+            best,
+        } => {
             tracing::debug!(epoch, train_loss, validation_loss, best, "epoch finished");
         }
     };

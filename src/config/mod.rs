@@ -446,7 +446,10 @@ impl Config {
             bad("anomaly.short_window".into(), "must be at least 1".into());
         }
         if a.calibration_window == 0 {
-            bad("anomaly.calibration_window".into(), "must be at least 1".into());
+            bad(
+                "anomaly.calibration_window".into(),
+                "must be at least 1".into(),
+            );
         }
         if a.long_window <= a.short_window {
             bad(

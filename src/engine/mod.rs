@@ -229,7 +229,7 @@ pub struct Engine {
     model: Arc<InferenceModel>,
     settings: EngineSettings,
     isa: Isa,
-    ids: HashMap<String, u32>,
+    ids: HashMap<String, u32, foldhash::fast::RandomState>,
     slots: Slots,
     state_len: usize,
     epoch: u32,
@@ -253,7 +253,7 @@ impl Engine {
             model,
             settings,
             isa: Isa::detect(),
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             slots: Slots::default(),
             state_len,
             epoch: 0,
@@ -502,7 +502,11 @@ impl Engine {
             let slot = it.slot;
             let x = &self.x[r * nf..(r + 1) * nf];
             let head = &self.head_out[r * stride..r * stride + 2 * hf];
-            let step = if it.reset { 0 } else { self.slots.count[slot] as usize };
+            let step = if it.reset {
+                0
+            } else {
+                self.slots.count[slot] as usize
+            };
             let had_forecast = step > 0;
             let warm = step >= self.settings.warmup as usize;
             let hz = model.horizon;
@@ -514,27 +518,41 @@ impl Engine {
                 let sl = &mut self.slots;
                 let mut worst = 0.0f64;
                 let mut judged = 0;
-                let mut judge = |x: &[f32], mean: &[f32], sigma: &[f32], calib: &mut [f32], learn: bool| {
-                    for f in 0..nf {
-                        let z = (x[f] - mean[f]) / (sigma[f] * calib[f].sqrt());
-                        let az = z.abs() as f64;
-                        if az > worst {
-                            worst = az;
-                            top_feature = f;
+                let mut judge =
+                    |x: &[f32], mean: &[f32], sigma: &[f32], calib: &mut [f32], learn: bool| {
+                        for f in 0..nf {
+                            let z = (x[f] - mean[f]) / (sigma[f] * calib[f].sqrt());
+                            let az = z.abs() as f64;
+                            if az > worst {
+                                worst = az;
+                                top_feature = f;
+                            }
+                            if learn {
+                                // Capped at 5σ so that a fault does not teach the device that
+                                // faults are normal.
+                                let z2 = (z * z * calib[f]).min(CALIBRATION_CAP);
+                                calib[f] = (calib[f] + alpha * (z2 - calib[f]))
+                                    .clamp(CALIBRATION_MIN, CALIBRATION_MAX);
+                            }
                         }
-                        if learn {
-                            // Capped at 5σ so that a fault does not teach the device that
-                            // faults are normal.
-                            let z2 = (z * z * calib[f]).min(CALIBRATION_CAP);
-                            calib[f] = (calib[f] + alpha * (z2 - calib[f])).clamp(CALIBRATION_MIN, CALIBRATION_MAX);
-                        }
-                    }
-                    judged += nf;
-                };
+                        judged += nf;
+                    };
                 let near = slot * nf..(slot + 1) * nf;
-                judge(x, &sl.pred_mean[near.clone()], &sl.pred_sigma[near.clone()], &mut sl.calib[near.clone()], warm);
+                judge(
+                    x,
+                    &sl.pred_mean[near.clone()],
+                    &sl.pred_sigma[near.clone()],
+                    &mut sl.calib[near.clone()],
+                    warm,
+                );
                 if use_far {
-                    judge(x, &sl.far_mean[ring..ring + nf], &sl.far_sigma[ring..ring + nf], &mut sl.calib_far[near], warm);
+                    judge(
+                        x,
+                        &sl.far_mean[ring..ring + nf],
+                        &sl.far_sigma[ring..ring + nf],
+                        &mut sl.calib_far[near],
+                        warm,
+                    );
                 }
                 score = score::score_from_max_z(worst, judged);
                 if warm {
@@ -603,16 +621,32 @@ mod tests {
     use crate::synth::{FleetSpec, generate};
 
     fn engine(isa: Isa) -> Engine {
-        let spec = BenchSpec { devices: 0, steps: 0, hidden: 24, features: 4, layers: 2, horizon: 3, batch: 1 };
+        let spec = BenchSpec {
+            devices: 0,
+            steps: 0,
+            hidden: 24,
+            features: 4,
+            layers: 2,
+            horizon: 3,
+            batch: 1,
+        };
         let mut s = settings();
         s.warmup = 5;
         s.max_gap_ns = 20 * 300_000_000_000;
-        Engine::new(Arc::new(synthetic_model(&spec)), s).expect("engine").with_isa(isa)
+        Engine::new(Arc::new(synthetic_model(&spec)), s)
+            .expect("engine")
+            .with_isa(isa)
     }
 
     /// A fleet with duplicates, an out-of-order reading and a long gap mixed in.
     fn readings() -> Vec<Reading> {
-        let mut rs = generate(&FleetSpec { devices: 5, readings: 120, faults: 2, ..FleetSpec::default() }).readings;
+        let mut rs = generate(&FleetSpec {
+            devices: 5,
+            readings: 120,
+            faults: 2,
+            ..FleetSpec::default()
+        })
+        .readings;
         let dup = rs[40].clone();
         rs.insert(60, dup);
         let mut old = rs[100].clone();
@@ -649,7 +683,8 @@ mod tests {
                 (Outcome::Scored(p), Outcome::Scored(q)) => {
                     p.score.to_bits() == q.score.to_bits()
                         && p.likelihood.to_bits() == q.likelihood.to_bits()
-                        && (p.is_anomaly, p.top_feature, p.step_ns, p.cold) == (q.is_anomaly, q.top_feature, q.step_ns, q.cold)
+                        && (p.is_anomaly, p.top_feature, p.step_ns, p.cold)
+                            == (q.is_anomaly, q.top_feature, q.step_ns, q.cold)
                 }
                 (Outcome::Stale { last_ts: s }, Outcome::Stale { last_ts: t }) => s == t,
                 _ => false,
@@ -666,7 +701,10 @@ mod tests {
             assert_eq!(c, counters);
         }
         let (o, bits, _) = run(Isa::Portable, 4096);
-        assert!(same_bits(&reference, &o) && ref_bits == bits, "portable path differs");
+        assert!(
+            same_bits(&reference, &o) && ref_bits == bits,
+            "portable path differs"
+        );
     }
 
     #[test]
@@ -684,14 +722,26 @@ mod tests {
             })
             .collect();
         assert_eq!(cold.len(), 6, "five first readings and one reset");
-        assert!(cold.iter().all(|s| s.score == 0.0 && !s.is_anomaly && s.likelihood == 0.0));
-        assert!(outcomes.iter().any(|o| matches!(o, Outcome::Scored(s) if s.score > 0.0)));
+        assert!(
+            cold.iter()
+                .all(|s| s.score == 0.0 && !s.is_anomaly && s.likelihood == 0.0)
+        );
+        assert!(
+            outcomes
+                .iter()
+                .any(|o| matches!(o, Outcome::Scored(s) if s.score > 0.0))
+        );
     }
 
     #[test]
     fn a_device_twice_in_one_batch_is_stepped_in_order() {
         let rs = readings();
-        let one = rs.iter().filter(|r| r.device == "pump-001").take(3).cloned().collect::<Vec<_>>();
+        let one = rs
+            .iter()
+            .filter(|r| r.device == "pump-001")
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>();
         let mut a = engine(Isa::detect());
         let mut b = engine(Isa::detect());
         let (mut oa, mut ob) = (BatchOutput::default(), BatchOutput::default());
@@ -709,7 +759,11 @@ mod tests {
     #[test]
     fn wrong_shape_is_an_error_not_a_panic() {
         let mut e = engine(Isa::detect());
-        let bad = Reading { device: "x".into(), ts: 1_795_737_600_000_000_000, values: vec![1.0] };
+        let bad = Reading {
+            device: "x".into(),
+            ts: 1_795_737_600_000_000_000,
+            values: vec![1.0],
+        };
         let err = e.process(&[bad], &mut BatchOutput::default()).unwrap_err();
         assert!(err.to_string().contains("expects 4"), "{err}");
     }
@@ -717,11 +771,20 @@ mod tests {
     #[test]
     fn state_stays_within_budget() {
         // DESIGN.md §3.5: ≤ 2 KiB per device at hidden 64, one layer (8 features).
-        let spec = BenchSpec { devices: 2000, steps: 1, hidden: 64, features: 8, layers: 1, horizon: 3, batch: 4096 };
+        let spec = BenchSpec {
+            devices: 2000,
+            steps: 1,
+            hidden: 64,
+            features: 8,
+            layers: 1,
+            horizon: 3,
+            batch: 4096,
+        };
         let mut e = Engine::new(Arc::new(synthetic_model(&spec)), settings()).expect("engine");
         e.reserve(spec.devices);
         let rs = crate::bench::synthetic_readings(spec.devices, 1, spec.features);
-        e.process(&rs, &mut BatchOutput::default()).expect("process");
+        e.process(&rs, &mut BatchOutput::default())
+            .expect("process");
         let per = e.state_heap_bytes() / spec.devices;
         assert!(per <= 2048, "{per} bytes per device");
     }

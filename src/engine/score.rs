@@ -121,7 +121,10 @@ mod tests {
         let s = score_from_max_z(5.0, 2);
         assert!(s > 0.999_998 && s < 1.0, "{s}");
         assert!((score_from_max_z(2.0, 1) - 0.954_499_7).abs() < 1e-6);
-        assert!(score_from_max_z(2.0, 8) < score_from_max_z(2.0, 1), "more features, more chances");
+        assert!(
+            score_from_max_z(2.0, 8) < score_from_max_z(2.0, 1),
+            "more features, more chances"
+        );
     }
 
     #[test]

@@ -264,7 +264,7 @@ pub fn exp_approx(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 2^23 + 127: adding it leaves `n + 127` in the low mantissa bits.
     const MAGIC: f32 = 8_388_735.0;
-    let x = x.max(-87.0).min(88.0);
+    let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E + 0.5).floor();
     let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
     let mut p = 1.987_569_1e-4_f32;
@@ -272,7 +272,7 @@ pub fn exp_approx(x: f32) -> f32 {
     p = p.mul_add(r, 8.333_452e-3);
     p = p.mul_add(r, 4.166_579_6e-2);
     p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 5.000_000_1e-1);
+    p = p.mul_add(r, 0.5);
     let y = p.mul_add(r * r, r) + 1.0;
     // 2^n built from bits: (n + 127) shifted into the exponent field.
     let scale = f32::from_bits((n + MAGIC).to_bits() << 23);

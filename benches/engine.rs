@@ -11,28 +11,45 @@ use std::sync::Arc;
 fn batched_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine_step");
     for &(batch, hidden) in &[(1usize, 64usize), (64, 64), (4096, 64), (4096, 32)] {
-        let spec = BenchSpec { devices: batch, steps: 64, hidden, features: 8, layers: 1, horizon: 3, batch };
+        let spec = BenchSpec {
+            devices: batch,
+            steps: 64,
+            hidden,
+            features: 8,
+            layers: 1,
+            horizon: 3,
+            batch,
+        };
         let model = Arc::new(synthetic_model(&spec));
         let readings = synthetic_readings(batch, 64, spec.features);
         let mut engine = Engine::new(model, settings()).expect("engine");
         let mut out = BatchOutput::default();
         // Warm every device past its first reading so the measured steps score too.
-        engine.process(&readings[..batch], &mut out).expect("warm-up");
+        engine
+            .process(&readings[..batch], &mut out)
+            .expect("warm-up");
         let steps: Vec<&[sensorcast::decode::Reading]> = readings[batch..].chunks(batch).collect();
         let mut i = 0;
         group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::new(format!("hidden{hidden}"), batch), &batch, |b, _| {
-            b.iter(|| {
-                // Readings must move forward in time; wrap by rebuilding the engine rarely.
-                if i == steps.len() {
-                    engine = Engine::new(Arc::clone(engine.model()), settings()).expect("engine");
-                    engine.process(&readings[..batch], &mut out).expect("warm-up");
-                    i = 0;
-                }
-                engine.process(black_box(steps[i]), &mut out).expect("step");
-                i += 1;
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new(format!("hidden{hidden}"), batch),
+            &batch,
+            |b, _| {
+                b.iter(|| {
+                    // Readings must move forward in time; wrap by rebuilding the engine rarely.
+                    if i == steps.len() {
+                        engine =
+                            Engine::new(Arc::clone(engine.model()), settings()).expect("engine");
+                        engine
+                            .process(&readings[..batch], &mut out)
+                            .expect("warm-up");
+                        i = 0;
+                    }
+                    engine.process(black_box(steps[i]), &mut out).expect("step");
+                    i += 1;
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -309,3 +309,109 @@ fn sync_file(path: &Path) -> Result<(), RegistryError> {
         .and_then(|f| f.sync_all())
         .map_err(io(path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::to_vec;
+
+    fn meta(version: &str, arch: Architecture) -> ModelMeta {
+        ModelMeta {
+            format: 1,
+            version: version.into(),
+            stream: "pumps".into(),
+            created_at: "2026-11-27T00:00:00Z".into(),
+            features: vec!["a".into(), "b".into()],
+            mean: vec![1.0, 2.0],
+            std: vec![0.5, 3.0],
+            architecture: arch,
+            training: TrainingInfo {
+                from: String::new(),
+                to: String::new(),
+                devices: 1,
+                readings: 1,
+                train_windows: 1,
+                validation_windows: 1,
+                epochs: 1,
+                best_epoch: 1,
+                best_validation_loss: 0.0,
+                seed: 1,
+                window: 2,
+                learning_rate: 0.1,
+                inputs: vec![],
+            },
+            validation: Metrics {
+                mae: 0.0,
+                rmse: 0.0,
+                mase: 0.5,
+                coverage_90: 0.9,
+                mase_by_horizon: vec![0.5],
+                mae_by_feature: vec![0.0, 0.0],
+                points: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn publish_load_and_switch_versions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = Registry::new(dir.path());
+        assert!(matches!(
+            reg.current("pumps"),
+            Err(RegistryError::NoModel { .. })
+        ));
+        let arch = Architecture {
+            input: 2,
+            hidden: 4,
+            layers: 2,
+            horizon: 1,
+        };
+        let device = Device::flex();
+        let m1 = Forecaster::seeded(&arch, &device, 1);
+        let m2 = Forecaster::seeded(&arch, &device, 2);
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-27T03:30:00Z")
+            .expect("time")
+            .to_utc();
+        let v1 = reg.new_version("pumps", now);
+        assert_eq!(v1, "20261127T033000Z");
+        reg.publish(&meta(&v1, arch), &m1).expect("publish v1");
+        let v2 = reg.new_version("pumps", now);
+        assert_eq!(v2, "20261127T033000Z-2", "a taken name gets a suffix");
+        reg.publish(&meta(&v2, arch), &m2).expect("publish v2");
+        assert_eq!(reg.current("pumps").expect("current"), v2);
+        let loaded = reg.load("pumps", None).expect("load current");
+        assert_eq!(loaded.meta.version, v2);
+        assert_eq!(loaded.inference.version, v2);
+        assert_eq!(
+            to_vec(loaded.model.head.weight.val()).expect("w"),
+            to_vec(m2.head.weight.val()).expect("w")
+        );
+        reg.set_current("pumps", &v1).expect("roll back");
+        assert_eq!(reg.load("pumps", None).expect("load v1").meta.version, v1);
+        assert!(
+            reg.set_current("pumps", "nope").is_err(),
+            "cannot point at a missing version"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("pumps"))
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "no temporary files left: {leftovers:?}"
+        );
+        // A damaged meta.json is reported with its path.
+        std::fs::write(dir.path().join("pumps").join(&v1).join(META_FILE), "{").expect("write");
+        let err = reg
+            .load("pumps", Some(&v1))
+            .err()
+            .expect("fails")
+            .to_string();
+        assert!(
+            err.contains(META_FILE) && err.contains("invalid model metadata"),
+            "{err}"
+        );
+    }
+}

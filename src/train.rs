@@ -494,6 +494,38 @@ mod tests {
             "coverage {}",
             a.meta.validation.coverage_90
         );
+        // The streaming kernel agrees with burn's own forward pass on the trained model.
+        let m = &a.meta;
+        let inf = a
+            .model
+            .export(&m.architecture, "t", &m.features, &m.mean, &m.std)
+            .expect("export");
+        let steps = 120;
+        let xs: Vec<f32> = fleet.readings[..steps * 8]
+            .iter()
+            .step_by(8)
+            .flat_map(|r| {
+                r.values
+                    .iter()
+                    .zip(m.mean.iter().zip(&m.std))
+                    .map(|(v, (mu, sd))| (v - mu) / sd)
+            })
+            .collect();
+        let x = Tensor::<3>::from_data(
+            TensorData::new(xs.clone(), [1, steps, m.features.len()]),
+            &Device::flex(),
+        );
+        let burn_out = to_vec(a.model.forward(x)).expect("values");
+        let ours = inf.head_outputs(crate::engine::kernel::Isa::detect(), steps, &xs);
+        let diff = ours
+            .iter()
+            .zip(&burn_out)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff <= 1e-5,
+            "kernel vs burn on a trained model: max abs diff {diff}"
+        );
         let b = run();
         assert_eq!(
             a.meta.validation, b.meta.validation,

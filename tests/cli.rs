@@ -13,7 +13,10 @@ fn sensorcast(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 const FEATURES: [&str; 4] = ["vibration", "temperature", "current", "pressure"];
@@ -68,12 +71,28 @@ fn write_csv(path: &Path, devices: usize, steps: usize) {
 fn demo_in_reduced_size_detects_the_faults_it_injects() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("demo");
-    let o = sensorcast(&["demo", "--out", out.to_str().expect("utf-8"), "--devices", "12", "--readings", "600", "--faults", "4"]);
+    let o = sensorcast(&[
+        "demo",
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--devices",
+        "12",
+        "--readings",
+        "600",
+        "--faults",
+        "4",
+    ]);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "demo failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("devices: 12") && stdout.contains("readings: 7200"), "{stdout}");
+    assert!(
+        stdout.contains("devices: 12") && stdout.contains("readings: 7200"),
+        "{stdout}"
+    );
     assert!(stdout.contains("faults injected: 4"), "{stdout}");
-    assert!(stdout.contains("faults detected: 4/4"), "every injected fault is caught:\n{stdout}");
+    assert!(
+        stdout.contains("faults detected: 4/4"),
+        "every injected fault is caught:\n{stdout}"
+    );
     assert!(stdout.contains("events/s"), "{stdout}");
     let alarms: u64 = stdout
         .lines()
@@ -83,10 +102,20 @@ fn demo_in_reduced_size_detects_the_faults_it_injects() {
         .expect("false alarm count");
     assert!(alarms <= 20, "too many false alarms: {alarms}");
     let lp = std::fs::read_to_string(out.join("forecasts.lp")).expect("line protocol");
-    assert_eq!(lp.lines().count(), 7200 * (1 + 3 * 4), "one anomaly and horizon × features forecasts per reading");
-    assert_eq!(lp.lines().filter(|l| l.starts_with("anomaly,")).count(), 7200);
+    assert_eq!(
+        lp.lines().count(),
+        7200 * (1 + 3 * 4),
+        "one anomaly and horizon × features forecasts per reading"
+    );
+    assert_eq!(
+        lp.lines().filter(|l| l.starts_with("anomaly,")).count(),
+        7200
+    );
     let svg = std::fs::read_to_string(out.join("chart.svg")).expect("chart");
-    assert!(svg.starts_with("<svg") && svg.contains("pump-"), "chart is an SVG with device panels");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("pump-"),
+        "chart is an SVG with device panels"
+    );
     assert!(out.join("models/pumps/current").is_file());
 }
 
@@ -96,39 +125,92 @@ fn train_then_replay_writes_points_and_is_deterministic() {
     let cfg = write_config(dir.path());
     let csv = dir.path().join("history.csv");
     write_csv(&csv, 4, 300);
-    let o = sensorcast(&["train", "--config", cfg.to_str().unwrap(), "--input", csv.to_str().unwrap()]);
+    let o = sensorcast(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        csv.to_str().unwrap(),
+    ]);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "train failed:\n{stdout}\n{stderr}");
     for key in ["MAE", "RMSE", "MASE", "90% band coverage", "published"] {
         assert!(stdout.contains(key), "report lacks {key}:\n{stdout}");
     }
-    let version = std::fs::read_to_string(dir.path().join("models/pumps/current")).expect("current pointer");
+    let version =
+        std::fs::read_to_string(dir.path().join("models/pumps/current")).expect("current pointer");
     let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("models/pumps").join(version.trim()).join("meta.json")).expect("meta"),
+        &std::fs::read_to_string(
+            dir.path()
+                .join("models/pumps")
+                .join(version.trim())
+                .join("meta.json"),
+        )
+        .expect("meta"),
     )
     .expect("meta.json");
     assert_eq!(meta["features"], serde_json::json!(FEATURES));
-    assert!(meta["validation"]["mase"].as_f64().expect("mase") < 1.0, "{}", meta["validation"]);
-    assert!(dir.path().join("models/pumps").join(version.trim()).join("model.bpk").is_file());
+    assert!(
+        meta["validation"]["mase"].as_f64().expect("mase") < 1.0,
+        "{}",
+        meta["validation"]
+    );
+    assert!(
+        dir.path()
+            .join("models/pumps")
+            .join(version.trim())
+            .join("model.bpk")
+            .is_file()
+    );
 
     let mut outputs = Vec::new();
     for name in ["a.lp", "b.lp"] {
         let out = dir.path().join(name);
-        let o = sensorcast(&["replay", "--config", cfg.to_str().unwrap(), "--input", csv.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+        let o = sensorcast(&[
+            "replay",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--input",
+            csv.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
         let (stdout, stderr) = text(&o);
         assert!(o.status.success(), "replay failed:\n{stdout}\n{stderr}");
-        assert!(stdout.contains("replayed 1200 readings of 4 devices: 1200 stepped"), "{stdout}");
+        assert!(
+            stdout.contains("replayed 1200 readings of 4 devices: 1200 stepped"),
+            "{stdout}"
+        );
         outputs.push(std::fs::read(&out).expect("output"));
     }
     assert_eq!(outputs[0], outputs[1], "replays are bit-identical");
     let lp = String::from_utf8(outputs.remove(0)).expect("utf-8");
-    assert_eq!(lp.lines().filter(|l| l.starts_with("anomaly,stream=pumps,device=pump-0,")).count(), 300);
-    assert_eq!(lp.lines().filter(|l| l.starts_with("forecast,")).count(), 1200 * 2 * 4);
+    assert_eq!(
+        lp.lines()
+            .filter(|l| l.starts_with("anomaly,stream=pumps,device=pump-0,"))
+            .count(),
+        300
+    );
+    assert_eq!(
+        lp.lines().filter(|l| l.starts_with("forecast,")).count(),
+        1200 * 2 * 4
+    );
     let first = lp.lines().next().expect("a line");
-    assert!(first.contains(&format!("model={}", version.trim())) && first.contains("yhat_lower="), "{first}");
+    assert!(
+        first.contains(&format!("model={}", version.trim())) && first.contains("yhat_lower="),
+        "{first}"
+    );
 
     let csv_out = dir.path().join("out.csv");
-    let o = sensorcast(&["replay", "--config", cfg.to_str().unwrap(), "--input", csv.to_str().unwrap(), "--output", csv_out.to_str().unwrap()]);
+    let o = sensorcast(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        csv.to_str().unwrap(),
+        "--output",
+        csv_out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{:?}", text(&o));
     let rows = std::fs::read_to_string(&csv_out).expect("csv");
     assert!(rows.starts_with("device,ts,model,score,likelihood,is_anomaly,top_field"));
@@ -141,11 +223,21 @@ fn bad_input_lines_are_named_and_skipped() {
     let cfg = write_config(dir.path());
     let csv = dir.path().join("history.csv");
     write_csv(&csv, 3, 200);
-    let o = sensorcast(&["train", "--config", cfg.to_str().unwrap(), "--input", csv.to_str().unwrap()]);
+    let o = sensorcast(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        csv.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{:?}", text(&o));
 
     let bad = dir.path().join("bad.jsonl");
-    let good = |ts: i64| format!(r#"{{"device":"pump-9","ts":{ts},"values":{{"vibration":1,"temperature":60,"current":10,"pressure":4}}}}"#);
+    let good = |ts: i64| {
+        format!(
+            r#"{{"device":"pump-9","ts":{ts},"values":{{"vibration":1,"temperature":60,"current":10,"pressure":4}}}}"#
+        )
+    };
     let lines = [
         good(1_795_000_000_000),
         "{not json".to_string(),
@@ -159,10 +251,21 @@ fn bad_input_lines_are_named_and_skipped() {
     ];
     std::fs::write(&bad, lines.join("\n") + "\n").expect("write");
     let out = dir.path().join("out.lp");
-    let args = ["replay", "--config", cfg.to_str().unwrap(), "--input", bad.to_str().unwrap(), "--output", out.to_str().unwrap()];
+    let args = [
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        bad.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ];
     let o = sensorcast(&args);
     let (stdout, stderr) = text(&o);
-    assert!(o.status.success(), "bad lines are skipped, not fatal:\n{stderr}");
+    assert!(
+        o.status.success(),
+        "bad lines are skipped, not fatal:\n{stderr}"
+    );
     let at = |line: usize| format!("bad.jsonl:{line}:");
     for (line, what) in [
         (2, "invalid JSON"),
@@ -173,10 +276,15 @@ fn bad_input_lines_are_named_and_skipped() {
         (8, "duplicate timestamp"),
         (9, "wrong type"),
     ] {
-        let hit = stderr.lines().any(|l| l.contains(&at(line)) && l.contains(what));
+        let hit = stderr
+            .lines()
+            .any(|l| l.contains(&at(line)) && l.contains(what));
         assert!(hit, "expected {what:?} at line {line}:\n{stderr}");
     }
-    assert!(stdout.contains("replayed 2 readings of 1 devices: 2 stepped, 7 skipped lines"), "{stdout}");
+    assert!(
+        stdout.contains("replayed 2 readings of 1 devices: 2 stepped, 7 skipped lines"),
+        "{stdout}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     let mut strict = args.to_vec();
@@ -184,16 +292,33 @@ fn bad_input_lines_are_named_and_skipped() {
     let o = sensorcast(&strict);
     let (_, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("--strict") && stderr.contains("bad.jsonl:2:"), "{stderr}");
+    assert!(
+        stderr.contains("--strict") && stderr.contains("bad.jsonl:2:"),
+        "{stderr}"
+    );
 
     // CSV with NaN and infinity.
     let nan = dir.path().join("nan.csv");
     std::fs::write(&nan, "device,ts,vibration,temperature,current,pressure\nd,1795000000000,NaN,1,1,1\nd,1795000300000,1,inf,1,1\nd,1795000600000,1,1,1,1\n").expect("write");
-    let o = sensorcast(&["replay", "--config", cfg.to_str().unwrap(), "--input", nan.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let o = sensorcast(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        nan.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     let (_, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
-    assert!(stderr.contains("nan.csv:2: feature \"vibration\" is not a finite number"), "{stderr}");
-    assert!(stderr.contains("nan.csv:3: feature \"temperature\" is not a finite number"), "{stderr}");
+    assert!(
+        stderr.contains("nan.csv:2: feature \"vibration\" is not a finite number"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("nan.csv:3: feature \"temperature\" is not a finite number"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -202,25 +327,64 @@ fn empty_and_missing_files_and_bad_headers_are_errors() {
     let cfg = write_config(dir.path());
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").expect("write");
-    let o = sensorcast(&["train", "--config", cfg.to_str().unwrap(), "--input", empty.to_str().unwrap()]);
+    let o = sensorcast(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        empty.to_str().unwrap(),
+    ]);
     let (_, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr.contains("empty.jsonl") && stderr.contains("contains no readings"), "{stderr}");
+    assert!(
+        stderr.contains("empty.jsonl") && stderr.contains("contains no readings"),
+        "{stderr}"
+    );
 
-    let o = sensorcast(&["train", "--config", cfg.to_str().unwrap(), "--input", "/nonexistent/x.csv"]);
+    let o = sensorcast(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        "/nonexistent/x.csv",
+    ]);
     let (_, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr.contains("/nonexistent/x.csv"), "{stderr}");
 
     let header = dir.path().join("h.csv");
-    std::fs::write(&header, "device,ts,vibration,temperature,current\nd,1795000000000,1,1,1\n").expect("write");
-    let o = sensorcast(&["train", "--config", cfg.to_str().unwrap(), "--input", header.to_str().unwrap()]);
+    std::fs::write(
+        &header,
+        "device,ts,vibration,temperature,current\nd,1795000000000,1,1,1\n",
+    )
+    .expect("write");
+    let o = sensorcast(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        header.to_str().unwrap(),
+    ]);
     let (_, stderr) = text(&o);
-    assert!(stderr.contains("h.csv:1: missing feature column \"pressure\""), "{stderr}");
+    assert!(
+        stderr.contains("h.csv:1: missing feature column \"pressure\""),
+        "{stderr}"
+    );
 
-    let o = sensorcast(&["replay", "--config", cfg.to_str().unwrap(), "--input", header.to_str().unwrap(), "--output", "x.lp"]);
+    let o = sensorcast(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        header.to_str().unwrap(),
+        "--output",
+        "x.lp",
+    ]);
     let (_, stderr) = text(&o);
-    assert!(stderr.contains("no model for stream \"pumps\""), "replay without a model explains itself: {stderr}");
+    assert!(
+        stderr.contains("no model for stream \"pumps\""),
+        "replay without a model explains itself: {stderr}"
+    );
 }
 
 #[test]
@@ -231,19 +395,35 @@ fn config_errors_name_the_key_and_exit_2() {
     let o = sensorcast(&["check-config", "--config", bad.to_str().unwrap()]);
     let (_, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("horizon_steps") && stderr.contains("bad.toml"), "{stderr}");
+    assert!(
+        stderr.contains("horizon_steps") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
 
-    std::fs::write(&bad, "[model]\nhidden = 0\n[engine]\nmax_gap = \"soonish\"\n").expect("write");
+    std::fs::write(
+        &bad,
+        "[model]\nhidden = 0\n[engine]\nmax_gap = \"soonish\"\n",
+    )
+    .expect("write");
     let o = sensorcast(&["check-config", "--config", bad.to_str().unwrap()]);
     let (_, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr.contains("soonish"), "{stderr}");
 
     std::fs::write(&bad, "[model]\nhidden = 0\n").expect("write");
-    let o = sensorcast(&["train", "--config", bad.to_str().unwrap(), "--input", "x.csv"]);
+    let o = sensorcast(&[
+        "train",
+        "--config",
+        bad.to_str().unwrap(),
+        "--input",
+        "x.csv",
+    ]);
     let (_, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr.contains("model.hidden: 0 is out of range"), "{stderr}");
+    assert!(
+        stderr.contains("model.hidden: 0 is out of range"),
+        "{stderr}"
+    );
 
     let good = write_config(dir.path());
     let o = Command::new(env!("CARGO_BIN_EXE_sensorcast"))
@@ -253,12 +433,27 @@ fn config_errors_name_the_key_and_exit_2() {
         .expect("run");
     let (stdout, _) = text(&o);
     assert!(o.status.success());
-    assert!(stdout.contains("layers = 2") && stdout.contains("hidden = 16") && stdout.contains("[anomaly]"), "{stdout}");
+    assert!(
+        stdout.contains("layers = 2")
+            && stdout.contains("hidden = 16")
+            && stdout.contains("[anomaly]"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn bench_prints_its_numbers() {
-    let o = sensorcast(&["bench", "--devices", "300", "--steps", "5", "--hidden", "16", "--features", "3"]);
+    let o = sensorcast(&[
+        "bench",
+        "--devices",
+        "300",
+        "--steps",
+        "5",
+        "--hidden",
+        "16",
+        "--features",
+        "3",
+    ]);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
     let value = |key: &str| -> f64 {

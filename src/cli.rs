@@ -150,50 +150,75 @@ pub fn run_train(
         cfg.model.horizon,
         cfg.train.window
     );
-    let bar = indicatif::ProgressBar::hidden();
-    if show_progress {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    }
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    let mut best_line = String::new();
-    let mut on_progress = |e: ProgressEvent| match e {
-        ProgressEvent::Start { total_steps } => bar.set_length(total_steps),
-        ProgressEvent::Step { epoch, loss } => {
-            bar.inc(1);
-            bar.set_message(format!("epoch {epoch} loss {loss:.4} {best_line}"));
-        }
-        ProgressEvent::Epoch {
-            epoch,
-            validation_loss,
-            best,
-            train_loss,
-        } => {
-            if best {
-                best_line = format!("(best val {validation_loss:.4} @ {epoch})");
-            }
-            tracing::debug!(epoch, train_loss, validation_loss, best, "epoch finished");
-        }
-    };
+    let mut progress = TrainingProgress::new(show_progress);
     let input_names = inputs.iter().map(|p| p.display().to_string()).collect();
-    let Trained { mut meta, model } =
-        train(cfg, stream, &data.readings, input_names, &mut on_progress)?;
-    bar.finish_and_clear();
-    let registry = Registry::new(&cfg.model.registry);
-    let now = chrono::Utc::now();
-    meta.version = registry.new_version(&stream.name, now);
-    meta.created_at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let dir = registry
-        .publish(&meta, &model)
+    let Trained { mut meta, model } = train(cfg, stream, &data.readings, input_names, &mut |e| {
+        progress.update(e)
+    })?;
+    progress.finish();
+    let dir = Registry::new(&cfg.model.registry)
+        .publish_new(&mut meta, &model)
         .context("failed to publish the model")?;
     println!("{}", validation_report(&meta));
     println!("published {} (now current)", dir.display());
     Ok(meta)
+}
+
+/// A progress bar with the running loss (drawn on stderr when `show` is set) that also logs
+/// each finished epoch at debug level.
+pub struct TrainingProgress {
+    bar: indicatif::ProgressBar,
+    best: String,
+}
+
+impl TrainingProgress {
+    /// A new bar; hidden unless `show`.
+    pub fn new(show: bool) -> Self {
+        let bar = if show {
+            indicatif::ProgressBar::new(0)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Self {
+            bar,
+            best: String::new(),
+        }
+    }
+
+    /// Takes one event from `train`.
+    pub fn update(&mut self, e: ProgressEvent) {
+        match e {
+            ProgressEvent::Start { total_steps } => self.bar.set_length(total_steps),
+            ProgressEvent::Step { epoch, loss } => {
+                self.bar.inc(1);
+                self.bar
+                    .set_message(format!("epoch {epoch} loss {loss:.4} {}", self.best));
+            }
+            ProgressEvent::Epoch {
+                epoch,
+                train_loss,
+                validation_loss,
+                best,
+            } => {
+                if best {
+                    self.best = format!("(best validation {validation_loss:.4} at epoch {epoch})");
+                }
+                tracing::debug!(epoch, train_loss, validation_loss, best, "epoch finished");
+            }
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 /// The validation report printed after training.

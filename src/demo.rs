@@ -8,7 +8,7 @@ use crate::cli::{OutputKind, replay_readings};
 use crate::config::{Config, HumanDuration, ModelConfig, StreamConfig, TrainConfig};
 use crate::registry::Registry;
 use crate::synth::{FEATURES, Fault, FleetSpec, device_name, generate};
-use crate::train::{ProgressEvent, train};
+use crate::train::train;
 use anyhow::Context;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -129,42 +129,20 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         "demo: training on the clean first half ({} readings)…",
         history.len()
     );
-    let bar = if show_progress {
-        indicatif::ProgressBar::new(0)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
     let t0 = std::time::Instant::now();
-    let mut on_progress = |e: ProgressEvent| match e {
-        ProgressEvent::Start { total_steps } => bar.set_length(total_steps),
-        ProgressEvent::Step { epoch, loss } => {
-            bar.inc(1);
-            bar.set_message(format!("epoch {epoch} loss {loss:.3}"));
-        }
-        ProgressEvent::Epoch {
-            epoch,
-            train_loss,
-            validation_loss,
-            best,
-        } => {
-            tracing::debug!(epoch, train_loss, validation_loss, best, "epoch finished");
-        }
-    };
+    let mut progress = crate::cli::TrainingProgress::new(show_progress);
     let trained = train(
         &cfg,
         &stream,
         &history,
         vec!["history.jsonl".into()],
-        &mut on_progress,
+        &mut |e| progress.update(e),
     )?;
-    bar.finish_and_clear();
+    progress.finish();
     let train_secs = t0.elapsed().as_secs_f64();
     let registry = Registry::new(&cfg.model.registry);
     let mut meta = trained.meta;
-    let now = chrono::Utc::now();
-    meta.version = registry.new_version(&stream.name, now);
-    meta.created_at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    registry.publish(&meta, &trained.model)?;
+    registry.publish_new(&mut meta, &trained.model)?;
     let loaded = registry.load(&stream.name, None)?;
     eprintln!("{}", crate::cli::validation_report(&loaded.meta));
 

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sensorcast::config::{Config, ConfigError, LogFormat};
+use sensorcast::config::{Config, ConfigError, LogFormat, StreamConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -117,8 +117,12 @@ fn init_logging(cfg: Option<&Config>) {
     };
 }
 
-fn load_config(path: &std::path::Path) -> Result<Config, ConfigError> {
-    Config::load(Some(path))
+/// Loads the config, starts logging as it says, and picks the stream.
+fn setup(path: &std::path::Path, stream: Option<&str>) -> anyhow::Result<(Config, StreamConfig)> {
+    let cfg = Config::load(Some(path))?;
+    init_logging(Some(&cfg));
+    let stream = cfg.stream(stream).map_err(anyhow::Error::msg)?.clone();
+    Ok((cfg, stream))
 }
 
 fn main() -> ExitCode {
@@ -158,12 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stream,
             strict,
         } => {
-            let cfg = load_config(&config)?;
-            init_logging(Some(&cfg));
-            let stream = cfg
-                .stream(stream.as_deref())
-                .map_err(anyhow::Error::msg)?
-                .clone();
+            let (cfg, stream) = setup(&config, stream.as_deref())?;
             sensorcast::cli::run_train(&cfg, &stream, &input, strict, tty)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -175,12 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             model,
             strict,
         } => {
-            let cfg = load_config(&config)?;
-            init_logging(Some(&cfg));
-            let stream = cfg
-                .stream(stream.as_deref())
-                .map_err(anyhow::Error::msg)?
-                .clone();
+            let (cfg, stream) = setup(&config, stream.as_deref())?;
             let s = sensorcast::cli::run_replay(
                 &cfg,
                 &stream,

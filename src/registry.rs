@@ -178,6 +178,19 @@ impl Registry {
         name
     }
 
+    /// Names a trained model's version after the current time (and stamps `created_at`),
+    /// publishes it and makes it current. Returns the version folder.
+    pub fn publish_new(
+        &self,
+        meta: &mut ModelMeta,
+        model: &Forecaster,
+    ) -> Result<PathBuf, RegistryError> {
+        let now = chrono::Utc::now();
+        meta.version = self.new_version(&meta.stream, now);
+        meta.created_at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.publish(meta, model)
+    }
+
     /// Writes a version and makes it current. Returns the version folder.
     pub fn publish(&self, meta: &ModelMeta, model: &Forecaster) -> Result<PathBuf, RegistryError> {
         let dir = self.stream_dir(&meta.stream);

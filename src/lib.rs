@@ -13,5 +13,7 @@ pub mod engine;
 pub mod model;
 pub mod output;
 pub mod registry;
+pub mod sink;
 pub mod synth;
+pub mod telemetry;
 pub mod train;

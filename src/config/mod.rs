@@ -27,6 +27,14 @@ pub struct Config {
     pub anomaly: AnomalyConfig,
     /// Training.
     pub train: TrainConfig,
+    /// Kafka source (used by `serve` and `simulate`).
+    pub kafka: KafkaConfig,
+    /// InfluxDB sink (used by `serve`).
+    pub influxdb: InfluxConfig,
+    /// HTTP endpoint for metrics and health (used by `serve`).
+    pub http: HttpConfig,
+    /// Service lifecycle.
+    pub service: ServiceConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -39,7 +47,142 @@ impl Default for Config {
             engine: EngineConfig::default(),
             anomaly: AnomalyConfig::default(),
             train: TrainConfig::default(),
+            kafka: KafkaConfig::default(),
+            influxdb: InfluxConfig::default(),
+            http: HttpConfig::default(),
+            service: ServiceConfig::default(),
             log: LogConfig::default(),
+        }
+    }
+}
+
+/// Kafka consumer group and dead letters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// Consumer group; instances sharing it split the partitions between them.
+    pub group_id: String,
+    /// Topic for messages that cannot be decoded (empty: count and log only).
+    pub dead_letter_topic: String,
+    /// Messages larger than this are dead letters.
+    pub max_payload_bytes: usize,
+    /// Where a group with no committed offset starts: `earliest` or `latest`.
+    pub auto_offset_reset: String,
+    /// How often stored offsets are committed.
+    pub commit_interval: HumanDuration,
+    /// Any other librdkafka property, passed through (e.g. `security.protocol`, `sasl.*`,
+    /// `ssl.*`).
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "sensorcast".into(),
+            dead_letter_topic: "sensorcast.dead-letter".into(),
+            max_payload_bytes: 1 << 20,
+            auto_offset_reset: "earliest".into(),
+            commit_interval: HumanDuration::from_secs(5),
+            properties: Default::default(),
+        }
+    }
+}
+
+/// InfluxDB v2 write API.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InfluxConfig {
+    /// Base URL.
+    pub url: String,
+    /// Organisation.
+    pub org: String,
+    /// Bucket.
+    pub bucket: String,
+    /// API token (prefer `SENSORCAST__INFLUXDB__TOKEN` or `token_file`).
+    pub token: String,
+    /// File holding the token (read at start-up; wins over `token`).
+    pub token_file: String,
+    /// A write request is sent once this many bytes of points are waiting…
+    pub batch_bytes: usize,
+    /// …or when the oldest waiting point is this old.
+    pub flush_interval: HumanDuration,
+    /// Timeout of one write request.
+    pub request_timeout: HumanDuration,
+    /// Timeout of connecting.
+    pub connect_timeout: HumanDuration,
+    /// First retry delay; doubles per failed attempt (with jitter) up to `max_backoff`.
+    pub min_backoff: HumanDuration,
+    /// Longest retry delay (also the cap on a server's `Retry-After`).
+    pub max_backoff: HumanDuration,
+    /// Retry delay after an authentication or bucket error (401, 403, 404).
+    pub auth_retry_interval: HumanDuration,
+    /// Batches queued for the writer; when full, consumption pauses.
+    pub queue_batches: usize,
+}
+
+impl Default for InfluxConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8086".into(),
+            org: "plant".into(),
+            bucket: "sensorcast".into(),
+            token: String::new(),
+            token_file: String::new(),
+            batch_bytes: 1 << 20,
+            flush_interval: HumanDuration::from_millis(200),
+            request_timeout: HumanDuration::from_secs(10),
+            connect_timeout: HumanDuration::from_secs(3),
+            min_backoff: HumanDuration::from_millis(100),
+            max_backoff: HumanDuration::from_secs(30),
+            auth_retry_interval: HumanDuration::from_secs(15),
+            queue_batches: 16,
+        }
+    }
+}
+
+impl std::fmt::Debug for InfluxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InfluxConfig")
+            .field("url", &self.url)
+            .field("org", &self.org)
+            .field("bucket", &self.bucket)
+            .field("token", &if self.token.is_empty() { "" } else { "***" })
+            .field("token_file", &self.token_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// HTTP endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address for `/metrics`, `/health/live` and `/health/ready`.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9898".into(),
+        }
+    }
+}
+
+/// Service lifecycle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// On SIGTERM/SIGINT: time allowed to drain, flush and commit before exiting.
+    pub shutdown_timeout: HumanDuration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: HumanDuration::from_secs(30),
         }
     }
 }
@@ -122,6 +265,8 @@ pub struct EngineConfig {
     pub warmup: u32,
     /// Largest micro-batch stepped at once.
     pub max_batch: usize,
+    /// Longest a reading waits for its micro-batch to fill (`serve`).
+    pub max_linger: HumanDuration,
 }
 
 impl Default for EngineConfig {
@@ -130,6 +275,7 @@ impl Default for EngineConfig {
             max_gap: HumanDuration::from_secs(3600),
             warmup: 30,
             max_batch: 4096,
+            max_linger: HumanDuration::from_millis(20),
         }
     }
 }
@@ -487,6 +633,77 @@ impl Config {
         }
         if t.max_windows == 0 {
             bad("train.max_windows".into(), "must be at least 1".into());
+        }
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            bad("kafka.brokers".into(), "must not be empty".into());
+        }
+        if k.group_id.trim().is_empty() {
+            bad("kafka.group_id".into(), "must not be empty".into());
+        }
+        if k.max_payload_bytes == 0 {
+            bad(
+                "kafka.max_payload_bytes".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if !matches!(k.auto_offset_reset.as_str(), "earliest" | "latest") {
+            bad(
+                "kafka.auto_offset_reset".into(),
+                format!(
+                    "{:?} must be \"earliest\" or \"latest\"",
+                    k.auto_offset_reset
+                ),
+            );
+        }
+        for key in k.properties.keys() {
+            if matches!(
+                key.as_str(),
+                "enable.auto.offset.store"
+                    | "group.id"
+                    | "bootstrap.servers"
+                    | "enable.auto.commit"
+            ) {
+                bad(
+                    format!("kafka.properties.\"{key}\""),
+                    "is managed by sensorcast and cannot be overridden".into(),
+                );
+            }
+        }
+        let i = &self.influxdb;
+        match reqwest::Url::parse(&i.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => bad(
+                "influxdb.url".into(),
+                format!("{:?} is not an http(s) URL", i.url),
+            ),
+        }
+        if i.bucket.is_empty() {
+            bad("influxdb.bucket".into(), "must not be empty".into());
+        }
+        if i.batch_bytes < 1024 {
+            bad(
+                "influxdb.batch_bytes".into(),
+                "must be at least 1024".into(),
+            );
+        }
+        if i.queue_batches == 0 {
+            bad("influxdb.queue_batches".into(), "must be at least 1".into());
+        }
+        if i.min_backoff > i.max_backoff {
+            bad(
+                "influxdb.min_backoff".into(),
+                "must not exceed influxdb.max_backoff".into(),
+            );
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            bad(
+                "http.listen".into(),
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9898",
+                    self.http.listen
+                ),
+            );
         }
         if self.log.level.trim().is_empty() {
             bad("log.level".into(), "must not be empty".into());

@@ -1,0 +1,517 @@
+//! InfluxDB sink: a thin client of the v2 write API (`POST /api/v2/write`, line protocol).
+//!
+//! Keeps invariant §3.1 (nothing is lost): a batch is acknowledged only when InfluxDB has
+//! accepted every point of it; failures are retried with exponential backoff and jitter,
+//! honouring `Retry-After`, until they succeed or shutdown runs out of time. Authentication
+//! and bucket errors (401/403/404) mark the service not ready and are retried slowly. A 400
+//! or 413 splits the batch to isolate the offending lines; a single line InfluxDB rejects
+//! is logged, counted and dropped, so one bad point cannot stall a partition forever.
+//!
+//! The `influxdb2` crate was the users' preference, but its write call discards the
+//! response headers (no `Retry-After`) and pins reqwest 0.11, whose rustls stack carries a
+//! known vulnerability; this writer does the one request the service needs on reqwest 0.12.
+
+use crate::config::InfluxConfig;
+use crate::telemetry::{Health, Metrics, RateLimit, labels};
+use rand::Rng;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Why a write gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Shutdown's deadline passed before InfluxDB accepted the points.
+    #[error("aborted by shutdown before InfluxDB accepted the batch")]
+    Aborted,
+    /// Configuration that cannot work.
+    #[error("influxdb: {0}")]
+    Config(String),
+}
+
+/// Result of writing a body.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteReport {
+    /// Lines accepted.
+    pub written: u64,
+    /// Lines rejected one by one and dropped.
+    pub rejected: u64,
+}
+
+/// The writer.
+pub struct Writer {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    auth: Option<String>,
+    cfg: InfluxConfig,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    log_limit: RateLimit,
+    // Consecutive failed attempts; drives the backoff and resets on success.
+    failures: AtomicU64,
+}
+
+enum Attempt {
+    Done,
+    /// Split and retry halves (400, 413).
+    Split(u16, String),
+    /// Retry the same body after the delay.
+    Retry(Duration, &'static str),
+}
+
+impl Writer {
+    /// A writer for `cfg`. The token comes from `token_file` when set, else `token`.
+    pub fn new(
+        cfg: &InfluxConfig,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<Self, SinkError> {
+        let token = if cfg.token_file.is_empty() {
+            cfg.token.clone()
+        } else {
+            std::fs::read_to_string(&cfg.token_file)
+                .map_err(|e| {
+                    SinkError::Config(format!(
+                        "cannot read influxdb.token_file {}: {e}",
+                        cfg.token_file
+                    ))
+                })?
+                .trim()
+                .to_string()
+        };
+        let mut url = reqwest::Url::parse(&cfg.url)
+            .map_err(|e| SinkError::Config(format!("influxdb.url {:?}: {e}", cfg.url)))?
+            .join("api/v2/write")
+            .map_err(|e| SinkError::Config(format!("influxdb.url {:?}: {e}", cfg.url)))?;
+        url.query_pairs_mut()
+            .append_pair("org", &cfg.org)
+            .append_pair("bucket", &cfg.bucket)
+            .append_pair("precision", "ns");
+        let client = reqwest::Client::builder()
+            .timeout(cfg.request_timeout.get())
+            .connect_timeout(cfg.connect_timeout.get())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| SinkError::Config(format!("cannot build HTTP client: {e}")))?;
+        health.sink_reachable.store(true, Ordering::Relaxed);
+        Ok(Self {
+            client,
+            url,
+            auth: (!token.is_empty()).then(|| format!("Token {token}")),
+            cfg: cfg.clone(),
+            metrics,
+            health,
+            log_limit: RateLimit::default(),
+            failures: AtomicU64::new(0),
+        })
+    }
+
+    /// Writes `body` (whole lines of line protocol) until InfluxDB has accepted every line,
+    /// or until `abort` turns true.
+    pub async fn write(
+        &self,
+        body: &str,
+        abort: &mut watch::Receiver<bool>,
+    ) -> Result<WriteReport, SinkError> {
+        let mut report = WriteReport::default();
+        // Work list of bodies still to write, in order; splitting pushes halves back.
+        let mut pending: Vec<&str> = vec![body];
+        while let Some(chunk) = pending.pop() {
+            if chunk.trim().is_empty() {
+                continue;
+            }
+            let mut attempt = 0u32;
+            loop {
+                match self.attempt(chunk).await {
+                    Attempt::Done => {
+                        report.written += chunk.lines().count() as u64;
+                        break;
+                    }
+                    Attempt::Split(status, text) => {
+                        let lines = chunk.lines().count();
+                        if lines <= 1 {
+                            self.metrics.sink_rejected_points.inc();
+                            report.rejected += 1;
+                            if let Some(suppressed) =
+                                self.log_limit.check("rejected", Duration::from_secs(10))
+                            {
+                                tracing::error!(status, response = %text, line = %chunk.trim_end(), suppressed, "InfluxDB rejected a point; dropped");
+                            }
+                        } else {
+                            let (first, second) = split_lines(chunk);
+                            // Last pushed is written first: keep the original order.
+                            pending.push(second);
+                            pending.push(first);
+                        }
+                        break;
+                    }
+                    Attempt::Retry(delay, cause) => {
+                        self.metrics
+                            .sink_retries
+                            .get_or_create(&labels(&[("cause", cause)]))
+                            .inc();
+                        attempt += 1;
+                        if let Some(suppressed) =
+                            self.log_limit.check(cause, Duration::from_secs(10))
+                        {
+                            tracing::warn!(
+                                cause,
+                                attempt,
+                                retry_in_ms = delay.as_millis() as u64,
+                                suppressed,
+                                "InfluxDB write failed; retrying"
+                            );
+                        }
+                        if *abort.borrow() {
+                            return Err(SinkError::Aborted);
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = abort.wait_for(|a| *a) => return Err(SinkError::Aborted),
+                        }
+                    }
+                }
+            }
+            // Backoff grows per chunk, never across chunks.
+        }
+        Ok(report)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.cfg.min_backoff.get().as_secs_f64() * 2f64.powi(attempt.min(20) as i32);
+        let capped = base.min(self.cfg.max_backoff.get().as_secs_f64());
+        // Full jitter in [capped/2, capped].
+        let jittered = capped * (0.5 + 0.5 * rand::rng().random::<f64>());
+        Duration::from_secs_f64(jittered)
+    }
+
+    async fn attempt(&self, body: &str) -> Attempt {
+        let started = Instant::now();
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(body.to_string());
+        if let Some(auth) = &self.auth {
+            req = req.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let cause = if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "connection"
+                };
+                tracing::debug!(error = %e, "write request failed");
+                let failures = self.failures.fetch_add(1, Ordering::Relaxed);
+                return Attempt::Retry(self.backoff(failures_for(failures)), cause);
+            }
+        };
+        let status = resp.status().as_u16();
+        if resp.status().is_success() {
+            self.metrics
+                .sink_latency
+                .observe(started.elapsed().as_secs_f64());
+            self.health.sink_reachable.store(true, Ordering::Relaxed);
+            self.failures.store(0, Ordering::Relaxed);
+            return Attempt::Done;
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let text = resp.text().await.unwrap_or_default();
+        let text: String = text.chars().take(500).collect();
+        let backoff = self.backoff(failures_for(self.failures.fetch_add(1, Ordering::Relaxed)));
+        match status {
+            400 | 413 => Attempt::Split(status, text),
+            401 | 403 | 404 => {
+                self.health.sink_reachable.store(false, Ordering::Relaxed);
+                if let Some(suppressed) = self.log_limit.check("auth", Duration::from_secs(60)) {
+                    tracing::error!(status, response = %text, suppressed, bucket = %self.cfg.bucket, org = %self.cfg.org, "InfluxDB refused the token or bucket; not ready, retrying");
+                }
+                Attempt::Retry(self.cfg.auth_retry_interval.get(), "auth")
+            }
+            429 | 503 => {
+                let delay = retry_after
+                    .map(|d| d.min(self.cfg.max_backoff.get()))
+                    .unwrap_or(backoff);
+                Attempt::Retry(
+                    delay,
+                    if status == 429 {
+                        "throttled"
+                    } else {
+                        "unavailable"
+                    },
+                )
+            }
+            _ => Attempt::Retry(backoff, "server_error"),
+        }
+    }
+}
+
+fn failures_for(consecutive: u64) -> u32 {
+    consecutive.min(32) as u32
+}
+
+/// Splits a body into two halves at a line boundary.
+fn split_lines(body: &str) -> (&str, &str) {
+    let lines = body.lines().count();
+    let mut idx = 0;
+    for (n, (i, _)) in body.match_indices('\n').enumerate() {
+        if n + 1 == lines / 2 {
+            idx = i + 1;
+            break;
+        }
+    }
+    body.split_at(idx)
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let delta = when.signed_duration_since(chrono::Utc::now());
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A tiny HTTP server answering each request with the next scripted response and
+    /// recording the bodies it got.
+    async fn server(
+        script: Vec<(u16, Vec<(&'static str, String)>)>,
+    ) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let mut script = script.into_iter();
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 65536];
+                // Read headers, then the body by Content-Length.
+                let (head, body) = loop {
+                    let n = sock.read(&mut tmp).await.unwrap_or(0);
+                    if n == 0 {
+                        break (String::new(), String::new());
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let head = text[..end].to_string();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < end + 4 + len {
+                            let n = sock.read(&mut tmp).await.unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            buf.extend_from_slice(&tmp[..n]);
+                        }
+                        let body = String::from_utf8_lossy(&buf[end + 4..]).to_string();
+                        break (head, body);
+                    }
+                };
+                log.lock().expect("lock").push((head, body));
+                let (status, headers) = script.next().unwrap_or((204, vec![]));
+                let mut resp =
+                    format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n");
+                for (k, v) in headers {
+                    resp.push_str(&format!("{k}: {v}\r\n"));
+                }
+                resp.push_str("\r\n{}");
+                let _ = sock.write_all(resp.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn writer(url: &str) -> (Writer, Arc<Metrics>, Arc<Health>) {
+        let cfg = InfluxConfig {
+            url: url.into(),
+            token: "s3cret".into(),
+            min_backoff: crate::config::HumanDuration::from_millis(10),
+            max_backoff: crate::config::HumanDuration::from_millis(50),
+            auth_retry_interval: crate::config::HumanDuration::from_millis(30),
+            ..InfluxConfig::default()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        (
+            Writer::new(&cfg, Arc::clone(&metrics), Arc::clone(&health)).expect("writer"),
+            metrics,
+            health,
+        )
+    }
+
+    fn retries(m: &Metrics, cause: &str) -> u64 {
+        m.sink_retries
+            .get_or_create(&labels(&[("cause", cause)]))
+            .get()
+    }
+
+    #[tokio::test]
+    async fn writes_with_token_org_bucket_and_precision() {
+        let (url, seen) = server(vec![(204, vec![])]).await;
+        let (w, _, _) = writer(&url);
+        let (_tx, mut abort) = watch::channel(false);
+        let r = w
+            .write("m f=1 1\nm f=2 2\n", &mut abort)
+            .await
+            .expect("write");
+        assert_eq!(
+            r,
+            WriteReport {
+                written: 2,
+                rejected: 0
+            }
+        );
+        let seen = seen.lock().expect("lock");
+        let (head, body) = &seen[0];
+        assert!(
+            head.starts_with("POST /api/v2/write?org=plant&bucket=sensorcast&precision=ns "),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("authorization: token s3cret"),
+            "{head}"
+        );
+        assert_eq!(body, "m f=1 1\nm f=2 2\n");
+    }
+
+    #[tokio::test]
+    async fn retries_503_and_429_honouring_retry_after() {
+        let (url, seen) = server(vec![
+            (503, vec![]),
+            (429, vec![("Retry-After", "1".into())]),
+            (204, vec![]),
+        ])
+        .await;
+        let (w, m, _) = writer(&url);
+        let (_tx, mut abort) = watch::channel(false);
+        let t0 = Instant::now();
+        let r = w.write("m f=1 1\n", &mut abort).await.expect("write");
+        assert_eq!(r.written, 1);
+        assert_eq!(seen.lock().expect("lock").len(), 3);
+        assert_eq!(
+            (retries(&m, "unavailable"), retries(&m, "throttled")),
+            (1, 1)
+        );
+        // Retry-After: 1 is capped by max_backoff (50 ms) here; the cap is what was honoured.
+        assert!(t0.elapsed() >= Duration::from_millis(40));
+    }
+
+    #[tokio::test]
+    async fn auth_and_bucket_errors_mark_not_ready_until_fixed() {
+        let (url, _) = server(vec![(401, vec![]), (404, vec![]), (204, vec![])]).await;
+        let (w, m, h) = writer(&url);
+        let (_tx, mut abort) = watch::channel(false);
+        w.write("m f=1 1\n", &mut abort).await.expect("write");
+        assert_eq!(retries(&m, "auth"), 2);
+        assert!(
+            h.sink_reachable.load(Ordering::Relaxed),
+            "reachable again after success"
+        );
+        let (url, _) = server(vec![(403, vec![]); 100]).await;
+        let (w, _, h) = writer(&url);
+        let (tx, mut abort) = watch::channel(false);
+        let task = tokio::spawn(async move { w.write("m f=1 1\n", &mut abort).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!h.sink_reachable.load(Ordering::Relaxed), "403 → not ready");
+        tx.send(true).expect("abort");
+        assert!(matches!(task.await.expect("join"), Err(SinkError::Aborted)));
+    }
+
+    #[tokio::test]
+    async fn a_400_is_split_to_isolate_the_bad_point() {
+        // 4 lines: first try 400, halves [a b] → 204, [c d] → 400, [c] → 204, [d] → 400 → dropped.
+        let (url, seen) = server(vec![
+            (400, vec![]),
+            (204, vec![]),
+            (400, vec![]),
+            (204, vec![]),
+            (400, vec![]),
+        ])
+        .await;
+        let (w, m, _) = writer(&url);
+        let (_tx, mut abort) = watch::channel(false);
+        let r = w
+            .write("a f=1 1\nb f=1 1\nc f=1 1\nd f=1 1\n", &mut abort)
+            .await
+            .expect("write");
+        assert_eq!(
+            r,
+            WriteReport {
+                written: 3,
+                rejected: 1
+            }
+        );
+        assert_eq!(m.sink_rejected_points.get(), 1);
+        let bodies: Vec<String> = seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect();
+        assert_eq!(bodies[1], "a f=1 1\nb f=1 1\n");
+        assert_eq!(bodies[4], "d f=1 1\n");
+    }
+
+    #[tokio::test]
+    async fn a_413_splits_too_and_connection_errors_retry() {
+        let (url, seen) = server(vec![(413, vec![]), (204, vec![]), (204, vec![])]).await;
+        let (w, _, _) = writer(&url);
+        let (_tx, mut abort) = watch::channel(false);
+        let r = w
+            .write("a f=1 1\nb f=1 1\n", &mut abort)
+            .await
+            .expect("write");
+        assert_eq!(r.written, 2);
+        assert_eq!(seen.lock().expect("lock").len(), 3);
+        // Nothing listens here: connection errors are retried until aborted.
+        let (w, m, _) = writer("http://127.0.0.1:9");
+        let (tx, mut abort) = watch::channel(false);
+        let task = tokio::spawn(async move { w.write("a f=1 1\n", &mut abort).await });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tx.send(true).expect("abort");
+        assert!(task.await.expect("join").is_err());
+        assert!(retries(&m, "connection") >= 2);
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(split_lines("a\nb\nc\nd\n"), ("a\nb\n", "c\nd\n"));
+        assert_eq!(split_lines("a\nb\nc\n"), ("a\n", "b\nc\n"));
+    }
+}

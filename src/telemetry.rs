@@ -1,0 +1,314 @@
+//! Telemetry: Prometheus metrics, health state, logging set-up and the HTTP endpoint
+//! (`/metrics`, `/health/live`, `/health/ready`).
+//!
+//! Readiness is the conjunction the operators need before routing traffic or paging:
+//! partitions assigned, every stream's model loaded, and the sink reachable (the last write
+//! attempt did not fail with an authentication or bucket error).
+
+use crate::config::{Config, LogFormat};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Label set: pairs of label name and value.
+pub type Labels = Vec<(String, String)>;
+
+/// One pair of labels.
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Every metric the service exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Readings decoded, by stream.
+    pub readings_in: Family<Labels, Counter>,
+    /// Readings not stepped because their timestamp was not after the device's last one.
+    pub readings_stale: Family<Labels, Counter>,
+    /// Points acknowledged by InfluxDB.
+    pub points_written: Counter,
+    /// Messages that could not be decoded, by reason.
+    pub dead_letters: Family<Labels, Counter>,
+    /// Write attempts that failed and were retried, by cause.
+    pub sink_retries: Family<Labels, Counter>,
+    /// Points InfluxDB rejected individually (400 on a single line) and that were dropped.
+    pub sink_rejected_points: Counter,
+    /// Duration of successful write requests.
+    pub sink_latency: Histogram,
+    /// Readings per engine micro-batch.
+    pub batch_size: Histogram,
+    /// Seconds from a message's Kafka timestamp to its outputs being acknowledged.
+    pub end_to_end_latency: Histogram,
+    /// Consumer lag per partition, from librdkafka statistics.
+    pub consumer_lag: Family<Labels, Gauge>,
+    /// Devices tracked, by stream.
+    pub devices: Family<Labels, Gauge>,
+    /// 1 for the model version in use, by stream and version.
+    pub model_version: Family<Labels, Gauge>,
+    /// 1 while consumption is paused for backpressure.
+    pub paused: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sensorcast");
+        let m = Self {
+            readings_in: Family::default(),
+            readings_stale: Family::default(),
+            points_written: Counter::default(),
+            dead_letters: Family::default(),
+            sink_retries: Family::default(),
+            sink_rejected_points: Counter::default(),
+            sink_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            end_to_end_latency: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            consumer_lag: Family::default(),
+            devices: Family::default(),
+            model_version: Family::default(),
+            paused: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("readings", "Readings decoded", m.readings_in.clone());
+        registry.register(
+            "readings_stale",
+            "Readings with a duplicate or older timestamp, not stepped",
+            m.readings_stale.clone(),
+        );
+        registry.register(
+            "points_written",
+            "Output points acknowledged by InfluxDB",
+            m.points_written.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages that could not be decoded, by reason",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "sink_retries",
+            "Failed write attempts that were retried, by cause",
+            m.sink_retries.clone(),
+        );
+        registry.register(
+            "sink_rejected_points",
+            "Points rejected by InfluxDB one by one (400) and dropped",
+            m.sink_rejected_points.clone(),
+        );
+        registry.register(
+            "sink_write_seconds",
+            "Duration of successful write requests",
+            m.sink_latency.clone(),
+        );
+        registry.register(
+            "batch_readings",
+            "Readings per engine micro-batch",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "end_to_end_seconds",
+            "From a message's Kafka timestamp to its outputs being written",
+            m.end_to_end_latency.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Messages behind the partition's high watermark",
+            m.consumer_lag.clone(),
+        );
+        registry.register("devices", "Devices tracked", m.devices.clone());
+        registry.register(
+            "model_version",
+            "1 for the model version in use",
+            m.model_version.clone(),
+        );
+        registry.register(
+            "paused",
+            "1 while consumption is paused for backpressure",
+            m.paused.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// What `/health/ready` reports.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Partitions currently assigned.
+    pub partitions: AtomicUsize,
+    /// Every stream has a model.
+    pub models_loaded: AtomicBool,
+    /// The last write attempt did not fail with 401, 403 or 404.
+    pub sink_reachable: AtomicBool,
+    /// Shutting down.
+    pub stopping: AtomicBool,
+}
+
+impl Health {
+    /// Whether the service is ready, and why not.
+    pub fn ready(&self) -> (bool, String) {
+        let parts = self.partitions.load(Ordering::Relaxed);
+        let models = self.models_loaded.load(Ordering::Relaxed);
+        let sink = self.sink_reachable.load(Ordering::Relaxed);
+        let stopping = self.stopping.load(Ordering::Relaxed);
+        let ok = parts > 0 && models && sink && !stopping;
+        let body = format!(
+            "{{\"ready\":{ok},\"partitions_assigned\":{parts},\"models_loaded\":{models},\"sink_reachable\":{sink},\"stopping\":{stopping}}}\n"
+        );
+        (ok, body)
+    }
+}
+
+/// Shared state of the HTTP endpoint.
+#[derive(Clone)]
+pub struct Telemetry {
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Health.
+    pub health: Arc<Health>,
+}
+
+/// The HTTP routes.
+pub fn router(t: Telemetry) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/health/live", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/health/ready", get(ready_handler))
+        .with_state(t)
+}
+
+async fn metrics_handler(State(t): State<Telemetry>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        t.metrics.render(),
+    )
+}
+
+async fn ready_handler(State(t): State<Telemetry>) -> impl IntoResponse {
+    let (ok, body) = t.health.ready();
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// Starts `tracing` output as the config says (`RUST_LOG` wins when set).
+pub fn init_logging(cfg: Option<&Config>) {
+    let level = cfg
+        .map(|c| c.log.level.clone())
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.map(|c| c.log.format) {
+        Some(LogFormat::Json) => builder.json().try_init(),
+        _ => builder.try_init(),
+    };
+}
+
+/// Logs at most once per `interval` per key; returns how many were suppressed since the last
+/// one logged, or `None` when this one should be suppressed.
+#[derive(Debug, Default)]
+pub struct RateLimit {
+    last: std::sync::Mutex<std::collections::HashMap<&'static str, (std::time::Instant, u64)>>,
+}
+
+impl RateLimit {
+    /// Whether to log an event of kind `key` now.
+    pub fn check(&self, key: &'static str, interval: std::time::Duration) -> Option<u64> {
+        let mut map = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match map.get_mut(key) {
+            Some((at, suppressed)) if now.duration_since(*at) < interval => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                let n = *suppressed;
+                *at = now;
+                *suppressed = 0;
+                Some(n)
+            }
+            None => {
+                map.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_with_prefix_and_labels() {
+        let m = Metrics::new();
+        m.dead_letters
+            .get_or_create(&labels(&[("reason", "invalid_json")]))
+            .inc();
+        m.points_written.inc_by(5);
+        let text = m.render();
+        assert!(
+            text.contains("sensorcast_dead_letters_total{reason=\"invalid_json\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("sensorcast_points_written_total 5"), "{text}");
+    }
+
+    #[test]
+    fn readiness_needs_everything() {
+        let h = Health::default();
+        assert!(!h.ready().0);
+        h.partitions.store(2, Ordering::Relaxed);
+        h.models_loaded.store(true, Ordering::Relaxed);
+        h.sink_reachable.store(true, Ordering::Relaxed);
+        assert!(h.ready().0);
+        h.stopping.store(true, Ordering::Relaxed);
+        assert!(!h.ready().0 && h.ready().1.contains("\"stopping\":true"));
+    }
+
+    #[test]
+    fn rate_limit_suppresses_and_counts() {
+        let r = RateLimit::default();
+        let long = std::time::Duration::from_secs(60);
+        assert_eq!(r.check("a", long), Some(0));
+        assert_eq!(r.check("a", long), None);
+        assert_eq!(r.check("b", long), Some(0));
+        assert_eq!(r.check("a", std::time::Duration::ZERO), Some(1));
+    }
+}

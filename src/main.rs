@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sensorcast::config::{Config, ConfigError, LogFormat, StreamConfig};
+use sensorcast::config::{Config, ConfigError, StreamConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -94,6 +94,48 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         batch: usize,
     },
+    /// Run the service: consume readings from Kafka, write forecasts and scores to InfluxDB.
+    Serve {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Produce the synthetic fleet to Kafka or write it to a file.
+    Simulate {
+        /// Devices.
+        #[arg(long, default_value_t = 24)]
+        devices: usize,
+        /// Readings per device.
+        #[arg(long, default_value_t = 1000)]
+        readings: usize,
+        /// Payload format.
+        #[arg(long, value_enum, default_value = "json")]
+        format: SimFormat,
+        /// Faults to inject.
+        #[arg(long, default_value_t = 0)]
+        faults: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Time between a device's readings, e.g. 1s, 1m.
+        #[arg(long, default_value = "1m")]
+        interval: sensorcast::config::HumanDuration,
+        /// Time of the last reading (RFC 3339); default now.
+        #[arg(long)]
+        end: Option<String>,
+        /// Line-protocol measurement name.
+        #[arg(long, default_value = "pump")]
+        measurement: String,
+        /// Kafka bootstrap servers (with --topic).
+        #[arg(long, requires = "topic", conflicts_with = "out")]
+        brokers: Option<String>,
+        /// Kafka topic.
+        #[arg(long, requires = "brokers")]
+        topic: Option<String>,
+        /// Output file instead of Kafka.
+        #[arg(long, required_unless_present = "brokers")]
+        out: Option<PathBuf>,
+    },
     /// Print the effective configuration (secrets masked) or every problem in it.
     CheckConfig {
         /// Config file (TOML); defaults and environment only when left out.
@@ -102,20 +144,13 @@ enum Command {
     },
 }
 
-fn init_logging(cfg: Option<&Config>) {
-    let level = cfg
-        .map(|c| c.log.level.clone())
-        .unwrap_or_else(|| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cfg.map(|c| c.log.format) {
-        Some(LogFormat::Json) => builder.json().try_init(),
-        _ => builder.try_init(),
-    };
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SimFormat {
+    Json,
+    Line,
 }
+
+use sensorcast::telemetry::init_logging;
 
 /// Loads the config, starts logging as it says, and picks the stream.
 fn setup(path: &std::path::Path, stream: Option<&str>) -> anyhow::Result<(Config, StreamConfig)> {
@@ -233,6 +268,65 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             println!("events_per_s={:.0}", r.events_per_s);
             println!("state_bytes_per_device={}", r.state_bytes_per_device);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { config } => {
+            let cfg = Config::load(Some(&config))?;
+            init_logging(Some(&cfg));
+            let clean = sensorcast::serve::run(cfg)?;
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Simulate {
+            devices,
+            readings,
+            format,
+            faults,
+            seed,
+            interval,
+            end,
+            measurement,
+            brokers,
+            topic,
+            out,
+        } => {
+            init_logging(None);
+            let end_ts = match end {
+                Some(t) => sensorcast::decode::parse_ts_text(&t)
+                    .map_err(|e| anyhow::anyhow!("--end: {e}"))?,
+                None => chrono::Utc::now()
+                    .timestamp_nanos_opt()
+                    .context("clock out of range")?,
+            };
+            let target = match (brokers, topic, out) {
+                (Some(brokers), Some(topic), None) => {
+                    sensorcast::simulate::Target::Kafka { brokers, topic }
+                }
+                (None, None, Some(path)) => sensorcast::simulate::Target::File(path),
+                _ => anyhow::bail!("give either --brokers and --topic, or --out"),
+            };
+            let spec = sensorcast::simulate::SimulateSpec {
+                fleet: sensorcast::synth::FleetSpec {
+                    devices,
+                    readings,
+                    interval_ns: interval.as_nanos(),
+                    end_ts,
+                    faults,
+                    seed,
+                    ..sensorcast::synth::FleetSpec::default()
+                },
+                format: match format {
+                    SimFormat::Json => sensorcast::config::Format::Json,
+                    SimFormat::Line => sensorcast::config::Format::Line,
+                },
+                measurement,
+                target,
+            };
+            let n = sensorcast::simulate::run(&spec)?;
+            println!("wrote {n} readings of {devices} devices");
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

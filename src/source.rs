@@ -1,0 +1,373 @@
+//! Kafka source: the consumer group, message decoding per stream, dead letters.
+//!
+//! Keeps invariant §3.1 on the input side: offsets are never stored here; the consumer runs
+//! with `enable.auto.offset.store=false` and the sink stores an offset only once everything
+//! derived from it and from earlier messages of its partition is written. Keeps §3.4: a
+//! message that does not decode is counted, logged (rate-limited) and produced to the
+//! dead-letter topic with the reason, and its offset then counts as done — it never stalls
+//! its partition.
+
+use crate::config::{Config, Format, StreamConfig};
+use crate::decode::{DecodeError, Reading, Schema};
+use crate::telemetry::{Health, Metrics, RateLimit, labels};
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Consumer callbacks: partition counts for readiness, lag from librdkafka's statistics.
+pub struct SourceContext {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    let l = labels(&[("topic", topic), ("partition", &partition.to_string())]);
+                    self.metrics
+                        .consumer_lag
+                        .get_or_create(&l)
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        use rdkafka::consumer::Consumer;
+        let n = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        self.health.partitions.store(n, Ordering::Relaxed);
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(assigned = tpl.count(), total = n, "partitions assigned")
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(revoked = tpl.count(), total = n, "partitions revoked")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// The consumer type used by `serve`.
+pub type Consumer = StreamConsumer<SourceContext>;
+
+/// Client config: our defaults, then the user's pass-through properties (which win).
+fn client_config(cfg: &Config, defaults: &[(&str, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka.brokers);
+    for (k, v) in defaults {
+        c.set(*k, v);
+    }
+    for (k, v) in &cfg.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Creates the group consumer and subscribes it to every stream's topic.
+pub fn consumer(
+    cfg: &Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> Result<Arc<Consumer>, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::Consumer as _;
+    let mut c = client_config(
+        cfg,
+        &[
+            ("auto.offset.reset", cfg.kafka.auto_offset_reset.clone()),
+            ("statistics.interval.ms", "5000".into()),
+            // Bound what librdkafka prefetches, so memory stays flat while the sink is down.
+            ("queued.max.messages.kbytes", "16384".into()),
+        ],
+    );
+    // Managed by sensorcast (validation refuses them in kafka.properties).
+    c.set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.commit.interval.ms",
+            cfg.kafka.commit_interval.get().as_millis().to_string(),
+        );
+    let consumer: Consumer = c.create_with_context(SourceContext { metrics, health })?;
+    let topics: Vec<&str> = cfg.streams.iter().map(|s| s.topic.as_str()).collect();
+    consumer.subscribe(&topics)?;
+    Ok(Arc::new(consumer))
+}
+
+/// A producer (dead letters, `simulate`).
+pub fn producer(cfg: &Config) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    client_config(cfg, &[("message.timeout.ms", "30000".into())]).create()
+}
+
+/// Stream lookup by topic and decoding of one message.
+pub struct Decoder {
+    by_topic: HashMap<String, usize>,
+    schemas: Vec<Schema>,
+    formats: Vec<Format>,
+    max_payload: usize,
+}
+
+/// A decoded message.
+pub struct Decoded {
+    /// Stream index.
+    pub stream: usize,
+    /// Its readings (one for JSON; one per line for line protocol).
+    pub readings: Vec<Reading>,
+}
+
+/// Why a message is a dead letter.
+#[derive(Debug)]
+pub struct Rejected {
+    /// Metric label.
+    pub reason: &'static str,
+    /// Message.
+    pub message: String,
+}
+
+impl Decoder {
+    /// For the configured streams.
+    pub fn new(streams: &[StreamConfig], max_payload: usize) -> Self {
+        Self {
+            by_topic: streams
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.topic.clone(), i))
+                .collect(),
+            schemas: streams.iter().map(Schema::from_stream).collect(),
+            formats: streams.iter().map(|s| s.format).collect(),
+            max_payload,
+        }
+    }
+
+    /// Decodes a message (`key` is the device id unless the payload names one).
+    pub fn decode(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<Decoded, Rejected> {
+        let reject = |e: DecodeError| Rejected {
+            reason: e.reason(),
+            message: e.to_string(),
+        };
+        let stream = *self.by_topic.get(topic).ok_or_else(|| Rejected {
+            reason: "unknown_stream",
+            message: format!("no stream is configured for topic {topic:?}"),
+        })?;
+        let payload = payload.unwrap_or_default();
+        if payload.len() > self.max_payload {
+            return Err(reject(DecodeError::TooLarge {
+                size: payload.len(),
+                limit: self.max_payload,
+            }));
+        }
+        let key = match key {
+            Some(k) => Some(std::str::from_utf8(k).map_err(|_| Rejected {
+                reason: "invalid_key",
+                message: "message key is not UTF-8".into(),
+            })?),
+            None => None,
+        };
+        let schema = &self.schemas[stream];
+        let readings = match self.formats[stream] {
+            Format::Json => vec![schema.decode_json(key, payload).map_err(reject)?],
+            Format::Line => {
+                let mut out = Vec::new();
+                for line in payload.split(|b| *b == b'\n') {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    out.push(schema.decode_line(key, line).map_err(reject)?);
+                }
+                if out.is_empty() {
+                    return Err(Rejected {
+                        reason: "invalid_line_protocol",
+                        message: "empty message".into(),
+                    });
+                }
+                out
+            }
+        };
+        Ok(Decoded { stream, readings })
+    }
+}
+
+/// Produces dead letters and logs them (rate-limited).
+pub struct DeadLetters {
+    producer: Option<(FutureProducer, String)>,
+    metrics: Arc<Metrics>,
+    log_limit: RateLimit,
+}
+
+impl DeadLetters {
+    /// With a producer when `kafka.dead_letter_topic` is set.
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Self, rdkafka::error::KafkaError> {
+        let producer = if cfg.kafka.dead_letter_topic.is_empty() {
+            None
+        } else {
+            Some((producer(cfg)?, cfg.kafka.dead_letter_topic.clone()))
+        };
+        Ok(Self {
+            producer,
+            metrics,
+            log_limit: RateLimit::default(),
+        })
+    }
+
+    /// Counts, logs and (when configured) produces the message to the dead-letter topic,
+    /// retrying until delivered or `give_up` says so. Returns whether it may be acknowledged.
+    pub async fn handle(
+        &self,
+        msg: &OwnedMessage,
+        why: &Rejected,
+        give_up: &tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        self.metrics
+            .dead_letters
+            .get_or_create(&labels(&[("reason", why.reason)]))
+            .inc();
+        if let Some(suppressed) = self.log_limit.check(why.reason, Duration::from_secs(10)) {
+            tracing::warn!(
+                reason = why.reason,
+                error = %why.message,
+                topic = msg.topic(),
+                partition = msg.partition(),
+                offset = msg.offset(),
+                suppressed,
+                "bad message"
+            );
+        }
+        let Some((producer, topic)) = &self.producer else {
+            return true;
+        };
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "sensorcast.reason",
+                value: Some(why.reason),
+            })
+            .insert(Header {
+                key: "sensorcast.error",
+                value: Some(why.message.as_str()),
+            })
+            .insert(Header {
+                key: "sensorcast.source.topic",
+                value: Some(msg.topic()),
+            })
+            .insert(Header {
+                key: "sensorcast.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "sensorcast.source.offset",
+                value: Some(offset.as_str()),
+            });
+        if let Some(h) = msg.headers() {
+            for i in 0..h.count() {
+                let orig = h.get(i);
+                headers = headers.insert(Header {
+                    key: orig.key,
+                    value: orig.value,
+                });
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(topic).headers(headers.clone());
+            if let Some(k) = msg.key() {
+                record = record.key(k);
+            }
+            if let Some(p) = msg.payload() {
+                record = record.payload(p);
+            }
+            match producer.send(record, Duration::from_secs(5)).await {
+                Ok(_) => return true,
+                Err((e, _)) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "cannot produce dead letter; retrying");
+                    if *give_up.borrow() {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * attempt.min(25))).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_routes_by_topic_and_rejects_with_reasons() {
+        let streams = vec![
+            StreamConfig {
+                name: "a".into(),
+                topic: "t.a".into(),
+                format: Format::Json,
+                features: vec!["x".into()],
+                ..StreamConfig::default()
+            },
+            StreamConfig {
+                name: "b".into(),
+                topic: "t.b".into(),
+                format: Format::Line,
+                features: vec!["x".into()],
+                ..StreamConfig::default()
+            },
+        ];
+        let d = Decoder::new(&streams, 200);
+        let ok = d
+            .decode(
+                "t.a",
+                Some(b"dev-1"),
+                Some(br#"{"ts":1795000000000,"values":{"x":1.5}}"#),
+            )
+            .expect("json");
+        assert_eq!((ok.stream, ok.readings[0].device.as_str()), (0, "dev-1"));
+        let ok = d
+            .decode(
+                "t.b",
+                None,
+                Some(b"m,device=d1 x=1 1795000000000000000\nm,device=d1 x=2 1795000001000000000\n"),
+            )
+            .expect("lines");
+        assert_eq!((ok.stream, ok.readings.len()), (1, 2));
+        for (topic, payload, reason) in [
+            ("t.c", &b"{}"[..], "unknown_stream"),
+            ("t.a", &[b'x'; 300][..], "too_large"),
+            ("t.a", &b"{"[..], "invalid_json"),
+            (
+                "t.b",
+                &b"m,device=d x=1 1795000000000000000\nbroken"[..],
+                "invalid_line_protocol",
+            ),
+            ("t.b", &b"\n"[..], "invalid_line_protocol"),
+        ] {
+            let err = d.decode(topic, None, Some(payload)).err().expect(reason);
+            assert_eq!(err.reason, reason, "{}", err.message);
+        }
+        assert_eq!(
+            d.decode("t.a", Some(&[0xff, 0xfe]), Some(b"{}"))
+                .err()
+                .expect("key")
+                .reason,
+            "invalid_key"
+        );
+    }
+}

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # sensorcast's test command (the README's second command; .ci/run calls it).
 #
-# Does its own set-up on a fresh machine of this kind and runs the whole suite:
-# formatting, clippy with warnings denied, unit tests, the end-to-end tests in tests/ (they run
-# the real binary), and a known-vulnerability audit against ../shared/advisory-db when present.
+# Does its own set-up on a fresh machine of this kind, then runs the whole suite:
+#   - Debian packages: a C toolchain (librdkafka is built from source by rdkafka-sys) and
+#     VictoriaMetrics (the InfluxDB v2 write API stand-in the end-to-end tests write to);
+#   - tansu, a Kafka-compatible broker, built once with `cargo install` and reused;
+#   - starts tansu on a free loopback port (the tests start their own VictoriaMetrics
+#     instances, so that they can stop and restart them), and stops it on exit, even on failure;
+#   - cargo fmt --check, clippy with warnings denied, every unit test, the CLI end-to-end
+#     tests and the serve end-to-end tests against the real servers (feature `integration`);
+#   - cargo audit against ../shared/advisory-db.
 #
 # Environment:
 #   SENSORCAST_SHARED   path of the shared folder (default: ../shared next to the repository)
@@ -13,6 +19,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 shared=${SENSORCAST_SHARED:-$root/../shared}
 export SENSORCAST_SHARED=$shared
+TANSU_VERSION=0.6.0
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -24,20 +31,53 @@ if [ ! -d "$shared/golden" ]; then
   exit 1
 fi
 
-# The build needs only a C compiler (for a few -sys crates); install it when missing.
-if ! command -v cc >/dev/null 2>&1; then
-  step "installing build-essential"
-  apt-get update -qq && apt-get install -y -qq build-essential
+packages=()
+command -v cc >/dev/null 2>&1 || packages+=(build-essential)
+command -v make >/dev/null 2>&1 || packages+=(make)
+command -v victoria-metrics >/dev/null 2>&1 || packages+=(victoria-metrics)
+command -v python3 >/dev/null 2>&1 || packages+=(python3)
+if [ ${#packages[@]} -gt 0 ]; then
+  step "installing Debian packages: ${packages[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
 fi
+
+if ! command -v tansu >/dev/null 2>&1 || ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  step "building tansu $TANSU_VERSION (once; reused afterwards)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+fi
+
+logs=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+step "starting tansu"
+port=$(free_port)
+tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+  --storage-engine memory://tansu/ >"$logs/tansu.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+  sleep 0.1
+done
+(echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "tansu did not start:"; cat "$logs/tansu.log"; exit 1; }
+export SENSORCAST_TEST_BROKERS="127.0.0.1:$port"
+echo "tansu on $SENSORCAST_TEST_BROKERS (log: $logs/tansu.log)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -D warnings"
-cargo clippy --release --all-targets --locked -- -D warnings
+step "cargo clippy --all-targets --features integration -D warnings"
+cargo clippy --release --all-targets --features integration --locked -- -D warnings
 
-step "cargo test (unit + end-to-end)"
-cargo test --release --locked
+step "cargo test (unit, CLI end-to-end, serve end-to-end against tansu and VictoriaMetrics)"
+cargo test --release --locked --features integration -- --test-threads=2
 
 if [ "${SKIP_AUDIT:-0}" != 1 ] && [ -d "$shared/advisory-db" ]; then
   step "cargo audit (offline advisory database)"

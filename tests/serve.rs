@@ -1,0 +1,804 @@
+//! End-to-end tests of `sensorcast serve` against real servers: a tansu broker (started by
+//! scripts/test.sh, address in SENSORCAST_TEST_BROKERS), VictoriaMetrics (started here, per
+//! test, so a test can stop and restart it) and librdkafka's mock cluster for broker faults.
+#![cfg(feature = "integration")]
+
+use rdkafka::ClientConfig;
+use rdkafka::TopicPartitionList;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sensorcast");
+const FEATURES: [&str; 4] = ["vibration", "temperature", "current", "pressure"];
+const HORIZON: usize = 2;
+
+fn brokers() -> String {
+    std::env::var("SENSORCAST_TEST_BROKERS")
+        .expect("SENSORCAST_TEST_BROKERS: run the integration tests through scripts/test.sh")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Minimal HTTP/1.1 client (the tests need GET and form POST only).
+fn http(method: &str, addr: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Some((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A VictoriaMetrics server of this test's own.
+struct Vm {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Vm {
+    fn start() -> Self {
+        let mut vm = Vm {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        vm.up();
+        vm
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let bin =
+            std::env::var("SENSORCAST_TEST_VM_BIN").unwrap_or_else(|_| "victoria-metrics".into());
+        let child = Command::new(bin)
+            .arg(format!("-httpListenAddr={}", self.addr()))
+            .arg(format!("-storageDataPath={}", self.dir.path().display()))
+            .args([
+                "-retentionPeriod=100y",
+                "-search.latencyOffset=0s",
+                "-loggerLevel=ERROR",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start victoria-metrics");
+        self.child = Some(child);
+        let addr = self.addr();
+        wait_until("VictoriaMetrics", Duration::from_secs(30), || {
+            http("GET", &addr, "/health", "").is_some_and(|(s, _)| s == 200)
+        });
+    }
+
+    /// Stops the server gracefully: VictoriaMetrics keeps recent samples in memory, and a
+    /// SIGKILL would lose data it already acknowledged — not what this outage is about.
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let t = Instant::now();
+            while c.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Distinct (series, timestamp) pairs and raw samples of a metric.
+    fn samples(&self, metric: &str) -> (usize, usize, Vec<serde_json::Value>) {
+        let _ = http("GET", &self.addr(), "/internal/force_flush", "");
+        let Some((200, body)) = http(
+            "POST",
+            &self.addr(),
+            "/api/v1/export",
+            &format!("match[]={metric}"),
+        ) else {
+            return (0, 0, vec![]);
+        };
+        let (mut unique, mut raw, mut metas) = (0, 0, Vec::new());
+        for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).expect("export line");
+            let ts: Vec<i64> = v["timestamps"]
+                .as_array()
+                .expect("timestamps")
+                .iter()
+                .filter_map(|t| t.as_i64())
+                .collect();
+            raw += ts.len();
+            unique += ts.iter().collect::<HashSet<_>>().len();
+            metas.push(v["metric"].clone());
+        }
+        (unique, raw, metas)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// A running `sensorcast serve`.
+struct Serve {
+    child: Child,
+    http: String,
+    log: PathBuf,
+}
+
+impl Serve {
+    fn start(cfg: &Path, dir: &Path, http_port: u16) -> Self {
+        let log = dir.join(format!("serve-{}.log", free_port()));
+        let child = Command::new(BIN)
+            .args(["serve", "--config", cfg.to_str().expect("utf-8")])
+            .env("RUST_LOG", "sensorcast=debug,info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start serve");
+        let s = Serve {
+            child,
+            http: format!("127.0.0.1:{http_port}"),
+            log,
+        };
+        wait_until("readiness", Duration::from_secs(60), || {
+            http("GET", &s.http, "/health/ready", "").is_some_and(|(st, _)| st == 200)
+        });
+        s
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let Some((_, body)) = http("GET", &self.http, "/metrics", "") else {
+            return 0.0;
+        };
+        body.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn terminate(mut self) -> i32 {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "serve did not exit after SIGTERM:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[&str]) {
+    let o = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run sensorcast");
+    assert!(
+        o.status.success(),
+        "sensorcast {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let results = rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .expect("create topics");
+    for r in results {
+        if let Err((t, e)) = r {
+            panic!("cannot create topic {t}: {e}");
+        }
+    }
+}
+
+/// Unique names per test run, so tests can share one broker.
+fn unique(name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), free_port())
+}
+
+struct Stream<'a> {
+    name: &'a str,
+    topic: &'a str,
+    format: &'a str,
+}
+
+/// Writes a config and trains one model per stream on simulated history.
+fn setup(
+    dir: &Path,
+    brokers: &str,
+    vm: &Vm,
+    group: &str,
+    streams: &[Stream<'_>],
+    extra: &str,
+) -> (PathBuf, u16) {
+    let http_port = free_port();
+    let mut text = String::new();
+    for s in streams {
+        text.push_str(&format!(
+            "[[streams]]\nname = \"{}\"\ntopic = \"{}\"\nformat = \"{}\"\nfeatures = {:?}\ninterval = \"1s\"\n\n",
+            s.name, s.topic, s.format, FEATURES
+        ));
+    }
+    text.push_str(&format!(
+        r#"[model]
+registry = "{registry}"
+hidden = 16
+horizon = {HORIZON}
+
+[train]
+window = 16
+epochs = 3
+
+[engine]
+warmup = 5
+
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+commit_interval = "500ms"
+
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+"max.poll.interval.ms" = "10000"
+
+[influxdb]
+url = "http://{vm}"
+flush_interval = "100ms"
+max_backoff = "1s"
+min_backoff = "50ms"
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[service]
+shutdown_timeout = "20s"
+{extra}"#,
+        registry = dir.join("models").display(),
+        vm = vm.addr(),
+    ));
+    let cfg = dir.join("sensorcast.toml");
+    std::fs::write(&cfg, text).expect("config");
+    let history = dir.join("history.jsonl");
+    run(&[
+        "simulate",
+        "--devices",
+        "4",
+        "--readings",
+        "200",
+        "--interval",
+        "1s",
+        "--out",
+        history.to_str().unwrap(),
+    ]);
+    for s in streams {
+        run(&[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--input",
+            history.to_str().unwrap(),
+            "--stream",
+            s.name,
+        ]);
+    }
+    (cfg, http_port)
+}
+
+fn simulate(brokers: &str, topic: &str, format: &str, devices: usize, readings: usize, end: &str) {
+    run(&[
+        "simulate",
+        "--devices",
+        &devices.to_string(),
+        "--readings",
+        &readings.to_string(),
+        "--format",
+        format,
+        "--interval",
+        "1s",
+        "--end",
+        end,
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+    ]);
+}
+
+/// Committed offsets summed over a topic's partitions (each partition's committed offset is
+/// the count of its messages fully handled). tansu's ListOffsets does not report high
+/// watermarks reliably, so tests compare with the number of messages they produced.
+fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .sum()
+}
+
+fn now_rfc3339(offset_s: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(offset_s)).to_rfc3339()
+}
+
+#[test]
+fn json_and_line_protocol_end_to_end_exactly_once_in_influx() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (tj, tl, group) = (unique("e2e-json"), unique("e2e-line"), unique("g-e2e"));
+    create_topics(&brokers, &[(&tj, 3), (&tl, 2)]);
+    let streams = [
+        Stream {
+            name: "jsonpumps",
+            topic: &tj,
+            format: "json",
+        },
+        Stream {
+            name: "linepumps",
+            topic: &tl,
+            format: "line",
+        },
+    ];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    let end = now_rfc3339(-60);
+    simulate(&brokers, &tj, "json", 25, 200, &end);
+    simulate(&brokers, &tl, "line", 25, 200, &end);
+    let serve = Serve::start(&cfg, dir.path(), port);
+    let readings = 50 * 200;
+    let points = readings * (1 + HORIZON * FEATURES.len());
+    wait_until("all points written", Duration::from_secs(120), || {
+        serve.metric("sensorcast_points_written_total") as usize >= points
+    });
+    wait_until("points visible", Duration::from_secs(30), || {
+        vm.samples("anomaly_score").0 >= readings
+    });
+    let (unique_scores, raw_scores, metas) = vm.samples("anomaly_score");
+    assert_eq!(
+        (unique_scores, raw_scores),
+        (readings, readings),
+        "exactly one anomaly point per reading"
+    );
+    assert_eq!(metas.len(), 50, "one anomaly series per device and stream");
+    let m = &metas[0];
+    assert!(
+        m["stream"].is_string()
+            && m["device"].as_str().is_some_and(|d| d.starts_with("pump-"))
+            && m["model"].is_string(),
+        "{m}"
+    );
+    let (uf, rf, fmetas) = vm.samples("forecast_yhat");
+    assert_eq!(
+        (uf, rf),
+        (
+            readings * HORIZON * FEATURES.len(),
+            readings * HORIZON * FEATURES.len()
+        )
+    );
+    assert!(
+        fmetas
+            .iter()
+            .all(|m| m["field"].is_string() && m["horizon"].is_string())
+    );
+    for f in [
+        "forecast_yhat_lower",
+        "forecast_yhat_upper",
+        "anomaly_likelihood",
+    ] {
+        assert_eq!(vm.samples(f).1 % readings, 0, "{f}");
+    }
+    for (topic, parts) in [(&tj, 3), (&tl, 2)] {
+        wait_until(
+            "offsets committed to the end",
+            Duration::from_secs(30),
+            || committed(&brokers, &group, topic, parts) == 5000,
+        );
+    }
+    assert_eq!(serve.terminate(), 0);
+}
+
+#[test]
+fn bad_messages_go_to_the_dead_letter_topic_with_their_reason() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, dlq, group) = (unique("dlq-in"), unique("dlq"), unique("g-dlq"));
+    create_topics(&brokers, &[(&topic, 1), (&dlq, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    // Point dead letters at this test's topic and lower the size limit.
+    let text = std::fs::read_to_string(&cfg).expect("cfg").replace(
+        "commit_interval = \"500ms\"",
+        &format!(
+            "commit_interval = \"500ms\"\ndead_letter_topic = \"{dlq}\"\nmax_payload_bytes = 600"
+        ),
+    );
+    std::fs::write(&cfg, text).expect("cfg");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("producer");
+    let t0 = chrono::Utc::now().timestamp_millis() - 100_000;
+    let good = |i: i64| {
+        format!(
+            r#"{{"ts":{},"values":{{"vibration":1,"temperature":60,"current":10,"pressure":4}}}}"#,
+            t0 + i * 1000
+        )
+    };
+    let bad: Vec<(&str, Option<&str>, String)> = vec![
+        ("invalid_json", Some("pump-1"), "{not json".into()),
+        ("missing_device", None, good(100)),
+        ("missing_timestamp", Some("pump-1"), r#"{"values":{"vibration":1,"temperature":60,"current":10,"pressure":4}}"#.into()),
+        ("wrong_type", Some("pump-1"), format!(r#"{{"ts":{t0},"values":{{"vibration":"x","temperature":60,"current":10,"pressure":4}}}}"#)),
+        ("not_finite", Some("pump-1"), format!(r#"{{"ts":{t0},"values":{{"vibration":1e39,"temperature":60,"current":10,"pressure":4}}}}"#)),
+        ("unknown_feature", Some("pump-1"), format!(r#"{{"ts":{t0},"values":{{"rpm":1,"vibration":1,"temperature":60,"current":10,"pressure":4}}}}"#)),
+        ("missing_feature", Some("pump-1"), format!(r#"{{"ts":{t0},"values":{{"vibration":1}}}}"#)),
+        ("bad_timestamp", Some("pump-1"), r#"{"ts":"yesterday","values":{"vibration":1,"temperature":60,"current":10,"pressure":4}}"#.into()),
+        ("too_large", Some("pump-1"), format!("{}{}", good(101), " ".repeat(700))),
+    ];
+    let mut sent_good = 0;
+    for i in 0..40 {
+        let payload = good(i);
+        producer
+            .send(BaseRecord::to(&topic).key("pump-1").payload(&payload))
+            .expect("send");
+        sent_good += 1;
+        if let Some((_, key, payload)) = bad.get(i as usize / 4).filter(|_| i % 4 == 1) {
+            let mut rec = BaseRecord::<str, str>::to(&topic).payload(payload);
+            if let Some(k) = key {
+                rec = rec.key(k);
+            }
+            producer.send(rec).expect("send bad");
+        }
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until("good readings written", Duration::from_secs(60), || {
+        vm.samples("anomaly_score").0 >= sent_good
+    });
+    assert_eq!(
+        vm.samples("anomaly_score").0,
+        sent_good,
+        "every valid message around the bad ones is processed"
+    );
+    // Read the dead letters back.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[&dlq]).expect("subscribe");
+    let mut reasons = HashMap::new();
+    let t = Instant::now();
+    while reasons.len() < bad.len() && t.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(500)) {
+            let headers = m.headers().expect("headers");
+            let get = |k: &str| {
+                headers
+                    .iter()
+                    .find(|h| h.key == k)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).to_string())
+            };
+            assert_eq!(
+                get("sensorcast.source.topic").as_deref(),
+                Some(topic.as_str())
+            );
+            assert!(get("sensorcast.source.offset").is_some() && get("sensorcast.error").is_some());
+            reasons.insert(
+                get("sensorcast.reason").expect("reason"),
+                (m.key().map(|k| k.to_vec()), m.payload().map(|p| p.to_vec())),
+            );
+        }
+    }
+    for (reason, key, payload) in &bad {
+        let (k, p) = reasons.get(*reason).unwrap_or_else(|| {
+            panic!(
+                "no dead letter with reason {reason}; got {:?}",
+                reasons.keys()
+            )
+        });
+        assert_eq!(
+            k.as_deref(),
+            key.map(str::as_bytes),
+            "{reason}: original key kept"
+        );
+        assert_eq!(
+            p.as_deref(),
+            Some(payload.as_bytes()),
+            "{reason}: original bytes kept"
+        );
+    }
+    assert!(serve.metric("sensorcast_dead_letters_total") >= bad.len() as f64);
+    let produced = (sent_good + bad.len()) as i64;
+    wait_until(
+        "offsets past the bad messages",
+        Duration::from_secs(30),
+        || committed(&brokers, &group, &topic, 1) == produced,
+    );
+    assert_eq!(serve.terminate(), 0);
+}
+
+#[test]
+fn influx_outage_loses_and_duplicates_nothing_and_memory_stays_flat() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut vm = Vm::start();
+    let (topic, group) = (unique("outage"), unique("g-outage"));
+    create_topics(&brokers, &[(&topic, 2)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    let serve = Serve::start(&cfg, dir.path(), port);
+    simulate(&brokers, &topic, "json", 20, 150, &now_rfc3339(-400));
+    wait_until("first half written", Duration::from_secs(60), || {
+        vm.samples("anomaly_score").0 >= 3000
+    });
+    vm.down();
+    simulate(&brokers, &topic, "json", 20, 150, &now_rfc3339(-200));
+    // Fifteen seconds without InfluxDB; memory is sampled throughout.
+    let rss0 = serve.rss_kib();
+    let mut rss_max = rss0;
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_secs(1));
+        rss_max = rss_max.max(serve.rss_kib());
+    }
+    assert!(
+        serve.metric("sensorcast_sink_retries_total") > 0.0,
+        "writes were retried"
+    );
+    let (_, ready) = http("GET", &serve.http, "/health/live", "").expect("live");
+    assert_eq!(ready, "ok\n");
+    vm.up();
+    let t = Instant::now();
+    while vm.samples("anomaly_score").0 < 6000 {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "not everything written after the outage: {} of 6000; metrics written={} retries={}\n{}",
+            vm.samples("anomaly_score").0,
+            serve.metric("sensorcast_points_written_total"),
+            serve.metric("sensorcast_sink_retries_total"),
+            serve
+                .log_text()
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (unique_n, raw, _) = vm.samples("anomaly_score");
+    assert_eq!((unique_n, raw), (6000, 6000), "every point present once");
+    assert!(
+        rss_max < rss0 + 64 * 1024,
+        "memory grew from {rss0} KiB to {rss_max} KiB during the outage"
+    );
+    wait_until("offsets committed", Duration::from_secs(30), || {
+        committed(&brokers, &group, &topic, 2) == 6000
+    });
+    assert_eq!(serve.terminate(), 0);
+}
+
+#[test]
+fn sigterm_mid_stream_exits_0_commits_only_written_and_restart_finishes() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, group) = (unique("sigterm"), unique("g-sigterm"));
+    create_topics(&brokers, &[(&topic, 3)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "line",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    // Slow the sink so SIGTERM lands mid-stream.
+    let text = std::fs::read_to_string(&cfg).expect("cfg").replace(
+        "flush_interval = \"100ms\"",
+        "flush_interval = \"100ms\"\nbatch_bytes = 4096",
+    );
+    std::fs::write(&cfg, text).expect("cfg");
+    let total = 40 * 400;
+    simulate(&brokers, &topic, "line", 40, 400, &now_rfc3339(-60));
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until("some points written", Duration::from_secs(60), || {
+        serve.metric("sensorcast_points_written_total") > 0.0
+    });
+    let log = serve.log.clone();
+    assert_eq!(
+        serve.terminate(),
+        0,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let done = committed(&brokers, &group, &topic, 3);
+    let written = vm.samples("anomaly_score").0 as i64;
+    assert!(
+        done <= written,
+        "committed offsets ({done}) ran ahead of written outputs ({written})"
+    );
+    assert!(
+        done < total as i64,
+        "the stream was interrupted mid-way ({done} of {total})"
+    );
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until(
+        "restart finishes the stream",
+        Duration::from_secs(120),
+        || vm.samples("anomaly_score").0 >= total,
+    );
+    assert_eq!(vm.samples("anomaly_score").0, total);
+    wait_until("offsets at the end", Duration::from_secs(30), || {
+        committed(&brokers, &group, &topic, 3) == total as i64
+    });
+    assert_eq!(serve.terminate(), 0);
+}
+
+#[test]
+fn broker_faults_from_the_mock_cluster_are_survived() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = MockCluster::new(3).expect("mock cluster");
+    let mock = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, group) = ("mock-in".to_string(), unique("g-mock"));
+    cluster.create_topic(&topic, 3, 1).expect("topic");
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &mock, &vm, &group, &streams, "");
+    simulate(&mock, &topic, "json", 10, 100, &now_rfc3339(-600));
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until("first batch written", Duration::from_secs(60), || {
+        vm.samples("anomaly_score").0 >= 1000
+    });
+    // Request errors on fetch and commit, then a broker down and up again.
+    cluster.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 5],
+    );
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 3],
+    );
+    simulate(&mock, &topic, "json", 10, 100, &now_rfc3339(-400));
+    cluster.broker_down(2).expect("down");
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.broker_up(2).expect("up");
+    simulate(&mock, &topic, "json", 10, 100, &now_rfc3339(-200));
+    wait_until(
+        "all readings written despite broker faults",
+        Duration::from_secs(120),
+        || vm.samples("anomaly_score").0 >= 3000,
+    );
+    assert_eq!(vm.samples("anomaly_score").0, 3000);
+    wait_until("offsets committed", Duration::from_secs(60), || {
+        committed(&mock, &group, &topic, 3) == 3000
+    });
+    assert_eq!(serve.terminate(), 0);
+    drop(cluster);
+}

@@ -135,6 +135,9 @@ enum Command {
         /// Output file instead of Kafka.
         #[arg(long, required_unless_present = "brokers")]
         out: Option<PathBuf>,
+        /// Messages per second to Kafka (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
     },
     /// Print the effective configuration (secrets masked) or every problem in it.
     CheckConfig {
@@ -292,6 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             brokers,
             topic,
             out,
+            rate,
         } => {
             init_logging(None);
             let end_ts = match end {
@@ -324,6 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 measurement,
                 target,
+                rate,
             };
             let n = sensorcast::simulate::run(&spec)?;
             println!("wrote {n} readings of {devices} devices");

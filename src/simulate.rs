@@ -39,6 +39,8 @@ pub struct SimulateSpec {
     pub measurement: String,
     /// Destination.
     pub target: Target,
+    /// Messages per second to Kafka (0: as fast as possible).
+    pub rate: u64,
 }
 
 /// One message payload.
@@ -119,7 +121,15 @@ pub fn run(spec: &SimulateSpec) -> anyhow::Result<u64> {
                     delivered: AtomicU64::new(0),
                 })
                 .context("cannot create the Kafka producer")?;
-            for r in &fleet.readings {
+            let started = std::time::Instant::now();
+            for (i, r) in fleet.readings.iter().enumerate() {
+                if spec.rate > 0 && i % 100 == 0 {
+                    // Pace: message i is due at i / rate seconds.
+                    let due = Duration::from_secs_f64(i as f64 / spec.rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
                 payload(r, spec.format, &spec.measurement, &mut buf);
                 let mut record = BaseRecord::to(topic)
                     .key(r.device.as_str())

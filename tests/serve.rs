@@ -713,18 +713,38 @@ fn sigterm_mid_stream_exits_0_commits_only_written_and_restart_finishes() {
         format: "line",
     }];
     let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
-    // Slow the sink so SIGTERM lands mid-stream.
-    let text = std::fs::read_to_string(&cfg).expect("cfg").replace(
-        "flush_interval = \"100ms\"",
-        "flush_interval = \"100ms\"\nbatch_bytes = 4096",
-    );
-    std::fs::write(&cfg, text).expect("cfg");
     let total = 40 * 400;
-    simulate(&brokers, &topic, "line", 40, 400, &now_rfc3339(-60));
     let serve = Serve::start(&cfg, dir.path(), port);
+    // Produce at a steady 4000 readings/s (4 s in all) so that SIGTERM lands mid-stream.
+    let mut producer = Command::new(BIN)
+        .args([
+            "simulate",
+            "--devices",
+            "40",
+            "--readings",
+            "400",
+            "--format",
+            "line",
+            "--interval",
+            "1s",
+            "--rate",
+            "4000",
+        ])
+        .args([
+            "--end",
+            &now_rfc3339(-60),
+            "--brokers",
+            &brokers,
+            "--topic",
+            &topic,
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("simulate");
     wait_until("some points written", Duration::from_secs(60), || {
         serve.metric("sensorcast_points_written_total") > 0.0
     });
+    std::thread::sleep(Duration::from_millis(500));
     let log = serve.log.clone();
     assert_eq!(
         serve.terminate(),
@@ -733,6 +753,11 @@ fn sigterm_mid_stream_exits_0_commits_only_written_and_restart_finishes() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     let done = committed(&brokers, &group, &topic, 3);
+    // VictoriaMetrics makes acknowledged samples searchable within a moment.
+    let t = Instant::now();
+    while (vm.samples("anomaly_score").0 as i64) < done && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let written = vm.samples("anomaly_score").0 as i64;
     assert!(
         done <= written,
@@ -742,6 +767,7 @@ fn sigterm_mid_stream_exits_0_commits_only_written_and_restart_finishes() {
         done < total as i64,
         "the stream was interrupted mid-way ({done} of {total})"
     );
+    assert!(producer.wait().expect("simulate").success());
     let serve = Serve::start(&cfg, dir.path(), port);
     wait_until(
         "restart finishes the stream",

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: tansu → sensorcast serve → VictoriaMetrics, all on this machine.
+#
+# 1. Throughput: N readings are produced up front, then `serve` starts; events/s is readings
+#    divided by the time from the first reading consumed to the last point acknowledged.
+# 2. Latency: readings are produced at a fixed rate (default: half the target, 100k/s) while
+#    `serve` runs; p50/p99 from Kafka create time to InfluxDB acknowledgement are read from
+#    the sensorcast_end_to_end_seconds histogram.
+#
+# Usage: scripts/bench-e2e.sh [devices] [readings-per-device] [rate]
+# Needs what scripts/test.sh installs (tansu, victoria-metrics) and a release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+devices=${1:-1000}
+readings=${2:-200}
+rate=${3:-100000}
+cargo build --release --locked --quiet
+bin=target/release/sensorcast
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+kport=$(free_port); vport=$(free_port); hport=$(free_port)
+tansu broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
+  --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 & pids+=($!)
+victoria-metrics -httpListenAddr="127.0.0.1:$vport" -storageDataPath="$work/vm" -retentionPeriod=100y \
+  -search.latencyOffset=0s -loggerLevel=ERROR >"$work/vm.log" 2>&1 & pids+=($!)
+sleep 2
+tansu topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.tput >/dev/null
+tansu topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.lat >/dev/null
+write_config() {
+cat >"$work/$1.toml" <<TOML
+[[streams]]
+name = "pumps"
+topic = "$2"
+features = ["vibration", "temperature", "current", "pressure"]
+interval = "1s"
+[model]
+registry = "$work/models"
+hidden = 64
+horizon = 3
+[train]
+epochs = 3
+[kafka]
+brokers = "127.0.0.1:$kport"
+group_id = "bench-$1"
+dead_letter_topic = ""
+[influxdb]
+url = "http://127.0.0.1:$vport"
+flush_interval = "50ms"
+batch_bytes = 4194304
+[engine]
+max_linger = "10ms"
+[http]
+listen = "127.0.0.1:$hport"
+[log]
+level = "warn"
+TOML
+}
+write_config tput bench.tput
+write_config lat bench.lat
+$bin simulate --devices 8 --readings 300 --interval 1s --out "$work/history.jsonl" >/dev/null
+$bin train --config "$work/tput.toml" --input "$work/history.jsonl" >/dev/null
+metric() { curl -s "127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 ~ "^"m {s+=$2} END {printf "%.0f", s}'; }
+
+total=$((devices * readings))
+echo "producing $total readings ($devices devices × $readings)…"
+t0=$(date +%s.%N)
+$bin simulate --devices "$devices" --readings "$readings" --interval 1s --brokers "127.0.0.1:$kport" --topic bench.tput >/dev/null
+t1=$(date +%s.%N)
+echo "produced in $(echo "$t1 - $t0" | bc) s"
+$bin serve --config "$work/tput.toml" 2>"$work/serve-tput.log" & spid=$!; pids+=($spid)
+points=$((total * 13))
+until [ "$(metric sensorcast_readings_total)" -gt 0 ] 2>/dev/null; do sleep 0.05; done
+s0=$(date +%s.%N)
+until [ "$(metric sensorcast_points_written_total)" -ge "$points" ] 2>/dev/null; do sleep 0.1; done
+s1=$(date +%s.%N)
+elapsed=$(echo "$s1 - $s0" | bc -l)
+echo "throughput: $total readings in ${elapsed}s → $(echo "$total / $elapsed" | bc) events/s end to end"
+kill -TERM $spid; wait $spid || true
+
+echo "latency at $rate readings/s…"
+$bin serve --config "$work/lat.toml" 2>"$work/serve-lat.log" & spid=$!; pids+=($spid)
+until curl -sf "127.0.0.1:$hport/health/ready" >/dev/null; do sleep 0.1; done
+$bin simulate --devices "$devices" --readings "$readings" --interval 1s --rate "$rate" --brokers "127.0.0.1:$kport" --topic bench.lat >/dev/null
+until [ "$(metric sensorcast_points_written_total)" -ge "$points" ] 2>/dev/null; do sleep 0.1; done
+curl -s "127.0.0.1:$hport/metrics" | python3 -c '
+import sys
+b=[]; count=0
+for l in sys.stdin:
+    if l.startswith("sensorcast_end_to_end_seconds_bucket"):
+        le=l.split("le=\"")[1].split("\"")[0]; v=float(l.rsplit(" ",1)[1]); b.append((float("inf") if le=="+Inf" else float(le), v))
+    if l.startswith("sensorcast_end_to_end_seconds_count"): count=float(l.rsplit(" ",1)[1])
+def q(p):
+    t=p*count; prev_le=0; prev=0
+    for le,c in b:
+        if c>=t:
+            return prev_le+(le-prev_le)*((t-prev)/max(c-prev,1)) if le!=float("inf") else prev_le
+        prev_le,prev=le,c
+print("latency: p50=%.0f ms p99=%.0f ms over %d readings (bucket-interpolated)"%(q(.5)*1000,q(.99)*1000,count))'
+kill -TERM $spid; wait $spid || true

@@ -69,15 +69,14 @@ echo "producing $total readings ($devices devices × $readings)…"
 t0=$(date +%s.%N)
 $bin simulate --devices "$devices" --readings "$readings" --interval 1s --brokers "127.0.0.1:$kport" --topic bench.tput >/dev/null
 t1=$(date +%s.%N)
-echo "produced in $(echo "$t1 - $t0" | bc) s"
+echo "produced in $(python3 -c "print(round($t1 - $t0, 2))") s"
 $bin serve --config "$work/tput.toml" 2>"$work/serve-tput.log" & spid=$!; pids+=($spid)
 points=$((total * 13))
 until [ "$(metric sensorcast_readings_total)" -gt 0 ] 2>/dev/null; do sleep 0.05; done
 s0=$(date +%s.%N)
 until [ "$(metric sensorcast_points_written_total)" -ge "$points" ] 2>/dev/null; do sleep 0.1; done
 s1=$(date +%s.%N)
-elapsed=$(echo "$s1 - $s0" | bc -l)
-echo "throughput: $total readings in ${elapsed}s → $(echo "$total / $elapsed" | bc) events/s end to end"
+python3 -c "e=$s1-$s0; print(f'throughput: $total readings in {e:.2f} s -> {$total/e:,.0f} events/s end to end')"
 kill -TERM $spid; wait $spid || true
 
 echo "latency at $rate readings/s…"

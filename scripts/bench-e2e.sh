@@ -48,7 +48,7 @@ group_id = "bench-$1"
 dead_letter_topic = ""
 [influxdb]
 url = "http://127.0.0.1:$vport"
-flush_interval = "50ms"
+flush_interval = "20ms"
 batch_bytes = 4194304
 [engine]
 max_linger = "10ms"
@@ -77,6 +77,12 @@ s0=$(date +%s.%N)
 until [ "$(metric sensorcast_points_written_total)" -ge "$points" ] 2>/dev/null; do sleep 0.1; done
 s1=$(date +%s.%N)
 python3 -c "e=$s1-$s0; print(f'throughput: $total readings in {e:.2f} s -> {$total/e:,.0f} events/s end to end')"
+# CPU seconds per process over the run (utime + stime, in clock ticks).
+cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
+vmpid=${pids[1]}
+python3 -c "
+s, v = $(cpu $spid), $(cpu $vmpid)
+print(f'cpu: sensorcast {s:.1f} s ({$total/max(s,1e-9):,.0f} readings per CPU-second), victoria-metrics {v:.1f} s (cumulative)')"
 kill -TERM $spid; wait $spid || true
 
 echo "latency at $rate readings/s…"

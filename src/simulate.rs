@@ -114,7 +114,7 @@ pub fn run(spec: &SimulateSpec) -> anyhow::Result<u64> {
         Target::Kafka { brokers, topic } => {
             let producer: ThreadedProducer<Delivery> = ClientConfig::new()
                 .set("bootstrap.servers", brokers)
-                .set("linger.ms", "20")
+                .set("linger.ms", "5")
                 .set("message.timeout.ms", "60000")
                 .create_with_context(Delivery {
                     failed: AtomicU64::new(0),

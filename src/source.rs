@@ -90,6 +90,8 @@ pub fn consumer(
             ("statistics.interval.ms", "5000".into()),
             // Bound what librdkafka prefetches, so memory stays flat while the sink is down.
             ("queued.max.messages.kbytes", "16384".into()),
+            // Latency: do not let an idle fetch sit at the broker for librdkafka's 500 ms.
+            ("fetch.wait.max.ms", "50".into()),
         ],
     );
     // Managed by sensorcast (validation refuses them in kafka.properties).

@@ -9,23 +9,38 @@ use burn::prelude::Device;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Benchmark shape.
-#[derive(Debug, Clone)]
+/// Benchmark shape (also the `sensorcast bench` arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchSpec {
     /// Devices.
+    #[arg(long, default_value_t = 10_000, value_parser = positive)]
     pub devices: usize,
     /// Readings per device.
+    #[arg(long, default_value_t = 50, value_parser = positive)]
     pub steps: usize,
     /// Hidden width.
+    #[arg(long, default_value_t = 64, value_parser = positive)]
     pub hidden: usize,
     /// Features.
+    #[arg(long, default_value_t = 8, value_parser = positive)]
     pub features: usize,
-    /// Layers.
+    /// LSTM layers.
+    #[arg(long, default_value_t = 1, value_parser = positive)]
     pub layers: usize,
     /// Forecast horizon.
+    #[arg(long, default_value_t = 3, value_parser = positive)]
     pub horizon: usize,
     /// Readings per micro-batch.
+    #[arg(long, default_value_t = 4096, value_parser = positive)]
     pub batch: usize,
+}
+
+/// A whole number of at least 1.
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number of at least 1")),
+    }
 }
 
 /// Benchmark result.

@@ -71,29 +71,7 @@ enum Command {
         strict: bool,
     },
     /// Measure the engine alone on a synthetic fleet (no I/O).
-    Bench {
-        /// Devices.
-        #[arg(long, default_value_t = 10_000)]
-        devices: usize,
-        /// Readings per device.
-        #[arg(long, default_value_t = 50)]
-        steps: usize,
-        /// Hidden width.
-        #[arg(long, default_value_t = 64)]
-        hidden: usize,
-        /// Features.
-        #[arg(long, default_value_t = 8)]
-        features: usize,
-        /// LSTM layers.
-        #[arg(long, default_value_t = 1)]
-        layers: usize,
-        /// Forecast horizon.
-        #[arg(long, default_value_t = 3)]
-        horizon: usize,
-        /// Readings per micro-batch.
-        #[arg(long, default_value_t = 4096)]
-        batch: usize,
-    },
+    Bench(BenchSpec),
     /// Run the service: consume readings from Kafka, write forecasts and scores to InfluxDB.
     Serve {
         /// Config file (TOML).
@@ -153,6 +131,7 @@ enum SimFormat {
     Line,
 }
 
+use sensorcast::bench::BenchSpec;
 use sensorcast::telemetry::init_logging;
 
 /// Loads the config, starts logging as it says, and picks the stream.
@@ -234,21 +213,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench {
-            devices,
-            steps,
-            hidden,
-            features,
-            layers,
-            horizon,
-            batch,
-        } => {
+        Command::Bench(spec) => {
             init_logging(None);
-            anyhow::ensure!(
-                devices > 0 && steps > 0 && hidden > 0 && features > 0 && layers > 0 && horizon > 0,
-                "all sizes must be at least 1"
-            );
-            let spec = sensorcast::bench::BenchSpec {
+            let r = sensorcast::bench::run(&spec)
+                .map_err(anyhow::Error::msg)
+                .context("benchmark failed")?;
+            let BenchSpec {
                 devices,
                 steps,
                 hidden,
@@ -256,10 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 layers,
                 horizon,
                 batch,
-            };
-            let r = sensorcast::bench::run(&spec)
-                .map_err(anyhow::Error::msg)
-                .context("benchmark failed")?;
+            } = spec;
             println!(
                 "devices={devices} steps={steps} hidden={hidden} features={features} layers={layers} horizon={horizon} batch={batch} isa={:?}",
                 r.isa

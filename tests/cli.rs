@@ -12,6 +12,22 @@ fn sensorcast(args: &[&str]) -> Output {
         .expect("run sensorcast")
 }
 
+fn replay(cfg: &Path, input: &Path, output: &Path) -> Output {
+    sensorcast(&[
+        "replay",
+        "--config",
+        path(cfg),
+        "--input",
+        path(input),
+        "--output",
+        path(output),
+    ])
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -166,15 +182,7 @@ fn train_then_replay_writes_points_and_is_deterministic() {
     let mut outputs = Vec::new();
     for name in ["a.lp", "b.lp"] {
         let out = dir.path().join(name);
-        let o = sensorcast(&[
-            "replay",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--input",
-            csv.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ]);
+        let o = replay(&cfg, &csv, &out);
         let (stdout, stderr) = text(&o);
         assert!(o.status.success(), "replay failed:\n{stdout}\n{stderr}");
         assert!(
@@ -202,15 +210,7 @@ fn train_then_replay_writes_points_and_is_deterministic() {
     );
 
     let csv_out = dir.path().join("out.csv");
-    let o = sensorcast(&[
-        "replay",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--input",
-        csv.to_str().unwrap(),
-        "--output",
-        csv_out.to_str().unwrap(),
-    ]);
+    let o = replay(&cfg, &csv, &csv_out);
     assert!(o.status.success(), "{:?}", text(&o));
     let rows = std::fs::read_to_string(&csv_out).expect("csv");
     assert!(rows.starts_with("device,ts,model,score,likelihood,is_anomaly,top_field"));
@@ -300,15 +300,7 @@ fn bad_input_lines_are_named_and_skipped() {
     // CSV with NaN and infinity.
     let nan = dir.path().join("nan.csv");
     std::fs::write(&nan, "device,ts,vibration,temperature,current,pressure\nd,1795000000000,NaN,1,1,1\nd,1795000300000,1,inf,1,1\nd,1795000600000,1,1,1,1\n").expect("write");
-    let o = sensorcast(&[
-        "replay",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--input",
-        nan.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let o = replay(&cfg, &nan, &out);
     let (_, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
     assert!(

@@ -175,6 +175,7 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
         consumer: Arc::clone(&consumer),
         flush_bytes: cfg.influxdb.batch_bytes,
         flush_interval: cfg.influxdb.flush_interval.get(),
+        concurrency: cfg.influxdb.concurrency,
         abort: abort_rx.clone(),
         metrics: Arc::clone(&metrics),
     }));
@@ -426,57 +427,87 @@ struct SinkLoop {
     consumer: Arc<Consumer>,
     flush_bytes: usize,
     flush_interval: Duration,
+    concurrency: usize,
     abort: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 }
 
-/// Writes batches in order and stores their offsets once written. Returns false when
-/// shutdown aborted it with points unwritten.
+/// Points waiting to be sent as one write request.
+struct Pending {
+    body: String,
+    offsets: Offsets,
+    msg_ts: Vec<i64>,
+    deadline: tokio::time::Instant,
+}
+
+/// Gathers batches into write requests (by size or age), keeps up to `concurrency` requests
+/// in flight, and acknowledges them strictly in order: a batch's offsets are stored only when
+/// it and every batch before it are written. Returns false when shutdown aborted it with
+/// points unwritten.
 async fn sink_loop(mut s: SinkLoop) -> bool {
+    use futures_util::StreamExt;
+    let writer = Arc::new(s.writer);
+    let mut inflight = futures_util::stream::FuturesOrdered::new();
+    let mut pending: Option<Pending> = None;
     let mut closed = false;
-    while !closed {
-        let Some(first) = s.rx.recv().await else {
-            break;
-        };
-        let deadline = tokio::time::Instant::now() + s.flush_interval;
-        let mut body = first.body;
-        let mut offsets = first.offsets;
-        let mut msg_ts = first.msg_ts;
-        while body.len() < s.flush_bytes {
-            tokio::select! {
-                next = s.rx.recv() => match next {
-                    Some(b) => {
-                        body.push_str(&b.body);
-                        offsets.merge(&b.offsets);
-                        msg_ts.extend(b.msg_ts);
+    loop {
+        let full = inflight.len() >= s.concurrency;
+        let ready = pending.as_ref().is_some_and(|p| {
+            closed || p.body.len() >= s.flush_bytes || tokio::time::Instant::now() >= p.deadline
+        });
+        if ready && !full {
+            let Some(p) = pending.take() else { continue };
+            let (w, mut abort) = (Arc::clone(&writer), s.abort.clone());
+            inflight.push_back(async move {
+                let result = w.write(&p.body, &mut abort).await;
+                (result, p.offsets, p.msg_ts)
+            });
+            continue;
+        }
+        if closed && pending.is_none() && inflight.is_empty() {
+            return true;
+        }
+        let room = pending
+            .as_ref()
+            .is_none_or(|p| p.body.len() < s.flush_bytes);
+        let deadline = pending.as_ref().map(|p| p.deadline);
+        tokio::select! {
+            Some((result, offsets, msg_ts)) = inflight.next(), if !inflight.is_empty() => match result {
+                Ok(report) => {
+                    s.metrics.points_written.inc_by(report.written);
+                    store_offsets(&s.consumer, &offsets);
+                    let now = chrono::Utc::now().timestamp_millis();
+                    for ts in msg_ts {
+                        s.metrics.end_to_end_latency.observe((now - ts).max(0) as f64 / 1000.0);
+                    }
+                }
+                Err(SinkError::Aborted) => return false,
+                Err(e) => {
+                    tracing::error!(error = %e, "sink stopped");
+                    return false;
+                }
+            },
+            next = s.rx.recv(), if !closed && room => match next {
+                Some(b) => match &mut pending {
+                    Some(p) => {
+                        p.body.push_str(&b.body);
+                        p.offsets.merge(&b.offsets);
+                        p.msg_ts.extend(b.msg_ts);
                     }
                     None => {
-                        closed = true;
-                        break;
+                        pending = Some(Pending {
+                            body: b.body,
+                            offsets: b.offsets,
+                            msg_ts: b.msg_ts,
+                            deadline: tokio::time::Instant::now() + s.flush_interval,
+                        });
                     }
                 },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        match s.writer.write(&body, &mut s.abort).await {
-            Ok(report) => {
-                s.metrics.points_written.inc_by(report.written);
-                store_offsets(&s.consumer, &offsets);
-                let now = chrono::Utc::now().timestamp_millis();
-                for ts in msg_ts {
-                    s.metrics
-                        .end_to_end_latency
-                        .observe((now - ts).max(0) as f64 / 1000.0);
-                }
-            }
-            Err(SinkError::Aborted) => return false,
-            Err(e) => {
-                tracing::error!(error = %e, "sink stopped");
-                return false;
-            }
+                None => closed = true,
+            },
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() && !ready => {}
         }
     }
-    true
 }
 
 fn store_offsets(consumer: &Consumer, offsets: &Offsets) {

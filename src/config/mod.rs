@@ -121,6 +121,8 @@ pub struct InfluxConfig {
     pub auth_retry_interval: HumanDuration,
     /// Batches queued for the writer; when full, consumption pauses.
     pub queue_batches: usize,
+    /// Write requests in flight at once (acknowledged in order).
+    pub concurrency: usize,
 }
 
 impl Default for InfluxConfig {
@@ -139,6 +141,7 @@ impl Default for InfluxConfig {
             max_backoff: HumanDuration::from_secs(30),
             auth_retry_interval: HumanDuration::from_secs(15),
             queue_batches: 16,
+            concurrency: 2,
         }
     }
 }
@@ -689,6 +692,12 @@ impl Config {
         }
         if i.queue_batches == 0 {
             bad("influxdb.queue_batches".into(), "must be at least 1".into());
+        }
+        if !(1..=64).contains(&i.concurrency) {
+            bad(
+                "influxdb.concurrency".into(),
+                format!("{} is out of range 1..=64", i.concurrency),
+            );
         }
         if i.min_backoff > i.max_backoff {
             bad(

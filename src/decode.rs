@@ -20,6 +20,9 @@ pub struct Reading {
     pub values: Vec<f32>,
 }
 
+/// Longest accepted device id: ids are kept per device in memory and written as tags.
+pub const MAX_DEVICE_ID_BYTES: usize = 256;
+
 /// Earliest accepted event time (1990-01-01T00:00:00Z): older is treated as absurd.
 pub const MIN_TS: i64 = 631_152_000_000_000_000;
 /// Latest accepted event time (2200-01-01T00:00:00Z).
@@ -40,6 +43,9 @@ pub enum DecodeError {
     /// No device id in the key or the payload.
     #[error("missing device id (no message key and no {0:?} field or tag)")]
     MissingDevice(String),
+    /// A device id that is too long or has control characters.
+    #[error("invalid device id: {0}")]
+    InvalidDevice(String),
     /// No timestamp.
     #[error("missing timestamp")]
     MissingTimestamp,
@@ -86,6 +92,7 @@ impl DecodeError {
             DecodeError::InvalidLineProtocol(_) => "invalid_line_protocol",
             DecodeError::InvalidCsv(_) => "invalid_csv",
             DecodeError::MissingDevice(_) => "missing_device",
+            DecodeError::InvalidDevice(_) => "invalid_device",
             DecodeError::MissingTimestamp => "missing_timestamp",
             DecodeError::BadTimestamp(_) => "bad_timestamp",
             DecodeError::WrongType { .. } => "wrong_type",
@@ -146,6 +153,12 @@ impl Schema {
         let device = device
             .filter(|d| !d.is_empty())
             .ok_or_else(|| DecodeError::MissingDevice(self.device_key.clone()))?;
+        if device.len() > MAX_DEVICE_ID_BYTES || device.chars().any(char::is_control) {
+            let shown: String = device.chars().take(40).collect();
+            return Err(DecodeError::InvalidDevice(format!(
+                "{shown:?}… must be at most {MAX_DEVICE_ID_BYTES} bytes without control characters"
+            )));
+        }
         let ts = ts.ok_or(DecodeError::MissingTimestamp)?;
         check_ts_range(ts)?;
         let values = values

@@ -180,7 +180,23 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
         metrics: Arc::clone(&metrics),
     }));
 
-    wait_for_signal().await;
+    // Run until a signal — or until a stage stops on its own, which is a failure.
+    let (mut source, mut sink) = (source, sink);
+    let (mut source_done, mut sink_done) = (false, None);
+    let unexpected = tokio::select! {
+        _ = wait_for_signal() => false,
+        _ = &mut source => {
+            source_done = true;
+            true
+        }
+        r = &mut sink => {
+            sink_done = Some(r.unwrap_or(false));
+            true
+        }
+    };
+    if unexpected {
+        tracing::error!("a pipeline stage stopped on its own; shutting down");
+    }
     tracing::info!(
         deadline_s = cfg.service.shutdown_timeout.get().as_secs_f64(),
         "shutting down: stop consuming, drain, flush, commit"
@@ -195,18 +211,30 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
         );
         let _ = abort_tx.send(true);
     });
-    let _ = source.await;
+    if !source_done {
+        let _ = source.await;
+    }
     let engine_ok = tokio::task::spawn_blocking(move || engine.join().is_ok())
         .await
         .unwrap_or(false);
-    let clean = sink.await.unwrap_or(false) && engine_ok;
-    if clean {
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => tracing::info!("offsets committed"),
-            // Nothing stored since the last commit is reported as an error by librdkafka.
-            Err(e) => tracing::info!(result = %e, "final commit"),
+    let sink_ok = match sink_done {
+        Some(ok) => ok,
+        None => sink.await.unwrap_or(false),
+    };
+    // Offsets stored so far belong to written points only, so they are committed even when
+    // a stage failed; what was not written stays uncommitted.
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!("offsets committed"),
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {
+            tracing::info!("no new offsets to commit")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "final commit failed; the uncommitted tail will be re-read")
         }
     }
+    let clean = sink_ok && engine_ok && !unexpected;
     abort_timer.abort();
     http.abort();
     drop(consumer);
@@ -266,6 +294,7 @@ async fn source_loop(mut s: SourceLoop) {
         let flush = flush
             && (stopping
                 || batch.messages >= s.max_batch
+                || batch.readings.len() >= s.max_batch
                 || due.is_some_and(|d| Instant::now() >= d));
         if stopping && !flush {
             break;
@@ -384,9 +413,11 @@ fn engine_loop(
             };
             for chunk in readings.chunks(cfg.engine.max_batch) {
                 if let Err(e) = engine.process(chunk, &mut out) {
-                    // The decoder validates against the same schema as the model; this is a bug.
-                    tracing::error!(error = %e, stream = %stream.name, "reading does not fit the model; skipped batch");
-                    continue;
+                    // The decoder validates against the model's own schema, so this is a bug:
+                    // stop the pipeline (nothing of this batch is acknowledged) rather than
+                    // skip readings whose offsets would then be committed.
+                    tracing::error!(error = %e, stream = %stream.name, "reading does not fit the model; stopping");
+                    return;
                 }
                 let mut stale = 0;
                 for (j, r) in chunk.iter().enumerate() {

@@ -54,6 +54,9 @@ pub struct Writer {
 
 enum Attempt {
     Done,
+    /// Accepted in part: InfluxDB rejected some points for good (422: outside the bucket's
+    /// retention, field type conflicts); the rest are written.
+    Partial(String),
     /// Split and retry halves (400, 413).
     Split(u16, String),
     /// Retry the same body after the delay.
@@ -126,6 +129,19 @@ impl Writer {
                 match self.attempt(chunk).await {
                     Attempt::Done => {
                         report.written += chunk.lines().count() as u64;
+                        break;
+                    }
+                    Attempt::Partial(text) => {
+                        // The response names the rejected points; they cannot be written later
+                        // either, so retrying would stall the partition forever.
+                        self.metrics.sink_rejected_points.inc();
+                        report.written += chunk.lines().count() as u64;
+                        report.rejected += 1;
+                        if let Some(suppressed) =
+                            self.log_limit.check("partial", Duration::from_secs(10))
+                        {
+                            tracing::error!(status = 422, response = %text, suppressed, "InfluxDB rejected some points of a batch (e.g. outside retention); the rest are written");
+                        }
                         break;
                     }
                     Attempt::Split(status, text) => {
@@ -210,6 +226,10 @@ impl Writer {
             }
         };
         let status = resp.status().as_u16();
+        if resp.status().is_success() || status == 422 {
+            self.failures.store(0, Ordering::Relaxed);
+            self.health.sink_reachable.store(true, Ordering::Relaxed);
+        }
         if resp.status().is_success() {
             self.metrics
                 .sink_latency
@@ -235,9 +255,13 @@ impl Writer {
                 }
                 Attempt::Retry(self.cfg.auth_retry_interval.get(), "auth")
             }
+            422 => Attempt::Partial(text),
             429 | 503 => {
                 let delay = retry_after
-                    .map(|d| d.min(self.cfg.max_backoff.get()))
+                    .map(|d| {
+                        d.min(self.cfg.max_backoff.get())
+                            .max(self.cfg.min_backoff.get())
+                    })
                     .unwrap_or(backoff);
                 Attempt::Retry(
                     delay,
@@ -248,7 +272,18 @@ impl Writer {
                     },
                 )
             }
-            _ => Attempt::Retry(backoff, "server_error"),
+            500..=599 => Attempt::Retry(backoff, "server_error"),
+            _ => {
+                // Any other 4xx is a client/proxy misconfiguration: not ready, loud, slow retry.
+                self.health.sink_reachable.store(false, Ordering::Relaxed);
+                if let Some(suppressed) = self
+                    .log_limit
+                    .check("client_error", Duration::from_secs(60))
+                {
+                    tracing::error!(status, response = %text, suppressed, "InfluxDB answered with a client error; not ready, retrying");
+                }
+                Attempt::Retry(self.cfg.auth_retry_interval.get(), "client_error")
+            }
         }
     }
 }
@@ -501,6 +536,25 @@ mod tests {
         tx.send(true).expect("abort");
         assert!(task.await.expect("join").is_err());
         assert!(retries(&m, "connection") >= 2);
+    }
+
+    #[tokio::test]
+    async fn a_422_is_a_partial_write_and_other_4xx_mean_not_ready() {
+        let (url, seen) = server(vec![(422, vec![]), (204, vec![])]).await;
+        let (w, m, _) = writer(&url);
+        let (_tx, mut abort) = watch::channel(false);
+        let r = w
+            .write("a f=1 1\nb f=1 1\n", &mut abort)
+            .await
+            .expect("write");
+        assert_eq!(r.rejected, 1, "422 is counted, not retried");
+        assert_eq!(seen.lock().expect("lock").len(), 1);
+        assert_eq!(m.sink_rejected_points.get(), 1);
+        let (url, _) = server(vec![(405, vec![]), (204, vec![])]).await;
+        let (w, m, h) = writer(&url);
+        w.write("a f=1 1\n", &mut abort).await.expect("write");
+        assert_eq!(retries(&m, "client_error"), 1);
+        assert!(h.sink_reachable.load(Ordering::Relaxed));
     }
 
     #[test]

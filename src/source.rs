@@ -286,8 +286,10 @@ impl DeadLetters {
                 });
             }
         }
-        let mut attempt = 0;
-        loop {
+        // A dead letter that cannot be delivered (topic missing or forbidden, message over the
+        // producer's size limit) must not stall the partition: retry a bounded number of
+        // times, then count it, log it and let the offset go.
+        for attempt in 1..=DEAD_LETTER_ATTEMPTS {
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(topic).headers(headers.clone());
             if let Some(k) = msg.key() {
@@ -296,20 +298,37 @@ impl DeadLetters {
             if let Some(p) = msg.payload() {
                 record = record.payload(p);
             }
-            match producer.send(record, Duration::from_secs(5)).await {
+            let mut give_up = give_up.clone();
+            let sent = tokio::select! {
+                r = producer.send(record, Duration::from_secs(5)) => r,
+                _ = give_up.wait_for(|v| *v) => return false,
+            };
+            match sent {
                 Ok(_) => return true,
                 Err((e, _)) => {
-                    attempt += 1;
                     tracing::warn!(error = %e, attempt, "cannot produce dead letter; retrying");
-                    if *give_up.borrow() {
-                        return false;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * attempt.min(25))).await;
+                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
                 }
             }
         }
+        self.metrics
+            .dead_letters
+            .get_or_create(&labels(&[("reason", "undeliverable")]))
+            .inc();
+        tracing::error!(
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            reason = why.reason,
+            "dead letter could not be produced after {DEADLETTER} attempts; dropped",
+            DEADLETTER = DEAD_LETTER_ATTEMPTS
+        );
+        true
     }
 }
+
+/// Attempts to produce one dead letter before dropping it.
+const DEAD_LETTER_ATTEMPTS: u32 = 5;
 
 #[cfg(test)]
 mod tests {

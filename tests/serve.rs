@@ -492,12 +492,14 @@ fn json_and_line_protocol_end_to_end_exactly_once_in_influx() {
             .iter()
             .all(|m| m["field"].is_string() && m["horizon"].is_string())
     );
-    for f in [
-        "forecast_yhat_lower",
-        "forecast_yhat_upper",
-        "anomaly_likelihood",
+    let forecasts = readings * HORIZON * FEATURES.len();
+    for (f, want) in [
+        ("forecast_yhat_lower", forecasts),
+        ("forecast_yhat_upper", forecasts),
+        ("anomaly_likelihood", readings),
+        ("anomaly_is_anomaly", readings),
     ] {
-        assert_eq!(vm.samples(f).1 % readings, 0, "{f}");
+        assert_eq!(vm.samples(f).0, want, "{f}");
     }
     for (topic, parts) in [(&tj, 3), (&tl, 2)] {
         wait_until(

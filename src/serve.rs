@@ -160,6 +160,11 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
         stop: stop_rx,
         give_up: abort_rx.clone(),
         metrics: Arc::clone(&metrics),
+        stream_labels: cfg
+            .streams
+            .iter()
+            .map(|st| labels(&[("stream", &st.name)]))
+            .collect(),
     }));
     let engine = {
         let cfg = cfg.clone();
@@ -277,6 +282,8 @@ struct SourceLoop {
     stop: watch::Receiver<bool>,
     give_up: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    /// Metric labels per stream, by stream index.
+    stream_labels: Vec<crate::telemetry::Labels>,
 }
 
 async fn source_loop(mut s: SourceLoop) {
@@ -323,8 +330,7 @@ async fn source_loop(mut s: SourceLoop) {
                     let ts = m.timestamp().to_millis();
                     match s.decoder.decode(&topic, m.key(), m.payload()) {
                         Ok(d) => {
-                            let name = labels(&[("stream", &topic)]);
-                            s.metrics.readings_in.get_or_create(&name).inc_by(d.readings.len() as u64);
+                            s.metrics.readings_in.get_or_create(&s.stream_labels[d.stream]).inc_by(d.readings.len() as u64);
                             batch.readings.extend(d.readings.into_iter().map(|r| (d.stream, r)));
                             if let Some(ts) = ts {
                                 batch.msg_ts.push(ts);

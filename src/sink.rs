@@ -50,7 +50,12 @@ pub struct Writer {
     log_limit: RateLimit,
     // Consecutive failed attempts; drives the backoff and resets on success.
     failures: AtomicU64,
+    // Single points rejected since the last accepted request.
+    rejected_in_a_row: AtomicU64,
 }
+
+/// Single-point rejections in a row after which rejection is treated as systemic.
+const SYSTEMIC_REJECTIONS: u64 = 1000;
 
 enum Attempt {
     Done,
@@ -107,6 +112,7 @@ impl Writer {
             health,
             log_limit: RateLimit::default(),
             failures: AtomicU64::new(0),
+            rejected_in_a_row: AtomicU64::new(0),
         })
     }
 
@@ -146,7 +152,29 @@ impl Writer {
                     }
                     Attempt::Split(status, text) => {
                         let lines = chunk.lines().count();
-                        if lines <= 1 {
+                        let systemic =
+                            self.rejected_in_a_row.load(Ordering::Relaxed) >= SYSTEMIC_REJECTIONS;
+                        if lines <= 1 && systemic {
+                            // Our own points, rejected one by one for this long: the server or
+                            // a proxy in front of it refuses everything. Do not drop data for
+                            // that; report not ready and retry slowly instead.
+                            self.health.sink_reachable.store(false, Ordering::Relaxed);
+                            if let Some(suppressed) =
+                                self.log_limit.check("systemic", Duration::from_secs(60))
+                            {
+                                tracing::error!(status, response = %text, suppressed, "every point is being rejected; not ready, retrying instead of dropping");
+                            }
+                            self.metrics
+                                .sink_retries
+                                .get_or_create(&labels(&[("cause", "rejecting_all")]))
+                                .inc();
+                            tokio::select! {
+                                _ = tokio::time::sleep(self.cfg.auth_retry_interval.get()) => {}
+                                _ = abort.wait_for(|a| *a) => return Err(SinkError::Aborted),
+                            }
+                            pending.push(chunk);
+                        } else if lines <= 1 {
+                            self.rejected_in_a_row.fetch_add(1, Ordering::Relaxed);
                             self.metrics.sink_rejected_points.inc();
                             report.rejected += 1;
                             if let Some(suppressed) =
@@ -228,6 +256,7 @@ impl Writer {
         let status = resp.status().as_u16();
         if resp.status().is_success() || status == 422 {
             self.failures.store(0, Ordering::Relaxed);
+            self.rejected_in_a_row.store(0, Ordering::Relaxed);
             self.health.sink_reachable.store(true, Ordering::Relaxed);
         }
         if resp.status().is_success() {

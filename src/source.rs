@@ -53,6 +53,14 @@ impl ConsumerContext for SourceContext {
                 tracing::info!(assigned = tpl.count(), total = n, "partitions assigned")
             }
             Rebalance::Revoke(tpl) => {
+                // Lag of partitions this member no longer owns is someone else's to report.
+                for e in tpl.elements() {
+                    let l = labels(&[
+                        ("topic", e.topic()),
+                        ("partition", &e.partition().to_string()),
+                    ]);
+                    self.metrics.consumer_lag.remove(&l);
+                }
                 tracing::info!(revoked = tpl.count(), total = n, "partitions revoked")
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),

@@ -150,7 +150,6 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
     let n = fleet.readings.len();
     let mut flagged = vec![false; n];
     let mut forecast1 = vec![[0.0f32; 3]; n];
-    let nf = FEATURES.len();
     let out_path = spec.out.join("forecasts.lp");
     let file = std::fs::File::create(&out_path)
         .with_context(|| format!("failed to create {}", out_path.display()))?;
@@ -165,7 +164,8 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
                 .unwrap_or(1)
         })
         .collect();
-    let device_of: Vec<usize> = (0..n).map(|i| i % spec.devices.max(1)).collect();
+    // Readings are step by step, devices in order within a step.
+    let device_of = |i: usize| i % spec.devices.max(1);
     let summary = replay_readings(
         &cfg,
         &stream,
@@ -175,9 +175,8 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         &mut w,
         &mut |i, s, fc| {
             flagged[i] = s.is_anomaly;
-            let f = chart_feature[device_of[i]];
+            let f = chart_feature[device_of(i)];
             forecast1[i] = [fc[f * 3], fc[f * 3 + 1], fc[f * 3 + 2]];
-            let _ = nf;
         },
     )?;
     w.flush()?;
@@ -197,11 +196,10 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         per_fault.push((f.clone(), delay));
     }
     let (mut false_alarms, mut normal) = (0u64, 0u64);
-    for i in 0..n {
-        let (d, step) = (device_of[i], fleet.steps[i]);
-        if step >= cfg.engine.warmup as usize && !in_window(d, step) {
+    for (i, (&step, &flag)) in fleet.steps.iter().zip(&flagged).enumerate() {
+        if step >= cfg.engine.warmup as usize && !in_window(device_of(i), step) {
             normal += 1;
-            false_alarms += flagged[i] as u64;
+            false_alarms += flag as u64;
         }
     }
     let chart_path = spec.out.join("chart.svg");

@@ -263,8 +263,6 @@ impl Writer {
             self.metrics
                 .sink_latency
                 .observe(started.elapsed().as_secs_f64());
-            self.health.sink_reachable.store(true, Ordering::Relaxed);
-            self.failures.store(0, Ordering::Relaxed);
             return Attempt::Done;
         }
         let retry_after = resp

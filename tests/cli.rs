@@ -24,6 +24,10 @@ fn replay(cfg: &Path, input: &Path, output: &Path) -> Output {
     ])
 }
 
+fn train(cfg: &Path, input: &Path) -> Output {
+    sensorcast(&["train", "--config", path(cfg), "--input", path(input)])
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
@@ -141,13 +145,7 @@ fn train_then_replay_writes_points_and_is_deterministic() {
     let cfg = write_config(dir.path());
     let csv = dir.path().join("history.csv");
     write_csv(&csv, 4, 300);
-    let o = sensorcast(&[
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--input",
-        csv.to_str().unwrap(),
-    ]);
+    let o = train(&cfg, &csv);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "train failed:\n{stdout}\n{stderr}");
     for key in ["MAE", "RMSE", "MASE", "90% band coverage", "published"] {
@@ -223,13 +221,7 @@ fn bad_input_lines_are_named_and_skipped() {
     let cfg = write_config(dir.path());
     let csv = dir.path().join("history.csv");
     write_csv(&csv, 3, 200);
-    let o = sensorcast(&[
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--input",
-        csv.to_str().unwrap(),
-    ]);
+    let o = train(&cfg, &csv);
     assert!(o.status.success(), "{:?}", text(&o));
 
     let bad = dir.path().join("bad.jsonl");
@@ -319,13 +311,7 @@ fn empty_and_missing_files_and_bad_headers_are_errors() {
     let cfg = write_config(dir.path());
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").expect("write");
-    let o = sensorcast(&[
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--input",
-        empty.to_str().unwrap(),
-    ]);
+    let o = train(&cfg, &empty);
     let (_, stderr) = text(&o);
     assert_eq!(o.status.code(), Some(1));
     assert!(
@@ -350,13 +336,7 @@ fn empty_and_missing_files_and_bad_headers_are_errors() {
         "device,ts,vibration,temperature,current\nd,1795000000000,1,1,1\n",
     )
     .expect("write");
-    let o = sensorcast(&[
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--input",
-        header.to_str().unwrap(),
-    ]);
+    let o = train(&cfg, &header);
     let (_, stderr) = text(&o);
     assert!(
         stderr.contains("h.csv:1: missing feature column \"pressure\""),

@@ -9,16 +9,17 @@
 #     instances, so that they can stop and restart them), and stops it on exit, even on failure;
 #   - cargo fmt --check, clippy with warnings denied, every unit test, the CLI end-to-end
 #     tests and the serve end-to-end tests against the real servers (feature `integration`);
-#   - cargo audit against ../shared/advisory-db.
+#   - cargo audit against an offline advisory database, when one is there (optional).
 #
-# Environment:
-#   SENSORCAST_SHARED   path of the shared folder (default: ../shared next to the repository)
-#   SKIP_AUDIT=1        skip `cargo audit`
+# Everything the tests read is in the repository (the PyTorch golden vectors are in
+# tests/data/golden/). Environment:
+#   SENSORCAST_ADVISORY_DB  offline RustSec advisory database for `cargo audit`
+#                           (default: ../shared/advisory-db; the audit is skipped when absent)
+#   SKIP_AUDIT=1            skip `cargo audit`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-shared=${SENSORCAST_SHARED:-$root/../shared}
-export SENSORCAST_SHARED=$shared
+advisory_db=${SENSORCAST_ADVISORY_DB:-$root/../shared/advisory-db}
 TANSU_VERSION=0.6.0
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -26,8 +27,8 @@ step() { printf '\n==> %s\n' "$*"; }
 step "toolchain"
 cargo --version
 rustc --version
-if [ ! -d "$shared/golden" ]; then
-  echo "error: $shared/golden is missing (the PyTorch golden vectors the kernel is tested against)" >&2
+if ! ls tests/data/golden/*.json >/dev/null 2>&1; then
+  echo "error: tests/data/golden/*.json is missing (the PyTorch golden vectors the kernel is tested against)" >&2
   exit 1
 fi
 
@@ -79,13 +80,17 @@ cargo clippy --release --all-targets --features integration --locked -- -D warni
 step "cargo test (unit, CLI end-to-end, serve end-to-end against tansu and VictoriaMetrics)"
 cargo test --release --locked --features integration -- --test-threads=2
 
-if [ "${SKIP_AUDIT:-0}" != 1 ] && [ -d "$shared/advisory-db" ]; then
-  step "cargo audit (offline advisory database)"
+if [ "${SKIP_AUDIT:-0}" = 1 ]; then
+  step "cargo audit skipped (SKIP_AUDIT=1)"
+elif [ ! -d "$advisory_db" ]; then
+  step "cargo audit skipped (no advisory database at $advisory_db; set SENSORCAST_ADVISORY_DB)"
+else
+  step "cargo audit (offline advisory database $advisory_db)"
   if ! command -v cargo-audit >/dev/null 2>&1; then
     cargo install cargo-audit --locked --quiet
   fi
   # Fails on any known vulnerability; "unmaintained" and similar notices are printed only.
-  cargo audit --db "$shared/advisory-db" --no-fetch
+  cargo audit --db "$advisory_db" --no-fetch
 fi
 
 step "done"

@@ -722,10 +722,9 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    fn shared_dir() -> std::path::PathBuf {
-        std::env::var_os("SENSORCAST_SHARED")
-            .map(Into::into)
-            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+    /// PyTorch's outputs for fixed weights and inputs, kept in the repository.
+    fn golden_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden")
     }
 
     fn flat(v: &Value, out: &mut Vec<f32>) {
@@ -764,7 +763,7 @@ mod tests {
     }
 
     fn check_golden(name: &str, isa: Isa) {
-        let path = shared_dir().join("golden").join(format!("{name}.json"));
+        let path = golden_dir().join(format!("{name}.json"));
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("golden file {} is needed: {e}", path.display()));
         let g: Value = serde_json::from_str(&text).expect("golden JSON");

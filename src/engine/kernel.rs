@@ -4,15 +4,18 @@
 //! once (gather states → one matrix product per layer → scatter). burn trains and stores the
 //! model; this module runs it at streaming rates on the CPU.
 //!
-//! Invariant kept here: **determinism** (DESIGN.md §3.6). Every output element is computed with
+//! Invariant kept here: **determinism** (docs/ARCHITECTURE.md §3.6). Every output element is computed with
 //! the same sequence of floating-point operations whatever the batch size or the row it sits
 //! in: each dot product accumulates over `k` in order with fused multiply-adds, rows are padded to
 //! a fixed block and never mixed, and the SIMD paths (AVX-512, AVX2+FMA) and the scalar fallback
 //! share one generic body, so a reading replayed alone or inside a batch of 4096 gives the same
 //! bits.
 //!
-//! The gate equations are PyTorch's and burn's (DESIGN.md §4), gate order (i, f, g, o):
+//! The gate equations are PyTorch's and burn's (docs/ARCHITECTURE.md §4), gate order (i, f, g, o):
 //! `gates = [x, h] · W + b`, `i, f, o = σ(·)`, `g = tanh(·)`, `c' = f·c + i·g`, `h' = o·tanh(c')`.
+//!
+//! [`BiLstm`], the bidirectional variant, is the kernel for the coming "BiLSTM confirmation"
+//! (lagged re-scoring); the streaming engine does not run it yet, only the tests do.
 
 /// Columns per packed weight panel.
 pub const NR: usize = 32;
@@ -637,7 +640,9 @@ pub struct SequenceOutput {
 
 /// A bidirectional LSTM (BiLSTM): per layer a forward and a reverse stack, each reading the
 /// previous layer's concatenated `[forward, reverse]` outputs. It cannot forecast (the reverse
-/// direction reads the future); the engine uses it for lagged re-scoring of a window.
+/// direction reads the future). It is the kernel for the coming "BiLSTM confirmation" (lagged
+/// re-scoring of a window); nothing in the engine runs it yet, only the tests (which check it
+/// against PyTorch).
 #[derive(Debug, Clone)]
 pub struct BiLstm {
     layers: Vec<(LstmLayer, LstmLayer)>,
@@ -845,20 +850,58 @@ mod tests {
         }
     }
 
+    /// Inputs over the whole line: a fine grid where the activations bend, then a coarse one
+    /// out to where `exp_approx` clamps and far beyond, both signs, and the infinities.
+    fn activation_inputs() -> impl Iterator<Item = f32> {
+        let fine = (-20_000..=20_000).map(|i| i as f32 / 1000.0);
+        let coarse = (0..=400)
+            .map(|i| 10f32.powf(i as f32 / 100.0))
+            .flat_map(|x| [x, -x]);
+        let edges = [87.0, 88.0, 89.0, 1000.0, f32::MAX, f32::INFINITY];
+        fine.chain(coarse)
+            .chain(edges.into_iter().flat_map(|x| [x, -x]))
+    }
+
     #[test]
-    fn activations_are_accurate() {
-        let mut worst = (0.0f32, 0.0f32, 0.0f32);
-        for i in -20_000..=20_000 {
-            let x = i as f32 / 1000.0;
-            worst.0 = worst.0.max(((exp_approx(x) - x.exp()) / x.exp()).abs());
-            worst.1 = worst.1.max((sigmoid(x) - 1.0 / (1.0 + (-x).exp())).abs());
-            worst.2 = worst.2.max((tanh(x) - x.tanh()).abs());
+    fn activations_match_f64_references_everywhere_without_nan() {
+        let (mut exp_rel, mut sig_abs, mut tanh_abs) = (0f64, 0f64, 0f64);
+        for x in activation_inputs() {
+            let xd = f64::from(x);
+            let (s, t) = (sigmoid(x), tanh(x));
+            assert!(
+                !s.is_nan() && (0.0..=1.0).contains(&s),
+                "sigmoid({x}) = {s}"
+            );
+            assert!(!t.is_nan() && (-1.0..=1.0).contains(&t), "tanh({x}) = {t}");
+            // Both saturate to within 1e-37 of the f64 value even where exp_approx clamps.
+            sig_abs = sig_abs.max((f64::from(s) - 1.0 / (1.0 + (-xd).exp())).abs());
+            tanh_abs = tanh_abs.max((f64::from(t) - xd.tanh()).abs());
+            let e = exp_approx(x);
+            assert!(e.is_finite() && e > 0.0, "exp_approx({x}) = {e}");
+            if (-87.0..=88.0).contains(&x) {
+                exp_rel = exp_rel.max(((f64::from(e) - xd.exp()) / xd.exp()).abs());
+            }
         }
-        assert!(worst.0 < 5e-7, "exp relative error {}", worst.0);
-        assert!(worst.1 < 5e-7, "sigmoid abs error {}", worst.1);
-        assert!(worst.2 < 5e-7, "tanh abs error {}", worst.2);
-        assert_eq!(sigmoid(-1000.0), 0.0f32.max(sigmoid(-1000.0)));
-        assert!((tanh(1000.0) - 1.0).abs() < 1e-7 && (tanh(-1000.0) + 1.0).abs() < 1e-7);
+        assert!(exp_rel < 5e-7, "exp relative error {exp_rel}");
+        assert!(sig_abs < 5e-7, "sigmoid abs error {sig_abs}");
+        assert!(tanh_abs < 5e-7, "tanh abs error {tanh_abs}");
+    }
+
+    #[test]
+    fn activations_saturate_to_their_limits() {
+        // Far left the sigmoid is e^-88 ≈ 6e-39 (exp_approx clamps at 88): zero to f32's
+        // normal range, never negative or NaN; far right exactly 1. tanh reaches ±1 exactly.
+        for x in [-88.0, -89.0, -1000.0, -f32::MAX, f32::NEG_INFINITY] {
+            let s = sigmoid(x);
+            assert!((0.0..1e-37).contains(&s), "sigmoid({x}) = {s}, not ≈ 0");
+            assert_eq!(tanh(x), -1.0, "tanh({x})");
+        }
+        for x in [20.0, 88.0, 1000.0, f32::MAX, f32::INFINITY] {
+            assert_eq!(sigmoid(x), 1.0, "sigmoid({x})");
+            assert_eq!(tanh(x), 1.0, "tanh({x})");
+        }
+        assert_eq!(sigmoid(0.0), 0.5);
+        assert_eq!(tanh(0.0), 0.0);
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! or 413 splits the batch to isolate the offending lines; a single line InfluxDB rejects
 //! is logged, counted and dropped, so one bad point cannot stall a partition forever.
 //!
+//! A 422 is a partial write: InfluxDB stored the points it could and refused the rest for good
+//! (outside the bucket's retention, field type conflicts), so retrying cannot help. InfluxDB
+//! 1.x/2.x say how many they refused (`… dropped=N` in the message); that count is what is
+//! reported as rejected. A 422 without a count leaves it unknown — anywhere from one point to
+//! the whole request — and is counted as such instead of being guessed.
+//!
 //! The `influxdb2` crate was the users' preference, but its write call discards the
 //! response headers (no `Retry-After`) and pins reqwest 0.11, whose rustls stack carries a
 //! known vulnerability; this writer does the one request the service needs on reqwest 0.12.
@@ -33,10 +39,14 @@ pub enum SinkError {
 /// Result of writing a body.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WriteReport {
-    /// Lines accepted.
+    /// Lines InfluxDB is known to have accepted.
     pub written: u64,
-    /// Lines rejected one by one and dropped.
+    /// Lines InfluxDB is known to have rejected for good (dropped, not retried): single lines
+    /// refused with 400, and the count a 422 partial write reports.
     pub rejected: u64,
+    /// Lines of 422 partial writes that did not say how many points were refused: some of
+    /// them are written, some (at least one, possibly all) are not, and nothing tells which.
+    pub unknown: u64,
 }
 
 /// The writer.
@@ -59,9 +69,13 @@ const SYSTEMIC_REJECTIONS: u64 = 1000;
 
 enum Attempt {
     Done,
-    /// Accepted in part: InfluxDB rejected some points for good (422: outside the bucket's
-    /// retention, field type conflicts); the rest are written.
-    Partial(String),
+    /// Accepted in part (422): InfluxDB rejected some points for good (outside the bucket's
+    /// retention, field type conflicts) and wrote the rest; `dropped` is how many it says it
+    /// rejected, when it says.
+    Partial {
+        dropped: Option<u64>,
+        text: String,
+    },
     /// Split and retry halves (400, 413).
     Split(u16, String),
     /// Retry the same body after the delay.
@@ -137,16 +151,38 @@ impl Writer {
                         report.written += chunk.lines().count() as u64;
                         break;
                     }
-                    Attempt::Partial(text) => {
-                        // The response names the rejected points; they cannot be written later
-                        // either, so retrying would stall the partition forever.
-                        self.metrics.sink_rejected_points.inc();
-                        report.written += chunk.lines().count() as u64;
-                        report.rejected += 1;
+                    Attempt::Partial { dropped, text } => {
+                        // The rejected points cannot be written later either, so retrying
+                        // would stall the partition forever: count them and move on.
+                        let lines = chunk.lines().count() as u64;
+                        let outcome = match dropped {
+                            Some(n) => {
+                                let n = n.min(lines);
+                                self.metrics.sink_rejected_points.inc_by(n);
+                                report.written += lines - n;
+                                report.rejected += n;
+                                "reported"
+                            }
+                            None => {
+                                report.unknown += lines;
+                                "unknown"
+                            }
+                        };
+                        self.metrics
+                            .sink_partial_writes
+                            .get_or_create(&labels(&[("count", outcome)]))
+                            .inc();
                         if let Some(suppressed) =
                             self.log_limit.check("partial", Duration::from_secs(10))
                         {
-                            tracing::error!(status = 422, response = %text, suppressed, "InfluxDB rejected some points of a batch (e.g. outside retention); the rest are written");
+                            match dropped {
+                                Some(n) => {
+                                    tracing::error!(status = 422, lines, rejected = n.min(lines), response = %text, suppressed, "InfluxDB rejected points of a batch for good (e.g. outside retention); the rest are written")
+                                }
+                                None => {
+                                    tracing::error!(status = 422, lines, response = %text, suppressed, "InfluxDB accepted a batch only in part without saying how many points it rejected; not retried")
+                                }
+                            }
                         }
                         break;
                     }
@@ -270,8 +306,8 @@ impl Writer {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let text = resp.text().await.unwrap_or_default();
-        let text: String = text.chars().take(500).collect();
+        let full = resp.text().await.unwrap_or_default();
+        let text: String = full.chars().take(500).collect();
         let backoff = self.backoff(failures_for(self.failures.fetch_add(1, Ordering::Relaxed)));
         match status {
             400 | 413 => Attempt::Split(status, text),
@@ -282,7 +318,10 @@ impl Writer {
                 }
                 Attempt::Retry(self.cfg.auth_retry_interval.get(), "auth")
             }
-            422 => Attempt::Partial(text),
+            422 => Attempt::Partial {
+                dropped: reported_drops(&full),
+                text,
+            },
             429 | 503 => {
                 let delay = retry_after
                     .map(|d| {
@@ -319,6 +358,18 @@ fn failures_for(consecutive: u64) -> u32 {
     consecutive.min(32) as u32
 }
 
+/// How many points a 422 response says were rejected. InfluxDB 1.x and 2.x end the message
+/// of a partial write with `dropped=N` (`{"code":"unprocessable entity","message":"failure
+/// writing points to database: partial write: points beyond retention policy dropped=2"}`);
+/// other servers (VictoriaMetrics does not answer 422 at all) give no count.
+fn reported_drops(body: &str) -> Option<u64> {
+    let (_, rest) = body.split_once("dropped=")?;
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..digits].parse().ok()
+}
+
 /// Splits a body into two halves at a line boundary.
 fn split_lines(body: &str) -> (&str, &str) {
     let lines = body.lines().count();
@@ -349,11 +400,23 @@ mod tests {
     use std::sync::Mutex;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A tiny HTTP server answering each request with the next scripted response and
-    /// recording the bodies it got.
+    /// A tiny HTTP server answering each request with the next scripted response (body `{}`)
+    /// and recording the requests it got.
     async fn server(
         script: Vec<(u16, Vec<(&'static str, String)>)>,
     ) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+        let script = script
+            .into_iter()
+            .map(|(status, headers)| (status, headers, "{}".to_string()))
+            .collect();
+        server_with_bodies(script).await
+    }
+
+    /// A scripted response: status, headers, body.
+    type Reply = (u16, Vec<(&'static str, String)>, String);
+
+    /// [`server`] with a response body per scripted response.
+    async fn server_with_bodies(script: Vec<Reply>) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -398,13 +461,16 @@ mod tests {
                     }
                 };
                 log.lock().expect("lock").push((head, body));
-                let (status, headers) = script.next().unwrap_or((204, vec![]));
-                let mut resp =
-                    format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n");
+                let (status, headers, body) = script.next().unwrap_or((204, vec![], String::new()));
+                let mut resp = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    body.len()
+                );
                 for (k, v) in headers {
                     resp.push_str(&format!("{k}: {v}\r\n"));
                 }
-                resp.push_str("\r\n{}");
+                resp.push_str("\r\n");
+                resp.push_str(&body);
                 let _ = sock.write_all(resp.as_bytes()).await;
                 let _ = sock.shutdown().await;
             }
@@ -449,7 +515,8 @@ mod tests {
             r,
             WriteReport {
                 written: 2,
-                rejected: 0
+                rejected: 0,
+                unknown: 0
             }
         );
         let seen = seen.lock().expect("lock");
@@ -530,7 +597,8 @@ mod tests {
             r,
             WriteReport {
                 written: 3,
-                rejected: 1
+                rejected: 1,
+                unknown: 0
             }
         );
         assert_eq!(m.sink_rejected_points.get(), 1);
@@ -565,21 +633,134 @@ mod tests {
         assert!(retries(&m, "connection") >= 2);
     }
 
+    fn partial_writes(m: &Metrics, count: &str) -> u64 {
+        m.sink_partial_writes
+            .get_or_create(&labels(&[("count", count)]))
+            .get()
+    }
+
     #[tokio::test]
-    async fn a_422_is_a_partial_write_and_other_4xx_mean_not_ready() {
-        let (url, seen) = server(vec![(422, vec![]), (204, vec![])]).await;
+    async fn a_422_counts_the_points_influxdb_reports_rejected() {
+        // InfluxDB 2.x's answer when points fall outside the bucket's retention.
+        let retention = r#"{"code":"unprocessable entity","message":"failure writing points to database: partial write: points beyond retention policy dropped=2"}"#;
+        // 2.7.11 and later name the oldest and newest dropped points first, so the count
+        // can sit past the 500 characters that are logged.
+        let long = format!(
+            r#"{{"code":"unprocessable entity","message":"failure writing points to database: partial write: dropped 1 points outside retention policy of duration 24h0m0s - oldest point {0} dropped because it violates a Retention Policy Lower Bound at 2026-01-01T00:00:00Z, newest point {0} dropped because it violates a Retention Policy Lower Bound at 2026-01-01T00:00:00Z dropped=1 for database: 0123456789abcdef for retention policy: autogen"}}"#,
+            "m,stream=pumps,device=pump-000,field=vibration,horizon=1,model=20260101T000000Z at 2025-12-01T00:00:00Z"
+        );
+        assert!(long.find("dropped=").expect("count") > 500);
+        let (url, seen) = server_with_bodies(vec![
+            (422, vec![], retention.into()),
+            (422, vec![], long),
+            // A server claiming more than it was sent: at most the whole request.
+            (
+                422,
+                vec![],
+                r#"{"message":"partial write: dropped=99"}"#.into(),
+            ),
+        ])
+        .await;
+        let (w, m, h) = writer(&url);
+        let (_tx, mut abort) = watch::channel(false);
+        let r = w
+            .write("a f=1 1\nb f=1 1\nc f=1 1\n", &mut abort)
+            .await
+            .expect("write");
+        assert_eq!(
+            r,
+            WriteReport {
+                written: 1,
+                rejected: 2,
+                unknown: 0
+            },
+            "dropped=2 of 3: one written, not retried"
+        );
+        let r = w.write("a f=1 1\n", &mut abort).await.expect("write");
+        assert_eq!((r.written, r.rejected), (0, 1));
+        let r = w
+            .write("a f=1 1\nb f=1 1\n", &mut abort)
+            .await
+            .expect("write");
+        assert_eq!((r.written, r.rejected), (0, 2));
+        assert_eq!(seen.lock().expect("lock").len(), 3, "never retried");
+        assert_eq!(m.sink_rejected_points.get(), 5);
+        assert_eq!(
+            (
+                partial_writes(&m, "reported"),
+                partial_writes(&m, "unknown")
+            ),
+            (3, 0)
+        );
+        assert!(
+            h.sink_reachable.load(Ordering::Relaxed),
+            "a partial write is not a readiness problem"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_422_without_a_count_claims_neither_written_nor_rejected() {
+        let (url, seen) = server_with_bodies(vec![
+            (422, vec![], "{}".into()),
+            (422, vec![], "points rejected".into()),
+        ])
+        .await;
         let (w, m, _) = writer(&url);
         let (_tx, mut abort) = watch::channel(false);
         let r = w
             .write("a f=1 1\nb f=1 1\n", &mut abort)
             .await
             .expect("write");
-        assert_eq!(r.rejected, 1, "422 is counted, not retried");
-        assert_eq!(seen.lock().expect("lock").len(), 1);
-        assert_eq!(m.sink_rejected_points.get(), 1);
+        assert_eq!(
+            r,
+            WriteReport {
+                written: 0,
+                rejected: 0,
+                unknown: 2
+            }
+        );
+        let r = w.write("a f=1 1\n", &mut abort).await.expect("write");
+        assert_eq!(r.unknown, 1);
+        assert_eq!(seen.lock().expect("lock").len(), 2, "never retried");
+        assert_eq!(m.sink_rejected_points.get(), 0, "no count was reported");
+        assert_eq!(
+            (
+                partial_writes(&m, "reported"),
+                partial_writes(&m, "unknown")
+            ),
+            (0, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn other_4xx_mean_not_ready_while_they_last() {
+        let (url, seen) = server(vec![(405, vec![]); 1000]).await;
+        let (w, m, h) = writer(&url);
+        let (tx, mut abort) = watch::channel(false);
+        let task = tokio::spawn(async move { w.write("a f=1 1\n", &mut abort).await });
+        let t0 = Instant::now();
+        while seen.lock().expect("lock").len() < 2 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no retry of the 405"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            !h.sink_reachable.load(Ordering::Relaxed),
+            "not ready while InfluxDB answers 405"
+        );
+        assert!(retries(&m, "client_error") >= 1);
+        tx.send(true).expect("abort");
+        assert!(matches!(task.await.expect("join"), Err(SinkError::Aborted)));
+        assert!(!h.sink_reachable.load(Ordering::Relaxed));
+
+        // Ready again once a write succeeds.
         let (url, _) = server(vec![(405, vec![]), (204, vec![])]).await;
         let (w, m, h) = writer(&url);
-        w.write("a f=1 1\n", &mut abort).await.expect("write");
+        let (_tx, mut abort) = watch::channel(false);
+        let r = w.write("a f=1 1\n", &mut abort).await.expect("write");
+        assert_eq!(r.written, 1);
         assert_eq!(retries(&m, "client_error"), 1);
         assert!(h.sink_reachable.load(Ordering::Relaxed));
     }

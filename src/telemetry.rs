@@ -44,8 +44,12 @@ pub struct Metrics {
     pub dead_letters: Family<Labels, Counter>,
     /// Write attempts that failed and were retried, by cause.
     pub sink_retries: Family<Labels, Counter>,
-    /// Points InfluxDB rejected individually (400 on a single line) and that were dropped.
+    /// Points InfluxDB rejected for good and that were dropped: single lines refused with 400,
+    /// and the counts 422 partial writes reported.
     pub sink_rejected_points: Counter,
+    /// Write requests InfluxDB accepted only in part (422), by whether it said how many points
+    /// it rejected (`count="reported"`) or not (`count="unknown"`).
+    pub sink_partial_writes: Family<Labels, Counter>,
     /// Duration of successful write requests.
     pub sink_latency: Histogram,
     /// Readings per engine micro-batch.
@@ -79,6 +83,7 @@ impl Metrics {
             dead_letters: Family::default(),
             sink_retries: Family::default(),
             sink_rejected_points: Counter::default(),
+            sink_partial_writes: Family::default(),
             sink_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             end_to_end_latency: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
@@ -111,8 +116,13 @@ impl Metrics {
         );
         registry.register(
             "sink_rejected_points",
-            "Points rejected by InfluxDB one by one (400) and dropped",
+            "Points InfluxDB rejected for good, dropped: single lines refused with 400, and the count a 422 partial write reported (dropped=N)",
             m.sink_rejected_points.clone(),
+        );
+        registry.register(
+            "sink_partial_writes",
+            "Write requests InfluxDB accepted only in part (422), not retried; count=reported: the response said how many points it rejected (added to sink_rejected_points); count=unknown: it did not, so anywhere from one point to the whole request was rejected",
+            m.sink_partial_writes.clone(),
         );
         registry.register(
             "sink_write_seconds",

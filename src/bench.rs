@@ -3,7 +3,7 @@
 
 use crate::decode::Reading;
 use crate::engine::score::Likelihood;
-use crate::engine::{BatchOutput, Engine, EngineSettings, InferenceModel};
+use crate::engine::{BatchOutput, Engine, EngineSettings, InferenceModel, Outcome};
 use crate::model::{Architecture, Forecaster};
 use burn::prelude::Device;
 use std::sync::Arc;
@@ -50,8 +50,10 @@ pub struct BenchResult {
     pub events_per_s: f64,
     /// Heap bytes of device state per device.
     pub state_bytes_per_device: usize,
-    /// Readings processed.
+    /// Readings the engine stepped and scored (all `devices × steps` unless one was stale).
     pub events: usize,
+    /// Devices the engine tracks afterwards.
+    pub devices: usize,
     /// Time spent in the engine.
     pub elapsed: Duration,
     /// Instruction set used.
@@ -124,16 +126,74 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, String> {
     let mut engine = Engine::new(model, settings())?;
     engine.reserve(spec.devices);
     let mut out = BatchOutput::default();
+    let mut scored = 0;
     let start = Instant::now();
     for chunk in readings.chunks(spec.batch.max(1)) {
         engine.process(chunk, &mut out).map_err(|e| e.to_string())?;
+        scored += out
+            .outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Scored(_)))
+            .count();
     }
     let elapsed = start.elapsed();
     Ok(BenchResult {
-        events_per_s: readings.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        events_per_s: scored as f64 / elapsed.as_secs_f64().max(1e-9),
         state_bytes_per_device: engine.state_heap_bytes() / spec.devices.max(1),
-        events: readings.len(),
+        events: scored,
+        devices: engine.devices(),
         elapsed,
         isa: crate::engine::kernel::Isa::detect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reading_of_every_device_is_stepped_and_scored() {
+        // Batches that cut across steps, two layers: nothing skipped, nothing counted twice.
+        let spec = BenchSpec {
+            devices: 300,
+            steps: 5,
+            hidden: 16,
+            features: 3,
+            layers: 2,
+            horizon: 2,
+            batch: 128,
+        };
+        let r = run(&spec).expect("bench");
+        assert_eq!(r.events, spec.devices * spec.steps);
+        assert_eq!(r.devices, spec.devices);
+        // The state really holds h and C of every layer (f32)…
+        let hc = 2 * spec.layers * spec.hidden * 4;
+        assert!(
+            r.state_bytes_per_device >= hc,
+            "{} bytes per device cannot hold h and C ({hc} bytes)",
+            r.state_bytes_per_device
+        );
+    }
+
+    #[test]
+    fn state_per_device_is_within_budget_at_the_readme_shape() {
+        // …and at the shape the README reports (hidden 64, 8 features, one layer) stays
+        // within the 2 KiB budget (docs/ARCHITECTURE.md §3.5).
+        let spec = BenchSpec {
+            devices: 3000,
+            steps: 2,
+            hidden: 64,
+            features: 8,
+            layers: 1,
+            horizon: 3,
+            batch: 4096,
+        };
+        let r = run(&spec).expect("bench");
+        assert_eq!(r.events, spec.devices * spec.steps);
+        assert!(
+            (2 * 64 * 4..=2048).contains(&r.state_bytes_per_device),
+            "{} bytes per device",
+            r.state_bytes_per_device
+        );
+    }
 }

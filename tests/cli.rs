@@ -435,7 +435,13 @@ fn bench_prints_its_numbers() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {key}= line in:\n{stdout}"))
     };
-    assert!(value("events_per_s") > 0.0);
+    // Every reading of every device went through the engine (counted from its outcomes).
+    let events = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("events="))
+        .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok());
+    assert_eq!(events, Some(300 * 5), "{stdout}");
+    assert!(value("events_per_s").is_finite());
     let bytes = value("state_bytes_per_device");
     assert!(bytes > 0.0 && bytes < 2048.0, "{bytes}");
 }

@@ -638,28 +638,67 @@ fn bad_messages_go_to_the_dead_letter_topic_with_their_reason() {
     assert_eq!(serve.terminate(), 0);
 }
 
+// Pipeline bounds of the outage test, small so that the outage produces far more than they
+// can hold.
+const OUTAGE_MAX_BATCH: u64 = 128;
+const OUTAGE_QUEUE_BATCHES: u64 = 2;
+const OUTAGE_BATCH_BYTES: u64 = 128 * 1024;
+const OUTAGE_CONCURRENCY: u64 = 2;
+const OUTAGE_PREFETCH_KIB: u64 = 64;
+const OUTAGE_PARTITION_FETCH_BYTES: u64 = 16 * 1024;
+const OUTAGE_PARTITIONS: u64 = 2;
+
 #[test]
 fn influx_outage_loses_and_duplicates_nothing_and_memory_stays_flat() {
     let brokers = brokers();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut vm = Vm::start();
     let (topic, group) = (unique("outage"), unique("g-outage"));
-    create_topics(&brokers, &[(&topic, 2)]);
+    create_topics(&brokers, &[(&topic, OUTAGE_PARTITIONS as i32)]);
     let streams = [Stream {
         name: "pumps",
         topic: &topic,
         format: "json",
     }];
     let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    let text = std::fs::read_to_string(&cfg).expect("config")
+        .replacen(
+            "[engine]\n",
+            &format!("[engine]\nmax_batch = {OUTAGE_MAX_BATCH}\n"),
+            1,
+        )
+        .replacen(
+            "[influxdb]\n",
+            &format!(
+                "[influxdb]\nqueue_batches = {OUTAGE_QUEUE_BATCHES}\nbatch_bytes = {OUTAGE_BATCH_BYTES}\nconcurrency = {OUTAGE_CONCURRENCY}\n"
+            ),
+            1,
+        )
+        .replacen(
+            "[kafka.properties]\n",
+            &format!(
+                "[kafka.properties]\n\"queued.max.messages.kbytes\" = \"{OUTAGE_PREFETCH_KIB}\"\n\"max.partition.fetch.bytes\" = \"{OUTAGE_PARTITION_FETCH_BYTES}\"\n"
+            ),
+            1,
+        );
+    std::fs::write(&cfg, text).expect("config");
     let serve = Serve::start(&cfg, dir.path(), port);
-    simulate(&brokers, &topic, "json", 20, 150, &now_rfc3339(-400));
-    wait_until("first half written", Duration::from_secs(60), || {
-        vm.samples("anomaly_score").0 >= 3000
+
+    // Warm-up: 20 devices × 150 readings written while InfluxDB is up. Afterwards nothing is
+    // in flight, so this is the baseline: the process at work, its pipeline empty.
+    let first = 20 * 150;
+    simulate(&brokers, &topic, "json", 20, 150, &now_rfc3339(-1200));
+    wait_until("warm-up written", Duration::from_secs(60), || {
+        vm.samples("anomaly_score").0 >= first
     });
-    vm.down();
-    simulate(&brokers, &topic, "json", 20, 150, &now_rfc3339(-200));
-    // Fifteen seconds without InfluxDB; memory is sampled throughout.
     let rss0 = serve.rss_kib();
+    let decoded0 = serve.metric("sensorcast_readings_total");
+
+    // The outage: 40 devices × 1000 readings produced while InfluxDB is down, several times
+    // what the bounded pipeline holds, so that buffering everything would show.
+    vm.down();
+    let outage: usize = 40 * 1000;
+    simulate(&brokers, &topic, "json", 40, 1000, &now_rfc3339(-100));
     let mut rss_max = rss0;
     for _ in 0..15 {
         std::thread::sleep(Duration::from_secs(1));
@@ -669,14 +708,52 @@ fn influx_outage_loses_and_duplicates_nothing_and_memory_stays_flat() {
         serve.metric("sensorcast_sink_retries_total") > 0.0,
         "writes were retried"
     );
-    let (_, ready) = http("GET", &serve.http, "/health/live", "").expect("live");
-    assert_eq!(ready, "ok\n");
+    let (_, live) = http("GET", &serve.http, "/health/live", "").expect("live");
+    assert_eq!(live, "ok\n");
+
+    // Nothing was written during the outage, so every reading decoded since the baseline is
+    // still held somewhere in the process. Backpressure must have stopped consumption well
+    // short of what was produced: the partitions are paused, and what was taken in is
+    // bounded by the queues, not by the outage's length.
+    let buffered = (serve.metric("sensorcast_readings_total") - decoded0) as u64;
+    assert_eq!(serve.metric("sensorcast_paused"), 1.0, "consumption paused");
+    // What the pipeline can hold, in readings: a micro-batch being filled in the source, two
+    // in the engine's queue, one in the engine, `queue_batches` in the sink's queue; then the
+    // sink's pending request and its in-flight ones (each up to batch_bytes plus one more
+    // micro-batch; a reading's 9 output lines take more than 900 bytes); plus what librdkafka
+    // had prefetched and handed over before the pause took effect (its queue, overshot by up
+    // to one fetch per partition; a message is more than 100 bytes). The source keeps taking
+    // in messages while it waits for room, until the pause lands (its 50 ms tick): that part
+    // is bounded by time, not by a queue, so allow as much again.
+    let per_request = OUTAGE_BATCH_BYTES / 900 + OUTAGE_MAX_BATCH;
+    let prefetch =
+        (OUTAGE_PREFETCH_KIB * 1024 + OUTAGE_PARTITIONS * OUTAGE_PARTITION_FETCH_BYTES) / 100;
+    let capacity = OUTAGE_MAX_BATCH * (4 + OUTAGE_QUEUE_BATCHES)
+        + (OUTAGE_CONCURRENCY + 1) * per_request
+        + prefetch;
+    assert!(
+        buffered <= 2 * capacity && 2 * capacity < outage as u64,
+        "{buffered} readings taken in during the outage (bound {}, produced {outage})",
+        2 * capacity
+    );
+    // Memory may grow by what is held, and no more: each held reading costs at most 4 KiB (its
+    // output lines, doubled while a write request keeps a copy of its body, or the decoded
+    // reading before the engine), librdkafka's prefetch at most 4× its payload bytes (message
+    // headers, buffers), plus 16 MiB for the allocator's slack. Holding the whole outage's
+    // outputs (40 000 readings × ~1.5 KB) would exceed it.
+    let bound_kib = buffered * 4 + 4 * prefetch * 100 / 1024 + 16 * 1024;
+    assert!(
+        rss_max <= rss0 + bound_kib,
+        "memory grew from {rss0} KiB to {rss_max} KiB during the outage, more than the {bound_kib} KiB that {buffered} held readings explain"
+    );
+
     vm.up();
+    let total = first + outage;
     let t = Instant::now();
-    while vm.samples("anomaly_score").0 < 6000 {
+    while vm.samples("anomaly_score").0 < total {
         assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "not everything written after the outage: {} of 6000; metrics written={} retries={}\n{}",
+            t.elapsed() < Duration::from_secs(120),
+            "not everything written after the outage: {} of {total}; metrics written={} retries={}\n{}",
             vm.samples("anomaly_score").0,
             serve.metric("sensorcast_points_written_total"),
             serve.metric("sensorcast_sink_retries_total"),
@@ -691,13 +768,9 @@ fn influx_outage_loses_and_duplicates_nothing_and_memory_stays_flat() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let (unique_n, raw, _) = vm.samples("anomaly_score");
-    assert_eq!((unique_n, raw), (6000, 6000), "every point present once");
-    assert!(
-        rss_max < rss0 + 64 * 1024,
-        "memory grew from {rss0} KiB to {rss_max} KiB during the outage"
-    );
+    assert_eq!((unique_n, raw), (total, total), "every point present once");
     wait_until("offsets committed", Duration::from_secs(30), || {
-        committed(&brokers, &group, &topic, 2) == 6000
+        committed(&brokers, &group, &topic, OUTAGE_PARTITIONS as i32) == total as i64
     });
     assert_eq!(serve.terminate(), 0);
 }

@@ -4,8 +4,16 @@
 //!
 //! A fixed seed gives the same model: initialisation is seeded under a lock, shuffling uses a
 //! seeded ChaCha generator, and devices are visited in name order.
+//!
+//! Short histories adapt instead of failing (see `plan`): when `train.window` +
+//! `model.horizon` consecutive readings do not fit in the training or the validation part, the
+//! window shrinks (down to [`MIN_WINDOW`]); when even that does not fit, the validation
+//! fraction moves (within [`VALIDATION_FRACTION_RANGE`]); when no split fits, the validation
+//! loss is measured on the last training windows. Each change is logged as a warning, and the
+//! window used is recorded in the model's metadata. Training fails only when no device has
+//! [`MIN_WINDOW`] + `model.horizon` consecutive readings.
 
-use crate::config::{Config, StreamConfig};
+use crate::config::{Config, HumanDuration, StreamConfig};
 use crate::decode::{Reading, format_ts};
 use crate::engine::{BatchOutput, Engine, EngineSettings, Outcome};
 use crate::model::{Architecture, Forecaster, gaussian_nll, to_vec};
@@ -82,7 +90,187 @@ pub enum ProgressEvent {
 struct Series<'a> {
     readings: Vec<&'a Reading>,
     norm: Vec<f32>,
+    /// Training windows lie before it, validation windows after it.
     split: usize,
+    /// The validation report scores forecasts of readings from here on (`split`, or the
+    /// configured cut when the validation loss is measured on the training tail).
+    scored_from: usize,
+}
+
+/// Shortest window `train.window` is shrunk to for a short history: a quarter of a window is
+/// burn-in, so 8 steps still leave 6 scored steps per window. A configured window below it is
+/// used as is. The horizon is not part of it: each window needs `model.horizon` more readings
+/// for its targets anyway.
+pub const MIN_WINDOW: usize = 8;
+
+/// Range the validation fraction may be moved within when the configured one leaves the
+/// training or the validation part too short for even a [`MIN_WINDOW`] window (a configured
+/// fraction outside it widens it).
+pub const VALIDATION_FRACTION_RANGE: (f64, f64) = (0.05, 0.5);
+
+/// How the history is cut for training: the configuration adapted to what the data allows.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    /// Window used (at most `train.window`).
+    window: usize,
+    /// Share of each device's history cut off, its most recent part, for validation.
+    validation_fraction: f64,
+    /// No split leaves a window on both sides: the validation loss is measured on each
+    /// device's last training windows, and the validation report on the last
+    /// `validation_fraction` of its history; both were seen in training.
+    validation_on_tail: bool,
+    /// Why the plan differs from the configuration, one warning each.
+    warnings: Vec<String>,
+}
+
+/// Readings before the validation part of a history of `n`.
+fn split_at(n: usize, validation_fraction: f64) -> usize {
+    ((n as f64) * (1.0 - validation_fraction)).floor() as usize
+}
+
+/// Longest run of `ts` with no step longer than `max_gap` (a gap the engine treats as a reset,
+/// which no window crosses).
+fn longest_run(ts: &[i64], max_gap: i64) -> usize {
+    let (mut best, mut run) = (0, 0);
+    for (i, t) in ts.iter().enumerate() {
+        run = if i > 0 && t - ts[i - 1] <= max_gap {
+            run + 1
+        } else {
+            1
+        };
+        best = best.max(run);
+    }
+    best
+}
+
+/// Chooses the window and validation split for `devices` (name, timestamps in order): the
+/// configured ones when they fit, otherwise the nearest that do (see the module docs).
+fn plan(
+    devices: &[(&str, Vec<i64>)],
+    window: usize,
+    horizon: usize,
+    validation_fraction: f64,
+    max_gap: HumanDuration,
+) -> Result<Plan, TrainError> {
+    let gap = max_gap.as_nanos();
+    let min_window = window.min(MIN_WINDOW);
+    let (longest, who) = devices
+        .iter()
+        .map(|(d, ts)| (longest_run(ts, gap), *d))
+        .fold((0, ""), |best, x| if x.0 > best.0 { x } else { best });
+    if longest < min_window + horizon {
+        let what = if window > min_window {
+            format!(
+                "a window of {min_window}, the shortest train.window {window} is shrunk to, + model.horizon {horizon}"
+            )
+        } else {
+            format!("train.window {window} + model.horizon {horizon}")
+        };
+        let has = if who.is_empty() {
+            "there are no readings".to_string()
+        } else {
+            format!("the longest device, {who:?}, has {longest}")
+        };
+        return Err(TrainError::NotEnoughData(format!(
+            "training needs at least {} consecutive readings of one device ({what}) with no gap longer than engine.max_gap ({max_gap}); {has}",
+            min_window + horizon
+        )));
+    }
+    // Longest runs in the training and the validation parts when `f` of each device's history
+    // is held out.
+    let parts = |f: f64| {
+        devices.iter().fold((0, 0), |(t, v), (_, ts)| {
+            let split = split_at(ts.len(), f);
+            (
+                t.max(longest_run(&ts[..split], gap)),
+                v.max(longest_run(&ts[split..], gap)),
+            )
+        })
+    };
+    let percent = |f: f64| format!("{:.0}%", f * 100.0);
+    let mut warnings = Vec::new();
+    let shrunk = |w: usize, why: String, warnings: &mut Vec<String>| {
+        if w < window {
+            warnings.push(format!(
+                "train.window {window} does not fit this history: {why}; using windows of {w} readings (+ model.horizon {horizon})"
+            ));
+        }
+    };
+    let (t, v) = parts(validation_fraction);
+    let room = t.min(v).saturating_sub(horizon);
+    if room >= min_window {
+        let w = window.min(room);
+        let why = if v <= t {
+            format!(
+                "the validation part (the most recent {} of each device's history) holds at most {v} consecutive readings",
+                percent(validation_fraction)
+            )
+        } else {
+            format!("the training part holds at most {t} consecutive readings")
+        };
+        shrunk(w, why, &mut warnings);
+        return Ok(Plan {
+            window: w,
+            validation_fraction,
+            validation_on_tail: false,
+            warnings,
+        });
+    }
+    // Move the validation fraction, as little as will do, by steps of 0.01 (growing it first:
+    // usually the validation part is the short one).
+    let lo = VALIDATION_FRACTION_RANGE.0.min(validation_fraction);
+    let hi = VALIDATION_FRACTION_RANGE.1.max(validation_fraction);
+    for k in 1..=100 {
+        for f in [
+            validation_fraction + k as f64 * 0.01,
+            validation_fraction - k as f64 * 0.01,
+        ] {
+            let f = (f * 1e4).round() / 1e4;
+            if f < lo || f > hi {
+                continue;
+            }
+            let (t2, v2) = parts(f);
+            let room = t2.min(v2).saturating_sub(horizon);
+            if room >= min_window {
+                let short = if v <= t {
+                    format!("validation part holds at most {v}")
+                } else {
+                    format!("training part holds at most {t}")
+                };
+                warnings.push(format!(
+                    "train.validation_fraction {validation_fraction} leaves too short a split of this history: the {short} consecutive readings, fewer than a window of {min_window} + model.horizon {horizon}; using train.validation_fraction {f} instead (at most {t2} consecutive training and {v2} validation readings)"
+                ));
+                let w = window.min(room);
+                shrunk(
+                    w,
+                    format!("with train.validation_fraction {f}, there is room for {w} at most"),
+                    &mut warnings,
+                );
+                return Ok(Plan {
+                    window: w,
+                    validation_fraction: f,
+                    validation_on_tail: false,
+                    warnings,
+                });
+            }
+        }
+    }
+    warnings.push(format!(
+        "this history is too short for separate training and validation parts (no train.validation_fraction in {lo}..={hi} leaves {} consecutive readings on both sides); validating on the tail of the training windows: the validation loss and report measure readings the model was trained on",
+        min_window + horizon
+    ));
+    let w = window.min(longest - horizon);
+    shrunk(
+        w,
+        format!("the longest device, {who:?}, has {longest} consecutive readings"),
+        &mut warnings,
+    );
+    Ok(Plan {
+        window: w,
+        validation_fraction,
+        validation_on_tail: true,
+        warnings,
+    })
 }
 
 /// Trains a model for `stream` on `readings` (each device's readings in time order, no
@@ -102,7 +290,7 @@ pub fn train(
         layers: cfg.model.layers,
         horizon: cfg.model.horizon,
     };
-    let (window, horizon) = (tc.window, arch.horizon);
+    let horizon = arch.horizon;
     let mut by_device: BTreeMap<&str, Vec<&Reading>> = BTreeMap::new();
     for r in readings {
         if r.values.len() != nf {
@@ -114,8 +302,31 @@ pub fn train(
         }
         by_device.entry(r.device.as_str()).or_default().push(r);
     }
+    let histories: Vec<(&str, Vec<i64>)> = by_device
+        .iter()
+        .map(|(d, rs)| (*d, rs.iter().map(|r| r.ts).collect()))
+        .collect();
+    let plan = plan(
+        &histories,
+        tc.window,
+        horizon,
+        tc.validation_fraction,
+        cfg.engine.max_gap,
+    )?;
+    drop(histories);
+    for warning in &plan.warnings {
+        tracing::warn!(stream = %stream.name, "{warning}");
+    }
+    let window = plan.window;
+    let scored_from = |n: usize| split_at(n, plan.validation_fraction);
+    let split_of = |n: usize| {
+        if plan.validation_on_tail {
+            n
+        } else {
+            scored_from(n)
+        }
+    };
     // Normalisation from the training parts only.
-    let split_of = |n: usize| ((n as f64) * (1.0 - tc.validation_fraction)).floor() as usize;
     let (mut sum, mut sum_sq, mut count) = (vec![0.0f64; nf], vec![0.0f64; nf], 0usize);
     for rs in by_device.values() {
         for r in &rs[..split_of(rs.len())] {
@@ -156,6 +367,7 @@ pub fn train(
                 readings: rs.clone(),
                 norm,
                 split: split_of(rs.len()),
+                scored_from: scored_from(rs.len()),
             }
         })
         .collect();
@@ -181,18 +393,33 @@ pub fn train(
         };
     let (mut train_w, mut valid_w) = (Vec::new(), Vec::new());
     for (d, s) in series.iter().enumerate() {
+        let before = train_w.len();
         windows_in(s, d, 0, s.split, &mut train_w);
-        windows_in(s, d, s.split, s.readings.len(), &mut valid_w);
+        if plan.validation_on_tail {
+            // The device's training windows that reach into its last part, or its last one.
+            let own = &train_w[before..];
+            let tail = own
+                .iter()
+                .filter(|&&(_, start)| start + span > s.scored_from);
+            if tail.clone().next().is_some() {
+                valid_w.extend(tail);
+            } else {
+                valid_w.extend(own.last());
+            }
+        } else {
+            windows_in(s, d, s.split, s.readings.len(), &mut valid_w);
+        }
     }
+    // The plan leaves room for a window on both sides; these only guard against a mismatch.
     if train_w.is_empty() {
         return Err(TrainError::NotEnoughData(format!(
-            "no device has {span} consecutive readings (train.window {window} + model.horizon {horizon}) in its training part"
+            "no device has {span} consecutive readings (window {window} + model.horizon {horizon}) in its training part"
         )));
     }
     if valid_w.is_empty() {
         return Err(TrainError::NotEnoughData(format!(
-            "no device has {span} consecutive readings in its validation part (the last {:.0}% of its history); add data or lower train.window",
-            tc.validation_fraction * 100.0
+            "no device has {span} consecutive readings (window {window} + model.horizon {horizon}) in its validation part (the last {:.0}% of its history)",
+            plan.validation_fraction * 100.0
         )));
     }
     subsample(&mut train_w, tc.max_windows);
@@ -401,7 +628,7 @@ fn evaluate(
             let fc = out.forecast(i);
             for h in 0..horizon {
                 let q = p + h + 1;
-                if q < s.split || q >= s.readings.len() {
+                if q < s.scored_from || q >= s.readings.len() {
                     continue;
                 }
                 for f in 0..nf {
@@ -536,12 +763,128 @@ mod tests {
         assert_eq!(wa, wb);
     }
 
+    /// One device, `n` readings 5 minutes apart, with a 2-hour gap after each index in `gaps`.
+    fn history(n: usize, gaps: &[usize]) -> Vec<(&'static str, Vec<i64>)> {
+        let mut ts = Vec::with_capacity(n);
+        let mut t = 0i64;
+        for i in 0..n {
+            ts.push(t);
+            t += if gaps.contains(&i) { 7_200 } else { 300 } * 1_000_000_000;
+        }
+        vec![("pump-1", ts)]
+    }
+
+    const HOUR: HumanDuration = HumanDuration::from_secs(3600);
+
     #[test]
-    fn too_little_data_is_a_clear_error() {
+    fn the_configured_cut_is_kept_when_it_fits() {
+        let p = plan(&history(300, &[]), 48, 3, 0.2, HOUR).expect("plan");
+        assert_eq!(
+            p,
+            Plan {
+                window: 48,
+                validation_fraction: 0.2,
+                validation_on_tail: false,
+                warnings: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn a_short_history_shrinks_the_window() {
+        // 200 readings: the validation part, the last 40, has room for windows of 37 + 3.
+        let p = plan(&history(200, &[]), 48, 3, 0.2, HOUR).expect("plan");
+        assert_eq!((p.window, p.validation_fraction), (37, 0.2));
+        assert!(!p.validation_on_tail);
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        let w = &p.warnings[0];
+        assert!(
+            w.contains("train.window 48")
+                && w.contains("windows of 37")
+                && w.contains("validation part")
+                && w.contains("40 consecutive readings"),
+            "{w}"
+        );
+        // A gap in the training part limits it there instead.
+        let p = plan(&history(300, &[200]), 48, 3, 0.2, HOUR).expect("plan");
+        assert_eq!(
+            p.window, 48,
+            "the validation part (60) and [0, 201) still fit 51"
+        );
+        let p = plan(
+            &history(300, &[20, 60, 100, 140, 180, 220]),
+            48,
+            3,
+            0.2,
+            HOUR,
+        )
+        .expect("plan");
+        assert_eq!(
+            p.window, 37,
+            "runs of 40 in the training part: {:?}",
+            p.warnings
+        );
+        assert!(p.warnings[0].contains("training part holds at most 40"));
+        // A configured window below the minimum is never lengthened, only shrunk.
+        let p = plan(&history(300, &[]), 4, 3, 0.2, HOUR).expect("plan");
+        assert_eq!(p.window, 4);
+        assert!(p.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_validation_part_too_short_for_a_window_moves_the_fraction() {
+        // 40 readings: the last 20% (8) cannot hold 8 + 3; 26% (11) can.
+        let p = plan(&history(40, &[]), 48, 3, 0.2, HOUR).expect("plan");
+        assert_eq!((p.window, p.validation_fraction), (MIN_WINDOW, 0.26));
+        assert!(!p.validation_on_tail);
+        assert!(
+            p.warnings[0].contains("train.validation_fraction 0.2 ")
+                && p.warnings[0].contains("using train.validation_fraction 0.26"),
+            "{:?}",
+            p.warnings
+        );
+        assert!(p.warnings[1].contains("windows of 8"), "{:?}", p.warnings);
+        // When the training part is the short one (a gap early on), the fraction shrinks.
+        let p = plan(&history(24, &[1]), 48, 3, 0.5, HOUR).expect("plan");
+        assert_eq!((p.window, p.validation_fraction), (MIN_WINDOW, 0.45));
+        assert!(p.warnings[0].contains("training part holds at most 10"));
+        // No split fits: validation on the tail of the training windows.
+        let p = plan(&history(16, &[]), 48, 3, 0.2, HOUR).expect("plan");
+        assert_eq!((p.window, p.validation_fraction), (13, 0.2));
+        assert!(p.validation_on_tail);
+        assert!(
+            p.warnings[0].contains("validating on the tail of the training windows"),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
+    fn nothing_to_learn_from_says_how_much_is_needed() {
+        // Runs of 10 between gaps.
+        let err = plan(&history(30, &[9, 19]), 48, 3, 0.2, HOUR)
+            .expect_err("fails")
+            .to_string();
+        assert_eq!(
+            err,
+            "not enough data: training needs at least 11 consecutive readings of one device \
+             (a window of 8, the shortest train.window 48 is shrunk to, + model.horizon 3) with \
+             no gap longer than engine.max_gap (1h); the longest device, \"pump-1\", has 10"
+        );
+        let err = plan(&history(5, &[]), 4, 2, 0.2, HOUR)
+            .expect_err("fails")
+            .to_string();
+        assert!(
+            err.contains("at least 6 consecutive readings")
+                && err.contains("(train.window 4 + model.horizon 2)")
+                && err.contains("has 5"),
+            "{err}"
+        );
+        // Through `train`: two devices of 9 readings, window 24 → 8, horizon 2.
         let (cfg, stream) = small_config();
         let fleet = generate(&FleetSpec {
             devices: 2,
-            readings: 20,
+            readings: 9,
             faults: 0,
             ..FleetSpec::default()
         });
@@ -550,8 +893,27 @@ mod tests {
             .expect("fails")
             .to_string();
         assert!(
-            err.contains("not enough data") && err.contains("train.window"),
+            err.contains("at least 10 consecutive readings") && err.contains("has 9"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_very_short_history_trains_and_validates_on_its_tail() {
+        let (mut cfg, stream) = small_config();
+        cfg.train.epochs = 3;
+        let fleet = generate(&FleetSpec {
+            devices: 2,
+            readings: 16,
+            faults: 0,
+            ..FleetSpec::default()
+        });
+        let t = train(&cfg, &stream, &fleet.readings, vec![], &mut |_| {}).expect("trains");
+        assert_eq!(
+            t.meta.training.window, 14,
+            "24 shrunk to the 16 - 2 readings there are"
+        );
+        assert!(t.meta.training.validation_windows >= 2);
+        assert!(t.meta.validation.points > 0 && t.meta.validation.mae.is_finite());
     }
 }

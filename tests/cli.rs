@@ -445,3 +445,59 @@ fn bench_prints_its_numbers() {
     let bytes = value("state_bytes_per_device");
     assert!(bytes > 0.0 && bytes < 2048.0, "{bytes}");
 }
+
+#[test]
+fn a_short_history_trains_with_shorter_windows_and_a_warning() {
+    // Default configuration (train.window 48, model.horizon 3, 20% validation), but one device
+    // with 200 readings: the validation part (40) cannot hold 48 + 3.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("sensorcast.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[[streams]]
+name = "pumps"
+topic = "sensors.pumps"
+features = ["vibration", "temperature", "current", "pressure"]
+interval = "5m"
+
+[model]
+registry = "{}"
+"#,
+            dir.path().join("models").display()
+        ),
+    )
+    .expect("write config");
+    let csv = dir.path().join("short.csv");
+    write_csv(&csv, 1, 200);
+    let o = train(&cfg, &csv);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "train failed:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.contains("WARN")
+            && l.contains("train.window 48 does not fit")
+            && l.contains("windows of 37")),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("MASE") && stdout.contains("published"),
+        "{stdout}"
+    );
+    let version =
+        std::fs::read_to_string(dir.path().join("models/pumps/current")).expect("current pointer");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            dir.path()
+                .join("models/pumps")
+                .join(version.trim())
+                .join("meta.json"),
+        )
+        .expect("meta"),
+    )
+    .expect("meta.json");
+    assert_eq!(
+        meta["training"]["window"], 37,
+        "the window used is recorded"
+    );
+    assert!(meta["validation"]["points"].as_u64().expect("points") > 0);
+}

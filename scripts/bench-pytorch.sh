@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# sensorcast's engine against PyTorch on the same shape, one core each (the README's
+# "× PyTorch" figure comes from here).
+#
+#   scripts/bench-pytorch.sh [ROUNDS]      # default 3
+#
+# Runs `sensorcast bench` and scripts/bench_pytorch.py (PyTorch's batched nn.LSTMCell and a
+# linear head, one thread) alternately, ROUNDS times each, pinned to CPU 0 with taskset when
+# it is available, and prints every run, the best of each and their ratio. Shape (same for
+# both; override through the environment): DEVICES=10000 STEPS=50 HIDDEN=64 FEATURES=8
+# LAYERS=1 HORIZON=3 BATCH=4096.
+#
+# PyTorch comes from PyPI into its own virtual environment, made on first use and reused:
+#   PYTORCH_VENV   where (default: ${XDG_CACHE_HOME:-~/.cache}/sensorcast/pytorch-venv)
+#   TORCH_SPEC     what to install (default: torch)
+#   TORCH_INDEX_URL  an index to install torch from instead of PyPI, e.g.
+#                  https://download.pytorch.org/whl/cpu (CPU-only wheels, ~200 MB). PyPI's Linux
+#                  wheel pulls in the CUDA libraries: ~3 GB to download, ~5.5 GB on disk.
+#   PYTHON         interpreter for the venv (default: python3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=${1:-3}
+shape=(--devices "${DEVICES:-10000}" --steps "${STEPS:-50}" --hidden "${HIDDEN:-64}"
+  --features "${FEATURES:-8}" --layers "${LAYERS:-1}" --horizon "${HORIZON:-3}"
+  --batch "${BATCH:-4096}")
+venv=${PYTORCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sensorcast/pytorch-venv}
+
+if ! "$venv/bin/python" -c 'import torch' >/dev/null 2>&1; then
+  echo "==> installing ${TORCH_SPEC:-torch} into $venv (once)" >&2
+  "${PYTHON:-python3}" -m venv "$venv"
+  index=()
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then index=(--index-url "$TORCH_INDEX_URL"); fi
+  "$venv/bin/pip" install --quiet --progress-bar off "${index[@]}" "${TORCH_SPEC:-torch}"
+fi
+
+echo "==> cargo build --release" >&2
+cargo build --release --quiet
+bin=${CARGO_TARGET_DIR:-target}/release/sensorcast
+
+pin=()
+if command -v taskset >/dev/null 2>&1; then pin=(taskset -c 0); fi
+# One thread for every library PyTorch may use.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+
+value() { sed -n "s/^$1=\([0-9.]*\).*/\1/p" | head -n1; }
+
+echo "machine: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1), $(getconf _NPROCESSORS_ONLN) CPUs; pinned: ${pin[*]:-no}"
+ours=()
+theirs=()
+for r in $(seq 1 "$rounds"); do
+  out=$("${pin[@]}" "$bin" bench "${shape[@]}")
+  [ "$r" = 1 ] && echo "sensorcast: $(head -n1 <<<"$out")"
+  ours+=("$(value events_per_s <<<"$out")")
+  out=$("${pin[@]}" "$venv/bin/python" scripts/bench_pytorch.py "${shape[@]}" --threads 1)
+  [ "$r" = 1 ] && echo "pytorch:    $(head -n1 <<<"$out")"
+  theirs+=("$(value events_per_s <<<"$out")")
+  echo "round $r: sensorcast events_per_s=${ours[-1]}  pytorch events_per_s=${theirs[-1]}"
+done
+
+python3 - "${#ours[@]}" "${ours[@]}" "${theirs[@]}" <<'EOF'
+import sys
+n = int(sys.argv[1])
+ours = [float(v) for v in sys.argv[2:2 + n]]
+theirs = [float(v) for v in sys.argv[2 + n:]]
+ratios = [o / t for o, t in zip(ours, theirs)]
+m = lambda v: f"{v / 1e6:.2f} M"
+print(f"sensorcast: best {m(max(ours))} events/s (runs {', '.join(m(v) for v in ours)})")
+print(f"pytorch:    best {m(max(theirs))} events/s (runs {', '.join(m(v) for v in theirs)})")
+print(f"ratio of bests: {max(ours) / max(theirs):.2f}x "
+      f"(per round {min(ratios):.2f}x to {max(ratios):.2f}x)")
+EOF

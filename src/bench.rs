@@ -2,7 +2,6 @@
 //! per second and state bytes per device. Shared with the criterion benchmark.
 
 use crate::decode::Reading;
-use crate::engine::score::Likelihood;
 use crate::engine::{BatchOutput, Engine, EngineSettings, InferenceModel, Outcome};
 use crate::model::{Architecture, Forecaster};
 use burn::prelude::Device;
@@ -108,15 +107,8 @@ pub fn synthetic_readings(devices: usize, steps: usize, features: usize) -> Vec<
 
 /// Settings used by the benchmark (defaults of the config).
 pub fn settings() -> EngineSettings {
-    EngineSettings {
-        max_gap_ns: 3_600_000_000_000,
-        warmup: 30,
-        default_interval_ns: 60_000_000_000,
-        score_threshold: 0.99999,
-        likelihood_threshold: 0.999,
-        calibration_alpha: 2.0 / 201.0,
-        likelihood: Likelihood::new(8, 500),
-    }
+    let cfg = crate::config::Config::default();
+    EngineSettings::from_config(&cfg, &cfg.streams[0])
 }
 
 /// Runs the benchmark.
@@ -124,7 +116,6 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, String> {
     let model = Arc::new(synthetic_model(spec));
     let readings = synthetic_readings(spec.devices, spec.steps, spec.features);
     let mut engine = Engine::new(model, settings())?;
-    engine.reserve(spec.devices);
     let mut out = BatchOutput::default();
     let mut scored = 0;
     let start = Instant::now();

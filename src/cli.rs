@@ -3,6 +3,7 @@
 
 use crate::config::{Config, StreamConfig};
 use crate::decode::{Reading, Schema, format_ts, read_file};
+use crate::engine::detect::Edge;
 use crate::engine::{BatchOutput, Engine, EngineSettings, Outcome};
 use crate::output::PointFormat;
 use crate::registry::{ModelMeta, Registry};
@@ -288,8 +289,10 @@ pub struct ReplaySummary {
     pub readings: usize,
     /// Readings stepped.
     pub stepped: u64,
-    /// Readings flagged anomalous.
+    /// Readings flagged anomalous (an alarm raised on their device).
     pub anomalies: u64,
+    /// Alarms raised.
+    pub alarms: u64,
     /// Lines skipped (decode errors, duplicates, out of order).
     pub skipped: usize,
     /// Devices.
@@ -309,9 +312,12 @@ pub fn replay_readings(
     readings: &[Reading],
     kind: OutputKind,
     out: &mut dyn Write,
-    on_scored: &mut dyn FnMut(usize, &crate::engine::Scored, &[f32]),
+    on_scored: &mut dyn FnMut(usize, &BatchOutput, usize),
 ) -> anyhow::Result<ReplaySummary> {
     let settings = EngineSettings::from_config(cfg, stream);
+    if let Some(problem) = model.calibration_problem(&settings) {
+        tracing::warn!("{problem}");
+    }
     let mut engine = Engine::new(Arc::clone(&model), settings)
         .map_err(|e| anyhow::anyhow!("model {}: {e}", model.version))?;
     let fmt = PointFormat {
@@ -337,14 +343,19 @@ pub fn replay_readings(
         text.clear();
         for (i, r) in chunk.iter().enumerate() {
             if let Outcome::Scored(s) = &batch_out.outcomes[i] {
-                let fc = batch_out.forecast(i);
                 match kind {
-                    OutputKind::LineProtocol => fmt.write_line_protocol(&mut text, r, s, fc),
-                    OutputKind::Csv => fmt.write_csv_row(&mut text, r, s, fc),
+                    OutputKind::LineProtocol => {
+                        summary.points +=
+                            fmt.write_line_protocol(&mut text, r, &batch_out, i) as u64;
+                    }
+                    OutputKind::Csv => {
+                        fmt.write_csv_row(&mut text, r, &batch_out, i);
+                        summary.points += fmt.points_per_reading() as u64;
+                    }
                 }
-                summary.points += fmt.points_per_reading() as u64;
                 summary.anomalies += s.is_anomaly as u64;
-                on_scored(b * cfg.engine.max_batch + i, s, fc);
+                summary.alarms += matches!(s.edge, Edge::Raised { .. }) as u64;
+                on_scored(b * cfg.engine.max_batch + i, &batch_out, i);
             }
         }
         out.write_all(text.as_bytes())?;

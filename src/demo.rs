@@ -6,6 +6,8 @@
 
 use crate::cli::{OutputKind, replay_readings};
 use crate::config::{Config, HumanDuration, ModelConfig, StreamConfig, TrainConfig};
+use crate::engine::Outcome;
+use crate::engine::detect::Edge;
 use crate::registry::Registry;
 use crate::synth::{FEATURES, Fault, FleetSpec, device_name, generate};
 use crate::train::train;
@@ -43,22 +45,30 @@ pub struct DemoSummary {
     pub events_per_s: f64,
     /// Faults injected.
     pub faults: usize,
-    /// Faults with a flag inside their window.
+    /// Faults with an alarm raised inside their window.
     pub detected: usize,
-    /// Flagged readings outside every fault window.
+    /// Alarms raised outside every fault window (false alarm events).
     pub false_alarms: u64,
+    /// Device-days of normal operation those alarms could have been raised in.
+    pub normal_device_days: f64,
+    /// Readings flagged (alarm raised) outside every fault window.
+    pub false_alarm_readings: u64,
     /// Readings that could have raised a false alarm.
     pub normal_readings: u64,
+    /// Alarm events: device, start and end step (end `None` while still raised at the end).
+    pub alarms: Vec<(usize, usize, Option<usize>, String)>,
     /// Seconds spent training.
     pub train_secs: f64,
     /// Validation MASE of the model.
     pub mase: f64,
-    /// Per fault: kind, device, feature, detection delay in readings (None if missed).
-    pub per_fault: Vec<(Fault, Option<usize>)>,
+    /// Per fault: kind, device, feature, detection delay in readings (None if missed) and the
+    /// share of the fault's readings under a raised alarm.
+    pub per_fault: Vec<(Fault, Option<usize>, f64)>,
 }
 
-/// The demo's configuration (also written to `<out>/demo.toml`).
-pub fn demo_config(out: &Path, seed: u64) -> Config {
+/// The demo's configuration (also written to `<out>/demo.toml`): its own stream, model and
+/// training settings on top of `base` (the defaults and any `SENSORCAST__…` overrides).
+pub fn demo_config(base: Config, out: &Path, seed: u64) -> Config {
     Config {
         streams: vec![StreamConfig {
             name: "pumps".into(),
@@ -81,9 +91,9 @@ pub fn demo_config(out: &Path, seed: u64) -> Config {
             patience: 5,
             learning_rate: 5e-3,
             seed,
-            ..TrainConfig::default()
+            ..base.train.clone()
         },
-        ..Config::default()
+        ..base
     }
 }
 
@@ -91,7 +101,7 @@ pub fn demo_config(out: &Path, seed: u64) -> Config {
 pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> {
     std::fs::create_dir_all(&spec.out)
         .with_context(|| format!("failed to create {}", spec.out.display()))?;
-    let cfg = demo_config(&spec.out, spec.seed);
+    let cfg = demo_config(Config::load(None)?, &spec.out, spec.seed);
     let stream = cfg.streams[0].clone();
     std::fs::write(spec.out.join("demo.toml"), cfg.to_masked_toml())
         .context("failed to write demo.toml")?;
@@ -166,6 +176,15 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         .collect();
     // Readings are step by step, devices in order within a step.
     let device_of = |i: usize| i % spec.devices.max(1);
+    let features = stream.features.clone();
+    let fmt = crate::output::PointFormat {
+        stream: &stream.name,
+        model: "",
+        features: &features,
+        horizon: cfg.model.horizon,
+    };
+    let mut open: Vec<Option<(usize, String)>> = vec![None; spec.devices];
+    let mut alarms = Vec::new();
     let summary = replay_readings(
         &cfg,
         &stream,
@@ -173,12 +192,38 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         &fleet.readings,
         OutputKind::LineProtocol,
         &mut w,
-        &mut |i, s, fc| {
+        &mut |i, out, j| {
+            let Outcome::Scored(s) = &out.outcomes[j] else {
+                return;
+            };
             flagged[i] = s.is_anomaly;
-            let f = chart_feature[device_of(i)];
+            let d = device_of(i);
+            let step = fleet.steps[i];
+            match s.edge {
+                Edge::Raised { .. } => {
+                    // The alarm starts at the first reading of its run over the line.
+                    let start = step + 1 - cfg.anomaly.min_duration.max(1) as usize;
+                    open[d] = Some((start, fmt.explain(out.event_contributions(j), 2)));
+                }
+                Edge::Cleared { .. } => {
+                    if let Some((start, why)) = open[d].take() {
+                        let end = step.saturating_sub(cfg.anomaly.cooldown as usize);
+                        alarms.push((d, start, Some(end), why));
+                    }
+                }
+                Edge::None => {}
+            }
+            let f = chart_feature[d];
+            let fc = out.forecast(j);
             forecast1[i] = [fc[f * 3], fc[f * 3 + 1], fc[f * 3 + 2]];
         },
     )?;
+    for (d, o) in open.into_iter().enumerate() {
+        if let Some((start, why)) = o {
+            alarms.push((d, start, None, why));
+        }
+    }
+    alarms.sort_by_key(|a| (a.1, a.0));
     w.flush()?;
 
     // Score detection against the known faults.
@@ -193,15 +238,31 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         let delay = (f.start..(f.end + DETECTION_SLACK).min(spec.readings))
             .find(|&s| flagged[s * spec.devices + f.device])
             .map(|s| s - f.start);
-        per_fault.push((f.clone(), delay));
+        let held = (f.start..f.end.min(spec.readings))
+            .filter(|&s| flagged[s * spec.devices + f.device])
+            .count() as f64
+            / (f.end.min(spec.readings) - f.start).max(1) as f64;
+        per_fault.push((f.clone(), delay, held));
     }
-    let (mut false_alarms, mut normal) = (0u64, 0u64);
+    let (mut false_alarm_readings, mut normal) = (0u64, 0u64);
     for (i, (&step, &flag)) in fleet.steps.iter().zip(&flagged).enumerate() {
         if step >= cfg.engine.warmup as usize && !in_window(device_of(i), step) {
             normal += 1;
-            false_alarms += flag as u64;
+            false_alarm_readings += flag as u64;
         }
     }
+    let false_alarms = alarms
+        .iter()
+        .filter(|(d, start, end, _)| {
+            let end = end.unwrap_or(spec.readings);
+            !fleet.faults.iter().any(|f| {
+                f.device == *d
+                    && *start < f.end + DETECTION_SLACK
+                    && end + DETECTION_SLACK >= f.start
+            })
+        })
+        .count() as u64;
+    let interval_days = stream.interval.as_nanos() as f64 / 86_400e9;
     let chart_path = spec.out.join("chart.svg");
     crate::chart::draw(
         &chart_path,
@@ -216,9 +277,12 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         readings: n,
         events_per_s: summary.engine_events_per_s,
         faults: fleet.faults.len(),
-        detected: per_fault.iter().filter(|(_, d)| d.is_some()).count(),
+        detected: per_fault.iter().filter(|(_, d, _)| d.is_some()).count(),
         false_alarms,
+        normal_device_days: normal as f64 * interval_days,
+        false_alarm_readings,
         normal_readings: normal,
+        alarms,
         train_secs,
         mase: meta.validation.mase,
         per_fault,
@@ -258,9 +322,12 @@ impl std::fmt::Display for DemoSummary {
         writeln!(f, "events/s (engine): {:.0}", self.events_per_s)?;
         writeln!(f, "faults injected: {}", self.faults)?;
         writeln!(f, "faults detected: {}/{}", self.detected, self.faults)?;
-        for (fault, delay) in &self.per_fault {
+        for (fault, delay, held) in &self.per_fault {
             let d = match delay {
-                Some(d) => format!("detected after {d} readings"),
+                Some(d) => format!(
+                    "detected after {d} readings, alarm held for {:.0}% of it",
+                    held * 100.0
+                ),
                 None => "missed".into(),
             };
             writeln!(
@@ -273,11 +340,20 @@ impl std::fmt::Display for DemoSummary {
                 fault.end
             )?;
         }
-        let rate = self.false_alarms as f64 / self.normal_readings.max(1) as f64 * 100.0;
+        writeln!(f, "alarm events: {}", self.alarms.len())?;
+        for (d, start, end, why) in &self.alarms {
+            let end = end.map_or("still raised".to_string(), |e| e.to_string());
+            writeln!(f, "  {} readings {start}..{end}: {why}", device_name(*d))?;
+        }
+        let per_day = self.false_alarms as f64 / self.normal_device_days.max(f64::MIN_POSITIVE);
         write!(
             f,
-            "false alarms: {} of {} normal readings ({rate:.2}%)",
-            self.false_alarms, self.normal_readings
+            "false alarm events: {} in {:.1} device-days of normal operation ({per_day:.3} per device-day); flagged normal readings: {} of {} ({:.2}%)",
+            self.false_alarms,
+            self.normal_device_days,
+            self.false_alarm_readings,
+            self.normal_readings,
+            self.false_alarm_readings as f64 / self.normal_readings.max(1) as f64 * 100.0
         )
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod engine;
+pub mod evaluate;
 pub mod model;
 pub mod output;
 pub mod registry;

@@ -117,12 +117,77 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         rate: u64,
     },
+    /// Measure detection quality on labelled data with the service's own scoring.
+    #[command(subcommand)]
+    Evaluate(EvaluateCommand),
     /// Print the effective configuration (secrets masked) or every problem in it.
     CheckConfig {
         /// Config file (TOML); defaults and environment only when left out.
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum EvaluateCommand {
+    /// The Skoltech Anomaly Benchmark's outlier-detection protocol: train on the training
+    /// parts and anomaly-free.csv, stream every file as one device, pooled F1/FAR/MAR.
+    Skab {
+        /// SKAB folder (the one holding anomaly-free/, valve1/, valve2/, other/, or its parent).
+        #[arg(long)]
+        data: PathBuf,
+        /// Output folder: model registry and charts.
+        #[arg(long, default_value = "skab-out")]
+        out: PathBuf,
+        /// Config file (default: built-in, SKAB's sensors, 1 s interval, hidden 32).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Training seed (overrides the config's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Also report these target false-alarm rates (the sensitivity trade-off), comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "0.03,0.01,0.003,0.001,0.0003,0.0001"
+        )]
+        sweep: Vec<f64>,
+        /// Skip the per-file charts.
+        #[arg(long)]
+        no_charts: bool,
+        /// Reuse a model already trained into --out's registry (thresholds measured again).
+        #[arg(long)]
+        model: Option<String>,
+        /// Judge on one piece of evidence only, to measure each one's contribution.
+        #[arg(long, value_enum)]
+        evidence: Option<EvidenceArg>,
+    },
+    /// A labelled CSV (`device,ts,<features>,label`) scored with the stream's current model.
+    Labelled {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Labelled CSV.
+        #[arg(long)]
+        input: PathBuf,
+        /// Stream (may be left out when the config has one stream).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Model version (default: the registry's current one).
+        #[arg(long)]
+        model: Option<String>,
+        /// Folder for one chart per device.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum EvidenceArg {
+    All,
+    Forecast,
+    Drift,
+    Deviation,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -299,6 +364,63 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let n = sensorcast::simulate::run(&spec)?;
             println!("wrote {n} readings of {devices} devices");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Evaluate(EvaluateCommand::Skab {
+            data,
+            out,
+            config,
+            seed,
+            sweep,
+            no_charts,
+            model,
+            evidence,
+        }) => {
+            init_logging(None);
+            for r in &sweep {
+                anyhow::ensure!(
+                    *r > 0.0 && *r < 1.0,
+                    "--sweep: {r} is not a rate strictly between 0 and 1"
+                );
+            }
+            let opts = sensorcast::evaluate::SkabOptions {
+                data,
+                out: out.clone(),
+                config,
+                seed,
+                sweep,
+                charts: !no_charts,
+                model,
+                evidence: evidence.map(|e| match e {
+                    EvidenceArg::All => sensorcast::config::Evidence::All,
+                    EvidenceArg::Forecast => sensorcast::config::Evidence::Forecast,
+                    EvidenceArg::Drift => sensorcast::config::Evidence::Drift,
+                    EvidenceArg::Deviation => sensorcast::config::Evidence::Deviation,
+                }),
+            };
+            let report = sensorcast::evaluate::run_skab(&opts, tty)?;
+            println!("{report}");
+            if opts.charts {
+                println!("charts in {}/charts", out.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Evaluate(EvaluateCommand::Labelled {
+            config,
+            input,
+            stream,
+            model,
+            out,
+        }) => {
+            let (cfg, stream) = setup(&config, stream.as_deref())?;
+            let report = sensorcast::evaluate::run_labelled(
+                &cfg,
+                &stream,
+                &input,
+                out.as_deref(),
+                model.as_deref(),
+            )?;
+            println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

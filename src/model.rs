@@ -111,6 +111,7 @@ impl Forecaster {
             std: std.to_vec(),
             stack: LstmStack::new(layers)?,
             head: PackedMatrix::new(arch.hidden, arch.head_width(), &head_w, &head_b),
+            calibration: None,
         };
         model.validate()?;
         Ok(model)

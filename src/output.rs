@@ -5,7 +5,8 @@
 //! and model version, so writing the same reading again overwrites the same points.
 
 use crate::decode::Reading;
-use crate::engine::Scored;
+use crate::engine::detect::Edge;
+use crate::engine::{BatchOutput, Outcome};
 use std::fmt::Write;
 
 /// Writes a tag key or value with line-protocol escaping (comma, equals sign, space).
@@ -48,19 +49,25 @@ pub struct PointFormat<'a> {
 }
 
 impl PointFormat<'_> {
-    /// Points per stepped reading: one `anomaly` and `horizon × features` `forecast` points.
+    /// Points per stepped reading: one `anomaly` and `horizon × features` `forecast` points
+    /// (plus one `anomaly_event` point when an alarm is raised or cleared).
     pub fn points_per_reading(&self) -> usize {
         1 + self.horizon * self.features.len()
     }
 
-    /// Appends the line-protocol points of a reading to `out`, one per line.
+    /// Appends the line-protocol points of reading `i` of a processed batch to `out`, one per
+    /// line. Nothing for a reading that was not stepped.
     pub fn write_line_protocol(
         &self,
         out: &mut String,
         reading: &Reading,
-        scored: &Scored,
-        forecast: &[f32],
-    ) {
+        batch: &BatchOutput,
+        i: usize,
+    ) -> usize {
+        let Outcome::Scored(scored) = &batch.outcomes[i] else {
+            return 0;
+        };
+        let forecast = batch.forecast(i);
         let nf = self.features.len();
         for h in 0..self.horizon {
             let target = reading
@@ -68,10 +75,7 @@ impl PointFormat<'_> {
                 .saturating_add((h as i64 + 1).saturating_mul(scored.step_ns));
             for (f, name) in self.features.iter().enumerate() {
                 let k = (h * nf + f) * 3;
-                out.push_str("forecast,stream=");
-                push_tag(out, self.stream);
-                out.push_str(",device=");
-                push_tag(out, &reading.device);
+                self.push_series(out, "forecast", &reading.device);
                 out.push_str(",field=");
                 push_tag(out, name);
                 let _ = write!(out, ",horizon={},model=", h + 1);
@@ -86,30 +90,96 @@ impl PointFormat<'_> {
                 );
             }
         }
-        out.push_str("anomaly,stream=");
-        push_tag(out, self.stream);
-        out.push_str(",device=");
-        push_tag(out, &reading.device);
+        self.push_series(out, "anomaly", &reading.device);
         out.push_str(",model=");
         push_tag(out, self.model);
         let _ = write!(
             out,
-            " score={},likelihood={},is_anomaly={},top_field=",
-            scored.score, scored.likelihood, scored.is_anomaly
+            " score={},forecast_score={},deviation_score={},likelihood={},over_line={},is_anomaly={},top_field=",
+            scored.score,
+            scored.forecast_score,
+            scored.deviation_score,
+            scored.likelihood,
+            scored.over_line,
+            scored.is_anomaly
         );
-        let top = if scored.cold {
-            ""
-        } else {
+        let contrib = batch.contributions(i);
+        let explained = contrib.iter().any(|c| *c != 0.0);
+        let top = if explained {
             self.features[scored.top_feature].as_str()
+        } else {
+            ""
         };
         push_str_field(out, top);
+        for (name, c) in self.features.iter().zip(contrib) {
+            out.push_str(",contrib_");
+            push_tag(out, name);
+            let _ = write!(out, "={c}");
+        }
         let _ = writeln!(out, " {}", reading.ts);
+        let mut points = self.points_per_reading();
+        match scored.edge {
+            Edge::None => {}
+            Edge::Raised { start } | Edge::Cleared { start, .. } => {
+                // One point per alarm, at its start: raised, then overwritten when it clears.
+                self.push_series(out, "anomaly_event", &reading.device);
+                out.push_str(",model=");
+                push_tag(out, self.model);
+                let active = matches!(scored.edge, Edge::Raised { .. });
+                let _ = write!(out, " active={active},start={start}i,");
+                if let Edge::Cleared { end, .. } = scored.edge {
+                    let _ = write!(out, "end={end}i,duration_s={},", (end - start) as f64 / 1e9);
+                }
+                let _ = write!(out, "peak_score={},top_fields=", scored.peak);
+                push_str_field(out, &self.explain(batch.event_contributions(i), 3));
+                for (name, c) in self.features.iter().zip(batch.event_contributions(i)) {
+                    out.push_str(",contrib_");
+                    push_tag(out, name);
+                    let _ = write!(out, "={c}");
+                }
+                let _ = writeln!(out, " {start}");
+                points += 1;
+            }
+        }
+        points
+    }
+
+    /// `measurement,stream=S,device=D` (escaped).
+    fn push_series(&self, out: &mut String, measurement: &str, device: &str) {
+        out.push_str(measurement);
+        out.push_str(",stream=");
+        push_tag(out, self.stream);
+        out.push_str(",device=");
+        push_tag(out, device);
+    }
+
+    /// The features that contributed most, largest first, with their direction:
+    /// `"pressure low, flow low"`. Features under 10 % of the evidence are left out.
+    pub fn explain(&self, contrib: &[f32], most: usize) -> String {
+        let mut order: Vec<usize> = (0..contrib.len())
+            .filter(|&f| contrib[f].abs() >= 0.1)
+            .collect();
+        order.sort_by(|&a, &b| {
+            contrib[b]
+                .abs()
+                .total_cmp(&contrib[a].abs())
+                .then(a.cmp(&b))
+        });
+        order
+            .iter()
+            .take(most)
+            .map(|&f| {
+                let dir = if contrib[f] < 0.0 { "low" } else { "high" };
+                format!("{} {dir}", self.features[f])
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The CSV header matching [`PointFormat::write_csv_row`].
     pub fn csv_header(&self) -> String {
         let mut s = String::from(
-            "device,ts,model,score,likelihood,is_anomaly,top_field,value_of_top_field",
+            "device,ts,model,score,forecast_score,deviation_score,likelihood,over_line,is_anomaly,alarm,top_field,value_of_top_field,explanation",
         );
         for h in 1..=self.horizon {
             for f in self.features {
@@ -121,14 +191,18 @@ impl PointFormat<'_> {
         s
     }
 
-    /// One CSV row per stepped reading (RFC 3339 timestamps).
+    /// One CSV row for reading `i` of a processed batch (RFC 3339 timestamps); nothing for a
+    /// reading that was not stepped. `alarm` is `raised`, `cleared` or empty.
     pub fn write_csv_row(
         &self,
         out: &mut String,
         reading: &Reading,
-        scored: &Scored,
-        forecast: &[f32],
+        batch: &BatchOutput,
+        i: usize,
     ) {
+        let Outcome::Scored(scored) = &batch.outcomes[i] else {
+            return;
+        };
         let quote = |s: &str| {
             if s.contains([',', '"', '\n']) {
                 format!("\"{}\"", s.replace('"', "\"\""))
@@ -136,29 +210,39 @@ impl PointFormat<'_> {
                 s.to_string()
             }
         };
-        let top = if scored.cold {
-            ""
+        let contrib = batch.contributions(i);
+        let explained = contrib.iter().any(|c| *c != 0.0);
+        let (top, top_value) = if explained {
+            (
+                self.features[scored.top_feature].as_str(),
+                reading.values[scored.top_feature].to_string(),
+            )
         } else {
-            self.features[scored.top_feature].as_str()
+            ("", String::new())
         };
-        let top_value = if scored.cold {
-            String::new()
-        } else {
-            reading.values[scored.top_feature].to_string()
+        let alarm = match scored.edge {
+            Edge::None => "",
+            Edge::Raised { .. } => "raised",
+            Edge::Cleared { .. } => "cleared",
         };
         let _ = write!(
             out,
-            "{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
             quote(&reading.device),
             crate::decode::format_ts(reading.ts),
             quote(self.model),
             scored.score,
+            scored.forecast_score,
+            scored.deviation_score,
             scored.likelihood,
+            scored.over_line,
             scored.is_anomaly,
+            alarm,
             quote(top),
-            top_value
+            top_value,
+            quote(&self.explain(contrib, 3)),
         );
-        for v in &forecast[..self.horizon * self.features.len() * 3] {
+        for v in &batch.forecast(i)[..self.horizon * self.features.len() * 3] {
             let _ = write!(out, ",{v}");
         }
         out.push('\n');
@@ -169,6 +253,25 @@ impl PointFormat<'_> {
 mod tests {
     use super::*;
     use crate::decode::{Schema, parse_line_protocol};
+    use crate::engine::Scored;
+
+    fn scored(edge: Edge) -> Scored {
+        Scored {
+            score: 0.5,
+            forecast_score: 0.4,
+            deviation_score: 0.3,
+            likelihood: 0.25,
+            over_line: true,
+            is_anomaly: true,
+            edge,
+            peak: 0.99,
+            forecast_stat: Some(1.0),
+            deviation_stat: None,
+            top_feature: 1,
+            step_ns: 60_000_000_000,
+            cold: false,
+        }
+    }
 
     #[test]
     fn line_protocol_round_trips_with_escaping() {
@@ -184,19 +287,18 @@ mod tests {
             ts: 1_000_000_000_000_000_000,
             values: vec![1.0, 2.0],
         };
-        let scored = Scored {
-            score: 0.5,
-            likelihood: 0.25,
-            is_anomaly: true,
-            top_feature: 1,
-            step_ns: 60_000_000_000,
-            cold: false,
-        };
         let forecast: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+        let batch = BatchOutput::assembled(
+            vec![Outcome::Scored(scored(Edge::None))],
+            forecast,
+            vec![0.25, -0.75],
+            vec![0.0, 0.0],
+        );
         let mut out = String::new();
-        fmt.write_line_protocol(&mut out, &reading, &scored, &forecast);
+        let n = fmt.write_line_protocol(&mut out, &reading, &batch, 0);
         let lines: Vec<_> = out.lines().collect();
         assert_eq!(lines.len(), fmt.points_per_reading());
+        assert_eq!(n, lines.len());
         let first = parse_line_protocol(lines[0]).expect("parses");
         assert_eq!(first.measurement, "forecast");
         assert_eq!(first.tags[1], ("device".into(), "pump 7,a=b".into()));
@@ -213,11 +315,68 @@ mod tests {
             "{}",
             lines[4]
         );
+        assert!(
+            lines[4].contains(",contrib_temp=0.25,contrib_vib\\ ration=-0.75 "),
+            "{}",
+            lines[4]
+        );
         // The device tag survives a decode with the same schema conventions.
         let schema = Schema::new(vec!["score".into(), "likelihood".into()], "device".into());
         assert!(
             schema.decode_line(None, lines[4].as_bytes()).is_err(),
             "booleans are not features"
+        );
+    }
+
+    #[test]
+    fn alarm_edges_write_one_event_point_at_the_alarm_start() {
+        let features = vec!["pressure".to_string(), "flow".to_string()];
+        let fmt = PointFormat {
+            stream: "pumps",
+            model: "v1",
+            features: &features,
+            horizon: 1,
+        };
+        let reading = Reading {
+            device: "pump-7".into(),
+            ts: 2_000,
+            values: vec![1.0, 2.0],
+        };
+        let mut points = Vec::new();
+        for edge in [
+            Edge::Raised { start: 1_000 },
+            Edge::Cleared {
+                start: 1_000,
+                end: 3_000_001_000,
+            },
+        ] {
+            let batch = BatchOutput::assembled(
+                vec![Outcome::Scored(scored(edge))],
+                vec![0.0; 6],
+                vec![-0.3, -0.7],
+                vec![-0.4, -0.6],
+            );
+            let mut out = String::new();
+            assert_eq!(fmt.write_line_protocol(&mut out, &reading, &batch, 0), 4);
+            let line = out.lines().last().expect("event line").to_string();
+            let p = parse_line_protocol(&line).expect("parses");
+            assert_eq!(p.measurement, "anomaly_event");
+            assert_eq!(p.timestamp, Some(1_000), "keyed by the alarm's start");
+            assert!(
+                line.contains("top_fields=\"flow low, pressure low\""),
+                "{line}"
+            );
+            points.push(line);
+        }
+        assert!(
+            points[0].contains("active=true,start=1000i,peak_score="),
+            "{}",
+            points[0]
+        );
+        assert!(
+            points[1].contains("active=false,start=1000i,end=3000001000i,duration_s=3,"),
+            "{}",
+            points[1]
         );
     }
 }

@@ -93,6 +93,10 @@ pub struct ModelMeta {
     pub training: TrainingInfo,
     /// Validation metrics.
     pub validation: Metrics,
+    /// Tails of the anomaly evidence on the training data (absent in models trained before
+    /// it existed: Gaussian tails are then assumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<crate::engine::detect::Calibration>,
 }
 
 /// Registry failures.
@@ -293,7 +297,7 @@ impl Registry {
                 path: path.clone(),
                 message: format!("cannot load weights: {e:?}"),
             })?;
-        let inference = model
+        let mut inference = model
             .export(
                 &meta.architecture,
                 &meta.version,
@@ -302,6 +306,7 @@ impl Registry {
                 &meta.std,
             )
             .map_err(|message| RegistryError::Weights { path, message })?;
+        inference.calibration = meta.anomaly.clone();
         Ok(LoadedModel {
             meta,
             model,
@@ -362,6 +367,7 @@ mod tests {
                 mae_by_feature: vec![0.0, 0.0],
                 points: 1,
             },
+            anomaly: None,
         }
     }
 

@@ -111,11 +111,12 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
             ]))
             .set(1);
         tracing::info!(stream = %stream.name, model = %loaded.meta.version, "model loaded");
-        let engine = Engine::new(
-            Arc::new(loaded.inference),
-            EngineSettings::from_config(&cfg, stream),
-        )
-        .map_err(anyhow::Error::msg)?;
+        let settings = EngineSettings::from_config(&cfg, stream);
+        if let Some(problem) = loaded.inference.calibration_problem(&settings) {
+            tracing::warn!(stream = %stream.name, "{problem}");
+        }
+        let engine =
+            Engine::new(Arc::new(loaded.inference), settings).map_err(anyhow::Error::msg)?;
         engines.push(engine);
     }
     health.models_loaded.store(true, Ordering::Relaxed);
@@ -428,8 +429,8 @@ fn engine_loop(
                 let mut stale = 0;
                 for (j, r) in chunk.iter().enumerate() {
                     match &out.outcomes[j] {
-                        Outcome::Scored(s) => {
-                            fmt.write_line_protocol(&mut body, r, s, out.forecast(j))
+                        Outcome::Scored(_) => {
+                            fmt.write_line_protocol(&mut body, r, &out, j);
                         }
                         Outcome::Stale { .. } => stale += 1,
                     }
@@ -445,6 +446,14 @@ fn engine_loop(
                 .devices
                 .get_or_create(&labels(&[("stream", &stream.name)]))
                 .set(engine.devices() as i64);
+            let c = engine.counters();
+            let l = labels(&[("stream", &stream.name)]);
+            let raised = metrics.alarms_raised.get_or_create(&l);
+            raised.inc_by(c.alarms_raised.saturating_sub(raised.get()));
+            metrics
+                .alarms_active
+                .get_or_create(&l)
+                .set(c.alarms_raised.saturating_sub(c.alarms_cleared) as i64);
             readings.clear();
         }
         let out_batch = OutBatch {

@@ -60,6 +60,10 @@ pub struct Metrics {
     pub consumer_lag: Family<Labels, Gauge>,
     /// Devices tracked, by stream.
     pub devices: Family<Labels, Gauge>,
+    /// Alarms raised, by stream.
+    pub alarms_raised: Family<Labels, Counter>,
+    /// Alarms raised and not yet cleared, by stream.
+    pub alarms_active: Family<Labels, Gauge>,
     /// 1 for the model version in use, by stream and version.
     pub model_version: Family<Labels, Gauge>,
     /// 1 while consumption is paused for backpressure.
@@ -89,6 +93,8 @@ impl Metrics {
             end_to_end_latency: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             consumer_lag: Family::default(),
             devices: Family::default(),
+            alarms_raised: Family::default(),
+            alarms_active: Family::default(),
             model_version: Family::default(),
             paused: Gauge::default(),
             registry: Registry::default(),
@@ -145,6 +151,16 @@ impl Metrics {
             m.consumer_lag.clone(),
         );
         registry.register("devices", "Devices tracked", m.devices.clone());
+        registry.register(
+            "alarms_raised",
+            "Anomaly alarms raised (alarm policy: minimum duration, cool-down)",
+            m.alarms_raised.clone(),
+        );
+        registry.register(
+            "alarms_active",
+            "Devices with an anomaly alarm raised now",
+            m.alarms_active.clone(),
+        );
         registry.register(
             "model_version",
             "1 for the model version in use",

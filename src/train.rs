@@ -491,7 +491,26 @@ pub fn train(
         .export(&arch, "candidate", &stream.features, &mean, &std)
         .map_err(TrainError::Model)?;
     let settings = EngineSettings::from_config(cfg, stream);
-    let validation = evaluate(Arc::new(inference), settings, &series, &std, horizon)?;
+    let inference = Arc::new(inference);
+    let validation = evaluate(
+        Arc::clone(&inference),
+        settings.clone(),
+        &series,
+        &std,
+        horizon,
+    )?;
+    // Thresholds of the sensitivity knob: tails of the anomaly evidence on this history.
+    let histories: Vec<(&[&Reading], usize)> = series
+        .iter()
+        .map(|s| (s.readings.as_slice(), s.scored_from))
+        .collect();
+    let anomaly = crate::engine::calibrate::calibrate(inference, settings, &histories)
+        .map_err(TrainError::Model)?;
+    if anomaly.is_none() {
+        tracing::warn!(
+            "too few readings to measure the anomaly thresholds on this history; Gaussian tails are assumed"
+        );
+    }
     let first = series
         .iter()
         .map(|s| s.readings[0].ts)
@@ -527,6 +546,7 @@ pub fn train(
             inputs,
         },
         validation,
+        anomaly,
     };
     Ok(Trained {
         meta,

@@ -200,6 +200,21 @@ pub enum Format {
     Line,
 }
 
+/// Which evidence a reading is judged on.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Evidence {
+    /// Every piece: forecast surprise, residual drift and deviation (the strongest wins).
+    #[default]
+    All,
+    /// The forecast surprise only (misses faults that persist).
+    Forecast,
+    /// The drift of the forecast residuals only.
+    Drift,
+    /// The deviation from the device's normal only (slower on sharp spikes).
+    Deviation,
+}
+
 /// One input stream.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -218,6 +233,11 @@ pub struct StreamConfig {
     /// Expected time between readings of a device; used for forecast timestamps until a
     /// device's own interval is known.
     pub interval: HumanDuration,
+    /// This stream's target false-alarm rate (default: `anomaly.false_alarm_rate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub false_alarm_rate: Option<f64>,
+    /// Per-device target false-alarm rates, e.g. `{ "pump-7" = 0.0001 }`.
+    pub device_false_alarm_rate: std::collections::BTreeMap<String, f64>,
 }
 
 impl Default for StreamConfig {
@@ -229,6 +249,8 @@ impl Default for StreamConfig {
             features: vec!["vibration".into(), "temperature".into(), "current".into()],
             device_key: "device".into(),
             interval: HumanDuration::from_secs(60),
+            false_alarm_rate: None,
+            device_false_alarm_rate: Default::default(),
         }
     }
 }
@@ -287,10 +309,36 @@ impl Default for EngineConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnomalyConfig {
-    /// A reading whose score reaches this is flagged at once (a sharp outlier).
-    pub score_threshold: f64,
-    /// A device whose anomaly likelihood reaches this is flagged (a sustained change).
-    pub likelihood_threshold: f64,
+    /// The sensitivity knob: the share of normal readings (as measured on the training data)
+    /// allowed over the alarm line. Lower: fewer false alarms, later or missed detections.
+    /// A stream may set its own (`streams.false_alarm_rate`) and devices theirs
+    /// (`streams.device_false_alarm_rate`).
+    pub false_alarm_rate: f64,
+    /// Readings over the line in a row before an alarm is raised (a lone spike pages nobody).
+    pub min_duration: u32,
+    /// Quiet readings in a row before a raised alarm clears.
+    pub cooldown: u32,
+    /// A reading is quiet when its p-value exceeds `false_alarm_rate · clear_factor`
+    /// (hysteresis: readings in between neither raise nor clear).
+    pub clear_factor: f64,
+    /// Readings (after warm-up) over which each device learns the normal spread of its
+    /// readings around its baseline.
+    pub learning_readings: u32,
+    /// Readings in each device's slowly moving baseline (frozen while the device is alarmed).
+    pub baseline_window: u32,
+    /// Readings in the short average of a reading's departure from the baseline.
+    pub smoothing_window: u32,
+    /// Which evidence readings are judged on: `all`, `forecast`, `drift` or `deviation`.
+    pub evidence: Evidence,
+    /// Readings in the short average of signed one-step residuals (drift evidence).
+    pub drift_window: u32,
+    /// A raised alarm also treats readings as quiet once their surprisal (−ln p-value) falls
+    /// below this fraction of the alarm's peak; clearing that way restarts the device's
+    /// baseline where it settled. 0 turns it off.
+    pub settle_fraction: f64,
+    /// Longest an alarm is held, in readings; the device's state is then taken as its new
+    /// normal (its baseline restarts there) and the alarm clears. 0: no limit.
+    pub max_alarm_readings: u32,
     /// Readings in the short-term average of scores.
     pub short_window: u32,
     /// Readings in the long-term history the short-term average is compared with.
@@ -303,8 +351,17 @@ pub struct AnomalyConfig {
 impl Default for AnomalyConfig {
     fn default() -> Self {
         Self {
-            score_threshold: 0.999_99,
-            likelihood_threshold: 0.999,
+            false_alarm_rate: 0.001,
+            min_duration: 5,
+            cooldown: 30,
+            clear_factor: 10.0,
+            learning_readings: 200,
+            baseline_window: 300,
+            smoothing_window: 9,
+            evidence: Evidence::All,
+            drift_window: 20,
+            settle_fraction: 0.2,
+            max_alarm_readings: 1440,
             short_window: 8,
             long_window: 500,
             calibration_window: 200,
@@ -583,12 +640,46 @@ impl Config {
             );
         }
         let a = &self.anomaly;
+        let rate_ok = |v: f64| v > 0.0 && v < 1.0;
+        if !rate_ok(a.false_alarm_rate) {
+            bad(
+                "anomaly.false_alarm_rate".into(),
+                format!("{} must be strictly between 0 and 1", a.false_alarm_rate),
+            );
+        }
+        for (i, s) in self.streams.iter().enumerate() {
+            if let Some(v) = s.false_alarm_rate.filter(|v| !rate_ok(*v)) {
+                bad(
+                    format!("streams[{i}].false_alarm_rate"),
+                    format!("{v} must be strictly between 0 and 1"),
+                );
+            }
+            for (d, v) in s
+                .device_false_alarm_rate
+                .iter()
+                .filter(|(_, v)| !rate_ok(**v))
+            {
+                bad(
+                    format!("streams[{i}].device_false_alarm_rate.{d:?}"),
+                    format!("{v} must be strictly between 0 and 1"),
+                );
+            }
+        }
+        if !(a.clear_factor >= 1.0 && a.clear_factor.is_finite()) {
+            bad(
+                "anomaly.clear_factor".into(),
+                format!("{} must be at least 1", a.clear_factor),
+            );
+        }
         for (k, v) in [
-            ("anomaly.score_threshold", a.score_threshold),
-            ("anomaly.likelihood_threshold", a.likelihood_threshold),
+            ("anomaly.min_duration", a.min_duration),
+            ("anomaly.cooldown", a.cooldown),
+            ("anomaly.baseline_window", a.baseline_window),
+            ("anomaly.smoothing_window", a.smoothing_window),
+            ("anomaly.drift_window", a.drift_window),
         ] {
-            if !(v > 0.0 && v < 1.0) {
-                bad(k.into(), format!("{v} must be strictly between 0 and 1"));
+            if v == 0 {
+                bad(k.into(), "must be at least 1".into());
             }
         }
         if a.short_window == 0 {

@@ -1,19 +1,26 @@
 //! The streaming engine: per-device LSTM state, micro-batched stepping and scoring.
 //!
 //! Owns the device table (hidden and cell state per layer, last timestamp, warm-up counter,
-//! the one-step-ahead forecast and score statistics) and turns each reading into a forecast of
-//! the next `horizon` steps plus an anomaly score against the forecast made one step earlier.
+//! the one-step and horizon-H forecasts, residual calibration, the deviation baseline and the
+//! alarm state) and turns each reading into a forecast of the next `horizon` steps, an anomaly
+//! score with its per-feature explanation and the alarm policy's decision ([`detect`]). Every
+//! entry point (`serve`, `replay`, `demo`, `evaluate`, `train`'s calibration) scores through
+//! [`Engine::process`], so there is one scoring code path.
 //!
 //! Invariants kept here: **determinism** (§3.6) — a batch is split into waves in which each
 //! device appears at most once, a device's readings are stepped in batch order, and every row
 //! is computed independently of the others, so any batching gives the same bits; **replays are
-//! harmless** (§3.2) — a duplicate or older timestamp never advances a device; **memory is
-//! bounded** (§3.5) — state is a fixed number of floats per device in flat arrays.
+//! harmless** (§3.2) — a duplicate or older timestamp never advances a device. Memory per
+//! device is a fixed number of floats in flat arrays ([`Engine::state_heap_bytes`] counts
+//! them); the table itself is not bounded yet: devices are never evicted.
 
+pub mod calibrate;
+pub mod detect;
 pub mod kernel;
 pub mod score;
 
 use crate::decode::Reading;
+use detect::{AlarmPolicy, AlarmState, Calibration, DetectSettings, Deviation, Edge};
 use kernel::{Isa, LstmStack, PackedMatrix, Workspace};
 use score::{Likelihood, ScoreStats};
 use std::collections::HashMap;
@@ -51,12 +58,42 @@ pub struct InferenceModel {
     pub stack: LstmStack,
     /// Head: top hidden state → `horizon·F` means then `horizon·F` log-variances.
     pub head: PackedMatrix,
+    /// Tails of the anomaly evidence on normal data, measured in training (`None` for models
+    /// trained before it existed: Gaussian tails are assumed).
+    pub calibration: Option<Calibration>,
 }
 
 impl InferenceModel {
+    /// Why the model's anomaly thresholds will not give the configured false-alarm rate
+    /// under `settings`, if they will not (logged as a warning where models are loaded).
+    pub fn calibration_problem(&self, settings: &EngineSettings) -> Option<String> {
+        match &self.calibration {
+            Some(c) if c.measured_with != detect::MeasuredWith::of(settings) => Some(format!(
+                "model {}: its anomaly thresholds were measured with other detector settings ({:?}, now {:?}); alarms will not follow anomaly.false_alarm_rate until the model is retrained",
+                self.version,
+                c.measured_with,
+                detect::MeasuredWith::of(settings)
+            )),
+            None => Some(format!(
+                "model {} has no measured anomaly thresholds (trained before they existed, or on too little data); Gaussian tails are assumed",
+                self.version
+            )),
+            Some(_) => None,
+        }
+    }
+
     /// Checks that the pieces fit together.
     pub fn validate(&self) -> Result<(), String> {
         let f = self.features.len();
+        if let Some(c) = &self.calibration
+            && (c.forecast.len() != f || c.deviation.len() != f)
+        {
+            return Err(format!(
+                "anomaly calibration has {} and {} tables for {f} features",
+                c.forecast.len(),
+                c.deviation.len()
+            ));
+        }
         if f == 0 || self.mean.len() != f || self.std.len() != f {
             return Err("normalisation statistics do not match the features".into());
         }
@@ -90,10 +127,10 @@ pub struct EngineSettings {
     pub warmup: u32,
     /// Step (ns) assumed for forecast timestamps until a device's interval is known.
     pub default_interval_ns: i64,
-    /// Immediate flag threshold on the score.
-    pub score_threshold: f64,
-    /// Flag threshold on the likelihood.
-    pub likelihood_threshold: f64,
+    /// Detection and alarm policy.
+    pub detect: DetectSettings,
+    /// Per-device target false-alarm rates that override `detect.false_alarm_rate`.
+    pub device_rates: Arc<HashMap<String, f64>>,
     /// Weight of each new squared residual in a device's residual calibration.
     pub calibration_alpha: f32,
     /// Likelihood smoothing.
@@ -107,8 +144,28 @@ impl EngineSettings {
             max_gap_ns: cfg.engine.max_gap.as_nanos(),
             warmup: cfg.engine.warmup,
             default_interval_ns: stream.interval.as_nanos(),
-            score_threshold: cfg.anomaly.score_threshold,
-            likelihood_threshold: cfg.anomaly.likelihood_threshold,
+            detect: DetectSettings {
+                false_alarm_rate: stream
+                    .false_alarm_rate
+                    .unwrap_or(cfg.anomaly.false_alarm_rate),
+                min_duration: cfg.anomaly.min_duration,
+                cooldown: cfg.anomaly.cooldown,
+                clear_factor: cfg.anomaly.clear_factor,
+                learning: cfg.anomaly.learning_readings,
+                baseline_window: cfg.anomaly.baseline_window,
+                smoothing: 2.0 / (cfg.anomaly.smoothing_window as f64 + 1.0),
+                evidence: cfg.anomaly.evidence,
+                drift_smoothing: 2.0 / (cfg.anomaly.drift_window as f64 + 1.0),
+                settle_fraction: cfg.anomaly.settle_fraction,
+                max_alarm: cfg.anomaly.max_alarm_readings,
+            },
+            device_rates: Arc::new(
+                stream
+                    .device_false_alarm_rate
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect(),
+            ),
             calibration_alpha: 2.0 / (cfg.anomaly.calibration_window as f32 + 1.0),
             likelihood: Likelihood::new(cfg.anomaly.short_window, cfg.anomaly.long_window),
         }
@@ -130,12 +187,28 @@ pub enum Outcome {
 /// Score and forecast metadata of a stepped reading.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scored {
-    /// Tail score in [0, 1] (0 when there was no earlier forecast).
+    /// Anomaly score in [0, 1]: one minus the reading's p-value, the share of normal readings
+    /// at least as extreme (0 before the device is warm).
     pub score: f64,
+    /// Gaussian tail score of the forecast residuals alone, in [0, 1] (0 when there was no
+    /// earlier forecast).
+    pub forecast_score: f64,
+    /// One minus the p-value of the deviation from the device's normal (0 while it learns).
+    pub deviation_score: f64,
     /// Anomaly likelihood in [0, 1] (0 during warm-up).
     pub likelihood: f64,
-    /// Whether the reading is flagged.
+    /// The reading's evidence is over the line (p-value ≤ the target false-alarm rate).
+    pub over_line: bool,
+    /// An alarm is raised on the device (the alarm policy's state after this reading).
     pub is_anomaly: bool,
+    /// What the alarm policy did at this reading.
+    pub edge: Edge,
+    /// Highest score of the alarm, when `edge` is set.
+    pub peak: f32,
+    /// The forecast-surprise statistic (largest squared standardised residual), once warm.
+    pub forecast_stat: Option<f64>,
+    /// The deviation statistic (largest squared standardised departure), once learnt.
+    pub deviation_stat: Option<f64>,
     /// Index of the feature contributing most.
     pub top_feature: usize,
     /// Time between forecast steps (ns): forecast `h` targets `ts + h · step_ns`.
@@ -151,6 +224,10 @@ pub struct BatchOutput {
     pub outcomes: Vec<Outcome>,
     forecasts: Vec<f32>,
     per: usize,
+    contributions: Vec<f32>,
+    event_contributions: Vec<f32>,
+    evidence: Vec<f32>,
+    nf: usize,
 }
 
 impl BatchOutput {
@@ -158,6 +235,48 @@ impl BatchOutput {
     /// `[(h·F + f)·3 ..]`. Meaningful only for [`Outcome::Scored`].
     pub fn forecast(&self, i: usize) -> &[f32] {
         &self.forecasts[i * self.per..(i + 1) * self.per]
+    }
+
+    /// Per-feature contributions to the evidence of reading `i`: each feature's share of the
+    /// stronger piece of evidence, signed by the direction of its departure (negative: below
+    /// what was expected). Zero when there was no evidence.
+    pub fn contributions(&self, i: usize) -> &[f32] {
+        &self.contributions[i * self.nf..(i + 1) * self.nf]
+    }
+
+    /// A batch output assembled by hand (tests of the output formats).
+    #[cfg(test)]
+    pub(crate) fn assembled(
+        outcomes: Vec<Outcome>,
+        forecasts: Vec<f32>,
+        contributions: Vec<f32>,
+        event_contributions: Vec<f32>,
+    ) -> Self {
+        let n = outcomes.len().max(1);
+        Self {
+            per: forecasts.len() / n,
+            nf: contributions.len() / n,
+            evidence: vec![f32::NAN; 3 * contributions.len()],
+            outcomes,
+            forecasts,
+            contributions,
+            event_contributions,
+        }
+    }
+
+    /// The evidence of reading `i` per feature: squared standardised forecast residuals
+    /// (`[..F]`), the squared standardised drift of the residuals (`[F..2F]`) and squared
+    /// standardised departures from the device's normal (`[2F..]`); NaN where not available
+    /// (cold, warming up, still learning).
+    pub fn evidence(&self, i: usize) -> &[f32] {
+        &self.evidence[i * 3 * self.nf..(i + 1) * 3 * self.nf]
+    }
+
+    /// Contributions of the alarm that changed at reading `i`: those of the reading that
+    /// raised it (edge `Raised`), averaged over the alarm's readings (edge `Cleared`); zero
+    /// otherwise.
+    pub fn event_contributions(&self, i: usize) -> &[f32] {
+        &self.event_contributions[i * self.nf..(i + 1) * self.nf]
     }
 }
 
@@ -172,6 +291,10 @@ pub struct Counters {
     pub gap_resets: u64,
     /// Devices seen for the first time.
     pub new_devices: u64,
+    /// Alarms raised.
+    pub alarms_raised: u64,
+    /// Alarms cleared.
+    pub alarms_cleared: u64,
 }
 
 /// A reading whose shape does not fit the model.
@@ -209,8 +332,20 @@ struct Slots {
     calib: Vec<f32>,
     calib_far: Vec<f32>,
     stats: Vec<ScoreStats>,
+    // Per feature: baseline, smoothed departure and its learnt variance (detect::Deviation).
+    dev: Vec<f32>,
+    // Per feature: sum of contributions over the current alarm.
+    event_sum: Vec<f32>,
+    // Per feature: short average of the signed one-step residuals (drift evidence).
+    drift: Vec<f32>,
+    alarm: Vec<AlarmState>,
+    // Target false-alarm rate of the device (stream default or override).
+    rate: Vec<f32>,
     last_ts: Vec<i64>,
+    // Readings stepped since the device's LSTM state last started from zero.
     count: Vec<u32>,
+    // Readings seen since the device first appeared (the deviation's age; gaps do not reset).
+    seen: Vec<u32>,
     // Per-batch scratch: the batch a slot was last seen in and its wave there.
     mark: Vec<u32>,
     wave: Vec<u32>,
@@ -242,12 +377,20 @@ pub struct Engine {
     c: Vec<f32>,
     head_in: Vec<f32>,
     head_out: Vec<f32>,
+    zbuf: Vec<f64>,
+    parts: Vec<f64>,
+    p_fc: Vec<f64>,
+    p_dev: Vec<f64>,
+    p_dr: Vec<f64>,
+    znear: Vec<f64>,
+    qdrift: Vec<f64>,
 }
 
 impl Engine {
     /// An engine with no devices yet.
     pub fn new(model: Arc<InferenceModel>, settings: EngineSettings) -> Result<Self, String> {
         model.validate()?;
+
         let state_len = model.stack.state_len();
         Ok(Self {
             model,
@@ -265,6 +408,13 @@ impl Engine {
             c: Vec::new(),
             head_in: Vec::new(),
             head_out: Vec::new(),
+            zbuf: Vec::new(),
+            parts: Vec::new(),
+            p_fc: Vec::new(),
+            p_dev: Vec::new(),
+            p_dr: Vec::new(),
+            znear: Vec::new(),
+            qdrift: Vec::new(),
         })
     }
 
@@ -303,8 +453,14 @@ impl Engine {
         sl.far_mean.reserve_exact(devices * f * self.model.horizon);
         sl.far_sigma.reserve_exact(devices * f * self.model.horizon);
         sl.stats.reserve_exact(devices);
+        sl.dev.reserve_exact(devices * 3 * f);
+        sl.event_sum.reserve_exact(devices * f);
+        sl.drift.reserve_exact(devices * f);
+        sl.alarm.reserve_exact(devices);
+        sl.rate.reserve_exact(devices);
         sl.last_ts.reserve_exact(devices);
         sl.count.reserve_exact(devices);
+        sl.seen.reserve_exact(devices);
         sl.mark.reserve_exact(devices);
         sl.wave.reserve_exact(devices);
         self.ids.reserve(devices);
@@ -323,10 +479,17 @@ impl Engine {
             + cap(&sl.pred_sigma)
             + cap(&sl.far_mean)
             + cap(&sl.far_sigma)
+            + cap(&sl.calib)
             + cap(&sl.calib_far)
             + cap(&sl.stats)
+            + cap(&sl.dev)
+            + cap(&sl.event_sum)
+            + cap(&sl.drift)
+            + cap(&sl.alarm)
+            + cap(&sl.rate)
             + cap(&sl.last_ts)
             + cap(&sl.count)
+            + cap(&sl.seen)
             + cap(&sl.mark)
             + cap(&sl.wave);
         // hashbrown: one bucket of (key, value) plus one control byte per bucket; buckets are
@@ -346,6 +509,11 @@ impl Engine {
             return s as usize;
         }
         let s = self.slots.last_ts.len();
+        if s == self.slots.last_ts.capacity() {
+            // Grow by a quarter rather than doubling: per-device arrays dominate memory, and
+            // doubling would leave up to half of it unused.
+            self.reserve((s / 4).max(64));
+        }
         let f = self.model.features.len();
         let sl = &mut self.slots;
         sl.h.resize(sl.h.len() + self.state_len, 0.0);
@@ -358,8 +526,20 @@ impl Engine {
         sl.far_mean.resize(sl.far_mean.len() + f * hz, 0.0);
         sl.far_sigma.resize(sl.far_sigma.len() + f * hz, 1.0);
         sl.stats.push(self.settings.likelihood.prior());
+        sl.dev.resize(sl.dev.len() + 3 * f, 0.0);
+        sl.event_sum.resize(sl.event_sum.len() + f, 0.0);
+        sl.drift.resize(sl.drift.len() + f, 0.0);
+        sl.alarm.push(AlarmState::default());
+        let rate = self
+            .settings
+            .device_rates
+            .get(device)
+            .copied()
+            .unwrap_or(self.settings.detect.false_alarm_rate);
+        sl.rate.push(rate as f32);
         sl.last_ts.push(i64::MIN);
         sl.count.push(0);
+        sl.seen.push(0);
         sl.mark.push(u32::MAX);
         sl.wave.push(0);
         self.ids.insert(device.to_string(), s as u32);
@@ -375,6 +555,13 @@ impl Engine {
         out.per = per;
         out.forecasts.clear();
         out.forecasts.resize(batch.len() * per, 0.0);
+        out.nf = nf;
+        out.contributions.clear();
+        out.contributions.resize(batch.len() * nf, 0.0);
+        out.event_contributions.clear();
+        out.event_contributions.resize(batch.len() * nf, 0.0);
+        out.evidence.clear();
+        out.evidence.resize(batch.len() * 3 * nf, f32::NAN);
         for (index, r) in batch.iter().enumerate() {
             if r.values.len() != nf {
                 return Err(ShapeError {
@@ -512,20 +699,41 @@ impl Engine {
             let hz = model.horizon;
             let ring = (slot * hz + step % hz) * nf;
             let use_far = hz > 1 && step >= hz;
-            let (mut score, mut top_feature, mut likelihood) = (0.0, 0, 0.0);
+            let (mut forecast_score, mut likelihood) = (0.0, 0.0);
+            let mut p_forecast = None;
+            let mut p_drift = None;
+            let mut forecast_stat = None;
+            self.zbuf.clear();
+            self.zbuf.resize(nf, 0.0);
+            self.p_fc.clear();
+            self.p_fc.resize(nf, 1.0);
+            self.p_dev.clear();
+            self.p_dev.resize(nf, 1.0);
+            self.p_dr.clear();
+            self.p_dr.resize(nf, 1.0);
+            self.znear.clear();
+            self.znear.resize(nf, 0.0);
+            self.qdrift.clear();
+            self.qdrift.resize(nf, 0.0);
             if had_forecast {
                 let alpha = self.settings.calibration_alpha;
                 let sl = &mut self.slots;
+                let zbuf = &mut self.zbuf;
+                let znear = &mut self.znear;
                 let mut worst = 0.0f64;
                 let mut judged = 0;
                 let mut judge =
                     |x: &[f32], mean: &[f32], sigma: &[f32], calib: &mut [f32], learn: bool| {
+                        let first = judged == 0;
                         for f in 0..nf {
                             let z = (x[f] - mean[f]) / (sigma[f] * calib[f].sqrt());
                             let az = z.abs() as f64;
-                            if az > worst {
-                                worst = az;
-                                top_feature = f;
+                            worst = worst.max(az);
+                            if az > zbuf[f].abs() {
+                                zbuf[f] = z as f64;
+                            }
+                            if first {
+                                znear[f] = z as f64;
                             }
                             if learn {
                                 // Capped at 5σ so that a fault does not teach the device that
@@ -554,14 +762,186 @@ impl Engine {
                         warm,
                     );
                 }
-                score = score::score_from_max_z(worst, judged);
+                forecast_score = score::score_from_max_z(worst, judged);
                 if warm {
-                    likelihood = self.settings.likelihood.update(&mut sl.stats[slot], score);
+                    likelihood = self
+                        .settings
+                        .likelihood
+                        .update(&mut sl.stats[slot], forecast_score);
+                    forecast_stat = Some(worst * worst);
+                    for z in self.zbuf.iter_mut() {
+                        *z = (*z * *z).copysign(*z);
+                    }
+                    p_forecast = Some(detect::feature_p_values(
+                        model.calibration.as_ref().map(|c| c.forecast.as_slice()),
+                        &self.zbuf,
+                        &mut self.p_fc,
+                    ));
+                    // Drift: a short average of the signed one-step residuals. A forecaster
+                    // follows a slow drift a step behind, so its residuals lean one way for
+                    // as long as the drift lasts.
+                    let lr = self.settings.detect.drift_smoothing;
+                    let rz = &mut self.slots.drift[slot * nf..(slot + 1) * nf];
+                    let norm = lr / (2.0 - lr);
+                    for ((r, z), q) in rz.iter_mut().zip(&self.znear).zip(&mut self.qdrift) {
+                        let v = lr * z + (1.0 - lr) * *r as f64;
+                        *r = v as f32;
+                        *q = (v * v / norm).copysign(v);
+                    }
+                    p_drift = Some(detect::feature_p_values(
+                        model.calibration.as_ref().map(|c| c.drift.as_slice()),
+                        &self.qdrift,
+                        &mut self.p_dr,
+                    ));
                 }
             }
-            let is_anomaly = warm
-                && (score >= self.settings.score_threshold
-                    || likelihood >= self.settings.likelihood_threshold);
+            if it.reset {
+                self.slots.drift[slot * nf..(slot + 1) * nf]
+                    .iter_mut()
+                    .for_each(|v| *v = 0.0);
+            }
+            // Deviation from the device's own normal (not reset by gaps: it is the device's
+            // normal, not the LSTM's memory).
+            let seen = self.slots.seen[slot];
+            let set = &self.settings.detect;
+            let dev_range = slot * 3 * nf..(slot + 1) * 3 * nf;
+            self.parts.clear();
+            self.parts.resize(nf, 0.0);
+            let mut p_deviation = None;
+            let mut deviation_stat = None;
+            if seen == 0 {
+                Deviation {
+                    state: &mut self.slots.dev[dev_range.clone()],
+                }
+                .start(x);
+            } else {
+                let d = Deviation {
+                    state: &mut self.slots.dev[dev_range.clone()],
+                }
+                .observe(set, self.settings.warmup, seen, x, &mut self.parts);
+                deviation_stat = d.stat;
+                if d.stat.is_some() {
+                    p_deviation = Some(detect::feature_p_values(
+                        model.calibration.as_ref().map(|c| c.deviation.as_slice()),
+                        &self.parts,
+                        &mut self.p_dev,
+                    ));
+                }
+            }
+            // The evidence itself, for calibration in training (NaN: not available).
+            let ev = &mut out.evidence[it.index * 3 * nf..(it.index + 1) * 3 * nf];
+            for f in 0..nf {
+                let (fc, dr) = if p_forecast.is_some() {
+                    (self.zbuf[f].abs() as f32, self.qdrift[f].abs() as f32)
+                } else {
+                    (f32::NAN, f32::NAN)
+                };
+                ev[f] = fc;
+                ev[nf + f] = dr;
+                ev[2 * nf + f] = if p_deviation.is_some() {
+                    self.parts[f].abs() as f32
+                } else {
+                    f32::NAN
+                };
+            }
+            let (p_forecast, p_drift, p_deviation) = match set.evidence {
+                crate::config::Evidence::All => (p_forecast, p_drift, p_deviation),
+                crate::config::Evidence::Forecast => (p_forecast, None, None),
+                crate::config::Evidence::Drift => (None, p_drift, None),
+                crate::config::Evidence::Deviation => (None, None, p_deviation),
+            };
+            let p = detect::combine(&[p_forecast, p_drift, p_deviation]);
+            let score = 1.0 - p;
+            let deviation_score = p_deviation.map_or(0.0, |q| 1.0 - q);
+            let rate = self.slots.rate[slot] as f64;
+            let over_line = p <= rate;
+            let quiet = p > rate * set.clear_factor;
+            // Explanation: the stronger piece of evidence, each feature's share of it.
+            let contrib = &mut out.contributions[it.index * nf..(it.index + 1) * nf];
+            // The strongest piece of evidence explains the reading.
+            let strongest = [
+                (p_forecast, &self.p_fc, &self.zbuf),
+                (p_drift, &self.p_dr, &self.qdrift),
+                (p_deviation, &self.p_dev, &self.parts),
+            ]
+            .into_iter()
+            .filter_map(|(p, pf, dir)| p.map(|p| (p, pf, dir)))
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+            if let Some((_, pf, dir)) = strongest {
+                detect::explain(pf, dir, contrib);
+            }
+            let top_feature = (0..nf)
+                .max_by(|&a, &b| {
+                    contrib[a]
+                        .abs()
+                        .total_cmp(&contrib[b].abs())
+                        .then(b.cmp(&a))
+                })
+                .unwrap_or(0);
+            let policy = AlarmPolicy {
+                min_duration: set.min_duration,
+                cooldown: set.cooldown,
+                settle_fraction: set.settle_fraction,
+                max_alarm: set.max_alarm,
+            };
+            let alarm = &mut self.slots.alarm[slot];
+            let was_active = alarm.active;
+            // The settle rule compares levels: the deviation's surprisal where it is judged
+            // (an onset's forecast surprise is no yardstick for how far the level moved).
+            let surprisal = -p_deviation.unwrap_or(p).max(f64::MIN_POSITIVE).ln();
+            let edge = policy.step(
+                alarm,
+                batch[it.index].ts,
+                detect::Judgement::new(over_line, p <= rate * rate, quiet),
+                score as f32,
+                surprisal,
+            );
+            if matches!(edge, Edge::Cleared { .. }) && !quiet && seen > 0 {
+                // Cleared because the condition settled, not because the device came back:
+                // where it settled is its normal from now on.
+                Deviation {
+                    state: &mut self.slots.dev[dev_range.clone()],
+                }
+                .rebase();
+            }
+            let peak = alarm.peak;
+            let is_anomaly = alarm.active;
+            match edge {
+                Edge::Raised { .. } => self.counters.alarms_raised += 1,
+                Edge::Cleared { .. } => self.counters.alarms_cleared += 1,
+                Edge::None => {}
+            }
+            let ev_sum = &mut self.slots.event_sum[slot * nf..(slot + 1) * nf];
+            let ev_out = &mut out.event_contributions[it.index * nf..(it.index + 1) * nf];
+            match edge {
+                Edge::Raised { .. } => {
+                    ev_sum.copy_from_slice(contrib);
+                    ev_out.copy_from_slice(contrib);
+                }
+                Edge::Cleared { .. } => {
+                    let total: f32 = ev_sum.iter().map(|v| v.abs()).sum();
+                    if total > 0.0 {
+                        for f in 0..nf {
+                            ev_out[f] = ev_sum[f] / total;
+                        }
+                    }
+                    ev_sum.iter_mut().for_each(|v| *v = 0.0);
+                }
+                Edge::None if was_active && !quiet => {
+                    for f in 0..nf {
+                        ev_sum[f] += contrib[f];
+                    }
+                }
+                Edge::None => {}
+            }
+            let healthy = !is_anomaly && !over_line;
+            if seen > 0 {
+                Deviation {
+                    state: &mut self.slots.dev[dev_range],
+                }
+                .adapt(set, self.settings.warmup, seen, x, healthy);
+            }
+            self.slots.seen[slot] = seen.saturating_add(1);
             // Keep the one-step and horizon-H forecasts for scoring the readings to come.
             let far = (hz - 1) * nf;
             for f in 0..nf {
@@ -598,8 +978,15 @@ impl Engine {
             self.counters.stepped += 1;
             out.outcomes[it.index] = Outcome::Scored(Scored {
                 score,
+                forecast_score,
+                deviation_score,
                 likelihood,
+                over_line,
                 is_anomaly,
+                edge,
+                peak,
+                forecast_stat,
+                deviation_stat,
                 top_feature,
                 step_ns: it.step_ns,
                 cold: it.reset,
@@ -633,6 +1020,12 @@ mod tests {
         let mut s = settings();
         s.warmup = 5;
         s.max_gap_ns = 20 * 300_000_000_000;
+        // Short learning and a sensitive line, so that deviations, alarms and their edges are
+        // part of what must not depend on batching.
+        s.detect.learning = 20;
+        s.detect.false_alarm_rate = 0.05;
+        s.detect.min_duration = 2;
+        s.detect.cooldown = 3;
         Engine::new(Arc::new(synthetic_model(&spec)), s)
             .expect("engine")
             .with_isa(isa)
@@ -671,6 +1064,8 @@ mod tests {
                 outcomes.push(*o);
                 if matches!(o, Outcome::Scored(_)) {
                     bits.extend(out.forecast(i).iter().map(|v| v.to_bits()));
+                    bits.extend(out.contributions(i).iter().map(|v| v.to_bits()));
+                    bits.extend(out.event_contributions(i).iter().map(|v| v.to_bits()));
                 }
             }
         }
@@ -681,10 +1076,21 @@ mod tests {
         a.len() == b.len()
             && a.iter().zip(b).all(|(x, y)| match (x, y) {
                 (Outcome::Scored(p), Outcome::Scored(q)) => {
-                    p.score.to_bits() == q.score.to_bits()
-                        && p.likelihood.to_bits() == q.likelihood.to_bits()
-                        && (p.is_anomaly, p.top_feature, p.step_ns, p.cold)
-                            == (q.is_anomaly, q.top_feature, q.step_ns, q.cold)
+                    let bits = |s: &Scored| {
+                        [
+                            s.score.to_bits(),
+                            s.forecast_score.to_bits(),
+                            s.deviation_score.to_bits(),
+                            s.likelihood.to_bits(),
+                            s.forecast_stat.map_or(1, f64::to_bits),
+                            s.deviation_stat.map_or(1, f64::to_bits),
+                            s.peak.to_bits() as u64,
+                        ]
+                    };
+                    bits(p) == bits(q)
+                        && (p.over_line, p.is_anomaly, p.edge, p.top_feature)
+                            == (q.over_line, q.is_anomaly, q.edge, q.top_feature)
+                        && (p.step_ns, p.cold) == (q.step_ns, q.cold)
                 }
                 (Outcome::Stale { last_ts: s }, Outcome::Stale { last_ts: t }) => s == t,
                 _ => false,
@@ -694,6 +1100,17 @@ mod tests {
     #[test]
     fn any_batching_gives_identical_bits() {
         let (reference, ref_bits, counters) = run(Isa::detect(), 1);
+        let raised = reference
+            .iter()
+            .filter(|o| matches!(o, Outcome::Scored(s) if matches!(s.edge, Edge::Raised { .. })))
+            .count();
+        assert!(raised > 0, "the comparison covers alarms");
+        assert!(
+            reference
+                .iter()
+                .any(|o| matches!(o, Outcome::Scored(s) if s.deviation_stat.is_some())),
+            "the comparison covers learnt deviations"
+        );
         for batch in [7, 4096] {
             let (o, bits, c) = run(Isa::detect(), batch);
             assert!(same_bits(&reference, &o), "batch {batch}: outcomes differ");
@@ -722,9 +1139,18 @@ mod tests {
             })
             .collect();
         assert_eq!(cold.len(), 6, "five first readings and one reset");
+        // A cold reading has no forecast to be judged against (its deviation from the
+        // device's normal still counts: a gap does not make a device new).
+        assert!(
+            cold.iter().all(|s| s.forecast_score == 0.0
+                && s.forecast_stat.is_none()
+                && s.likelihood == 0.0)
+        );
         assert!(
             cold.iter()
-                .all(|s| s.score == 0.0 && !s.is_anomaly && s.likelihood == 0.0)
+                .take(5)
+                .all(|s| s.score == 0.0 && !s.is_anomaly && s.deviation_stat.is_none()),
+            "first readings: nothing to judge"
         );
         assert!(
             outcomes
@@ -769,23 +1195,38 @@ mod tests {
     }
 
     #[test]
-    fn state_stays_within_budget() {
-        // DESIGN.md §3.5: ≤ 2 KiB per device at hidden 64, one layer (8 features).
+    fn state_stays_within_budget_on_the_growth_path_serve_uses() {
+        // DESIGN.md §3.5: ≤ 2 KiB per device at hidden 64, one layer (8 features), counting
+        // every per-device array by capacity, the id map and the id strings, with the table
+        // grown device by device in micro-batches as `serve` grows it (no reservation).
         let spec = BenchSpec {
-            devices: 2000,
-            steps: 1,
+            devices: 5000,
+            steps: 2,
             hidden: 64,
             features: 8,
             layers: 1,
             horizon: 3,
-            batch: 4096,
+            batch: 64,
         };
         let mut e = Engine::new(Arc::new(synthetic_model(&spec)), settings()).expect("engine");
-        e.reserve(spec.devices);
-        let rs = crate::bench::synthetic_readings(spec.devices, 1, spec.features);
-        e.process(&rs, &mut BatchOutput::default())
-            .expect("process");
-        let per = e.state_heap_bytes() / spec.devices;
-        assert!(per <= 2048, "{per} bytes per device");
+        let rs = crate::bench::synthetic_readings(spec.devices, spec.steps, spec.features);
+        let mut out = BatchOutput::default();
+        let mut worst = 0;
+        for chunk in rs.chunks(spec.batch) {
+            e.process(chunk, &mut out).expect("process");
+            if e.devices() >= 100 {
+                worst = worst.max(e.state_heap_bytes() / e.devices());
+            }
+        }
+        assert_eq!(e.devices(), spec.devices);
+        assert!(worst <= 2048, "{worst} bytes per device at worst");
+        // The count covers every per-device array: a fresh engine with one device holds at
+        // least the floats of its state.
+        let floats = 2 * 64 + 8 * (2 + 2 * 3 + 2 + 3 + 1 + 1);
+        assert!(
+            worst >= floats * 4,
+            "{worst} < {} bytes of state",
+            floats * 4
+        );
     }
 }

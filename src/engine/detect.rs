@@ -163,6 +163,19 @@ pub struct MeasuredWith {
 }
 
 impl MeasuredWith {
+    /// Same settings (the derived weights compared to 1e-9, as they pass through JSON).
+    pub fn agrees_with(&self, other: &Self) -> bool {
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-12);
+        (self.warmup, self.learning_readings, self.baseline_window)
+            == (other.warmup, other.learning_readings, other.baseline_window)
+            && close(self.smoothing, other.smoothing)
+            && close(self.drift_smoothing, other.drift_smoothing)
+            && close(
+                self.calibration_alpha as f64,
+                other.calibration_alpha as f64,
+            )
+    }
+
     /// What `settings` would measure.
     pub fn of(settings: &super::EngineSettings) -> Self {
         Self {

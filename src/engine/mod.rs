@@ -68,12 +68,18 @@ impl InferenceModel {
     /// under `settings`, if they will not (logged as a warning where models are loaded).
     pub fn calibration_problem(&self, settings: &EngineSettings) -> Option<String> {
         match &self.calibration {
-            Some(c) if c.measured_with != detect::MeasuredWith::of(settings) => Some(format!(
-                "model {}: its anomaly thresholds were measured with other detector settings ({:?}, now {:?}); alarms will not follow anomaly.false_alarm_rate until the model is retrained",
-                self.version,
-                c.measured_with,
-                detect::MeasuredWith::of(settings)
-            )),
+            Some(c)
+                if !c
+                    .measured_with
+                    .agrees_with(&detect::MeasuredWith::of(settings)) =>
+            {
+                Some(format!(
+                    "model {}: its anomaly thresholds were measured with other detector settings ({:?}, now {:?}); alarms will not follow anomaly.false_alarm_rate until the model is retrained",
+                    self.version,
+                    c.measured_with,
+                    detect::MeasuredWith::of(settings)
+                ))
+            }
             None => Some(format!(
                 "model {} has no measured anomaly thresholds (trained before they existed, or on too little data); Gaussian tails are assumed",
                 self.version
@@ -1156,6 +1162,52 @@ mod tests {
             outcomes
                 .iter()
                 .any(|o| matches!(o, Outcome::Scored(s) if s.score > 0.0))
+        );
+    }
+
+    #[test]
+    fn a_lower_false_alarm_rate_raises_fewer_alarms() {
+        let rs = generate(&FleetSpec {
+            devices: 6,
+            readings: 400,
+            faults: 4,
+            ..FleetSpec::default()
+        })
+        .readings;
+        let mut last: Option<(usize, usize, usize)> = None;
+        let mut first: Option<(usize, usize, usize)> = None;
+        for rate in [0.2, 0.05, 0.01, 1e-3, 1e-4, 1e-6] {
+            let mut e = engine(Isa::detect());
+            e.settings.detect.false_alarm_rate = rate;
+            // The deviation does not depend on the (untrained, synthetic) forecaster.
+            e.settings.detect.evidence = crate::config::Evidence::Deviation;
+            e.settings.detect.learning = 100;
+            let mut out = BatchOutput::default();
+            let (mut over, mut alarmed, mut raised) = (0, 0, 0);
+            for chunk in rs.chunks(64) {
+                e.process(chunk, &mut out).expect("process");
+                for o in &out.outcomes {
+                    if let Outcome::Scored(s) = o {
+                        over += s.over_line as usize;
+                        alarmed += s.is_anomaly as usize;
+                        raised += matches!(s.edge, Edge::Raised { .. }) as usize;
+                    }
+                }
+            }
+            first.get_or_insert((over, alarmed, raised));
+            if let Some((o, a, r)) = last {
+                assert!(
+                    over <= o && alarmed <= a && raised <= r,
+                    "rate {rate}: over {over} (was {o}), alarmed {alarmed} (was {a}), raised {raised} (was {r})"
+                );
+            }
+            last = Some((over, alarmed, raised));
+        }
+        let (over, alarmed, _) = last.expect("ran");
+        let first = first.expect("ran");
+        assert!(
+            over < first.0 && alarmed < first.1,
+            "the knob moves something: {first:?} at 0.2, ({over}, {alarmed}) at 1e-6"
         );
     }
 

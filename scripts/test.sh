@@ -43,10 +43,15 @@ if [ ${#packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
 fi
 
-if ! command -v tansu >/dev/null 2>&1 || ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-  step "building tansu $TANSU_VERSION (once; reused afterwards)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+# One build with every storage engine the tests use: in-memory (dynostore) and SQLite
+# (libsql, a topic store that survives a broker restart). Kept in its own root, named by
+# version and features, so that an older build with fewer features is never reused.
+TANSU_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/sensorcast/tansu-$TANSU_VERSION-dynostore-libsql
+if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
+  step "building tansu $TANSU_VERSION with dynostore,libsql (once; reused afterwards)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql --root "$TANSU_ROOT"
 fi
+export PATH="$TANSU_ROOT/bin:$PATH"
 
 logs=$(mktemp -d)
 pids=()

@@ -1212,6 +1212,47 @@ mod tests {
     }
 
     #[test]
+    fn a_device_override_of_the_rate_applies_to_that_device_only() {
+        let rs = generate(&FleetSpec {
+            devices: 4,
+            readings: 300,
+            faults: 0,
+            ..FleetSpec::default()
+        })
+        .readings;
+        let run = |overrides: &[(&str, f64)]| {
+            let mut e = engine(Isa::detect());
+            e.settings.detect.false_alarm_rate = 0.2;
+            // The deviation does not depend on the (untrained, synthetic) forecaster.
+            e.settings.detect.evidence = crate::config::Evidence::Deviation;
+            e.settings.device_rates = Arc::new(
+                overrides
+                    .iter()
+                    .map(|(d, r)| (d.to_string(), *r))
+                    .collect(),
+            );
+            let mut out = BatchOutput::default();
+            let mut over: HashMap<String, usize> = HashMap::new();
+            for chunk in rs.chunks(50) {
+                e.process(chunk, &mut out).expect("process");
+                for (r, o) in chunk.iter().zip(&out.outcomes) {
+                    if let Outcome::Scored(s) = o {
+                        *over.entry(r.device.clone()).or_default() += s.over_line as usize;
+                    }
+                }
+            }
+            over
+        };
+        let base = run(&[]);
+        let quiet = run(&[("pump-001", 1e-12)]);
+        assert!(base["pump-001"] > 0, "the stream's rate flags something: {base:?}");
+        assert_eq!(quiet["pump-001"], 0, "{quiet:?}");
+        for d in ["pump-000", "pump-002", "pump-003"] {
+            assert_eq!(quiet[d], base[d], "other devices keep the stream's rate");
+        }
+    }
+
+    #[test]
     fn a_device_twice_in_one_batch_is_stepped_in_order() {
         let rs = readings();
         let one = rs

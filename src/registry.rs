@@ -307,6 +307,9 @@ impl Registry {
             )
             .map_err(|message| RegistryError::Weights { path, message })?;
         inference.calibration = meta.anomaly.clone();
+        if let Some(c) = inference.calibration.as_mut() {
+            c.prepare();
+        }
         Ok(LoadedModel {
             meta,
             model,

@@ -47,6 +47,9 @@ pub struct TailTable {
     pub values: Vec<f64>,
     /// Samples the table was fitted on.
     pub samples: u64,
+    /// −ln of `levels`, cached ([`TailTable::prepare`]).
+    #[serde(skip)]
+    pub neg_ln_levels: Vec<f64>,
 }
 
 impl TailTable {
@@ -75,48 +78,69 @@ impl TailTable {
             values.push(v);
             k += 1;
         }
-        Some(Self {
+        let mut t = Self {
             levels,
             values,
             samples: samples.len() as u64,
-        })
+            neg_ln_levels: Vec::new(),
+        };
+        t.prepare();
+        Some(t)
     }
 
-    /// Share of normal readings whose statistic is at least `x`.
-    pub fn survival(&self, x: f64) -> f64 {
-        let (l, v) = (&self.levels, &self.values);
-        if l.is_empty() || x.is_nan() {
-            return 1.0;
+    /// Caches −ln of the levels (called once a table is loaded or fitted; the lookup works
+    /// without it, slower).
+    pub fn prepare(&mut self) {
+        self.neg_ln_levels = self.levels.iter().map(|l| -l.ln()).collect();
+    }
+
+    fn level_surprisal(&self, k: usize) -> f64 {
+        match self.neg_ln_levels.get(k) {
+            Some(s) if self.neg_ln_levels.len() == self.levels.len() => *s,
+            _ => -self.levels[k].ln(),
+        }
+    }
+
+    /// Surprisal −ln p of a statistic `x`, p the share of normal readings at least as extreme:
+    /// interpolated linearly in surprisal between the table's levels (p log-linearly), from 0
+    /// at `x = 0` to the first level, and extrapolated along the last two levels beyond the
+    /// table (exponential tail). Costs no logarithm or exponential once [`Self::prepare`]d.
+    pub fn surprisal(&self, x: f64) -> f64 {
+        let v = &self.values;
+        if v.is_empty() || x.is_nan() || x <= 0.0 {
+            return 0.0;
         }
         if x <= v[0] {
-            // Below the median-ish first level: linear from (0, 1).
             return if v[0] <= 0.0 {
-                l[0]
+                self.level_surprisal(0)
             } else {
-                1.0 - (1.0 - l[0]) * (x.max(0.0) / v[0])
+                self.level_surprisal(0) * (x / v[0])
             };
         }
         for k in 1..v.len() {
             if x <= v[k] {
+                let (s0, s1) = (self.level_surprisal(k - 1), self.level_surprisal(k));
                 let span = v[k] - v[k - 1];
                 if span <= 0.0 {
-                    return l[k];
+                    return s1;
                 }
-                let t = (x - v[k - 1]) / span;
-                return (l[k - 1].ln() + t * (l[k].ln() - l[k - 1].ln())).exp();
+                return s0 + (x - v[k - 1]) / span * (s1 - s0);
             }
         }
-        // Exponential extrapolation from the last two levels (or from the first, when the
-        // table has one level).
         let last = v.len() - 1;
-        let (x1, p1) = (v[last], l[last]);
+        let s_last = self.level_surprisal(last);
         let slope = if last > 0 && v[last] > v[last - 1] {
-            (l[last].ln() - l[last - 1].ln()) / (v[last] - v[last - 1])
+            (s_last - self.level_surprisal(last - 1)) / (v[last] - v[last - 1])
         } else {
-            // One usable level: decay by e for every multiple of that value.
-            -1.0 / x1.max(f64::MIN_POSITIVE)
+            // One usable level: one more unit of surprisal for every multiple of its value.
+            1.0 / v[last].max(f64::MIN_POSITIVE)
         };
-        (p1.ln() + slope * (x - x1)).exp().min(p1)
+        s_last + slope.max(0.0) * (x - v[last])
+    }
+
+    /// Share of normal readings whose statistic is at least `x` (`exp(−surprisal)`).
+    pub fn survival(&self, x: f64) -> f64 {
+        (-self.surprisal(x)).exp()
     }
 }
 
@@ -162,6 +186,20 @@ pub struct MeasuredWith {
     pub calibration_alpha: f32,
 }
 
+impl Calibration {
+    /// Prepares every table for fast lookups ([`TailTable::prepare`]).
+    pub fn prepare(&mut self) {
+        for t in self
+            .forecast
+            .iter_mut()
+            .chain(self.drift.iter_mut())
+            .chain(self.deviation.iter_mut())
+        {
+            t.prepare();
+        }
+    }
+}
+
 impl MeasuredWith {
     /// Same settings (the derived weights compared to 1e-9, as they pass through JSON).
     pub fn agrees_with(&self, other: &Self) -> bool {
@@ -189,32 +227,33 @@ impl MeasuredWith {
     }
 }
 
-/// Per-feature p-values of squared statistics `q` (their sign, a direction, is ignored),
-/// written into `p`, from the feature's tail table or, without one, the two-sided Gaussian
-/// tail. Returns the reading's p-value for this piece of evidence: the smallest, times the
-/// number of features (Bonferroni), at most 1.
-pub fn feature_p_values(tables: Option<&[TailTable]>, q: &[f64], p: &mut [f64]) -> f64 {
-    let mut min_p: f64 = 1.0;
+/// Per-feature surprisals (−ln p-value) of squared statistics `q` (their sign, a direction,
+/// is ignored), written into `s`, from the feature's tail table or, without one, the
+/// two-sided Gaussian tail. Returns the reading's p-value for this piece of evidence: the
+/// smallest per-feature p-value times the number of features (Bonferroni), at most 1.
+pub fn feature_surprisals(tables: Option<&[TailTable]>, q: &[f64], s: &mut [f64]) -> f64 {
+    let mut max_s: f64 = 0.0;
     for f in 0..q.len() {
         let x = q[f].abs();
-        let pf = match tables {
-            Some(t) => t[f].survival(x),
-            None => super::score::erfc((x / 2.0).sqrt()),
+        let sf = match tables {
+            Some(t) => t[f].surprisal(x),
+            None => -super::score::erfc((x / 2.0).sqrt())
+                .max(f64::MIN_POSITIVE)
+                .ln(),
         };
-        p[f] = pf;
-        min_p = min_p.min(pf);
+        s[f] = sf;
+        max_s = max_s.max(sf);
     }
-    (min_p * q.len() as f64).min(1.0)
+    ((-max_s).exp() * q.len() as f64).min(1.0)
 }
 
 /// Each feature's share of a reading's evidence, signed by the direction of its departure:
-/// the surprisal −ln p of each feature over their sum. Zero everywhere when nothing is
-/// surprising.
-pub fn explain(p: &[f64], direction: &[f64], out: &mut [f32]) {
-    let total: f64 = p.iter().map(|v| -v.max(f64::MIN_POSITIVE).ln()).sum();
-    for f in 0..p.len() {
+/// its surprisal over the sum of surprisals. Zero everywhere when nothing is surprising.
+pub fn explain(surprisal: &[f64], direction: &[f64], out: &mut [f32]) {
+    let total: f64 = surprisal.iter().sum();
+    for f in 0..surprisal.len() {
         out[f] = if total > 0.0 {
-            ((-p[f].max(f64::MIN_POSITIVE).ln()) / total).copysign(direction[f]) as f32
+            (surprisal[f] / total).copysign(direction[f]) as f32
         } else {
             0.0
         };

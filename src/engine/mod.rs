@@ -385,9 +385,10 @@ pub struct Engine {
     head_out: Vec<f32>,
     zbuf: Vec<f64>,
     parts: Vec<f64>,
-    p_fc: Vec<f64>,
-    p_dev: Vec<f64>,
-    p_dr: Vec<f64>,
+    // Per-feature surprisals of each piece of evidence (scratch).
+    s_fc: Vec<f64>,
+    s_dev: Vec<f64>,
+    s_dr: Vec<f64>,
     znear: Vec<f64>,
     qdrift: Vec<f64>,
 }
@@ -416,9 +417,9 @@ impl Engine {
             head_out: Vec::new(),
             zbuf: Vec::new(),
             parts: Vec::new(),
-            p_fc: Vec::new(),
-            p_dev: Vec::new(),
-            p_dr: Vec::new(),
+            s_fc: Vec::new(),
+            s_dev: Vec::new(),
+            s_dr: Vec::new(),
             znear: Vec::new(),
             qdrift: Vec::new(),
         })
@@ -711,12 +712,12 @@ impl Engine {
             let mut forecast_stat = None;
             self.zbuf.clear();
             self.zbuf.resize(nf, 0.0);
-            self.p_fc.clear();
-            self.p_fc.resize(nf, 1.0);
-            self.p_dev.clear();
-            self.p_dev.resize(nf, 1.0);
-            self.p_dr.clear();
-            self.p_dr.resize(nf, 1.0);
+            self.s_fc.clear();
+            self.s_fc.resize(nf, 0.0);
+            self.s_dev.clear();
+            self.s_dev.resize(nf, 0.0);
+            self.s_dr.clear();
+            self.s_dr.resize(nf, 0.0);
             self.znear.clear();
             self.znear.resize(nf, 0.0);
             self.qdrift.clear();
@@ -778,10 +779,10 @@ impl Engine {
                     for z in self.zbuf.iter_mut() {
                         *z = (*z * *z).copysign(*z);
                     }
-                    p_forecast = Some(detect::feature_p_values(
+                    p_forecast = Some(detect::feature_surprisals(
                         model.calibration.as_ref().map(|c| c.forecast.as_slice()),
                         &self.zbuf,
-                        &mut self.p_fc,
+                        &mut self.s_fc,
                     ));
                     // Drift: a short average of the signed one-step residuals. A forecaster
                     // follows a slow drift a step behind, so its residuals lean one way for
@@ -794,10 +795,10 @@ impl Engine {
                         *r = v as f32;
                         *q = (v * v / norm).copysign(v);
                     }
-                    p_drift = Some(detect::feature_p_values(
+                    p_drift = Some(detect::feature_surprisals(
                         model.calibration.as_ref().map(|c| c.drift.as_slice()),
                         &self.qdrift,
-                        &mut self.p_dr,
+                        &mut self.s_dr,
                     ));
                 }
             }
@@ -827,10 +828,10 @@ impl Engine {
                 .observe(set, self.settings.warmup, seen, x, &mut self.parts);
                 deviation_stat = d.stat;
                 if d.stat.is_some() {
-                    p_deviation = Some(detect::feature_p_values(
+                    p_deviation = Some(detect::feature_surprisals(
                         model.calibration.as_ref().map(|c| c.deviation.as_slice()),
                         &self.parts,
-                        &mut self.p_dev,
+                        &mut self.s_dev,
                     ));
                 }
             }
@@ -866,9 +867,9 @@ impl Engine {
             let contrib = &mut out.contributions[it.index * nf..(it.index + 1) * nf];
             // The strongest piece of evidence explains the reading.
             let strongest = [
-                (p_forecast, &self.p_fc, &self.zbuf),
-                (p_drift, &self.p_dr, &self.qdrift),
-                (p_deviation, &self.p_dev, &self.parts),
+                (p_forecast, &self.s_fc, &self.zbuf),
+                (p_drift, &self.s_dr, &self.qdrift),
+                (p_deviation, &self.s_dev, &self.parts),
             ]
             .into_iter()
             .filter_map(|(p, pf, dir)| p.map(|p| (p, pf, dir)))
@@ -1225,12 +1226,8 @@ mod tests {
             e.settings.detect.false_alarm_rate = 0.2;
             // The deviation does not depend on the (untrained, synthetic) forecaster.
             e.settings.detect.evidence = crate::config::Evidence::Deviation;
-            e.settings.device_rates = Arc::new(
-                overrides
-                    .iter()
-                    .map(|(d, r)| (d.to_string(), *r))
-                    .collect(),
-            );
+            e.settings.device_rates =
+                Arc::new(overrides.iter().map(|(d, r)| (d.to_string(), *r)).collect());
             let mut out = BatchOutput::default();
             let mut over: HashMap<String, usize> = HashMap::new();
             for chunk in rs.chunks(50) {
@@ -1245,7 +1242,10 @@ mod tests {
         };
         let base = run(&[]);
         let quiet = run(&[("pump-001", 1e-12)]);
-        assert!(base["pump-001"] > 0, "the stream's rate flags something: {base:?}");
+        assert!(
+            base["pump-001"] > 0,
+            "the stream's rate flags something: {base:?}"
+        );
         assert_eq!(quiet["pump-001"], 0, "{quiet:?}");
         for d in ["pump-000", "pump-002", "pump-003"] {
             assert_eq!(quiet[d], base[d], "other devices keep the stream's rate");

@@ -1,4 +1,4 @@
-//! Decoding readings: JSON and InfluxDB line protocol messages (DESIGN.md §5), and CSV or
+//! Decoding readings: JSON and InfluxDB line protocol messages (docs/ARCHITECTURE.md §5), and CSV or
 //! either message format in files.
 //!
 //! Keeps invariant §3.4 (bad input is contained) at the edge: every failure is a
@@ -565,7 +565,7 @@ pub struct FileReadings {
 /// File formats for `train` and `replay` input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileFormat {
-    /// JSON lines (DESIGN.md §5).
+    /// JSON lines (docs/ARCHITECTURE.md §5).
     JsonLines,
     /// CSV with the header `device,ts,<feature>...`.
     Csv,

@@ -1,6 +1,6 @@
 //! sensorcast: streaming LSTM forecasting and anomaly scoring for sensor fleets.
 //!
-//! Layout mirrors the data flow (DESIGN.md §7): [`decode`] turns messages and files into
+//! Layout mirrors the data flow (docs/ARCHITECTURE.md §7): [`decode`] turns messages and files into
 //! readings, [`engine`] steps per-device LSTM state and scores, [`model`] and [`train`] build
 //! models with burn, [`registry`] versions them, [`output`] writes points.
 pub mod bench;

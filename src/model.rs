@@ -1,5 +1,5 @@
 //! The forecasting model in burn: stacked LSTM layers and a linear head giving the mean and
-//! log-variance of every feature for each of `horizon` steps (DESIGN.md §4), plus its export
+//! log-variance of every feature for each of `horizon` steps (docs/ARCHITECTURE.md §4), plus its export
 //! to the streaming kernel.
 //!
 //! burn trains and stores the model; [`Forecaster::export`] copies its weights into an

@@ -1,4 +1,4 @@
-//! Output points (DESIGN.md §5): InfluxDB line protocol and CSV renderings of a stepped reading.
+//! Output points (docs/ARCHITECTURE.md §5): InfluxDB line protocol and CSV renderings of a stepped reading.
 //!
 //! Keeps invariant §3.2 (replays are harmless): every point carries the reading's event time
 //! (forecasts: the time they forecast) and a tag set fixed by stream, device, field, horizon

@@ -1,7 +1,7 @@
 //! `sensorcast serve`: Kafka in, engine, InfluxDB out.
 //!
 //! Three stages joined by bounded channels, so that a slow sink slows the consumer instead of
-//! growing memory (DESIGN.md §2):
+//! growing memory (docs/ARCHITECTURE.md §2):
 //!
 //! ```text
 //! source task ──InBatch──► engine thread ──OutBatch──► sink task ──► store offsets

@@ -1,5 +1,5 @@
 //! `sensorcast simulate`: the demo's synthetic fleet, produced to Kafka or written to a file,
-//! as JSON or line protocol (DESIGN.md §5), keyed by device, timestamps ending now.
+//! as JSON or line protocol (docs/ARCHITECTURE.md §5), keyed by device, timestamps ending now.
 
 use crate::config::Format;
 use crate::decode::Reading;

@@ -305,7 +305,7 @@ impl Default for EngineConfig {
     }
 }
 
-/// Anomaly scoring (DESIGN.md §4).
+/// Anomaly scoring (docs/ARCHITECTURE.md §4).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnomalyConfig {

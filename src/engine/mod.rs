@@ -333,7 +333,7 @@ struct Slots {
     far_mean: Vec<f32>,
     far_sigma: Vec<f32>,
     // Per feature: running mean of the squared standardised residual, for the one-step and
-    // the horizon-H forecasts. Scales the model's σ to the device's own normal (DESIGN.md §4:
+    // the horizon-H forecasts. Scales the model's σ to the device's own normal (docs/ARCHITECTURE.md §4:
     // scale differs per device).
     calib: Vec<f32>,
     calib_far: Vec<f32>,
@@ -1289,7 +1289,7 @@ mod tests {
 
     #[test]
     fn state_stays_within_budget_on_the_growth_path_serve_uses() {
-        // DESIGN.md §3.5: ≤ 2 KiB per device at hidden 64, one layer (8 features), counting
+        // docs/ARCHITECTURE.md §3.5: ≤ 2 KiB per device at hidden 64, one layer (8 features), counting
         // every per-device array by capacity, the id map and the id strings, with the table
         // grown device by device in micro-batches as `serve` grows it (no reservation).
         let spec = BenchSpec {

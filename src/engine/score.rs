@@ -1,6 +1,6 @@
 //! Anomaly scoring: the Gaussian tail score of a reading against the forecast made one step
 //! earlier, and an anomaly likelihood in the spirit of Numenta's that compares a device's
-//! recent scores with its own longer history (DESIGN.md §4).
+//! recent scores with its own longer history (docs/ARCHITECTURE.md §4).
 //!
 //! All arithmetic is sequential per device in `f64`, so it is deterministic (§3.6).
 

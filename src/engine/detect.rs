@@ -144,12 +144,6 @@ impl TailTable {
     }
 }
 
-/// Survival of the largest of `n` squared standard normals: the fallback when a model has no
-/// calibration from training.
-pub fn gaussian_max_sq_survival(x: f64, n: usize) -> f64 {
-    1.0 - super::score::score_from_max_z(x.max(0.0).sqrt(), n.max(1))
-}
-
 /// Tail tables of both pieces of evidence, one per feature, measured on the training data
 /// when the model was trained; stored in the model's metadata. Per feature, because sensors
 /// differ: a slowly drifting temperature departs from its recent level far more often than a
@@ -290,20 +284,24 @@ pub struct DetectSettings {
     pub max_alarm: u32,
 }
 
-impl Default for DetectSettings {
-    fn default() -> Self {
+impl DetectSettings {
+    /// From the `[anomaly]` section, with the stream's own rate when it sets one.
+    pub fn from_config(
+        a: &crate::config::AnomalyConfig,
+        stream: &crate::config::StreamConfig,
+    ) -> Self {
         Self {
-            false_alarm_rate: 0.001,
-            min_duration: 5,
-            cooldown: 30,
-            clear_factor: 10.0,
-            learning: 200,
-            baseline_window: 300,
-            smoothing: 0.2,
-            evidence: crate::config::Evidence::All,
-            drift_smoothing: 0.1,
-            settle_fraction: 0.2,
-            max_alarm: 1440,
+            false_alarm_rate: stream.false_alarm_rate.unwrap_or(a.false_alarm_rate),
+            min_duration: a.min_duration,
+            cooldown: a.cooldown,
+            clear_factor: a.clear_factor,
+            learning: a.learning_readings,
+            baseline_window: a.baseline_window,
+            smoothing: 2.0 / (a.smoothing_window as f64 + 1.0),
+            evidence: a.evidence,
+            drift_smoothing: 2.0 / (a.drift_window as f64 + 1.0),
+            settle_fraction: a.settle_fraction,
+            max_alarm: a.max_alarm_readings,
         }
     }
 }
@@ -569,6 +567,11 @@ impl Judgement {
 mod tests {
     use super::*;
 
+    /// Survival of the largest of `n` squared standard normals.
+    fn gaussian_max_sq_survival(x: f64, n: usize) -> f64 {
+        1.0 - super::super::score::score_from_max_z(x.max(0.0).sqrt(), n.max(1))
+    }
+
     fn policy() -> AlarmPolicy {
         AlarmPolicy {
             min_duration: 3,
@@ -743,7 +746,10 @@ mod tests {
 
     #[test]
     fn deviation_stays_flagged_for_a_sustained_level_shift() {
-        let set = DetectSettings::default();
+        let set = DetectSettings::from_config(
+            &crate::config::AnomalyConfig::default(),
+            &crate::config::StreamConfig::default(),
+        );
         let p = AlarmPolicy {
             min_duration: set.min_duration,
             cooldown: set.cooldown,
@@ -753,6 +759,7 @@ mod tests {
         let warmup = 10;
         let mut st = vec![0.0f32; 6];
         let mut parts = [0.0; 2];
+        let mut mid_fault = [0.0; 2];
         let mut alarm = AlarmState::default();
         let noise = |i: u32| ((i as f64 * 0.754_877_666).fract() - 0.5) as f32 * 0.2;
         let mut active = Vec::new();
@@ -767,6 +774,9 @@ mod tests {
                 continue;
             }
             let s = d.observe(&set, warmup, n, &x, &mut parts);
+            if n == 1000 {
+                mid_fault = parts;
+            }
             let pv = s.stat.map(|q| gaussian_max_sq_survival(q, 2));
             let pv = combine(&[None, pv]);
             p.step(
@@ -796,7 +806,11 @@ mod tests {
             active[..800].iter().all(|a| !a),
             "no alarm before the fault"
         );
-        assert!(parts[1].abs() <= parts[1].abs().max(parts[0].abs()));
+        // Mid-fault, the shifted feature carries the departure, upwards.
+        assert!(
+            mid_fault[1] > 10.0 * mid_fault[0].abs(),
+            "departures mid-fault: {mid_fault:?}"
+        );
     }
 
     #[test]

@@ -150,21 +150,7 @@ impl EngineSettings {
             max_gap_ns: cfg.engine.max_gap.as_nanos(),
             warmup: cfg.engine.warmup,
             default_interval_ns: stream.interval.as_nanos(),
-            detect: DetectSettings {
-                false_alarm_rate: stream
-                    .false_alarm_rate
-                    .unwrap_or(cfg.anomaly.false_alarm_rate),
-                min_duration: cfg.anomaly.min_duration,
-                cooldown: cfg.anomaly.cooldown,
-                clear_factor: cfg.anomaly.clear_factor,
-                learning: cfg.anomaly.learning_readings,
-                baseline_window: cfg.anomaly.baseline_window,
-                smoothing: 2.0 / (cfg.anomaly.smoothing_window as f64 + 1.0),
-                evidence: cfg.anomaly.evidence,
-                drift_smoothing: 2.0 / (cfg.anomaly.drift_window as f64 + 1.0),
-                settle_fraction: cfg.anomaly.settle_fraction,
-                max_alarm: cfg.anomaly.max_alarm_readings,
-            },
+            detect: DetectSettings::from_config(&cfg.anomaly, stream),
             device_rates: Arc::new(
                 stream
                     .device_false_alarm_rate

@@ -367,6 +367,26 @@ pub fn replay_readings(
     Ok(summary)
 }
 
+/// Loads a stream's model from the registry (the current version when `version` is `None`)
+/// and checks that it was trained on the features the config lists.
+pub fn load_model(
+    cfg: &Config,
+    stream: &StreamConfig,
+    version: Option<&str>,
+) -> anyhow::Result<crate::registry::LoadedModel> {
+    let loaded = Registry::new(&cfg.model.registry).load(&stream.name, version)?;
+    if loaded.meta.features != stream.features {
+        bail!(
+            "model {} of stream {:?} was trained on features {:?}, the config lists {:?}; retrain or fix streams.features",
+            loaded.meta.version,
+            stream.name,
+            loaded.meta.features,
+            stream.features
+        );
+    }
+    Ok(loaded)
+}
+
 /// `sensorcast replay`.
 pub fn run_replay(
     cfg: &Config,
@@ -377,17 +397,7 @@ pub fn run_replay(
     strict: bool,
 ) -> anyhow::Result<ReplaySummary> {
     let kind = OutputKind::from_path(output)?;
-    let registry = Registry::new(&cfg.model.registry);
-    let loaded = registry.load(&stream.name, version)?;
-    if loaded.meta.features != stream.features {
-        bail!(
-            "model {} of stream {:?} was trained on features {:?}, the config lists {:?}; retrain or fix streams.features",
-            loaded.meta.version,
-            stream.name,
-            loaded.meta.features,
-            stream.features
-        );
-    }
+    let loaded = load_model(cfg, stream, version)?;
     let schema = Schema::from_stream(stream);
     let data = read_inputs(&[input.to_path_buf()], &schema)?;
     report_issues(&data.issues, strict, 20)?;

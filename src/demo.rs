@@ -184,6 +184,7 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         horizon: cfg.model.horizon,
     };
     let mut open: Vec<Option<(usize, String)>> = vec![None; spec.devices];
+    let interval_ns = fleet_spec.interval_ns;
     let mut alarms = Vec::new();
     let summary = replay_readings(
         &cfg,
@@ -199,16 +200,16 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
             flagged[i] = s.is_anomaly;
             let d = device_of(i);
             let step = fleet.steps[i];
+            // A device's readings are `interval` apart: an edge's timestamp gives its step.
+            let ts = fleet.readings[i].ts;
+            let step_of = |t: i64| step.saturating_sub(((ts - t) / interval_ns.max(1)) as usize);
             match s.edge {
-                Edge::Raised { .. } => {
-                    // The alarm starts at the first reading of its run over the line.
-                    let start = step + 1 - cfg.anomaly.min_duration.max(1) as usize;
-                    open[d] = Some((start, fmt.explain(out.event_contributions(j), 2)));
+                Edge::Raised { start } => {
+                    open[d] = Some((step_of(start), fmt.explain(out.event_contributions(j), 2)));
                 }
-                Edge::Cleared { .. } => {
+                Edge::Cleared { end, .. } => {
                     if let Some((start, why)) = open[d].take() {
-                        let end = step.saturating_sub(cfg.anomaly.cooldown as usize);
-                        alarms.push((d, start, Some(end), why));
+                        alarms.push((d, start, Some(step_of(end)), why));
                     }
                 }
                 Edge::None => {}

@@ -882,17 +882,7 @@ pub fn run_labelled(
     out: Option<&Path>,
     version: Option<&str>,
 ) -> anyhow::Result<LabelledReport> {
-    let registry = Registry::new(&cfg.model.registry);
-    let loaded = registry.load(&stream.name, version)?;
-    if loaded.meta.features != stream.features {
-        bail!(
-            "model {} of stream {:?} was trained on features {:?}, the config lists {:?}",
-            loaded.meta.version,
-            stream.name,
-            loaded.meta.features,
-            stream.features
-        );
-    }
+    let loaded = crate::cli::load_model(cfg, stream, version)?;
     let series = read_labelled_csv(input, &stream.features)?;
     let model = Arc::new(loaded.inference);
     let settings = EngineSettings::from_config(cfg, stream);

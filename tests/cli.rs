@@ -41,6 +41,15 @@ fn text(o: &Output) -> (String, String) {
 
 const FEATURES: [&str; 4] = ["vibration", "temperature", "current", "pressure"];
 
+/// `meta.json` of the current `pumps` model in `<dir>/models`.
+fn current_meta(dir: &Path) -> serde_json::Value {
+    let stream = dir.join("models/pumps");
+    let version = std::fs::read_to_string(stream.join("current")).expect("current pointer");
+    let text =
+        std::fs::read_to_string(stream.join(version.trim()).join("meta.json")).expect("meta.json");
+    serde_json::from_str(&text).expect("meta.json parses")
+}
+
 fn write_config(dir: &Path) -> PathBuf {
     let path = dir.join("sensorcast.toml");
     let text = format!(
@@ -171,18 +180,8 @@ fn train_then_replay_writes_points_and_is_deterministic() {
     for key in ["MAE", "RMSE", "MASE", "90% band coverage", "published"] {
         assert!(stdout.contains(key), "report lacks {key}:\n{stdout}");
     }
-    let version =
-        std::fs::read_to_string(dir.path().join("models/pumps/current")).expect("current pointer");
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            dir.path()
-                .join("models/pumps")
-                .join(version.trim())
-                .join("meta.json"),
-        )
-        .expect("meta"),
-    )
-    .expect("meta.json");
+    let meta = current_meta(dir.path());
+    let version = meta["version"].as_str().expect("version").to_string();
     assert_eq!(meta["features"], serde_json::json!(FEATURES));
     assert!(
         meta["validation"]["mase"].as_f64().expect("mase") < 1.0,
@@ -505,18 +504,7 @@ registry = "{}"
         stdout.contains("MASE") && stdout.contains("published"),
         "{stdout}"
     );
-    let version =
-        std::fs::read_to_string(dir.path().join("models/pumps/current")).expect("current pointer");
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            dir.path()
-                .join("models/pumps")
-                .join(version.trim())
-                .join("meta.json"),
-        )
-        .expect("meta"),
-    )
-    .expect("meta.json");
+    let meta = current_meta(dir.path());
     assert_eq!(
         meta["training"]["window"], 37,
         "the window used is recorded"

@@ -74,6 +74,18 @@ pub enum DecodeError {
     /// A schema feature absent from the reading.
     #[error("missing feature {0:?}")]
     MissingFeature(String),
+    /// A timestamp further ahead of the wall clock than allowed.
+    #[error(
+        "timestamp {ts} is {ahead_s:.0} s ahead of the wall clock (allowed: {allowed_s:.0} s, engine.max_future)"
+    )]
+    FutureTimestamp {
+        /// The reading's time (RFC 3339).
+        ts: String,
+        /// Seconds ahead.
+        ahead_s: f64,
+        /// Seconds allowed.
+        allowed_s: f64,
+    },
     /// Payload larger than allowed.
     #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
@@ -100,6 +112,7 @@ impl DecodeError {
             DecodeError::UnknownFeature { .. } => "unknown_feature",
             DecodeError::MissingFeature(_) => "missing_feature",
             DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::FutureTimestamp { .. } => "future_timestamp",
         }
     }
 }

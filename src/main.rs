@@ -120,6 +120,9 @@ enum Command {
     /// Measure detection quality on labelled data with the service's own scoring.
     #[command(subcommand)]
     Evaluate(EvaluateCommand),
+    /// Device state checkpoints.
+    #[command(subcommand)]
+    State(StateCommand),
     /// Print the effective configuration (secrets masked) or every problem in it.
     CheckConfig {
         /// Config file (TOML); defaults and environment only when left out.
@@ -179,6 +182,19 @@ enum EvaluateCommand {
         /// Folder for one chart per device.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StateCommand {
+    /// Partitions, devices, offsets, model versions, sizes and ages of the checkpoints.
+    Inspect {
+        /// Checkpoint directory (`state.dir`).
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        dir: Option<PathBuf>,
+        /// Or the config whose `state.dir` to read.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -364,6 +380,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let n = sensorcast::simulate::run(&spec)?;
             println!("wrote {n} readings of {devices} devices");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::State(StateCommand::Inspect { dir, config }) => {
+            init_logging(None);
+            let dir = match (dir, config) {
+                (Some(d), _) => d,
+                (None, Some(c)) => Config::load(Some(&c))?.state.dir,
+                (None, None) => anyhow::bail!("give --dir or --config"),
+            };
+            let report = sensorcast::state::inspect(&dir, chrono::Utc::now().timestamp_millis())
+                .with_context(|| format!("cannot read checkpoints under {}", dir.display()))?;
+            print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Evaluate(EvaluateCommand::Skab {

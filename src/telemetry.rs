@@ -68,6 +68,22 @@ pub struct Metrics {
     pub model_version: Family<Labels, Gauge>,
     /// 1 while consumption is paused for backpressure.
     pub paused: Gauge,
+    /// Partition checkpoints persisted, by stream.
+    pub checkpoints_written: Family<Labels, Counter>,
+    /// Bytes of checkpoints persisted, by stream.
+    pub checkpoint_bytes: Family<Labels, Counter>,
+    /// Checkpoints that could not be written.
+    pub checkpoint_failures: Counter,
+    /// Time to persist one set of checkpoints.
+    pub checkpoint_seconds: Histogram,
+    /// Checkpoints passed over on restore, by reason.
+    pub checkpoints_skipped: Family<Labels, Counter>,
+    /// Devices restored from checkpoints, by stream.
+    pub devices_restored: Family<Labels, Counter>,
+    /// Feature values clamped to ±engine.max_abs_z, by stream.
+    pub readings_clamped: Family<Labels, Counter>,
+    /// Devices reset because a reading would have made their state non-finite, by stream.
+    pub devices_reset: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -97,6 +113,14 @@ impl Metrics {
             alarms_active: Family::default(),
             model_version: Family::default(),
             paused: Gauge::default(),
+            checkpoints_written: Family::default(),
+            checkpoint_bytes: Family::default(),
+            checkpoint_failures: Counter::default(),
+            checkpoint_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            checkpoints_skipped: Family::default(),
+            devices_restored: Family::default(),
+            readings_clamped: Family::default(),
+            devices_reset: Family::default(),
             registry: Registry::default(),
         };
         registry.register("readings", "Readings decoded", m.readings_in.clone());
@@ -170,6 +194,46 @@ impl Metrics {
             "paused",
             "1 while consumption is paused for backpressure",
             m.paused.clone(),
+        );
+        registry.register(
+            "checkpoints_written",
+            "Partition checkpoints of device state persisted",
+            m.checkpoints_written.clone(),
+        );
+        registry.register(
+            "checkpoint_bytes",
+            "Bytes of partition checkpoints persisted",
+            m.checkpoint_bytes.clone(),
+        );
+        registry.register(
+            "checkpoint_failures",
+            "Partition checkpoints that could not be written",
+            m.checkpoint_failures.clone(),
+        );
+        registry.register(
+            "checkpoint_seconds",
+            "Time to persist one set of partition checkpoints",
+            m.checkpoint_seconds.clone(),
+        );
+        registry.register(
+            "checkpoints_skipped",
+            "Checkpoints passed over on restore (damaged, unreadable, format_version, mismatch, records)",
+            m.checkpoints_skipped.clone(),
+        );
+        registry.register(
+            "devices_restored",
+            "Devices whose state was restored from a checkpoint",
+            m.devices_restored.clone(),
+        );
+        registry.register(
+            "readings_clamped",
+            "Feature values clamped to plus or minus engine.max_abs_z standard deviations",
+            m.readings_clamped.clone(),
+        );
+        registry.register(
+            "devices_reset",
+            "Devices reset to a cold start because a reading would have made their state non-finite",
+            m.devices_reset.clone(),
         );
         Self { registry, ..m }
     }

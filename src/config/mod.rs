@@ -35,6 +35,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Service lifecycle.
     pub service: ServiceConfig,
+    /// Device state checkpoints (used by `serve`).
+    pub state: StateConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -51,6 +53,7 @@ impl Default for Config {
             influxdb: InfluxConfig::default(),
             http: HttpConfig::default(),
             service: ServiceConfig::default(),
+            state: StateConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -190,6 +193,30 @@ impl Default for ServiceConfig {
     }
 }
 
+/// Device state checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory of checkpoints: `<dir>/<group>/<stream>/p<partition>/`.
+    pub dir: PathBuf,
+    /// How often every partition's device states are checkpointed (also on revoke and at
+    /// shutdown).
+    pub checkpoint_interval: HumanDuration,
+    /// Checkpoints kept per partition (older ones are pruned); a damaged newest one falls
+    /// back to the one before.
+    pub keep: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("state"),
+            checkpoint_interval: HumanDuration::from_secs(10),
+            keep: 3,
+        }
+    }
+}
+
 /// Input payload format of a stream.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -292,6 +319,13 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Longest a reading waits for its micro-batch to fill (`serve`).
     pub max_linger: HumanDuration,
+    /// Normalised feature values beyond ± this many standard deviations are clamped (counted),
+    /// so that an absurd but finite value cannot overflow a device's state.
+    pub max_abs_z: f64,
+    /// `serve`: a reading stamped further than this ahead of the wall clock is a dead letter
+    /// (`future_timestamp`) instead of a reading that would make its device's later readings
+    /// stale.
+    pub max_future: HumanDuration,
 }
 
 impl Default for EngineConfig {
@@ -301,6 +335,8 @@ impl Default for EngineConfig {
             warmup: 30,
             max_batch: 4096,
             max_linger: HumanDuration::from_millis(20),
+            max_abs_z: 1000.0,
+            max_future: HumanDuration::from_secs(300),
         }
     }
 }
@@ -637,6 +673,34 @@ impl Config {
             bad(
                 "engine.max_batch".into(),
                 format!("{} is out of range 1..=1000000", e.max_batch),
+            );
+        }
+        if !(e.max_abs_z.is_finite() && e.max_abs_z >= 1.0) {
+            bad(
+                "engine.max_abs_z".into(),
+                format!("{} must be a finite number of at least 1", e.max_abs_z),
+            );
+        }
+        if e.max_future.as_nanos() == 0 {
+            bad(
+                "engine.max_future".into(),
+                "must be longer than zero".into(),
+            );
+        }
+        let st = &self.state;
+        if st.dir.as_os_str().is_empty() {
+            bad("state.dir".into(), "must not be empty".into());
+        }
+        if st.checkpoint_interval.as_nanos() == 0 {
+            bad(
+                "state.checkpoint_interval".into(),
+                "must be longer than zero".into(),
+            );
+        }
+        if !(1..=100).contains(&st.keep) {
+            bad(
+                "state.keep".into(),
+                format!("{} is out of range 1..=100", st.keep),
             );
         }
         let a = &self.anomaly;

@@ -18,6 +18,7 @@ pub mod calibrate;
 pub mod detect;
 pub mod kernel;
 pub mod score;
+pub mod snapshot;
 
 use crate::decode::Reading;
 use detect::{AlarmPolicy, AlarmState, Calibration, DetectSettings, Deviation, Edge};
@@ -141,6 +142,8 @@ pub struct EngineSettings {
     pub calibration_alpha: f32,
     /// Likelihood smoothing.
     pub likelihood: Likelihood,
+    /// Normalised feature values are clamped to ±this many standard deviations.
+    pub max_abs_z: f32,
 }
 
 impl EngineSettings {
@@ -160,6 +163,7 @@ impl EngineSettings {
             ),
             calibration_alpha: 2.0 / (cfg.anomaly.calibration_window as f32 + 1.0),
             likelihood: Likelihood::new(cfg.anomaly.short_window, cfg.anomaly.long_window),
+            max_abs_z: cfg.engine.max_abs_z as f32,
         }
     }
 }
@@ -174,6 +178,10 @@ pub enum Outcome {
         /// The device's last timestamp.
         last_ts: i64,
     },
+    /// The reading would have made the device's state or outputs non-finite: the device was
+    /// reset to a cold start and the reading has no outputs (counted in
+    /// [`Counters::poisoned`]).
+    Reset,
 }
 
 /// Score and forecast metadata of a stepped reading.
@@ -287,6 +295,12 @@ pub struct Counters {
     pub alarms_raised: u64,
     /// Alarms cleared.
     pub alarms_cleared: u64,
+    /// Devices restored from a checkpoint.
+    pub restored: u64,
+    /// Feature values clamped to `±max_abs_z` standard deviations after normalisation.
+    pub clamped: u64,
+    /// Devices reset because a reading would have made their state non-finite.
+    pub poisoned: u64,
 }
 
 /// A reading whose shape does not fit the model.
@@ -341,6 +355,8 @@ struct Slots {
     // Per-batch scratch: the batch a slot was last seen in and its wave there.
     mark: Vec<u32>,
     wave: Vec<u32>,
+    // The shard (Kafka partition) of the device's last reading: whose checkpoint it is in.
+    shard: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -456,6 +472,7 @@ impl Engine {
         sl.seen.reserve_exact(devices);
         sl.mark.reserve_exact(devices);
         sl.wave.reserve_exact(devices);
+        sl.shard.reserve_exact(devices);
         self.ids.reserve(devices);
     }
 
@@ -484,7 +501,8 @@ impl Engine {
             + cap(&sl.count)
             + cap(&sl.seen)
             + cap(&sl.mark)
-            + cap(&sl.wave);
+            + cap(&sl.wave)
+            + cap(&sl.shard);
         // hashbrown: one bucket of (key, value) plus one control byte per bucket; buckets are
         // the next power of two above capacity · 8/7.
         let buckets = if self.ids.capacity() == 0 {
@@ -535,13 +553,52 @@ impl Engine {
         sl.seen.push(0);
         sl.mark.push(u32::MAX);
         sl.wave.push(0);
+        sl.shard.push(0);
         self.ids.insert(device.to_string(), s as u32);
         self.counters.new_devices += 1;
         s
     }
 
+    /// Puts a device back to a cold start (its last timestamp kept, so that older readings
+    /// stay stale).
+    fn reset_slot(&mut self, slot: usize) {
+        let (s, f, hz) = (
+            self.state_len,
+            self.model.features.len(),
+            self.model.horizon,
+        );
+        let sl = &mut self.slots;
+        sl.h[slot * s..(slot + 1) * s].fill(0.0);
+        sl.c[slot * s..(slot + 1) * s].fill(0.0);
+        sl.pred_mean[slot * f..(slot + 1) * f].fill(0.0);
+        sl.pred_sigma[slot * f..(slot + 1) * f].fill(1.0);
+        sl.calib[slot * f..(slot + 1) * f].fill(1.0);
+        sl.calib_far[slot * f..(slot + 1) * f].fill(1.0);
+        sl.far_mean[slot * f * hz..(slot + 1) * f * hz].fill(0.0);
+        sl.far_sigma[slot * f * hz..(slot + 1) * f * hz].fill(1.0);
+        sl.stats[slot] = self.settings.likelihood.prior();
+        sl.dev[slot * 3 * f..(slot + 1) * 3 * f].fill(0.0);
+        sl.event_sum[slot * f..(slot + 1) * f].fill(0.0);
+        sl.drift[slot * f..(slot + 1) * f].fill(0.0);
+        sl.alarm[slot] = AlarmState::default();
+        sl.count[slot] = 0;
+        sl.seen[slot] = 0;
+    }
+
     /// Steps every reading of `batch` (in order per device) and fills `out`.
     pub fn process(&mut self, batch: &[Reading], out: &mut BatchOutput) -> Result<(), ShapeError> {
+        self.process_sharded(batch, &[], out)
+    }
+
+    /// [`Engine::process`], noting `shards[i]` (a Kafka partition) as the shard of reading
+    /// `i`'s device: its state goes into that shard's checkpoint. An empty `shards` leaves
+    /// every device where it was (shard 0 for new ones).
+    pub fn process_sharded(
+        &mut self,
+        batch: &[Reading],
+        shards: &[u32],
+        out: &mut BatchOutput,
+    ) -> Result<(), ShapeError> {
         let nf = self.model.features.len();
         let per = self.model.horizon * nf * 3;
         out.outcomes.clear();
@@ -575,6 +632,9 @@ impl Engine {
         }
         for (index, r) in batch.iter().enumerate() {
             let slot = self.slot_for(&r.device);
+            if let Some(&shard) = shards.get(index) {
+                self.slots.shard[slot] = shard;
+            }
             let last = self.slots.last_ts[slot];
             if last != i64::MIN && r.ts <= last {
                 self.counters.stale += 1;
@@ -631,7 +691,13 @@ impl Engine {
         for it in items {
             let r = &batch[it.index];
             for f in 0..nf {
-                self.x.push((r.values[f] - model.mean[f]) / model.std[f]);
+                // Clamped, so that an absurd but finite value cannot overflow the state.
+                let z = (r.values[f] - model.mean[f]) / model.std[f];
+                let lim = self.settings.max_abs_z;
+                if z.abs() > lim {
+                    self.counters.clamped += 1;
+                }
+                self.x.push(z.clamp(-lim, lim));
             }
         }
         // Gather: per layer a rows × hidden block.
@@ -969,6 +1035,22 @@ impl Engine {
                 self.slots.count[slot].saturating_add(1)
             };
             self.counters.stepped += 1;
+            let finite = score.is_finite()
+                && likelihood.is_finite()
+                && out.forecasts[it.index * out.per..(it.index + 1) * out.per]
+                    .iter()
+                    .all(|v| v.is_finite())
+                && self.slots.h[slot * s_len..(slot + 1) * s_len]
+                    .iter()
+                    .chain(&self.slots.c[slot * s_len..(slot + 1) * s_len])
+                    .all(|v| v.is_finite());
+            if !finite {
+                // Never write NaN/inf, never carry it on: the device starts over.
+                self.counters.poisoned += 1;
+                self.reset_slot(slot);
+                out.outcomes[it.index] = Outcome::Reset;
+                continue;
+            }
             out.outcomes[it.index] = Outcome::Scored(Scored {
                 score,
                 forecast_score,

@@ -17,6 +17,8 @@
 //! response headers (no `Retry-After`) and pins reqwest 0.11, whose rustls stack carries a
 //! known vulnerability; this writer does the one request the service needs on reqwest 0.12.
 
+pub mod stage;
+
 use crate::config::InfluxConfig;
 use crate::telemetry::{Health, Metrics, RateLimit, labels};
 use rand::Rng;

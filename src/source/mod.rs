@@ -1,4 +1,5 @@
-//! Kafka source: the consumer group, message decoding per stream, dead letters.
+//! Kafka source: the consumer group, rebalances with device state, message decoding per
+//! stream, dead letters.
 //!
 //! Keeps invariant §3.1 on the input side: offsets are never stored here; the consumer runs
 //! with `enable.auto.offset.store=false` and the sink stores an offset only once everything
@@ -6,25 +7,233 @@
 //! message that does not decode is counted, logged (rate-limited) and produced to the
 //! dead-letter topic with the reason, and its offset then counts as done — it never stalls
 //! its partition.
+//!
+//! Keeps §3.3 across rebalances ([`SourceContext::rebalance`]): before partitions are given up,
+//! everything already taken from them is stepped and written and their devices checkpointed
+//! (the callback waits for it, up to `service.shutdown_timeout`); when partitions are assigned,
+//! the newest valid checkpoint of each is restored into the engine stage and the partition is
+//! read from the checkpoint's offset instead of the group's committed one (quickwit and arroyo
+//! treat Kafka's committed offset as progress only, the same way).
+
+pub mod stage;
 
 use crate::config::{Config, Format, StreamConfig};
 use crate::decode::{DecodeError, Reading, Schema};
+use crate::engine::snapshot::StateLayout;
+use crate::pipeline::ToEngine;
+use crate::state::{DirStore, Expect};
 use crate::telemetry::{Health, Metrics, RateLimit, labels};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
-/// Consumer callbacks: partition counts for readiness, lag from librdkafka's statistics.
+/// The partitions this member owns, kept by the rebalance callbacks and read by the source
+/// stage (which drops what it holds of partitions it lost).
+#[derive(Debug, Default)]
+pub struct Assignment {
+    owned: Mutex<HashSet<(String, i32)>>,
+    generation: AtomicU64,
+}
+
+impl Assignment {
+    /// Whether this member owns the partition now.
+    pub fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(topic.to_string(), partition))
+    }
+
+    /// Changes with every rebalance.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut HashSet<(String, i32)>)) {
+        f(&mut self.owned.lock().unwrap_or_else(|e| e.into_inner()));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A stream as the rebalance callbacks see it: what its checkpoints must match.
+#[derive(Debug, Clone)]
+pub struct StreamState {
+    /// Stream name.
+    pub name: String,
+    /// Topic.
+    pub topic: String,
+    /// Model version in use.
+    pub model: String,
+    /// Its device record layout.
+    pub layout: StateLayout,
+}
+
+/// What the rebalance callbacks need to move device state with partitions.
+pub struct Rebalancer {
+    /// Checkpoints.
+    pub store: DirStore,
+    /// Consumer group.
+    pub group: String,
+    /// Streams, by index.
+    pub streams: Vec<StreamState>,
+    /// The engine stage's input; taken away at shutdown (then rebalances move no state).
+    pub engine: Mutex<Option<mpsc::Sender<ToEngine>>>,
+    /// The runtime the callbacks block on.
+    pub runtime: tokio::runtime::Handle,
+    /// Longest a revoke waits for the partitions' points and checkpoint.
+    pub revoke_timeout: Duration,
+    /// Owned partitions.
+    pub assignment: Arc<Assignment>,
+}
+
+impl Rebalancer {
+    fn engine(&self) -> Option<mpsc::Sender<ToEngine>> {
+        self.engine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stops moving state with rebalances (shutdown: the engine stage is finishing).
+    pub fn detach(&self) {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Runs `fut` to completion from inside a librdkafka callback (which runs on a runtime
+    /// worker, inside the source stage's poll).
+    fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        tokio::task::block_in_place(|| self.runtime.block_on(fut))
+    }
+
+    /// Restores each assigned partition's newest valid checkpoint and sets the partition to
+    /// be read from its offset.
+    fn on_assign(&self, tpl: &mut TopicPartitionList, metrics: &Metrics) {
+        let Some(tx) = self.engine() else { return };
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        for (topic, partition) in parts {
+            let Some(stream) = self.streams.iter().position(|s| s.topic == topic) else {
+                continue;
+            };
+            let st = &self.streams[stream];
+            let loaded = self.store.load(&Expect {
+                group: &self.group,
+                stream: &st.name,
+                topic: &topic,
+                partition,
+                model: &st.model,
+                layout: st.layout,
+            });
+            for s in &loaded.skipped {
+                metrics
+                    .checkpoints_skipped
+                    .get_or_create(&labels(&[("reason", skip_reason(&s.reason))]))
+                    .inc();
+                tracing::warn!(path = %s.path.display(), reason = %s.reason, "checkpoint skipped");
+            }
+            let Some((c, path)) = loaded.checkpoint else {
+                tracing::info!(stream = %st.name, partition, "no usable checkpoint: devices start cold from the committed offset");
+                continue;
+            };
+            let offset = c.header.offset;
+            tracing::info!(stream = %st.name, partition, offset, devices = c.header.devices, path = %path.display(), "restoring checkpoint");
+            let sent = self.block_on(tx.send(ToEngine::Restore {
+                stream,
+                checkpoint: Box::new(c),
+            }));
+            if sent.is_err() {
+                return;
+            }
+            if let Err(e) = tpl.set_partition_offset(&topic, partition, Offset::Offset(offset)) {
+                tracing::error!(error = %e, topic, partition, "cannot seek to the checkpoint's offset");
+            }
+        }
+    }
+
+    /// Before partitions go: everything taken from them is stepped, written and
+    /// checkpointed, then their offsets are committed.
+    fn on_revoke<C: rdkafka::consumer::Consumer<SourceContext>>(
+        &self,
+        consumer: &C,
+        tpl: &TopicPartitionList,
+    ) {
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        self.assignment.update(|owned| {
+            for p in &parts {
+                owned.remove(p);
+            }
+        });
+        let Some(tx) = self.engine() else { return };
+        let (done_tx, done_rx) = oneshot::channel();
+        let waited = self.block_on(async {
+            if tx
+                .send(ToEngine::Revoke {
+                    partitions: parts.clone(),
+                    done: done_tx,
+                })
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            matches!(
+                tokio::time::timeout(self.revoke_timeout, done_rx).await,
+                Ok(Ok(()))
+            )
+        });
+        if waited {
+            tracing::info!(partitions = parts.len(), "revoked partitions checkpointed");
+        } else {
+            tracing::warn!(
+                partitions = parts.len(),
+                "revoked partitions could not be checkpointed in time; their next owner restores the previous checkpoint and re-reads from it"
+            );
+        }
+        match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            Ok(())
+            | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
+            Err(e) => tracing::warn!(error = %e, "commit before revoke failed"),
+        }
+    }
+}
+
+fn skip_reason(e: &crate::state::CheckpointError) -> &'static str {
+    use crate::state::CheckpointError as E;
+    match e {
+        E::TooShort(_) | E::Checksum { .. } => "damaged",
+        E::BadMagic | E::Header(_) | E::Records(_) => "unreadable",
+        E::UnknownVersion(_) => "format_version",
+        E::Mismatch(_) => "mismatch",
+    }
+}
+
+/// Consumer callbacks: rebalances (with device state), partition counts for readiness, lag
+/// from librdkafka's statistics.
 pub struct SourceContext {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    rebalancer: Option<Arc<Rebalancer>>,
 }
 
 impl ClientContext for SourceContext {
@@ -44,7 +253,67 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::Consumer;
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Some(r) = &self.rebalancer {
+                    r.on_assign(tpl, &self.metrics);
+                    r.assignment.update(|owned| {
+                        if !cooperative {
+                            owned.clear();
+                        }
+                        for e in tpl.elements() {
+                            owned.insert((e.topic().to_string(), e.partition()));
+                        }
+                    });
+                }
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                self.after(consumer, &Rebalance::Assign(tpl));
+                r
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Some(r) = &self.rebalancer {
+                    r.on_revoke(consumer, tpl);
+                }
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                self.after(consumer, &Rebalance::Revoke(tpl));
+                r
+            }
+            other => {
+                let e = rdkafka::error::KafkaError::Rebalance(other.into());
+                tracing::warn!(error = %e, "rebalance error");
+                if let Some(r) = &self.rebalancer {
+                    r.assignment.update(|owned| owned.clear());
+                }
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot apply the rebalance");
+        }
+    }
+}
+
+impl SourceContext {
+    fn after(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         use rdkafka::consumer::Consumer;
         let n = consumer.assignment().map(|a| a.count()).unwrap_or(0);
         self.health.partitions.store(n, Ordering::Relaxed);
@@ -89,6 +358,7 @@ pub fn consumer(
     cfg: &Config,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    rebalancer: Option<Arc<Rebalancer>>,
 ) -> Result<Arc<Consumer>, rdkafka::error::KafkaError> {
     use rdkafka::consumer::Consumer as _;
     let mut c = client_config(
@@ -110,7 +380,11 @@ pub fn consumer(
             "auto.commit.interval.ms",
             cfg.kafka.commit_interval.get().as_millis().to_string(),
         );
-    let consumer: Consumer = c.create_with_context(SourceContext { metrics, health })?;
+    let consumer: Consumer = c.create_with_context(SourceContext {
+        metrics,
+        health,
+        rebalancer,
+    })?;
     let topics: Vec<&str> = cfg.streams.iter().map(|s| s.topic.as_str()).collect();
     consumer.subscribe(&topics)?;
     Ok(Arc::new(consumer))
@@ -127,6 +401,7 @@ pub struct Decoder {
     schemas: Vec<Schema>,
     formats: Vec<Format>,
     max_payload: usize,
+    max_future_ns: i64,
 }
 
 /// A decoded message.
@@ -147,8 +422,9 @@ pub struct Rejected {
 }
 
 impl Decoder {
-    /// For the configured streams.
-    pub fn new(streams: &[StreamConfig], max_payload: usize) -> Self {
+    /// For the configured streams; readings stamped more than `max_future_ns` ahead of the
+    /// wall clock are refused (`future_timestamp`).
+    pub fn new(streams: &[StreamConfig], max_payload: usize, max_future_ns: i64) -> Self {
         Self {
             by_topic: streams
                 .iter()
@@ -158,6 +434,7 @@ impl Decoder {
             schemas: streams.iter().map(Schema::from_stream).collect(),
             formats: streams.iter().map(|s| s.format).collect(),
             max_payload,
+            max_future_ns,
         }
     }
 
@@ -210,6 +487,17 @@ impl Decoder {
                 out
             }
         };
+        // A reading from the future would make every later reading of its device stale
+        // until the clock caught up: refuse it here.
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let limit = now.saturating_add(self.max_future_ns);
+        if let Some(r) = readings.iter().find(|r| r.ts > limit) {
+            return Err(reject(DecodeError::FutureTimestamp {
+                ts: crate::decode::format_ts(r.ts),
+                ahead_s: (r.ts - now) as f64 / 1e9,
+                allowed_s: self.max_future_ns as f64 / 1e9,
+            }));
+        }
         Ok(Decoded { stream, readings })
     }
 }
@@ -360,7 +648,7 @@ mod tests {
                 ..StreamConfig::default()
             },
         ];
-        let d = Decoder::new(&streams, 200);
+        let d = Decoder::new(&streams, 200, 300_000_000_000);
         let ok = d
             .decode(
                 "t.a",
@@ -387,6 +675,11 @@ mod tests {
                 "invalid_line_protocol",
             ),
             ("t.b", &b"\n"[..], "invalid_line_protocol"),
+            (
+                "t.b",
+                &b"m,device=d x=1 4102444800000000000"[..],
+                "future_timestamp",
+            ),
         ] {
             let err = d.decode(topic, None, Some(payload)).err().expect(reason);
             assert_eq!(err.reason, reason, "{}", err.message);

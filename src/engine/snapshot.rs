@@ -1,0 +1,541 @@
+//! Device state out of and back into the engine: the bytes a checkpoint holds.
+//!
+//! Every device's memory — h and C per layer, the forecasts it will be judged against, its
+//! calibration, score statistics, deviation baseline, drift, alarm state, last timestamp and
+//! counters — is written bit for bit, so that an engine restored from a snapshot continues
+//! exactly as the engine it came from would have (§3.3 rests on §3.6: same state, same
+//! readings → same bits). The per-device target rate is not stored: it comes from the config.
+//!
+//! A record is `u16 id length, id bytes, fixed block`; the fixed block's size depends only on
+//! the [`StateLayout`], which the checkpoint header carries and [`Engine::restore`] checks.
+
+use super::detect::AlarmState;
+use super::score::ScoreStats;
+use super::{Engine, Slots};
+
+/// The shape of a device record: what a checkpoint must match to be restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateLayout {
+    /// Floats of h (and of C) per device: the sum of the layers' hidden widths.
+    pub state_len: u32,
+    /// Features.
+    pub features: u32,
+    /// Forecast steps.
+    pub horizon: u32,
+}
+
+impl StateLayout {
+    /// Bytes of a record's fixed block (everything but the id).
+    pub fn fixed_bytes(&self) -> usize {
+        let (s, f, h) = (
+            self.state_len as usize,
+            self.features as usize,
+            self.horizon as usize,
+        );
+        // h, c | pred mean, sigma | far mean, sigma | calib, calib_far | dev (3F) | event_sum |
+        // drift — all f32 — then score stats (3 × f64), the alarm state, last_ts, count, seen.
+        4 * (2 * s + 2 * f + 2 * f * h + 2 * f + 3 * f + f + f) + 24 + ALARM_BYTES + 8 + 4 + 4
+    }
+}
+
+const ALARM_BYTES: usize = 1 + 4 + 4 + 8 + 8 + 4 + 4 + 4;
+
+/// Why records could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The checkpoint's layout is not the running model's.
+    #[error("device records have layout {found:?}, the model needs {want:?}")]
+    Layout {
+        /// Found.
+        found: StateLayout,
+        /// Needed.
+        want: StateLayout,
+    },
+    /// The records end in the middle of one.
+    #[error("device record {index} is truncated")]
+    Truncated {
+        /// Record number.
+        index: usize,
+    },
+    /// A device id that is not UTF-8.
+    #[error("device record {index} has an id that is not UTF-8")]
+    BadId {
+        /// Record number.
+        index: usize,
+    },
+    /// A record with a non-finite value (it would poison the device).
+    #[error("device record {index} ({device:?}) holds a non-finite value")]
+    NonFinite {
+        /// Record number.
+        index: usize,
+        /// Device.
+        device: String,
+    },
+}
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn f32s(&mut self, v: &[f32]) {
+        for x in v {
+            self.0.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    fn f64(&mut self, x: f64) {
+        self.0.extend_from_slice(&x.to_le_bytes());
+    }
+    fn u32(&mut self, x: u32) {
+        self.0.extend_from_slice(&x.to_le_bytes());
+    }
+    fn i64(&mut self, x: i64) {
+        self.0.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> &[u8] {
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        s
+    }
+    fn f32s(&mut self, out: &mut [f32]) {
+        for x in out {
+            *x = f32::from_le_bytes(self.take(4).try_into().unwrap_or_default());
+        }
+    }
+    fn f64(&mut self) -> f64 {
+        f64::from_le_bytes(self.take(8).try_into().unwrap_or_default())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take(4).try_into().unwrap_or_default())
+    }
+    fn i64(&mut self) -> i64 {
+        i64::from_le_bytes(self.take(8).try_into().unwrap_or_default())
+    }
+}
+
+/// Device records of one shard.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ShardRecords {
+    /// Devices in `bytes`.
+    pub devices: usize,
+    /// The records, back to back.
+    pub bytes: Vec<u8>,
+}
+
+impl Engine {
+    /// The record shape of this engine's model.
+    pub fn state_layout(&self) -> StateLayout {
+        StateLayout {
+            state_len: self.state_len as u32,
+            features: self.model.features.len() as u32,
+            horizon: self.model.horizon as u32,
+        }
+    }
+
+    /// The shard (Kafka partition) each device was last seen in is recorded by
+    /// [`Engine::process_sharded`]; this writes the records of every device whose shard
+    /// `want` accepts, grouped by shard, sorted by shard.
+    pub fn snapshot(&self, want: impl Fn(u32) -> bool) -> Vec<(u32, ShardRecords)> {
+        let mut by_shard: std::collections::BTreeMap<u32, ShardRecords> = Default::default();
+        let fixed = self.state_layout().fixed_bytes();
+        // In slot order, so that the same history gives the same bytes.
+        let mut by_slot: Vec<&str> = vec![""; self.slots.last_ts.len()];
+        for (id, &slot) in &self.ids {
+            by_slot[slot as usize] = id;
+        }
+        for (slot, id) in by_slot.into_iter().enumerate() {
+            let shard = self.slots.shard[slot];
+            if !want(shard) {
+                continue;
+            }
+            let rec = by_shard.entry(shard).or_default();
+            rec.devices += 1;
+            rec.bytes.reserve(2 + id.len() + fixed);
+            self.write_record(&mut rec.bytes, id, slot);
+        }
+        by_shard.into_iter().collect()
+    }
+
+    fn write_record(&self, out: &mut Vec<u8>, id: &str, slot: usize) {
+        let (s, f, hz) = (
+            self.state_len,
+            self.model.features.len(),
+            self.model.horizon,
+        );
+        let sl = &self.slots;
+        // Ids are at most 256 bytes (decode::MAX_DEVICE_ID_BYTES).
+        out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        out.extend_from_slice(id.as_bytes());
+        let mut w = Writer(out);
+        w.f32s(&sl.h[slot * s..(slot + 1) * s]);
+        w.f32s(&sl.c[slot * s..(slot + 1) * s]);
+        w.f32s(&sl.pred_mean[slot * f..(slot + 1) * f]);
+        w.f32s(&sl.pred_sigma[slot * f..(slot + 1) * f]);
+        w.f32s(&sl.far_mean[slot * f * hz..(slot + 1) * f * hz]);
+        w.f32s(&sl.far_sigma[slot * f * hz..(slot + 1) * f * hz]);
+        w.f32s(&sl.calib[slot * f..(slot + 1) * f]);
+        w.f32s(&sl.calib_far[slot * f..(slot + 1) * f]);
+        w.f32s(&sl.dev[slot * 3 * f..(slot + 1) * 3 * f]);
+        w.f32s(&sl.event_sum[slot * f..(slot + 1) * f]);
+        w.f32s(&sl.drift[slot * f..(slot + 1) * f]);
+        let st = sl.stats[slot];
+        w.f64(st.short);
+        w.f64(st.mean);
+        w.f64(st.var);
+        let a = sl.alarm[slot];
+        w.0.push(a.active as u8);
+        w.u32(a.over_run);
+        w.u32(a.quiet_run);
+        w.i64(a.start);
+        w.i64(a.last_loud);
+        w.f32s(&[a.peak, a.peak_surprisal]);
+        w.u32(a.held);
+        w.i64(sl.last_ts[slot]);
+        w.u32(sl.count[slot]);
+        w.u32(sl.seen[slot]);
+    }
+
+    /// Restores the devices of `records` (written by [`Engine::snapshot`] with `layout`) into
+    /// shard `shard`, replacing any device of the same id. Checks every record before
+    /// changing anything: on error the engine is as it was. Returns the devices restored.
+    pub fn restore(
+        &mut self,
+        shard: u32,
+        layout: StateLayout,
+        records: &ShardRecords,
+    ) -> Result<usize, RestoreError> {
+        let want = self.state_layout();
+        if layout != want {
+            return Err(RestoreError::Layout {
+                found: layout,
+                want,
+            });
+        }
+        let fixed = want.fixed_bytes();
+        // Validate first.
+        let mut spans = Vec::with_capacity(records.devices);
+        let buf = &records.bytes;
+        let mut pos = 0;
+        let mut index = 0;
+        while pos < buf.len() {
+            if pos + 2 > buf.len() {
+                return Err(RestoreError::Truncated { index });
+            }
+            let n = u16::from_le_bytes([buf[pos], buf[pos + 1]]) as usize;
+            let (id_at, body_at) = (pos + 2, pos + 2 + n);
+            if body_at + fixed > buf.len() {
+                return Err(RestoreError::Truncated { index });
+            }
+            let id = std::str::from_utf8(&buf[id_at..body_at])
+                .map_err(|_| RestoreError::BadId { index })?;
+            if !self.record_is_finite(&buf[body_at..body_at + fixed]) {
+                return Err(RestoreError::NonFinite {
+                    index,
+                    device: id.to_string(),
+                });
+            }
+            spans.push((id, body_at));
+            pos = body_at + fixed;
+            index += 1;
+        }
+        if spans.len() != records.devices {
+            return Err(RestoreError::Truncated { index });
+        }
+        let owned: Vec<(String, usize)> = spans.iter().map(|(i, b)| (i.to_string(), *b)).collect();
+        self.reserve(
+            owned
+                .len()
+                .saturating_sub(self.slots.last_ts.capacity() - self.slots.last_ts.len()),
+        );
+        for (id, body_at) in &owned {
+            let slot = match self.ids.get(id.as_str()) {
+                Some(&s) => s as usize,
+                None => {
+                    let s = self.slot_for(id);
+                    self.counters.new_devices -= 1;
+                    s
+                }
+            };
+            self.read_record(
+                &mut Reader {
+                    buf: &records.bytes,
+                    pos: *body_at,
+                },
+                slot,
+            );
+            self.slots.shard[slot] = shard;
+        }
+        self.counters.restored += owned.len() as u64;
+        Ok(owned.len())
+    }
+
+    fn record_is_finite(&self, body: &[u8]) -> bool {
+        // Every f32 of the block before the score stats, then the three f64 stats.
+        let l = self.state_layout();
+        let floats = l.fixed_bytes() - 24 - ALARM_BYTES - 16;
+        let f32_ok = body[..floats]
+            .chunks_exact(4)
+            .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite());
+        let f64_ok = body[floats..floats + 24]
+            .chunks_exact(8)
+            .all(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()).is_finite());
+        f32_ok && f64_ok
+    }
+
+    fn read_record(&mut self, r: &mut Reader<'_>, slot: usize) {
+        let (s, f, hz) = (
+            self.state_len,
+            self.model.features.len(),
+            self.model.horizon,
+        );
+        let sl: &mut Slots = &mut self.slots;
+        r.f32s(&mut sl.h[slot * s..(slot + 1) * s]);
+        r.f32s(&mut sl.c[slot * s..(slot + 1) * s]);
+        r.f32s(&mut sl.pred_mean[slot * f..(slot + 1) * f]);
+        r.f32s(&mut sl.pred_sigma[slot * f..(slot + 1) * f]);
+        r.f32s(&mut sl.far_mean[slot * f * hz..(slot + 1) * f * hz]);
+        r.f32s(&mut sl.far_sigma[slot * f * hz..(slot + 1) * f * hz]);
+        r.f32s(&mut sl.calib[slot * f..(slot + 1) * f]);
+        r.f32s(&mut sl.calib_far[slot * f..(slot + 1) * f]);
+        r.f32s(&mut sl.dev[slot * 3 * f..(slot + 1) * 3 * f]);
+        r.f32s(&mut sl.event_sum[slot * f..(slot + 1) * f]);
+        r.f32s(&mut sl.drift[slot * f..(slot + 1) * f]);
+        sl.stats[slot] = ScoreStats {
+            short: r.f64(),
+            mean: r.f64(),
+            var: r.f64(),
+        };
+        let active = r.take(1)[0] != 0;
+        let over_run = r.u32();
+        let quiet_run = r.u32();
+        let start = r.i64();
+        let last_loud = r.i64();
+        let mut peaks = [0f32; 2];
+        r.f32s(&mut peaks);
+        let held = r.u32();
+        sl.alarm[slot] = AlarmState {
+            active,
+            over_run,
+            quiet_run,
+            start,
+            last_loud,
+            peak: peaks[0],
+            peak_surprisal: peaks[1],
+            held,
+        };
+        sl.last_ts[slot] = r.i64();
+        sl.count[slot] = r.u32();
+        sl.seen[slot] = r.u32();
+    }
+
+    /// Forgets every device `drop` selects by `(shard, last timestamp)`; returns how many.
+    /// One pass over the table: the kept devices move down, keeping their order.
+    pub fn forget(&mut self, drop: impl Fn(u32, i64) -> bool) -> usize {
+        let n = self.slots.last_ts.len();
+        let mut remap = vec![u32::MAX; n];
+        let mut next = 0u32;
+        for (slot, m) in remap.iter_mut().enumerate() {
+            if !drop(self.slots.shard[slot], self.slots.last_ts[slot]) {
+                *m = next;
+                next += 1;
+            }
+        }
+        let removed = n - next as usize;
+        if removed == 0 {
+            return 0;
+        }
+        let (s, f, hz) = (
+            self.state_len,
+            self.model.features.len(),
+            self.model.horizon,
+        );
+        let sl = &mut self.slots;
+        compact(&mut sl.h, s, &remap);
+        compact(&mut sl.c, s, &remap);
+        compact(&mut sl.pred_mean, f, &remap);
+        compact(&mut sl.pred_sigma, f, &remap);
+        compact(&mut sl.far_mean, f * hz, &remap);
+        compact(&mut sl.far_sigma, f * hz, &remap);
+        compact(&mut sl.calib, f, &remap);
+        compact(&mut sl.calib_far, f, &remap);
+        compact(&mut sl.stats, 1, &remap);
+        compact(&mut sl.dev, 3 * f, &remap);
+        compact(&mut sl.event_sum, f, &remap);
+        compact(&mut sl.drift, f, &remap);
+        compact(&mut sl.alarm, 1, &remap);
+        compact(&mut sl.rate, 1, &remap);
+        compact(&mut sl.last_ts, 1, &remap);
+        compact(&mut sl.count, 1, &remap);
+        compact(&mut sl.seen, 1, &remap);
+        compact(&mut sl.mark, 1, &remap);
+        compact(&mut sl.wave, 1, &remap);
+        compact(&mut sl.shard, 1, &remap);
+        self.ids.retain(|_, slot| {
+            let m = remap[*slot as usize];
+            *slot = m;
+            m != u32::MAX
+        });
+        removed
+    }
+}
+
+/// Keeps the `width`-wide rows of `v` whose `remap` entry is set, in order.
+fn compact<T: Copy>(v: &mut Vec<T>, width: usize, remap: &[u32]) {
+    let mut to = 0;
+    for (from, m) in remap.iter().enumerate() {
+        if *m != u32::MAX {
+            if to != from {
+                v.copy_within(from * width..(from + 1) * width, to * width);
+            }
+            to += 1;
+        }
+    }
+    v.truncate(to * width);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{BenchSpec, settings, synthetic_model};
+    use crate::engine::{BatchOutput, Outcome};
+    use crate::synth::{FleetSpec, generate};
+    use std::sync::Arc;
+
+    fn engine() -> Engine {
+        let spec = BenchSpec {
+            devices: 0,
+            steps: 0,
+            hidden: 16,
+            features: 4,
+            layers: 2,
+            horizon: 3,
+            batch: 1,
+        };
+        let mut s = settings();
+        s.warmup = 5;
+        s.detect.learning = 20;
+        s.detect.false_alarm_rate = 0.05;
+        s.detect.min_duration = 2;
+        Engine::new(Arc::new(synthetic_model(&spec)), s).expect("engine")
+    }
+
+    fn bits(e: &mut Engine, rs: &[crate::decode::Reading]) -> Vec<u64> {
+        let mut out = BatchOutput::default();
+        let mut v = Vec::new();
+        for chunk in rs.chunks(13) {
+            let shards: Vec<u32> = chunk.iter().map(|r| shard_of(&r.device)).collect();
+            e.process_sharded(chunk, &shards, &mut out)
+                .expect("process");
+            for (i, o) in out.outcomes.iter().enumerate() {
+                if let Outcome::Scored(s) = o {
+                    v.push(s.score.to_bits());
+                    v.push(s.likelihood.to_bits());
+                    v.push(s.is_anomaly as u64);
+                    v.extend(out.forecast(i).iter().map(|x| x.to_bits() as u64));
+                } else {
+                    v.push(u64::MAX);
+                }
+            }
+        }
+        v
+    }
+
+    fn shard_of(device: &str) -> u32 {
+        device.bytes().map(u32::from).sum::<u32>() % 3
+    }
+
+    #[test]
+    fn a_restored_engine_continues_bit_for_bit() {
+        let rs = generate(&FleetSpec {
+            devices: 7,
+            readings: 150,
+            faults: 2,
+            ..FleetSpec::default()
+        })
+        .readings;
+        let cut = rs.len() * 2 / 3;
+        let mut whole = engine();
+        let reference = bits(&mut whole, &rs);
+        let mut first = engine();
+        let head = bits(&mut first, &rs[..cut]);
+        // Each shard goes into a fresh engine on its own, as partitions move between members.
+        let mut second = engine();
+        let layout = first.state_layout();
+        let mut restored = 0;
+        for (shard, recs) in first.snapshot(|_| true) {
+            restored += second.restore(shard, layout, &recs).expect("restore");
+        }
+        assert_eq!(restored, 7);
+        assert_eq!(second.devices(), 7);
+        let tail = bits(&mut second, &rs[cut..]);
+        assert_eq!(head.len() + tail.len(), reference.len());
+        assert!(
+            head.iter().chain(&tail).eq(reference.iter()),
+            "outputs after a restore differ from an uninterrupted run"
+        );
+    }
+
+    #[test]
+    fn forget_drops_a_shard_and_keeps_the_rest_intact() {
+        let rs = generate(&FleetSpec {
+            devices: 9,
+            readings: 60,
+            faults: 0,
+            ..FleetSpec::default()
+        })
+        .readings;
+        let mut a = engine();
+        let mut b = engine();
+        bits(&mut a, &rs);
+        bits(&mut b, &rs);
+        let gone = a.forget(|shard, _| shard == 1);
+        assert!(gone > 0 && a.devices() == 9 - gone);
+        // What is left is byte for byte what b holds for those shards.
+        assert!(a.snapshot(|s| s != 1) == b.snapshot(|s| s != 1));
+        assert!(a.snapshot(|s| s == 1).is_empty());
+        assert!(a.state_heap_bytes() > 0);
+    }
+
+    #[test]
+    fn damaged_records_are_refused_and_change_nothing() {
+        let rs = generate(&FleetSpec {
+            devices: 3,
+            readings: 40,
+            faults: 0,
+            ..FleetSpec::default()
+        })
+        .readings;
+        let mut a = engine();
+        bits(&mut a, &rs);
+        let layout = a.state_layout();
+        let (shard, recs) = a.snapshot(|_| true).remove(0);
+        let mut fresh = engine();
+        let mut cut = recs.clone();
+        cut.bytes.truncate(cut.bytes.len() - 3);
+        assert!(matches!(
+            fresh.restore(shard, layout, &cut),
+            Err(RestoreError::Truncated { .. })
+        ));
+        let mut other = layout;
+        other.horizon += 1;
+        assert!(matches!(
+            fresh.restore(shard, other, &recs),
+            Err(RestoreError::Layout { .. })
+        ));
+        let mut nan = recs.clone();
+        let id_len = u16::from_le_bytes([nan.bytes[0], nan.bytes[1]]) as usize;
+        nan.bytes[2 + id_len..2 + id_len + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert!(matches!(
+            fresh.restore(shard, layout, &nan),
+            Err(RestoreError::NonFinite { .. })
+        ));
+        assert_eq!(fresh.devices(), 0, "a refused restore changes nothing");
+    }
+}

@@ -1,0 +1,123 @@
+//! What the stages of `serve` hand each other (docs/ARCHITECTURE.md §2).
+//!
+//! ```text
+//! source ──ToEngine──► engine stage ──ToSink──► sink ──► store offsets, persist checkpoints
+//! ```
+//!
+//! Everything travels in order through bounded channels, so a checkpoint that follows a
+//! batch of points is persisted only after those points are acknowledged (§3.1, §3.3).
+
+use crate::decode::Reading;
+use crate::state::Checkpoint;
+use tokio::sync::oneshot;
+
+/// One decoded reading with where it came from.
+#[derive(Debug, Clone)]
+pub struct Sourced {
+    /// Stream index.
+    pub stream: usize,
+    /// Kafka partition of its message.
+    pub partition: i32,
+    /// The reading.
+    pub reading: Reading,
+}
+
+/// Readings of one micro-batch and the offsets they complete.
+#[derive(Debug, Default)]
+pub struct InBatch {
+    /// The readings, in message order.
+    pub readings: Vec<Sourced>,
+    /// Highest offset per partition among the batch's messages (dead letters included).
+    pub offsets: Offsets,
+    /// Kafka timestamps (ms) of the messages, for end-to-end latency.
+    pub msg_ts: Vec<i64>,
+    /// Messages in the batch.
+    pub messages: usize,
+}
+
+impl InBatch {
+    /// Drops what came from partitions `keep` refuses (revoked while the batch filled).
+    pub fn retain_partitions(&mut self, keep: impl Fn(&str, i32) -> bool, topics: &[String]) {
+        self.readings
+            .retain(|r| keep(&topics[r.stream], r.partition));
+        self.offsets.0.retain(|(t, p, _)| keep(t, *p));
+    }
+}
+
+/// Highest offset seen per (topic, partition).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Offsets(pub Vec<(String, i32, i64)>);
+
+impl Offsets {
+    /// Notes `offset` of a partition.
+    pub fn note(&mut self, topic: &str, partition: i32, offset: i64) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(t, p, _)| *p == partition && t == topic)
+        {
+            Some(e) => e.2 = e.2.max(offset),
+            None => self.0.push((topic.to_string(), partition, offset)),
+        }
+    }
+
+    /// Takes in every offset of `other`.
+    pub fn merge(&mut self, other: &Offsets) {
+        for (t, p, o) in &other.0 {
+            self.note(t, *p, *o);
+        }
+    }
+}
+
+/// From the source (and its rebalance callbacks) to the engine stage.
+#[derive(Debug)]
+pub enum ToEngine {
+    /// Readings to step.
+    Batch(InBatch),
+    /// A partition was assigned with a checkpoint: restore its devices before any of its
+    /// readings arrive (they come after this, in channel order).
+    Restore {
+        /// Stream index.
+        stream: usize,
+        /// The checkpoint.
+        checkpoint: Box<Checkpoint>,
+    },
+    /// Partitions are being revoked: checkpoint their devices as of everything sent before
+    /// this, forget them, and signal `done` once the checkpoint is persisted.
+    Revoke {
+        /// (topic, partition) pairs.
+        partitions: Vec<(String, i32)>,
+        /// Signalled after the checkpoint is on disk (dropped unsignalled if it could not be
+        /// written).
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Points of one micro-batch and the offsets to store once they are written.
+#[derive(Debug)]
+pub struct OutBatch {
+    /// Line protocol.
+    pub body: String,
+    /// Offsets the points complete.
+    pub offsets: Offsets,
+    /// Kafka timestamps (ms), for end-to-end latency.
+    pub msg_ts: Vec<i64>,
+}
+
+/// Checkpoints to persist once every point sent before them is acknowledged.
+#[derive(Debug)]
+pub struct Checkpoints {
+    /// One per partition.
+    pub checkpoints: Vec<Checkpoint>,
+    /// Signalled once they are persisted.
+    pub done: Option<oneshot::Sender<()>>,
+}
+
+/// From the engine stage to the sink.
+#[derive(Debug)]
+pub enum ToSink {
+    /// Points to write.
+    Points(OutBatch),
+    /// Checkpoints to persist after the points before them.
+    Checkpoints(Checkpoints),
+}

@@ -1,0 +1,219 @@
+//! The sink stage of `serve`: batches points into write requests, keeps up to
+//! `influxdb.concurrency` of them in flight, acknowledges them strictly in order, stores the
+//! Kafka offsets they complete, and persists checkpoints once every point before them is
+//! written.
+//!
+//! Keeps §3.1: a batch's offsets are stored only when it and every batch before it are
+//! written. Keeps §3.3: a checkpoint arrives behind the points of the messages it covers and is
+//! persisted only when they are all acknowledged, so a persisted checkpoint never runs ahead of
+//! InfluxDB.
+
+use super::{SinkError, Writer};
+use crate::pipeline::{Checkpoints, Offsets, OutBatch, ToSink};
+use crate::source::Consumer;
+use crate::state::DirStore;
+use crate::telemetry::{Metrics, labels};
+use rdkafka::consumer::Consumer as _;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Everything the sink stage needs.
+pub struct SinkStage {
+    /// Input from the engine stage.
+    pub rx: mpsc::Receiver<ToSink>,
+    /// The InfluxDB writer.
+    pub writer: Writer,
+    /// Where offsets are stored.
+    pub consumer: Arc<Consumer>,
+    /// Where checkpoints are persisted.
+    pub store: DirStore,
+    /// A write request is sent once this many bytes wait…
+    pub flush_bytes: usize,
+    /// …or the oldest has waited this long.
+    pub flush_interval: Duration,
+    /// Requests in flight.
+    pub concurrency: usize,
+    /// Shutdown's deadline passed: give up.
+    pub abort: watch::Receiver<bool>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Points waiting to be sent as one write request.
+struct Pending {
+    body: String,
+    offsets: Offsets,
+    msg_ts: Vec<i64>,
+    deadline: tokio::time::Instant,
+}
+
+impl SinkStage {
+    /// Runs until the input closes and everything is written and persisted (true), or until
+    /// shutdown aborts it or the writer fails for good (false).
+    pub async fn run(mut self) -> bool {
+        use futures_util::StreamExt;
+        let writer = Arc::new(self.writer);
+        let (persist_tx, persist_rx) = mpsc::channel::<Checkpoints>(1);
+        let persister = tokio::spawn(persist(
+            persist_rx,
+            self.store.clone(),
+            Arc::clone(&self.metrics),
+        ));
+        let mut inflight = futures_util::stream::FuturesOrdered::new();
+        let mut pending: Option<Pending> = None;
+        // Requests issued and acknowledged, and checkpoints waiting for a number of them.
+        let (mut issued, mut acked) = (0u64, 0u64);
+        let mut barriers: VecDeque<(u64, Checkpoints)> = VecDeque::new();
+        let mut closed = false;
+        let ok = loop {
+            while barriers.front().is_some_and(|(t, _)| *t <= acked) {
+                if let Some((_, set)) = barriers.pop_front()
+                    && persist_tx.send(set).await.is_err()
+                {
+                    break;
+                }
+            }
+            let full = inflight.len() >= self.concurrency;
+            let ready = pending.as_ref().is_some_and(|p| {
+                closed
+                    || p.body.len() >= self.flush_bytes
+                    || tokio::time::Instant::now() >= p.deadline
+            });
+            if ready && !full {
+                let Some(p) = pending.take() else { continue };
+                let (w, mut abort) = (Arc::clone(&writer), self.abort.clone());
+                inflight.push_back(async move {
+                    let result = w.write(&p.body, &mut abort).await;
+                    (result, p.offsets, p.msg_ts)
+                });
+                issued += 1;
+                continue;
+            }
+            if closed && pending.is_none() && inflight.is_empty() && barriers.is_empty() {
+                break true;
+            }
+            let room = pending
+                .as_ref()
+                .is_none_or(|p| p.body.len() < self.flush_bytes);
+            let deadline = pending.as_ref().map(|p| p.deadline);
+            tokio::select! {
+                Some((result, offsets, msg_ts)) = inflight.next(), if !inflight.is_empty() => match result {
+                    Ok(report) => {
+                        acked += 1;
+                        self.metrics.points_written.inc_by(report.written);
+                        store_offsets(&self.consumer, &offsets);
+                        let now = chrono::Utc::now().timestamp_millis();
+                        for ts in msg_ts {
+                            self.metrics.end_to_end_latency.observe((now - ts).max(0) as f64 / 1000.0);
+                        }
+                    }
+                    Err(SinkError::Aborted) => break false,
+                    Err(e) => {
+                        tracing::error!(error = %e, "sink stopped");
+                        break false;
+                    }
+                },
+                next = self.rx.recv(), if !closed && room => match next {
+                    Some(ToSink::Points(b)) => add(&mut pending, b, self.flush_interval),
+                    Some(ToSink::Checkpoints(set)) => {
+                        // Behind every point received so far: send what is pending now.
+                        if let Some(p) = &mut pending {
+                            p.deadline = tokio::time::Instant::now();
+                        }
+                        barriers.push_back((issued + pending.is_some() as u64, set));
+                    }
+                    None => closed = true,
+                },
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() && !ready => {}
+            }
+        };
+        drop(persist_tx);
+        if ok {
+            // The last checkpoints reach the disk before the stage reports success.
+            let _ = persister.await;
+        } else {
+            persister.abort();
+        }
+        ok
+    }
+}
+
+fn add(pending: &mut Option<Pending>, b: OutBatch, flush_interval: Duration) {
+    match pending {
+        Some(p) => {
+            p.body.push_str(&b.body);
+            p.offsets.merge(&b.offsets);
+            p.msg_ts.extend(b.msg_ts);
+        }
+        None => {
+            *pending = Some(Pending {
+                body: b.body,
+                offsets: b.offsets,
+                msg_ts: b.msg_ts,
+                deadline: tokio::time::Instant::now() + flush_interval,
+            });
+        }
+    }
+}
+
+/// Writes checkpoints in order, off the sink's loop (file I/O on the blocking pool).
+async fn persist(mut rx: mpsc::Receiver<Checkpoints>, store: DirStore, metrics: Arc<Metrics>) {
+    while let Some(set) = rx.recv().await {
+        let store = store.clone();
+        let metrics_w = Arc::clone(&metrics);
+        let Checkpoints { checkpoints, done } = set;
+        let written = tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            let mut all_ok = true;
+            for c in &checkpoints {
+                let l = labels(&[("stream", &c.header.stream)]);
+                match store.write(c) {
+                    Ok((path, bytes)) => {
+                        metrics_w.checkpoints_written.get_or_create(&l).inc();
+                        metrics_w.checkpoint_bytes.get_or_create(&l).inc_by(bytes as u64);
+                        tracing::debug!(path = %path.display(), bytes, devices = c.header.devices, offset = c.header.offset, "checkpoint written");
+                    }
+                    Err(e) => {
+                        all_ok = false;
+                        metrics_w.checkpoint_failures.inc();
+                        tracing::error!(
+                            stream = %c.header.stream,
+                            partition = c.header.partition,
+                            dir = %store.root().display(),
+                            error = %e,
+                            "cannot write checkpoint; restarts fall back to the previous one"
+                        );
+                    }
+                }
+            }
+            metrics_w
+                .checkpoint_seconds
+                .observe(t.elapsed().as_secs_f64());
+            all_ok
+        })
+        .await
+        .unwrap_or(false);
+        if written && let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn store_offsets(consumer: &Consumer, offsets: &Offsets) {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in &offsets.0 {
+        // The stored offset is the next one to consume.
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1)) {
+            tracing::warn!(error = %e, topic, partition, "cannot record offset");
+        }
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // After a rebalance the partition may belong to another member, which re-reads from
+        // its checkpoint or the last commit: outputs are rewritten with the same timestamps,
+        // tags and values (§3.2, §3.3).
+        tracing::debug!(error = %e, "cannot store offsets (partition revoked?)");
+    }
+}

@@ -1,0 +1,173 @@
+//! The source stage of `serve`: reads messages, decodes them, dead-letters what does not
+//! decode, gathers micro-batches for the engine stage and pauses the partitions when the
+//! engine's queue stays full (backpressure without leaving the group: the consumer keeps
+//! polling, so `max.poll.interval.ms` is not tripped).
+//!
+//! After a rebalance the micro-batch being filled may hold messages of partitions this member
+//! no longer owns; they are dropped before the batch goes on (the new owner reads them from
+//! the checkpoint or committed offset), so nothing of a revoked partition reaches the engine
+//! after its devices were checkpointed and forgotten.
+
+use super::{Assignment, Consumer, DeadLetters, Decoder};
+use crate::pipeline::{InBatch, Sourced, ToEngine};
+use crate::telemetry::{Labels, Metrics, RateLimit};
+use rdkafka::consumer::Consumer as _;
+use rdkafka::message::Message;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Everything the source stage needs.
+pub struct SourceStage {
+    /// The group consumer.
+    pub consumer: Arc<Consumer>,
+    /// Message decoding.
+    pub decoder: Decoder,
+    /// Dead-letter producer.
+    pub dead_letters: DeadLetters,
+    /// To the engine stage.
+    pub tx: mpsc::Sender<ToEngine>,
+    /// Micro-batch size (readings or messages).
+    pub max_batch: usize,
+    /// Longest a reading waits for its micro-batch.
+    pub linger: Duration,
+    /// Stop consuming.
+    pub stop: watch::Receiver<bool>,
+    /// Shutdown's deadline passed.
+    pub give_up: watch::Receiver<bool>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Metric labels per stream, by stream index.
+    pub stream_labels: Vec<Labels>,
+    /// Topic per stream index.
+    pub topics: Vec<String>,
+    /// The partitions this member owns (kept by the rebalance callbacks).
+    pub assignment: Arc<Assignment>,
+}
+
+impl SourceStage {
+    /// Runs until stopped (or the engine stage is gone).
+    pub async fn run(mut self) {
+        let s = &mut self;
+        let mut batch = InBatch::default();
+        let mut first_at: Option<Instant> = None;
+        let mut stopping = false;
+        let mut paused = false;
+        let mut generation = s.assignment.generation();
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let errors = RateLimit::default();
+        let mut give_up = s.give_up.clone();
+        loop {
+            if s.assignment.generation() != generation {
+                // A rebalance ran (inside the consumer's poll): keep only what this member
+                // still owns.
+                generation = s.assignment.generation();
+                let a = &s.assignment;
+                batch.retain_partitions(|t, p| a.owns(t, p), &s.topics);
+                if batch.readings.is_empty() && batch.offsets.0.is_empty() {
+                    batch = InBatch::default();
+                    first_at = None;
+                }
+            }
+            let due = first_at.map(|t| t + s.linger);
+            let flush = !batch.readings.is_empty() || batch.messages > 0;
+            let flush = flush
+                && (stopping
+                    || batch.messages >= s.max_batch
+                    || batch.readings.len() >= s.max_batch
+                    || due.is_some_and(|d| Instant::now() >= d));
+            if stopping && !flush {
+                break;
+            }
+            let sleep_to = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                _ = wait_true(&mut s.stop), if !stopping => {
+                    stopping = true;
+                }
+                _ = wait_true(&mut give_up) => break,
+                permit = s.tx.reserve(), if flush => {
+                    let Ok(permit) = permit else { break };
+                    permit.send(ToEngine::Batch(std::mem::take(&mut batch)));
+                    first_at = None;
+                    if paused {
+                        set_paused(&s.consumer, &s.metrics, false);
+                        paused = false;
+                    }
+                }
+                // Owned at once: a borrowed message cannot be held across the dead-letter await.
+                msg = async { s.consumer.recv().await.map(|m| m.detach()) }, if !stopping => match msg {
+                    Ok(m) => {
+                        let topic = m.topic();
+                        let (partition, offset) = (m.partition(), m.offset());
+                        if !s.assignment.owns(topic, partition) {
+                            // Fetched before a revoke: the partition's new owner reads it.
+                            continue;
+                        }
+                        let ts = m.timestamp().to_millis();
+                        match s.decoder.decode(topic, m.key(), m.payload()) {
+                            Ok(d) => {
+                                s.metrics.readings_in.get_or_create(&s.stream_labels[d.stream]).inc_by(d.readings.len() as u64);
+                                batch.readings.extend(d.readings.into_iter().map(|reading| Sourced {
+                                    stream: d.stream,
+                                    partition,
+                                    reading,
+                                }));
+                                if let Some(ts) = ts {
+                                    batch.msg_ts.push(ts);
+                                }
+                            }
+                            Err(why) => {
+                                if !s.dead_letters.handle(&m, &why, &s.give_up).await {
+                                    break;
+                                }
+                            }
+                        }
+                        batch.offsets.note(m.topic(), partition, offset);
+                        batch.messages += 1;
+                        first_at.get_or_insert_with(Instant::now);
+                    }
+                    Err(e) => {
+                        if let Some(suppressed) = errors.check("consumer", Duration::from_secs(10)) {
+                            tracing::warn!(error = %e, suppressed, "Kafka consumer error");
+                        }
+                    }
+                },
+                _ = tick.tick(), if flush => {
+                    // The engine queue has been full for a tick: pause fetching (and re-pause
+                    // after a rebalance) but keep polling, so the group does not evict us.
+                    if !paused {
+                        tracing::info!("output queue full: pausing consumption");
+                    }
+                    set_paused(&s.consumer, &s.metrics, true);
+                    paused = true;
+                }
+                _ = tokio::time::sleep_until(sleep_to.into()), if !flush && due.is_some() => {}
+            }
+        }
+        if paused {
+            set_paused(&s.consumer, &s.metrics, false);
+        }
+    }
+}
+
+/// Resolves once the flag is true (or its sender is gone).
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+fn set_paused(consumer: &Consumer, metrics: &Metrics, pause: bool) {
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    let result = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, pause, "cannot pause/resume partitions");
+    }
+    metrics.paused.set(pause as i64);
+}

@@ -1,0 +1,443 @@
+//! Helpers of the end-to-end tests: real servers (tansu from scripts/test.sh, VictoriaMetrics
+//! started per test) and the real binary.
+#![allow(dead_code)]
+
+use rdkafka::ClientConfig;
+use rdkafka::TopicPartitionList;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sensorcast");
+pub const FEATURES: [&str; 4] = ["vibration", "temperature", "current", "pressure"];
+pub const HORIZON: usize = 2;
+
+pub fn brokers() -> String {
+    std::env::var("SENSORCAST_TEST_BROKERS")
+        .expect("SENSORCAST_TEST_BROKERS: run the integration tests through scripts/test.sh")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Minimal HTTP/1.1 client (the tests need GET and form POST only).
+pub fn http(method: &str, addr: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Some((status, body))
+}
+
+pub fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A VictoriaMetrics server of this test's own.
+pub struct Vm {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Vm {
+    pub fn start() -> Self {
+        let mut vm = Vm {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        vm.up();
+        vm
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn up(&mut self) {
+        let bin =
+            std::env::var("SENSORCAST_TEST_VM_BIN").unwrap_or_else(|_| "victoria-metrics".into());
+        let child = Command::new(bin)
+            .arg(format!("-httpListenAddr={}", self.addr()))
+            .arg(format!("-storageDataPath={}", self.dir.path().display()))
+            .args([
+                "-retentionPeriod=100y",
+                "-search.latencyOffset=0s",
+                "-loggerLevel=ERROR",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start victoria-metrics");
+        self.child = Some(child);
+        let addr = self.addr();
+        wait_until("VictoriaMetrics", Duration::from_secs(30), || {
+            http("GET", &addr, "/health", "").is_some_and(|(s, _)| s == 200)
+        });
+    }
+
+    /// Stops the server gracefully: VictoriaMetrics keeps recent samples in memory, and a
+    /// SIGKILL would lose data it already acknowledged — not what this outage is about.
+    pub fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let t = Instant::now();
+            while c.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Distinct (series, timestamp) pairs and raw samples of a metric.
+    pub fn samples(&self, metric: &str) -> (usize, usize, Vec<serde_json::Value>) {
+        let _ = http("GET", &self.addr(), "/internal/force_flush", "");
+        let Some((200, body)) = http(
+            "POST",
+            &self.addr(),
+            "/api/v1/export",
+            &format!("match[]={metric}"),
+        ) else {
+            return (0, 0, vec![]);
+        };
+        let (mut unique, mut raw, mut metas) = (0, 0, Vec::new());
+        for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).expect("export line");
+            let ts: Vec<i64> = v["timestamps"]
+                .as_array()
+                .expect("timestamps")
+                .iter()
+                .filter_map(|t| t.as_i64())
+                .collect();
+            raw += ts.len();
+            unique += ts.iter().collect::<HashSet<_>>().len();
+            metas.push(v["metric"].clone());
+        }
+        (unique, raw, metas)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// A running `sensorcast serve`.
+pub struct Serve {
+    pub child: Child,
+    pub http: String,
+    pub log: PathBuf,
+}
+
+impl Serve {
+    pub fn start(cfg: &Path, dir: &Path, http_port: u16) -> Self {
+        let log = dir.join(format!("serve-{}.log", free_port()));
+        let child = Command::new(BIN)
+            .args(["serve", "--config", cfg.to_str().expect("utf-8")])
+            .env("RUST_LOG", "sensorcast=debug,info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start serve");
+        let s = Serve {
+            child,
+            http: format!("127.0.0.1:{http_port}"),
+            log,
+        };
+        wait_until("readiness", Duration::from_secs(60), || {
+            http("GET", &s.http, "/health/ready", "").is_some_and(|(st, _)| st == 200)
+        });
+        s
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        let Some((_, body)) = http("GET", &self.http, "/metrics", "") else {
+            return 0.0;
+        };
+        body.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn terminate(mut self) -> i32 {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "serve did not exit after SIGTERM:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn run(args: &[&str]) {
+    let o = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run sensorcast");
+    assert!(
+        o.status.success(),
+        "sensorcast {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let results = rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .expect("create topics");
+    for r in results {
+        if let Err((t, e)) = r {
+            panic!("cannot create topic {t}: {e}");
+        }
+    }
+}
+
+/// Unique names per test run, so tests can share one broker.
+pub fn unique(name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), free_port())
+}
+
+pub struct Stream<'a> {
+    pub name: &'a str,
+    pub topic: &'a str,
+    pub format: &'a str,
+}
+
+/// Writes a config and trains one model per stream on simulated history.
+pub fn setup(
+    dir: &Path,
+    brokers: &str,
+    vm: &Vm,
+    group: &str,
+    streams: &[Stream<'_>],
+    extra: &str,
+) -> (PathBuf, u16) {
+    let http_port = free_port();
+    let mut text = String::new();
+    for s in streams {
+        text.push_str(&format!(
+            "[[streams]]\nname = \"{}\"\ntopic = \"{}\"\nformat = \"{}\"\nfeatures = {:?}\ninterval = \"1s\"\n\n",
+            s.name, s.topic, s.format, FEATURES
+        ));
+    }
+    text.push_str(&format!(
+        r#"[model]
+registry = "{registry}"
+hidden = 16
+horizon = {HORIZON}
+
+[train]
+window = 16
+epochs = 3
+
+[engine]
+warmup = 5
+
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+commit_interval = "500ms"
+
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+"max.poll.interval.ms" = "10000"
+
+[influxdb]
+url = "http://{vm}"
+flush_interval = "100ms"
+max_backoff = "1s"
+min_backoff = "50ms"
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[service]
+shutdown_timeout = "20s"
+
+[state]
+dir = "{state}"
+checkpoint_interval = "1s"
+{extra}"#,
+        registry = dir.join("models").display(),
+        state = dir.join("state").display(),
+        vm = vm.addr(),
+    ));
+    let cfg = dir.join("sensorcast.toml");
+    std::fs::write(&cfg, text).expect("config");
+    let history = dir.join("history.jsonl");
+    run(&[
+        "simulate",
+        "--devices",
+        "4",
+        "--readings",
+        "200",
+        "--interval",
+        "1s",
+        "--out",
+        history.to_str().unwrap(),
+    ]);
+    for s in streams {
+        run(&[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--input",
+            history.to_str().unwrap(),
+            "--stream",
+            s.name,
+        ]);
+    }
+    (cfg, http_port)
+}
+
+pub fn simulate(
+    brokers: &str,
+    topic: &str,
+    format: &str,
+    devices: usize,
+    readings: usize,
+    end: &str,
+) {
+    run(&[
+        "simulate",
+        "--devices",
+        &devices.to_string(),
+        "--readings",
+        &readings.to_string(),
+        "--format",
+        format,
+        "--interval",
+        "1s",
+        "--end",
+        end,
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+    ]);
+}
+
+/// Committed offsets summed over a topic's partitions (each partition's committed offset is
+/// the count of its messages fully handled). tansu's ListOffsets does not report high
+/// watermarks reliably, so tests compare with the number of messages they produced.
+pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .sum()
+}
+
+pub fn now_rfc3339(offset_s: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(offset_s)).to_rfc3339()
+}

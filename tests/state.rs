@@ -1,0 +1,554 @@
+//! End-to-end tests of durable device state (docs/ARCHITECTURE.md §3.3): `serve` killed with
+//! SIGKILL mid-stream, instances of one group taking over each other's partitions, a broker
+//! restart, and input that must not poison state. Each compares what VictoriaMetrics holds
+//! with `sensorcast replay` of the same readings: same series, timestamps and values, nothing
+//! missing, nothing extra, no timestamp with two different values.
+#![cfg(feature = "integration")]
+
+mod common;
+
+use common::*;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Series key (metric name and sorted labels) → timestamp (ms) → value.
+type Points = BTreeMap<String, BTreeMap<i64, f64>>;
+
+fn series_key(name: &str, labels: &BTreeMap<String, String>) -> String {
+    let mut k = name.to_string();
+    for (l, v) in labels {
+        k.push_str(&format!(",{l}={v}"));
+    }
+    k
+}
+
+/// Numeric fields of a replay's line protocol as VictoriaMetrics stores them: series
+/// `measurement_field` labelled by the tags, millisecond timestamps, booleans as 1/0, strings
+/// left out.
+fn points_of_line_protocol(text: &str) -> Points {
+    let mut out = Points::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let lp = sensorcast::decode::parse_line_protocol(line).expect("replay line");
+        let labels: BTreeMap<String, String> = lp.tags.into_iter().collect();
+        let ts = lp.timestamp.expect("timestamp").div_euclid(1_000_000);
+        for (f, v) in lp.fields {
+            let v = match v {
+                sensorcast::decode::LpValue::Number(x) => x,
+                sensorcast::decode::LpValue::Bool(b) => b as u8 as f64,
+                sensorcast::decode::LpValue::Str(_) => continue,
+            };
+            out.entry(series_key(&format!("{}_{f}", lp.measurement), &labels))
+                .or_default()
+                .insert(ts, v);
+        }
+    }
+    out
+}
+
+/// Everything in VictoriaMetrics, and every (series, timestamp) that holds two different
+/// values.
+fn points_in_vm(vm: &Vm) -> (Points, Vec<String>) {
+    let _ = http("GET", &vm.addr(), "/internal/force_flush", "");
+    let (status, body) = http(
+        "POST",
+        &vm.addr(),
+        "/api/v1/export",
+        "match[]={__name__=~\"anomaly.*|forecast.*\"}",
+    )
+    .expect("export");
+    assert_eq!(status, 200, "{body}");
+    let mut out = Points::new();
+    let mut conflicts = Vec::new();
+    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("export line");
+        let mut labels = BTreeMap::new();
+        let mut name = String::new();
+        for (k, val) in v["metric"].as_object().expect("metric") {
+            let val = val.as_str().unwrap_or_default().to_string();
+            if k == "__name__" {
+                name = val;
+            } else {
+                labels.insert(k.clone(), val);
+            }
+        }
+        let key = series_key(&name, &labels);
+        let series = out.entry(key.clone()).or_default();
+        let ts = v["timestamps"].as_array().expect("timestamps");
+        let vals = v["values"].as_array().expect("values");
+        for (t, x) in ts.iter().zip(vals) {
+            let t = t.as_i64().expect("ts");
+            let x = x.as_f64().expect("value");
+            if let Some(old) = series.insert(t, x)
+                && old.to_bits() != x.to_bits()
+            {
+                conflicts.push(format!("{key} @ {t}: {old} and {x}"));
+            }
+        }
+    }
+    (out, conflicts)
+}
+
+/// Asserts that VictoriaMetrics holds exactly the replay's points.
+fn assert_same_as_replay(vm: &Vm, reference: &Points) {
+    let (got, conflicts) = points_in_vm(vm);
+    assert!(
+        conflicts.is_empty(),
+        "{} timestamps hold two different values, e.g. {:?}",
+        conflicts.len(),
+        &conflicts[..conflicts.len().min(5)]
+    );
+    let (mut missing, mut extra, mut differ, mut total) = (0, 0, 0, 0);
+    let mut examples = Vec::new();
+    for (k, want) in reference {
+        let have = got.get(k);
+        for (t, v) in want {
+            total += 1;
+            match have.and_then(|h| h.get(t)) {
+                None => {
+                    missing += 1;
+                    if examples.len() < 5 {
+                        examples.push(format!("missing {k} @ {t}"));
+                    }
+                }
+                Some(x) if x.to_bits() != v.to_bits() => {
+                    differ += 1;
+                    if examples.len() < 5 {
+                        examples.push(format!("{k} @ {t}: {x}, replay {v}"));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for (k, have) in &got {
+        let want = reference.get(k);
+        for t in have.keys() {
+            if want.is_none_or(|w| !w.contains_key(t)) {
+                extra += 1;
+                if examples.len() < 5 {
+                    examples.push(format!("extra {k} @ {t}"));
+                }
+            }
+        }
+    }
+    assert!(
+        (missing, extra, differ) == (0, 0, 0),
+        "of {total} replay points: {missing} missing, {differ} different; {extra} extra in VictoriaMetrics; e.g. {examples:?}"
+    );
+}
+
+/// The readings `simulate` produces, written to a file, replayed into the reference points.
+fn reference(dir: &Path, cfg: &Path, devices: usize, readings: usize, end: &str) -> Points {
+    let input = dir.join("readings.jsonl");
+    let output = dir.join("replay.lp");
+    run(&[
+        "simulate",
+        "--devices",
+        &devices.to_string(),
+        "--readings",
+        &readings.to_string(),
+        "--interval",
+        "1s",
+        "--end",
+        end,
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    run(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    points_of_line_protocol(&std::fs::read_to_string(output).expect("replay output"))
+}
+
+/// `simulate` producing to Kafka at a steady rate, in the background.
+fn produce(
+    brokers: &str,
+    topic: &str,
+    devices: usize,
+    readings: usize,
+    end: &str,
+    rate: u64,
+) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sensorcast"))
+        .args([
+            "simulate",
+            "--devices",
+            &devices.to_string(),
+            "--readings",
+            &readings.to_string(),
+            "--interval",
+            "1s",
+            "--end",
+            end,
+            "--rate",
+            &rate.to_string(),
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("simulate")
+}
+
+fn kill9(mut s: Serve) -> String {
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    s.log_text()
+}
+
+/// Waits until every reading's anomaly point is in VictoriaMetrics and the group's committed
+/// offsets cover every message.
+fn wait_done(vm: &Vm, brokers: &str, group: &str, topic: &str, partitions: i32, total: usize) {
+    wait_until("every reading scored", Duration::from_secs(180), || {
+        vm.samples("anomaly_score").0 >= total
+    });
+    wait_until(
+        "offsets committed to the end",
+        Duration::from_secs(60),
+        || committed(brokers, group, topic, partitions) == total as i64,
+    );
+}
+
+fn config_with(cfg: &Path, f: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(cfg).expect("config");
+    std::fs::write(cfg, f(text)).expect("config");
+}
+
+#[test]
+fn sigkill_five_times_mid_stream_writes_exactly_what_replay_writes() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, group) = (unique("crash"), unique("g-crash"));
+    const PARTITIONS: i32 = 4;
+    create_topics(&brokers, &[(&topic, PARTITIONS)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    let (devices, readings) = (200, 500);
+    let total = devices * readings;
+    let end = now_rfc3339(-60);
+    let want = reference(dir.path(), &cfg, devices, readings, &end);
+
+    let mut serve = Serve::start(&cfg, dir.path(), port);
+    let mut producer = produce(&brokers, &topic, devices, readings, &end, 4000);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut logs = String::new();
+    for kill in 0..5 {
+        // Somewhere in the stream, once this instance has written something.
+        let before = vm.samples("anomaly_score").0;
+        wait_until("progress before the kill", Duration::from_secs(120), || {
+            vm.samples("anomaly_score").0 > before
+        });
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..2500)));
+        logs.push_str(&format!("\n--- instance {kill} (killed) ---\n"));
+        logs.push_str(&kill9(serve));
+        serve = Serve::start(&cfg, dir.path(), port);
+    }
+    assert!(producer.wait().expect("simulate").success());
+    wait_done(&vm, &brokers, &group, &topic, PARTITIONS, total);
+    let restored = serve.metric("sensorcast_devices_restored_total");
+    assert!(restored > 0.0, "the last instance restored device states");
+    assert!(
+        logs.contains("restoring checkpoint"),
+        "instances after the first restored checkpoints"
+    );
+    assert_same_as_replay(&vm, &want);
+    assert_eq!(serve.terminate(), 0);
+}
+
+#[test]
+fn a_second_instance_takes_over_a_killed_ones_partitions_with_their_state() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, group) = (unique("scale"), unique("g-scale"));
+    const PARTITIONS: i32 = 4;
+    create_topics(&brokers, &[(&topic, PARTITIONS)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg_a, port_a) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    // The second instance: same group, same (shared) state directory, its own HTTP port.
+    let port_b = free_port();
+    let cfg_b = dir.path().join("b.toml");
+    std::fs::copy(&cfg_a, &cfg_b).expect("copy config");
+    config_with(&cfg_b, |t| {
+        t.replace(
+            &format!("127.0.0.1:{port_a}"),
+            &format!("127.0.0.1:{port_b}"),
+        )
+    });
+    let (devices, readings) = (100, 400);
+    let total = devices * readings;
+    let end = now_rfc3339(-60);
+    let want = reference(dir.path(), &cfg_a, devices, readings, &end);
+
+    let a = Serve::start(&cfg_a, dir.path(), port_a);
+    let mut producer = produce(&brokers, &topic, devices, readings, &end, 3000);
+    let b = Serve::start(&cfg_b, dir.path(), port_b);
+    // Both members own partitions and have written points of their own.
+    wait_until(
+        "the group split the partitions",
+        Duration::from_secs(90),
+        || {
+            let (pa, pb) = (
+                a.metric("sensorcast_devices"),
+                b.metric("sensorcast_devices"),
+            );
+            pa > 0.0 && pb > 0.0 && pa + pb <= devices as f64
+        },
+    );
+    let restored_before = b.metric("sensorcast_devices_restored_total");
+    let log_a = kill9(a);
+    assert!(log_a.contains("partitions assigned"), "{log_a}");
+    // b is alone now: it takes the dead member's partitions over, with their state.
+    wait_until(
+        "the survivor owns every device",
+        Duration::from_secs(120),
+        || b.metric("sensorcast_devices") >= devices as f64,
+    );
+    assert!(producer.wait().expect("simulate").success());
+    wait_done(&vm, &brokers, &group, &topic, PARTITIONS, total);
+    assert!(
+        b.metric("sensorcast_devices_restored_total") > restored_before,
+        "the survivor restored the taken-over partitions' devices:\n{}",
+        b.log_text()
+    );
+    assert_same_as_replay(&vm, &want);
+    assert_eq!(b.terminate(), 0);
+}
+
+/// A tansu broker of the test's own, keeping topics in a SQLite file so that it can be
+/// restarted without losing them.
+struct Tansu {
+    child: Option<Child>,
+    port: u16,
+    db: std::path::PathBuf,
+}
+
+impl Tansu {
+    fn start(dir: &Path) -> Self {
+        let mut t = Tansu {
+            child: None,
+            port: free_port(),
+            db: dir.join("tansu.db"),
+        };
+        t.up();
+        t
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let bin = std::env::var("SENSORCAST_TEST_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let url = format!("tcp://{}", self.addr());
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .arg("--storage-engine")
+            .arg(format!("sqlite://{}", self.db.display()))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu (scripts/test.sh builds it with --features dynostore,libsql)");
+        self.child = Some(child);
+        let addr = self.addr();
+        wait_until("tansu", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+    }
+
+    /// Stops the broker the way a restart does (SIGTERM).
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let t = Instant::now();
+            while c.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+#[test]
+fn a_broker_restart_mid_stream_loses_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = Tansu::start(dir.path());
+    let brokers = broker.addr();
+    let vm = Vm::start();
+    let (topic, group) = ("restart-in".to_string(), unique("g-restart"));
+    const PARTITIONS: i32 = 2;
+    create_topics(&brokers, &[(&topic, PARTITIONS)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    // Small micro-batches, so that the restart lands while the stream is being worked through.
+    config_with(&cfg, |t| {
+        t.replacen("[engine]\n", "[engine]\nmax_batch = 64\n", 1)
+    });
+    let (devices, readings) = (50, 400);
+    let total = devices * readings;
+    let end = now_rfc3339(-60);
+    let want = reference(dir.path(), &cfg, devices, readings, &end);
+    assert!(
+        produce(&brokers, &topic, devices, readings, &end, 0)
+            .wait()
+            .expect("simulate")
+            .success()
+    );
+
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until("some points written", Duration::from_secs(60), || {
+        vm.samples("anomaly_score").0 > 0
+    });
+    broker.down();
+    std::thread::sleep(Duration::from_secs(2));
+    broker.up();
+    wait_done(&vm, &brokers, &group, &topic, PARTITIONS, total);
+    assert_same_as_replay(&vm, &want);
+    let log = serve.log.clone();
+    assert_eq!(
+        serve.terminate(),
+        0,
+        "{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// A producer of hand-made JSON readings.
+fn send_json(brokers: &str, topic: &str, msgs: &[(String, String)]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    for (key, payload) in msgs {
+        p.send(BaseRecord::to(topic).key(key).payload(payload))
+            .expect("send");
+    }
+    p.flush(Duration::from_secs(10)).expect("flush");
+}
+
+fn json(ts_ms: i64, vibration: &str) -> String {
+    format!(
+        r#"{{"ts":{ts_ms},"values":{{"vibration":{vibration},"temperature":60,"current":10,"pressure":4}}}}"#
+    )
+}
+
+#[test]
+fn a_future_timestamp_is_a_dead_letter_and_does_not_silence_its_device() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, group) = (unique("future"), unique("g-future"));
+    create_topics(&brokers, &[(&topic, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    let t0 = chrono::Utc::now().timestamp_millis() - 200_000;
+    let mut msgs: Vec<(String, String)> = (0..50)
+        .map(|i| ("pump-1".to_string(), json(t0 + i * 1000, "1")))
+        .collect();
+    // A clock a day ahead, then the device carries on.
+    msgs.insert(20, ("pump-1".into(), json(t0 + 86_400_000 + 200_000, "1")));
+    send_json(&brokers, &topic, &msgs);
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until(
+        "every normal reading scored",
+        Duration::from_secs(60),
+        || vm.samples("anomaly_score").0 >= 50,
+    );
+    assert_eq!(vm.samples("anomaly_score").0, 50);
+    assert_eq!(serve.metric("sensorcast_readings_stale_total"), 0.0);
+    let dl = serve.metric("sensorcast_dead_letters_total{reason=\"future_timestamp\"}");
+    assert_eq!(dl, 1.0, "{}", serve.log_text());
+    assert_eq!(serve.terminate(), 0);
+}
+
+#[test]
+fn an_extreme_value_is_clamped_and_nothing_non_finite_is_written() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, group) = (unique("extreme"), unique("g-extreme"));
+    create_topics(&brokers, &[(&topic, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    let t0 = chrono::Utc::now().timestamp_millis() - 200_000;
+    let msgs: Vec<(String, String)> = (0..60)
+        .map(|i| {
+            let v = match i {
+                30 => "3e38",
+                31 => "-1e30",
+                _ => "1",
+            };
+            ("pump-1".to_string(), json(t0 + i * 1000, v))
+        })
+        .collect();
+    send_json(&brokers, &topic, &msgs);
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until("every reading scored", Duration::from_secs(60), || {
+        vm.samples("anomaly_score").0 >= 60
+    });
+    let (points, _) = points_in_vm(&vm);
+    let values: Vec<f64> = points.values().flat_map(|s| s.values().copied()).collect();
+    assert!(!values.is_empty());
+    assert!(
+        values.iter().all(|v| v.is_finite()),
+        "no NaN or inf reaches InfluxDB"
+    );
+    assert!(serve.metric("sensorcast_readings_clamped_total") >= 2.0);
+    // The readings after the extreme ones are scored from a finite state.
+    let score = points
+        .iter()
+        .find(|(k, _)| k.starts_with("anomaly_score,"))
+        .map(|(_, s)| s.clone())
+        .expect("scores");
+    assert_eq!(score.len(), 60);
+    assert_eq!(serve.terminate(), 0);
+}

@@ -195,7 +195,7 @@ pub fn stream_series(
                     over_line: s.over_line,
                     alarm: s.is_anomaly,
                 },
-                Outcome::Stale { .. } | Outcome::Reset => RowResult {
+                Outcome::Stale { .. } | Outcome::Reset | Outcome::Refused => RowResult {
                     alarm: results[d].last().is_some_and(|r| r.alarm),
                     ..RowResult::default()
                 },

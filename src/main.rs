@@ -196,6 +196,27 @@ enum StateCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Measure checkpoint size and the time to take, write, load and restore one.
+    Bench {
+        /// Fleet sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        devices: Vec<usize>,
+        /// Partitions the devices are spread over.
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// Hidden width.
+        #[arg(long, default_value_t = 64)]
+        hidden: usize,
+        /// Features.
+        #[arg(long, default_value_t = 8)]
+        features: usize,
+        /// Forecast horizon.
+        #[arg(long, default_value_t = 3)]
+        horizon: usize,
+        /// Where to write the checkpoints (a temporary folder inside it, removed afterwards).
+        #[arg(long, default_value = "/tmp")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -392,6 +413,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = sensorcast::state::inspect(&dir, chrono::Utc::now().timestamp_millis())
                 .with_context(|| format!("cannot read checkpoints under {}", dir.display()))?;
             print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::State(StateCommand::Bench {
+            devices,
+            partitions,
+            hidden,
+            features,
+            horizon,
+            dir,
+        }) => {
+            init_logging(None);
+            anyhow::ensure!(partitions >= 1, "--partitions must be at least 1");
+            let shape = BenchSpec {
+                devices: 0,
+                steps: 2,
+                hidden,
+                features,
+                layers: 1,
+                horizon,
+                batch: 4096,
+            };
+            println!(
+                "hidden={hidden} features={features} horizon={horizon} partitions={partitions}"
+            );
+            println!(
+                "{:>9} {:>12} {:>9} {:>12} {:>10} {:>10} {:>11}",
+                "devices", "bytes", "B/device", "snapshot_ms", "write_ms", "load_ms", "restore_ms"
+            );
+            for n in devices {
+                anyhow::ensure!(n >= 1, "--devices: {n} is not at least 1");
+                let tmp = dir.join(format!("sensorcast-state-bench-{}", std::process::id()));
+                std::fs::create_dir_all(&tmp)
+                    .with_context(|| format!("cannot create {}", tmp.display()))?;
+                let r = sensorcast::state::bench::run(&shape, n, partitions, &tmp);
+                let _ = std::fs::remove_dir_all(&tmp);
+                let r = r.map_err(anyhow::Error::msg)?;
+                let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+                println!(
+                    "{:>9} {:>12} {:>9} {:>12.1} {:>10.1} {:>10.1} {:>11.1}",
+                    r.devices,
+                    r.bytes,
+                    r.bytes / r.devices,
+                    ms(r.snapshot),
+                    ms(r.write),
+                    ms(r.load),
+                    ms(r.restore)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Evaluate(EvaluateCommand::Skab {

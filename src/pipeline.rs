@@ -8,6 +8,7 @@
 //! batch of points is persisted only after those points are acknowledged (§3.1, §3.3).
 
 use crate::decode::Reading;
+use crate::source::DeadLetterAck;
 use crate::state::Checkpoint;
 use tokio::sync::oneshot;
 
@@ -23,7 +24,7 @@ pub struct Sourced {
 }
 
 /// Readings of one micro-batch and the offsets they complete.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct InBatch {
     /// The readings, in message order.
     pub readings: Vec<Sourced>,
@@ -33,6 +34,8 @@ pub struct InBatch {
     pub msg_ts: Vec<i64>,
     /// Messages in the batch.
     pub messages: usize,
+    /// Deliveries of the batch's dead letters, awaited before its offsets are stored.
+    pub dead_letters: Vec<DeadLetterAck>,
 }
 
 impl InBatch {
@@ -70,7 +73,6 @@ impl Offsets {
 }
 
 /// From the source (and its rebalance callbacks) to the engine stage.
-#[derive(Debug)]
 pub enum ToEngine {
     /// Readings to step.
     Batch(InBatch),
@@ -94,7 +96,6 @@ pub enum ToEngine {
 }
 
 /// Points of one micro-batch and the offsets to store once they are written.
-#[derive(Debug)]
 pub struct OutBatch {
     /// Line protocol.
     pub body: String,
@@ -102,6 +103,8 @@ pub struct OutBatch {
     pub offsets: Offsets,
     /// Kafka timestamps (ms), for end-to-end latency.
     pub msg_ts: Vec<i64>,
+    /// Deliveries of dead letters among the messages, awaited before the offsets are stored.
+    pub dead_letters: Vec<DeadLetterAck>,
 }
 
 /// Checkpoints to persist once every point sent before them is acknowledged.
@@ -114,7 +117,6 @@ pub struct Checkpoints {
 }
 
 /// From the engine stage to the sink.
-#[derive(Debug)]
 pub enum ToSink {
     /// Points to write.
     Points(OutBatch),

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub readings_clamped: Family<Labels, Counter>,
     /// Devices reset because a reading would have made their state non-finite, by stream.
     pub devices_reset: Family<Labels, Counter>,
+    /// Readings of new devices not scored because the device table was full, by stream.
+    pub readings_refused: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -121,6 +123,7 @@ impl Metrics {
             devices_restored: Family::default(),
             readings_clamped: Family::default(),
             devices_reset: Family::default(),
+            readings_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register("readings", "Readings decoded", m.readings_in.clone());
@@ -234,6 +237,11 @@ impl Metrics {
             "devices_reset",
             "Devices reset to a cold start because a reading would have made their state non-finite",
             m.devices_reset.clone(),
+        );
+        registry.register(
+            "readings_refused",
+            "Readings of new devices not scored because the device table was full (engine.max_devices)",
+            m.readings_refused.clone(),
         );
         Self { registry, ..m }
     }

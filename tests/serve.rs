@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use rand::{Rng, SeedableRng};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -476,4 +477,156 @@ fn broker_faults_from_the_mock_cluster_are_survived() {
     });
     assert_eq!(serve.terminate(), 0);
     drop(cluster);
+}
+
+#[test]
+fn oversized_and_hostile_messages_never_stall_a_partition() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, dlq, group) = (
+        unique("hostile"),
+        unique("hostile-dlq"),
+        unique("g-hostile"),
+    );
+    create_topics(&brokers, &[(&topic, 1), (&dlq, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    let text = std::fs::read_to_string(&cfg).expect("cfg").replace(
+        "commit_interval = \"500ms\"",
+        &format!("commit_interval = \"500ms\"\ndead_letter_topic = \"{dlq}\""),
+    );
+    std::fs::write(&cfg, text).expect("cfg");
+    // What a new user throws at it: 3 MB payloads (over the broker's default limit), random
+    // bytes, broken and deeply nested JSON, control characters and 100 KB device ids, absurd
+    // timestamps, empty messages — mixed into a valid stream.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("message.max.bytes", "4000000")
+        .create()
+        .expect("producer");
+    let t0 = chrono::Utc::now().timestamp_millis() - 600_000;
+    let (devices, per) = (50, 100);
+    let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(3_000_000));
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let long_id = "p".repeat(100_000);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let (mut good, mut oversized, mut bad) = (0, 0, 0);
+    for i in 0..per {
+        for d in 0..devices {
+            let payload = format!(
+                r#"{{"ts":{},"values":{{"vibration":1,"temperature":60,"current":10,"pressure":4}}}}"#,
+                t0 + i as i64 * 1000
+            );
+            send(
+                &producer,
+                &topic,
+                Some(format!("pump-{d}").as_bytes()),
+                payload.as_bytes(),
+            );
+            good += 1;
+        }
+        if i % 2 == 0 {
+            send(&producer, &topic, Some(b"pump-0"), huge.as_bytes());
+            oversized += 1;
+        }
+        let junk: Vec<u8> = (0..200).map(|_| rng.random()).collect();
+        let hostile: [(Option<&[u8]>, &[u8]); 6] = [
+            (Some(b"pump-1"), &junk),
+            (Some(b"pump-1"), nested.as_bytes()),
+            (Some(b"pump-1"), b"{\"ts\":1,\"values\":{"),
+            (
+                Some(b"pump\x07\x1b[2J"),
+                b"{\"ts\":1795000000000,\"values\":{}}",
+            ),
+            (
+                Some(long_id.as_bytes()),
+                b"{\"ts\":99999999999999999999,\"values\":{}}",
+            ),
+            (None, b""),
+        ];
+        let (k, p) = hostile[i % hostile.len()];
+        send(&producer, &topic, k, p);
+        bad += 1;
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until(
+        "every valid reading written",
+        Duration::from_secs(180),
+        || vm.samples("anomaly_score").0 >= good,
+    );
+    assert_eq!(vm.samples("anomaly_score").0, good);
+    let produced = (good + oversized + bad) as i64;
+    wait_until(
+        "offsets past every message",
+        Duration::from_secs(60),
+        || committed(&brokers, &group, &topic, 1) == produced,
+    );
+    // The oversized ones are in the dead-letter topic, cut to fit, saying so.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", unique("hostile-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[&dlq]).expect("subscribe");
+    let (mut truncated, mut letters) = (0, 0);
+    let t = Instant::now();
+    while letters < oversized + bad && t.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(500)) {
+            letters += 1;
+            let h = m.headers().expect("headers");
+            let get = |k: &str| {
+                h.iter()
+                    .find(|x| x.key == k)
+                    .and_then(|x| x.value)
+                    .map(|v| String::from_utf8_lossy(v).to_string())
+            };
+            if get("sensorcast.truncated").as_deref() == Some("true") {
+                truncated += 1;
+                assert_eq!(get("sensorcast.reason").as_deref(), Some("too_large"));
+                assert_eq!(
+                    get("sensorcast.original_size"),
+                    Some(huge.len().to_string())
+                );
+                assert!(m.payload().is_some_and(|p| p.len() <= 900_000));
+            }
+            if let Some(k) = m.key() {
+                assert!(k.len() <= 1024, "keys are cut to 1 KiB");
+            }
+        }
+    }
+    assert_eq!(
+        letters,
+        oversized + bad,
+        "every bad message is a dead letter"
+    );
+    assert_eq!(truncated, oversized);
+    assert_eq!(
+        serve.metric("sensorcast_dead_letters_total{reason=\"undeliverable\"}"),
+        0.0
+    );
+    assert_eq!(serve.terminate(), 0);
+}
+
+fn send(producer: &BaseProducer, topic: &str, key: Option<&[u8]>, payload: &[u8]) {
+    let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    let mut rec = rec;
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                rec = back;
+                producer.poll(Duration::from_millis(50));
+            }
+        }
+    }
 }

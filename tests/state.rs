@@ -552,3 +552,71 @@ fn an_extreme_value_is_clamped_and_nothing_non_finite_is_written() {
     assert_eq!(score.len(), 60);
     assert_eq!(serve.terminate(), 0);
 }
+
+#[test]
+fn a_flood_of_random_device_ids_is_capped_and_real_devices_carry_on() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, group) = (unique("flood"), unique("g-flood"));
+    create_topics(&brokers, &[(&topic, 2)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    config_with(&cfg, |t| {
+        t.replacen("[engine]\n", "[engine]\nmax_devices = 50\n", 1)
+    });
+    let t0 = chrono::Utc::now().timestamp_millis() - 300_000;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let (real, per) = (40, 30);
+    let serve = Serve::start(&cfg, dir.path(), port);
+    // The real fleet is known first…
+    let first: Vec<(String, String)> = (0..real)
+        .map(|d| (format!("pump-{d}"), json(t0, "1")))
+        .collect();
+    send_json(&brokers, &topic, &first);
+    wait_until("the fleet is tracked", Duration::from_secs(60), || {
+        serve.metric("sensorcast_devices") >= real as f64
+    });
+    // …then every step brings 50 ids never seen before.
+    let mut msgs = Vec::new();
+    for i in 1..per {
+        for d in 0..real {
+            msgs.push((format!("pump-{d}"), json(t0 + i * 1000, "1")));
+        }
+        for _ in 0..50 {
+            let id: u64 = rng.random();
+            msgs.push((format!("rnd-{id:x}"), json(t0 + i * 1000, "1")));
+        }
+    }
+    send_json(&brokers, &topic, &msgs);
+    let produced = (first.len() + msgs.len()) as i64;
+    wait_until("offsets past the flood", Duration::from_secs(120), || {
+        committed(&brokers, &group, &topic, 2) == produced
+    });
+    assert_eq!(
+        serve.metric("sensorcast_devices"),
+        50.0,
+        "the table stops at the cap"
+    );
+    // Every reading of the real devices was scored (they were in before the flood), and of
+    // the flood only the 10 ids that fitted.
+    let scored: Vec<String> = vm
+        .samples("anomaly_score")
+        .2
+        .iter()
+        .filter_map(|m| m["device"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(scored.len(), 50);
+    assert_eq!(
+        scored.iter().filter(|d| d.starts_with("pump-")).count(),
+        real
+    );
+    let refused = serve.metric("sensorcast_readings_refused_total");
+    assert_eq!(refused as usize, (per as usize - 1) * 50 - 10);
+    assert!(serve.log_text().contains("device table full"));
+    assert_eq!(serve.terminate(), 0);
+}

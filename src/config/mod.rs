@@ -71,6 +71,9 @@ pub struct KafkaConfig {
     pub dead_letter_topic: String,
     /// Messages larger than this are dead letters.
     pub max_payload_bytes: usize,
+    /// Dead letters carry at most this much of the original payload (the rest is cut, with
+    /// headers saying so), so that an oversized message fits the dead-letter topic.
+    pub dead_letter_max_bytes: usize,
     /// Where a group with no committed offset starts: `earliest` or `latest`.
     pub auto_offset_reset: String,
     /// How often stored offsets are committed.
@@ -87,6 +90,7 @@ impl Default for KafkaConfig {
             group_id: "sensorcast".into(),
             dead_letter_topic: "sensorcast.dead-letter".into(),
             max_payload_bytes: 1 << 20,
+            dead_letter_max_bytes: 900_000,
             auto_offset_reset: "earliest".into(),
             commit_interval: HumanDuration::from_secs(5),
             properties: Default::default(),
@@ -319,6 +323,10 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Longest a reading waits for its micro-batch to fill (`serve`).
     pub max_linger: HumanDuration,
+    /// Most devices one `serve` instance tracks (all streams together); readings of further
+    /// new devices are not scored (counted), so that a producer keying by random ids cannot
+    /// exhaust memory.
+    pub max_devices: usize,
     /// Normalised feature values beyond ± this many standard deviations are clamped (counted),
     /// so that an absurd but finite value cannot overflow a device's state.
     pub max_abs_z: f64,
@@ -335,6 +343,7 @@ impl Default for EngineConfig {
             warmup: 30,
             max_batch: 4096,
             max_linger: HumanDuration::from_millis(20),
+            max_devices: 1_000_000,
             max_abs_z: 1000.0,
             max_future: HumanDuration::from_secs(300),
         }
@@ -675,6 +684,9 @@ impl Config {
                 format!("{} is out of range 1..=1000000", e.max_batch),
             );
         }
+        if e.max_devices == 0 {
+            bad("engine.max_devices".into(), "must be at least 1".into());
+        }
         if !(e.max_abs_z.is_finite() && e.max_abs_z >= 1.0) {
             bad(
                 "engine.max_abs_z".into(),
@@ -803,6 +815,12 @@ impl Config {
             bad(
                 "kafka.max_payload_bytes".into(),
                 "must be at least 1".into(),
+            );
+        }
+        if k.dead_letter_max_bytes < 1024 {
+            bad(
+                "kafka.dead_letter_max_bytes".into(),
+                "must be at least 1024".into(),
             );
         }
         if !matches!(k.auto_offset_reset.as_str(), "earliest" | "latest") {

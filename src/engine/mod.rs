@@ -182,6 +182,9 @@ pub enum Outcome {
     /// reset to a cold start and the reading has no outputs (counted in
     /// [`Counters::poisoned`]).
     Reset,
+    /// A new device while the device table is full ([`Engine::set_max_devices`]): not
+    /// tracked, no outputs (counted in [`Counters::refused`]).
+    Refused,
 }
 
 /// Score and forecast metadata of a stepped reading.
@@ -301,6 +304,8 @@ pub struct Counters {
     pub clamped: u64,
     /// Devices reset because a reading would have made their state non-finite.
     pub poisoned: u64,
+    /// Readings of new devices refused because the device table was full.
+    pub refused: u64,
 }
 
 /// A reading whose shape does not fit the model.
@@ -373,6 +378,7 @@ pub struct Engine {
     settings: EngineSettings,
     isa: Isa,
     ids: HashMap<String, u32, foldhash::fast::RandomState>,
+    max_devices: usize,
     slots: Slots,
     state_len: usize,
     epoch: u32,
@@ -406,6 +412,7 @@ impl Engine {
             settings,
             isa: Isa::detect(),
             ids: HashMap::default(),
+            max_devices: usize::MAX,
             slots: Slots::default(),
             state_len,
             epoch: 0,
@@ -446,6 +453,13 @@ impl Engine {
     /// Devices tracked.
     pub fn devices(&self) -> usize {
         self.ids.len()
+    }
+
+    /// Most devices the table takes; readings of further new devices are
+    /// [`Outcome::Refused`] (devices already tracked are unaffected, and restores are not
+    /// limited: they bring back devices that were admitted before).
+    pub fn set_max_devices(&mut self, max: usize) {
+        self.max_devices = max;
     }
 
     /// Reserves room for `devices` more devices, so that growing the table does not
@@ -631,6 +645,13 @@ impl Engine {
             w.clear();
         }
         for (index, r) in batch.iter().enumerate() {
+            if self.ids.len() >= self.max_devices && !self.ids.contains_key(r.device.as_str()) {
+                // The table is full: a new device is refused rather than let memory grow
+                // without bound (a producer keying by random ids).
+                self.counters.refused += 1;
+                out.outcomes.push(Outcome::Refused);
+                continue;
+            }
             let slot = self.slot_for(&r.device);
             if let Some(&shard) = shards.get(index) {
                 self.slots.shard[slot] = shard;
@@ -1341,6 +1362,37 @@ mod tests {
         for (i, f) in seq.iter().enumerate() {
             assert_eq!(oa.forecast(i), f.as_slice());
         }
+    }
+
+    #[test]
+    fn a_full_device_table_refuses_new_devices_only() {
+        let rs = generate(&FleetSpec {
+            devices: 6,
+            readings: 20,
+            faults: 0,
+            ..FleetSpec::default()
+        })
+        .readings;
+        let mut e = engine(Isa::detect());
+        e.set_max_devices(4);
+        let mut out = BatchOutput::default();
+        let mut refused = HashMap::<String, usize>::new();
+        for chunk in rs.chunks(16) {
+            e.process(chunk, &mut out).expect("process");
+            for (r, o) in chunk.iter().zip(&out.outcomes) {
+                if matches!(o, Outcome::Refused) {
+                    *refused.entry(r.device.clone()).or_default() += 1;
+                }
+            }
+        }
+        assert_eq!(e.devices(), 4);
+        assert_eq!(refused.len(), 2, "two devices never got in: {refused:?}");
+        assert!(
+            refused.values().all(|n| *n == 20),
+            "every reading of theirs refused"
+        );
+        assert_eq!(e.counters().refused, 40);
+        assert_eq!(e.counters().stepped, 4 * 20);
     }
 
     #[test]

@@ -150,15 +150,30 @@ impl Engine {
         for (id, &slot) in &self.ids {
             by_slot[slot as usize] = id;
         }
+        // Sized first, so that no buffer grows (and copies) while it is filled.
+        let mut sizes: std::collections::BTreeMap<u32, (usize, usize)> = Default::default();
+        for (slot, id) in by_slot.iter().enumerate() {
+            let shard = self.slots.shard[slot];
+            if want(shard) {
+                let e = sizes.entry(shard).or_default();
+                e.0 += 1;
+                e.1 += 2 + id.len() + fixed;
+            }
+        }
+        for (shard, (devices, bytes)) in sizes {
+            by_shard.insert(
+                shard,
+                ShardRecords {
+                    devices,
+                    bytes: Vec::with_capacity(bytes),
+                },
+            );
+        }
         for (slot, id) in by_slot.into_iter().enumerate() {
             let shard = self.slots.shard[slot];
-            if !want(shard) {
-                continue;
+            if let Some(rec) = by_shard.get_mut(&shard) {
+                self.write_record(&mut rec.bytes, id, slot);
             }
-            let rec = by_shard.entry(shard).or_default();
-            rec.devices += 1;
-            rec.bytes.reserve(2 + id.len() + fixed);
-            self.write_record(&mut rec.bytes, id, slot);
         }
         by_shard.into_iter().collect()
     }

@@ -10,7 +10,7 @@
 
 use super::{SinkError, Writer};
 use crate::pipeline::{Checkpoints, Offsets, OutBatch, ToSink};
-use crate::source::Consumer;
+use crate::source::{Consumer, DeadLetterAck};
 use crate::state::DirStore;
 use crate::telemetry::{Metrics, labels};
 use rdkafka::consumer::Consumer as _;
@@ -47,6 +47,7 @@ struct Pending {
     body: String,
     offsets: Offsets,
     msg_ts: Vec<i64>,
+    dead_letters: Vec<DeadLetterAck>,
     deadline: tokio::time::Instant,
 }
 
@@ -86,7 +87,17 @@ impl SinkStage {
                 let Some(p) = pending.take() else { continue };
                 let (w, mut abort) = (Arc::clone(&writer), self.abort.clone());
                 inflight.push_back(async move {
-                    let result = w.write(&p.body, &mut abort).await;
+                    let mut result = w.write(&p.body, &mut abort).await;
+                    // The batch's dead letters count as done once delivered or given up.
+                    for ack in p.dead_letters {
+                        if result.is_err() {
+                            break;
+                        }
+                        tokio::select! {
+                            () = ack => {}
+                            _ = abort.wait_for(|a| *a) => result = Err(SinkError::Aborted),
+                        }
+                    }
                     (result, p.offsets, p.msg_ts)
                 });
                 issued += 1;
@@ -147,12 +158,14 @@ fn add(pending: &mut Option<Pending>, b: OutBatch, flush_interval: Duration) {
             p.body.push_str(&b.body);
             p.offsets.merge(&b.offsets);
             p.msg_ts.extend(b.msg_ts);
+            p.dead_letters.extend(b.dead_letters);
         }
         None => {
             *pending = Some(Pending {
                 body: b.body,
                 offsets: b.offsets,
                 msg_ts: b.msg_ts,
+                dead_letters: b.dead_letters,
                 deadline: tokio::time::Instant::now() + flush_interval,
             });
         }

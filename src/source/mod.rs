@@ -502,12 +502,30 @@ impl Decoder {
     }
 }
 
+/// What the sink awaits before the offset of a dead-lettered message counts as done: the
+/// dead letter's delivery, or the decision to give it up (counted as `undeliverable`).
+pub type DeadLetterAck = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Produces dead letters and logs them (rate-limited).
+///
+/// Off the partition's critical path: the source only enqueues a dead letter and goes on;
+/// the delivery is awaited by the sink together with the points of the same batch, so the
+/// offset still advances only once the dead letter is delivered or definitively given up
+/// (§3.1, §3.4). A payload over `kafka.dead_letter_max_bytes` (and a key over 1 KiB) goes out
+/// truncated, with headers saying so and giving the original size; a broker that still refuses
+/// it as too large gets one more try with the first 4 KiB; other failures are librdkafka's to
+/// retry within its delivery timeout, after which the dead letter is given up.
 pub struct DeadLetters {
     producer: Option<(FutureProducer, String)>,
     metrics: Arc<Metrics>,
-    log_limit: RateLimit,
+    log_limit: Arc<RateLimit>,
+    max_bytes: usize,
 }
+
+/// Longest key a dead letter keeps.
+const DEAD_LETTER_MAX_KEY: usize = 1024;
+/// What is left of a payload the broker refused as too large even after truncation.
+const DEAD_LETTER_LAST_RESORT: usize = 4096;
 
 impl DeadLetters {
     /// With a producer when `kafka.dead_letter_topic` is set.
@@ -520,18 +538,14 @@ impl DeadLetters {
         Ok(Self {
             producer,
             metrics,
-            log_limit: RateLimit::default(),
+            log_limit: Arc::new(RateLimit::default()),
+            max_bytes: cfg.kafka.dead_letter_max_bytes,
         })
     }
 
-    /// Counts, logs and (when configured) produces the message to the dead-letter topic,
-    /// retrying until delivered or `give_up` says so. Returns whether it may be acknowledged.
-    pub async fn handle(
-        &self,
-        msg: &OwnedMessage,
-        why: &Rejected,
-        give_up: &tokio::sync::watch::Receiver<bool>,
-    ) -> bool {
+    /// Counts and logs the message and, when a dead-letter topic is configured, starts
+    /// producing it there; returns what must complete before its offset counts as done.
+    pub fn send(&self, msg: &OwnedMessage, why: &Rejected) -> Option<DeadLetterAck> {
         self.metrics
             .dead_letters
             .get_or_create(&labels(&[("reason", why.reason)]))
@@ -547,11 +561,14 @@ impl DeadLetters {
                 "bad message"
             );
         }
-        let Some((producer, topic)) = &self.producer else {
-            return true;
-        };
+        let (producer, topic) = self.producer.clone()?;
         let partition = msg.partition().to_string();
         let offset = msg.offset().to_string();
+        let payload = msg.payload().map(<[u8]>::to_vec);
+        let key = msg
+            .key()
+            .map(|k| k[..k.len().min(DEAD_LETTER_MAX_KEY)].to_vec());
+        let size = payload.as_ref().map_or(0, Vec::len);
         let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: "sensorcast.reason",
@@ -573,6 +590,12 @@ impl DeadLetters {
                 key: "sensorcast.source.offset",
                 value: Some(offset.as_str()),
             });
+        if msg.key().is_some_and(|k| k.len() > DEAD_LETTER_MAX_KEY) {
+            headers = headers.insert(Header {
+                key: "sensorcast.key_truncated",
+                value: Some(msg.key().map_or(0, <[u8]>::len).to_string().as_str()),
+            });
+        }
         if let Some(h) = msg.headers() {
             for i in 0..h.count() {
                 let orig = h.get(i);
@@ -582,49 +605,73 @@ impl DeadLetters {
                 });
             }
         }
-        // A dead letter that cannot be delivered (topic missing or forbidden, message over the
-        // producer's size limit) must not stall the partition: retry a bounded number of
-        // times, then count it, log it and let the offset go.
-        for attempt in 1..=DEAD_LETTER_ATTEMPTS {
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(topic).headers(headers.clone());
-            if let Some(k) = msg.key() {
-                record = record.key(k);
-            }
-            if let Some(p) = msg.payload() {
-                record = record.payload(p);
-            }
-            let mut give_up = give_up.clone();
-            let sent = tokio::select! {
-                r = producer.send(record, Duration::from_secs(5)) => r,
-                _ = give_up.wait_for(|v| *v) => return false,
-            };
-            match sent {
-                Ok(_) => return true,
-                Err((e, _)) => {
-                    tracing::warn!(error = %e, attempt, "cannot produce dead letter; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
-                }
-            }
-        }
-        self.metrics
-            .dead_letters
-            .get_or_create(&labels(&[("reason", "undeliverable")]))
-            .inc();
-        tracing::error!(
-            topic = msg.topic(),
-            partition = msg.partition(),
-            offset = msg.offset(),
-            reason = why.reason,
-            "dead letter could not be produced after {DEADLETTER} attempts; dropped",
-            DEADLETTER = DEAD_LETTER_ATTEMPTS
+        let (metrics, log_limit) = (Arc::clone(&self.metrics), Arc::clone(&self.log_limit));
+        let (src_topic, src_partition, src_offset, reason) = (
+            msg.topic().to_string(),
+            msg.partition(),
+            msg.offset(),
+            why.reason,
         );
-        true
+        let max_bytes = self.max_bytes;
+        Some(Box::pin(async move {
+            let mut limit = max_bytes;
+            loop {
+                let mut h = headers.clone();
+                if size > limit {
+                    let original = size.to_string();
+                    h = h
+                        .insert(Header {
+                            key: "sensorcast.truncated",
+                            value: Some("true"),
+                        })
+                        .insert(Header {
+                            key: "sensorcast.original_size",
+                            value: Some(original.as_str()),
+                        });
+                }
+                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(h);
+                if let Some(k) = &key {
+                    record = record.key(k.as_slice());
+                }
+                if let Some(p) = &payload {
+                    record = record.payload(&p[..p.len().min(limit)]);
+                }
+                let err = match producer.send(record, Duration::from_secs(5)).await {
+                    Ok(_) => return,
+                    Err((e, _)) => e,
+                };
+                let too_large = matches!(
+                    err,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge
+                    )
+                );
+                if too_large && limit > DEAD_LETTER_LAST_RESORT {
+                    // Permanent for this size: retrying the same bytes cannot help.
+                    limit = DEAD_LETTER_LAST_RESORT;
+                    continue;
+                }
+                metrics
+                    .dead_letters
+                    .get_or_create(&labels(&[("reason", "undeliverable")]))
+                    .inc();
+                if let Some(suppressed) = log_limit.check("undeliverable", Duration::from_secs(10))
+                {
+                    tracing::error!(
+                        topic = %src_topic,
+                        partition = src_partition,
+                        offset = src_offset,
+                        reason,
+                        error = %err,
+                        suppressed,
+                        "dead letter could not be produced; given up"
+                    );
+                }
+                return;
+            }
+        }))
     }
 }
-
-/// Attempts to produce one dead letter before dropping it.
-const DEAD_LETTER_ATTEMPTS: u32 = 5;
 
 #[cfg(test)]
 mod tests {

@@ -96,7 +96,7 @@ impl SourceStage {
                         paused = false;
                     }
                 }
-                // Owned at once: a borrowed message cannot be held across the dead-letter await.
+                // Owned: the dead letter outlives the borrow.
                 msg = async { s.consumer.recv().await.map(|m| m.detach()) }, if !stopping => match msg {
                     Ok(m) => {
                         let topic = m.topic();
@@ -118,11 +118,7 @@ impl SourceStage {
                                     batch.msg_ts.push(ts);
                                 }
                             }
-                            Err(why) => {
-                                if !s.dead_letters.handle(&m, &why, &s.give_up).await {
-                                    break;
-                                }
-                            }
+                            Err(why) => batch.dead_letters.extend(s.dead_letters.send(&m, &why)),
                         }
                         batch.offsets.note(m.topic(), partition, offset);
                         batch.messages += 1;

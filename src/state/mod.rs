@@ -21,6 +21,7 @@
 //! reported with their path and reason and skipped: the partition falls back to an older
 //! checkpoint or, failing that, starts its devices cold from the group's committed offset.
 
+pub mod bench;
 pub mod dir;
 pub mod stage;
 

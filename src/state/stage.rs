@@ -28,6 +28,7 @@ pub struct EngineStage {
     topics: Vec<String>,
     group: String,
     max_batch: usize,
+    max_devices: usize,
     interval: Duration,
     metrics: Arc<Metrics>,
     /// Next offset per (stream, partition): everything before it has been stepped.
@@ -50,6 +51,7 @@ impl EngineStage {
             topics: cfg.streams.iter().map(|s| s.topic.clone()).collect(),
             group: cfg.kafka.group_id.clone(),
             max_batch: cfg.engine.max_batch,
+            max_devices: cfg.engine.max_devices,
             interval: cfg.state.checkpoint_interval.get(),
             metrics,
             next: HashMap::new(),
@@ -140,6 +142,7 @@ impl EngineStage {
             body,
             offsets: batch.offsets,
             msg_ts: batch.msg_ts,
+            dead_letters: batch.dead_letters,
         })
     }
 
@@ -150,7 +153,13 @@ impl EngineStage {
         shards: &[u32],
         body: &mut String,
     ) -> bool {
+        // The device budget is the instance's: what the other streams hold is taken.
+        let others: usize = (0..self.engines.len())
+            .filter(|&j| j != i)
+            .map(|j| self.engines[j].devices())
+            .sum();
         let engine = &mut self.engines[i];
+        engine.set_max_devices(self.max_devices.saturating_sub(others));
         let model = Arc::clone(engine.model());
         let fmt = PointFormat {
             stream: &self.names[i],
@@ -173,6 +182,13 @@ impl EngineStage {
                         fmt.write_line_protocol(body, r, &self.out, j);
                     }
                     Outcome::Stale { .. } => stale += 1,
+                    Outcome::Refused => {
+                        if let Some(suppressed) =
+                            self.log_limit.check("refused", Duration::from_secs(10))
+                        {
+                            tracing::warn!(stream = %self.names[i], device = %r.device, max_devices = self.max_devices, suppressed, "device table full (engine.max_devices): readings of new devices are not scored");
+                        }
+                    }
                     Outcome::Reset => {
                         if let Some(suppressed) =
                             self.log_limit.check("reset", Duration::from_secs(10))
@@ -196,6 +212,7 @@ impl EngineStage {
         sync(&m.alarms_raised.get_or_create(&l), c.alarms_raised);
         sync(&m.readings_clamped.get_or_create(&l), c.clamped);
         sync(&m.devices_reset.get_or_create(&l), c.poisoned);
+        sync(&m.readings_refused.get_or_create(&l), c.refused);
         m.alarms_active
             .get_or_create(&l)
             .set(c.alarms_raised.saturating_sub(c.alarms_cleared) as i64);

@@ -201,12 +201,17 @@ impl Serve {
         s
     }
 
+    /// Sum of a metric's samples: `name` is a metric name (every label set counts) or a
+    /// name with a label set, as the exposition writes it.
     pub fn metric(&self, name: &str) -> f64 {
         let Some((_, body)) = http("GET", &self.http, "/metrics", "") else {
             return 0.0;
         };
         body.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }

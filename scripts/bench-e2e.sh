@@ -54,6 +54,8 @@ batch_bytes = 4194304
 max_linger = "10ms"
 [http]
 listen = "127.0.0.1:$hport"
+[state]
+dir = "$work/state-$1"
 [log]
 level = "warn"
 TOML

@@ -49,6 +49,9 @@ pub struct BenchResult {
     pub events_per_s: f64,
     /// Heap bytes of device state per device.
     pub state_bytes_per_device: usize,
+    /// Growth of the process's resident memory over the run, per device (Linux; 0 elsewhere):
+    /// what the table really costs, allocator included.
+    pub rss_bytes_per_device: usize,
     /// Readings the engine stepped and scored (all `devices × steps` unless one was stale).
     pub events: usize,
     /// Devices the engine tracks afterwards.
@@ -118,6 +121,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, String> {
     let mut engine = Engine::new(model, settings())?;
     let mut out = BatchOutput::default();
     let mut scored = 0;
+    let rss0 = rss_bytes();
     let start = Instant::now();
     for chunk in readings.chunks(spec.batch.max(1)) {
         engine.process(chunk, &mut out).map_err(|e| e.to_string())?;
@@ -128,14 +132,28 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, String> {
             .count();
     }
     let elapsed = start.elapsed();
+    let rss = rss_bytes().saturating_sub(rss0);
     Ok(BenchResult {
         events_per_s: scored as f64 / elapsed.as_secs_f64().max(1e-9),
         state_bytes_per_device: engine.state_heap_bytes() / spec.devices.max(1),
+        rss_bytes_per_device: rss / spec.devices.max(1),
         events: scored,
         devices: engine.devices(),
         elapsed,
         isa: crate::engine::kernel::Isa::detect(),
     })
+}
+
+/// Resident memory of this process (`VmRSS`), 0 where `/proc` does not tell.
+pub fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 #[cfg(test)]

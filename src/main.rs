@@ -340,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             println!("events_per_s={:.0}", r.events_per_s);
             println!("state_bytes_per_device={}", r.state_bytes_per_device);
+            println!("rss_bytes_per_device={}", r.rss_bytes_per_device);
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { config } => {

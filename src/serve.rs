@@ -164,7 +164,7 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
         .run(),
     );
     let engine = {
-        let stage = EngineStage::new(&cfg, engines, Arc::clone(&metrics));
+        let stage = EngineStage::new(&cfg, engines, Arc::clone(&metrics), store.clone());
         std::thread::Builder::new()
             .name("sensorcast-engine".into())
             .spawn(move || stage.run(engine_rx, sink_tx))

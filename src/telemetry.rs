@@ -86,6 +86,8 @@ pub struct Metrics {
     pub devices_reset: Family<Labels, Counter>,
     /// Readings of new devices not scored because the device table was full, by stream.
     pub readings_refused: Family<Labels, Counter>,
+    /// Devices parked on disk after `engine.device_ttl` without a reading, by stream.
+    pub devices_parked: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -124,6 +126,7 @@ impl Metrics {
             readings_clamped: Family::default(),
             devices_reset: Family::default(),
             readings_refused: Family::default(),
+            devices_parked: Family::default(),
             registry: Registry::default(),
         };
         registry.register("readings", "Readings decoded", m.readings_in.clone());
@@ -242,6 +245,11 @@ impl Metrics {
             "readings_refused",
             "Readings of new devices not scored because the device table was full (engine.max_devices)",
             m.readings_refused.clone(),
+        );
+        registry.register(
+            "devices_parked",
+            "Devices idle for engine.device_ttl, their state parked on disk until they return",
+            m.devices_parked.clone(),
         );
         Self { registry, ..m }
     }

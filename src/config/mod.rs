@@ -209,6 +209,9 @@ pub struct StateConfig {
     /// Checkpoints kept per partition (older ones are pruned); a damaged newest one falls
     /// back to the one before.
     pub keep: usize,
+    /// A parked device (see `engine.device_ttl`) that has not returned after this long is
+    /// forgotten for good (it starts cold if it ever comes back).
+    pub parked_retention: HumanDuration,
 }
 
 impl Default for StateConfig {
@@ -217,6 +220,7 @@ impl Default for StateConfig {
             dir: PathBuf::from("state"),
             checkpoint_interval: HumanDuration::from_secs(10),
             keep: 3,
+            parked_retention: HumanDuration::from_secs(30 * 86_400),
         }
     }
 }
@@ -323,6 +327,10 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Longest a reading waits for its micro-batch to fill (`serve`).
     pub max_linger: HumanDuration,
+    /// `serve`: a device without a reading for this long (event time, against the newest
+    /// reading of its stream) is parked: its state moves to disk beside its partition's
+    /// checkpoints and is restored when it returns. `0s`: never.
+    pub device_ttl: HumanDuration,
     /// Most devices one `serve` instance tracks (all streams together); readings of further
     /// new devices are not scored (counted), so that a producer keying by random ids cannot
     /// exhaust memory.
@@ -343,6 +351,7 @@ impl Default for EngineConfig {
             warmup: 30,
             max_batch: 4096,
             max_linger: HumanDuration::from_millis(20),
+            device_ttl: HumanDuration::from_secs(86_400),
             max_devices: 1_000_000,
             max_abs_z: 1000.0,
             max_future: HumanDuration::from_secs(300),
@@ -707,6 +716,12 @@ impl Config {
             bad(
                 "state.checkpoint_interval".into(),
                 "must be longer than zero".into(),
+            );
+        }
+        if st.parked_retention < self.engine.device_ttl {
+            bad(
+                "state.parked_retention".into(),
+                "must not be shorter than engine.device_ttl".into(),
             );
         }
         if !(1..=100).contains(&st.keep) {

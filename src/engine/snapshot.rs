@@ -129,6 +129,34 @@ pub struct ShardRecords {
     pub bytes: Vec<u8>,
 }
 
+impl ShardRecords {
+    /// One device's record (as [`ShardRecords::iter`] yields it) on its own.
+    pub fn one(record: &[u8]) -> Self {
+        Self {
+            devices: 1,
+            bytes: record.to_vec(),
+        }
+    }
+
+    /// Each record with its device id and last timestamp, for records of `layout` (stops at
+    /// the first that does not fit; [`Engine::restore`] is what checks them).
+    pub fn iter(&self, layout: StateLayout) -> impl Iterator<Item = (&str, i64, &[u8])> + '_ {
+        let fixed = layout.fixed_bytes();
+        let mut pos = 0;
+        std::iter::from_fn(move || {
+            let b = &self.bytes;
+            let n = u16::from_le_bytes([*b.get(pos)?, *b.get(pos + 1)?]) as usize;
+            let end = pos + 2 + n + fixed;
+            let id = std::str::from_utf8(b.get(pos + 2..pos + 2 + n)?).ok()?;
+            let rec = b.get(pos..end)?;
+            // last_ts sits before the two u32 counters at the end of the fixed block.
+            let ts = i64::from_le_bytes(rec[rec.len() - 16..rec.len() - 8].try_into().ok()?);
+            pos = end;
+            Some((id, ts, rec))
+        })
+    }
+}
+
 impl Engine {
     /// The record shape of this engine's model.
     pub fn state_layout(&self) -> StateLayout {
@@ -143,6 +171,11 @@ impl Engine {
     /// [`Engine::process_sharded`]; this writes the records of every device whose shard
     /// `want` accepts, grouped by shard, sorted by shard.
     pub fn snapshot(&self, want: impl Fn(u32) -> bool) -> Vec<(u32, ShardRecords)> {
+        self.snapshot_where(|shard, _| want(shard))
+    }
+
+    /// [`Engine::snapshot`] of the devices `want` accepts by `(shard, last timestamp)`.
+    pub fn snapshot_where(&self, want: impl Fn(u32, i64) -> bool) -> Vec<(u32, ShardRecords)> {
         let mut by_shard: std::collections::BTreeMap<u32, ShardRecords> = Default::default();
         let fixed = self.state_layout().fixed_bytes();
         // In slot order, so that the same history gives the same bytes.
@@ -154,7 +187,7 @@ impl Engine {
         let mut sizes: std::collections::BTreeMap<u32, (usize, usize)> = Default::default();
         for (slot, id) in by_slot.iter().enumerate() {
             let shard = self.slots.shard[slot];
-            if want(shard) {
+            if want(shard, self.slots.last_ts[slot]) {
                 let e = sizes.entry(shard).or_default();
                 e.0 += 1;
                 e.1 += 2 + id.len() + fixed;
@@ -171,7 +204,9 @@ impl Engine {
         }
         for (slot, id) in by_slot.into_iter().enumerate() {
             let shard = self.slots.shard[slot];
-            if let Some(rec) = by_shard.get_mut(&shard) {
+            if want(shard, self.slots.last_ts[slot])
+                && let Some(rec) = by_shard.get_mut(&shard)
+            {
                 self.write_record(&mut rec.bytes, id, slot);
             }
         }
@@ -350,6 +385,11 @@ impl Engine {
         sl.seen[slot] = r.u32();
     }
 
+    /// Whether the device is in the table.
+    pub fn knows(&self, device: &str) -> bool {
+        self.ids.contains_key(device)
+    }
+
     /// Forgets every device `drop` selects by `(shard, last timestamp)`; returns how many.
     /// One pass over the table: the kept devices move down, keeping their order.
     pub fn forget(&mut self, drop: impl Fn(u32, i64) -> bool) -> usize {
@@ -516,6 +556,40 @@ mod tests {
         assert!(a.snapshot(|s| s != 1) == b.snapshot(|s| s != 1));
         assert!(a.snapshot(|s| s == 1).is_empty());
         assert!(a.state_heap_bytes() > 0);
+    }
+
+    #[test]
+    fn records_iterate_with_their_ids_and_last_timestamps() {
+        let rs = generate(&FleetSpec {
+            devices: 4,
+            readings: 10,
+            faults: 0,
+            ..FleetSpec::default()
+        })
+        .readings;
+        let mut a = engine();
+        bits(&mut a, &rs);
+        let layout = a.state_layout();
+        let last = rs.iter().map(|r| r.ts).max().expect("readings");
+        let all: Vec<(String, i64)> = a
+            .snapshot(|_| true)
+            .iter()
+            .flat_map(|(_, r)| {
+                r.iter(layout)
+                    .map(|(id, ts, _)| (id.to_string(), ts))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(all.len(), 4);
+        assert!(all.iter().all(|(_, ts)| *ts == last), "{all:?}");
+        // One record restores on its own.
+        let (shard, recs) = a.snapshot(|_| true).remove(0);
+        let (id, _, rec) = recs.iter(layout).next().expect("a record");
+        let mut b = engine();
+        assert_eq!(b.restore(shard, layout, &ShardRecords::one(rec)), Ok(1));
+        assert!(b.knows(id));
+        let none = a.snapshot_where(|_, ts| ts < last);
+        assert!(none.is_empty());
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub fn run(
                 layout,
                 devices: records.devices as u64,
                 created_ms: 0,
+                parked: None,
             },
             records,
         };

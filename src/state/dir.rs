@@ -61,7 +61,8 @@ impl DirStore {
         &self.root
     }
 
-    fn partition_dir(&self, group: &str, stream: &str, partition: i32) -> PathBuf {
+    /// The folder of one partition's checkpoints (and parked devices).
+    pub fn partition_dir(&self, group: &str, stream: &str, partition: i32) -> PathBuf {
         self.root
             .join(sanitize(group))
             .join(sanitize(stream))

@@ -23,6 +23,7 @@
 
 pub mod bench;
 pub mod dir;
+pub mod parked;
 pub mod stage;
 
 use crate::engine::snapshot::{ShardRecords, StateLayout};
@@ -57,6 +58,9 @@ pub struct Header {
     pub devices: u64,
     /// When it was taken (ms since the epoch, wall clock).
     pub created_ms: i64,
+    /// The partition's parked devices (evicted after `engine.device_ttl`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<parked::ParkedRef>,
 }
 
 /// One partition's checkpoint.
@@ -273,6 +277,7 @@ mod tests {
                 },
                 devices: 1,
                 created_ms: 1,
+                parked: None,
             },
             records: ShardRecords {
                 devices: 1,

@@ -8,10 +8,17 @@
 //! once those points are written (§3.1). They are taken every `state.checkpoint_interval` (of
 //! the partitions that moved since the last one), when partitions are revoked (then their
 //! devices are forgotten here: the next owner restores them), and when the stage stops.
+//!
+//! Devices idle for `engine.device_ttl` (event time, against the newest reading of their
+//! stream) are parked ([`super::parked`]): their state moves to the partition's parked-device
+//! log on disk and only an index entry stays in memory; a parked device's next reading
+//! restores it first, so its outputs are those it would have had without the eviction.
 
-use super::{Checkpoint, Header};
+use super::parked::{ParkedLog, ParkedRef};
+use super::{Checkpoint, DirStore, Header};
 use crate::config::Config;
 use crate::decode::Reading;
+use crate::engine::snapshot::ShardRecords;
 use crate::engine::{BatchOutput, Engine, Outcome};
 use crate::output::PointFormat;
 use crate::pipeline::{Checkpoints, InBatch, OutBatch, ToEngine, ToSink};
@@ -39,11 +46,23 @@ pub struct EngineStage {
     per_stream: Vec<(Vec<Reading>, Vec<u32>)>,
     out: BatchOutput,
     log_limit: RateLimit,
+    store: DirStore,
+    /// Idle time (ns of event time) after which a device is parked; 0: never.
+    ttl_ns: i64,
+    /// Parked devices idle longer than this (ns) are dropped for good.
+    retention_ns: i64,
+    /// Parked devices per (stream, partition).
+    parked: HashMap<(usize, i32), ParkedLog>,
+    /// Newest reading time per stream.
+    high_water: Vec<i64>,
 }
+
+/// A parked-device log is compacted once it is at least this big and mostly dead.
+const PARKED_COMPACT_BYTES: u64 = 64 << 20;
 
 impl EngineStage {
     /// A stage over one engine per configured stream (in config order).
-    pub fn new(cfg: &Config, engines: Vec<Engine>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(cfg: &Config, engines: Vec<Engine>, metrics: Arc<Metrics>, store: DirStore) -> Self {
         let n = engines.len();
         Self {
             engines,
@@ -60,6 +79,11 @@ impl EngineStage {
             per_stream: vec![(Vec::new(), Vec::new()); n],
             out: BatchOutput::default(),
             log_limit: RateLimit::default(),
+            store,
+            ttl_ns: cfg.engine.device_ttl.as_nanos(),
+            retention_ns: cfg.state.parked_retention.as_nanos(),
+            parked: HashMap::new(),
+            high_water: vec![i64::MIN; n],
         }
     }
 
@@ -82,6 +106,9 @@ impl EngineStage {
             };
             if !sent {
                 return;
+            }
+            if self.last_checkpoint.elapsed() >= self.interval {
+                self.park_idle();
             }
             if self.last_checkpoint.elapsed() >= self.interval && !self.dirty.is_empty() {
                 let keys: Vec<_> = std::mem::take(&mut self.dirty).into_iter().collect();
@@ -113,6 +140,11 @@ impl EngineStage {
     fn step(&mut self, batch: InBatch) -> Option<OutBatch> {
         self.metrics.batch_size.observe(batch.readings.len() as f64);
         for r in batch.readings {
+            let hw = &mut self.high_water[r.stream];
+            *hw = (*hw).max(r.reading.ts);
+            if !self.parked.is_empty() {
+                self.unpark(r.stream, r.partition, &r.reading.device);
+            }
             let (readings, shards) = &mut self.per_stream[r.stream];
             readings.push(r.reading);
             shards.push(r.partition as u32);
@@ -219,6 +251,135 @@ impl EngineStage {
         true
     }
 
+    /// A parked device is back: its state goes into the engine before its reading.
+    fn unpark(&mut self, stream: usize, partition: i32, device: &str) {
+        let Some(log) = self.parked.get_mut(&(stream, partition)) else {
+            return;
+        };
+        if !log.contains(device) || self.engines[stream].knows(device) {
+            return;
+        }
+        let engine = &mut self.engines[stream];
+        let layout = engine.state_layout();
+        match log.take(device) {
+            Ok(Some(rec)) => {
+                if let Err(e) = engine.restore(partition as u32, layout, &ShardRecords::one(&rec)) {
+                    tracing::error!(stream = %self.names[stream], device, error = %e, "parked state cannot be restored; the device starts cold");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(stream = %self.names[stream], device, error = %e, "cannot read a parked device's state; it starts cold");
+            }
+        }
+        self.dirty.insert((stream, partition));
+    }
+
+    /// Parks every device idle for `engine.device_ttl` and expires parked ones past
+    /// `state.parked_retention`.
+    fn park_idle(&mut self) {
+        if self.ttl_ns <= 0 {
+            return;
+        }
+        for stream in 0..self.engines.len() {
+            let hw = self.high_water[stream];
+            if hw == i64::MIN {
+                continue;
+            }
+            let cutoff = hw.saturating_sub(self.ttl_ns);
+            // Only partitions this member owns (it has stepped or restored them).
+            let owned: BTreeSet<u32> = self
+                .next
+                .keys()
+                .filter(|(s, _)| *s == stream)
+                .map(|(_, p)| *p as u32)
+                .collect();
+            let idle = |shard: u32, ts: i64| ts < cutoff && owned.contains(&shard);
+            let snaps = self.engines[stream].snapshot_where(idle);
+            let layout = self.engines[stream].state_layout();
+            let mut parked_ok = BTreeSet::new();
+            for (shard, records) in &snaps {
+                let key = (stream, *shard as i32);
+                let log = match self.log_for(key) {
+                    Ok(log) => log,
+                    Err(e) => {
+                        tracing::error!(stream = %self.names[stream], partition = shard, error = %e, "cannot open the parked-device log; idle devices stay in memory");
+                        continue;
+                    }
+                };
+                let mut ok = true;
+                for (id, ts, rec) in records.iter(layout) {
+                    if let Err(e) = log.park(id, ts, rec) {
+                        tracing::error!(error = %e, "cannot park a device; idle devices stay in memory");
+                        ok = false;
+                        break;
+                    }
+                }
+                if ok {
+                    parked_ok.insert(*shard);
+                    self.dirty.insert(key);
+                }
+            }
+            let n = self.engines[stream]
+                .forget(|shard, ts| idle(shard, ts) && parked_ok.contains(&shard));
+            let expire = hw.saturating_sub(self.retention_ns);
+            let mut parked_total = 0;
+            for (&(s, p), log) in self.parked.iter_mut().filter(|((s, _), _)| *s == stream) {
+                if log.expire(expire) > 0 {
+                    self.dirty.insert((s, p));
+                }
+                match log.compact_if_mostly_dead(PARKED_COMPACT_BYTES) {
+                    Ok(true) => {
+                        self.dirty.insert((s, p));
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot compact a parked-device log"),
+                }
+                parked_total += log.devices();
+            }
+            let l = labels(&[("stream", &self.names[stream])]);
+            self.metrics
+                .devices_parked
+                .get_or_create(&l)
+                .set(parked_total as i64);
+            self.metrics
+                .devices
+                .get_or_create(&l)
+                .set(self.engines[stream].devices() as i64);
+            if n > 0 {
+                tracing::debug!(stream = %self.names[stream], devices = n, "idle devices parked");
+            }
+        }
+    }
+
+    /// The parked-device log of a partition, opened (as a new generation) if need be.
+    fn log_for(&mut self, key: (usize, i32)) -> std::io::Result<&mut ParkedLog> {
+        if !self.parked.contains_key(&key) {
+            let dir = self.partition_dir(key);
+            // A new log never reuses a generation an older checkpoint may name.
+            let generation = newest_generation(&dir).map_or(0, |g| g + 1);
+            let engine = &self.engines[key.0];
+            let log = ParkedLog::open(
+                &dir,
+                ParkedRef {
+                    generation,
+                    len: 0,
+                    devices: 0,
+                },
+                &|id| engine.knows(id),
+            )?;
+            self.parked.insert(key, log);
+        }
+        self.parked
+            .get_mut(&key)
+            .ok_or_else(|| std::io::Error::other("parked log vanished"))
+    }
+
+    fn partition_dir(&self, (stream, partition): (usize, i32)) -> std::path::PathBuf {
+        self.store
+            .partition_dir(&self.group, &self.names[stream], partition)
+    }
+
     fn restore(&mut self, stream: usize, c: Checkpoint) {
         let engine = &mut self.engines[stream];
         let partition = c.header.partition;
@@ -226,6 +387,19 @@ impl EngineStage {
         match engine.restore(partition as u32, c.header.layout, &c.records) {
             Ok(n) => {
                 self.next.insert((stream, partition), c.header.offset);
+                if let Some(at) = c.header.parked {
+                    let dir = self.partition_dir((stream, partition));
+                    let engine = &self.engines[stream];
+                    match ParkedLog::open(&dir, at, &|id| engine.knows(id)) {
+                        Ok(log) => {
+                            self.parked.insert((stream, partition), log);
+                        }
+                        Err(e) => {
+                            tracing::error!(stream = %self.names[stream], partition, error = %e, "cannot open the parked-device log; parked devices start cold when they return")
+                        }
+                    }
+                }
+                let engine = &mut self.engines[stream];
                 self.metrics
                     .devices_restored
                     .get_or_create(&l)
@@ -280,15 +454,28 @@ impl EngineStage {
             self.next.remove(k);
             self.dirty.remove(k);
         }
+        for (t, p) in partitions {
+            if let Some(stream) = self.stream_of(t) {
+                self.parked.remove(&(stream, *p));
+            }
+        }
         Checkpoints {
             checkpoints,
             done: Some(done),
         }
     }
 
-    /// Checkpoints of the given partitions as of now.
-    fn checkpoints(&self, keys: &[(usize, i32)]) -> Vec<Checkpoint> {
+    /// Checkpoints of the given partitions as of now (their parked-device logs are flushed
+    /// to disk first: a checkpoint that names a log must not outlive what it names).
+    fn checkpoints(&mut self, keys: &[(usize, i32)]) -> Vec<Checkpoint> {
         let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(log) = self.parked.get_mut(k)
+                && let Err(e) = log.sync()
+            {
+                tracing::error!(error = %e, "cannot flush a parked-device log");
+            }
+        }
         let created_ms = chrono::Utc::now().timestamp_millis();
         for stream in 0..self.engines.len() {
             let wanted: BTreeSet<u32> = keys
@@ -320,11 +507,156 @@ impl EngineStage {
                         layout: engine.state_layout(),
                         devices: records.devices as u64,
                         created_ms,
+                        parked: self.parked.get(&(stream, p as i32)).map(ParkedLog::at),
                     },
                     records,
                 });
             }
         }
         out
+    }
+}
+
+/// The newest parked-log generation in a partition folder.
+fn newest_generation(dir: &std::path::Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("parked-")?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()
+        })
+        .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{BenchSpec, settings, synthetic_model, synthetic_readings};
+    use crate::config::HumanDuration;
+    use crate::engine::EngineSettings;
+    use crate::pipeline::{Offsets, Sourced};
+
+    fn stage(dir: &std::path::Path, ttl: HumanDuration) -> EngineStage {
+        let spec = BenchSpec {
+            devices: 0,
+            steps: 0,
+            hidden: 16,
+            features: 3,
+            layers: 1,
+            horizon: 2,
+            batch: 64,
+        };
+        let model = Arc::new(synthetic_model(&spec));
+        let mut cfg = Config::default();
+        cfg.streams[0].features = model.features.clone();
+        cfg.engine.device_ttl = ttl;
+        let s: EngineSettings = settings();
+        let engine = Engine::new(model, s).expect("engine");
+        EngineStage::new(
+            &cfg,
+            vec![engine],
+            Arc::new(Metrics::new()),
+            DirStore::new(dir, 3),
+        )
+    }
+
+    /// 8 devices over 4 partitions, one reading a minute; devices 0..3 fall silent for 100
+    /// minutes in the middle.
+    fn batches() -> Vec<InBatch> {
+        let all = synthetic_readings(8, 300, 3);
+        let mut out = Vec::new();
+        let mut offset = [0i64; 4];
+        for chunk in all.chunks(40) {
+            let mut b = InBatch::default();
+            for r in chunk {
+                let d: usize = r.device[4..].parse().expect("dev-N");
+                let step = (r.ts - all[0].ts) / 60_000_000_000;
+                if d < 4 && (100..200).contains(&step) {
+                    continue;
+                }
+                let p = (d % 4) as i32;
+                b.offsets.note("sensors.pumps", p, offset[p as usize]);
+                offset[p as usize] += 1;
+                b.readings.push(Sourced {
+                    stream: 0,
+                    partition: p,
+                    reading: r.clone(),
+                });
+            }
+            out.push(b);
+        }
+        out
+    }
+
+    fn bodies(stage: &mut EngineStage, park: bool) -> (String, usize) {
+        let mut text = String::new();
+        let mut most_parked = 0;
+        for b in batches() {
+            let out = stage.step(b).expect("step");
+            text.push_str(&out.body);
+            if park {
+                stage.park_idle();
+                most_parked = most_parked.max(stage.parked.values().map(ParkedLog::devices).sum());
+            }
+        }
+        (text, most_parked)
+    }
+
+    #[test]
+    fn parked_devices_come_back_with_exactly_their_state() {
+        let d = tempfile::tempdir().expect("tmp");
+        let (reference, _) = bodies(&mut stage(d.path(), HumanDuration::from_secs(0)), false);
+        let mut parking = stage(d.path(), HumanDuration::from_secs(30 * 60));
+        let (text, most_parked) = bodies(&mut parking, true);
+        assert_eq!(most_parked, 4, "the four silent devices were parked");
+        assert_eq!(parking.engines[0].devices(), 8, "and came back");
+        assert!(text == reference, "parking changed the outputs");
+        // A checkpoint names the partition's log; restoring it brings the parked set back.
+        let cps = parking.checkpoints(&[(0, 1)]);
+        assert_eq!(cps.len(), 1);
+        assert!(cps[0].header.parked.is_some());
+    }
+
+    #[test]
+    fn a_checkpoint_restored_elsewhere_carries_its_parked_devices() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut a = stage(d.path(), HumanDuration::from_secs(30 * 60));
+        let all = batches();
+        // Up to the middle of the silence: devices 0..3 are parked.
+        let cut = all.len() / 2;
+        let mut all = all.into_iter();
+        for b in all.by_ref().take(cut) {
+            a.step(b).expect("step");
+            a.park_idle();
+        }
+        assert!(a.parked.values().map(ParkedLog::devices).sum::<usize>() == 4);
+        let cps = a.checkpoints(&[(0, 0), (0, 1), (0, 2), (0, 3)]);
+        // A second member restores them and carries on; the first goes on alone as reference.
+        let mut b = stage(d.path(), HumanDuration::from_secs(30 * 60));
+        for c in cps {
+            b.restore(0, c);
+        }
+        assert_eq!(b.engines[0].devices(), 4, "active devices restored");
+        assert_eq!(b.parked.values().map(ParkedLog::devices).sum::<usize>(), 4);
+        let (mut ta, mut tb) = (String::new(), String::new());
+        for batch in all {
+            let copy = InBatch {
+                readings: batch.readings.clone(),
+                offsets: Offsets(batch.offsets.0.clone()),
+                ..InBatch::default()
+            };
+            ta.push_str(&a.step(batch).expect("a").body);
+            tb.push_str(&b.step(copy).expect("b").body);
+        }
+        assert!(
+            !ta.is_empty() && ta == tb,
+            "the restored member writes what the first would"
+        );
+        assert_eq!(b.engines[0].devices(), 8);
     }
 }

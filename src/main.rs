@@ -116,6 +116,10 @@ enum Command {
         /// Messages per second to Kafka (0: as fast as possible).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+        /// A librdkafka producer property, `KEY=VALUE` (repeatable), e.g.
+        /// `batch.num.messages=1`.
+        #[arg(long = "producer-property", value_parser = key_value)]
+        producer_properties: Vec<(String, String)>,
     },
     /// Measure detection quality on labelled data with the service's own scoring.
     #[command(subcommand)]
@@ -231,6 +235,14 @@ enum EvidenceArg {
 enum SimFormat {
     Json,
     Line,
+}
+
+/// `KEY=VALUE`.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 use sensorcast::bench::BenchSpec;
@@ -366,6 +378,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             topic,
             out,
             rate,
+            producer_properties,
         } => {
             init_logging(None);
             let end_ts = match end {
@@ -399,6 +412,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 measurement,
                 target,
                 rate,
+                producer_properties,
             };
             let n = sensorcast::simulate::run(&spec)?;
             println!("wrote {n} readings of {devices} devices");

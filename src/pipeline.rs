@@ -63,13 +63,6 @@ impl Offsets {
             None => self.0.push((topic.to_string(), partition, offset)),
         }
     }
-
-    /// Takes in every offset of `other`.
-    pub fn merge(&mut self, other: &Offsets) {
-        for (t, p, o) in &other.0 {
-            self.note(t, *p, *o);
-        }
-    }
 }
 
 /// From the source (and its rebalance callbacks) to the engine stage.
@@ -84,6 +77,8 @@ pub enum ToEngine {
         /// The checkpoint.
         checkpoint: Box<Checkpoint>,
     },
+    /// Time has passed: a periodic checkpoint may be due although no readings arrive.
+    Tick,
     /// Partitions are being revoked: checkpoint their devices as of everything sent before
     /// this, forget them, and signal `done` once the checkpoint is persisted.
     Revoke {
@@ -95,12 +90,10 @@ pub enum ToEngine {
     },
 }
 
-/// Points of one micro-batch and the offsets to store once they are written.
+/// Points of one micro-batch (their offsets are stored with the checkpoint that follows).
 pub struct OutBatch {
     /// Line protocol.
     pub body: String,
-    /// Offsets the points complete.
-    pub offsets: Offsets,
     /// Kafka timestamps (ms), for end-to-end latency.
     pub msg_ts: Vec<i64>,
     /// Deliveries of dead letters among the messages, awaited before the offsets are stored.

@@ -142,6 +142,23 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
         cfg.engine.max_future.as_nanos(),
     );
 
+    // A periodic checkpoint is due even when no readings arrive (the tail of a stream must
+    // be checkpointed for its offsets to be committed).
+    let ticker = {
+        let tx = engine_tx.clone();
+        let every = cfg.state.checkpoint_interval.get();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // When the queue is full the stage is busy and checks the time anyway.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(ToEngine::Tick) {
+                    return;
+                }
+            }
+        })
+    };
     let source = tokio::spawn(
         SourceStage {
             consumer: Arc::clone(&consumer),
@@ -221,6 +238,8 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
     }
     // From here on rebalances move no state: the engine stage drains, takes its last
     // checkpoints and stops once the source's sender is gone too.
+    ticker.abort();
+    let _ = ticker.await;
     rebalancer.detach();
     let engine_ok = tokio::task::spawn_blocking(move || engine.join().is_ok())
         .await

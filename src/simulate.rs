@@ -41,6 +41,8 @@ pub struct SimulateSpec {
     pub target: Target,
     /// Messages per second to Kafka (0: as fast as possible).
     pub rate: u64,
+    /// Extra librdkafka producer properties (they win over the defaults).
+    pub producer_properties: Vec<(String, String)>,
 }
 
 /// One message payload.
@@ -112,10 +114,17 @@ pub fn run(spec: &SimulateSpec) -> anyhow::Result<u64> {
             Ok(fleet.readings.len() as u64)
         }
         Target::Kafka { brokers, topic } => {
-            let producer: ThreadedProducer<Delivery> = ClientConfig::new()
+            let mut config = ClientConfig::new();
+            config
                 .set("bootstrap.servers", brokers)
                 .set("linger.ms", "5")
-                .set("message.timeout.ms", "60000")
+                // Retries must neither reorder nor duplicate a device's readings.
+                .set("enable.idempotence", "true")
+                .set("message.timeout.ms", "60000");
+            for (k, v) in &spec.producer_properties {
+                config.set(k, v);
+            }
+            let producer: ThreadedProducer<Delivery> = config
                 .create_with_context(Delivery {
                     failed: AtomicU64::new(0),
                     delivered: AtomicU64::new(0),

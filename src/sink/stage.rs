@@ -1,12 +1,14 @@
 //! The sink stage of `serve`: batches points into write requests, keeps up to
-//! `influxdb.concurrency` of them in flight, acknowledges them strictly in order, stores the
-//! Kafka offsets they complete, and persists checkpoints once every point before them is
-//! written.
+//! `influxdb.concurrency` of them in flight, acknowledges them strictly in order, and persists
+//! checkpoints once every point before them is written — storing, then, the Kafka offsets
+//! they complete.
 //!
-//! Keeps §3.1: a batch's offsets are stored only when it and every batch before it are
-//! written. Keeps §3.3: a checkpoint arrives behind the points of the messages it covers and is
-//! persisted only when they are all acknowledged, so a persisted checkpoint never runs ahead of
-//! InfluxDB.
+//! Keeps §3.3 and with it §3.1: a checkpoint arrives behind the points of the messages it
+//! covers and is persisted only when they (and every batch before them) are acknowledged;
+//! only then are its offsets stored for librdkafka to commit. Kafka's committed offset thus
+//! never runs ahead of a persisted checkpoint: a member that takes a partition over always
+//! finds the device states that go with the offset it starts from (as Flink commits source
+//! offsets when a checkpoint completes).
 
 use super::{SinkError, Writer};
 use crate::pipeline::{Checkpoints, Offsets, OutBatch, ToSink};
@@ -45,7 +47,6 @@ pub struct SinkStage {
 /// Points waiting to be sent as one write request.
 struct Pending {
     body: String,
-    offsets: Offsets,
     msg_ts: Vec<i64>,
     dead_letters: Vec<DeadLetterAck>,
     deadline: tokio::time::Instant,
@@ -61,6 +62,7 @@ impl SinkStage {
         let persister = tokio::spawn(persist(
             persist_rx,
             self.store.clone(),
+            Arc::clone(&self.consumer),
             Arc::clone(&self.metrics),
         ));
         let mut inflight = futures_util::stream::FuturesOrdered::new();
@@ -98,7 +100,7 @@ impl SinkStage {
                             _ = abort.wait_for(|a| *a) => result = Err(SinkError::Aborted),
                         }
                     }
-                    (result, p.offsets, p.msg_ts)
+                    (result, p.msg_ts)
                 });
                 issued += 1;
                 continue;
@@ -111,11 +113,10 @@ impl SinkStage {
                 .is_none_or(|p| p.body.len() < self.flush_bytes);
             let deadline = pending.as_ref().map(|p| p.deadline);
             tokio::select! {
-                Some((result, offsets, msg_ts)) = inflight.next(), if !inflight.is_empty() => match result {
+                Some((result, msg_ts)) = inflight.next(), if !inflight.is_empty() => match result {
                     Ok(report) => {
                         acked += 1;
                         self.metrics.points_written.inc_by(report.written);
-                        store_offsets(&self.consumer, &offsets);
                         let now = chrono::Utc::now().timestamp_millis();
                         for ts in msg_ts {
                             self.metrics.end_to_end_latency.observe((now - ts).max(0) as f64 / 1000.0);
@@ -156,14 +157,12 @@ fn add(pending: &mut Option<Pending>, b: OutBatch, flush_interval: Duration) {
     match pending {
         Some(p) => {
             p.body.push_str(&b.body);
-            p.offsets.merge(&b.offsets);
             p.msg_ts.extend(b.msg_ts);
             p.dead_letters.extend(b.dead_letters);
         }
         None => {
             *pending = Some(Pending {
                 body: b.body,
-                offsets: b.offsets,
                 msg_ts: b.msg_ts,
                 dead_letters: b.dead_letters,
                 deadline: tokio::time::Instant::now() + flush_interval,
@@ -172,19 +171,29 @@ fn add(pending: &mut Option<Pending>, b: OutBatch, flush_interval: Duration) {
     }
 }
 
-/// Writes checkpoints in order, off the sink's loop (file I/O on the blocking pool).
-async fn persist(mut rx: mpsc::Receiver<Checkpoints>, store: DirStore, metrics: Arc<Metrics>) {
+/// Writes checkpoints in order, off the sink's loop (file I/O on the blocking pool), and
+/// stores the offsets of those written.
+async fn persist(
+    mut rx: mpsc::Receiver<Checkpoints>,
+    store: DirStore,
+    consumer: Arc<Consumer>,
+    metrics: Arc<Metrics>,
+) {
     while let Some(set) = rx.recv().await {
         let store = store.clone();
         let metrics_w = Arc::clone(&metrics);
         let Checkpoints { checkpoints, done } = set;
+        let consumer = Arc::clone(&consumer);
         let written = tokio::task::spawn_blocking(move || {
             let t = std::time::Instant::now();
             let mut all_ok = true;
+            let mut offsets = Offsets::default();
             for c in &checkpoints {
                 let l = labels(&[("stream", &c.header.stream)]);
                 match store.write(c) {
                     Ok((path, bytes)) => {
+                        // The header's offset is the next to read; Offsets hold the last done.
+                        offsets.note(&c.header.topic, c.header.partition, c.header.offset - 1);
                         metrics_w.checkpoints_written.get_or_create(&l).inc();
                         metrics_w.checkpoint_bytes.get_or_create(&l).inc_by(bytes as u64);
                         tracing::debug!(path = %path.display(), bytes, devices = c.header.devices, offset = c.header.offset, "checkpoint written");
@@ -205,6 +214,7 @@ async fn persist(mut rx: mpsc::Receiver<Checkpoints>, store: DirStore, metrics: 
             metrics_w
                 .checkpoint_seconds
                 .observe(t.elapsed().as_secs_f64());
+            store_offsets(&consumer, &offsets);
             all_ok
         })
         .await
@@ -223,10 +233,13 @@ fn store_offsets(consumer: &Consumer, offsets: &Offsets) {
             tracing::warn!(error = %e, topic, partition, "cannot record offset");
         }
     }
+    if tpl.count() == 0 {
+        return;
+    }
     if let Err(e) = consumer.store_offsets(&tpl) {
         // After a rebalance the partition may belong to another member, which re-reads from
-        // its checkpoint or the last commit: outputs are rewritten with the same timestamps,
-        // tags and values (§3.2, §3.3).
+        // its checkpoint: outputs are rewritten with the same timestamps, tags and values
+        // (§3.2, §3.3).
         tracing::debug!(error = %e, "cannot store offsets (partition revoked?)");
     }
 }

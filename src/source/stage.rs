@@ -54,6 +54,7 @@ impl SourceStage {
         let mut stopping = false;
         let mut paused = false;
         let mut generation = s.assignment.generation();
+        let mut first_seen = std::collections::HashSet::new();
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let errors = RateLimit::default();
@@ -63,6 +64,7 @@ impl SourceStage {
                 // A rebalance ran (inside the consumer's poll): keep only what this member
                 // still owns.
                 generation = s.assignment.generation();
+                first_seen.clear();
                 let a = &s.assignment;
                 batch.retain_partitions(|t, p| a.owns(t, p), &s.topics);
                 if batch.readings.is_empty() && batch.offsets.0.is_empty() {
@@ -104,6 +106,9 @@ impl SourceStage {
                         if !s.assignment.owns(topic, partition) {
                             // Fetched before a revoke: the partition's new owner reads it.
                             continue;
+                        }
+                        if first_seen.insert((topic.to_string(), partition)) {
+                            tracing::debug!(topic, partition, offset, "first message of the partition since its assignment");
                         }
                         let ts = m.timestamp().to_millis();
                         match s.decoder.decode(topic, m.key(), m.payload()) {

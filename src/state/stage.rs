@@ -99,6 +99,7 @@ impl EngineStage {
                     self.restore(stream, *checkpoint);
                     true
                 }
+                ToEngine::Tick => true,
                 ToEngine::Revoke { partitions, done } => {
                     let set = self.revoke(&partitions, done);
                     tx.blocking_send(ToSink::Checkpoints(set)).is_ok()
@@ -172,7 +173,6 @@ impl EngineStage {
         }
         Some(OutBatch {
             body,
-            offsets: batch.offsets,
             msg_ts: batch.msg_ts,
             dead_letters: batch.dead_letters,
         })

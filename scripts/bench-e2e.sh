@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end benchmark: tansu → sensorcast serve → VictoriaMetrics, all on this machine.
+# End-to-end benchmark: nisshi → sensorcast serve → VictoriaMetrics, all on this machine.
 #
 # 1. Throughput: N readings are produced up front, then `serve` starts; events/s is readings
 #    divided by the time from the first reading consumed to the last point acknowledged.
@@ -8,7 +8,7 @@
 #    the sensorcast_end_to_end_seconds histogram.
 #
 # Usage: scripts/bench-e2e.sh [devices] [readings-per-device] [rate]
-# Needs what scripts/test.sh installs (tansu, victoria-metrics) and a release build.
+# Needs what scripts/test.sh installs (nisshi, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-1000}
@@ -16,19 +16,22 @@ readings=${2:-200}
 rate=${3:-100000}
 cargo build --release --locked --quiet
 bin=target/release/sensorcast
+# The broker scripts/test.sh builds (nisshi), else one on PATH (nisshi or tansu: same CLI).
+broker=$(ls "${XDG_CACHE_HOME:-$HOME/.cache}"/sensorcast/nisshi-*/bin/nisshi 2>/dev/null | tail -n 1)
+[ -n "$broker" ] || broker=$(command -v nisshi || command -v tansu)
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 kport=$(free_port); vport=$(free_port); hport=$(free_port)
-tansu broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
-  --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 & pids+=($!)
+$broker broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
+  --storage-engine memory://bench/ >"$work/broker.log" 2>&1 & pids+=($!)
 victoria-metrics -httpListenAddr="127.0.0.1:$vport" -storageDataPath="$work/vm" -retentionPeriod=100y \
   -search.latencyOffset=0s -loggerLevel=ERROR >"$work/vm.log" 2>&1 & pids+=($!)
 sleep 2
-tansu topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.tput >/dev/null
-tansu topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.lat >/dev/null
+$broker topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.tput >/dev/null
+$broker topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.lat >/dev/null
 write_config() {
 cat >"$work/$1.toml" <<TOML
 [[streams]]

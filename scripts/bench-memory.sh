@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
-# Resident memory per device of a running `serve`, on the real growth path: tansu →
+# Resident memory per device of a running `serve`, on the real growth path: nisshi →
 # sensorcast serve → VictoriaMetrics on this machine. D devices × R readings are produced up
 # front; RSS is read once serve is ready (no device yet) and again once every point is
 # written; the difference over D is what a device really costs, allocator included.
 #
 # Usage: scripts/bench-memory.sh [devices] [readings-per-device]   (default 100000 2)
-# Needs what scripts/test.sh installs (tansu, victoria-metrics) and a release build.
+# Needs what scripts/test.sh installs (nisshi, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-100000}
 readings=${2:-2}
 cargo build --release --locked --quiet
 bin=target/release/sensorcast
+# The broker scripts/test.sh builds (nisshi), else one on PATH (nisshi or tansu: same CLI).
+broker=$(ls "${XDG_CACHE_HOME:-$HOME/.cache}"/sensorcast/nisshi-*/bin/nisshi 2>/dev/null | tail -n 1)
+[ -n "$broker" ] || broker=$(command -v nisshi || command -v tansu)
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 kport=$(free_port); vport=$(free_port); hport=$(free_port)
-tansu broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
-  --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 & pids+=($!)
+$broker broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
+  --storage-engine memory://bench/ >"$work/broker.log" 2>&1 & pids+=($!)
 victoria-metrics -httpListenAddr="127.0.0.1:$vport" -storageDataPath="$work/vm" -retentionPeriod=100y \
   -search.latencyOffset=0s -loggerLevel=ERROR >"$work/vm.log" 2>&1 & pids+=($!)
 sleep 2
-tansu topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.mem >/dev/null
+$broker topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.mem >/dev/null
 cat >"$work/mem.toml" <<TOML
 [[streams]]
 name = "pumps"

@@ -4,9 +4,11 @@
 # Does its own set-up on a fresh machine of this kind, then runs the whole suite:
 #   - Debian packages: a C toolchain (librdkafka is built from source by rdkafka-sys) and
 #     VictoriaMetrics (the InfluxDB v2 write API stand-in the end-to-end tests write to);
-#   - tansu, a Kafka-compatible broker, built once with `cargo install` and reused;
-#   - starts tansu on a free loopback port (the tests start their own VictoriaMetrics
-#     instances, so that they can stop and restart them), and stops it on exit, even on failure;
+#   - nisshi (tansu's continuation), a Kafka-compatible broker, built once with
+#     `cargo +nightly install` and reused;
+#   - starts nisshi on a free loopback port (the tests start their own VictoriaMetrics
+#     instances, and brokers of their own where they restart one), and stops it on exit, even
+#     on failure;
 #   - cargo fmt --check, clippy with warnings denied, every unit test, the CLI end-to-end
 #     tests and the serve end-to-end tests against the real servers (feature `integration`);
 #   - cargo audit against an offline advisory database, when one is there (optional).
@@ -20,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 advisory_db=${SENSORCAST_ADVISORY_DB:-$root/../shared/advisory-db}
-TANSU_VERSION=0.6.0
+NISSHI_VERSION=0.8.1
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -43,15 +45,26 @@ if [ ${#packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
 fi
 
-# One build with every storage engine the tests use: in-memory (dynostore) and SQLite
-# (libsql, a topic store that survives a broker restart). Kept in its own root, named by
-# version and features, so that an older build with fewer features is never reused.
-TANSU_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/sensorcast/tansu-$TANSU_VERSION-dynostore-libsql
-if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
-  step "building tansu $TANSU_VERSION with dynostore,libsql (once; reused afterwards)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql --root "$TANSU_ROOT"
+# The Kafka-compatible broker the tests run against: nisshi 0.8.1, tansu's continuation (same
+# CLI). Not tansu 0.6.0 any more: it answers a fetch that starts inside a record batch with the
+# next batch (a consumer restarting from a mid-batch offset silently loses the rest of that
+# batch) and keeps dead members in a consumer group, so their partitions are never taken over;
+# tests/state.rs checks both. nisshi's locked build needs rustc >= 1.96, which on these
+# machines only the nightly toolchain has. One build with every storage engine the tests use:
+# in-memory (dynostore) and SQLite (libsql, topics that survive a broker restart), kept in its
+# own root named by version and features, so that an older build is never reused.
+BROKER_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/sensorcast/nisshi-$NISSHI_VERSION-dynostore-libsql
+if [ ! -x "$BROKER_ROOT/bin/nisshi" ]; then
+  if ! rustc +nightly --version >/dev/null 2>&1; then
+    echo "error: building nisshi $NISSHI_VERSION needs rustc >= 1.96 (the nightly toolchain here); none found" >&2
+    exit 1
+  fi
+  step "building nisshi $NISSHI_VERSION with dynostore,libsql (once; reused afterwards)"
+  cargo +nightly install nisshi --version "$NISSHI_VERSION" --locked --no-default-features \
+    --features dynostore,libsql --root "$BROKER_ROOT"
 fi
-export PATH="$TANSU_ROOT/bin:$PATH"
+export PATH="$BROKER_ROOT/bin:$PATH"
+export SENSORCAST_TEST_BROKER_BIN="$BROKER_ROOT/bin/nisshi"
 
 logs=$(mktemp -d)
 pids=()
@@ -63,18 +76,18 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-step "starting tansu"
+step "starting nisshi"
 port=$(free_port)
-tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-  --storage-engine memory://tansu/ >"$logs/tansu.log" 2>&1 &
+nisshi broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+  --storage-engine memory://nisshi/ >"$logs/nisshi.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
   if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
   sleep 0.1
 done
-(echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "tansu did not start:"; cat "$logs/tansu.log"; exit 1; }
+(echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "nisshi did not start:"; cat "$logs/nisshi.log"; exit 1; }
 export SENSORCAST_TEST_BROKERS="127.0.0.1:$port"
-echo "tansu on $SENSORCAST_TEST_BROKERS (log: $logs/tansu.log)"
+echo "nisshi on $SENSORCAST_TEST_BROKERS (log: $logs/nisshi.log)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -82,7 +95,7 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets --features integration -D warnings"
 cargo clippy --release --all-targets --features integration --locked -- -D warnings
 
-step "cargo test (unit, CLI end-to-end, serve end-to-end against tansu and VictoriaMetrics)"
+step "cargo test (unit, CLI end-to-end, serve end-to-end against nisshi and VictoriaMetrics)"
 cargo test --release --locked --features integration -- --test-threads=2
 
 if [ "${SKIP_AUDIT:-0}" = 1 ]; then

@@ -1,4 +1,4 @@
-//! End-to-end tests of `sensorcast serve` against real servers: a tansu broker (started by
+//! End-to-end tests of `sensorcast serve` against real servers: a nisshi broker (started by
 //! scripts/test.sh, address in SENSORCAST_TEST_BROKERS), VictoriaMetrics (started here, per
 //! test, so a test can stop and restart it) and librdkafka's mock cluster for broker faults.
 #![cfg(feature = "integration")]

@@ -390,9 +390,57 @@ pub fn consumer(
     Ok(Arc::new(consumer))
 }
 
-/// A producer (dead letters, `simulate`).
+/// The dead-letter producer. A dead letter that cannot be delivered within 10 s is given up
+/// (counted as `undeliverable`): its partition's progress waits for it until then.
 pub fn producer(cfg: &Config) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    client_config(cfg, &[("message.timeout.ms", "30000".into())]).create()
+    client_config(cfg, &[("message.timeout.ms", "10000".into())]).create()
+}
+
+/// Makes sure the dead-letter topic exists (creating it with one partition and the broker's
+/// default replication when it does not), so that a missing topic does not hold every dead
+/// letter — and its partition's progress — until delivery gives up. A failure is logged, not
+/// fatal: dead letters are then counted and given up.
+pub async fn ensure_dead_letter_topic(cfg: &Config) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let topic = &cfg.kafka.dead_letter_topic;
+    if topic.is_empty() {
+        return;
+    }
+    let admin: AdminClient<DefaultClientContext> = match client_config(cfg, &[]).create() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create a Kafka admin client to check the dead-letter topic");
+            return;
+        }
+    };
+    let exists = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map(|m| {
+            m.topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        })
+        .unwrap_or(false);
+    if exists {
+        return;
+    }
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    match admin.create_topics([&new], &opts).await {
+        Ok(results) => match results.into_iter().next() {
+            Some(Ok(_)) => tracing::info!(topic, "dead-letter topic created"),
+            Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => {}
+            Some(Err((_, e))) => {
+                tracing::error!(topic, error = %e, "kafka.dead_letter_topic does not exist and cannot be created; dead letters will be counted and given up")
+            }
+            None => {}
+        },
+        Err(e) => {
+            tracing::error!(topic, error = %e, "kafka.dead_letter_topic does not exist and cannot be created; dead letters will be counted and given up")
+        }
+    }
 }
 
 /// Stream lookup by topic and decoding of one message.

@@ -1,4 +1,4 @@
-//! Helpers of the end-to-end tests: real servers (tansu from scripts/test.sh, VictoriaMetrics
+//! Helpers of the end-to-end tests: real servers (nisshi from scripts/test.sh, VictoriaMetrics
 //! started per test) and the real binary.
 #![allow(dead_code)]
 
@@ -418,8 +418,8 @@ pub fn simulate(
 }
 
 /// Committed offsets summed over a topic's partitions (each partition's committed offset is
-/// the count of its messages fully handled). tansu's ListOffsets does not report high
-/// watermarks reliably, so tests compare with the number of messages they produced.
+/// the count of its messages fully handled). tansu 0.6.0 did not report high watermarks
+/// reliably through ListOffsets, so tests compare with the number of messages they produced.
 pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> i64 {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)

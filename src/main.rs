@@ -116,6 +116,10 @@ enum Command {
         /// Messages per second to Kafka (0: as fast as possible).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+        /// Device ids start with this instead of `pump-` (e.g. a new fleet per run, for
+        /// device churn).
+        #[arg(long, default_value = "pump-")]
+        device_prefix: String,
         /// A librdkafka producer property, `KEY=VALUE` (repeatable), e.g.
         /// `batch.num.messages=1`.
         #[arg(long = "producer-property", value_parser = key_value)]
@@ -378,6 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             topic,
             out,
             rate,
+            device_prefix,
             producer_properties,
         } => {
             init_logging(None);
@@ -412,6 +417,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 measurement,
                 target,
                 rate,
+                device_prefix,
                 producer_properties,
             };
             let n = sensorcast::simulate::run(&spec)?;

@@ -41,6 +41,8 @@ pub struct SimulateSpec {
     pub target: Target,
     /// Messages per second to Kafka (0: as fast as possible).
     pub rate: u64,
+    /// Device ids start with this instead of `pump-`.
+    pub device_prefix: String,
     /// Extra librdkafka producer properties (they win over the defaults).
     pub producer_properties: Vec<(String, String)>,
 }
@@ -99,7 +101,14 @@ impl ProducerContext for Delivery {
 
 /// Runs the simulation; returns the number of messages written.
 pub fn run(spec: &SimulateSpec) -> anyhow::Result<u64> {
-    let fleet = generate(&spec.fleet);
+    let mut fleet = generate(&spec.fleet);
+    if spec.device_prefix != "pump-" {
+        for r in &mut fleet.readings {
+            if let Some(n) = r.device.strip_prefix("pump-") {
+                r.device = format!("{}{n}", spec.device_prefix);
+            }
+        }
+    }
     let mut buf = String::new();
     match &spec.target {
         Target::File(path) => {

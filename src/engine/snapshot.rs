@@ -570,7 +570,11 @@ mod tests {
         let mut a = engine();
         bits(&mut a, &rs);
         let layout = a.state_layout();
-        let last = rs.iter().map(|r| r.ts).max().expect("readings");
+        let mut last: std::collections::HashMap<&str, i64> = Default::default();
+        for r in &rs {
+            let e = last.entry(r.device.as_str()).or_insert(i64::MIN);
+            *e = (*e).max(r.ts);
+        }
         let all: Vec<(String, i64)> = a
             .snapshot(|_| true)
             .iter()
@@ -581,15 +585,25 @@ mod tests {
             })
             .collect();
         assert_eq!(all.len(), 4);
-        assert!(all.iter().all(|(_, ts)| *ts == last), "{all:?}");
+        assert!(
+            all.iter().all(|(id, ts)| last[id.as_str()] == *ts),
+            "{all:?}"
+        );
         // One record restores on its own.
         let (shard, recs) = a.snapshot(|_| true).remove(0);
         let (id, _, rec) = recs.iter(layout).next().expect("a record");
         let mut b = engine();
         assert_eq!(b.restore(shard, layout, &ShardRecords::one(rec)), Ok(1));
         assert!(b.knows(id));
-        let none = a.snapshot_where(|_, ts| ts < last);
-        assert!(none.is_empty());
+        let oldest = last.values().copied().min().expect("devices");
+        assert!(a.snapshot_where(|_, ts| ts < oldest).is_empty());
+        let newest = last.values().copied().max().expect("devices");
+        let idle: usize = a
+            .snapshot_where(|_, ts| ts < newest)
+            .iter()
+            .map(|(_, r)| r.devices)
+            .sum();
+        assert_eq!(idle, 3, "every device but the newest one");
     }
 
     #[test]

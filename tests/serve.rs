@@ -489,7 +489,27 @@ fn oversized_and_hostile_messages_never_stall_a_partition() {
         unique("hostile-dlq"),
         unique("g-hostile"),
     );
-    create_topics(&brokers, &[(&topic, 1), (&dlq, 1)]);
+    // The input topic takes messages up to 4 MB, so that the 3 MB ones reach the service.
+    {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("admin");
+        let big = NewTopic::new(&topic, 1, TopicReplication::Fixed(1))
+            .set("max.message.bytes", "4000000");
+        let dl = NewTopic::new(&dlq, 1, TopicReplication::Fixed(1));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        for r in rt
+            .block_on(admin.create_topics([&big, &dl], &AdminOptions::new()))
+            .expect("create topics")
+        {
+            r.expect("topic created");
+        }
+    }
     let streams = [Stream {
         name: "pumps",
         topic: &topic,
@@ -554,6 +574,15 @@ fn oversized_and_hostile_messages_never_stall_a_partition() {
         bad += 1;
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
+    let (low, high) = producer
+        .client()
+        .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    assert_eq!(
+        (low, high),
+        (0, (good + oversized + bad) as i64),
+        "the broker holds every message, the 3 MB ones included"
+    );
     let serve = Serve::start(&cfg, dir.path(), port);
     wait_until(
         "every valid reading written",

@@ -48,12 +48,14 @@ pub struct Assignment {
 }
 
 impl Assignment {
-    /// Whether this member owns the partition now.
-    pub fn owns(&self, topic: &str, partition: i32) -> bool {
+    /// The partitions this member owns now.
+    pub fn owned(&self) -> Vec<(String, i32)> {
         self.owned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&(topic.to_string(), partition))
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Changes with every rebalance.

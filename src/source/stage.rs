@@ -53,8 +53,15 @@ impl SourceStage {
         let mut first_at: Option<Instant> = None;
         let mut stopping = false;
         let mut paused = false;
+        // A copy of the assignment, refreshed when a rebalance changes it, so that checking
+        // a message's partition takes neither a lock nor an allocation.
         let mut generation = s.assignment.generation();
-        let mut first_seen = std::collections::HashSet::new();
+        let mut owned = s.assignment.owned();
+        let owns = |owned: &[(String, i32)], t: &str, p: i32| {
+            owned.iter().any(|(ot, op)| *op == p && ot == t)
+        };
+        // Partitions a message has come from since the last rebalance (for a debug line).
+        let mut first_seen: Vec<(String, i32)> = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let errors = RateLimit::default();
@@ -64,9 +71,9 @@ impl SourceStage {
                 // A rebalance ran (inside the consumer's poll): keep only what this member
                 // still owns.
                 generation = s.assignment.generation();
+                owned = s.assignment.owned();
                 first_seen.clear();
-                let a = &s.assignment;
-                batch.retain_partitions(|t, p| a.owns(t, p), &s.topics);
+                batch.retain_partitions(|t, p| owns(&owned, t, p), &s.topics);
                 if batch.readings.is_empty() && batch.offsets.0.is_empty() {
                     batch = InBatch::default();
                     first_at = None;
@@ -103,11 +110,15 @@ impl SourceStage {
                     Ok(m) => {
                         let topic = m.topic();
                         let (partition, offset) = (m.partition(), m.offset());
-                        if !s.assignment.owns(topic, partition) {
+                        if s.assignment.generation() != generation {
+                            owned = s.assignment.owned();
+                        }
+                        if !owns(&owned, topic, partition) {
                             // Fetched before a revoke: the partition's new owner reads it.
                             continue;
                         }
-                        if first_seen.insert((topic.to_string(), partition)) {
+                        if !first_seen.iter().any(|(t, p)| *p == partition && t == topic) {
+                            first_seen.push((topic.to_string(), partition));
                             tracing::debug!(topic, partition, offset, "first message of the partition since its assignment");
                         }
                         let ts = m.timestamp().to_millis();

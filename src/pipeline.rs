@@ -105,7 +105,8 @@ pub struct OutBatch {
 pub struct Checkpoints {
     /// One per partition.
     pub checkpoints: Vec<Checkpoint>,
-    /// Signalled once they are persisted.
+    /// Signalled once they are persisted (a revoke waits for it); `None` for a periodic or
+    /// final set, which the sink counts down in the stages' shared in-flight counter instead.
     pub done: Option<oneshot::Sender<()>>,
 }
 

@@ -42,6 +42,8 @@ pub struct SinkStage {
     pub abort: watch::Receiver<bool>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Periodic checkpoint sets the engine stage sent and that are not persisted yet.
+    pub checkpoints_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Points waiting to be sent as one write request.
@@ -64,6 +66,7 @@ impl SinkStage {
             self.store.clone(),
             Arc::clone(&self.consumer),
             Arc::clone(&self.metrics),
+            Arc::clone(&self.checkpoints_in_flight),
         ));
         let mut inflight = futures_util::stream::FuturesOrdered::new();
         let mut pending: Option<Pending> = None;
@@ -178,8 +181,11 @@ async fn persist(
     store: DirStore,
     consumer: Arc<Consumer>,
     metrics: Arc<Metrics>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    use std::sync::atomic::Ordering;
     while let Some(set) = rx.recv().await {
+        let periodic = set.done.is_none();
         let store = store.clone();
         let metrics_w = Arc::clone(&metrics);
         let Checkpoints { checkpoints, done } = set;
@@ -221,6 +227,13 @@ async fn persist(
         .unwrap_or(false);
         if written && let Some(done) = done {
             let _ = done.send(());
+        }
+        if periodic {
+            // Written or not, the engine stage may take the next one (a failed one is
+            // retried then, its partitions still being due).
+            let _ = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
         }
     }
 }

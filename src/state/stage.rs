@@ -25,6 +25,7 @@ use crate::pipeline::{Checkpoints, InBatch, OutBatch, ToEngine, ToSink};
 use crate::telemetry::{Metrics, RateLimit, labels};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -55,6 +56,8 @@ pub struct EngineStage {
     parked: HashMap<(usize, i32), ParkedLog>,
     /// Newest reading time per stream.
     high_water: Vec<i64>,
+    /// Periodic checkpoint sets sent and not yet persisted (the sink counts them down).
+    checkpoints_in_flight: Arc<AtomicUsize>,
 }
 
 /// A parked-device log is compacted once it is at least this big and mostly dead.
@@ -62,7 +65,13 @@ const PARKED_COMPACT_BYTES: u64 = 64 << 20;
 
 impl EngineStage {
     /// A stage over one engine per configured stream (in config order).
-    pub fn new(cfg: &Config, engines: Vec<Engine>, metrics: Arc<Metrics>, store: DirStore) -> Self {
+    pub fn new(
+        cfg: &Config,
+        engines: Vec<Engine>,
+        metrics: Arc<Metrics>,
+        store: DirStore,
+        checkpoints_in_flight: Arc<AtomicUsize>,
+    ) -> Self {
         let n = engines.len();
         Self {
             engines,
@@ -84,6 +93,7 @@ impl EngineStage {
             retention_ns: cfg.state.parked_retention.as_nanos(),
             parked: HashMap::new(),
             high_water: vec![i64::MIN; n],
+            checkpoints_in_flight,
         }
     }
 
@@ -111,13 +121,17 @@ impl EngineStage {
             if self.last_checkpoint.elapsed() >= self.interval {
                 self.park_idle();
             }
-            if self.last_checkpoint.elapsed() >= self.interval && !self.dirty.is_empty() {
+            // One periodic checkpoint at a time: while the last one waits behind its points
+            // (a slow InfluxDB), another full copy of the state would only add memory.
+            let busy = self.checkpoints_in_flight.load(Ordering::Acquire) > 0;
+            if self.last_checkpoint.elapsed() >= self.interval && !self.dirty.is_empty() && !busy {
                 let keys: Vec<_> = std::mem::take(&mut self.dirty).into_iter().collect();
                 let set = Checkpoints {
                     checkpoints: self.checkpoints(&keys),
                     done: None,
                 };
                 self.last_checkpoint = Instant::now();
+                self.checkpoints_in_flight.fetch_add(1, Ordering::AcqRel);
                 if tx.blocking_send(ToSink::Checkpoints(set)).is_err() {
                     return;
                 }
@@ -562,6 +576,7 @@ mod tests {
             vec![engine],
             Arc::new(Metrics::new()),
             DirStore::new(dir, 3),
+            Arc::default(),
         )
     }
 

@@ -472,16 +472,8 @@ impl Broker {
 
     /// Stops the broker the way a restart does (SIGTERM).
     fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let t = Instant::now();
-            while c.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(20) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            stop(c);
         }
     }
 }
@@ -540,6 +532,41 @@ fn a_broker_restart_mid_stream_loses_and_changes_nothing() {
     );
 }
 
+/// What the small input tests share: the broker, a VictoriaMetrics, a one-stream config with
+/// a trained model, and a topic of its own.
+struct Small {
+    brokers: String,
+    dir: tempfile::TempDir,
+    vm: Vm,
+    topic: String,
+    group: String,
+    cfg: std::path::PathBuf,
+    port: u16,
+}
+
+fn small(name: &str, partitions: i32) -> Small {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, group) = (unique(name), unique(&format!("g-{name}")));
+    create_topics(&brokers, &[(&topic, partitions)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    Small {
+        brokers,
+        dir,
+        vm,
+        topic,
+        group,
+        cfg,
+        port,
+    }
+}
+
 /// A producer of hand-made JSON readings.
 fn send_json(brokers: &str, topic: &str, msgs: &[(String, String)]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -562,17 +589,15 @@ fn json(ts_ms: i64, vibration: &str) -> String {
 
 #[test]
 fn a_future_timestamp_is_a_dead_letter_and_does_not_silence_its_device() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let vm = Vm::start();
-    let (topic, group) = (unique("future"), unique("g-future"));
-    create_topics(&brokers, &[(&topic, 1)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
-    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    let Small {
+        brokers,
+        dir,
+        vm,
+        topic,
+        cfg,
+        port,
+        ..
+    } = small("future", 1);
     let t0 = chrono::Utc::now().timestamp_millis() - 200_000;
     let mut msgs: Vec<(String, String)> = (0..50)
         .map(|i| ("pump-1".to_string(), json(t0 + i * 1000, "1")))
@@ -595,17 +620,15 @@ fn a_future_timestamp_is_a_dead_letter_and_does_not_silence_its_device() {
 
 #[test]
 fn an_extreme_value_is_clamped_and_nothing_non_finite_is_written() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let vm = Vm::start();
-    let (topic, group) = (unique("extreme"), unique("g-extreme"));
-    create_topics(&brokers, &[(&topic, 1)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
-    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    let Small {
+        brokers,
+        dir,
+        vm,
+        topic,
+        cfg,
+        port,
+        ..
+    } = small("extreme", 1);
     let t0 = chrono::Utc::now().timestamp_millis() - 200_000;
     let msgs: Vec<(String, String)> = (0..60)
         .map(|i| {
@@ -645,17 +668,15 @@ fn an_extreme_value_is_clamped_and_nothing_non_finite_is_written() {
 
 #[test]
 fn a_flood_of_random_device_ids_is_capped_and_real_devices_carry_on() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let vm = Vm::start();
-    let (topic, group) = (unique("flood"), unique("g-flood"));
-    create_topics(&brokers, &[(&topic, 2)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
-    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    let Small {
+        brokers,
+        dir,
+        vm,
+        topic,
+        group,
+        cfg,
+        port,
+    } = small("flood", 2);
     config_with(&cfg, |t| {
         t.replacen("[engine]\n", "[engine]\nmax_devices = 50\n", 1)
     });

@@ -126,16 +126,8 @@ impl Vm {
     /// Stops the server gracefully: VictoriaMetrics keeps recent samples in memory, and a
     /// SIGKILL would lose data it already acknowledged — not what this outage is about.
     pub fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let t = Instant::now();
-            while c.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(20) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            stop(c);
         }
     }
 
@@ -254,6 +246,19 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Stops a server the way an orderly restart does (SIGTERM, then SIGKILL after 20 s).
+pub fn stop(mut c: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let t = Instant::now();
+    while c.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 pub fn run(args: &[&str]) {

@@ -281,18 +281,16 @@ fn config_with(cfg: &Path, f: impl FnOnce(String) -> String) {
 
 #[test]
 fn sigkill_five_times_mid_stream_writes_exactly_what_replay_writes() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let vm = Vm::start();
-    let (topic, group) = (unique("crash"), unique("g-crash"));
     const PARTITIONS: i32 = 4;
-    create_topics(&brokers, &[(&topic, PARTITIONS)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
-    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    let Small {
+        brokers,
+        dir,
+        vm,
+        topic,
+        group,
+        cfg,
+        port,
+    } = small("crash", PARTITIONS);
     let (devices, readings) = (200, 500);
     let total = devices * readings;
     let end = now_rfc3339(-60);
@@ -349,18 +347,16 @@ fn sigkill_five_times_mid_stream_writes_exactly_what_replay_writes() {
 
 #[test]
 fn a_second_instance_takes_over_a_killed_ones_partitions_with_their_state() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let vm = Vm::start();
-    let (topic, group) = (unique("scale"), unique("g-scale"));
     const PARTITIONS: i32 = 4;
-    create_topics(&brokers, &[(&topic, PARTITIONS)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
-    let (cfg_a, port_a) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    let Small {
+        brokers,
+        dir,
+        vm,
+        topic,
+        group,
+        cfg: cfg_a,
+        port: port_a,
+    } = small("scale", PARTITIONS);
     // The second instance: same group, same (shared) state directory, its own HTTP port.
     let port_b = free_port();
     let cfg_b = dir.path().join("b.toml");
@@ -532,8 +528,8 @@ fn a_broker_restart_mid_stream_loses_and_changes_nothing() {
     );
 }
 
-/// What the small input tests share: the broker, a VictoriaMetrics, a one-stream config with
-/// a trained model, and a topic of its own.
+/// What most tests here share: the broker, a VictoriaMetrics, a one-stream config with a
+/// trained model, and a topic (and group) of their own.
 struct Small {
     brokers: String,
     dir: tempfile::TempDir,

@@ -208,6 +208,7 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
             abort: abort_rx.clone(),
             metrics: Arc::clone(&metrics),
             checkpoints_in_flight,
+            health: Arc::clone(&health),
         }
         .run(),
     );

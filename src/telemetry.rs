@@ -2,8 +2,9 @@
 //! (`/metrics`, `/health/live`, `/health/ready`).
 //!
 //! Readiness is the conjunction the operators need before routing traffic or paging:
-//! partitions assigned, every stream's model loaded, and the sink reachable (the last write
-//! attempt did not fail with an authentication or bucket error).
+//! partitions assigned, every stream's model loaded, the sink reachable (the last write
+//! attempt did not fail with an authentication or bucket error), and checkpoints being written
+//! (the last one did not fail: without them offsets stop advancing).
 
 use crate::config::{Config, LogFormat};
 use axum::Router;
@@ -275,6 +276,8 @@ pub struct Health {
     pub sink_reachable: AtomicBool,
     /// Shutting down.
     pub stopping: AtomicBool,
+    /// The last checkpoint could not be written (offsets stop advancing until one is).
+    pub checkpoints_failing: AtomicBool,
 }
 
 impl Health {
@@ -284,9 +287,10 @@ impl Health {
         let models = self.models_loaded.load(Ordering::Relaxed);
         let sink = self.sink_reachable.load(Ordering::Relaxed);
         let stopping = self.stopping.load(Ordering::Relaxed);
-        let ok = parts > 0 && models && sink && !stopping;
+        let failing = self.checkpoints_failing.load(Ordering::Relaxed);
+        let ok = parts > 0 && models && sink && !stopping && !failing;
         let body = format!(
-            "{{\"ready\":{ok},\"partitions_assigned\":{parts},\"models_loaded\":{models},\"sink_reachable\":{sink},\"stopping\":{stopping}}}\n"
+            "{{\"ready\":{ok},\"partitions_assigned\":{parts},\"models_loaded\":{models},\"sink_reachable\":{sink},\"checkpoints_failing\":{failing},\"stopping\":{stopping}}}\n"
         );
         (ok, body)
     }
@@ -403,6 +407,10 @@ mod tests {
         h.partitions.store(2, Ordering::Relaxed);
         h.models_loaded.store(true, Ordering::Relaxed);
         h.sink_reachable.store(true, Ordering::Relaxed);
+        assert!(h.ready().0);
+        h.checkpoints_failing.store(true, Ordering::Relaxed);
+        assert!(!h.ready().0 && h.ready().1.contains("\"checkpoints_failing\":true"));
+        h.checkpoints_failing.store(false, Ordering::Relaxed);
         assert!(h.ready().0);
         h.stopping.store(true, Ordering::Relaxed);
         assert!(!h.ready().0 && h.ready().1.contains("\"stopping\":true"));

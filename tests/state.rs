@@ -776,3 +776,43 @@ fn the_broker_delivers_a_fetch_from_inside_a_record_batch_from_that_offset() {
         "a fetch from offset 3 (inside the first record batch) started at {first}: this broker skips the rest of the batch"
     );
 }
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_holds_offsets_back_and_reports_not_ready() {
+    let Small {
+        brokers,
+        dir,
+        vm,
+        topic,
+        group,
+        cfg,
+        port,
+    } = small("nockpt", 1);
+    // state.dir below a regular file: every checkpoint write fails.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").expect("file");
+    config_with(&cfg, |t| {
+        t.replace(
+            &format!("dir = \"{}\"", dir.path().join("state").display()),
+            &format!("dir = \"{}\"", blocker.join("state").display()),
+        )
+    });
+    let serve = Serve::start(&cfg, dir.path(), port);
+    let t0 = chrono::Utc::now().timestamp_millis() - 100_000;
+    let msgs: Vec<(String, String)> = (0..30)
+        .map(|i| ("pump-1".to_string(), json(t0 + i * 1000, "1")))
+        .collect();
+    send_json(&brokers, &topic, &msgs);
+    wait_until("every reading written", Duration::from_secs(60), || {
+        vm.samples("anomaly_score").0 >= 30
+    });
+    wait_until("not ready, saying why", Duration::from_secs(30), || {
+        http("GET", &serve.http, "/health/ready", "")
+            .is_some_and(|(st, body)| st == 503 && body.contains("\"checkpoints_failing\":true"))
+    });
+    assert!(serve.metric("sensorcast_checkpoint_failures_total") >= 1.0);
+    // The points are written, but without the device states that go with them nothing is
+    // committed: a restart re-reads them.
+    assert_eq!(committed(&brokers, &group, &topic, 1), 0);
+    let _ = serve.terminate();
+}

@@ -14,7 +14,7 @@ use super::{SinkError, Writer};
 use crate::pipeline::{Checkpoints, Offsets, OutBatch, ToSink};
 use crate::source::{Consumer, DeadLetterAck};
 use crate::state::DirStore;
-use crate::telemetry::{Metrics, labels};
+use crate::telemetry::{Health, Metrics, labels};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::VecDeque;
@@ -44,6 +44,8 @@ pub struct SinkStage {
     pub metrics: Arc<Metrics>,
     /// Periodic checkpoint sets the engine stage sent and that are not persisted yet.
     pub checkpoints_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Readiness (a checkpoint that cannot be written makes the service not ready).
+    pub health: Arc<Health>,
 }
 
 /// Points waiting to be sent as one write request.
@@ -67,6 +69,7 @@ impl SinkStage {
             Arc::clone(&self.consumer),
             Arc::clone(&self.metrics),
             Arc::clone(&self.checkpoints_in_flight),
+            Arc::clone(&self.health),
         ));
         let mut inflight = futures_util::stream::FuturesOrdered::new();
         let mut pending: Option<Pending> = None;
@@ -182,6 +185,7 @@ async fn persist(
     consumer: Arc<Consumer>,
     metrics: Arc<Metrics>,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    health: Arc<Health>,
 ) {
     use std::sync::atomic::Ordering;
     while let Some(set) = rx.recv().await {
@@ -225,6 +229,9 @@ async fn persist(
         })
         .await
         .unwrap_or(false);
+        health
+            .checkpoints_failing
+            .store(!written, Ordering::Relaxed);
         if written && let Some(done) = done {
             let _ = done.send(());
         }

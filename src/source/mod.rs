@@ -224,7 +224,7 @@ fn skip_reason(e: &crate::state::CheckpointError) -> &'static str {
     use crate::state::CheckpointError as E;
     match e {
         E::TooShort(_) | E::Checksum { .. } => "damaged",
-        E::BadMagic | E::Header(_) | E::Records(_) => "unreadable",
+        E::BadMagic | E::Header(_) => "unreadable",
         E::UnknownVersion(_) => "format_version",
         E::Mismatch(_) => "mismatch",
     }

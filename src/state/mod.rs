@@ -97,9 +97,6 @@ pub enum CheckpointError {
     /// The header does not parse.
     #[error("bad header: {0}")]
     Header(String),
-    /// The records do not match the header.
-    #[error("device records do not match the header: {0}")]
-    Records(String),
     /// A valid checkpoint that belongs to something else than what is running.
     #[error("{0}")]
     Mismatch(String),

@@ -197,12 +197,18 @@ enum EvaluateCommand {
 enum StateCommand {
     /// Partitions, devices, offsets, model versions, sizes and ages of the checkpoints.
     Inspect {
-        /// Checkpoint directory (`state.dir`).
-        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        /// Checkpoint directory (`state.dir` of `state.store = "dir"`).
+        #[arg(long, conflicts_with_all = ["config", "topic"], required_unless_present_any = ["config", "topic"])]
         dir: Option<PathBuf>,
-        /// Or the config whose `state.dir` to read.
+        /// Or a changelog topic (`state.store = "kafka"`); the whole topic is read.
+        #[arg(long)]
+        topic: Option<String>,
+        /// The config whose store to read (with `--topic`: whose Kafka settings to use).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Kafka bootstrap servers (with `--topic`; overrides the config's).
+        #[arg(long, requires = "topic")]
+        brokers: Option<String>,
     },
     /// Measure checkpoint size and the time to take, write, load and restore one.
     Bench {
@@ -224,6 +230,10 @@ enum StateCommand {
         /// Where to write the checkpoints (a temporary folder inside it, removed afterwards).
         #[arg(long, default_value = "/tmp")]
         dir: PathBuf,
+        /// Measure the Kafka changelog store instead, on these brokers (a topic of its own,
+        /// deleted afterwards).
+        #[arg(long)]
+        brokers: Option<String>,
     },
 }
 
@@ -424,15 +434,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("wrote {n} readings of {devices} devices");
             Ok(ExitCode::SUCCESS)
         }
-        Command::State(StateCommand::Inspect { dir, config }) => {
+        Command::State(StateCommand::Inspect {
+            dir,
+            topic,
+            config,
+            brokers,
+        }) => {
             init_logging(None);
-            let dir = match (dir, config) {
-                (Some(d), _) => d,
-                (None, Some(c)) => Config::load(Some(&c))?.state.dir,
-                (None, None) => anyhow::bail!("give --dir or --config"),
+            let now = chrono::Utc::now().timestamp_millis();
+            let cfg = match &config {
+                Some(c) => Some(Config::load(Some(c))?),
+                None => None,
             };
-            let report = sensorcast::state::inspect(&dir, chrono::Utc::now().timestamp_millis())
-                .with_context(|| format!("cannot read checkpoints under {}", dir.display()))?;
+            let kafka_store = |cfg: &Config| {
+                sensorcast::state::KafkaStore::new(
+                    &sensorcast::source::client_config(cfg, &[]),
+                    &cfg.state.changelog_topic,
+                    &cfg.kafka.group_id,
+                    sensorcast::state::DirStore::new(&cfg.state.dir, 1),
+                    1,
+                )
+                .context("cannot create Kafka clients")
+            };
+            let report = match (dir, topic, cfg) {
+                (Some(d), _, _) => sensorcast::state::inspect(&d, now)
+                    .with_context(|| format!("cannot read checkpoints under {}", d.display()))?,
+                (None, Some(t), cfg) => {
+                    let mut cfg = cfg.unwrap_or_default();
+                    if let Some(b) = brokers {
+                        cfg.kafka.brokers = b;
+                    }
+                    sensorcast::state::inspect_topic(&kafka_store(&cfg)?, &t, now)
+                        .with_context(|| format!("cannot read changelog topic {t}"))?
+                }
+                (None, None, Some(cfg)) => match cfg.state.store {
+                    sensorcast::config::StoreKind::Dir => {
+                        sensorcast::state::inspect(&cfg.state.dir, now).with_context(|| {
+                            format!("cannot read checkpoints under {}", cfg.state.dir.display())
+                        })?
+                    }
+                    sensorcast::config::StoreKind::Kafka => {
+                        let store = kafka_store(&cfg)?;
+                        let mut out = String::new();
+                        for s in &cfg.streams {
+                            let t = store.topic(&s.name);
+                            out += &sensorcast::state::inspect_topic(&store, &t, now)
+                                .with_context(|| format!("cannot read changelog topic {t}"))?;
+                        }
+                        out
+                    }
+                },
+                (None, None, None) => anyhow::bail!("give --dir, --topic or --config"),
+            };
             print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
@@ -443,9 +496,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             features,
             horizon,
             dir,
+            brokers,
         }) => {
             init_logging(None);
             anyhow::ensure!(partitions >= 1, "--partitions must be at least 1");
+            let kafka = brokers.map(|b| {
+                let mut cfg = Config::default();
+                cfg.kafka.brokers = b;
+                cfg.kafka.group_id = "bench".into();
+                cfg.state.changelog_topic =
+                    format!("sensorcast-state-bench-{}", std::process::id());
+                cfg
+            });
             let shape = BenchSpec {
                 devices: 0,
                 steps: 2,
@@ -467,7 +529,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let tmp = dir.join(format!("sensorcast-state-bench-{}", std::process::id()));
                 std::fs::create_dir_all(&tmp)
                     .with_context(|| format!("cannot create {}", tmp.display()))?;
-                let r = sensorcast::state::bench::run(&shape, n, partitions, &tmp);
+                let local = sensorcast::state::DirStore::new(&tmp, 1);
+                let r = match &kafka {
+                    None => sensorcast::state::bench::run(&shape, n, partitions, &local.into()),
+                    Some(cfg) => {
+                        let topic = cfg.state.changelog_topic.clone();
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?;
+                        rt.block_on(sensorcast::source::create_topic(
+                            cfg,
+                            &topic,
+                            partitions as i32,
+                            &[("cleanup.policy", "compact")],
+                        ))
+                        .map_err(anyhow::Error::msg)?;
+                        let store = sensorcast::state::KafkaStore::new(
+                            &sensorcast::source::client_config(cfg, &[]),
+                            &topic,
+                            "bench",
+                            local,
+                            1,
+                        )?;
+                        let r = sensorcast::state::bench::run(
+                            &shape,
+                            n,
+                            partitions,
+                            &sensorcast::state::Store::Kafka(std::sync::Arc::new(store)),
+                        );
+                        rt.block_on(sensorcast::source::delete_topic(cfg, &topic));
+                        r
+                    }
+                };
                 let _ = std::fs::remove_dir_all(&tmp);
                 let r = r.map_err(anyhow::Error::msg)?;
                 let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;

@@ -24,8 +24,8 @@ use crate::sink::Writer;
 use crate::sink::stage::SinkStage;
 use crate::source::stage::SourceStage;
 use crate::source::{Assignment, DeadLetters, Decoder, Rebalancer, StreamState};
-use crate::state::DirStore;
 use crate::state::stage::EngineStage;
+use crate::state::{DirStore, KafkaStore, Store};
 use crate::telemetry::{Health, Metrics, Telemetry, labels};
 use anyhow::Context;
 use rdkafka::consumer::{CommitMode, Consumer as _};
@@ -104,7 +104,25 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
         })
     };
 
-    let store = DirStore::new(&cfg.state.dir, cfg.state.keep);
+    let local = DirStore::new(&cfg.state.dir, cfg.state.keep);
+    let store = match cfg.state.store {
+        crate::config::StoreKind::Dir => Store::Dir(local),
+        crate::config::StoreKind::Kafka => {
+            crate::source::ensure_changelog_topics(&cfg)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            Store::Kafka(Arc::new(
+                KafkaStore::new(
+                    &crate::source::client_config(&cfg, &[]),
+                    &cfg.state.changelog_topic,
+                    &cfg.kafka.group_id,
+                    local,
+                    cfg.state.keep,
+                )
+                .context("cannot create the checkpoint store's Kafka clients")?,
+            ))
+        }
+    };
     let checkpoints_in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let assignment = Arc::new(Assignment::default());
     let (engine_tx, engine_rx) = mpsc::channel::<ToEngine>(2);
@@ -128,7 +146,7 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
         revoke_timeout: cfg.service.shutdown_timeout.get(),
         assignment: Arc::clone(&assignment),
     });
-    tracing::info!(dir = %store.root().display(), interval_s = cfg.state.checkpoint_interval.get().as_secs_f64(), "device state checkpoints");
+    tracing::info!(store = %store.describe(), interval_s = cfg.state.checkpoint_interval.get().as_secs_f64(), "device state checkpoints");
     let consumer = crate::source::consumer(
         &cfg,
         Arc::clone(&metrics),

@@ -281,6 +281,15 @@ fn config_with(cfg: &Path, f: impl FnOnce(String) -> String) {
 
 #[test]
 fn sigkill_five_times_mid_stream_writes_exactly_what_replay_writes() {
+    crash_five_times(false);
+}
+
+#[test]
+fn sigkill_five_times_with_checkpoints_in_the_changelog_topic_writes_what_replay_writes() {
+    crash_five_times(true);
+}
+
+fn crash_five_times(changelog: bool) {
     const PARTITIONS: i32 = 4;
     let Small {
         brokers,
@@ -291,6 +300,11 @@ fn sigkill_five_times_mid_stream_writes_exactly_what_replay_writes() {
         cfg,
         port,
     } = small("crash", PARTITIONS);
+    if changelog {
+        config_with(&cfg, |t| {
+            t.replace("[state]\n", "[state]\nstore = \"kafka\"\n")
+        });
+    }
     let (devices, readings) = (200, 500);
     let total = devices * readings;
     let end = now_rfc3339(-60);
@@ -327,6 +341,30 @@ fn sigkill_five_times_mid_stream_writes_exactly_what_replay_writes() {
         logs.contains("restoring checkpoint"),
         "instances after the first restored checkpoints"
     );
+    if changelog {
+        assert!(
+            logs.contains("kafka://") && !dir.path().join("state").join(&group).exists(),
+            "checkpoints went to the changelog topic, not to files:\n{logs}"
+        );
+        // `state inspect` reads the same topic: every partition with its newest checkpoint.
+        let out = Command::new(BIN)
+            .args(["state", "inspect", "--config"])
+            .arg(&cfg)
+            .output()
+            .expect("state inspect");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<_> = text.lines().filter(|l| l.contains(&topic)).collect();
+        assert_eq!(lines.len(), PARTITIONS as usize, "{text}");
+        assert!(
+            text.contains(&format!("{PARTITIONS} partitions, {devices} devices")),
+            "{text}"
+        );
+    }
     if std::env::var_os("SENSORCAST_TEST_DEBUG").is_some() {
         let (_, body) = http(
             "POST",
@@ -346,7 +384,25 @@ fn sigkill_five_times_mid_stream_writes_exactly_what_replay_writes() {
 }
 
 #[test]
-fn a_second_instance_takes_over_a_killed_ones_partitions_with_their_state() {
+fn a_second_instance_sharing_the_state_directory_takes_over_a_killed_ones_partitions() {
+    takeover(Takeover::SharedDirectory);
+}
+
+#[test]
+fn a_second_instance_on_its_own_disk_takes_over_through_the_changelog_topic() {
+    takeover(Takeover::Changelog);
+}
+
+/// How the survivor gets the dead member's checkpoints.
+#[derive(PartialEq)]
+enum Takeover {
+    /// Both instances use the same `state.dir` (a shared volume).
+    SharedDirectory,
+    /// `state.store = "kafka"`, each instance with its own `state.dir`.
+    Changelog,
+}
+
+fn takeover(how: Takeover) {
     const PARTITIONS: i32 = 4;
     let Small {
         brokers,
@@ -357,7 +413,8 @@ fn a_second_instance_takes_over_a_killed_ones_partitions_with_their_state() {
         cfg: cfg_a,
         port: port_a,
     } = small("scale", PARTITIONS);
-    // The second instance: same group, same (shared) state directory, its own HTTP port.
+    // The second instance: same group, its own HTTP port, and the same state directory or
+    // (changelog) one of its own.
     let port_b = free_port();
     let cfg_b = dir.path().join("b.toml");
     std::fs::copy(&cfg_a, &cfg_b).expect("copy config");
@@ -367,6 +424,17 @@ fn a_second_instance_takes_over_a_killed_ones_partitions_with_their_state() {
             &format!("127.0.0.1:{port_b}"),
         )
     });
+    if how == Takeover::Changelog {
+        for (cfg, own) in [(&cfg_a, "a"), (&cfg_b, "b")] {
+            let state = dir.path().join("state").display().to_string();
+            config_with(cfg, |t| {
+                t.replace(
+                    &format!("dir = \"{state}\""),
+                    &format!("store = \"kafka\"\ndir = \"{state}-{own}\""),
+                )
+            });
+        }
+    }
     let (devices, readings) = (100, 400);
     let total = devices * readings;
     let end = now_rfc3339(-60);
@@ -408,6 +476,17 @@ fn a_second_instance_takes_over_a_killed_ones_partitions_with_their_state() {
         "the survivor restored the taken-over partitions' devices:\n{}",
         b.log_text()
     );
+    if how == Takeover::Changelog {
+        let log_b = b.log_text();
+        assert!(
+            log_b.contains("restoring checkpoint") && log_b.contains("kafka://"),
+            "the survivor restored from the changelog topic:\n{log_b}"
+        );
+        assert!(
+            !dir.path().join("state").exists(),
+            "no instance wrote to a shared directory"
+        );
+    }
     assert_same_as_replay(&vm, &want);
     assert_eq!(b.terminate(), 0);
 }
@@ -815,4 +894,165 @@ fn a_checkpoint_that_cannot_be_written_holds_offsets_back_and_reports_not_ready(
     // committed: a restart re-reads them.
     assert_eq!(committed(&brokers, &group, &topic, 1), 0);
     let _ = serve.terminate();
+}
+
+#[test]
+fn the_changelog_store_falls_back_past_damaged_partial_and_foreign_checkpoints() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use sensorcast::engine::snapshot::{ShardRecords, StateLayout};
+    use sensorcast::state::kafka::Manifest;
+    use sensorcast::state::{Checkpoint, CheckpointError, DirStore, Expect, Header, KafkaStore};
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = unique("changelog");
+    // Two changelog partitions for input partitions 1 and 3: both land in changelog partition 1.
+    create_topics(&brokers, &[(&topic, 2)]);
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", &brokers);
+    let store =
+        KafkaStore::new(&client, &topic, "g", DirStore::new(dir.path(), 3), 3).expect("store");
+    let layout = StateLayout {
+        state_len: 4,
+        features: 2,
+        horizon: 1,
+    };
+    // 20,000 records of 40 bytes: two chunks each.
+    let at = |partition: i32, offset: i64| Checkpoint {
+        header: Header {
+            group: "g".into(),
+            stream: "pumps".into(),
+            topic: "t".into(),
+            partition,
+            offset,
+            model: "v1".into(),
+            layout,
+            devices: 20_000,
+            created_ms: 1,
+            parked: None,
+        },
+        records: ShardRecords {
+            devices: 20_000,
+            bytes: (0..800_000)
+                .map(|i| (i as i64 * 7 + offset) as u8)
+                .collect(),
+        },
+    };
+    let want = Expect {
+        group: "g",
+        stream: "pumps",
+        topic: "t",
+        partition: 3,
+        model: "v1",
+        layout,
+    };
+    assert!(
+        store.load(&want).checkpoint.is_none(),
+        "an empty changelog: cold start"
+    );
+    store.write(&at(3, 100)).expect("write");
+    store.write(&at(1, 999)).expect("write");
+    let (loc, _) = store.write(&at(3, 200)).expect("write");
+    assert!(loc.starts_with(&format!("kafka://{topic}/1@")), "{loc}");
+    let l = store.load(&want);
+    let (c, _) = l.checkpoint.expect("found");
+    assert_eq!(c, at(3, 200), "restored bit for bit");
+    assert!(l.skipped.is_empty(), "{:?}", l.skipped);
+
+    // Damage of every kind, each newer than the good checkpoint at 200.
+    let manifests = store.list(&topic).expect("list");
+    assert_eq!(manifests.len(), 3, "{manifests:?}");
+    let good: Manifest = manifests
+        .iter()
+        .filter_map(|f| f.manifest.as_ref().ok())
+        .find(|m| m.header.offset == 200)
+        .expect("the manifest of 200")
+        .clone();
+    let other: Manifest = manifests
+        .iter()
+        .filter_map(|f| f.manifest.as_ref().ok())
+        .find(|m| m.header.partition == 1)
+        .expect("partition 1's manifest")
+        .clone();
+    let newer = |offset: i64| {
+        let mut m = good.clone();
+        m.header.offset = offset;
+        m
+    };
+    let bad_crc = Manifest {
+        crc: good.crc ^ 1,
+        ..newer(300)
+    };
+    let mut unknown = serde_json::to_value(newer(400)).expect("json");
+    unknown["version"] = 9.into();
+    let mut unknown_bytes = b"SNSRMNFT".to_vec();
+    unknown_bytes.extend(serde_json::to_vec(&unknown).expect("json"));
+    // Chunks that belong to another checkpoint (as after a crash mid-write and compaction).
+    let foreign_chunks = Manifest {
+        chunks: other.chunks.clone(),
+        ..newer(500)
+    };
+    let mut other_model = newer(600);
+    other_model.header.model = "v2".into();
+    let producer: BaseProducer = client.create().expect("producer");
+    let records: Vec<(&str, Vec<u8>)> = vec![
+        ("m/pumps/3/2", b"junk".to_vec()),
+        ("m/pumps/3/0", bad_crc.encode()),
+        ("m/pumps/3/1", unknown_bytes),
+        ("m/pumps/3/2", foreign_chunks.encode()),
+        ("m/pumps/3/0", other_model.encode()),
+        // A crash while the next checkpoint was being written: a chunk, no manifest.
+        ("c/pumps/3/1/0", b"SNSRCHNK partial".to_vec()),
+    ];
+    for (key, value) in &records {
+        producer
+            .send(BaseRecord::to(&topic).partition(1).key(*key).payload(value))
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+
+    let l = store.load(&want);
+    let (c, loc) = l.checkpoint.expect("falls back to the intact one");
+    assert_eq!(c, at(3, 200), "{loc}");
+    let reasons: Vec<_> = l.skipped.iter().map(|s| s.reason.clone()).collect();
+    assert!(reasons.contains(&CheckpointError::BadMagic), "{reasons:?}");
+    assert!(
+        reasons.contains(&CheckpointError::UnknownVersion(9)),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| matches!(r, CheckpointError::Mismatch(m) if m.contains("v2"))),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| matches!(r, CheckpointError::Incomplete(_))),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| matches!(r, CheckpointError::Checksum { .. })),
+        "{reasons:?}"
+    );
+    assert!(
+        l.skipped.iter().all(|s| s.location.starts_with("kafka://")),
+        "{:?}",
+        l.skipped
+    );
+    // Writing goes on after the highest sequence number seen, and the new one wins.
+    store.write(&at(3, 700)).expect("write");
+    assert_eq!(
+        store.load(&want).checkpoint.expect("found").0.header.offset,
+        700
+    );
+    // Another model finds nothing usable: every manifest is named, no crash.
+    let l = store.load(&Expect {
+        model: "v3",
+        ..want.clone()
+    });
+    assert!(l.checkpoint.is_none());
+    assert!(l.skipped.len() >= 6, "{:?}", l.skipped);
 }

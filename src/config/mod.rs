@@ -201,8 +201,15 @@ impl Default for ServiceConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
-    /// Directory of checkpoints: `<dir>/<group>/<stream>/p<partition>/`.
+    /// Where checkpoints go: `dir` (files under `dir`) or `kafka` (a compacted changelog topic
+    /// per stream, so that instances on other machines can take partitions over).
+    pub store: StoreKind,
+    /// Directory of checkpoints (`store = "dir"`) and of parked devices (both stores):
+    /// `<dir>/<group>/<stream>/p<partition>/`.
     pub dir: PathBuf,
+    /// Changelog topic of a stream (`store = "kafka"`); `{group}` and `{stream}` are filled in.
+    /// Created if missing (compacted, as many partitions as the stream's topic).
+    pub changelog_topic: String,
     /// How often every partition's device states are checkpointed (also on revoke and at
     /// shutdown).
     pub checkpoint_interval: HumanDuration,
@@ -217,12 +224,24 @@ pub struct StateConfig {
 impl Default for StateConfig {
     fn default() -> Self {
         Self {
+            store: StoreKind::Dir,
             dir: PathBuf::from("state"),
+            changelog_topic: "{group}.{stream}.checkpoints".into(),
             checkpoint_interval: HumanDuration::from_secs(10),
             keep: 3,
             parked_retention: HumanDuration::from_secs(30 * 86_400),
         }
     }
+}
+
+/// Where checkpoints are kept.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Files under `state.dir` (local, or a volume instances share).
+    Dir,
+    /// A compacted Kafka changelog topic per stream.
+    Kafka,
 }
 
 /// Input payload format of a stream.
@@ -711,6 +730,36 @@ impl Config {
         let st = &self.state;
         if st.dir.as_os_str().is_empty() {
             bad("state.dir".into(), "must not be empty".into());
+        }
+        if st.store == StoreKind::Kafka {
+            let topics: std::collections::BTreeSet<String> = self
+                .streams
+                .iter()
+                .map(|s| {
+                    crate::state::kafka::changelog_topic(
+                        &st.changelog_topic,
+                        &self.kafka.group_id,
+                        &s.name,
+                    )
+                })
+                .collect();
+            if topics.iter().any(|t| t.is_empty()) {
+                bad(
+                    "state.changelog_topic".into(),
+                    "must not be empty when state.store = \"kafka\"".into(),
+                );
+            }
+            for s in &self.streams {
+                if topics.contains(&s.topic) || s.topic == self.kafka.dead_letter_topic {
+                    bad(
+                        "state.changelog_topic".into(),
+                        format!(
+                            "names topic {:?}, which is a stream's input or the dead-letter topic",
+                            s.topic
+                        ),
+                    );
+                }
+            }
         }
         if st.checkpoint_interval.as_nanos() == 0 {
             bad(

@@ -13,7 +13,7 @@
 use super::{SinkError, Writer};
 use crate::pipeline::{Checkpoints, Offsets, OutBatch, ToSink};
 use crate::source::{Consumer, DeadLetterAck};
-use crate::state::DirStore;
+use crate::state::Store;
 use crate::telemetry::{Health, Metrics, labels};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::{Offset, TopicPartitionList};
@@ -31,7 +31,7 @@ pub struct SinkStage {
     /// Where offsets are stored.
     pub consumer: Arc<Consumer>,
     /// Where checkpoints are persisted.
-    pub store: DirStore,
+    pub store: Store,
     /// A write request is sent once this many bytes wait…
     pub flush_bytes: usize,
     /// …or the oldest has waited this long.
@@ -181,7 +181,7 @@ fn add(pending: &mut Option<Pending>, b: OutBatch, flush_interval: Duration) {
 /// stores the offsets of those written.
 async fn persist(
     mut rx: mpsc::Receiver<Checkpoints>,
-    store: DirStore,
+    store: Store,
     consumer: Arc<Consumer>,
     metrics: Arc<Metrics>,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
@@ -201,12 +201,12 @@ async fn persist(
             for c in &checkpoints {
                 let l = labels(&[("stream", &c.header.stream)]);
                 match store.write(c) {
-                    Ok((path, bytes)) => {
+                    Ok((at, bytes)) => {
                         // The header's offset is the next to read; Offsets hold the last done.
                         offsets.note(&c.header.topic, c.header.partition, c.header.offset - 1);
                         metrics_w.checkpoints_written.get_or_create(&l).inc();
                         metrics_w.checkpoint_bytes.get_or_create(&l).inc_by(bytes as u64);
-                        tracing::debug!(path = %path.display(), bytes, devices = c.header.devices, offset = c.header.offset, "checkpoint written");
+                        tracing::debug!(at = %at, bytes, devices = c.header.devices, offset = c.header.offset, "checkpoint written");
                     }
                     Err(e) => {
                         all_ok = false;
@@ -214,7 +214,7 @@ async fn persist(
                         tracing::error!(
                             stream = %c.header.stream,
                             partition = c.header.partition,
-                            dir = %store.root().display(),
+                            store = %store.describe(),
                             error = %e,
                             "cannot write checkpoint; restarts fall back to the previous one"
                         );

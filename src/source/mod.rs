@@ -21,7 +21,7 @@ use crate::config::{Config, Format, StreamConfig};
 use crate::decode::{DecodeError, Reading, Schema};
 use crate::engine::snapshot::StateLayout;
 use crate::pipeline::ToEngine;
-use crate::state::{DirStore, Expect};
+use crate::state::{Expect, Store};
 use crate::telemetry::{Health, Metrics, RateLimit, labels};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -85,7 +85,7 @@ pub struct StreamState {
 /// What the rebalance callbacks need to move device state with partitions.
 pub struct Rebalancer {
     /// Checkpoints.
-    pub store: DirStore,
+    pub store: Store,
     /// Consumer group.
     pub group: String,
     /// Streams, by index.
@@ -146,14 +146,14 @@ impl Rebalancer {
                     .checkpoints_skipped
                     .get_or_create(&labels(&[("reason", skip_reason(&s.reason))]))
                     .inc();
-                tracing::warn!(path = %s.path.display(), reason = %s.reason, "checkpoint skipped");
+                tracing::warn!(at = %s.location, reason = %s.reason, "checkpoint skipped");
             }
-            let Some((c, path)) = loaded.checkpoint else {
+            let Some((c, at)) = loaded.checkpoint else {
                 tracing::info!(stream = %st.name, partition, "no usable checkpoint: devices start cold from the committed offset");
                 continue;
             };
             let offset = c.header.offset;
-            tracing::info!(stream = %st.name, partition, offset, devices = c.header.devices, path = %path.display(), "restoring checkpoint");
+            tracing::info!(stream = %st.name, partition, offset, devices = c.header.devices, at = %at, "restoring checkpoint");
             let sent = self.block_on(tx.send(ToEngine::Restore {
                 stream,
                 checkpoint: Box::new(c),
@@ -223,7 +223,8 @@ impl Rebalancer {
 fn skip_reason(e: &crate::state::CheckpointError) -> &'static str {
     use crate::state::CheckpointError as E;
     match e {
-        E::TooShort(_) | E::Checksum { .. } => "damaged",
+        E::TooShort(_) | E::Checksum { .. } | E::Incomplete(_) => "damaged",
+        E::Unavailable(_) => "unavailable",
         E::BadMagic | E::Header(_) => "unreadable",
         E::UnknownVersion(_) => "format_version",
         E::Mismatch(_) => "mismatch",
@@ -343,7 +344,7 @@ impl SourceContext {
 pub type Consumer = StreamConsumer<SourceContext>;
 
 /// Client config: our defaults, then the user's pass-through properties (which win).
-fn client_config(cfg: &Config, defaults: &[(&str, String)]) -> ClientConfig {
+pub fn client_config(cfg: &Config, defaults: &[(&str, String)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.kafka.brokers);
     for (k, v) in defaults {
@@ -403,45 +404,105 @@ pub fn producer(cfg: &Config) -> Result<FutureProducer, rdkafka::error::KafkaErr
 /// letter — and its partition's progress — until delivery gives up. A failure is logged, not
 /// fatal: dead letters are then counted and given up.
 pub async fn ensure_dead_letter_topic(cfg: &Config) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     let topic = &cfg.kafka.dead_letter_topic;
     if topic.is_empty() {
         return;
     }
-    let admin: AdminClient<DefaultClientContext> = match client_config(cfg, &[]).create() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot create a Kafka admin client to check the dead-letter topic");
-            return;
-        }
-    };
-    let exists = admin
-        .inner()
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map(|m| {
-            m.topics()
-                .iter()
-                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        })
-        .unwrap_or(false);
-    if exists {
-        return;
-    }
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1));
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    match admin.create_topics([&new], &opts).await {
-        Ok(results) => match results.into_iter().next() {
-            Some(Ok(_)) => tracing::info!(topic, "dead-letter topic created"),
-            Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => {}
-            Some(Err((_, e))) => {
-                tracing::error!(topic, error = %e, "kafka.dead_letter_topic does not exist and cannot be created; dead letters will be counted and given up")
-            }
-            None => {}
-        },
+    match create_topic(cfg, topic, 1, &[]).await {
+        Ok(true) => tracing::info!(topic, "dead-letter topic created"),
+        Ok(false) => {}
         Err(e) => {
             tracing::error!(topic, error = %e, "kafka.dead_letter_topic does not exist and cannot be created; dead letters will be counted and given up")
         }
+    }
+}
+
+/// Creates each stream's changelog topic (`state.store = "kafka"`) if it is missing:
+/// compacted, with as many partitions as the stream's topic (one if that does not exist yet;
+/// input partitions then share changelog partitions).
+pub async fn ensure_changelog_topics(cfg: &Config) -> Result<(), String> {
+    for s in &cfg.streams {
+        let topic = crate::state::kafka::changelog_topic(
+            &cfg.state.changelog_topic,
+            &cfg.kafka.group_id,
+            &s.name,
+        );
+        let partitions = topic_partitions(cfg, &s.topic).unwrap_or(1);
+        match create_topic(cfg, &topic, partitions, &[("cleanup.policy", "compact")]).await {
+            Ok(true) => tracing::info!(topic, partitions, "changelog topic created"),
+            Ok(false) => tracing::debug!(topic, "changelog topic exists"),
+            Err(e) => {
+                return Err(format!(
+                    "changelog topic {topic} (state.changelog_topic) does not exist and cannot be created: {e}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn admin(
+    cfg: &Config,
+) -> Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, String> {
+    client_config(cfg, &[])
+        .create()
+        .map_err(|e| format!("cannot create a Kafka admin client: {e}"))
+}
+
+/// Partitions of a topic, if it exists.
+fn topic_partitions(cfg: &Config, topic: &str) -> Option<i32> {
+    let md = admin(cfg)
+        .ok()?
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .ok()?;
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32)
+}
+
+/// Deletes a topic (the state bench's); failures are logged.
+pub async fn delete_topic(cfg: &Config, topic: &str) {
+    let opts = rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let result = match admin(cfg) {
+        Ok(a) => a
+            .delete_topics(&[topic], &opts)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::warn!(topic, error = %e, "cannot delete the topic");
+    }
+}
+
+/// Creates `topic` unless it exists; true if it was created.
+pub async fn create_topic(
+    cfg: &Config,
+    topic: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) -> Result<bool, String> {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    if topic_partitions(cfg, topic).is_some() {
+        return Ok(false);
+    }
+    let admin = admin(cfg)?;
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    for (k, v) in config {
+        new = new.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    match admin.create_topics([&new], &opts).await {
+        Ok(results) => match results.into_iter().next() {
+            Some(Ok(_)) => Ok(true),
+            Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => Ok(false),
+            Some(Err((_, e))) => Err(e.to_string()),
+            None => Err("the broker did not answer".into()),
+        },
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -1,9 +1,9 @@
 //! `sensorcast state bench`: what checkpoints cost — size, time to take one on the engine
 //! thread, time to persist it, and time to read it back and restore it into a fresh engine —
 //! for a synthetic fleet, through the same code `serve` runs (snapshot, encode, the directory
-//! store's durable write, load with checks, restore).
+//! store's durable write or the Kafka store's produce, load with checks, restore).
 
-use super::{Checkpoint, DirStore, Expect, Header};
+use super::{Checkpoint, Expect, Header, Store};
 use crate::bench::{BenchSpec, settings, synthetic_model, synthetic_readings};
 use crate::engine::{BatchOutput, Engine};
 use std::sync::Arc;
@@ -29,12 +29,12 @@ pub struct StateBench {
 }
 
 /// Measures checkpoints of `devices` devices spread over `partitions` partitions, writing
-/// them under `dir`.
+/// them to `store` (under the group and stream `bench`).
 pub fn run(
     shape: &BenchSpec,
     devices: usize,
     partitions: u32,
-    dir: &std::path::Path,
+    store: &Store,
 ) -> Result<StateBench, String> {
     let model = Arc::new(synthetic_model(shape));
     let mut engine = Engine::new(Arc::clone(&model), settings())?;
@@ -54,7 +54,6 @@ pub fn run(
     let snaps = engine.snapshot(|_| true);
     let snapshot = t.elapsed();
     let layout = engine.state_layout();
-    let store = DirStore::new(dir, 1);
     let t = Instant::now();
     let mut bytes = 0;
     for (p, records) in snaps {

@@ -7,6 +7,7 @@
 //! newest `keep` checkpoints of a partition are kept; loading walks them newest first and
 //! skips, with the reason, any that is damaged or belongs to another model.
 
+use super::store::{Loaded, Skipped};
 use super::{Checkpoint, CheckpointError, Expect, Header};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,24 +17,6 @@ use std::path::{Path, PathBuf};
 pub struct DirStore {
     root: PathBuf,
     keep: usize,
-}
-
-/// A checkpoint that was passed over on load, and why.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Skipped {
-    /// Its file.
-    pub path: PathBuf,
-    /// Why.
-    pub reason: CheckpointError,
-}
-
-/// What [`DirStore::load`] found for a partition.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    /// The newest usable checkpoint and its file.
-    pub checkpoint: Option<(Checkpoint, PathBuf)>,
-    /// Newer ones that could not be used.
-    pub skipped: Vec<Skipped>,
 }
 
 /// One checkpoint file as listed by [`DirStore::list`].
@@ -126,10 +109,13 @@ impl DirStore {
                 .and_then(|c| c.check(want).map(|()| c));
             match result {
                 Ok(c) => {
-                    loaded.checkpoint = Some((c, path));
+                    loaded.checkpoint = Some((c, path.display().to_string()));
                     break;
                 }
-                Err(reason) => loaded.skipped.push(Skipped { path, reason }),
+                Err(reason) => loaded.skipped.push(Skipped {
+                    location: path.display().to_string(),
+                    reason,
+                }),
             }
         }
         loaded
@@ -256,7 +242,7 @@ mod tests {
         std::fs::write(&p2, b).expect("version");
         let l = store.load(&want("v1"));
         let (c, path) = l.checkpoint.expect("falls back");
-        assert_eq!((c.header.offset, path), (100, p1));
+        assert_eq!((c.header.offset, path), (100, p1.display().to_string()));
         let reasons: Vec<_> = l.skipped.iter().map(|s| s.reason.clone()).collect();
         assert!(
             matches!(reasons[0], CheckpointError::Checksum { .. }),

@@ -23,13 +23,17 @@
 
 pub mod bench;
 pub mod dir;
+pub mod kafka;
 pub mod parked;
 pub mod stage;
+pub mod store;
 
 use crate::engine::snapshot::{ShardRecords, StateLayout};
 use serde::{Deserialize, Serialize};
 
 pub use dir::DirStore;
+pub use kafka::KafkaStore;
+pub use store::{Loaded, Skipped, Store};
 
 /// First bytes of every checkpoint file.
 pub const MAGIC: &[u8; 8] = b"SNSRCKPT";
@@ -100,6 +104,12 @@ pub enum CheckpointError {
     /// A valid checkpoint that belongs to something else than what is running.
     #[error("{0}")]
     Mismatch(String),
+    /// Parts of a checkpoint in the changelog topic are missing or out of place.
+    #[error("incomplete: {0}")]
+    Incomplete(String),
+    /// The store cannot be read (broker unreachable, topic missing, disk error).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl Checkpoint {
@@ -200,23 +210,65 @@ pub struct Expect<'a> {
     pub layout: StateLayout,
 }
 
-/// `sensorcast state inspect`: one line per partition (its newest intact checkpoint, how many
-/// it has, their total size, the newest one's age) and one per file that cannot be read.
+/// One checkpoint as `state inspect` lists it.
+struct Row {
+    header: Result<Header, CheckpointError>,
+    bytes: u64,
+    location: String,
+}
+
+/// `sensorcast state inspect --dir`: one line per partition (its newest intact checkpoint, how
+/// many it has, their total size, the newest one's age) and one per file that cannot be read.
 pub fn inspect(root: &std::path::Path, now_ms: i64) -> std::io::Result<String> {
+    let rows = DirStore::new(root, 1)
+        .list()?
+        .into_iter()
+        .map(|l| Row {
+            header: l.header,
+            bytes: l.bytes,
+            location: l.path.display().to_string(),
+        })
+        .collect();
+    Ok(report(
+        rows,
+        &format!("files under {}", root.display()),
+        now_ms,
+    ))
+}
+
+/// `sensorcast state inspect --topic`: the same for the manifests in a changelog topic (it
+/// reads the whole topic).
+pub fn inspect_topic(store: &KafkaStore, topic: &str, now_ms: i64) -> std::io::Result<String> {
+    let rows = store
+        .list(topic)?
+        .into_iter()
+        .map(|f| Row {
+            bytes: f
+                .manifest
+                .as_ref()
+                .map(|m| m.checkpoint_bytes + m.parked_bytes)
+                .unwrap_or(f.bytes as u64),
+            header: f.manifest.map(|m| m.header),
+            location: format!("kafka://{topic}/{}@{}", f.partition, f.offset),
+        })
+        .collect();
+    Ok(report(rows, &format!("manifests in {topic}"), now_ms))
+}
+
+fn report(rows: Vec<Row>, source: &str, now_ms: i64) -> String {
     use std::fmt::Write;
-    let listed = DirStore::new(root, 1).list()?;
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:<20} {:<16} {:<24} {:>4} {:>12} {:>9} {:<28} {:>5} {:>12} {:>9}",
-        "group", "stream", "topic", "part", "offset", "devices", "model", "files", "bytes", "age"
+        "group", "stream", "topic", "part", "offset", "devices", "model", "ckpts", "bytes", "age"
     );
-    // Newest intact checkpoint per (group, stream, partition), with counts over all files.
+    // Newest intact checkpoint per (group, stream, partition), with counts over all of them.
     let mut parts: std::collections::BTreeMap<(String, String, i32), (Header, usize, u64)> =
         Default::default();
     let mut problems = Vec::new();
-    for l in &listed {
-        match &l.header {
+    for r in &rows {
+        match &r.header {
             Ok(h) => {
                 let e = parts
                     .entry((h.group.clone(), h.stream.clone(), h.partition))
@@ -225,33 +277,32 @@ pub fn inspect(root: &std::path::Path, now_ms: i64) -> std::io::Result<String> {
                     e.0 = h.clone();
                 }
                 e.1 += 1;
-                e.2 += l.bytes;
+                e.2 += r.bytes;
             }
-            Err(e) => problems.push(format!("{}: {e}", l.path.display())),
+            Err(e) => problems.push(format!("{}: {e}", r.location)),
         }
     }
     let (mut devices, mut bytes) = (0u64, 0u64);
-    for ((group, stream, p), (h, files, b)) in &parts {
+    for ((group, stream, p), (h, n, b)) in &parts {
         devices += h.devices;
         bytes += b;
         let age = (now_ms - h.created_ms).max(0) as f64 / 1000.0;
         let _ = writeln!(
             out,
-            "{group:<20} {stream:<16} {:<24} {p:>4} {:>12} {:>9} {:<28} {files:>5} {b:>12} {:>8.0}s",
+            "{group:<20} {stream:<16} {:<24} {p:>4} {:>12} {:>9} {:<28} {n:>5} {b:>12} {:>8.0}s",
             h.topic, h.offset, h.devices, h.model, age
         );
     }
     let _ = writeln!(
         out,
-        "{} partitions, {devices} devices in their newest checkpoints, {bytes} bytes in {} files under {}",
+        "{} partitions, {devices} devices in their newest checkpoints, {bytes} bytes in {} {source}",
         parts.len(),
-        listed.len(),
-        root.display()
+        rows.len(),
     );
     for p in problems {
         let _ = writeln!(out, "unreadable: {p}");
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

@@ -50,8 +50,13 @@ pub struct ParkedLog {
 /// Framing bytes around a record: length, timestamp, id length, CRC.
 const FRAME: usize = 4 + 8 + 2 + 4;
 
+/// File name of a parked-device log generation.
+pub fn log_name(generation: u64) -> String {
+    format!("parked-{generation:010}.log")
+}
+
 fn log_path(dir: &Path, generation: u64) -> PathBuf {
-    dir.join(format!("parked-{generation:010}.log"))
+    dir.join(log_name(generation))
 }
 
 impl ParkedLog {

@@ -15,7 +15,7 @@
 //! restores it first, so its outputs are those it would have had without the eviction.
 
 use super::parked::{ParkedLog, ParkedRef};
-use super::{Checkpoint, DirStore, Header};
+use super::{Checkpoint, Header, Store};
 use crate::config::Config;
 use crate::decode::Reading;
 use crate::engine::snapshot::ShardRecords;
@@ -47,7 +47,7 @@ pub struct EngineStage {
     per_stream: Vec<(Vec<Reading>, Vec<u32>)>,
     out: BatchOutput,
     log_limit: RateLimit,
-    store: DirStore,
+    store: Store,
     /// Idle time (ns of event time) after which a device is parked; 0: never.
     ttl_ns: i64,
     /// Parked devices idle longer than this (ns) are dropped for good.
@@ -69,7 +69,7 @@ impl EngineStage {
         cfg: &Config,
         engines: Vec<Engine>,
         metrics: Arc<Metrics>,
-        store: DirStore,
+        store: Store,
         checkpoints_in_flight: Arc<AtomicUsize>,
     ) -> Self {
         let n = engines.len();
@@ -575,7 +575,7 @@ mod tests {
             &cfg,
             vec![engine],
             Arc::new(Metrics::new()),
-            DirStore::new(dir, 3),
+            crate::state::DirStore::new(dir, 3).into(),
             Arc::default(),
         )
     }

@@ -1055,4 +1055,33 @@ fn the_changelog_store_falls_back_past_damaged_partial_and_foreign_checkpoints()
     });
     assert!(l.checkpoint.is_none());
     assert!(l.skipped.len() >= 6, "{:?}", l.skipped);
+
+    // Parked devices travel with the checkpoint: another instance, with a disk of its own,
+    // finds the partition's parked-device log where its engine stage looks for it.
+    let log: Vec<u8> = (0..3_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let local = DirStore::new(dir.path().join("a"), 3);
+    let folder = local.partition_dir("g", "pumps", 3);
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    // The log has grown since the checkpoint: only the part it names travels.
+    std::fs::write(folder.join("parked-0000000004.log"), &log).expect("log");
+    let mut c = at(3, 800);
+    c.header.parked = Some(sensorcast::state::parked::ParkedRef {
+        generation: 4,
+        len: 10_000,
+        devices: 12,
+    });
+    let writer = KafkaStore::new(&client, &topic, "g", local, 3).expect("store");
+    // As on an assignment: the load first, which continues the sequence numbers.
+    let _ = writer.load(&want);
+    writer.write(&c).expect("write");
+    let other = dir.path().join("b");
+    let reader = KafkaStore::new(&client, &topic, "g", DirStore::new(&other, 3), 3).expect("store");
+    assert_eq!(reader.load(&want).checkpoint.expect("found").0, c);
+    let carried = std::fs::read(
+        DirStore::new(&other, 3)
+            .partition_dir("g", "pumps", 3)
+            .join("parked-0000000004.log"),
+    )
+    .expect("the parked-device log was written back");
+    assert_eq!(carried, log[..10_000]);
 }

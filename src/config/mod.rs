@@ -749,16 +749,20 @@ impl Config {
                     "must not be empty when state.store = \"kafka\"".into(),
                 );
             }
-            for s in &self.streams {
-                if topics.contains(&s.topic) || s.topic == self.kafka.dead_letter_topic {
-                    bad(
-                        "state.changelog_topic".into(),
-                        format!(
-                            "names topic {:?}, which is a stream's input or the dead-letter topic",
-                            s.topic
-                        ),
-                    );
-                }
+            let taken: Vec<&String> = self
+                .streams
+                .iter()
+                .map(|s| &s.topic)
+                .chain([&self.kafka.dead_letter_topic])
+                .filter(|t| topics.contains(*t))
+                .collect();
+            for t in taken {
+                bad(
+                    "state.changelog_topic".into(),
+                    format!(
+                        "names topic {t:?}, which is a stream's input or the dead-letter topic"
+                    ),
+                );
             }
         }
         if st.checkpoint_interval.as_nanos() == 0 {
@@ -1105,6 +1109,26 @@ mod tests {
         assert!(cfg.stream(None).is_err());
         assert_eq!(cfg.stream(Some("b")).expect("b").features, ["y"]);
         assert!(cfg.stream(Some("c")).unwrap_err().contains("\"c\""));
+    }
+
+    #[test]
+    fn the_changelog_topic_must_be_a_topic_of_its_own() {
+        let cfg = load("[state]\nstore = \"kafka\"\n", &[]).expect("loads");
+        assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+        let problems = load(
+            "[state]\nstore = \"kafka\"\nchangelog_topic = \"{stream}\"\n[[streams]]\nname = \"pumps\"\ntopic = \"pumps\"\nfeatures = [\"x\"]\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            problems.contains("state.changelog_topic") && problems.contains("\"pumps\""),
+            "{problems}"
+        );
+        let err = load("[state]\nstore = \"s3\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("s3"), "{err}");
     }
 
     #[test]

@@ -288,9 +288,28 @@ impl Health {
         let sink = self.sink_reachable.load(Ordering::Relaxed);
         let stopping = self.stopping.load(Ordering::Relaxed);
         let failing = self.checkpoints_failing.load(Ordering::Relaxed);
-        let ok = parts > 0 && models && sink && !stopping && !failing;
+        let mut reasons = Vec::new();
+        if parts == 0 {
+            reasons.push(
+                "no partitions assigned: the group is rebalancing, has more members than partitions, or a member that died still holds them until its session.timeout.ms expires",
+            );
+        }
+        if !models {
+            reasons.push("a stream has no model");
+        }
+        if !sink {
+            reasons.push("InfluxDB refuses the writes (see the log)");
+        }
+        if failing {
+            reasons.push("checkpoints cannot be written, so offsets are not committed");
+        }
+        if stopping {
+            reasons.push("shutting down");
+        }
+        let ok = reasons.is_empty();
+        let reasons = serde_json::to_string(&reasons).unwrap_or_default();
         let body = format!(
-            "{{\"ready\":{ok},\"partitions_assigned\":{parts},\"models_loaded\":{models},\"sink_reachable\":{sink},\"checkpoints_failing\":{failing},\"stopping\":{stopping}}}\n"
+            "{{\"ready\":{ok},\"partitions_assigned\":{parts},\"models_loaded\":{models},\"sink_reachable\":{sink},\"checkpoints_failing\":{failing},\"stopping\":{stopping},\"reasons\":{reasons}}}\n"
         );
         (ok, body)
     }
@@ -404,6 +423,11 @@ mod tests {
     fn readiness_needs_everything() {
         let h = Health::default();
         assert!(!h.ready().0);
+        assert!(
+            h.ready().1.contains("no partitions assigned"),
+            "{}",
+            h.ready().1
+        );
         h.partitions.store(2, Ordering::Relaxed);
         h.models_loaded.store(true, Ordering::Relaxed);
         h.sink_reachable.store(true, Ordering::Relaxed);
@@ -414,6 +438,8 @@ mod tests {
         assert!(h.ready().0);
         h.stopping.store(true, Ordering::Relaxed);
         assert!(!h.ready().0 && h.ready().1.contains("\"stopping\":true"));
+        let body: serde_json::Value = serde_json::from_str(&h.ready().1).expect("JSON");
+        assert_eq!(body["reasons"], serde_json::json!(["shutting down"]));
     }
 
     #[test]

@@ -1085,3 +1085,112 @@ fn the_changelog_store_falls_back_past_damaged_partial_and_foreign_checkpoints()
     .expect("the parked-device log was written back");
     assert_eq!(carried, log[..10_000]);
 }
+
+/// `/health/ready`: status and the partitions it reports.
+fn readiness(s: &Serve) -> (u16, usize, String) {
+    let (code, body) = http("GET", &s.http, "/health/ready", "").unwrap_or((0, String::new()));
+    let parts = body
+        .split("\"partitions_assigned\":")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or(0);
+    (code, parts, body)
+}
+
+/// The scenario: librdkafka's default session timeout (45 s), the instance SIGKILLed
+/// and restarted at once, so that the dead member is still in the group when the new one
+/// joins. The new one must get every partition back (at the latest once the dead member's
+/// session expires) and, until it has, say it is not ready and why; nothing is lost or
+/// written twice with another value. With `group.instance.id` (static membership) the new
+/// incarnation takes the old one's place without waiting for the session to expire.
+fn restart_at_once(static_member: bool) -> Duration {
+    const PARTITIONS: i32 = 4;
+    let Small {
+        brokers,
+        dir,
+        vm,
+        topic,
+        group,
+        cfg,
+        port,
+    } = small(if static_member { "static" } else { "rejoin" }, PARTITIONS);
+    config_with(&cfg, |t| {
+        let t = t
+            .replace(
+                "\"session.timeout.ms\" = \"6000\"",
+                "\"session.timeout.ms\" = \"45000\"",
+            )
+            .replace(
+                "\"heartbeat.interval.ms\" = \"500\"",
+                "\"heartbeat.interval.ms\" = \"3000\"",
+            )
+            .replace(
+                "\"max.poll.interval.ms\" = \"10000\"",
+                "\"max.poll.interval.ms\" = \"300000\"",
+            );
+        if static_member {
+            t.replace(
+                "[kafka.properties]\n",
+                "[kafka.properties]\n\"group.instance.id\" = \"sensorcast-0\"\n",
+            )
+        } else {
+            t
+        }
+    });
+    let (devices, readings) = (40, 200);
+    let total = devices * readings;
+    let end = now_rfc3339(-60);
+    let want = reference(dir.path(), &cfg, devices, readings, &end);
+    let first = Serve::start(&cfg, dir.path(), port);
+    wait_until(
+        "the first instance owns every partition",
+        Duration::from_secs(60),
+        || readiness(&first).1 == PARTITIONS as usize,
+    );
+    let mut producer = produce(&brokers, &topic, devices, readings, &end, 1000);
+    wait_until("progress", Duration::from_secs(60), || {
+        vm.samples("anomaly_score").0 > 0
+    });
+    let log_first = kill9(first);
+    let t = Instant::now();
+    let second = Serve::spawn(&cfg, dir.path(), port);
+    let mut not_ready_seen = false;
+    loop {
+        let (code, parts, body) = readiness(&second);
+        if parts == PARTITIONS as usize {
+            break;
+        }
+        if code == 503 && body.contains("no partitions assigned") {
+            not_ready_seen = true;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the restarted instance owns {parts} of {PARTITIONS} partitions after {:?}: {body}\n{}\n--- killed instance ---\n{log_first}",
+            t.elapsed(),
+            second.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = t.elapsed();
+    assert!(producer.wait().expect("simulate").success());
+    wait_done(&vm, &brokers, &group, &topic, PARTITIONS, total);
+    assert_same_as_replay(&vm, &want);
+    eprintln!(
+        "restarted at once (static membership: {static_member}): every partition back after {took:?}; not-ready with reason seen: {not_ready_seen}"
+    );
+    assert_eq!(second.terminate(), 0);
+    took
+}
+
+#[test]
+fn an_instance_restarted_at_once_after_sigkill_gets_every_partition_back() {
+    let took = restart_at_once(false);
+    // Within the dead member's session timeout (45 s) and a rebalance.
+    assert!(took < Duration::from_secs(60), "{took:?}");
+}
+
+#[test]
+fn with_static_membership_a_restarted_instance_takes_its_old_place() {
+    let took = restart_at_once(true);
+    assert!(took < Duration::from_secs(60), "{took:?}");
+}

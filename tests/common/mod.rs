@@ -173,7 +173,17 @@ pub struct Serve {
 }
 
 impl Serve {
+    /// Starts `serve` and waits until it is ready.
     pub fn start(cfg: &Path, dir: &Path, http_port: u16) -> Self {
+        let s = Self::spawn(cfg, dir, http_port);
+        wait_until("readiness", Duration::from_secs(60), || {
+            http("GET", &s.http, "/health/ready", "").is_some_and(|(st, _)| st == 200)
+        });
+        s
+    }
+
+    /// Starts `serve` without waiting.
+    pub fn spawn(cfg: &Path, dir: &Path, http_port: u16) -> Self {
         let log = dir.join(format!("serve-{}.log", free_port()));
         let child = Command::new(BIN)
             .args(["serve", "--config", cfg.to_str().expect("utf-8")])
@@ -182,15 +192,11 @@ impl Serve {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start serve");
-        let s = Serve {
+        Serve {
             child,
             http: format!("127.0.0.1:{http_port}"),
             log,
-        };
-        wait_until("readiness", Duration::from_secs(60), || {
-            http("GET", &s.http, "/health/ready", "").is_some_and(|(st, _)| st == 200)
-        });
-        s
+        }
     }
 
     /// Sum of a metric's samples: `name` is a metric name (every label set counts) or a

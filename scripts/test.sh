@@ -2,12 +2,14 @@
 # sensorcast's test command (the README's second command; .ci/run calls it).
 #
 # Does its own set-up on a fresh machine of this kind, then runs the whole suite:
-#   - Debian packages: a C toolchain (librdkafka is built from source by rdkafka-sys) and
-#     VictoriaMetrics (the InfluxDB v2 write API stand-in the end-to-end tests write to);
+#   - Debian packages: a C toolchain (librdkafka is built from source by rdkafka-sys),
+#     VictoriaMetrics (the InfluxDB v2 write API stand-in the end-to-end tests write to) and
+#     InfluxDB 1.6 (`influxdb`: a real InfluxDB, v1 /write and InfluxQL /query);
 #   - nisshi (tansu's continuation), a Kafka-compatible broker, built once with
 #     `cargo +nightly install` and reused;
-#   - starts nisshi on a free loopback port (the tests start their own VictoriaMetrics
-#     instances, and brokers of their own where they restart one), and stops it on exit, even
+#   - starts nisshi on a free loopback port (the tests start their own VictoriaMetrics and
+#     InfluxDB instances on free loopback ports, so that a test can stop and restart its
+#     database, and brokers of their own where they restart one), and stops it on exit, even
 #     on failure;
 #   - cargo fmt --check, clippy with warnings denied, every unit test, the CLI end-to-end
 #     tests and the serve end-to-end tests against the real servers (feature `integration`);
@@ -38,12 +40,16 @@ packages=()
 command -v cc >/dev/null 2>&1 || packages+=(build-essential)
 command -v make >/dev/null 2>&1 || packages+=(make)
 command -v victoria-metrics >/dev/null 2>&1 || packages+=(victoria-metrics)
+command -v influxd >/dev/null 2>&1 || packages+=(influxdb)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
 if [ ${#packages[@]} -gt 0 ]; then
   step "installing Debian packages: ${packages[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}"
 fi
+# The package may start a system-wide influxd on :8086 where an init system runs; the tests
+# never use it (they start their own), so it is left alone.
+export SENSORCAST_TEST_INFLUXD_BIN=${SENSORCAST_TEST_INFLUXD_BIN:-$(command -v influxd)}
 
 # The Kafka-compatible broker the tests run against: nisshi 0.8.1, tansu's continuation (same
 # CLI). Not tansu 0.6.0 any more: it answers a fetch that starts inside a record batch with the

@@ -10,6 +10,7 @@ use crate::registry::{ModelMeta, Registry};
 use crate::train::{ProgressEvent, Trained, train};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -113,7 +114,66 @@ pub fn report_issues(issues: &[InputIssue], strict: bool, limit: usize) -> anyho
 
 /// `sensorcast check-config`: the effective config with secrets masked.
 pub fn check_config(path: Option<&Path>) -> Result<String, crate::config::ConfigError> {
-    Config::load(path).map(|c| c.to_masked_toml())
+    let cfg = Config::load(path)?;
+    let mut out = cfg.to_masked_toml();
+    out.push_str("\n# output per stepped reading (model.horizon and the stream's features)\n");
+    for s in &cfg.streams {
+        let output = cfg.output_for(s);
+        let fmt = PointFormat::new(&s.name, "model", &s.features, cfg.model.horizon, &output);
+        let v = fmt.volume();
+        let every = output.forecast_every.max(1);
+        let _ = writeln!(
+            out,
+            "# stream {:?}: {} points, {} samples{}; an alarm raised or cleared adds 1 point",
+            s.name,
+            v.points,
+            v.samples,
+            if every > 1 {
+                let thin = PointFormat::new(
+                    &s.name,
+                    "model",
+                    &s.features,
+                    cfg.model.horizon,
+                    &crate::config::OutputConfig {
+                        horizons: crate::config::Horizons::Steps(Vec::new()),
+                        ..output.clone()
+                    },
+                )
+                .volume();
+                format!(
+                    " on every {every}th reading, {} points, {} samples on the others",
+                    thin.points, thin.samples
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(out)
+}
+
+/// `sensorcast check-config --probe`: whether InfluxDB takes writes as configured and the
+/// Kafka brokers answer with the streams' topics. One line per check; `Err` if any failed.
+pub fn probe(cfg: &Config) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let mut ok = true;
+    match rt.block_on(crate::sink::probe(&cfg.influxdb)) {
+        Ok(s) => out.push_str(&format!("ok    influxdb: {s}\n")),
+        Err(e) => {
+            ok = false;
+            out.push_str(&format!("FAIL  influxdb: {e}\n"));
+        }
+    }
+    for line in crate::source::probe(cfg) {
+        ok &= line.starts_with("ok");
+        out.push_str(&line);
+        out.push('\n');
+    }
+    if ok { Ok(out) } else { Err(out) }
 }
 
 /// `sensorcast train`: trains and publishes; returns the published metadata.
@@ -320,12 +380,14 @@ pub fn replay_readings(
     }
     let mut engine = Engine::new(Arc::clone(&model), settings)
         .map_err(|e| anyhow::anyhow!("model {}: {e}", model.version))?;
-    let fmt = PointFormat {
-        stream: &stream.name,
-        model: &model.version,
-        features: &model.features,
-        horizon: model.horizon,
-    };
+    let output = cfg.output_for(stream);
+    let fmt = PointFormat::new(
+        &stream.name,
+        &model.version,
+        &model.features,
+        model.horizon,
+        &output,
+    );
     if kind == OutputKind::Csv {
         writeln!(out, "{}", fmt.csv_header())?;
     }
@@ -350,7 +412,7 @@ pub fn replay_readings(
                     }
                     OutputKind::Csv => {
                         fmt.write_csv_row(&mut text, r, &batch_out, i);
-                        summary.points += fmt.points_per_reading() as u64;
+                        summary.points += fmt.volume().points as u64;
                     }
                 }
                 summary.anomalies += s.is_anomaly as u64;

@@ -177,12 +177,9 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
     // Readings are step by step, devices in order within a step.
     let device_of = |i: usize| i % spec.devices.max(1);
     let features = stream.features.clone();
-    let fmt = crate::output::PointFormat {
-        stream: &stream.name,
-        model: "",
-        features: &features,
-        horizon: cfg.model.horizon,
-    };
+    let output = cfg.output_for(&stream);
+    let fmt =
+        crate::output::PointFormat::new(&stream.name, "", &features, cfg.model.horizon, &output);
     let mut open: Vec<Option<(usize, String)>> = vec![None; spec.devices];
     let interval_ns = fleet_spec.interval_ns;
     let mut alarms = Vec::new();

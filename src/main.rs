@@ -136,6 +136,10 @@ enum Command {
         /// Config file (TOML); defaults and environment only when left out.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Also check that InfluxDB takes writes as configured (an empty write) and that the
+        /// Kafka brokers answer with the streams' topics; exit 1 if not.
+        #[arg(long)]
+        probe: bool,
     },
 }
 
@@ -288,18 +292,30 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.command {
-        Command::CheckConfig { config } => {
+        Command::CheckConfig { config, probe } => {
             init_logging(None);
-            match sensorcast::cli::check_config(config.as_deref()) {
-                Ok(text) => {
-                    print!("{text}");
-                    Ok(ExitCode::SUCCESS)
-                }
+            let text = match sensorcast::cli::check_config(config.as_deref()) {
+                Ok(text) => text,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    Ok(ExitCode::from(2))
+                    return Ok(ExitCode::from(2));
                 }
+            };
+            print!("{text}");
+            if !probe {
+                return Ok(ExitCode::SUCCESS);
             }
+            let cfg = Config::load(config.as_deref())?;
+            let (report, code) = match sensorcast::cli::probe(&cfg) {
+                Ok(r) => (r, ExitCode::SUCCESS),
+                Err(r) => (r, ExitCode::from(1)),
+            };
+            // As comments, so that the output stays a valid config.
+            println!("\n# probe");
+            for line in report.lines() {
+                println!("# {line}");
+            }
+            Ok(code)
         }
         Command::Train {
             config,

@@ -1,9 +1,11 @@
 //! Output points (docs/ARCHITECTURE.md §5): InfluxDB line protocol and CSV renderings of a stepped reading.
 //!
 //! Keeps invariant §3.2 (replays are harmless): every point carries the reading's event time
-//! (forecasts: the time they forecast) and a tag set fixed by stream, device, field, horizon
-//! and model version, so writing the same reading again overwrites the same points.
+//! (forecasts: the time they forecast) and a tag set fixed by stream, device, field and
+//! horizon, so writing the same reading again overwrites the same points. The model version is
+//! a field (DESIGN §5): a reading re-scored by a new model replaces its old point.
 
+use crate::config::{AnomalyFields, OutputConfig};
 use crate::decode::Reading;
 use crate::engine::detect::Edge;
 use crate::engine::{BatchOutput, Outcome};
@@ -40,23 +42,81 @@ fn push_str_field(out: &mut String, s: &str) {
 pub struct PointFormat<'a> {
     /// Stream name (the `stream` tag).
     pub stream: &'a str,
-    /// Model version (the `model` tag).
+    /// Model version (the `model` field; not written when empty).
     pub model: &'a str,
     /// Feature names in model order.
     pub features: &'a [String],
-    /// Forecast steps.
+    /// Forecast steps of the model.
     pub horizon: usize,
+    /// What is written.
+    pub output: &'a OutputConfig,
 }
 
-impl PointFormat<'_> {
-    /// Points per stepped reading: one `anomaly` and `horizon × features` `forecast` points
-    /// (plus one `anomaly_event` point when an alarm is raised or cleared).
-    pub fn points_per_reading(&self) -> usize {
-        1 + self.horizon * self.features.len()
+/// What one reading costs in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Volume {
+    /// Points (lines of line protocol).
+    pub points: usize,
+    /// Field values.
+    pub samples: usize,
+}
+
+impl<'a> PointFormat<'a> {
+    /// Points of `stream`, computed by `model` (version, features, horizon), as `output` says.
+    pub fn new(
+        stream: &'a str,
+        model: &'a str,
+        features: &'a [String],
+        horizon: usize,
+        output: &'a OutputConfig,
+    ) -> Self {
+        Self {
+            stream,
+            model,
+            features,
+            horizon,
+            output,
+        }
+    }
+
+    fn model_field(&self) -> usize {
+        usize::from(!self.model.is_empty())
+    }
+
+    /// Points and samples of a stepped reading whose forecasts are written (without alarm
+    /// events, and before `forecast_every` thins the forecasts out).
+    pub fn volume(&self) -> Volume {
+        let nf = self.features.len();
+        let steps = (1..=self.horizon)
+            .filter(|&h| self.output.horizons.includes(h, self.horizon))
+            .count();
+        let forecast_fields = if self.output.band { 3 } else { 1 } + self.model_field();
+        let anomaly_fields = match self.output.anomaly {
+            AnomalyFields::All => 7 + nf,
+            AnomalyFields::Basic => 4,
+        } + self.model_field();
+        let readings = usize::from(self.output.readings);
+        Volume {
+            points: 1 + steps * nf + readings,
+            samples: anomaly_fields + steps * nf * forecast_fields + readings * nf,
+        }
+    }
+
+    /// Whether the forecasts of a reading at `ts` (readings `step_ns` apart) are written:
+    /// every reading for `forecast_every = 1`; else those crossing a multiple of
+    /// `forecast_every` steps since the previous one, which depends on the event time only, so
+    /// replays and restores write the same ones.
+    fn forecasts_due(&self, ts: i64, step_ns: i64) -> bool {
+        let k = self.output.forecast_every.max(1) as i64;
+        if k == 1 || step_ns <= 0 {
+            return true;
+        }
+        let period = step_ns.saturating_mul(k);
+        ts.div_euclid(period) != ts.saturating_sub(step_ns).div_euclid(period)
     }
 
     /// Appends the line-protocol points of reading `i` of a processed batch to `out`, one per
-    /// line. Nothing for a reading that was not stepped.
+    /// line; returns how many. Nothing for a reading that was not stepped.
     pub fn write_line_protocol(
         &self,
         out: &mut String,
@@ -67,42 +127,48 @@ impl PointFormat<'_> {
         let Outcome::Scored(scored) = &batch.outcomes[i] else {
             return 0;
         };
-        let forecast = batch.forecast(i);
+        let mut points = 0;
         let nf = self.features.len();
-        for h in 0..self.horizon {
-            let target = reading
-                .ts
-                .saturating_add((h as i64 + 1).saturating_mul(scored.step_ns));
-            for (f, name) in self.features.iter().enumerate() {
-                let k = (h * nf + f) * 3;
-                self.push_series(out, "forecast", &reading.device);
-                out.push_str(",field=");
+        if self.output.readings {
+            self.push_series(out, "reading", &reading.device);
+            for (f, (name, v)) in self.features.iter().zip(&reading.values).enumerate() {
+                out.push(if f == 0 { ' ' } else { ',' });
                 push_tag(out, name);
-                let _ = write!(out, ",horizon={},model=", h + 1);
-                push_tag(out, self.model);
-                let _ = writeln!(
-                    out,
-                    " yhat={},yhat_lower={},yhat_upper={} {}",
-                    forecast[k],
-                    forecast[k + 1],
-                    forecast[k + 2],
-                    target
-                );
+                let _ = write!(out, "={v}");
+            }
+            let _ = writeln!(out, " {}", reading.ts);
+            points += 1;
+        }
+        if self.forecasts_due(reading.ts, scored.step_ns) {
+            let forecast = batch.forecast(i);
+            for h in 0..self.horizon {
+                if !self.output.horizons.includes(h + 1, self.horizon) {
+                    continue;
+                }
+                let target = reading
+                    .ts
+                    .saturating_add((h as i64 + 1).saturating_mul(scored.step_ns));
+                for (f, name) in self.features.iter().enumerate() {
+                    let k = (h * nf + f) * 3;
+                    self.push_series(out, "forecast", &reading.device);
+                    out.push_str(",field=");
+                    push_tag(out, name);
+                    let _ = write!(out, ",horizon={} yhat={}", h + 1, forecast[k]);
+                    if self.output.band {
+                        let _ = write!(
+                            out,
+                            ",yhat_lower={},yhat_upper={}",
+                            forecast[k + 1],
+                            forecast[k + 2]
+                        );
+                    }
+                    self.push_model(out);
+                    let _ = writeln!(out, " {target}");
+                    points += 1;
+                }
             }
         }
         self.push_series(out, "anomaly", &reading.device);
-        out.push_str(",model=");
-        push_tag(out, self.model);
-        let _ = write!(
-            out,
-            " score={},forecast_score={},deviation_score={},likelihood={},over_line={},is_anomaly={},top_field=",
-            scored.score,
-            scored.forecast_score,
-            scored.deviation_score,
-            scored.likelihood,
-            scored.over_line,
-            scored.is_anomaly
-        );
         let contrib = batch.contributions(i);
         let explained = contrib.iter().any(|c| *c != 0.0);
         let top = if explained {
@@ -110,21 +176,42 @@ impl PointFormat<'_> {
         } else {
             ""
         };
-        push_str_field(out, top);
-        for (name, c) in self.features.iter().zip(contrib) {
-            out.push_str(",contrib_");
-            push_tag(out, name);
-            let _ = write!(out, "={c}");
+        match self.output.anomaly {
+            AnomalyFields::All => {
+                let _ = write!(
+                    out,
+                    " score={},forecast_score={},deviation_score={},likelihood={},over_line={},is_anomaly={},top_field=",
+                    scored.score,
+                    scored.forecast_score,
+                    scored.deviation_score,
+                    scored.likelihood,
+                    scored.over_line,
+                    scored.is_anomaly
+                );
+                push_str_field(out, top);
+                for (name, c) in self.features.iter().zip(contrib) {
+                    out.push_str(",contrib_");
+                    push_tag(out, name);
+                    let _ = write!(out, "={c}");
+                }
+            }
+            AnomalyFields::Basic => {
+                let _ = write!(
+                    out,
+                    " score={},likelihood={},is_anomaly={},top_field=",
+                    scored.score, scored.likelihood, scored.is_anomaly
+                );
+                push_str_field(out, top);
+            }
         }
+        self.push_model(out);
         let _ = writeln!(out, " {}", reading.ts);
-        let mut points = self.points_per_reading();
+        points += 1;
         match scored.edge {
             Edge::None => {}
             Edge::Raised { start } | Edge::Cleared { start, .. } => {
                 // One point per alarm, at its start: raised, then overwritten when it clears.
                 self.push_series(out, "anomaly_event", &reading.device);
-                out.push_str(",model=");
-                push_tag(out, self.model);
                 let active = matches!(scored.edge, Edge::Raised { .. });
                 let _ = write!(out, " active={active},start={start}i,");
                 if let Edge::Cleared { end, .. } = scored.edge {
@@ -137,11 +224,21 @@ impl PointFormat<'_> {
                     push_tag(out, name);
                     let _ = write!(out, "={c}");
                 }
+                self.push_model(out);
                 let _ = writeln!(out, " {start}");
                 points += 1;
             }
         }
         points
+    }
+
+    /// `,model="V"` (a field: a tag would start new series at every retrain, and a re-scored
+    /// reading would land beside its old point instead of replacing it).
+    fn push_model(&self, out: &mut String) {
+        if !self.model.is_empty() {
+            out.push_str(",model=");
+            push_str_field(out, self.model);
+        }
     }
 
     /// `measurement,stream=S,device=D` (escaped).
@@ -273,42 +370,60 @@ mod tests {
         }
     }
 
+    fn all() -> OutputConfig {
+        OutputConfig {
+            readings: false,
+            horizons: crate::config::Horizons::Named(crate::config::HorizonSet::All),
+            ..OutputConfig::default()
+        }
+    }
+
+    fn batch_of(edge: Edge, horizon: usize) -> BatchOutput {
+        BatchOutput::assembled(
+            vec![Outcome::Scored(scored(edge))],
+            (0..horizon * 6).map(|i| i as f32 * 0.5).collect(),
+            vec![0.25, -0.75],
+            vec![0.0, 0.0],
+        )
+    }
+
     #[test]
     fn line_protocol_round_trips_with_escaping() {
         let features = vec!["temp".to_string(), "vib ration".to_string()];
-        let fmt = PointFormat {
-            stream: "pumps",
-            model: "v1",
-            features: &features,
-            horizon: 2,
-        };
+        let output = all();
+        let fmt = PointFormat::new("pumps", "v1", &features, 2, &output);
         let reading = Reading {
             device: "pump 7,a=b".into(),
             ts: 1_000_000_000_000_000_000,
             values: vec![1.0, 2.0],
         };
-        let forecast: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
-        let batch = BatchOutput::assembled(
-            vec![Outcome::Scored(scored(Edge::None))],
-            forecast,
-            vec![0.25, -0.75],
-            vec![0.0, 0.0],
-        );
+        let batch = batch_of(Edge::None, 2);
         let mut out = String::new();
         let n = fmt.write_line_protocol(&mut out, &reading, &batch, 0);
         let lines: Vec<_> = out.lines().collect();
-        assert_eq!(lines.len(), fmt.points_per_reading());
+        assert_eq!(lines.len(), fmt.volume().points);
         assert_eq!(n, lines.len());
         let first = parse_line_protocol(lines[0]).expect("parses");
         assert_eq!(first.measurement, "forecast");
         assert_eq!(first.tags[1], ("device".into(), "pump 7,a=b".into()));
+        assert_eq!(
+            first.tags.len(),
+            4,
+            "stream, device, field, horizon: the model is no tag"
+        );
         assert_eq!(first.timestamp, Some(1_000_000_060_000_000_000));
+        assert!(
+            lines[0].ends_with(",model=\"v1\" 1000000060000000000"),
+            "{}",
+            lines[0]
+        );
         let last = parse_line_protocol(lines[3]).expect("parses");
         assert_eq!(last.tags[2], ("field".into(), "vib ration".into()));
         assert_eq!(last.tags[3], ("horizon".into(), "2".into()));
         assert_eq!(last.timestamp, Some(1_000_000_120_000_000_000));
         let anomaly = parse_line_protocol(lines[4]).expect("parses");
         assert_eq!(anomaly.measurement, "anomaly");
+        assert_eq!(anomaly.tags.len(), 2);
         assert_eq!(anomaly.timestamp, Some(reading.ts));
         assert!(
             lines[4].contains("is_anomaly=true,top_field=\"vib ration\""),
@@ -316,10 +431,16 @@ mod tests {
             lines[4]
         );
         assert!(
-            lines[4].contains(",contrib_temp=0.25,contrib_vib\\ ration=-0.75 "),
+            lines[4].contains(",contrib_temp=0.25,contrib_vib\\ ration=-0.75,model=\"v1\" "),
             "{}",
             lines[4]
         );
+        // Every field is counted.
+        let samples: usize = lines
+            .iter()
+            .map(|l| parse_line_protocol(l).expect("parses").fields.len())
+            .sum();
+        assert_eq!(samples, fmt.volume().samples);
         // The device tag survives a decode with the same schema conventions.
         let schema = Schema::new(vec!["score".into(), "likelihood".into()], "device".into());
         assert!(
@@ -329,14 +450,76 @@ mod tests {
     }
 
     #[test]
+    fn output_controls_pick_steps_band_fields_readings_and_thin_forecasts() {
+        use crate::config::{HorizonSet, Horizons};
+        let features = vec!["temp".to_string(), "flow".to_string()];
+        let output = OutputConfig {
+            readings: true,
+            horizons: Horizons::Named(HorizonSet::Ends),
+            band: false,
+            forecast_every: 1,
+            anomaly: AnomalyFields::Basic,
+        };
+        let fmt = PointFormat::new("pumps", "v1", &features, 3, &output);
+        let reading = Reading {
+            device: "p".into(),
+            ts: 600_000_000_000,
+            values: vec![1.5, -2.0],
+        };
+        let mut out = String::new();
+        let n = fmt.write_line_protocol(&mut out, &reading, &batch_of(Edge::None, 3), 0);
+        let lines: Vec<_> = out.lines().collect();
+        assert_eq!(n, 1 + 2 * 2 + 1, "{out}");
+        assert_eq!(
+            fmt.volume(),
+            Volume {
+                points: 6,
+                samples: 2 + 4 * 2 + 5
+            }
+        );
+        assert_eq!(
+            lines[0],
+            "reading,stream=pumps,device=p temp=1.5,flow=-2 600000000000"
+        );
+        let horizons: Vec<_> = lines[1..5]
+            .iter()
+            .map(|l| parse_line_protocol(l).expect("parses").tags[3].1.clone())
+            .collect();
+        assert_eq!(horizons, ["1", "1", "3", "3"]);
+        assert!(!out.contains("yhat_lower"), "{out}");
+        assert!(
+            lines[5].starts_with("anomaly,stream=pumps,device=p score=0.5,likelihood=")
+                && !lines[5].contains("contrib_")
+                && lines[5].contains("model=\"v1\""),
+            "{}",
+            lines[5]
+        );
+        // Every 3rd reading's forecasts, by event time: readings 60 s apart.
+        let thin = OutputConfig {
+            forecast_every: 3,
+            readings: false,
+            ..output.clone()
+        };
+        let fmt = PointFormat::new("pumps", "v1", &features, 3, &thin);
+        let with_forecasts: Vec<i64> = (0..9)
+            .filter(|k| {
+                let r = Reading {
+                    ts: 600_000_000_000 + k * 60_000_000_000,
+                    ..reading.clone()
+                };
+                let mut out = String::new();
+                fmt.write_line_protocol(&mut out, &r, &batch_of(Edge::None, 3), 0) > 1
+            })
+            .collect();
+        assert_eq!(with_forecasts.len(), 3, "{with_forecasts:?}");
+        assert_eq!(with_forecasts[1] - with_forecasts[0], 3);
+    }
+
+    #[test]
     fn alarm_edges_write_one_event_point_at_the_alarm_start() {
         let features = vec!["pressure".to_string(), "flow".to_string()];
-        let fmt = PointFormat {
-            stream: "pumps",
-            model: "v1",
-            features: &features,
-            horizon: 1,
-        };
+        let output = all();
+        let fmt = PointFormat::new("pumps", "v1", &features, 1, &output);
         let reading = Reading {
             device: "pump-7".into(),
             ts: 2_000,

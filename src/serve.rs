@@ -83,6 +83,22 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
     health.models_loaded.store(true, Ordering::Relaxed);
 
     let writer = Writer::new(&cfg.influxdb, Arc::clone(&metrics), Arc::clone(&health))?;
+    {
+        // Say at once when InfluxDB will refuse the writes (wrong API, database, token); the
+        // sink keeps retrying either way, so a database that comes up later is fine.
+        let (influx, health) = (cfg.influxdb.clone(), Arc::clone(&health));
+        tokio::spawn(async move {
+            match crate::sink::probe(&influx).await {
+                Ok(s) => tracing::info!("InfluxDB probe: {s}"),
+                Err(e) => {
+                    if !e.starts_with("cannot reach") {
+                        health.set_sink_problem(&e);
+                    }
+                    tracing::error!("InfluxDB probe: {e}");
+                }
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
         .with_context(|| format!("http.listen: cannot listen on {}", cfg.http.listen))?;

@@ -278,9 +278,20 @@ pub struct Health {
     pub stopping: AtomicBool,
     /// The last checkpoint could not be written (offsets stop advancing until one is).
     pub checkpoints_failing: AtomicBool,
+    /// Why InfluxDB refuses every write, when it does (empty otherwise).
+    sink_problem: std::sync::Mutex<String>,
 }
 
 impl Health {
+    /// Records why InfluxDB refuses every write (empty: it accepts them again).
+    pub fn set_sink_problem(&self, why: &str) {
+        self.sink_reachable.store(why.is_empty(), Ordering::Relaxed);
+        let mut p = self.sink_problem.lock().unwrap_or_else(|e| e.into_inner());
+        if *p != why {
+            *p = why.to_string();
+        }
+    }
+
     /// Whether the service is ready, and why not.
     pub fn ready(&self) -> (bool, String) {
         let parts = self.partitions.load(Ordering::Relaxed);
@@ -297,8 +308,17 @@ impl Health {
         if !models {
             reasons.push("a stream has no model");
         }
+        let problem = self
+            .sink_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if !sink {
-            reasons.push("InfluxDB refuses the writes (see the log)");
+            reasons.push(if problem.is_empty() {
+                "InfluxDB refuses the writes (see the log)"
+            } else {
+                problem.as_str()
+            });
         }
         if failing {
             reasons.push("checkpoints cannot be written, so offsets are not committed");

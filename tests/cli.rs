@@ -147,8 +147,13 @@ fn demo_in_reduced_size_detects_the_faults_it_injects() {
     );
     assert_eq!(
         lp.lines().filter(|l| l.starts_with("forecast,")).count(),
-        7200 * 3 * 4,
-        "horizon × features forecasts per reading"
+        7200 * 2 * 4,
+        "2 of the 3 steps (output.horizons = \"ends\") × features forecasts per reading"
+    );
+    assert_eq!(
+        lp.lines().filter(|l| l.starts_with("reading,")).count(),
+        7200,
+        "the readings themselves (output.readings)"
     );
     // Each alarm writes its event point when raised and again (same time, overwriting) when
     // it clears.
@@ -212,7 +217,7 @@ fn train_then_replay_writes_points_and_is_deterministic() {
     let lp = String::from_utf8(outputs.remove(0)).expect("utf-8");
     assert_eq!(
         lp.lines()
-            .filter(|l| l.starts_with("anomaly,stream=pumps,device=pump-0,"))
+            .filter(|l| l.starts_with("anomaly,stream=pumps,device=pump-0 "))
             .count(),
         300
     );
@@ -220,9 +225,12 @@ fn train_then_replay_writes_points_and_is_deterministic() {
         lp.lines().filter(|l| l.starts_with("forecast,")).count(),
         1200 * 2 * 4
     );
-    let first = lp.lines().next().expect("a line");
+    let first = lp
+        .lines()
+        .find(|l| l.starts_with("forecast,"))
+        .expect("a forecast");
     assert!(
-        first.contains(&format!("model={}", version.trim())) && first.contains("yhat_lower="),
+        first.contains(&format!("model=\"{}\"", version.trim())) && first.contains("yhat_lower="),
         "{first}"
     );
 

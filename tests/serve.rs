@@ -16,10 +16,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
-fn json_and_line_protocol_end_to_end_exactly_once_in_influx() {
+fn json_and_line_protocol_end_to_end_exactly_once_in_victoria_metrics() {
+    end_to_end(Db::vm());
+}
+
+#[test]
+fn json_and_line_protocol_end_to_end_exactly_once_in_influxdb_1_6() {
+    end_to_end(Db::influx());
+}
+
+fn end_to_end(db: Db) {
     let brokers = brokers();
     let dir = tempfile::tempdir().expect("tempdir");
-    let vm = Vm::start();
     let (tj, tl, group) = (unique("e2e-json"), unique("e2e-line"), unique("g-e2e"));
     create_topics(&brokers, &[(&tj, 3), (&tl, 2)]);
     let streams = [
@@ -34,54 +42,67 @@ fn json_and_line_protocol_end_to_end_exactly_once_in_influx() {
             format: "line",
         },
     ];
-    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    let (cfg, port) = setup(dir.path(), &brokers, &db, &group, &streams, "");
     let end = now_rfc3339(-60);
     simulate(&brokers, &tj, "json", 25, 200, &end);
     simulate(&brokers, &tl, "line", 25, 200, &end);
     let serve = Serve::start(&cfg, dir.path(), port);
     let readings = 50 * 200;
-    let points = readings * (1 + HORIZON * FEATURES.len());
+    let forecasts = readings * HORIZON * FEATURES.len();
+    // Per reading: the reading, the forecasts (both steps: output.horizons = "ends"), the
+    // anomaly point.
+    let points = readings * (2 + HORIZON * FEATURES.len());
     wait_until("all points written", Duration::from_secs(120), || {
         serve.metric("sensorcast_points_written_total") as usize >= points
     });
     wait_until("points visible", Duration::from_secs(30), || {
-        vm.samples("anomaly_score").0 >= readings
+        db.points("anomaly", "score").0 >= readings
     });
-    let (unique_scores, raw_scores, metas) = vm.samples("anomaly_score");
+    let name = db.name();
     assert_eq!(
-        (unique_scores, raw_scores),
+        db.points("anomaly", "score"),
         (readings, readings),
-        "exactly one anomaly point per reading"
+        "{name}: exactly one anomaly point per reading"
     );
-    assert_eq!(metas.len(), 50, "one anomaly series per device and stream");
-    let m = &metas[0];
-    assert!(
-        m["stream"].is_string()
-            && m["device"].as_str().is_some_and(|d| d.starts_with("pump-"))
-            && m["model"].is_string(),
-        "{m}"
-    );
-    let (uf, rf, fmetas) = vm.samples("forecast_yhat");
+    let series = db.series("anomaly", "score");
     assert_eq!(
-        (uf, rf),
-        (
-            readings * HORIZON * FEATURES.len(),
-            readings * HORIZON * FEATURES.len()
-        )
+        series.len(),
+        50,
+        "{name}: one anomaly series per device and stream"
     );
+    for tags in &series {
+        let keys: Vec<_> = tags.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["device", "stream"],
+            "{name}: the model is a field, not a tag"
+        );
+        assert!(tags["device"].starts_with("pump-"), "{tags:?}");
+    }
+    let fseries = db.series("forecast", "yhat");
+    assert_eq!(fseries.len(), 50 * HORIZON * FEATURES.len(), "{name}");
     assert!(
-        fmetas
+        fseries
             .iter()
-            .all(|m| m["field"].is_string() && m["horizon"].is_string())
+            .all(|t| t.keys().map(String::as_str).collect::<Vec<_>>()
+                == ["device", "field", "horizon", "stream"]),
+        "{name}: {fseries:?}"
     );
-    let forecasts = readings * HORIZON * FEATURES.len();
-    for (f, want) in [
-        ("forecast_yhat_lower", forecasts),
-        ("forecast_yhat_upper", forecasts),
-        ("anomaly_likelihood", readings),
-        ("anomaly_is_anomaly", readings),
+    for (m, f, want) in [
+        ("forecast", "yhat", forecasts),
+        ("forecast", "yhat_lower", forecasts),
+        ("forecast", "yhat_upper", forecasts),
+        ("anomaly", "likelihood", readings),
+        ("anomaly", "is_anomaly", readings),
+        ("reading", FEATURES[0], readings),
+        ("reading", FEATURES[3], readings),
     ] {
-        assert_eq!(vm.samples(f).0, want, "{f}");
+        assert_eq!(db.points(m, f), (want, want), "{name}: {m} {f}");
+    }
+    if let Db::Influx(i) = &db {
+        // String fields are there too (VictoriaMetrics drops them): every point names its model.
+        assert_eq!(i.count("anomaly", "model"), readings);
+        assert_eq!(i.count("forecast", "model"), forecasts);
     }
     for (topic, parts) in [(&tj, 3), (&tl, 2)] {
         wait_until(
@@ -231,10 +252,18 @@ const OUTAGE_PARTITION_FETCH_BYTES: u64 = 16 * 1024;
 const OUTAGE_PARTITIONS: u64 = 2;
 
 #[test]
-fn influx_outage_loses_and_duplicates_nothing_and_memory_stays_flat() {
+fn a_victoria_metrics_outage_loses_and_duplicates_nothing_and_memory_stays_flat() {
+    outage(Db::vm());
+}
+
+#[test]
+fn an_influxdb_1_6_outage_loses_and_duplicates_nothing_and_memory_stays_flat() {
+    outage(Db::influx());
+}
+
+fn outage(mut vm: Db) {
     let brokers = brokers();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut vm = Vm::start();
     let (topic, group) = (unique("outage"), unique("g-outage"));
     create_topics(&brokers, &[(&topic, OUTAGE_PARTITIONS as i32)]);
     let streams = [Stream {
@@ -271,7 +300,7 @@ fn influx_outage_loses_and_duplicates_nothing_and_memory_stays_flat() {
     let first = 20 * 150;
     simulate(&brokers, &topic, "json", 20, 150, &now_rfc3339(-1200));
     wait_until("warm-up written", Duration::from_secs(60), || {
-        vm.samples("anomaly_score").0 >= first
+        vm.points("anomaly", "score").0 >= first
     });
     let rss0 = serve.rss_kib();
     let decoded0 = serve.metric("sensorcast_readings_total");
@@ -325,11 +354,11 @@ fn influx_outage_loses_and_duplicates_nothing_and_memory_stays_flat() {
     vm.up();
     let total = first + outage;
     let t = Instant::now();
-    while vm.samples("anomaly_score").0 < total {
+    while vm.points("anomaly", "score").0 < total {
         assert!(
             t.elapsed() < Duration::from_secs(120),
             "not everything written after the outage: {} of {total}; metrics written={} retries={}\n{}",
-            vm.samples("anomaly_score").0,
+            vm.points("anomaly", "score").0,
             serve.metric("sensorcast_points_written_total"),
             serve.metric("sensorcast_sink_retries_total"),
             serve
@@ -342,7 +371,7 @@ fn influx_outage_loses_and_duplicates_nothing_and_memory_stays_flat() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let (unique_n, raw, _) = vm.samples("anomaly_score");
+    let (unique_n, raw) = vm.points("anomaly", "score");
     assert_eq!((unique_n, raw), (total, total), "every point present once");
     wait_until("offsets committed", Duration::from_secs(30), || {
         committed(&brokers, &group, &topic, OUTAGE_PARTITIONS as i32) == total as i64
@@ -658,4 +687,135 @@ fn send(producer: &BaseProducer, topic: &str, key: Option<&[u8]>, payload: &[u8]
             }
         }
     }
+}
+
+/// `check-config --probe` against the real InfluxDB 1.6: each way of getting it wrong is told
+/// apart, with what to do.
+#[test]
+fn the_probe_tells_a_wrong_api_a_missing_database_and_bad_credentials_apart() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = Influx::start();
+    let locked = Influx::start_with_auth();
+    let topic = unique("probe");
+    create_topics(&brokers, &[(&topic, 1)]);
+    let probe = |influx: &str| {
+        let cfg = dir.path().join(format!("{}.toml", free_port()));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[[streams]]\nname = \"pumps\"\ntopic = \"{topic}\"\nfeatures = [\"x\"]\n[kafka]\nbrokers = \"{brokers}\"\n[influxdb]\n{influx}"
+            ),
+        )
+        .expect("config");
+        let o = Command::new(BIN)
+            .args(["check-config", "--probe", "--config"])
+            .arg(&cfg)
+            .output()
+            .expect("check-config");
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let probe = out.split("# probe").nth(1).unwrap_or_default().to_string();
+        (o.status.code(), probe)
+    };
+    let url = |db: &Influx| format!("url = \"http://{}\"\n", db.addr());
+
+    let (code, out) = probe(&open.influx_config());
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ok    influxdb: InfluxDB 1.6") && out.contains("/write"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "ok    kafka: stream \"pumps\" reads topic \"{topic}\" (1 partitions)"
+        )),
+        "{out}"
+    );
+
+    let (code, out) = probe(&url(&open));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL  influxdb:")
+            && out.contains("404")
+            && out.contains("influxdb.api = \"v1\""),
+        "the default v2 API on InfluxDB 1.x: {out}"
+    );
+
+    let (code, out) = probe(&format!(
+        "{}api = \"v1\"\ndatabase = \"nope\"\n",
+        url(&open)
+    ));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("has no database \"nope\"") && out.contains("CREATE DATABASE"),
+        "{out}"
+    );
+
+    let (code, out) = probe(&format!(
+        "{}api = \"v1\"\ndatabase = \"{INFLUX_DB}\"\nusername = \"admin\"\npassword = \"wrong\"\n",
+        url(&locked)
+    ));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("refused the credentials (401") && out.contains("influxdb.username"),
+        "{out}"
+    );
+    let (code, out) = probe(&format!(
+        "{}api = \"v1\"\ndatabase = \"{INFLUX_DB}\"\nusername = \"admin\"\npassword = \"secret\"\n",
+        url(&locked)
+    ));
+    assert_eq!(code, Some(0), "{out}");
+}
+
+/// `serve` pointed at InfluxDB 1.6 with the v2 API (the default) says so in the log and in
+/// `/health/ready`, keeps retrying, and writes everything once the config is fixed.
+#[test]
+fn serve_on_the_wrong_api_says_so_and_is_not_ready() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx::start();
+    let (topic, group) = (unique("wrongapi"), unique("g-wrongapi"));
+    create_topics(&brokers, &[(&topic, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
+    let right = std::fs::read_to_string(&cfg).expect("config");
+    let wrong = right
+        .replace("api = \"v1\"\n", "")
+        .replace(&format!("database = \"{INFLUX_DB}\"\n"), "");
+    std::fs::write(&cfg, wrong).expect("config");
+    simulate(&brokers, &topic, "json", 5, 20, &now_rfc3339(-60));
+    let serve = Serve::spawn(&cfg, dir.path(), port);
+    let mut body = String::new();
+    wait_until(
+        "not ready, with the reason",
+        Duration::from_secs(60),
+        || {
+            body = http("GET", &serve.http, "/health/ready", "")
+                .filter(|(s, _)| *s == 503)
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            body.contains("influxdb.api")
+        },
+    );
+    assert!(body.contains("\"sink_reachable\":false"), "{body}");
+    wait_until("the log says it", Duration::from_secs(30), || {
+        serve.log_text().contains("set influxdb.api = \"v1\"")
+    });
+    assert!(
+        !serve.log_text().contains("refused the token or bucket"),
+        "the old, wrong diagnosis"
+    );
+    assert_eq!(serve.terminate(), 0);
+    // Fixed: every reading is written.
+    std::fs::write(&cfg, &right).expect("config");
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until("written", Duration::from_secs(60), || {
+        influx.count("anomaly", "score") >= 100
+    });
+    assert_eq!(influx.count("anomaly", "score"), 100);
+    assert_eq!(serve.terminate(), 0);
 }

@@ -37,6 +37,8 @@ pub struct Config {
     pub service: ServiceConfig,
     /// Device state checkpoints (used by `serve`).
     pub state: StateConfig,
+    /// What is written per reading (every stream; a stream's `output` overrides keys).
+    pub output: OutputConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -54,9 +56,136 @@ impl Default for Config {
             http: HttpConfig::default(),
             service: ServiceConfig::default(),
             state: StateConfig::default(),
+            output: OutputConfig::default(),
             log: LogConfig::default(),
         }
     }
+}
+
+/// What is written per reading.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Write the reading itself as a `reading` point (one field per feature), so dashboards
+    /// draw actuals next to forecasts and history can be read back for retraining.
+    pub readings: bool,
+    /// Forecast steps written: `"all"`, `"first"`, `"last"`, `"ends"` (first and last), or a
+    /// list of steps such as `[1, 3]`.
+    pub horizons: Horizons,
+    /// Write the 90 % band (`yhat_lower`, `yhat_upper`) with each forecast.
+    pub band: bool,
+    /// Write forecasts for every k-th reading of a device only (by event time: when the
+    /// reading crosses a multiple of k reading intervals), 1 = every reading.
+    pub forecast_every: u32,
+    /// Fields of the `anomaly` point: `"all"` (score, its parts, likelihood, flags, top field,
+    /// per-feature contributions) or `"basic"` (score, likelihood, is_anomaly, top_field).
+    pub anomaly: AnomalyFields,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            readings: true,
+            horizons: Horizons::Named(HorizonSet::Ends),
+            band: true,
+            forecast_every: 1,
+            anomaly: AnomalyFields::All,
+        }
+    }
+}
+
+/// A stream's overrides of `[output]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputOverride {
+    /// See [`OutputConfig::readings`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readings: Option<bool>,
+    /// See [`OutputConfig::horizons`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub horizons: Option<Horizons>,
+    /// See [`OutputConfig::band`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub band: Option<bool>,
+    /// See [`OutputConfig::forecast_every`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast_every: Option<u32>,
+    /// See [`OutputConfig::anomaly`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<AnomalyFields>,
+}
+
+/// Which forecast steps are written.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Horizons {
+    /// A named set.
+    Named(HorizonSet),
+    /// Steps, 1-based.
+    Steps(Vec<u32>),
+}
+
+/// Named sets of forecast steps.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HorizonSet {
+    /// Every step.
+    All,
+    /// Step 1.
+    First,
+    /// Step H.
+    Last,
+    /// Steps 1 and H.
+    Ends,
+}
+
+impl<'de> Deserialize<'de> for Horizons {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Name(String),
+            Steps(Vec<u32>),
+        }
+        const EXPECTED: &str =
+            "\"all\", \"first\", \"last\", \"ends\" or a list of steps such as [1, 3]";
+        match Repr::deserialize(d).map_err(|_| D::Error::custom(format!("expected {EXPECTED}")))? {
+            Repr::Steps(s) => Ok(Horizons::Steps(s)),
+            Repr::Name(n) => Ok(Horizons::Named(match n.as_str() {
+                "all" => HorizonSet::All,
+                "first" => HorizonSet::First,
+                "last" => HorizonSet::Last,
+                "ends" => HorizonSet::Ends,
+                other => {
+                    return Err(D::Error::custom(format!("{other:?} is not {EXPECTED}")));
+                }
+            })),
+        }
+    }
+}
+
+impl Horizons {
+    /// Whether step `h` (1-based) of a model with `horizon` steps is written.
+    pub fn includes(&self, h: usize, horizon: usize) -> bool {
+        match self {
+            Horizons::Named(HorizonSet::All) => true,
+            Horizons::Named(HorizonSet::First) => h == 1,
+            Horizons::Named(HorizonSet::Last) => h == horizon,
+            Horizons::Named(HorizonSet::Ends) => h == 1 || h == horizon,
+            Horizons::Steps(s) => s.iter().any(|&x| x as usize == h),
+        }
+    }
+}
+
+/// Fields of the `anomaly` point.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AnomalyFields {
+    /// Everything.
+    All,
+    /// Score, likelihood, is_anomaly, top_field (and the model).
+    Basic,
 }
 
 /// Kafka consumer group and dead letters.
@@ -102,16 +231,31 @@ impl Default for KafkaConfig {
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct InfluxConfig {
-    /// Base URL.
+    /// Base URL (`http://` or `https://`).
     pub url: String,
-    /// Organisation.
+    /// Write API: `v2` (`/api/v2/write`: InfluxDB 2.x/3.x, VictoriaMetrics) or `v1` (`/write`:
+    /// InfluxDB 1.x, and 2.x/3.x through their compatibility endpoints).
+    pub api: InfluxApi,
+    /// Organisation (v2).
     pub org: String,
-    /// Bucket.
+    /// Bucket (v2); also the v1 database when `database` is empty.
     pub bucket: String,
+    /// Database (v1; empty: the `bucket` value).
+    pub database: String,
+    /// Retention policy (v1; empty: the database's default).
+    pub retention_policy: String,
+    /// User name (v1 basic authentication; empty: the token, if any, is sent instead).
+    pub username: String,
+    /// Password (v1; prefer `SENSORCAST__INFLUXDB__PASSWORD` or `password_file`).
+    pub password: String,
+    /// File holding the password (read at start-up; wins over `password`).
+    pub password_file: String,
     /// API token (prefer `SENSORCAST__INFLUXDB__TOKEN` or `token_file`).
     pub token: String,
     /// File holding the token (read at start-up; wins over `token`).
     pub token_file: String,
+    /// PEM file of extra CA certificates to trust for `https://` (e.g. a plant's own CA).
+    pub ca_file: String,
     /// A write request is sent once this many bytes of points are waiting…
     pub batch_bytes: usize,
     /// …or when the oldest waiting point is this old.
@@ -136,10 +280,17 @@ impl Default for InfluxConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:8086".into(),
+            api: InfluxApi::V2,
             org: "plant".into(),
             bucket: "sensorcast".into(),
+            database: String::new(),
+            retention_policy: String::new(),
+            username: String::new(),
+            password: String::new(),
+            password_file: String::new(),
             token: String::new(),
             token_file: String::new(),
+            ca_file: String::new(),
             batch_bytes: 1 << 20,
             flush_interval: HumanDuration::from_millis(200),
             request_timeout: HumanDuration::from_secs(10),
@@ -153,13 +304,39 @@ impl Default for InfluxConfig {
     }
 }
 
+impl InfluxConfig {
+    /// The v1 database: `database`, else the bucket's name.
+    pub fn v1_database(&self) -> &str {
+        if self.database.is_empty() {
+            &self.bucket
+        } else {
+            &self.database
+        }
+    }
+}
+
+/// InfluxDB write API.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InfluxApi {
+    /// `/write?db=&rp=` (InfluxDB 1.x).
+    V1,
+    /// `/api/v2/write?org=&bucket=` (InfluxDB 2.x/3.x, VictoriaMetrics).
+    V2,
+}
+
 impl std::fmt::Debug for InfluxConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked = |s: &str| if s.is_empty() { "" } else { "***" };
         f.debug_struct("InfluxConfig")
             .field("url", &self.url)
+            .field("api", &self.api)
             .field("org", &self.org)
             .field("bucket", &self.bucket)
-            .field("token", &if self.token.is_empty() { "" } else { "***" })
+            .field("database", &self.database)
+            .field("username", &self.username)
+            .field("password", &masked(&self.password))
+            .field("token", &masked(&self.token))
             .field("token_file", &self.token_file)
             .finish_non_exhaustive()
     }
@@ -292,6 +469,9 @@ pub struct StreamConfig {
     pub false_alarm_rate: Option<f64>,
     /// Per-device target false-alarm rates, e.g. `{ "pump-7" = 0.0001 }`.
     pub device_false_alarm_rate: std::collections::BTreeMap<String, f64>,
+    /// This stream's overrides of `[output]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputOverride>,
 }
 
 impl Default for StreamConfig {
@@ -305,6 +485,7 @@ impl Default for StreamConfig {
             interval: HumanDuration::from_secs(60),
             false_alarm_rate: None,
             device_false_alarm_rate: Default::default(),
+            output: None,
         }
     }
 }
@@ -727,6 +908,28 @@ impl Config {
                 "must be longer than zero".into(),
             );
         }
+        for (i, stream) in self.streams.iter().enumerate() {
+            let o = self.output_for(stream);
+            let key = |k: &str| {
+                if stream.output.is_some() {
+                    format!("streams[{i}].output.{k} (or output.{k})")
+                } else {
+                    format!("output.{k}")
+                }
+            };
+            if o.forecast_every == 0 {
+                bad(key("forecast_every"), "must be at least 1".into());
+            }
+            if let Horizons::Steps(steps) = &o.horizons {
+                let h = self.model.horizon as u32;
+                if let Some(bad_step) = steps.iter().find(|&&x| x == 0 || x > h) {
+                    bad(
+                        key("horizons"),
+                        format!("step {bad_step} is outside 1..={h} (model.horizon)"),
+                    );
+                }
+            }
+        }
         let st = &self.state;
         if st.dir.as_os_str().is_empty() {
             bad("state.dir".into(), "must not be empty".into());
@@ -922,8 +1125,52 @@ impl Config {
                 format!("{:?} is not an http(s) URL", i.url),
             ),
         }
-        if i.bucket.is_empty() {
-            bad("influxdb.bucket".into(), "must not be empty".into());
+        match i.api {
+            InfluxApi::V2 => {
+                if i.bucket.is_empty() {
+                    bad("influxdb.bucket".into(), "must not be empty".into());
+                }
+                for (key, v) in [
+                    ("influxdb.database", &i.database),
+                    ("influxdb.retention_policy", &i.retention_policy),
+                    ("influxdb.username", &i.username),
+                ] {
+                    if !v.is_empty() {
+                        bad(
+                            key.into(),
+                            "is a v1 setting; with api = \"v2\" use org, bucket and token".into(),
+                        );
+                    }
+                }
+            }
+            InfluxApi::V1 => {
+                if i.v1_database().is_empty() {
+                    bad(
+                        "influxdb.database".into(),
+                        "must not be empty (nor the bucket it defaults to)".into(),
+                    );
+                }
+                let password = !i.password.is_empty() || !i.password_file.is_empty();
+                if i.username.is_empty() && password {
+                    bad(
+                        "influxdb.password".into(),
+                        "is set but influxdb.username is not".into(),
+                    );
+                }
+                let token = !i.token.is_empty() || !i.token_file.is_empty();
+                if !i.username.is_empty() && token {
+                    bad(
+                        "influxdb.token".into(),
+                        "and influxdb.username are both set: give one way to authenticate".into(),
+                    );
+                }
+            }
+        }
+        if !i.ca_file.is_empty() && !i.url.starts_with("https://") {
+            bad(
+                "influxdb.ca_file".into(),
+                format!("is set but influxdb.url {:?} is not https://", i.url),
+            );
         }
         if i.batch_bytes < 1024 {
             bad(
@@ -964,6 +1211,29 @@ impl Config {
             );
         }
         p
+    }
+
+    /// What is written per reading of `stream`: `[output]` with the stream's overrides.
+    pub fn output_for(&self, stream: &StreamConfig) -> OutputConfig {
+        let mut o = self.output.clone();
+        if let Some(x) = &stream.output {
+            if let Some(v) = x.readings {
+                o.readings = v;
+            }
+            if let Some(v) = &x.horizons {
+                o.horizons = v.clone();
+            }
+            if let Some(v) = x.band {
+                o.band = v;
+            }
+            if let Some(v) = x.forecast_every {
+                o.forecast_every = v;
+            }
+            if let Some(v) = x.anomaly {
+                o.anomaly = v;
+            }
+        }
+        o
     }
 
     /// The stream called `name`, or the only stream when `name` is `None`.

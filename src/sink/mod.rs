@@ -1,4 +1,5 @@
-//! InfluxDB sink: a thin client of the v2 write API (`POST /api/v2/write`, line protocol).
+//! InfluxDB sink: a thin client of the write APIs, v2 (`POST /api/v2/write`) and v1
+//! (`POST /write`), line protocol.
 //!
 //! Keeps invariant §3.1 (nothing is lost): a batch is acknowledged only when InfluxDB has
 //! accepted every point of it; failures are retried with exponential backoff and jitter,
@@ -85,44 +86,19 @@ enum Attempt {
 }
 
 impl Writer {
-    /// A writer for `cfg`. The token comes from `token_file` when set, else `token`.
+    /// A writer for `cfg`. The token comes from `token_file` when set, else `token` (the
+    /// password likewise).
     pub fn new(
         cfg: &InfluxConfig,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Result<Self, SinkError> {
-        let token = if cfg.token_file.is_empty() {
-            cfg.token.clone()
-        } else {
-            std::fs::read_to_string(&cfg.token_file)
-                .map_err(|e| {
-                    SinkError::Config(format!(
-                        "cannot read influxdb.token_file {}: {e}",
-                        cfg.token_file
-                    ))
-                })?
-                .trim()
-                .to_string()
-        };
-        let mut url = reqwest::Url::parse(&cfg.url)
-            .map_err(|e| SinkError::Config(format!("influxdb.url {:?}: {e}", cfg.url)))?
-            .join("api/v2/write")
-            .map_err(|e| SinkError::Config(format!("influxdb.url {:?}: {e}", cfg.url)))?;
-        url.query_pairs_mut()
-            .append_pair("org", &cfg.org)
-            .append_pair("bucket", &cfg.bucket)
-            .append_pair("precision", "ns");
-        let client = reqwest::Client::builder()
-            .timeout(cfg.request_timeout.get())
-            .connect_timeout(cfg.connect_timeout.get())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| SinkError::Config(format!("cannot build HTTP client: {e}")))?;
+        let target = Target::new(cfg)?;
         health.sink_reachable.store(true, Ordering::Relaxed);
         Ok(Self {
-            client,
-            url,
-            auth: (!token.is_empty()).then(|| format!("Token {token}")),
+            client: target.client,
+            url: target.url,
+            auth: target.auth,
             cfg: cfg.clone(),
             metrics,
             health,
@@ -196,7 +172,9 @@ impl Writer {
                             // Our own points, rejected one by one for this long: the server or
                             // a proxy in front of it refuses everything. Do not drop data for
                             // that; report not ready and retry slowly instead.
-                            self.health.sink_reachable.store(false, Ordering::Relaxed);
+                            self.health.set_sink_problem(&format!(
+                                "InfluxDB rejects every point ({status}: {text})"
+                            ));
                             if let Some(suppressed) =
                                 self.log_limit.check("systemic", Duration::from_secs(60))
                             {
@@ -295,7 +273,7 @@ impl Writer {
         if resp.status().is_success() || status == 422 {
             self.failures.store(0, Ordering::Relaxed);
             self.rejected_in_a_row.store(0, Ordering::Relaxed);
-            self.health.sink_reachable.store(true, Ordering::Relaxed);
+            self.health.set_sink_problem("");
         }
         if resp.status().is_success() {
             self.metrics
@@ -314,9 +292,10 @@ impl Writer {
         match status {
             400 | 413 => Attempt::Split(status, text),
             401 | 403 | 404 => {
-                self.health.sink_reachable.store(false, Ordering::Relaxed);
+                let why = refusal(&self.cfg, status, &text);
+                self.health.set_sink_problem(&why);
                 if let Some(suppressed) = self.log_limit.check("auth", Duration::from_secs(60)) {
-                    tracing::error!(status, response = %text, suppressed, bucket = %self.cfg.bucket, org = %self.cfg.org, "InfluxDB refused the token or bucket; not ready, retrying");
+                    tracing::error!(status, suppressed, "{why}; not ready, retrying");
                 }
                 Attempt::Retry(self.cfg.auth_retry_interval.get(), "auth")
             }
@@ -343,7 +322,8 @@ impl Writer {
             500..=599 => Attempt::Retry(backoff, "server_error"),
             _ => {
                 // Any other 4xx is a client/proxy misconfiguration: not ready, loud, slow retry.
-                self.health.sink_reachable.store(false, Ordering::Relaxed);
+                self.health
+                    .set_sink_problem(&format!("InfluxDB answered {status}: {text}"));
                 if let Some(suppressed) = self
                     .log_limit
                     .check("client_error", Duration::from_secs(60))
@@ -353,6 +333,207 @@ impl Writer {
                 Attempt::Retry(self.cfg.auth_retry_interval.get(), "client_error")
             }
         }
+    }
+}
+
+/// Where and how points are written: the write URL of the configured API, the
+/// `Authorization` header, and an HTTP client trusting the configured CA.
+pub struct Target {
+    /// HTTP client.
+    pub client: reqwest::Client,
+    /// Write URL with its query.
+    pub url: reqwest::Url,
+    /// `Authorization` header value.
+    pub auth: Option<String>,
+}
+
+/// A secret from its file (trimmed) when one is named, else the value.
+fn secret(value: &str, file: &str, key: &str) -> Result<String, SinkError> {
+    if file.is_empty() {
+        return Ok(value.to_string());
+    }
+    std::fs::read_to_string(file)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| SinkError::Config(format!("cannot read influxdb.{key} {file}: {e}")))
+}
+
+impl Target {
+    /// For `cfg`.
+    pub fn new(cfg: &InfluxConfig) -> Result<Self, SinkError> {
+        use crate::config::InfluxApi;
+        use base64::Engine as _;
+        let token = secret(&cfg.token, &cfg.token_file, "token_file")?;
+        let password = secret(&cfg.password, &cfg.password_file, "password_file")?;
+        // `join` would drop the base's last path segment without a trailing slash (a proxy
+        // prefix like https://host/influx): append instead.
+        let mut url = reqwest::Url::parse(&cfg.url)
+            .map_err(|e| SinkError::Config(format!("influxdb.url {:?}: {e}", cfg.url)))?;
+        {
+            let mut path = url.path_segments_mut().map_err(|()| {
+                SinkError::Config(format!("influxdb.url {:?} cannot be a base", cfg.url))
+            })?;
+            path.pop_if_empty();
+            match cfg.api {
+                InfluxApi::V2 => path.extend(["api", "v2", "write"]),
+                InfluxApi::V1 => path.push("write"),
+            };
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            match cfg.api {
+                InfluxApi::V2 => {
+                    q.append_pair("org", &cfg.org)
+                        .append_pair("bucket", &cfg.bucket);
+                }
+                InfluxApi::V1 => {
+                    q.append_pair("db", cfg.v1_database());
+                    if !cfg.retention_policy.is_empty() {
+                        q.append_pair("rp", &cfg.retention_policy);
+                    }
+                }
+            }
+            q.append_pair("precision", "ns");
+        }
+        let auth = if !cfg.username.is_empty() {
+            let pair = format!("{}:{password}", cfg.username);
+            Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            ))
+        } else {
+            (!token.is_empty()).then(|| format!("Token {token}"))
+        };
+        let mut builder = reqwest::Client::builder()
+            .timeout(cfg.request_timeout.get())
+            .connect_timeout(cfg.connect_timeout.get())
+            .pool_idle_timeout(Duration::from_secs(60));
+        if !cfg.ca_file.is_empty() {
+            let pem = std::fs::read(&cfg.ca_file).map_err(|e| {
+                SinkError::Config(format!("cannot read influxdb.ca_file {}: {e}", cfg.ca_file))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                SinkError::Config(format!(
+                    "influxdb.ca_file {} holds no usable PEM certificate: {e}",
+                    cfg.ca_file
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(SinkError::Config(format!(
+                    "influxdb.ca_file {} holds no PEM certificate",
+                    cfg.ca_file
+                )));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|e| SinkError::Config(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self { client, url, auth })
+    }
+}
+
+/// Checks that InfluxDB takes writes where and as configured, without writing anything: an
+/// empty write request (servers check the path, credentials and database or bucket before
+/// the body). `Ok` says what answered; `Err` says what is wrong and what to do.
+pub async fn probe(cfg: &InfluxConfig) -> Result<String, String> {
+    let target = Target::new(cfg).map_err(|e| e.to_string())?;
+    let mut req = target
+        .client
+        .post(target.url.clone())
+        .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body("");
+    if let Some(auth) = &target.auth {
+        req = req.header(reqwest::header::AUTHORIZATION, auth);
+    }
+    let resp = req.send().await.map_err(|e| {
+        let mut why = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            why = format!("{why}: {s}");
+            src = s.source();
+        }
+        format!("cannot reach InfluxDB at {}: {why}", cfg.url)
+    })?;
+    let status = resp.status().as_u16();
+    let version = resp
+        .headers()
+        .get("x-influxdb-version")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| format!("InfluxDB {v}"))
+        .unwrap_or_else(|| "a server that does not say its version".into());
+    let body: String = resp
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(500)
+        .collect();
+    let path = target.url.path().to_string();
+    match status {
+        200..=299 => Ok(format!("{version} takes writes at {path} ({status})")),
+        // InfluxDB 2.x refuses an empty body only after checking token and bucket.
+        400 => Ok(format!(
+            "{version} answers {path} (400 to an empty write, after accepting the credentials and bucket)"
+        )),
+        _ => Err(refusal(cfg, status, &body)),
+    }
+}
+
+/// Why InfluxDB refuses every write, told apart from the status and the body, with what to
+/// do about it.
+pub fn refusal(cfg: &InfluxConfig, status: u16, body: &str) -> String {
+    use crate::config::InfluxApi;
+    let lower = body.to_ascii_lowercase();
+    let api = match cfg.api {
+        InfluxApi::V1 => "v1",
+        InfluxApi::V2 => "v2",
+    };
+    match status {
+        404 if lower.contains("database not found") => format!(
+            "InfluxDB has no database {:?} (influxdb.database); create it (CREATE DATABASE \"{}\") or fix the name",
+            cfg.v1_database(),
+            cfg.v1_database()
+        ),
+        404 if lower.contains("bucket") => format!(
+            "InfluxDB has no bucket {:?} in org {:?} (influxdb.bucket, influxdb.org): {}",
+            cfg.bucket,
+            cfg.org,
+            body.trim()
+        ),
+        404 if lower.contains("organization") || lower.contains("org ") => format!(
+            "InfluxDB does not know org {:?} (influxdb.org): {}",
+            cfg.org,
+            body.trim()
+        ),
+        404 => {
+            let hint = match cfg.api {
+                InfluxApi::V2 => "InfluxDB 1.x has no /api/v2/write: set influxdb.api = \"v1\"",
+                InfluxApi::V1 => {
+                    "the server has no /write there: InfluxDB 2.x/3.x without a v1 compatibility endpoint needs influxdb.api = \"v2\""
+                }
+            };
+            format!(
+                "{} answers 404 ({}) for the {api} write API: wrong API or URL path; {hint}, and check that influxdb.url is the server's base URL",
+                cfg.url,
+                body.trim()
+            )
+        }
+        401 => format!(
+            "InfluxDB refused the credentials (401: {}): check influxdb.{}",
+            body.trim(),
+            if cfg.username.is_empty() {
+                "token"
+            } else {
+                "username and influxdb.password"
+            }
+        ),
+        403 => format!(
+            "InfluxDB does not let these credentials write there (403: {}): give the token or user write permission",
+            body.trim()
+        ),
+        _ => format!("InfluxDB answered {status}: {}", body.trim()),
     }
 }
 

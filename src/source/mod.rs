@@ -462,6 +462,44 @@ fn topic_partitions(cfg: &Config, topic: &str) -> Option<i32> {
         .map(|t| t.partitions().len() as i32)
 }
 
+/// `check-config --probe`: the brokers answer, and each stream's topic exists (with how
+/// many partitions). One line per check, starting with `ok` or `FAIL`.
+pub fn probe(cfg: &Config) -> Vec<String> {
+    let admin = match admin(cfg) {
+        Ok(a) => a,
+        Err(e) => return vec![format!("FAIL  kafka: {e}")],
+    };
+    let md = match admin.inner().fetch_metadata(None, Duration::from_secs(10)) {
+        Ok(m) => m,
+        Err(e) => {
+            return vec![format!(
+                "FAIL  kafka: no answer from {} within 10 s: {e}",
+                cfg.kafka.brokers
+            )];
+        }
+    };
+    let mut out = vec![format!(
+        "ok    kafka: {} broker(s) answer at {}",
+        md.brokers().len(),
+        cfg.kafka.brokers
+    )];
+    for s in &cfg.streams {
+        match md.topics().iter().find(|t| t.name() == s.topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => out.push(format!(
+                "ok    kafka: stream {:?} reads topic {:?} ({} partitions)",
+                s.name,
+                s.topic,
+                t.partitions().len()
+            )),
+            _ => out.push(format!(
+                "FAIL  kafka: stream {:?}: topic {:?} does not exist (create it, or fix streams.topic)",
+                s.name, s.topic
+            )),
+        }
+    }
+    out
+}
+
 /// Deletes a topic (the state bench's); failures are logged.
 pub async fn delete_topic(cfg: &Config, topic: &str) {
     let opts = rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

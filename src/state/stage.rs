@@ -33,6 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 pub struct EngineStage {
     engines: Vec<Engine>,
     names: Vec<String>,
+    /// What is written per reading, per stream.
+    outputs: Vec<crate::config::OutputConfig>,
     topics: Vec<String>,
     group: String,
     max_batch: usize,
@@ -76,6 +78,7 @@ impl EngineStage {
         Self {
             engines,
             names: cfg.streams.iter().map(|s| s.name.clone()).collect(),
+            outputs: cfg.streams.iter().map(|s| cfg.output_for(s)).collect(),
             topics: cfg.streams.iter().map(|s| s.topic.clone()).collect(),
             group: cfg.kafka.group_id.clone(),
             max_batch: cfg.engine.max_batch,
@@ -207,12 +210,13 @@ impl EngineStage {
         let engine = &mut self.engines[i];
         engine.set_max_devices(self.max_devices.saturating_sub(others));
         let model = Arc::clone(engine.model());
-        let fmt = PointFormat {
-            stream: &self.names[i],
-            model: &model.version,
-            features: &model.features,
-            horizon: model.horizon,
-        };
+        let fmt = PointFormat::new(
+            &self.names[i],
+            &model.version,
+            &model.features,
+            model.horizon,
+            &self.outputs[i],
+        );
         let mut stale = 0;
         for (chunk, chunk_shards) in readings
             .chunks(self.max_batch)

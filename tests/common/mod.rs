@@ -79,6 +79,293 @@ pub fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// Percent-encoding of a form value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A database `serve` writes to in a test: what goes into the config's `[influxdb]` section.
+pub trait Database {
+    /// `key = value` lines of `[influxdb]` (url, api, bucket or database).
+    fn influx_config(&self) -> String;
+}
+
+impl Database for Vm {
+    fn influx_config(&self) -> String {
+        format!("url = \"http://{}\"\n", self.addr())
+    }
+}
+
+/// A real InfluxDB 1.6 (Debian's `influxdb`, installed by scripts/test.sh) of this test's own,
+/// with database `sensorcast`.
+pub struct Influx {
+    child: Option<Child>,
+    pub port: u16,
+    rpc_port: u16,
+    dir: tempfile::TempDir,
+    auth: bool,
+}
+
+/// The database the tests write to.
+pub const INFLUX_DB: &str = "sensorcast";
+
+impl Database for Influx {
+    fn influx_config(&self) -> String {
+        format!(
+            "url = \"http://{}\"\napi = \"v1\"\ndatabase = \"{INFLUX_DB}\"\n",
+            self.addr()
+        )
+    }
+}
+
+impl Influx {
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With authentication on and one admin user, `admin` / `secret`.
+    pub fn start_with_auth() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(auth: bool) -> Self {
+        let mut db = Influx {
+            child: None,
+            port: free_port(),
+            rpc_port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            auth,
+        };
+        db.up();
+        if auth {
+            // Allowed without credentials while no admin exists.
+            let q = "CREATE USER admin WITH PASSWORD 'secret' WITH ALL PRIVILEGES";
+            let (status, body) = http("POST", &db.addr(), "/query", &format!("q={}", urlencode(q)))
+                .unwrap_or((0, String::new()));
+            assert_eq!(status, 200, "CREATE USER: {body}");
+        }
+        let (status, body) = db.post_query(&format!("CREATE DATABASE {INFLUX_DB}"));
+        assert_eq!(status, 200, "CREATE DATABASE: {body}");
+        db
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn up(&mut self) {
+        let d = self.dir.path();
+        let conf = d.join("influxdb.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"reporting-disabled = true
+bind-address = "127.0.0.1:{rpc}"
+[meta]
+  dir = "{d}/meta"
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{http}"
+  log-enabled = false
+  auth-enabled = {auth}
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+[subscriber]
+  enabled = false
+"#,
+                rpc = self.rpc_port,
+                http = self.port,
+                auth = self.auth,
+                d = d.display()
+            ),
+        )
+        .expect("influxdb.conf");
+        let bin = std::env::var("SENSORCAST_TEST_INFLUXD_BIN").unwrap_or_else(|_| "influxd".into());
+        let child = Command::new(bin)
+            .args(["run", "-config"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("influxd.log")).expect("log"))
+            .spawn()
+            .expect("start influxd (Debian's influxdb package; scripts/test.sh installs it)");
+        self.child = Some(child);
+        let addr = self.addr();
+        wait_until("InfluxDB", Duration::from_secs(30), || {
+            http("GET", &addr, "/ping", "").is_some_and(|(s, _)| s == 204)
+        });
+    }
+
+    /// Stops the server gracefully (SIGTERM: what it acknowledged is in its WAL).
+    pub fn down(&mut self) {
+        if let Some(c) = self.child.take() {
+            stop(c);
+        }
+    }
+
+    fn post_query(&self, q: &str) -> (u16, String) {
+        // Credentials go in the URL: InfluxDB 1.x does not read them from a form body.
+        let path = if self.auth {
+            "/query?u=admin&p=secret"
+        } else {
+            "/query"
+        };
+        http(
+            "POST",
+            &self.addr(),
+            path,
+            &format!("db={INFLUX_DB}&epoch=ns&q={}", urlencode(q)),
+        )
+        .unwrap_or((0, String::new()))
+    }
+
+    /// Runs an InfluxQL query; the JSON answer.
+    pub fn query(&self, q: &str) -> serde_json::Value {
+        let (status, body) = self.post_query(q);
+        assert_eq!(status, 200, "{q}: {body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// Points of `measurement` that have `field`.
+    pub fn count(&self, measurement: &str, field: &str) -> usize {
+        let v = self.query(&format!("SELECT COUNT(\"{field}\") FROM \"{measurement}\""));
+        v["results"][0]["series"][0]["values"][0][1]
+            .as_u64()
+            .unwrap_or(0) as usize
+    }
+
+    /// Tag sets of `measurement`'s series.
+    pub fn series(&self, measurement: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+        let v = self.query(&format!("SHOW SERIES FROM \"{measurement}\""));
+        v["results"][0]["series"][0]["values"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| r[0].as_str())
+                    .map(|key| {
+                        key.split(',')
+                            .skip(1)
+                            .filter_map(|kv| kv.split_once('='))
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("influxd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Influx {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// Either database, for tests that run against both.
+pub enum Db {
+    /// VictoriaMetrics (v2 write API).
+    Vm(Vm),
+    /// InfluxDB 1.6 (v1 write API).
+    Influx(Influx),
+}
+
+impl Database for Db {
+    fn influx_config(&self) -> String {
+        match self {
+            Db::Vm(v) => v.influx_config(),
+            Db::Influx(i) => i.influx_config(),
+        }
+    }
+}
+
+impl Db {
+    pub fn vm() -> Self {
+        Db::Vm(Vm::start())
+    }
+
+    pub fn influx() -> Self {
+        Db::Influx(Influx::start())
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Db::Vm(_) => "VictoriaMetrics",
+            Db::Influx(_) => "InfluxDB 1.6",
+        }
+    }
+
+    pub fn up(&mut self) {
+        match self {
+            Db::Vm(v) => v.up(),
+            Db::Influx(i) => i.up(),
+        }
+    }
+
+    pub fn down(&mut self) {
+        match self {
+            Db::Vm(v) => v.down(),
+            Db::Influx(i) => i.down(),
+        }
+    }
+
+    /// Points of `measurement` with `field`: distinct (series, timestamp) pairs, and writes
+    /// kept. InfluxDB keeps one value per series and timestamp, so the two are equal there;
+    /// VictoriaMetrics keeps every write, so a duplicate shows.
+    pub fn points(&self, measurement: &str, field: &str) -> (usize, usize) {
+        match self {
+            Db::Vm(v) => {
+                let (u, r, _) = v.samples(&format!("{measurement}_{field}"));
+                (u, r)
+            }
+            Db::Influx(i) => {
+                let n = i.count(measurement, field);
+                (n, n)
+            }
+        }
+    }
+
+    /// Tag sets of the series of `measurement` (with `field`, for VictoriaMetrics).
+    pub fn series(
+        &self,
+        measurement: &str,
+        field: &str,
+    ) -> Vec<std::collections::BTreeMap<String, String>> {
+        match self {
+            Db::Vm(v) => v
+                .samples(&format!("{measurement}_{field}"))
+                .2
+                .iter()
+                .map(|m| {
+                    m.as_object()
+                        .map(|o| {
+                            o.iter()
+                                .filter(|(k, _)| *k != "__name__")
+                                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect(),
+            Db::Influx(i) => i.series(measurement),
+        }
+    }
+}
+
 /// A VictoriaMetrics server of this test's own.
 pub struct Vm {
     child: Option<Child>,
@@ -317,7 +604,7 @@ pub struct Stream<'a> {
 pub fn setup(
     dir: &Path,
     brokers: &str,
-    vm: &Vm,
+    db: &dyn Database,
     group: &str,
     streams: &[Stream<'_>],
     extra: &str,
@@ -354,8 +641,7 @@ commit_interval = "500ms"
 "max.poll.interval.ms" = "10000"
 
 [influxdb]
-url = "http://{vm}"
-flush_interval = "100ms"
+{influx}flush_interval = "100ms"
 max_backoff = "1s"
 min_backoff = "50ms"
 
@@ -371,7 +657,7 @@ checkpoint_interval = "1s"
 {extra}"#,
         registry = dir.join("models").display(),
         state = dir.join("state").display(),
-        vm = vm.addr(),
+        influx = db.influx_config(),
     ));
     let cfg = dir.join("sensorcast.toml");
     std::fs::write(&cfg, text).expect("config");

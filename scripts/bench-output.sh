@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# End-to-end throughput per database and output volume, against what the database alone
+# accepts: nisshi → sensorcast serve → VictoriaMetrics (v2 API) or InfluxDB 1.6 (v1 API), all on
+# this machine.
+#
+# For each database × output ("default": the [output] defaults; "full": every forecast step, no
+# reading points — the 13 points per reading written before [output] existed):
+#   - end to end: N readings are produced up front; readings/s is N divided by the time from
+#     the first reading consumed to the last point acknowledged;
+#   - sensorcast's CPU seconds (utime + stime of the process) and the database's, over the run;
+#   - the ceiling: the same points (`sensorcast replay` of the same readings with the same
+#     config) POSTed straight to a fresh database by scripts/write-ceiling.py, with serve's
+#     batch size and concurrency; reported as readings/s (lines/s ÷ points per reading).
+#
+# Usage: scripts/bench-output.sh [devices] [readings-per-device]
+# Needs what scripts/test.sh installs (nisshi, victoria-metrics, influxdb) and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+devices=${1:-1000}
+readings=${2:-200}
+cargo build --release --locked --quiet
+bin=$(pwd)/target/release/sensorcast
+broker=$(ls "${XDG_CACHE_HOME:-$HOME/.cache}"/sensorcast/nisshi-*/bin/nisshi 2>/dev/null | tail -n 1)
+[ -n "$broker" ] || broker=$(command -v nisshi || command -v tansu)
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+kport=$(free_port); vport=$(free_port); iport=$(free_port); irpc=$(free_port); hport=$(free_port)
+
+$broker broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
+  --storage-engine memory://bench/ >"$work/broker.log" 2>&1 & pids+=($!)
+victoria-metrics -httpListenAddr="127.0.0.1:$vport" -storageDataPath="$work/vm" -retentionPeriod=100y \
+  -search.latencyOffset=0s -loggerLevel=ERROR >"$work/vm.log" 2>&1 & vmpid=$!; pids+=($vmpid)
+cat >"$work/influxdb.conf" <<CONF
+reporting-disabled = true
+bind-address = "127.0.0.1:$irpc"
+[meta]
+  dir = "$work/influx/meta"
+[data]
+  dir = "$work/influx/data"
+  wal-dir = "$work/influx/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:$iport"
+  log-enabled = false
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+CONF
+influxd run -config "$work/influxdb.conf" >"$work/influxd.log" 2>&1 & ipid=$!; pids+=($ipid)
+for _ in $(seq 1 100); do curl -sf "127.0.0.1:$iport/ping" >/dev/null && break; sleep 0.1; done
+sleep 1
+$broker topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.out >/dev/null
+influxql() { curl -sf -XPOST "127.0.0.1:$iport/query" --data-urlencode "q=$1" >/dev/null; }
+
+end=$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)
+total=$((devices * readings))
+$bin simulate --devices "$devices" --readings "$readings" --interval 1s --end "$end" --out "$work/readings.jsonl" >/dev/null
+echo "producing $total readings ($devices devices × $readings)…"
+$bin simulate --devices "$devices" --readings "$readings" --interval 1s --end "$end" \
+  --brokers "127.0.0.1:$kport" --topic bench.out >/dev/null
+$bin simulate --devices 8 --readings 300 --interval 1s --out "$work/history.jsonl" >/dev/null
+
+# write_config NAME DB OUTPUT
+write_config() {
+  local influx output
+  case $2 in
+    vm) influx="url = \"http://127.0.0.1:$vport\"" ;;
+    influx) influx="url = \"http://127.0.0.1:$iport\"
+api = \"v1\"
+database = \"$1\"" ;;
+  esac
+  case $3 in
+    default) output="" ;;
+    full) output='horizons = "all"
+readings = false' ;;
+  esac
+  cat >"$work/$1.toml" <<TOML
+[[streams]]
+name = "pumps"
+topic = "bench.out"
+features = ["vibration", "temperature", "current", "pressure"]
+interval = "1s"
+[model]
+registry = "$work/models"
+hidden = 64
+horizon = 3
+[train]
+epochs = 3
+[kafka]
+brokers = "127.0.0.1:$kport"
+group_id = "bench-$1"
+dead_letter_topic = ""
+[influxdb]
+$influx
+flush_interval = "20ms"
+batch_bytes = 4194304
+concurrency = 2
+[engine]
+max_linger = "10ms"
+[http]
+listen = "127.0.0.1:$hport"
+[state]
+dir = "$work/state-$1"
+[output]
+$output
+[log]
+level = "warn"
+TOML
+}
+
+write_config train vm default
+$bin train --config "$work/train.toml" --input "$work/history.jsonl" >/dev/null
+metric() { curl -s "127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 ~ "^"m {s+=$2} END {printf "%.0f", s}'; }
+cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
+
+printf '%-16s %-8s %7s %12s %10s %14s %9s %14s %7s\n' database output pts/rd readings/s cpu_s readings/cpu_s db_cpu_s ceiling_rd/s e2e/ceil
+for db in vm influx; do
+  for out in default full; do
+    name="$db-$out"
+    write_config "$name" "$db" "$out"
+    ppr=$($bin check-config --config "$work/$name.toml" | sed -n 's/^# stream "pumps": \([0-9]*\) points.*/\1/p')
+    [ "$db" = influx ] && influxql "CREATE DATABASE \"$name\""
+    dbpid=$([ "$db" = vm ] && echo $vmpid || echo $ipid)
+    db0=$(cpu $dbpid)
+    $bin serve --config "$work/$name.toml" 2>"$work/serve-$name.log" & spid=$!; pids+=($spid)
+    until [ "$(metric sensorcast_readings_total)" -gt 0 ] 2>/dev/null; do sleep 0.05; done
+    s0=$(date +%s.%N)
+    until [ "$(metric sensorcast_points_written_total)" -ge $((total * ppr)) ] 2>/dev/null; do sleep 0.1; done
+    s1=$(date +%s.%N)
+    scpu=$(cpu $spid); db1=$(cpu $dbpid)
+    kill -TERM $spid; wait $spid || true
+    # The same points, straight to a fresh database.
+    $bin replay --config "$work/$name.toml" --input "$work/readings.jsonl" --output "$work/$name.lp" >/dev/null
+    if [ "$db" = influx ]; then
+      influxql "CREATE DATABASE \"ceiling-$name\""
+      ceil=$(python3 scripts/write-ceiling.py "http://127.0.0.1:$iport" "$work/$name.lp" --api v1 --db "ceiling-$name" --batch-bytes 4194304 --concurrency 2)
+    else
+      ceil=$(python3 scripts/write-ceiling.py "http://127.0.0.1:$vport" "$work/$name.lp" --api v2 --bucket "ceiling-$name" --batch-bytes 4194304 --concurrency 2)
+    fi
+    lines_per_s=$(echo "$ceil" | sed -n 's/.*: \([0-9]*\) lines\/s/\1/p')
+    python3 - "$db" "$out" "$ppr" "$total" "$s0" "$s1" "$scpu" "$db0" "$db1" "$lines_per_s" <<'PY'
+import sys
+db, out, ppr, total, s0, s1, scpu, db0, db1, lps = sys.argv[1:]
+ppr, total = int(ppr), int(total)
+rate = total / (float(s1) - float(s0))
+ceiling = float(lps) / ppr
+names = {"vm": "VictoriaMetrics", "influx": "InfluxDB 1.6"}
+print(f"{names[db]:<16} {out:<8} {ppr:>7} {rate:>12,.0f} {float(scpu):>10.1f} {total / float(scpu):>14,.0f} "
+      f"{float(db1) - float(db0):>9.1f} {ceiling:>14,.0f} {rate / ceiling:>7.0%}")
+PY
+  done
+done
+echo "(cpu_s: sensorcast's whole process, start-up and model load included; machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"

@@ -600,6 +600,45 @@ mod tests {
 
     /// [`server`] with a response body per scripted response.
     async fn server_with_bodies(script: Vec<Reply>) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+        serve_script(script, None).await
+    }
+
+    /// [`server`] over TLS, with the test certificate of tests/data/tls (signed by its CA).
+    async fn tls_server(
+        script: Vec<(u16, Vec<(&'static str, String)>)>,
+    ) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls");
+        let certs = CertificateDer::pem_file_iter(format!("{dir}/server.pem"))
+            .expect("server.pem")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificates");
+        let key = PrivateKeyDer::from_pem_file(format!("{dir}/server.key")).expect("server.key");
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+        let script = script
+            .into_iter()
+            .map(|(status, headers)| (status, headers, "{}".to_string()))
+            .collect();
+        let (url, seen) = serve_script(
+            script,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await;
+        (url.replace("http://", "https://"), seen)
+    }
+
+    /// Answers one scripted response per connection, over TLS when `tls` is given.
+    async fn serve_script(
+        script: Vec<Reply>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -609,56 +648,170 @@ mod tests {
         tokio::spawn(async move {
             let mut script = script.into_iter();
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
+                let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 65536];
-                // Read headers, then the body by Content-Length.
-                let (head, body) = loop {
-                    let n = sock.read(&mut tmp).await.unwrap_or(0);
-                    if n == 0 {
-                        break (String::new(), String::new());
-                    }
-                    buf.extend_from_slice(&tmp[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let head = text[..end].to_string();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        while buf.len() < end + 4 + len {
-                            let n = sock.read(&mut tmp).await.unwrap_or(0);
-                            if n == 0 {
-                                break;
-                            }
-                            buf.extend_from_slice(&tmp[..n]);
+                match &tls {
+                    None => answer(sock, &mut script, &log).await,
+                    Some(acceptor) => {
+                        // A client that refuses the certificate ends the handshake.
+                        if let Ok(s) = acceptor.accept(sock).await {
+                            answer(s, &mut script, &log).await;
                         }
-                        let body = String::from_utf8_lossy(&buf[end + 4..]).to_string();
-                        break (head, body);
                     }
-                };
-                log.lock().expect("lock").push((head, body));
-                let (status, headers, body) = script.next().unwrap_or((204, vec![], String::new()));
-                let mut resp = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
-                    body.len()
-                );
-                for (k, v) in headers {
-                    resp.push_str(&format!("{k}: {v}\r\n"));
                 }
-                resp.push_str("\r\n");
-                resp.push_str(&body);
-                let _ = sock.write_all(resp.as_bytes()).await;
-                let _ = sock.shutdown().await;
             }
         });
         (format!("http://{addr}"), seen)
+    }
+
+    async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        mut sock: S,
+        script: &mut impl Iterator<Item = Reply>,
+        log: &Mutex<Vec<(String, String)>>,
+    ) {
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 65536];
+        // Read headers, then the body by Content-Length.
+        let (head, body) = loop {
+            let n = sock.read(&mut tmp).await.unwrap_or(0);
+            if n == 0 {
+                break (String::new(), String::new());
+            }
+            buf.extend_from_slice(&tmp[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let head = text[..end].to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                while buf.len() < end + 4 + len {
+                    let n = sock.read(&mut tmp).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                }
+                let body = String::from_utf8_lossy(&buf[end + 4..]).to_string();
+                break (head, body);
+            }
+        };
+        log.lock().expect("lock").push((head, body));
+        let (status, headers, body) = script.next().unwrap_or((204, vec![], String::new()));
+        let mut resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            resp.push_str(&format!("{k}: {v}\r\n"));
+        }
+        resp.push_str("\r\n");
+        resp.push_str(&body);
+        let _ = sock.write_all(resp.as_bytes()).await;
+        let _ = sock.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn https_with_the_plants_own_ca_and_v1_basic_auth() {
+        let (url, seen) = tls_server(vec![(204, vec![])]).await;
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls/ca.pem");
+        let cfg = InfluxConfig {
+            url: url.clone(),
+            api: crate::config::InfluxApi::V1,
+            database: "plant".into(),
+            retention_policy: "weekly".into(),
+            username: "writer".into(),
+            password: "pw".into(),
+            ca_file: ca.into(),
+            ..InfluxConfig::default()
+        };
+        let (w, _, health) = {
+            let metrics = Arc::new(Metrics::new());
+            let health = Arc::new(Health::default());
+            (
+                Writer::new(&cfg, Arc::clone(&metrics), Arc::clone(&health)).expect("writer"),
+                metrics,
+                health,
+            )
+        };
+        let (_tx, mut abort) = watch::channel(false);
+        let r = w.write("m f=1 1\n", &mut abort).await.expect("write");
+        assert_eq!(r.written, 1);
+        assert!(health.ready().1.contains("\"sink_reachable\":true"));
+        let (head, _) = seen.lock().expect("lock")[0].clone();
+        assert!(
+            head.starts_with("POST /write?db=plant&rp=weekly&precision=ns HTTP/1.1"),
+            "{head}"
+        );
+        // "writer:pw" in base64.
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("authorization: basic d3jpdgvyonb3"),
+            "{head}"
+        );
+        // Without the CA the server's certificate is refused, and the probe says so.
+        let err = probe(&InfluxConfig {
+            ca_file: String::new(),
+            ..cfg.clone()
+        })
+        .await
+        .expect_err("unknown issuer");
+        assert!(
+            err.contains("cannot reach InfluxDB") && err.to_lowercase().contains("certificate"),
+            "{err}"
+        );
+        assert!(probe(&cfg).await.is_ok());
+        // A CA file that holds no certificate is a configuration error naming the key.
+        let not_pem = InfluxConfig {
+            ca_file: concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml").into(),
+            ..cfg
+        };
+        let err = Target::new(&not_pem).err().expect("refused").to_string();
+        assert!(err.contains("influxdb.ca_file"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_404_is_told_apart_wrong_api_missing_database_or_bucket() {
+        let v2 = InfluxConfig::default();
+        let v1 = InfluxConfig {
+            api: crate::config::InfluxApi::V1,
+            ..InfluxConfig::default()
+        };
+        assert!(refusal(&v2, 404, "404 page not found").contains("influxdb.api = \"v1\""));
+        assert!(
+            refusal(
+                &v1,
+                404,
+                r#"{"error":"database not found: \"sensorcast\""}"#
+            )
+            .contains("has no database \"sensorcast\"")
+        );
+        assert!(
+            refusal(
+                &v2,
+                404,
+                r#"{"code":"not found","message":"bucket \"b\" not found"}"#
+            )
+            .contains("has no bucket")
+        );
+        assert!(refusal(&v1, 401, "").contains("influxdb.token"));
+        assert!(
+            refusal(
+                &InfluxConfig {
+                    username: "u".into(),
+                    ..v1
+                },
+                401,
+                ""
+            )
+            .contains("influxdb.username")
+        );
+        assert!(refusal(&v2, 403, "").contains("403"));
     }
 
     fn writer(url: &str) -> (Writer, Arc<Metrics>, Arc<Health>) {

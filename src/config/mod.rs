@@ -1312,6 +1312,40 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
         let cfg = Config::load_with_env(Some(&path), []).expect("config/default.toml loads");
         assert_eq!(cfg, Config::default());
+        // And every key of the config structs is written out there (documented), so the file
+        // cannot fall behind the code.
+        let file: toml::Value =
+            toml::from_str(&std::fs::read_to_string(&path).expect("read")).expect("toml");
+        let code = toml::Value::try_from(Config::default()).expect("serialise");
+        fn missing(code: &toml::Value, file: &toml::Value, at: &str, out: &mut Vec<String>) {
+            match (code, file) {
+                (toml::Value::Table(c), toml::Value::Table(f)) => {
+                    for (k, v) in c {
+                        let key = if at.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{at}.{k}")
+                        };
+                        match f.get(k) {
+                            Some(fv) => missing(v, fv, &key, out),
+                            None => out.push(key),
+                        }
+                    }
+                }
+                (toml::Value::Array(c), toml::Value::Array(f)) => {
+                    for (i, (cv, fv)) in c.iter().zip(f).enumerate() {
+                        missing(cv, fv, &format!("{at}[{i}]"), out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        missing(&code, &file, "", &mut out);
+        assert!(
+            out.is_empty(),
+            "keys missing from config/default.toml: {out:?}"
+        );
     }
 
     #[test]

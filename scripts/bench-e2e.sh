@@ -76,7 +76,9 @@ $bin simulate --devices "$devices" --readings "$readings" --interval 1s --broker
 t1=$(date +%s.%N)
 echo "produced in $(python3 -c "print(round($t1 - $t0, 2))") s"
 $bin serve --config "$work/tput.toml" 2>"$work/serve-tput.log" & spid=$!; pids+=($spid)
-points=$((total * 13))
+# Points per reading of this config (check-config counts them).
+ppr=$($bin check-config --config "$work/tput.toml" | sed -n 's/^# stream "pumps": \([0-9]*\) points.*/\1/p')
+points=$((total * ppr))
 until [ "$(metric sensorcast_readings_total)" -gt 0 ] 2>/dev/null; do sleep 0.05; done
 s0=$(date +%s.%N)
 until [ "$(metric sensorcast_points_written_total)" -ge "$points" ] 2>/dev/null; do sleep 0.1; done

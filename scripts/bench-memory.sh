@@ -63,7 +63,9 @@ $bin serve --config "$work/mem.toml" 2>"$work/serve.log" & spid=$!; pids+=($spid
 until curl -sf "127.0.0.1:$hport/health/ready" >/dev/null; do sleep 0.1; done
 rss0=$(rss $spid)
 peak=$rss0
-until [ "$(metric sensorcast_points_written_total)" -ge "$((total * 13))" ] 2>/dev/null; do
+# Points per reading of this config (check-config counts them).
+ppr=$($bin check-config --config "$work/mem.toml" | sed -n 's/^# stream "pumps": \([0-9]*\) points.*/\1/p')
+until [ "$(metric sensorcast_points_written_total)" -ge "$((total * ppr))" ] 2>/dev/null; do
   r=$(rss $spid); [ "$r" -gt "$peak" ] && peak=$r; sleep 0.2
 done
 sleep 2

@@ -9,7 +9,7 @@ use crate::config::{AnomalyFields, OutputConfig};
 use crate::decode::Reading;
 use crate::engine::detect::Edge;
 use crate::engine::{BatchOutput, Outcome};
-use std::fmt::Write;
+use std::fmt::Write as _;
 
 /// Writes a tag key or value with line-protocol escaping (comma, equals sign, space).
 fn push_tag(out: &mut String, s: &str) {
@@ -50,6 +50,13 @@ pub struct PointFormat<'a> {
     pub horizon: usize,
     /// What is written.
     pub output: &'a OutputConfig,
+    /// Escaped once, written many times: `,stream=S`, per feature `,field=F,horizon=`,
+    /// `,contrib_F=` and `F=`, and `,model="V"`.
+    stream_tag: String,
+    field_tags: Vec<String>,
+    contrib_keys: Vec<String>,
+    reading_keys: Vec<String>,
+    model_field: String,
 }
 
 /// What one reading costs in the database.
@@ -61,6 +68,39 @@ pub struct Volume {
     pub samples: usize,
 }
 
+/// Appends a float in its shortest exact form (`1.5`, `2.0`, `1e-7`); line protocol reads
+/// all of these. Values are finite here (the engine resets a device rather than output
+/// anything else); a non-finite one would be written as `0`, never as `NaN`.
+fn push_f32(out: &mut String, v: f32) {
+    if v.is_finite() {
+        out.push_str(ryu::Buffer::new().format_finite(v));
+    } else {
+        out.push('0');
+    }
+}
+
+fn push_f64(out: &mut String, v: f64) {
+    if v.is_finite() {
+        out.push_str(ryu::Buffer::new().format_finite(v));
+    } else {
+        out.push('0');
+    }
+}
+
+fn push_i64(out: &mut String, v: i64) {
+    out.push_str(itoa::Buffer::new().format(v));
+}
+
+fn push_bool(out: &mut String, v: bool) {
+    out.push_str(if v { "true" } else { "false" });
+}
+
+fn escaped_tag(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    push_tag(&mut out, s);
+    out
+}
+
 impl<'a> PointFormat<'a> {
     /// Points of `stream`, computed by `model` (version, features, horizon), as `output` says.
     pub fn new(
@@ -70,12 +110,33 @@ impl<'a> PointFormat<'a> {
         horizon: usize,
         output: &'a OutputConfig,
     ) -> Self {
+        let model_field = if model.is_empty() {
+            String::new()
+        } else {
+            let mut m = String::from(",model=");
+            push_str_field(&mut m, model);
+            m
+        };
         Self {
             stream,
             model,
             features,
             horizon,
             output,
+            stream_tag: format!(",stream={}", escaped_tag(stream)),
+            field_tags: features
+                .iter()
+                .map(|f| format!(",field={},horizon=", escaped_tag(f)))
+                .collect(),
+            contrib_keys: features
+                .iter()
+                .map(|f| format!(",contrib_{}=", escaped_tag(f)))
+                .collect(),
+            reading_keys: features
+                .iter()
+                .map(|f| format!("{}=", escaped_tag(f)))
+                .collect(),
+            model_field,
         }
     }
 
@@ -129,14 +190,24 @@ impl<'a> PointFormat<'a> {
         };
         let mut points = 0;
         let nf = self.features.len();
+        // `,stream=S,device=D`, escaped once for every point of the reading.
+        let mut series = String::with_capacity(self.stream_tag.len() + reading.device.len() + 12);
+        series.push_str(&self.stream_tag);
+        series.push_str(",device=");
+        push_tag(&mut series, &reading.device);
+        let mut ts = itoa::Buffer::new();
+        let ts = ts.format(reading.ts);
         if self.output.readings {
-            self.push_series(out, "reading", &reading.device);
-            for (f, (name, v)) in self.features.iter().zip(&reading.values).enumerate() {
+            out.push_str("reading");
+            out.push_str(&series);
+            for (f, (key, v)) in self.reading_keys.iter().zip(&reading.values).enumerate() {
                 out.push(if f == 0 { ' ' } else { ',' });
-                push_tag(out, name);
-                let _ = write!(out, "={v}");
+                out.push_str(key);
+                push_f32(out, *v);
             }
-            let _ = writeln!(out, " {}", reading.ts);
+            out.push(' ');
+            out.push_str(ts);
+            out.push('\n');
             points += 1;
         }
         if self.forecasts_due(reading.ts, scored.step_ns) {
@@ -148,27 +219,34 @@ impl<'a> PointFormat<'a> {
                 let target = reading
                     .ts
                     .saturating_add((h as i64 + 1).saturating_mul(scored.step_ns));
-                for (f, name) in self.features.iter().enumerate() {
+                let mut step = itoa::Buffer::new();
+                let step = step.format(h + 1);
+                let mut target_buf = itoa::Buffer::new();
+                let target = target_buf.format(target);
+                for (f, field_tag) in self.field_tags.iter().enumerate() {
                     let k = (h * nf + f) * 3;
-                    self.push_series(out, "forecast", &reading.device);
-                    out.push_str(",field=");
-                    push_tag(out, name);
-                    let _ = write!(out, ",horizon={} yhat={}", h + 1, forecast[k]);
+                    out.push_str("forecast");
+                    out.push_str(&series);
+                    out.push_str(field_tag);
+                    out.push_str(step);
+                    out.push_str(" yhat=");
+                    push_f32(out, forecast[k]);
                     if self.output.band {
-                        let _ = write!(
-                            out,
-                            ",yhat_lower={},yhat_upper={}",
-                            forecast[k + 1],
-                            forecast[k + 2]
-                        );
+                        out.push_str(",yhat_lower=");
+                        push_f32(out, forecast[k + 1]);
+                        out.push_str(",yhat_upper=");
+                        push_f32(out, forecast[k + 2]);
                     }
-                    self.push_model(out);
-                    let _ = writeln!(out, " {target}");
+                    out.push_str(&self.model_field);
+                    out.push(' ');
+                    out.push_str(target);
+                    out.push('\n');
                     points += 1;
                 }
             }
         }
-        self.push_series(out, "anomaly", &reading.device);
+        out.push_str("anomaly");
+        out.push_str(&series);
         let contrib = batch.contributions(i);
         let explained = contrib.iter().any(|c| *c != 0.0);
         let top = if explained {
@@ -176,78 +254,69 @@ impl<'a> PointFormat<'a> {
         } else {
             ""
         };
-        match self.output.anomaly {
-            AnomalyFields::All => {
-                let _ = write!(
-                    out,
-                    " score={},forecast_score={},deviation_score={},likelihood={},over_line={},is_anomaly={},top_field=",
-                    scored.score,
-                    scored.forecast_score,
-                    scored.deviation_score,
-                    scored.likelihood,
-                    scored.over_line,
-                    scored.is_anomaly
-                );
-                push_str_field(out, top);
-                for (name, c) in self.features.iter().zip(contrib) {
-                    out.push_str(",contrib_");
-                    push_tag(out, name);
-                    let _ = write!(out, "={c}");
-                }
-            }
-            AnomalyFields::Basic => {
-                let _ = write!(
-                    out,
-                    " score={},likelihood={},is_anomaly={},top_field=",
-                    scored.score, scored.likelihood, scored.is_anomaly
-                );
-                push_str_field(out, top);
+        out.push_str(" score=");
+        push_f64(out, scored.score);
+        if self.output.anomaly == AnomalyFields::All {
+            out.push_str(",forecast_score=");
+            push_f64(out, scored.forecast_score);
+            out.push_str(",deviation_score=");
+            push_f64(out, scored.deviation_score);
+        }
+        out.push_str(",likelihood=");
+        push_f64(out, scored.likelihood);
+        if self.output.anomaly == AnomalyFields::All {
+            out.push_str(",over_line=");
+            push_bool(out, scored.over_line);
+        }
+        out.push_str(",is_anomaly=");
+        push_bool(out, scored.is_anomaly);
+        out.push_str(",top_field=");
+        push_str_field(out, top);
+        if self.output.anomaly == AnomalyFields::All {
+            for (key, c) in self.contrib_keys.iter().zip(contrib) {
+                out.push_str(key);
+                push_f32(out, *c);
             }
         }
-        self.push_model(out);
-        let _ = writeln!(out, " {}", reading.ts);
+        out.push_str(&self.model_field);
+        out.push(' ');
+        out.push_str(ts);
+        out.push('\n');
         points += 1;
         match scored.edge {
             Edge::None => {}
             Edge::Raised { start } | Edge::Cleared { start, .. } => {
                 // One point per alarm, at its start: raised, then overwritten when it clears.
-                self.push_series(out, "anomaly_event", &reading.device);
-                let active = matches!(scored.edge, Edge::Raised { .. });
-                let _ = write!(out, " active={active},start={start}i,");
+                out.push_str("anomaly_event");
+                out.push_str(&series);
+                out.push_str(" active=");
+                push_bool(out, matches!(scored.edge, Edge::Raised { .. }));
+                out.push_str(",start=");
+                push_i64(out, start);
+                out.push_str("i,");
                 if let Edge::Cleared { end, .. } = scored.edge {
-                    let _ = write!(out, "end={end}i,duration_s={},", (end - start) as f64 / 1e9);
+                    out.push_str("end=");
+                    push_i64(out, end);
+                    out.push_str("i,duration_s=");
+                    push_f64(out, (end - start) as f64 / 1e9);
+                    out.push(',');
                 }
-                let _ = write!(out, "peak_score={},top_fields=", scored.peak);
+                out.push_str("peak_score=");
+                push_f32(out, scored.peak);
+                out.push_str(",top_fields=");
                 push_str_field(out, &self.explain(batch.event_contributions(i), 3));
-                for (name, c) in self.features.iter().zip(batch.event_contributions(i)) {
-                    out.push_str(",contrib_");
-                    push_tag(out, name);
-                    let _ = write!(out, "={c}");
+                for (key, c) in self.contrib_keys.iter().zip(batch.event_contributions(i)) {
+                    out.push_str(key);
+                    push_f32(out, *c);
                 }
-                self.push_model(out);
-                let _ = writeln!(out, " {start}");
+                out.push_str(&self.model_field);
+                out.push(' ');
+                push_i64(out, start);
+                out.push('\n');
                 points += 1;
             }
         }
         points
-    }
-
-    /// `,model="V"` (a field: a tag would start new series at every retrain, and a re-scored
-    /// reading would land beside its old point instead of replacing it).
-    fn push_model(&self, out: &mut String) {
-        if !self.model.is_empty() {
-            out.push_str(",model=");
-            push_str_field(out, self.model);
-        }
-    }
-
-    /// `measurement,stream=S,device=D` (escaped).
-    fn push_series(&self, out: &mut String, measurement: &str, device: &str) {
-        out.push_str(measurement);
-        out.push_str(",stream=");
-        push_tag(out, self.stream);
-        out.push_str(",device=");
-        push_tag(out, device);
     }
 
     /// The features that contributed most, largest first, with their direction:
@@ -479,7 +548,7 @@ mod tests {
         );
         assert_eq!(
             lines[0],
-            "reading,stream=pumps,device=p temp=1.5,flow=-2 600000000000"
+            "reading,stream=pumps,device=p temp=1.5,flow=-2.0 600000000000"
         );
         let horizons: Vec<_> = lines[1..5]
             .iter()
@@ -557,7 +626,7 @@ mod tests {
             points[0]
         );
         assert!(
-            points[1].contains("active=false,start=1000i,end=3000001000i,duration_s=3,"),
+            points[1].contains("active=false,start=1000i,end=3000001000i,duration_s=3.0,"),
             "{}",
             points[1]
         );

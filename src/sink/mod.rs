@@ -22,6 +22,7 @@ pub mod stage;
 
 use crate::config::InfluxConfig;
 use crate::telemetry::{Health, Metrics, RateLimit, labels};
+use bytes::Bytes;
 use rand::Rng;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,27 +113,28 @@ impl Writer {
     /// or until `abort` turns true.
     pub async fn write(
         &self,
-        body: &str,
+        body: impl Into<Bytes>,
         abort: &mut watch::Receiver<bool>,
     ) -> Result<WriteReport, SinkError> {
         let mut report = WriteReport::default();
-        // Work list of bodies still to write, in order; splitting pushes halves back.
-        let mut pending: Vec<&str> = vec![body];
+        // Work list of bodies still to write, in order; splitting pushes halves back. Halves
+        // and retries share the one buffer (no copy per request).
+        let mut pending: Vec<Bytes> = vec![body.into()];
         while let Some(chunk) = pending.pop() {
-            if chunk.trim().is_empty() {
+            if chunk.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             let mut attempt = 0u32;
             loop {
-                match self.attempt(chunk).await {
+                match self.attempt(chunk.clone()).await {
                     Attempt::Done => {
-                        report.written += chunk.lines().count() as u64;
+                        report.written += line_count(&chunk) as u64;
                         break;
                     }
                     Attempt::Partial { dropped, text } => {
                         // The rejected points cannot be written later either, so retrying
                         // would stall the partition forever: count them and move on.
-                        let lines = chunk.lines().count() as u64;
+                        let lines = line_count(&chunk) as u64;
                         let outcome = match dropped {
                             Some(n) => {
                                 let n = n.min(lines);
@@ -165,7 +167,7 @@ impl Writer {
                         break;
                     }
                     Attempt::Split(status, text) => {
-                        let lines = chunk.lines().count();
+                        let lines = line_count(&chunk);
                         let systemic =
                             self.rejected_in_a_row.load(Ordering::Relaxed) >= SYSTEMIC_REJECTIONS;
                         if lines <= 1 && systemic {
@@ -196,10 +198,10 @@ impl Writer {
                             if let Some(suppressed) =
                                 self.log_limit.check("rejected", Duration::from_secs(10))
                             {
-                                tracing::error!(status, response = %text, line = %chunk.trim_end(), suppressed, "InfluxDB rejected a point; dropped");
+                                tracing::error!(status, response = %text, line = %String::from_utf8_lossy(chunk.trim_ascii_end()), suppressed, "InfluxDB rejected a point; dropped");
                             }
                         } else {
-                            let (first, second) = split_lines(chunk);
+                            let (first, second) = split_lines(&chunk);
                             // Last pushed is written first: keep the original order.
                             pending.push(second);
                             pending.push(first);
@@ -246,13 +248,13 @@ impl Writer {
         Duration::from_secs_f64(jittered)
     }
 
-    async fn attempt(&self, body: &str) -> Attempt {
+    async fn attempt(&self, body: Bytes) -> Attempt {
         let started = Instant::now();
         let mut req = self
             .client
             .post(self.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .body(body.to_string());
+            .body(body);
         if let Some(auth) = &self.auth {
             req = req.header(reqwest::header::AUTHORIZATION, auth);
         }
@@ -553,17 +555,23 @@ fn reported_drops(body: &str) -> Option<u64> {
     rest[..digits].parse().ok()
 }
 
-/// Splits a body into two halves at a line boundary.
-fn split_lines(body: &str) -> (&str, &str) {
-    let lines = body.lines().count();
+/// Lines in a body (the last one may lack its newline).
+fn line_count(body: &[u8]) -> usize {
+    let newlines = memchr::memchr_iter(b'\n', body).count();
+    newlines + usize::from(body.last().is_some_and(|&b| b != b'\n'))
+}
+
+/// Splits a body into two halves at a line boundary (sharing its buffer).
+fn split_lines(body: &Bytes) -> (Bytes, Bytes) {
+    let half = line_count(body) / 2;
     let mut idx = 0;
-    for (n, (i, _)) in body.match_indices('\n').enumerate() {
-        if n + 1 == lines / 2 {
+    for (n, i) in memchr::memchr_iter(b'\n', body).enumerate() {
+        if n + 1 == half {
             idx = i + 1;
             break;
         }
     }
-    body.split_at(idx)
+    (body.slice(..idx), body.slice(idx..))
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -1109,7 +1117,16 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
-        assert_eq!(split_lines("a\nb\nc\nd\n"), ("a\nb\n", "c\nd\n"));
-        assert_eq!(split_lines("a\nb\nc\n"), ("a\n", "b\nc\n"));
+        let split = |s: &'static str| {
+            let (a, b) = split_lines(&Bytes::from(s));
+            (a.to_vec(), b.to_vec())
+        };
+        assert_eq!(
+            split("a\nb\nc\nd\n"),
+            (b"a\nb\n".to_vec(), b"c\nd\n".to_vec())
+        );
+        assert_eq!(split("a\nb\nc\n"), (b"a\n".to_vec(), b"b\nc\n".to_vec()));
+        assert_eq!(line_count(b"a\nb"), 2);
+        assert_eq!(line_count(b""), 0);
     }
 }

@@ -95,9 +95,15 @@ impl SinkStage {
                 let Some(p) = pending.take() else { continue };
                 let (w, mut abort) = (Arc::clone(&writer), self.abort.clone());
                 inflight.push_back(async move {
-                    let mut result = w.write(&p.body, &mut abort).await;
+                    let Pending {
+                        body,
+                        msg_ts,
+                        dead_letters,
+                        ..
+                    } = p;
+                    let mut result = w.write(body, &mut abort).await;
                     // The batch's dead letters count as done once delivered or given up.
-                    for ack in p.dead_letters {
+                    for ack in dead_letters {
                         if result.is_err() {
                             break;
                         }
@@ -106,7 +112,7 @@ impl SinkStage {
                             _ = abort.wait_for(|a| *a) => result = Err(SinkError::Aborted),
                         }
                     }
-                    (result, p.msg_ts)
+                    (result, msg_ts)
                 });
                 issued += 1;
                 continue;

@@ -31,7 +31,13 @@ fn series_key(name: &str, labels: &BTreeMap<String, String>) -> String {
 
 /// String fields of the output (`top_field`, `top_fields`): VictoriaMetrics keeps them as
 /// series without a comparable value, so they are left out on both sides.
-const STRING_FIELDS: [&str; 2] = ["anomaly_top_field", "anomaly_event_top_fields"];
+const STRING_FIELDS: [&str; 5] = [
+    "anomaly_top_field",
+    "anomaly_event_top_fields",
+    "forecast_model",
+    "anomaly_model",
+    "anomaly_event_model",
+];
 
 /// Numeric fields of a replay's line protocol as VictoriaMetrics stores them: series
 /// `measurement_field` labelled by the tags, millisecond timestamps, booleans as 1/0, strings

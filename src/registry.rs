@@ -4,6 +4,12 @@
 //! Publishing never exposes a half-written model: a version is written into a hidden
 //! temporary folder and renamed into place, and `current` is replaced by renaming a
 //! temporary file over it, so a reader sees the old version or the new one, never a mix.
+//!
+//! Every change of `current` is appended to `<registry>/<stream>/history` (`time version
+//! action`), which `rollback` walks back; `prune` removes old versions but never the current
+//! one nor any version named in the last [`HISTORY_KEPT`] changes, so a rollback always has
+//! its target. A version is removed by renaming it to a hidden name first, so a `serve` that
+//! lists or loads versions meanwhile sees it whole or not at all.
 
 use crate::engine::InferenceModel;
 use crate::model::{Architecture, Forecaster};
@@ -18,6 +24,32 @@ pub const WEIGHTS_FILE: &str = "model.bpk";
 pub const META_FILE: &str = "meta.json";
 /// Pointer file naming the current version.
 pub const CURRENT_FILE: &str = "current";
+/// Log of the changes of `current`.
+pub const HISTORY_FILE: &str = "history";
+/// Versions named by this many of the latest changes of `current` are never pruned.
+pub const HISTORY_KEPT: usize = 3;
+
+/// One change of `current`, as `history` records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// When (RFC 3339).
+    pub at: String,
+    /// The version made current.
+    pub version: String,
+    /// Why: `publish`, `promote` or `rollback`.
+    pub action: String,
+}
+
+/// A version as `models list` shows it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Version.
+    pub version: String,
+    /// Its metadata, or why it cannot be read.
+    pub meta: Result<ModelMeta, String>,
+    /// Whether it is the current one.
+    pub current: bool,
+}
 
 /// Validation metrics of a trained model (see `train`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -221,11 +253,173 @@ impl Registry {
         sync_file(&weights)?;
         let final_dir = dir.join(&meta.version);
         std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
-        self.set_current(&meta.stream, &meta.version)?;
+        self.make_current(&meta.stream, &meta.version, "publish")?;
         Ok(final_dir)
     }
 
-    /// Points `current` at `version` atomically.
+    /// Points `current` at `version` atomically and records why in `history`.
+    pub fn make_current(
+        &self,
+        stream: &str,
+        version: &str,
+        action: &str,
+    ) -> Result<(), RegistryError> {
+        self.set_current(stream, version)?;
+        let path = self.stream_dir(stream).join(HISTORY_FILE);
+        let line = format!(
+            "{} {version} {action}\n",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| {
+                f.write_all(line.as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(io(&path))
+    }
+
+    /// The changes of `current`, oldest first (empty for registries older than the history).
+    pub fn history(&self, stream: &str) -> Result<Vec<Change>, RegistryError> {
+        let path = self.stream_dir(stream).join(HISTORY_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(RegistryError::Io { path, source: e }),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                Some(Change {
+                    at: parts.next()?.to_string(),
+                    version: parts.next()?.to_string(),
+                    action: parts.next().unwrap_or("").to_string(),
+                })
+            })
+            .collect())
+    }
+
+    /// Every version of a stream, oldest first (version names sort by time).
+    pub fn list(&self, stream: &str) -> Result<Vec<Listed>, RegistryError> {
+        let dir = self.stream_dir(stream);
+        let current = self.current(stream).ok();
+        let mut versions: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .flatten()
+                .filter(|e| e.path().join(META_FILE).is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(RegistryError::Io {
+                    path: dir,
+                    source: e,
+                });
+            }
+        };
+        versions.sort();
+        Ok(versions
+            .into_iter()
+            .map(|v| Listed {
+                meta: self.meta(stream, &v).map_err(|e| e.to_string()),
+                current: current.as_deref() == Some(v.as_str()),
+                version: v,
+            })
+            .collect())
+    }
+
+    /// The streams with a folder in the registry.
+    pub fn streams(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(&self.root)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Makes `version` current (it must load: weights and metadata intact).
+    pub fn promote(&self, stream: &str, version: &str) -> Result<(), RegistryError> {
+        self.load(stream, Some(version))?;
+        self.make_current(stream, version, "promote")
+    }
+
+    /// Makes the version that was current before the current one current again; returns it.
+    /// Repeated rollbacks keep walking back through the history.
+    pub fn rollback(&self, stream: &str) -> Result<String, RegistryError> {
+        let current = self.current(stream)?;
+        // Replay the history as a stack: publishing or promoting pushes a version, a rollback
+        // pops back to the one below. The target is the version below the current one.
+        let mut stack: Vec<String> = Vec::new();
+        for c in self.history(stream)? {
+            if c.action == "rollback" {
+                stack.pop();
+                if stack.last() != Some(&c.version) {
+                    stack.push(c.version);
+                }
+            } else {
+                stack.push(c.version);
+            }
+        }
+        if stack.last() != Some(&current) {
+            stack.push(current.clone());
+        }
+        stack.pop();
+        let target = stack
+            .into_iter()
+            .rev()
+            .find(|v| *v != current && self.meta(stream, v).is_ok());
+        let Some(target) = target else {
+            return Err(RegistryError::Meta {
+                path: self.stream_dir(stream).join(HISTORY_FILE),
+                message: format!("no earlier version of {stream:?} to roll back to"),
+            });
+        };
+        self.load(stream, Some(&target))?;
+        self.make_current(stream, &target, "rollback")?;
+        Ok(target)
+    }
+
+    /// Removes all but the newest `keep` versions, never the current one nor any version the
+    /// last [`HISTORY_KEPT`] changes of `current` name. Returns the versions removed.
+    pub fn prune(&self, stream: &str, keep: usize) -> Result<Vec<String>, RegistryError> {
+        let listed = self.list(stream)?;
+        let current = self.current(stream).ok();
+        let history = self.history(stream)?;
+        let protected: std::collections::HashSet<String> = history
+            .iter()
+            .rev()
+            .take(HISTORY_KEPT)
+            .map(|c| c.version.clone())
+            .chain(current)
+            .collect();
+        let n = listed.len();
+        let mut removed = Vec::new();
+        for l in listed.into_iter().take(n.saturating_sub(keep)) {
+            if protected.contains(&l.version) {
+                continue;
+            }
+            let dir = self.stream_dir(stream);
+            let from = dir.join(&l.version);
+            let hidden = dir.join(format!(".pruned-{}-{}", l.version, std::process::id()));
+            std::fs::rename(&from, &hidden).map_err(io(&from))?;
+            std::fs::remove_dir_all(&hidden).map_err(io(&hidden))?;
+            removed.push(l.version);
+        }
+        Ok(removed)
+    }
+
+    /// Points `current` at `version` atomically (no history entry: see [`Self::make_current`]).
     pub fn set_current(&self, stream: &str, version: &str) -> Result<(), RegistryError> {
         let dir = self.stream_dir(stream);
         let target = dir.join(version);
@@ -424,6 +618,48 @@ mod tests {
             leftovers.is_empty(),
             "no temporary files left: {leftovers:?}"
         );
+        // History, promote, rollback (walking back step by step), prune.
+        let v3 = reg.new_version("pumps", now);
+        reg.publish(&meta(&v3, arch), &m1).expect("publish v3");
+        let actions: Vec<_> = reg
+            .history("pumps")
+            .expect("history")
+            .into_iter()
+            .map(|c| (c.version, c.action))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                (v1.clone(), "publish".to_string()),
+                (v2.clone(), "publish".to_string()),
+                (v3.clone(), "publish".to_string())
+            ],
+            "set_current alone (the roll back above) is not a change of record"
+        );
+        assert_eq!(reg.rollback("pumps").expect("rollback"), v2);
+        assert_eq!(reg.current("pumps").expect("current"), v2);
+        assert_eq!(
+            reg.rollback("pumps").expect("again"),
+            v1,
+            "walks further back"
+        );
+        assert!(reg.rollback("pumps").is_err(), "nothing before the first");
+        reg.promote("pumps", &v3).expect("promote");
+        assert_eq!(reg.rollback("pumps").expect("rollback"), v1);
+        assert!(reg.promote("pumps", "nope").is_err());
+        let listed = reg.list("pumps").expect("list");
+        assert_eq!(listed.len(), 3);
+        assert!(listed.iter().find(|l| l.version == v1).expect("v1").current);
+        // keep 0: only what is current or named by the last three changes (v1 rolled back
+        // to, v3 promoted, v1 rolled back to) stays.
+        assert_eq!(reg.prune("pumps", 0).expect("prune"), vec![v2.clone()]);
+        assert_eq!(reg.prune("pumps", 5).expect("prune"), Vec::<String>::new());
+        for _ in 0..3 {
+            reg.promote("pumps", &v1).expect("promote");
+        }
+        assert_eq!(reg.prune("pumps", 0).expect("prune"), vec![v3.clone()]);
+        assert_eq!(reg.list("pumps").expect("list").len(), 1);
+        assert_eq!(reg.streams(), ["pumps"]);
         // A damaged meta.json is reported with its path.
         std::fs::write(dir.path().join("pumps").join(&v1).join(META_FILE), "{").expect("write");
         let err = reg

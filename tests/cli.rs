@@ -692,3 +692,66 @@ fn evaluate_labelled_counts_events_delays_and_false_alarms() {
     assert!(fa <= 2, "{stdout}");
     assert!(charts.join("002-pump-2.svg").is_file());
 }
+
+#[test]
+fn models_list_promote_rollback_and_prune() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path());
+    let csv = dir.path().join("history.csv");
+    write_csv(&csv, 2, 200);
+    let mut versions = Vec::new();
+    for _ in 0..3 {
+        let o = train(&cfg, &csv);
+        assert!(o.status.success(), "{:?}", text(&o));
+        versions.push(
+            current_meta(dir.path())["version"]
+                .as_str()
+                .expect("version")
+                .to_string(),
+        );
+    }
+    let models = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_sensorcast"))
+            .arg("models")
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .expect("models");
+        let (out, err) = text(&o);
+        (o.status.success(), out, err)
+    };
+    let (ok, out, err) = models(&["list"]);
+    assert!(ok, "{err}");
+    let current: Vec<_> = out.lines().filter(|l| l.starts_with('*')).collect();
+    assert_eq!(current.len(), 1, "{out}");
+    let names = |l: &str, v: &str| l.split_whitespace().any(|w| w == v);
+    assert!(
+        names(current[0], &versions[2]),
+        "the newest is current: {out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| names(l, &versions[0])).count(),
+        2,
+        "listed and in the history: {out}"
+    );
+
+    let (ok, out, _) = models(&["rollback"]);
+    assert!(ok && out.ends_with(&format!("{}\n", versions[1])), "{out}");
+    assert_eq!(current_meta(dir.path())["version"], versions[1].as_str());
+    let (ok, out, err) = models(&["promote", &versions[0]]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(current_meta(dir.path())["version"], versions[0].as_str());
+    let (ok, _, err) = models(&["promote", "no-such-version"]);
+    assert!(!ok && err.contains("no-such-version"), "{err}");
+    let (ok, out, _) = models(&["show"]);
+    assert!(ok && out.contains("\"validation\""), "{out}");
+    // The last changes name all three versions, so pruning to 0 removes none of them.
+    let (ok, out, err) = models(&["prune", "--keep", "0"]);
+    assert!(ok && out.contains("removed 0"), "{out}{err}");
+    let (ok, out, _) = models(&["rollback"]);
+    assert!(
+        ok && out.ends_with(&format!("{}\n", versions[1])),
+        "back to what was current before: {out}"
+    );
+}

@@ -88,7 +88,7 @@ fn points_in_vm(vm: &Vm) -> Points {
         "POST",
         &vm.addr(),
         "/api/v1/export",
-        "match[]={__name__=~\"anomaly.*|forecast.*\"}",
+        "match[]={__name__=~\"anomaly.*|forecast.*|reading.*\"}",
     )
     .expect("export");
     assert_eq!(status, 200, "{body}");

@@ -197,11 +197,58 @@ pub fn run_train(
                 .join(", ")
         );
     }
+    let input_names = inputs.iter().map(|p| p.display().to_string()).collect();
+    train_and_publish(cfg, stream, &data.readings, input_names, show_progress)
+}
+
+/// `sensorcast train --source influxdb`: the stream's readings between `from` and `to` (ns),
+/// read back from InfluxDB; trains and publishes.
+pub fn run_train_from_influxdb(
+    cfg: &Config,
+    stream: &StreamConfig,
+    from: i64,
+    to: i64,
+    strict: bool,
+    show_progress: bool,
+) -> anyhow::Result<ModelMeta> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let h = rt.block_on(crate::history::from_influxdb(cfg, stream, from, to))?;
+    for s in &h.skipped {
+        eprintln!("warning: {s}");
+    }
+    if h.skipped_total > h.skipped.len() {
+        eprintln!(
+            "warning: … and {} more skipped rows",
+            h.skipped_total - h.skipped.len()
+        );
+    }
+    if strict && h.skipped_total > 0 {
+        bail!("{} rows skipped (--strict)", h.skipped_total);
+    }
+    if h.readings.is_empty() {
+        bail!(
+            "no readings of stream {:?} in {} (train.history_measurement, history_device_tag, history_stream_tag say where to look)",
+            stream.name,
+            h.source
+        );
+    }
+    train_and_publish(cfg, stream, &h.readings, vec![h.source], show_progress)
+}
+
+fn train_and_publish(
+    cfg: &Config,
+    stream: &StreamConfig,
+    readings: &[Reading],
+    input_names: Vec<String>,
+    show_progress: bool,
+) -> anyhow::Result<ModelMeta> {
     eprintln!(
         "training stream {:?} on {} readings of {} devices (hidden {}, layers {}, horizon {}, window {})",
         stream.name,
-        data.readings.len(),
-        data.readings
+        readings.len(),
+        readings
             .iter()
             .map(|r| r.device.as_str())
             .collect::<std::collections::HashSet<_>>()
@@ -212,8 +259,7 @@ pub fn run_train(
         cfg.train.window
     );
     let mut progress = TrainingProgress::new(show_progress);
-    let input_names = inputs.iter().map(|p| p.display().to_string()).collect();
-    let Trained { mut meta, model } = train(cfg, stream, &data.readings, input_names, &mut |e| {
+    let Trained { mut meta, model } = train(cfg, stream, readings, input_names, &mut |e| {
         progress.update(e)
     })?;
     progress.finish();

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod demo;
 pub mod engine;
 pub mod evaluate;
+pub mod history;
 pub mod model;
 pub mod output;
 pub mod pipeline;

@@ -39,9 +39,20 @@ enum Command {
         /// Config file (TOML).
         #[arg(long)]
         config: PathBuf,
-        /// Input files: JSON lines, CSV (`device,ts,<feature>...`) or line protocol.
-        #[arg(long, required = true, num_args = 1..)]
+        /// Where the history comes from.
+        #[arg(long, value_enum, default_value = "file")]
+        source: HistorySource,
+        /// Input files (`--source file`): JSON lines, CSV (`device,ts,<feature>...`) or line
+        /// protocol.
+        #[arg(long, num_args = 1.., required_if_eq("source", "file"))]
         input: Vec<PathBuf>,
+        /// Start of the history window (`--source influxdb`): a duration back from `--until`
+        /// (e.g. `30d`) or an RFC 3339 time.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// End of the history window (`--source influxdb`): RFC 3339, default now.
+        #[arg(long)]
+        until: Option<String>,
         /// Stream to train (may be left out when the config has one stream).
         #[arg(long)]
         stream: Option<String>,
@@ -280,6 +291,25 @@ enum StateCommand {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HistorySource {
+    /// `--input` files.
+    File,
+    /// InfluxDB (the `[influxdb]` connection; `train.history_*` say which measurement).
+    Influxdb,
+}
+
+/// A time (RFC 3339) or a duration back from `until`, in ns since the epoch.
+fn time_arg(text: &str, until: i64, key: &str) -> anyhow::Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp_nanos_opt().unwrap_or(i64::MAX));
+    }
+    let d: sensorcast::config::HumanDuration = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{key} {text:?}: not an RFC 3339 time or a duration ({e})"))?;
+    Ok(until.saturating_sub(d.as_nanos()))
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum EvidenceArg {
     All,
@@ -358,12 +388,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Train {
             config,
+            source,
             input,
+            since,
+            until,
             stream,
             strict,
         } => {
             let (cfg, stream) = setup(&config, stream.as_deref())?;
-            sensorcast::cli::run_train(&cfg, &stream, &input, strict, tty)?;
+            match source {
+                HistorySource::File => {
+                    sensorcast::cli::run_train(&cfg, &stream, &input, strict, tty)?;
+                }
+                HistorySource::Influxdb => {
+                    anyhow::ensure!(input.is_empty(), "--input is for --source file");
+                    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+                    let to = match &until {
+                        Some(u) => time_arg(u, now, "--until")?,
+                        None => now,
+                    };
+                    let from = time_arg(&since, to, "--since")?;
+                    anyhow::ensure!(from < to, "--since must be before --until");
+                    sensorcast::cli::run_train_from_influxdb(&cfg, &stream, from, to, strict, tty)?;
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay {

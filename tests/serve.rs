@@ -819,3 +819,86 @@ fn serve_on_the_wrong_api_says_so_and_is_not_ready() {
     assert_eq!(influx.count("anomaly", "score"), 100);
     assert_eq!(serve.terminate(), 0);
 }
+
+/// `train --source influxdb` reads back the `reading` points `serve` wrote (paged: a page of
+/// one minute over 200 s of readings) and publishes a model trained on exactly them.
+#[test]
+fn train_reads_back_the_history_serve_wrote_to_influxdb() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx::start();
+    let (topic, group) = (unique("history"), unique("g-history"));
+    create_topics(&brokers, &[(&topic, 2)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
+    let text = std::fs::read_to_string(&cfg).expect("config").replacen(
+        "[train]\n",
+        "[train]\nhistory_page = \"1m\"\n",
+        1,
+    );
+    std::fs::write(&cfg, text).expect("config");
+    simulate(&brokers, &topic, "json", 8, 200, &now_rfc3339(-120));
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until("readings written", Duration::from_secs(60), || {
+        influx.count("reading", FEATURES[0]) >= 1600
+    });
+    assert_eq!(serve.terminate(), 0);
+    let train = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .expect("train");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = train(&["--source", "influxdb", "--since", "1d"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        err.contains("training stream \"pumps\" on 1600 readings of 8 devices"),
+        "{err}"
+    );
+    assert!(out.contains("published"), "{out}");
+    let current =
+        std::fs::read_to_string(dir.path().join("models/pumps/current")).expect("current");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            dir.path()
+                .join("models/pumps")
+                .join(current.trim())
+                .join("meta.json"),
+        )
+        .expect("meta"),
+    )
+    .expect("json");
+    let input = meta["training"]["inputs"][0].as_str().unwrap_or_default();
+    assert!(
+        input.starts_with("influxdb ") && input.contains("measurement=reading"),
+        "{input}"
+    );
+    assert_eq!(meta["training"]["readings"], 1600);
+    // A window without readings, and a measurement that does not exist, say where they looked.
+    let (ok, _, err) = train(&[
+        "--source",
+        "influxdb",
+        "--since",
+        "2020-01-01T00:00:00Z",
+        "--until",
+        "2020-01-02T00:00:00Z",
+    ]);
+    assert!(
+        !ok && err.contains("no readings of stream \"pumps\"")
+            && err.contains("measurement=reading"),
+        "{err}"
+    );
+    let (ok, _, err) = train(&["--source", "influxdb", "--since", "soon"]);
+    assert!(!ok && err.contains("--since \"soon\""), "{err}");
+}

@@ -645,6 +645,15 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Upper bound on training windows (evenly subsampled beyond it).
     pub max_windows: usize,
+    /// History in InfluxDB (`train --source influxdb`): the measurement holding readings…
+    pub history_measurement: String,
+    /// …the tag naming the device…
+    pub history_device_tag: String,
+    /// …the tag naming the stream (empty: the measurement holds one stream only, as
+    /// Telegraf's data does; otherwise only the stream's own readings are read)…
+    pub history_stream_tag: String,
+    /// …and how much time one query covers (responses stay bounded however long the window).
+    pub history_page: HumanDuration,
 }
 
 impl Default for TrainConfig {
@@ -659,6 +668,10 @@ impl Default for TrainConfig {
             patience: 4,
             seed: 42,
             max_windows: 20_000,
+            history_measurement: "reading".into(),
+            history_device_tag: "device".into(),
+            history_stream_tag: "stream".into(),
+            history_page: HumanDuration::from_secs(6 * 3600),
         }
     }
 }

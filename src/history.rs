@@ -1,0 +1,203 @@
+//! History to train on, read back from InfluxDB with InfluxQL (`train --source influxdb`).
+//!
+//! InfluxQL over `/query` is what InfluxDB 1.x, 2.x (its v1-compatible endpoint, with a DBRP
+//! mapping) and 3.x all answer, so one reader serves all three. The window is read in pages of
+//! `train.history_page` (one query each, grouped by device), so no single response grows with
+//! the window. Rows missing a feature are skipped and counted, like bad lines of a file.
+
+use crate::config::{Config, StreamConfig};
+use crate::decode::{Reading, format_ts};
+use std::collections::BTreeMap;
+
+/// What was read.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Readings, grouped by device, each device's in increasing time order.
+    pub readings: Vec<Reading>,
+    /// Rows skipped, with why (the first few).
+    pub skipped: Vec<String>,
+    /// Rows skipped in all.
+    pub skipped_total: usize,
+    /// Where they came from, for the model's metadata.
+    pub source: String,
+}
+
+/// `"` and `\` escaped for an InfluxQL double-quoted identifier.
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `'` and `\` escaped for an InfluxQL string literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The InfluxQL statement for one page `[from, to)` (ns).
+pub fn page_query(cfg: &Config, stream: &StreamConfig, from: i64, to: i64) -> String {
+    let t = &cfg.train;
+    let fields: Vec<String> = stream.features.iter().map(|f| ident(f)).collect();
+    let mut q = format!(
+        "SELECT {} FROM {} WHERE time >= {from} AND time < {to}",
+        fields.join(", "),
+        ident(&t.history_measurement)
+    );
+    if !t.history_stream_tag.is_empty() {
+        q.push_str(&format!(
+            " AND {} = {}",
+            ident(&t.history_stream_tag),
+            literal(&stream.name)
+        ));
+    }
+    q.push_str(&format!(" GROUP BY {}", ident(&t.history_device_tag)));
+    q
+}
+
+/// Reads `stream`'s readings between `from` and `to` (ns since the epoch) from the InfluxDB of
+/// `cfg.influxdb`.
+pub async fn from_influxdb(
+    cfg: &Config,
+    stream: &StreamConfig,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<History> {
+    use anyhow::{Context, bail};
+    let target = crate::sink::Target::new(&cfg.influxdb).map_err(anyhow::Error::msg)?;
+    let mut url = reqwest::Url::parse(&cfg.influxdb.url)
+        .with_context(|| format!("influxdb.url {:?}", cfg.influxdb.url))?;
+    url.path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("influxdb.url {:?} cannot be a base", cfg.influxdb.url))?
+        .pop_if_empty()
+        .push("query");
+    let db = cfg.influxdb.v1_database().to_string();
+    let page = cfg.train.history_page.as_nanos().max(1);
+    let mut by_device: BTreeMap<String, Vec<Reading>> = BTreeMap::new();
+    let mut history = History {
+        source: format!(
+            "influxdb {} db={db} measurement={} {}..{}",
+            cfg.influxdb.url,
+            cfg.train.history_measurement,
+            format_ts(from),
+            format_ts(to)
+        ),
+        ..History::default()
+    };
+    let mut start = from;
+    while start < to {
+        let end = start.saturating_add(page).min(to);
+        let q = page_query(cfg, stream, start, end);
+        let mut form = vec![("db", db.clone()), ("epoch", "ns".into()), ("q", q.clone())];
+        if !cfg.influxdb.retention_policy.is_empty() {
+            form.push(("rp", cfg.influxdb.retention_policy.clone()));
+        }
+        let mut req = target.client.post(url.clone()).form(&form);
+        if let Some(auth) = &target.auth {
+            req = req.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach InfluxDB at {}", cfg.influxdb.url))?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        if status != 200 {
+            let short: String = body.chars().take(300).collect();
+            bail!(
+                "{}",
+                crate::sink::refusal(&cfg.influxdb, status, &short).replace("write", "query")
+            );
+        }
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("InfluxDB's answer to {q} is not JSON"))?;
+        let result = &v["results"][0];
+        if let Some(e) = result["error"].as_str() {
+            bail!("InfluxDB refused {q}: {e}");
+        }
+        for series in result["series"].as_array().into_iter().flatten() {
+            let device = series["tags"][&cfg.train.history_device_tag]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let columns: Vec<&str> = series["columns"]
+                .as_array()
+                .map(|c| c.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            // Column of each feature (InfluxDB answers in the order asked, but say so).
+            let idx: Vec<Option<usize>> = stream
+                .features
+                .iter()
+                .map(|f| columns.iter().position(|c| c == f))
+                .collect();
+            for row in series["values"].as_array().into_iter().flatten() {
+                let Some(ts) = row[0].as_i64() else { continue };
+                let mut values = Vec::with_capacity(idx.len());
+                let mut missing = None;
+                for (f, i) in stream.features.iter().zip(&idx) {
+                    match i.and_then(|i| row[i].as_f64()).filter(|x| x.is_finite()) {
+                        Some(x) => values.push(x as f32),
+                        None => {
+                            missing = Some(f);
+                            break;
+                        }
+                    }
+                }
+                if device.is_empty() || missing.is_some() {
+                    history.skipped_total += 1;
+                    if history.skipped.len() < 20 {
+                        history.skipped.push(if device.is_empty() {
+                            format!(
+                                "row at {} has no {:?} tag",
+                                format_ts(ts),
+                                cfg.train.history_device_tag
+                            )
+                        } else {
+                            format!(
+                                "device {device:?} at {}: feature {:?} missing or not a number",
+                                format_ts(ts),
+                                missing.map(String::as_str).unwrap_or("")
+                            )
+                        });
+                    }
+                    continue;
+                }
+                by_device.entry(device.clone()).or_default().push(Reading {
+                    device: device.clone(),
+                    ts,
+                    values,
+                });
+            }
+        }
+        start = end;
+    }
+    for (_, mut rs) in by_device {
+        rs.sort_by_key(|r| r.ts);
+        rs.dedup_by_key(|r| r.ts);
+        history.readings.extend(rs);
+    }
+    Ok(history)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_quote_names_and_filter_the_stream() {
+        let mut cfg = Config::default();
+        let stream = StreamConfig {
+            name: "o'brien".into(),
+            features: vec!["temp \"c\"".into(), "flow".into()],
+            ..StreamConfig::default()
+        };
+        assert_eq!(
+            page_query(&cfg, &stream, 10, 20),
+            r#"SELECT "temp \"c\"", "flow" FROM "reading" WHERE time >= 10 AND time < 20 AND "stream" = 'o\'brien' GROUP BY "device""#
+        );
+        cfg.train.history_stream_tag.clear();
+        cfg.train.history_measurement = "pump".into();
+        cfg.train.history_device_tag = "host".into();
+        assert_eq!(
+            page_query(&cfg, &stream, 0, 5),
+            r#"SELECT "temp \"c\"", "flow" FROM "pump" WHERE time >= 0 AND time < 5 GROUP BY "host""#
+        );
+    }
+}

@@ -237,6 +237,163 @@ pub fn run_train_from_influxdb(
     train_and_publish(cfg, stream, &h.readings, vec![h.source], show_progress)
 }
 
+/// `sensorcast retrain`: a challenger trained on the stream's history in InfluxDB before the
+/// holdout, scored with the current model (the champion) on the holdout, and published only if
+/// its MASE beats the champion's by `retrain.margin`. Returns the decision (also appended to
+/// the registry's `decisions.jsonl`, and in the published model's metadata).
+pub fn run_retrain(
+    cfg: &Config,
+    stream: &StreamConfig,
+    to: i64,
+    show_progress: bool,
+) -> anyhow::Result<crate::registry::Decision> {
+    use crate::registry::Decision;
+    let r = &cfg.retrain;
+    let from = to.saturating_sub(r.window.as_nanos());
+    let split = to.saturating_sub(r.holdout.as_nanos());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let h = rt.block_on(crate::history::from_influxdb(cfg, stream, from, to))?;
+    if h.skipped_total > 0 {
+        eprintln!(
+            "warning: {} history rows skipped (e.g. {:?})",
+            h.skipped_total,
+            h.skipped.first()
+        );
+    }
+    let before: Vec<Reading> = h
+        .readings
+        .iter()
+        .filter(|x| x.ts < split)
+        .cloned()
+        .collect();
+    let held_out = h.readings.len() - before.len();
+    if before.is_empty() || held_out == 0 {
+        bail!(
+            "{} readings before the holdout and {held_out} in it ({}): retrain needs both (retrain.window, retrain.holdout)",
+            before.len(),
+            h.source
+        );
+    }
+    eprintln!(
+        "challenger: training on {} readings before {}; holdout: {held_out} readings",
+        before.len(),
+        crate::decode::format_ts(split)
+    );
+    let mut progress = TrainingProgress::new(show_progress);
+    let Trained { mut meta, model } =
+        train(cfg, stream, &before, vec![h.source.clone()], &mut |e| {
+            progress.update(e)
+        })?;
+    progress.finish();
+    let challenger = Arc::new(
+        model
+            .export(
+                &meta.architecture,
+                "challenger",
+                &meta.features,
+                &meta.mean,
+                &meta.std,
+            )
+            .map_err(anyhow::Error::msg)?,
+    );
+    let score = |m: Arc<crate::engine::InferenceModel>| {
+        crate::train::holdout(m, cfg, stream, &h.readings, split)
+    };
+    let challenger_m = score(challenger)?;
+    let registry = Registry::new(&cfg.model.registry);
+    let champion = match registry.load(&stream.name, None) {
+        Ok(l) => Some(l),
+        Err(crate::registry::RegistryError::NoModel { .. }) => None,
+        Err(e) => return Err(e).context("cannot load the current model (the champion)"),
+    };
+    let champion_m = match &champion {
+        Some(c) if c.meta.features == stream.features => {
+            Some(score(Arc::new(c.inference.clone()))?)
+        }
+        _ => None,
+    };
+    let (publish, reason) = match (&champion, &champion_m) {
+        (None, _) => (
+            true,
+            "no current model: the challenger is the first".to_string(),
+        ),
+        (Some(c), None) => (
+            true,
+            format!(
+                "the champion {} has another schema than the stream",
+                c.meta.version
+            ),
+        ),
+        (Some(_), Some(cm)) => {
+            let needed = cm.mase * (1.0 - r.margin);
+            if challenger_m.mase < needed {
+                (
+                    true,
+                    format!(
+                        "challenger MASE {:.4} < champion {:.4} × (1 − {}) = {needed:.4}",
+                        challenger_m.mase, cm.mase, r.margin
+                    ),
+                )
+            } else {
+                (
+                    false,
+                    format!(
+                        "challenger MASE {:.4} is not below champion {:.4} × (1 − {}) = {needed:.4}",
+                        challenger_m.mase, cm.mase, r.margin
+                    ),
+                )
+            }
+        }
+    };
+    let mut decision = Decision {
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        champion: champion.as_ref().map(|c| c.meta.version.clone()),
+        champion_mase: champion_m.as_ref().map(|m| m.mase),
+        challenger: "rejected".into(),
+        challenger_mase: challenger_m.mase,
+        holdout_from: crate::decode::format_ts(split),
+        holdout_to: crate::decode::format_ts(to),
+        margin: r.margin,
+        published: publish,
+        reason,
+    };
+    if publish {
+        // Named before publishing, so that its metadata carries the decision in one atomic
+        // publish.
+        let now = chrono::Utc::now();
+        meta.version = registry.new_version(&stream.name, now);
+        meta.created_at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        decision.challenger = meta.version.clone();
+        meta.decision = Some(decision.clone());
+        registry
+            .publish(&meta, &model)
+            .context("failed to publish the challenger")?;
+        println!(
+            "published {} (now current): {}",
+            meta.version, decision.reason
+        );
+    } else {
+        println!(
+            "kept {}: {}",
+            decision.champion.as_deref().unwrap_or("-"),
+            decision.reason
+        );
+    }
+    registry.record_decision(&stream.name, &decision)?;
+    tracing::info!(
+        stream = %stream.name,
+        published = decision.published,
+        champion = ?decision.champion,
+        champion_mase = ?decision.champion_mase,
+        challenger_mase = decision.challenger_mase,
+        "retrain decision: {}",
+        decision.reason
+    );
+    Ok(decision)
+}
+
 fn train_and_publish(
     cfg: &Config,
     stream: &StreamConfig,

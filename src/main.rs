@@ -60,6 +60,19 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Train a challenger from the history in InfluxDB and publish it only if it beats the
+    /// current model on a recent holdout (`[retrain]`); what a timer or CronJob runs.
+    Retrain {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Stream (may be left out when the config has one stream).
+        #[arg(long)]
+        stream: Option<String>,
+        /// End of the history window: RFC 3339, default now.
+        #[arg(long)]
+        until: Option<String>,
+    },
     /// Run the streaming engine over a file in time order and write its outputs.
     Replay {
         /// Config file (TOML).
@@ -385,6 +398,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("# {line}");
             }
             Ok(code)
+        }
+        Command::Retrain {
+            config,
+            stream,
+            until,
+        } => {
+            let (cfg, stream) = setup(&config, stream.as_deref())?;
+            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            let to = match &until {
+                Some(u) => time_arg(u, now, "--until")?,
+                None => now,
+            };
+            sensorcast::cli::run_retrain(&cfg, &stream, to, tty)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Train {
             config,

@@ -129,7 +129,39 @@ pub struct ModelMeta {
     /// it existed: Gaussian tails are then assumed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<crate::engine::detect::Calibration>,
+    /// The champion/challenger decision that published it (`sensorcast retrain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
 }
+
+/// A champion/challenger decision of `sensorcast retrain`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    /// When (RFC 3339).
+    pub at: String,
+    /// The model that was current (none for a stream's first model).
+    pub champion: Option<String>,
+    /// Its holdout MASE.
+    pub champion_mase: Option<f64>,
+    /// The challenger's version (when published) or `"rejected"`.
+    pub challenger: String,
+    /// Its holdout MASE.
+    pub challenger_mase: f64,
+    /// Holdout window (RFC 3339).
+    pub holdout_from: String,
+    /// End of the holdout.
+    pub holdout_to: String,
+    /// Required improvement.
+    pub margin: f64,
+    /// Whether the challenger was published.
+    pub published: bool,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// File of a stream's retrain decisions, one JSON object a line.
+pub const DECISIONS_FILE: &str = "decisions.jsonl";
 
 /// Registry failures.
 #[derive(Debug, thiserror::Error)]
@@ -346,6 +378,28 @@ impl Registry {
             .unwrap_or_default();
         out.sort();
         out
+    }
+
+    /// Appends a retrain decision to the stream's `decisions.jsonl`.
+    pub fn record_decision(&self, stream: &str, d: &Decision) -> Result<(), RegistryError> {
+        let dir = self.stream_dir(stream);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(DECISIONS_FILE);
+        let mut line = serde_json::to_string(d).map_err(|e| RegistryError::Meta {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        line.push('\n');
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| {
+                f.write_all(line.as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(io(&path))
     }
 
     /// Makes `version` current (it must load: weights and metadata intact).
@@ -565,6 +619,7 @@ mod tests {
                 points: 1,
             },
             anomaly: None,
+            decision: None,
         }
     }
 

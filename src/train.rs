@@ -547,6 +547,7 @@ pub fn train(
         },
         validation,
         anomaly,
+        decision: None,
     };
     Ok(Trained {
         meta,
@@ -609,6 +610,44 @@ fn validation_loss(
         n += chunk.len();
     }
     Ok(total / n.max(1) as f64)
+}
+
+/// Forecast error of `model` on a holdout: each device's readings are streamed through the
+/// engine from its first one (so the model is warm), and the forecasts whose targets lie at
+/// or after `from_ts` are scored against the naive last-value forecast — the same figures as
+/// the validation report. `readings` are grouped by device, each device's in time order.
+pub fn holdout(
+    model: Arc<crate::engine::InferenceModel>,
+    cfg: &Config,
+    stream: &StreamConfig,
+    readings: &[Reading],
+    from_ts: i64,
+) -> Result<Metrics, TrainError> {
+    let mut by: std::collections::BTreeMap<&str, Vec<&Reading>> = Default::default();
+    for r in readings {
+        by.entry(r.device.as_str()).or_default().push(r);
+    }
+    let series: Vec<Series<'_>> = by
+        .into_values()
+        .filter_map(|rs| {
+            let scored_from = rs.partition_point(|r| r.ts < from_ts);
+            (scored_from < rs.len()).then_some(Series {
+                readings: rs,
+                norm: Vec::new(),
+                split: scored_from,
+                scored_from,
+            })
+        })
+        .collect();
+    let std = model.std.clone();
+    let horizon = model.horizon;
+    evaluate(
+        model,
+        EngineSettings::from_config(cfg, stream),
+        &series,
+        &std,
+        horizon,
+    )
 }
 
 /// Streams every device's whole history through the engine and scores the forecasts whose

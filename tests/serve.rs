@@ -902,3 +902,109 @@ fn train_reads_back_the_history_serve_wrote_to_influxdb() {
     let (ok, _, err) = train(&["--source", "influxdb", "--since", "soon"]);
     assert!(!ok && err.contains("--since \"soon\""), "{err}");
 }
+
+/// `retrain` against the history serve wrote: a deliberately worse challenger (one epoch on
+/// four windows) is not published against a normally trained champion; against a
+/// deliberately bad champion a normally trained challenger is; each decision is recorded with
+/// both scores.
+#[test]
+fn retrain_publishes_a_better_challenger_and_keeps_a_worse_one() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx::start();
+    let (topic, group) = (unique("retrain"), unique("g-retrain"));
+    create_topics(&brokers, &[(&topic, 2)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(
+        dir.path(),
+        &brokers,
+        &influx,
+        &group,
+        &streams,
+        "\n[retrain]\nwindow = \"1h\"\nholdout = \"150s\"\nmargin = 0.02\n",
+    );
+    simulate(&brokers, &topic, "json", 8, 400, &now_rfc3339(-30));
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until("readings written", Duration::from_secs(60), || {
+        influx.count("reading", FEATURES[0]) >= 3200
+    });
+    assert_eq!(serve.terminate(), 0);
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let o = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let current = || {
+        std::fs::read_to_string(dir.path().join("models/pumps/current"))
+            .expect("current")
+            .trim()
+            .to_string()
+    };
+    let weak = [
+        ("SENSORCAST__TRAIN__EPOCHS", "1"),
+        ("SENSORCAST__TRAIN__MAX_WINDOWS", "4"),
+    ];
+    // The champion: trained on the same history (holdout included) with the normal settings.
+    let (ok, out, err) = run(&["train", "--source", "influxdb", "--since", "1h"], &[]);
+    assert!(ok, "{out}\n{err}");
+    let champion = current();
+    let (ok, out, err) = run(&["retrain"], &weak);
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.starts_with(&format!("kept {champion}:")),
+        "{out}\n{err}"
+    );
+    assert_eq!(current(), champion, "a worse challenger is not published");
+
+    // A bad champion (the weak settings, published by plain train), then a normal retrain.
+    let (ok, out, err) = run(&["train", "--source", "influxdb", "--since", "1h"], &weak);
+    assert!(ok, "{out}\n{err}");
+    let bad = current();
+    assert_ne!(bad, champion);
+    let (ok, out, err) = run(&["retrain"], &[]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.starts_with("published "), "{out}\n{err}");
+    let better = current();
+    assert_ne!(better, bad);
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            dir.path()
+                .join("models/pumps")
+                .join(&better)
+                .join("meta.json"),
+        )
+        .expect("meta"),
+    )
+    .expect("json");
+    let d = &meta["decision"];
+    assert_eq!(d["champion"], bad.as_str());
+    assert_eq!(d["challenger"], better.as_str());
+    assert!(
+        d["challenger_mase"].as_f64().expect("mase") < d["champion_mase"].as_f64().expect("mase"),
+        "{d}"
+    );
+    let decisions = std::fs::read_to_string(dir.path().join("models/pumps/decisions.jsonl"))
+        .expect("decisions");
+    let published: Vec<bool> = decisions
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["published"] == true)
+        .collect();
+    assert_eq!(published, [false, true], "{decisions}");
+    // And back.
+    let (ok, out, _) = run(&["models", "rollback"], &[]);
+    assert!(ok && out.contains(&bad), "{out}");
+    assert_eq!(current(), bad);
+}

@@ -39,6 +39,8 @@ pub struct Config {
     pub state: StateConfig,
     /// What is written per reading (every stream; a stream's `output` overrides keys).
     pub output: OutputConfig,
+    /// `sensorcast retrain`: the champion/challenger gate.
+    pub retrain: RetrainConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -57,7 +59,32 @@ impl Default for Config {
             service: ServiceConfig::default(),
             state: StateConfig::default(),
             output: OutputConfig::default(),
+            retrain: RetrainConfig::default(),
             log: LogConfig::default(),
+        }
+    }
+}
+
+/// `sensorcast retrain`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrainConfig {
+    /// History window the challenger is trained on (back from now), holdout included.
+    pub window: HumanDuration,
+    /// The most recent part of the window, held out from training: champion and challenger
+    /// are both scored on it.
+    pub holdout: HumanDuration,
+    /// The challenger is published only if its holdout MASE is below the champion's by at
+    /// least this fraction (0.02: 2 % better).
+    pub margin: f64,
+}
+
+impl Default for RetrainConfig {
+    fn default() -> Self {
+        Self {
+            window: HumanDuration::from_secs(30 * 86_400),
+            holdout: HumanDuration::from_secs(86_400),
+            margin: 0.02,
         }
     }
 }
@@ -942,6 +969,19 @@ impl Config {
                     );
                 }
             }
+        }
+        let r = &self.retrain;
+        if !(0.0..1.0).contains(&r.margin) {
+            bad(
+                "retrain.margin".into(),
+                format!("{} is out of range 0 ≤ margin < 1", r.margin),
+            );
+        }
+        if r.holdout.as_nanos() == 0 || r.holdout >= r.window {
+            bad(
+                "retrain.holdout".into(),
+                "must be longer than zero and shorter than retrain.window".into(),
+            );
         }
         let st = &self.state;
         if st.dir.as_os_str().is_empty() {

@@ -553,7 +553,16 @@ impl Registry {
                 &meta.mean,
                 &meta.std,
             )
-            .map_err(|message| RegistryError::Weights { path, message })?;
+            .map_err(|message| RegistryError::Weights {
+                path: path.clone(),
+                message,
+            })?;
+        if let Some(problem) = inference.weights_problem() {
+            return Err(RegistryError::Weights {
+                path,
+                message: format!("{problem}: the model is refused"),
+            });
+        }
         inference.calibration = meta.anomaly.clone();
         if let Some(c) = inference.calibration.as_mut() {
             c.prepare();
@@ -715,6 +724,16 @@ mod tests {
         assert_eq!(reg.prune("pumps", 0).expect("prune"), vec![v3.clone()]);
         assert_eq!(reg.list("pumps").expect("list").len(), 1);
         assert_eq!(reg.streams(), ["pumps"]);
+        // A model with a zero scale is refused on load, so promote refuses it (non-finite
+        // weights likewise: see the kernel's tests).
+        let v4 = reg.new_version("pumps", now);
+        let mut bad = meta(&v4, arch);
+        bad.std[1] = 0.0;
+        reg.publish(&bad, &m1).expect("publish v4");
+        reg.set_current("pumps", &v1).expect("back");
+        let err = reg.promote("pumps", &v4).expect_err("refused").to_string();
+        assert!(err.contains("must be finite"), "{err}");
+        assert_eq!(reg.current("pumps").expect("current"), v1);
         // A damaged meta.json is reported with its path.
         std::fs::write(dir.path().join("pumps").join(&v1).join(META_FILE), "{").expect("write");
         let err = reg

@@ -39,6 +39,11 @@ pub struct PackedMatrix {
 }
 
 impl PackedMatrix {
+    /// Whether every weight and bias is finite (the padding is zeros).
+    pub fn all_finite(&self) -> bool {
+        self.panels.iter().chain(&self.bias).all(|x| x.is_finite())
+    }
+
     /// Packs a row-major `k × n` matrix and its bias of length `n`.
     pub fn new(k: usize, n: usize, weights: &[f32], bias: &[f32]) -> Self {
         assert_eq!(weights.len(), k * n, "weight matrix must be k × n");
@@ -504,6 +509,11 @@ pub struct LstmStack {
 }
 
 impl LstmStack {
+    /// Whether every layer's weights are finite.
+    pub fn all_finite(&self) -> bool {
+        self.layers.iter().all(|l| l.gates.all_finite())
+    }
+
     /// Stacks layers; each layer's input width must equal the previous layer's hidden width.
     pub fn new(layers: Vec<LstmLayer>) -> Result<Self, String> {
         if layers.is_empty() {
@@ -724,6 +734,17 @@ impl BiLstm {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn non_finite_weights_are_detected() {
+        let ok = PackedMatrix::new(2, 2, &[1.0, 2.0, 3.0, 4.0], &[0.0, 0.5]);
+        assert!(ok.all_finite());
+        let nan = PackedMatrix::new(2, 2, &[1.0, f32::NAN, 3.0, 4.0], &[0.0, 0.5]);
+        assert!(!nan.all_finite());
+        let inf = PackedMatrix::new(2, 2, &[1.0, 2.0, 3.0, 4.0], &[f32::INFINITY, 0.5]);
+        assert!(!inf.all_finite());
+    }
+
     use super::*;
     use serde_json::Value;
 

@@ -65,6 +65,18 @@ pub struct InferenceModel {
 }
 
 impl InferenceModel {
+    /// Why the model cannot be used, if its weights are not finite: such a model would turn
+    /// every device's state into NaN. (Its normalisation is checked when it is exported.)
+    pub fn weights_problem(&self) -> Option<String> {
+        if !self.stack.all_finite() {
+            return Some("non-finite LSTM weights".into());
+        }
+        if !self.head.all_finite() {
+            return Some("non-finite output-head weights".into());
+        }
+        None
+    }
+
     /// Why the model's anomaly thresholds will not give the configured false-alarm rate
     /// under `settings`, if they will not (logged as a warning where models are loaded).
     pub fn calibration_problem(&self, settings: &EngineSettings) -> Option<String> {

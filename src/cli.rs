@@ -215,6 +215,29 @@ pub fn run_train_from_influxdb(
         .enable_all()
         .build()?;
     let h = rt.block_on(crate::history::from_influxdb(cfg, stream, from, to))?;
+    train_on_history(cfg, stream, h, strict, show_progress)
+}
+
+/// `sensorcast train --source kafka`: the stream's topic between `from` and `to` (ns).
+pub fn run_train_from_kafka(
+    cfg: &Config,
+    stream: &StreamConfig,
+    from: i64,
+    to: i64,
+    strict: bool,
+    show_progress: bool,
+) -> anyhow::Result<ModelMeta> {
+    let h = crate::history::from_kafka(cfg, stream, from, to)?;
+    train_on_history(cfg, stream, h, strict, show_progress)
+}
+
+fn train_on_history(
+    cfg: &Config,
+    stream: &StreamConfig,
+    h: crate::history::History,
+    strict: bool,
+    show_progress: bool,
+) -> anyhow::Result<ModelMeta> {
     for s in &h.skipped {
         eprintln!("warning: {s}");
     }
@@ -229,7 +252,7 @@ pub fn run_train_from_influxdb(
     }
     if h.readings.is_empty() {
         bail!(
-            "no readings of stream {:?} in {} (train.history_measurement, history_device_tag, history_stream_tag say where to look)",
+            "no readings of stream {:?} in {} (for InfluxDB, train.history_measurement, history_device_tag and history_stream_tag say where to look)",
             stream.name,
             h.source
         );

@@ -310,6 +310,8 @@ enum HistorySource {
     File,
     /// InfluxDB (the `[influxdb]` connection; `train.history_*` say which measurement).
     Influxdb,
+    /// The stream's Kafka topic (`[kafka]`), from the offsets of `--since` to `--until`.
+    Kafka,
 }
 
 /// A time (RFC 3339) or a duration back from `until`, in ns since the epoch.
@@ -427,7 +429,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 HistorySource::File => {
                     sensorcast::cli::run_train(&cfg, &stream, &input, strict, tty)?;
                 }
-                HistorySource::Influxdb => {
+                HistorySource::Influxdb | HistorySource::Kafka => {
                     anyhow::ensure!(input.is_empty(), "--input is for --source file");
                     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
                     let to = match &until {
@@ -436,7 +438,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     };
                     let from = time_arg(&since, to, "--since")?;
                     anyhow::ensure!(from < to, "--since must be before --until");
-                    sensorcast::cli::run_train_from_influxdb(&cfg, &stream, from, to, strict, tty)?;
+                    if source == HistorySource::Kafka {
+                        sensorcast::cli::run_train_from_kafka(
+                            &cfg, &stream, from, to, strict, tty,
+                        )?;
+                    } else {
+                        sensorcast::cli::run_train_from_influxdb(
+                            &cfg, &stream, from, to, strict, tty,
+                        )?;
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

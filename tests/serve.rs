@@ -1008,3 +1008,70 @@ fn retrain_publishes_a_better_challenger_and_keeps_a_worse_one() {
     assert!(ok && out.contains(&bad), "{out}");
     assert_eq!(current(), bad);
 }
+
+/// `train --source kafka`: the topic is read from the offsets Kafka gives for `--since`
+/// (offsets for times, on message timestamps), so readings produced before it are not read.
+/// nisshi answers offsets-for-times; this test would show it if it did not.
+#[test]
+fn train_reads_the_topic_from_the_offsets_for_since() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, group) = (unique("kafka-history"), unique("g-kafka-history"));
+    create_topics(&brokers, &[(&topic, 2)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, _) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    // Old fleet (devices old-*), produced before `since`; new fleet (pump-*) after it.
+    let produce = |prefix: &str, end: &str| {
+        let o = Command::new(BIN)
+            .args([
+                "simulate",
+                "--devices",
+                "6",
+                "--readings",
+                "150",
+                "--interval",
+                "1s",
+            ])
+            .args(["--end", end, "--brokers", &brokers, "--topic", &topic])
+            .args(["--device-prefix", prefix])
+            .output()
+            .expect("simulate");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    produce("old-", &now_rfc3339(-600));
+    std::thread::sleep(Duration::from_millis(1500));
+    let since = now_rfc3339(0);
+    std::thread::sleep(Duration::from_millis(1500));
+    produce("pump-", &now_rfc3339(0));
+    let o = Command::new(BIN)
+        .args(["train", "--source", "kafka", "--since", &since, "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("train");
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    );
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("readings of 6 devices"),
+        "only the fleet produced after --since is read: {err}"
+    );
+    let line = err
+        .lines()
+        .find(|l| l.contains("training stream"))
+        .unwrap_or_default()
+        .to_string();
+    let n: usize = line
+        .split(" on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(n, 900, "every reading of the new fleet, none of the old: {line}");
+    assert!(out.contains("published"), "{out}");
+}

@@ -1072,6 +1072,9 @@ fn train_reads_the_topic_from_the_offsets_for_since() {
         .nth(1)
         .and_then(|r| r.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    assert_eq!(n, 900, "every reading of the new fleet, none of the old: {line}");
+    assert_eq!(
+        n, 900,
+        "every reading of the new fleet, none of the old: {line}"
+    );
     assert!(out.contains("published"), "{out}");
 }

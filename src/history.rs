@@ -101,9 +101,16 @@ pub async fn from_influxdb(
         let body = resp.text().await.unwrap_or_default();
         if status != 200 {
             let short: String = body.chars().take(300).collect();
+            // Credentials and missing databases read the same as for writes; any other answer
+            // (a 404 here is a wrong URL path: /query is the same for every API) is quoted.
+            let database_missing = short.to_ascii_lowercase().contains("database not found");
+            if matches!(status, 401 | 403) || database_missing {
+                bail!("{}", crate::sink::refusal(&cfg.influxdb, status, &short));
+            }
             bail!(
-                "{}",
-                crate::sink::refusal(&cfg.influxdb, status, &short).replace("write", "query")
+                "InfluxDB at {} answered {status} to the history query {q}: {} (is influxdb.url the server's base URL?)",
+                cfg.influxdb.url,
+                short.trim()
             );
         }
         let v: serde_json::Value = serde_json::from_str(&body)

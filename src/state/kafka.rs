@@ -20,7 +20,7 @@
 //! (and, if none is usable, the older ones further back):
 //! the first whose header matches what is running and whose chunks are all there, in order,
 //! with the right sequence number and checksum, is restored; the others are reported with the
-//! reason, like damaged checkpoint files. So a broker that never compacts (tansu/nisshi) costs
+//! reason, like damaged checkpoint files. So a broker that does not compact (or not yet) costs
 //! disk space, not restore time. A restored checkpoint's parked devices are written back into
 //! the local parked-device log, where the engine stage finds them.
 
@@ -276,10 +276,11 @@ impl KafkaStore {
                 .local
                 .partition_dir(&h.group, &h.stream, h.partition)
                 .join(super::parked::log_name(at.generation));
-            let log = std::fs::read(&path)
+            // Only the part the checkpoint names: the log keeps growing after it.
+            use std::io::Read;
+            std::fs::File::open(&path)
+                .and_then(|f| f.take(at.len).read_to_end(&mut blob))
                 .map_err(|e| io(format!("cannot read {}: {e}", path.display())))?;
-            let len = (at.len as usize).min(log.len());
-            blob.extend_from_slice(&log[..len]);
         }
         let seq = {
             let mut seqs = lock(&self.seqs);

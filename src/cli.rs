@@ -260,16 +260,27 @@ fn train_on_history(
     train_and_publish(cfg, stream, &h.readings, vec![h.source], show_progress)
 }
 
-/// `sensorcast retrain`: a challenger trained on the stream's history in InfluxDB before the
-/// holdout, scored with the current model (the champion) on the holdout, and published only if
-/// its MASE beats the champion's by `retrain.margin`. Returns the decision (also appended to
+/// `sensorcast retrain` (and `[retrain] every` inside `serve`): a challenger trained on the
+/// stream's history (`retrain.source`: InfluxDB or Kafka) before the holdout, scored with the
+/// current model (the champion) on the holdout, and published only if its MASE beats the
+/// champion's by `retrain.margin` and it does not put many more holdout readings over the
+/// alarm line (`retrain.max_over_line_ratio`). Returns the decision (also appended to
 /// the registry's `decisions.jsonl`, and in the published model's metadata).
 pub fn run_retrain(
     cfg: &Config,
     stream: &StreamConfig,
     to: i64,
     show_progress: bool,
+    inside_serve: bool,
 ) -> anyhow::Result<crate::registry::Decision> {
+    // Inside `serve` everything goes to the log only (which may be JSON).
+    let say = |line: String| {
+        if inside_serve {
+            tracing::info!(stream = %stream.name, "retrain: {line}");
+        } else {
+            eprintln!("{line}");
+        }
+    };
     use crate::registry::Decision;
     let r = &cfg.retrain;
     let from = to.saturating_sub(r.window.as_nanos());
@@ -277,13 +288,18 @@ pub fn run_retrain(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let h = rt.block_on(crate::history::from_influxdb(cfg, stream, from, to))?;
+    let h = match r.source {
+        crate::config::HistorySource::Influxdb => {
+            rt.block_on(crate::history::from_influxdb(cfg, stream, from, to))?
+        }
+        crate::config::HistorySource::Kafka => crate::history::from_kafka(cfg, stream, from, to)?,
+    };
     if h.skipped_total > 0 {
-        eprintln!(
+        say(format!(
             "warning: {} history rows skipped (e.g. {:?})",
             h.skipped_total,
             h.skipped.first()
-        );
+        ));
     }
     let before: Vec<Reading> = h
         .readings
@@ -299,11 +315,11 @@ pub fn run_retrain(
             h.source
         );
     }
-    eprintln!(
+    say(format!(
         "challenger: training on {} readings before {}; holdout: {held_out} readings",
         before.len(),
         crate::decode::format_ts(split)
-    );
+    ));
     let mut progress = TrainingProgress::new(show_progress);
     let Trained { mut meta, model } =
         train(cfg, stream, &before, vec![h.source.clone()], &mut |e| {
@@ -351,7 +367,24 @@ pub fn run_retrain(
         ),
         (Some(_), Some(cm)) => {
             let needed = cm.mase * (1.0 - r.margin);
-            if challenger_m.mase < needed {
+            let target = stream
+                .false_alarm_rate
+                .unwrap_or(cfg.anomaly.false_alarm_rate);
+            let allowed = r.max_over_line_ratio * cm.over_line.unwrap_or(0.0).max(target);
+            let over = challenger_m.over_line.unwrap_or(0.0);
+            if challenger_m.mase < needed && over > allowed {
+                (
+                    false,
+                    format!(
+                        "challenger MASE {:.4} beats champion {:.4}, but it puts {:.4} of the holdout readings over the alarm line, more than {} × max(champion {:.4}, target {target}) = {allowed:.4}",
+                        challenger_m.mase,
+                        cm.mase,
+                        over,
+                        r.max_over_line_ratio,
+                        cm.over_line.unwrap_or(0.0)
+                    ),
+                )
+            } else if challenger_m.mase < needed {
                 (
                     true,
                     format!(
@@ -379,6 +412,10 @@ pub fn run_retrain(
         holdout_from: crate::decode::format_ts(split),
         holdout_to: crate::decode::format_ts(to),
         margin: r.margin,
+        champion_over_line: champion_m.as_ref().and_then(|m| m.over_line),
+        challenger_over_line: challenger_m.over_line,
+        champion_alarms: champion_m.as_ref().and_then(|m| m.alarms),
+        challenger_alarms: challenger_m.alarms,
         published: publish,
         reason,
     };
@@ -393,11 +430,13 @@ pub fn run_retrain(
         registry
             .publish(&meta, &model)
             .context("failed to publish the challenger")?;
-        println!(
-            "published {} (now current): {}",
-            meta.version, decision.reason
-        );
-    } else {
+        if !inside_serve {
+            println!(
+                "published {} (now current): {}",
+                meta.version, decision.reason
+            );
+        }
+    } else if !inside_serve {
         println!(
             "kept {}: {}",
             decision.champion.as_deref().unwrap_or("-"),
@@ -411,6 +450,8 @@ pub fn run_retrain(
         champion = ?decision.champion,
         champion_mase = ?decision.champion_mase,
         challenger_mase = decision.challenger_mase,
+        champion_over_line = ?decision.champion_over_line,
+        challenger_over_line = ?decision.challenger_over_line,
         "retrain decision: {}",
         decision.reason
     );

@@ -82,6 +82,7 @@ pub fn demo_config(base: Config, out: &Path, seed: u64) -> Config {
             hidden: 32,
             layers: 1,
             horizon: 3,
+            ..ModelConfig::default()
         },
         train: TrainConfig {
             window: 32,

@@ -21,6 +21,7 @@ pub mod simulate;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod swap;
 pub mod synth;
 pub mod telemetry;
 pub mod train;

@@ -60,8 +60,9 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
-    /// Train a challenger from the history in InfluxDB and publish it only if it beats the
-    /// current model on a recent holdout (`[retrain]`); what a timer or CronJob runs.
+    /// Train a challenger from the history (InfluxDB or Kafka) and publish it only if it beats
+    /// the current model on a recent holdout (`[retrain]`); what a timer or CronJob runs. A
+    /// running `serve` swaps a published model in without a restart.
     Retrain {
         /// Config file (TOML).
         #[arg(long)]
@@ -69,6 +70,9 @@ enum Command {
         /// Stream (may be left out when the config has one stream).
         #[arg(long)]
         stream: Option<String>,
+        /// Where the history is read from (default: `retrain.source`).
+        #[arg(long, value_parser = ["influxdb", "kafka"])]
+        source: Option<String>,
         /// End of the history window: RFC 3339, default now.
         #[arg(long)]
         until: Option<String>,
@@ -404,15 +408,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retrain {
             config,
             stream,
+            source,
             until,
         } => {
-            let (cfg, stream) = setup(&config, stream.as_deref())?;
+            let (mut cfg, stream) = setup(&config, stream.as_deref())?;
+            match source.as_deref() {
+                Some("kafka") => cfg.retrain.source = sensorcast::config::HistorySource::Kafka,
+                Some("influxdb") => {
+                    cfg.retrain.source = sensorcast::config::HistorySource::Influxdb
+                }
+                _ => {}
+            }
             let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
             let to = match &until {
                 Some(u) => time_arg(u, now, "--until")?,
                 None => now,
             };
-            sensorcast::cli::run_retrain(&cfg, &stream, to, tty)?;
+            sensorcast::cli::run_retrain(&cfg, &stream, to, tty, false)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Train {

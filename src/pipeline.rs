@@ -79,6 +79,14 @@ pub enum ToEngine {
     },
     /// Time has passed: a periodic checkpoint may be due although no readings arrive.
     Tick,
+    /// A new model of a stream, loaded and checked: swap it in between two batches
+    /// ([`crate::swap`]).
+    Swap {
+        /// Stream index.
+        stream: usize,
+        /// The engine of the new model (no devices yet).
+        engine: Box<crate::engine::Engine>,
+    },
     /// Partitions are being revoked: checkpoint their devices as of everything sent before
     /// this, forget them, and signal `done` once the checkpoint is persisted.
     Revoke {

@@ -68,6 +68,16 @@ pub struct Metrics {
     pub mae_by_feature: Vec<f64>,
     /// Forecast values evaluated.
     pub points: u64,
+    /// Detection on the same readings: the share of scored readings (once warm) over the
+    /// alarm line. On normal data it should sit near the target false-alarm rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub over_line: Option<f64>,
+    /// Alarms the alarm policy raised on those readings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarms: Option<u64>,
+    /// Readings those two figures are taken over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judged: Option<u64>,
 }
 
 /// What the model was trained on.
@@ -154,6 +164,18 @@ pub struct Decision {
     pub holdout_to: String,
     /// Required improvement.
     pub margin: f64,
+    /// Champion's share of holdout readings over the alarm line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion_over_line: Option<f64>,
+    /// Challenger's share of holdout readings over the alarm line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenger_over_line: Option<f64>,
+    /// Alarms the champion raised on the holdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion_alarms: Option<u64>,
+    /// Alarms the challenger raised on the holdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenger_alarms: Option<u64>,
     /// Whether the challenger was published.
     pub published: bool,
     /// Why, in words.
@@ -626,6 +648,9 @@ mod tests {
                 mase_by_horizon: vec![0.5],
                 mae_by_feature: vec![0.0, 0.0],
                 points: 1,
+                over_line: None,
+                alarms: None,
+                judged: None,
             },
             anomaly: None,
             decision: None,

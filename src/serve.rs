@@ -17,7 +17,6 @@
 //! restore and checkpoint partitions ([`crate::source::Rebalancer`]).
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineSettings};
 use crate::pipeline::{ToEngine, ToSink};
 use crate::registry::Registry;
 use crate::sink::Writer;
@@ -53,31 +52,14 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
     let registry = Registry::new(&cfg.model.registry);
     let mut engines = Vec::new();
     for stream in &cfg.streams {
-        let loaded = registry
-            .load(&stream.name, None)
-            .with_context(|| format!("stream {:?}: cannot load its model", stream.name))?;
-        anyhow::ensure!(
-            loaded.meta.features == stream.features,
-            "stream {:?}: model {} was trained on features {:?}, the config lists {:?}",
-            stream.name,
-            loaded.meta.version,
-            loaded.meta.features,
-            stream.features
-        );
+        let engine = crate::swap::checked_engine(&registry, &cfg, stream, None)
+            .map_err(|r| anyhow::anyhow!("{r}"))?;
+        let version = &engine.model().version;
         metrics
             .model_version
-            .get_or_create(&labels(&[
-                ("stream", &stream.name),
-                ("version", &loaded.meta.version),
-            ]))
+            .get_or_create(&labels(&[("stream", &stream.name), ("version", version)]))
             .set(1);
-        tracing::info!(stream = %stream.name, model = %loaded.meta.version, "model loaded");
-        let settings = EngineSettings::from_config(&cfg, stream);
-        if let Some(problem) = loaded.inference.calibration_problem(&settings) {
-            tracing::warn!(stream = %stream.name, "{problem}");
-        }
-        let engine =
-            Engine::new(Arc::new(loaded.inference), settings).map_err(anyhow::Error::msg)?;
+        tracing::info!(stream = %stream.name, model = %version, "model loaded");
         engines.push(engine);
     }
     health.models_loaded.store(true, Ordering::Relaxed);
@@ -149,12 +131,9 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
         streams: cfg
             .streams
             .iter()
-            .zip(&engines)
-            .map(|(s, e)| StreamState {
+            .map(|s| StreamState {
                 name: s.name.clone(),
                 topic: s.topic.clone(),
-                model: e.model().version.clone(),
-                layout: e.state_layout(),
             })
             .collect(),
         engine: std::sync::Mutex::new(Some(engine_tx.clone())),
@@ -196,6 +175,20 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
             }
         })
     };
+    // New models (retrain, promote, rollback) are noticed, loaded and checked here and swapped
+    // in by the engine stage without a restart (crate::swap).
+    let models = tokio::spawn(crate::swap::watch_models(
+        cfg.clone(),
+        engines.iter().map(|e| e.model().version.clone()).collect(),
+        engine_tx.clone(),
+        Arc::clone(&metrics),
+        stop_rx.clone(),
+    ));
+    // `[retrain] every`: retraining inside the service, on threads of its own (detached: a
+    // retrain under way when the service stops is abandoned, and nothing half-published).
+    let _retrainer =
+        crate::swap::spawn_retrainer(cfg.clone(), Arc::clone(&metrics), stop_rx.clone())
+            .context("cannot start the retrain thread")?;
     let source = tokio::spawn(
         SourceStage {
             consumer: Arc::clone(&consumer),
@@ -285,6 +278,7 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
     // checkpoints and stops once the source's sender is gone too.
     ticker.abort();
     let _ = ticker.await;
+    let _ = models.await;
     rebalancer.detach();
     let engine_ok = tokio::task::spawn_blocking(move || engine.join().is_ok())
         .await

@@ -89,6 +89,19 @@ pub struct Metrics {
     pub readings_refused: Family<Labels, Counter>,
     /// Devices parked on disk after `engine.device_ttl` without a reading, by stream.
     pub devices_parked: Family<Labels, Gauge>,
+    /// Model swaps started, by stream.
+    pub model_swaps: Family<Labels, Counter>,
+    /// New models refused (they stay unused; the model in use keeps serving), by stream and
+    /// reason (load, schema, weights).
+    pub models_rejected: Family<Labels, Counter>,
+    /// Devices still written by the previous model while a swap re-warms them, by stream.
+    pub swap_pending: Family<Labels, Gauge>,
+    /// Devices that switched at `model.swap_timeout` without `model.swap_warmup` readings
+    /// in the new model, by stream.
+    pub swap_unwarmed: Family<Labels, Counter>,
+    /// Retrains run inside `serve` (`retrain.every`), by stream and outcome (published,
+    /// kept, failed).
+    pub retrains: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -128,6 +141,11 @@ impl Metrics {
             devices_reset: Family::default(),
             readings_refused: Family::default(),
             devices_parked: Family::default(),
+            model_swaps: Family::default(),
+            models_rejected: Family::default(),
+            swap_pending: Family::default(),
+            swap_unwarmed: Family::default(),
+            retrains: Family::default(),
             registry: Registry::default(),
         };
         registry.register("readings", "Readings decoded", m.readings_in.clone());
@@ -251,6 +269,31 @@ impl Metrics {
             "devices_parked",
             "Devices idle for engine.device_ttl, their state parked on disk until they return",
             m.devices_parked.clone(),
+        );
+        registry.register(
+            "model_swaps",
+            "Model swaps started while serving (a new current version, or a checkpoint of another version restored)",
+            m.model_swaps.clone(),
+        );
+        registry.register(
+            "models_rejected",
+            "New models refused while serving (load, schema, weights); the model in use keeps serving",
+            m.models_rejected.clone(),
+        );
+        registry.register(
+            "swap_pending",
+            "Devices still written by the previous model while a swap re-warms them in the new one",
+            m.swap_pending.clone(),
+        );
+        registry.register(
+            "swap_unwarmed",
+            "Devices switched at model.swap_timeout before model.swap_warmup readings in the new model",
+            m.swap_unwarmed.clone(),
+        );
+        registry.register(
+            "retrains",
+            "Retrains run inside serve (retrain.every), by outcome: published, kept, failed",
+            m.retrains.clone(),
         );
         Self { registry, ..m }
     }

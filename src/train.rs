@@ -664,6 +664,7 @@ fn evaluate(
     let longest = series.iter().map(|s| s.readings.len()).max().unwrap_or(0);
     let mut out = BatchOutput::default();
     let (mut abs, mut sq, mut naive_abs, mut inside, mut n) = (0.0f64, 0.0f64, 0.0f64, 0u64, 0u64);
+    let (mut judged, mut over, mut alarms) = (0u64, 0u64, 0u64);
     let mut abs_h = vec![0.0f64; horizon];
     let mut naive_h = vec![0.0f64; horizon];
     let mut abs_f = vec![0.0f64; nf];
@@ -681,8 +682,13 @@ fn evaluate(
             .map_err(|e| TrainError::Model(e.to_string()))?;
         for (i, &d) in members.iter().enumerate() {
             let s = &series[d];
-            if !matches!(out.outcomes[i], Outcome::Scored(_)) {
+            let Outcome::Scored(sc) = out.outcomes[i] else {
                 continue;
+            };
+            if p >= s.scored_from {
+                judged += 1;
+                over += sc.over_line as u64;
+                alarms += matches!(sc.edge, crate::engine::detect::Edge::Raised { .. }) as u64;
             }
             let fc = out.forecast(i);
             for h in 0..horizon {
@@ -732,6 +738,9 @@ fn evaluate(
             .map(|(a, c)| a / (*c).max(1) as f64)
             .collect(),
         points: n,
+        over_line: (judged > 0).then(|| over as f64 / judged as f64),
+        alarms: Some(alarms),
+        judged: Some(judged),
     })
 }
 

@@ -77,6 +77,28 @@ pub struct RetrainConfig {
     /// The challenger is published only if its holdout MASE is below the champion's by at
     /// least this fraction (0.02: 2 % better).
     pub margin: f64,
+    /// Detection check: the challenger is also refused if the share of holdout readings it
+    /// puts over the alarm line exceeds this multiple of the larger of the champion's share
+    /// and the stream's target false-alarm rate (a model that forecasts well but alarms more).
+    pub max_over_line_ratio: f64,
+    /// Where the history comes from: `"influxdb"` (the `reading` points serve writes, or
+    /// `train.history_*`) or `"kafka"` (the stream's topic, by offsets for times).
+    pub source: HistorySource,
+    /// `serve`: retrain every this long, inside the service (off the hot path, on `threads`
+    /// threads); `0s`: never (a timer or CronJob runs `sensorcast retrain` instead).
+    pub every: HumanDuration,
+    /// Threads a retrain inside `serve` trains on, so that serving keeps its cores.
+    pub threads: usize,
+}
+
+/// Where `retrain` reads history from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HistorySource {
+    /// InfluxDB over `/query`.
+    Influxdb,
+    /// The stream's Kafka topic.
+    Kafka,
 }
 
 impl Default for RetrainConfig {
@@ -85,6 +107,10 @@ impl Default for RetrainConfig {
             window: HumanDuration::from_secs(30 * 86_400),
             holdout: HumanDuration::from_secs(86_400),
             margin: 0.02,
+            max_over_line_ratio: 2.0,
+            source: HistorySource::Influxdb,
+            every: HumanDuration::from_secs(0),
+            threads: 1,
         }
     }
 }
@@ -529,6 +555,17 @@ pub struct ModelConfig {
     pub layers: usize,
     /// Forecast steps ahead.
     pub horizon: usize,
+    /// `serve`: how often each stream's `current` pointer is checked for a new model (SIGHUP
+    /// checks at once). `0s`: only on SIGHUP.
+    pub poll_interval: HumanDuration,
+    /// `serve`: after a model swap, readings each device is stepped through the new model in
+    /// shadow (the old one still writing its points) before it switches, so that its first
+    /// points from the new model are warm.
+    pub swap_warmup: u32,
+    /// `serve`: longest a swap runs; devices that have not sent `swap_warmup` readings by then
+    /// switch with what the new model has seen of them (a device that sent nothing starts
+    /// cold).
+    pub swap_timeout: HumanDuration,
 }
 
 impl Default for ModelConfig {
@@ -538,6 +575,9 @@ impl Default for ModelConfig {
             hidden: 64,
             layers: 1,
             horizon: 3,
+            poll_interval: HumanDuration::from_secs(10),
+            swap_warmup: 30,
+            swap_timeout: HumanDuration::from_secs(2 * 3600),
         }
     }
 }
@@ -981,6 +1021,28 @@ impl Config {
             bad(
                 "retrain.holdout".into(),
                 "must be longer than zero and shorter than retrain.window".into(),
+            );
+        }
+        if !(r.max_over_line_ratio >= 1.0 && r.max_over_line_ratio.is_finite()) {
+            bad(
+                "retrain.max_over_line_ratio".into(),
+                format!("{} must be a finite number ≥ 1", r.max_over_line_ratio),
+            );
+        }
+        if r.threads == 0 {
+            bad("retrain.threads".into(), "must be at least 1".into());
+        }
+        let every = r.every.as_nanos();
+        if every > 0 && every < 60_000_000_000 {
+            bad(
+                "retrain.every".into(),
+                "must be \"0s\" (off) or at least a minute".into(),
+            );
+        }
+        if self.model.swap_timeout.as_nanos() == 0 {
+            bad(
+                "model.swap_timeout".into(),
+                "must be longer than zero".into(),
             );
         }
         let st = &self.state;

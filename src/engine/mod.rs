@@ -320,6 +320,24 @@ pub struct Counters {
     pub refused: u64,
 }
 
+impl Counters {
+    /// Field-wise sum (the counters of a stream across model swaps).
+    pub fn plus(self, o: Counters) -> Counters {
+        Counters {
+            stepped: self.stepped + o.stepped,
+            stale: self.stale + o.stale,
+            gap_resets: self.gap_resets + o.gap_resets,
+            new_devices: self.new_devices + o.new_devices,
+            alarms_raised: self.alarms_raised + o.alarms_raised,
+            alarms_cleared: self.alarms_cleared + o.alarms_cleared,
+            restored: self.restored + o.restored,
+            clamped: self.clamped + o.clamped,
+            poisoned: self.poisoned + o.poisoned,
+            refused: self.refused + o.refused,
+        }
+    }
+}
+
 /// A reading whose shape does not fit the model.
 #[derive(Debug, thiserror::Error)]
 #[error(

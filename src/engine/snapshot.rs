@@ -390,6 +390,56 @@ impl Engine {
         self.ids.contains_key(device)
     }
 
+    /// Every device in the table with its shard.
+    pub fn device_shards(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
+        self.ids
+            .iter()
+            .map(|(id, &slot)| (id.as_str(), self.slots.shard[slot as usize]))
+    }
+
+    /// Readings the device was stepped through since its LSTM state last started from zero;
+    /// `None` for a device not in the table.
+    pub fn steps(&self, device: &str) -> Option<u32> {
+        self.ids
+            .get(device)
+            .map(|&slot| self.slots.count[slot as usize])
+    }
+
+    /// Takes over, for `device`, what the engine `from` (another model of the same stream)
+    /// learnt that does not depend on the model's weights: the device's deviation baseline
+    /// (its own normal, with how far it normally departs from it), the age of that baseline
+    /// and the alarm it may be in. The model-dependent part (LSTM state, forecasts and their
+    /// calibration, drift and likelihood history) stays as this engine computed it — in a
+    /// model swap, from the readings it stepped in shadow. The baseline is kept in normalised
+    /// units, so it is carried from `from`'s normalisation to this one's. Returns whether the
+    /// device was in both tables.
+    pub fn adopt(&mut self, from: &Engine, device: &str) -> bool {
+        let (Some(&to), Some(&src)) = (self.ids.get(device), from.ids.get(device)) else {
+            return false;
+        };
+        let (to, src) = (to as usize, src as usize);
+        let f = self.model.features.len();
+        if from.model.features.len() != f {
+            return false;
+        }
+        let (a, b) = (&from.model, &self.model);
+        let dst = &mut self.slots.dev[to * 3 * f..(to + 1) * 3 * f];
+        let old = &from.slots.dev[src * 3 * f..(src + 1) * 3 * f];
+        for k in 0..f {
+            // z_b = (x − m_b) / s_b with x = z_a · s_a + m_a.
+            let scale = a.std[k] / b.std[k];
+            let shift = (a.mean[k] - b.mean[k]) / b.std[k];
+            dst[k] = old[k] * scale + shift;
+            dst[f + k] = old[f + k] * scale;
+            dst[2 * f + k] = old[2 * f + k] * scale * scale;
+        }
+        self.slots.event_sum[to * f..(to + 1) * f]
+            .copy_from_slice(&from.slots.event_sum[src * f..(src + 1) * f]);
+        self.slots.alarm[to] = from.slots.alarm[src];
+        self.slots.seen[to] = from.slots.seen[src].max(self.slots.seen[to]);
+        true
+    }
+
     /// Forgets every device `drop` selects by `(shard, last timestamp)`; returns how many.
     /// One pass over the table: the kept devices move down, keeping their order.
     pub fn forget(&mut self, drop: impl Fn(u32, i64) -> bool) -> usize {
@@ -504,6 +554,46 @@ mod tests {
 
     fn shard_of(device: &str) -> u32 {
         device.bytes().map(u32::from).sum::<u32>() % 3
+    }
+
+    #[test]
+    fn adopt_carries_the_deviation_baseline_across_normalisations() {
+        // Two models of the same stream with different normalisations, fed the same readings:
+        // their baselines agree in raw units, so adopting one's into the other changes
+        // (nearly) nothing; the alarm state and the baseline's age come along.
+        let a = engine();
+        let mut m = (**a.model()).clone();
+        m.version = "other".into();
+        m.mean = vec![0.5, -1.0, 2.0, 0.0];
+        m.std = vec![2.0, 0.5, 1.5, 1.0];
+        let mut a = a;
+        let mut b = Engine::new(Arc::new(m), a.settings.clone()).expect("b");
+        let rs = generate(&FleetSpec {
+            devices: 3,
+            readings: 120,
+            faults: 0,
+            ..FleetSpec::default()
+        })
+        .readings;
+        bits(&mut a, &rs);
+        bits(&mut b, &rs);
+        let dev = rs[0].device.clone();
+        let slot = b.ids[&dev] as usize;
+        let own: Vec<f32> = b.slots.dev[slot * 12..(slot + 1) * 12].to_vec();
+        b.slots.alarm[slot] = AlarmState::default();
+        b.slots.seen[slot] = 0;
+        assert!(b.adopt(&a, &dev));
+        let got = &b.slots.dev[slot * 12..(slot + 1) * 12];
+        for (k, (x, y)) in own.iter().zip(got).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-3 * (1.0 + x.abs()),
+                "dev[{k}]: own {x}, adopted {y}"
+            );
+        }
+        let sa = a.ids[&dev] as usize;
+        assert_eq!(b.slots.seen[slot], a.slots.seen[sa]);
+        assert_eq!(b.slots.alarm[slot], a.slots.alarm[sa]);
+        assert!(!b.adopt(&a, "nobody"));
     }
 
     #[test]

@@ -19,7 +19,6 @@ pub mod stage;
 
 use crate::config::{Config, Format, StreamConfig};
 use crate::decode::{DecodeError, Reading, Schema};
-use crate::engine::snapshot::StateLayout;
 use crate::pipeline::ToEngine;
 use crate::state::{Expect, Store};
 use crate::telemetry::{Health, Metrics, RateLimit, labels};
@@ -76,10 +75,6 @@ pub struct StreamState {
     pub name: String,
     /// Topic.
     pub topic: String,
-    /// Model version in use.
-    pub model: String,
-    /// Its device record layout.
-    pub layout: StateLayout,
 }
 
 /// What the rebalance callbacks need to move device state with partitions.
@@ -138,8 +133,10 @@ impl Rebalancer {
                 stream: &st.name,
                 topic: &topic,
                 partition,
-                model: &st.model,
-                layout: st.layout,
+                // Any version: the engine stage brings a checkpoint of another model back in
+                // that model and re-warms it into the current one (crate::swap).
+                model: None,
+                layout: None,
             });
             for s in &loaded.skipped {
                 metrics

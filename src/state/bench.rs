@@ -85,8 +85,8 @@ pub fn run(
             stream: "bench",
             topic: "bench",
             partition: p as i32,
-            model: &model.version,
-            layout,
+            model: Some(&model.version),
+            layout: Some(layout),
         });
         let (c, _) = loaded
             .checkpoint

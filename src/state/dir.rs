@@ -195,8 +195,8 @@ mod tests {
             stream: "pumps",
             topic: "t",
             partition: 2,
-            model,
-            layout: at(0).header.layout,
+            model: Some(model),
+            layout: Some(at(0).header.layout),
         }
     }
 

@@ -19,9 +19,11 @@ use super::{Checkpoint, Header, Store};
 use crate::config::Config;
 use crate::decode::Reading;
 use crate::engine::snapshot::ShardRecords;
-use crate::engine::{BatchOutput, Engine, Outcome};
+use crate::engine::{BatchOutput, Counters, Engine, Outcome};
 use crate::output::PointFormat;
 use crate::pipeline::{Checkpoints, InBatch, OutBatch, ToEngine, ToSink};
+use crate::registry::Registry;
+use crate::swap::{Swap, checked_engine};
 use crate::telemetry::{Metrics, RateLimit, labels};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -60,6 +62,14 @@ pub struct EngineStage {
     high_water: Vec<i64>,
     /// Periodic checkpoint sets sent and not yet persisted (the sink counts them down).
     checkpoints_in_flight: Arc<AtomicUsize>,
+    /// A model swap in progress, per stream ([`crate::swap`]).
+    swaps: Vec<Option<Swap>>,
+    /// Counters of the engines swaps replaced, per stream (the metrics stay monotonic).
+    counter_base: Vec<Counters>,
+    /// Where checkpoints of another model version find their model.
+    registry: Registry,
+    cfg: Config,
+    last_swap_check: Instant,
 }
 
 /// A parked-device log is compacted once it is at least this big and mostly dead.
@@ -97,6 +107,11 @@ impl EngineStage {
             parked: HashMap::new(),
             high_water: vec![i64::MIN; n],
             checkpoints_in_flight,
+            swaps: (0..n).map(|_| None).collect(),
+            counter_base: vec![Counters::default(); n],
+            registry: Registry::new(&cfg.model.registry),
+            cfg: cfg.clone(),
+            last_swap_check: Instant::now(),
         }
     }
 
@@ -113,6 +128,10 @@ impl EngineStage {
                     true
                 }
                 ToEngine::Tick => true,
+                ToEngine::Swap { stream, engine } => {
+                    self.start_swap(stream, *engine);
+                    true
+                }
                 ToEngine::Revoke { partitions, done } => {
                     let set = self.revoke(&partitions, done);
                     tx.blocking_send(ToSink::Checkpoints(set)).is_ok()
@@ -120,6 +139,9 @@ impl EngineStage {
             };
             if !sent {
                 return;
+            }
+            if self.last_swap_check.elapsed() >= Duration::from_secs(1) {
+                self.check_swaps();
             }
             if self.last_checkpoint.elapsed() >= self.interval {
                 self.park_idle();
@@ -208,7 +230,8 @@ impl EngineStage {
             .map(|j| self.engines[j].devices())
             .sum();
         let engine = &mut self.engines[i];
-        engine.set_max_devices(self.max_devices.saturating_sub(others));
+        let budget = self.max_devices.saturating_sub(others);
+        engine.set_max_devices(budget);
         let model = Arc::clone(engine.model());
         let fmt = PointFormat::new(
             &self.names[i],
@@ -217,6 +240,19 @@ impl EngineStage {
             model.horizon,
             &self.outputs[i],
         );
+        // During a swap every reading is stepped through both models; the old one writes the
+        // points of the devices that have not switched yet.
+        let mut swap = self.swaps[i].take();
+        let old_model = swap.as_ref().map(|sw| Arc::clone(sw.old.model()));
+        let old_fmt = old_model.as_ref().map(|m| {
+            PointFormat::new(
+                &self.names[i],
+                &m.version,
+                &m.features,
+                m.horizon,
+                &self.outputs[i],
+            )
+        });
         let mut stale = 0;
         for (chunk, chunk_shards) in readings
             .chunks(self.max_batch)
@@ -226,10 +262,21 @@ impl EngineStage {
                 tracing::error!(error = %e, stream = %self.names[i], "reading does not fit the model; stopping");
                 return false;
             }
+            if let Some(sw) = swap.as_mut() {
+                sw.old.set_max_devices(budget);
+                if let Err(e) = sw.old.process_sharded(chunk, chunk_shards, &mut sw.out) {
+                    tracing::error!(error = %e, stream = %self.names[i], "reading does not fit the previous model; stopping");
+                    return false;
+                }
+            }
             for (j, r) in chunk.iter().enumerate() {
-                match &self.out.outcomes[j] {
+                let (out, fmt) = match (&swap, &old_fmt) {
+                    (Some(sw), Some(old_fmt)) if sw.writes(&r.device) => (&sw.out, old_fmt),
+                    _ => (&self.out, &fmt),
+                };
+                match &out.outcomes[j] {
                     Outcome::Scored(_) => {
-                        fmt.write_line_protocol(body, r, &self.out, j);
+                        fmt.write_line_protocol(body, r, out, j);
                     }
                     Outcome::Stale { .. } => stale += 1,
                     Outcome::Refused => {
@@ -248,14 +295,22 @@ impl EngineStage {
                     }
                 }
             }
+            if let Some(sw) = swap.as_mut() {
+                sw.advance(engine, chunk, chunk_shards);
+            }
         }
+        let tracked = engine
+            .devices()
+            .max(swap.as_ref().map_or(0, |sw| sw.old.devices()));
+        self.swaps[i] = swap;
+        let engine = &self.engines[i];
         let l = labels(&[("stream", &self.names[i])]);
         let m = &self.metrics;
         if stale > 0 {
             m.readings_stale.get_or_create(&l).inc_by(stale);
         }
-        let c = engine.counters();
-        m.devices.get_or_create(&l).set(engine.devices() as i64);
+        let c = engine.counters().plus(self.counter_base[i]);
+        m.devices.get_or_create(&l).set(tracked as i64);
         let sync = |counter: &prometheus_client::metrics::counter::Counter, total: u64| {
             counter.inc_by(total.saturating_sub(counter.get()));
         };
@@ -274,10 +329,15 @@ impl EngineStage {
         let Some(log) = self.parked.get_mut(&(stream, partition)) else {
             return;
         };
-        if !log.contains(device) || self.engines[stream].knows(device) {
+        // A parked device belongs to the model that parked it: during a swap, the old one for
+        // the partitions it served.
+        let engine = match self.swaps[stream].as_mut() {
+            Some(sw) if sw.old_partitions.contains(&(partition as u32)) => &mut sw.old,
+            _ => &mut self.engines[stream],
+        };
+        if !log.contains(device) || engine.knows(device) {
             return;
         }
-        let engine = &mut self.engines[stream];
         let layout = engine.state_layout();
         match log.take(device) {
             Ok(Some(rec)) => {
@@ -301,7 +361,8 @@ impl EngineStage {
         }
         for stream in 0..self.engines.len() {
             let hw = self.high_water[stream];
-            if hw == i64::MIN {
+            // Nothing is parked while a swap runs (it is short next to engine.device_ttl).
+            if hw == i64::MIN || self.swaps[stream].is_some() {
                 continue;
             }
             let cutoff = hw.saturating_sub(self.ttl_ns);
@@ -398,16 +459,62 @@ impl EngineStage {
             .partition_dir(&self.group, &self.names[stream], partition)
     }
 
+    /// Restores a partition's checkpoint into the engine of its model version: the current
+    /// one; the old one of a swap in progress; or, for a checkpoint of another version (taken
+    /// before a swap, by this instance before a restart or by a member that had not swapped
+    /// yet), that version loaded from the registry, from which its devices are re-warmed into
+    /// the current model as in a swap.
     fn restore(&mut self, stream: usize, c: Checkpoint) {
-        let engine = &mut self.engines[stream];
+        let version = c.header.model.clone();
         let partition = c.header.partition;
+        let into_old = if version == self.engines[stream].model().version {
+            false
+        } else if let Some(sw) = &self.swaps[stream] {
+            if sw.old.model().version != version {
+                self.skip_restore(stream, &c, &format!("it was taken with model {version}, and a swap from {} to {} is under way; its devices start cold", sw.old.model().version, self.engines[stream].model().version));
+                return;
+            }
+            true
+        } else {
+            let st = &self.cfg.streams[stream];
+            match checked_engine(&self.registry, &self.cfg, st, Some(&version)) {
+                Ok(old) => {
+                    tracing::info!(stream = %self.names[stream], partition, checkpoint_model = %version, model = %self.engines[stream].model().version, "checkpoint of another model version: its devices are restored into that model and re-warmed into the current one");
+                    self.begin_swap(stream, old, BTreeSet::new());
+                    true
+                }
+                Err(r) => {
+                    self.skip_restore(
+                        stream,
+                        &c,
+                        &format!("it was taken with model {version}, which cannot be used ({r}); its devices start cold"),
+                    );
+                    return;
+                }
+            }
+        };
+        let engine = match (into_old, self.swaps[stream].as_mut()) {
+            (true, Some(sw)) => {
+                sw.old_partitions.insert(partition as u32);
+                &mut sw.old
+            }
+            (_, sw) => {
+                if let Some(sw) = sw {
+                    sw.old_partitions.remove(&(partition as u32));
+                }
+                &mut self.engines[stream]
+            }
+        };
         let l = labels(&[("stream", &self.names[stream])]);
         match engine.restore(partition as u32, c.header.layout, &c.records) {
             Ok(n) => {
                 self.next.insert((stream, partition), c.header.offset);
                 if let Some(at) = c.header.parked {
                     let dir = self.partition_dir((stream, partition));
-                    let engine = &self.engines[stream];
+                    let engine = match &self.swaps[stream] {
+                        Some(sw) if into_old => &sw.old,
+                        _ => &self.engines[stream],
+                    };
                     match ParkedLog::open(&dir, at, &|id| engine.knows(id)) {
                         Ok(log) => {
                             self.parked.insert((stream, partition), log);
@@ -417,20 +524,20 @@ impl EngineStage {
                         }
                     }
                 }
-                let engine = &mut self.engines[stream];
                 self.metrics
                     .devices_restored
                     .get_or_create(&l)
                     .inc_by(n as u64);
-                self.metrics
-                    .devices
-                    .get_or_create(&l)
-                    .set(engine.devices() as i64);
+                let tracked = self.engines[stream]
+                    .devices()
+                    .max(self.swaps[stream].as_ref().map_or(0, |sw| sw.old.devices()));
+                self.metrics.devices.get_or_create(&l).set(tracked as i64);
                 tracing::info!(
                     stream = %self.names[stream],
                     partition,
                     offset = c.header.offset,
                     devices = n,
+                    model = %version,
                     "device states restored"
                 );
             }
@@ -460,6 +567,10 @@ impl EngineStage {
                 .map(|(_, p)| *p as u32)
                 .collect();
             if !gone.is_empty() {
+                if let Some(sw) = self.swaps[stream].as_mut() {
+                    sw.old.forget(|shard, _| gone.contains(&shard));
+                    sw.old_partitions.retain(|p| !gone.contains(p));
+                }
                 let n = engine.forget(|shard, _| gone.contains(&shard));
                 tracing::debug!(stream = %self.names[stream], devices = n, "devices of revoked partitions forgotten");
                 self.metrics
@@ -483,6 +594,132 @@ impl EngineStage {
         }
     }
 
+    /// Swaps `engine` in for a stream, between two batches ([`crate::swap`]).
+    fn start_swap(&mut self, stream: usize, engine: Engine) {
+        if engine.model().version == self.engines[stream].model().version {
+            return;
+        }
+        if let Some(prev) = self.swaps[stream].take() {
+            // A swap during a swap ends the first at once: its devices that had not switched
+            // go on from what the intermediate model has seen of them.
+            self.finish_swap(stream, prev, "a newer model arrived");
+        }
+        let old = std::mem::replace(&mut self.engines[stream], engine);
+        self.counter_base[stream] = self.counter_base[stream].plus(old.counters());
+        let partitions: BTreeSet<u32> = self
+            .next
+            .keys()
+            .filter(|(s, _)| *s == stream)
+            .map(|(_, p)| *p as u32)
+            .collect();
+        self.begin_swap(stream, old, partitions);
+    }
+
+    /// Starts re-warming a stream's devices from `old` into the current engine.
+    fn begin_swap(&mut self, stream: usize, old: Engine, partitions: BTreeSet<u32>) {
+        let (from, to) = (
+            old.model().version.clone(),
+            self.engines[stream].model().version.clone(),
+        );
+        let m = &self.metrics;
+        let name = &self.names[stream];
+        m.model_version
+            .get_or_create(&labels(&[("stream", name), ("version", &from)]))
+            .set(0);
+        m.model_version
+            .get_or_create(&labels(&[("stream", name), ("version", &to)]))
+            .set(1);
+        m.model_swaps
+            .get_or_create(&labels(&[("stream", name)]))
+            .inc();
+        tracing::info!(
+            stream = %name,
+            from = %from,
+            to = %to,
+            devices = old.devices(),
+            warmup = self.cfg.model.swap_warmup,
+            "model swap started: every reading goes through both models until each device has re-warmed in the new one"
+        );
+        let mut sw = Swap::new(old, partitions, self.cfg.model.swap_warmup);
+        sw.old.set_max_devices(self.max_devices);
+        self.swaps[stream] = Some(sw);
+    }
+
+    /// Ends swaps whose devices have all switched, or that ran `model.swap_timeout`.
+    fn check_swaps(&mut self) {
+        self.last_swap_check = Instant::now();
+        for stream in 0..self.swaps.len() {
+            let Some(sw) = &self.swaps[stream] else {
+                continue;
+            };
+            let pending = sw.pending();
+            self.metrics
+                .swap_pending
+                .get_or_create(&labels(&[("stream", &self.names[stream])]))
+                .set(pending as i64);
+            let why = if pending == 0 {
+                "every device re-warmed"
+            } else if sw.age() >= self.cfg.model.swap_timeout.get() {
+                "model.swap_timeout reached"
+            } else {
+                continue;
+            };
+            if let Some(sw) = self.swaps[stream].take() {
+                self.finish_swap(stream, sw, why);
+            }
+        }
+    }
+
+    /// Drops the old engine of a swap: from now on every checkpoint of the stream names the
+    /// current model.
+    fn finish_swap(&mut self, stream: usize, sw: Swap, why: &str) {
+        let pending = sw.pending();
+        let mut parked = 0;
+        for &p in &sw.old_partitions {
+            let key = (stream, p as i32);
+            // The old model's parked states cannot go on in the new one.
+            if let Some(log) = self.parked.remove(&key) {
+                parked += log.devices();
+            }
+            if self.next.contains_key(&key) {
+                self.dirty.insert(key);
+            }
+        }
+        let l = labels(&[("stream", &self.names[stream])]);
+        self.metrics.swap_pending.get_or_create(&l).set(0);
+        self.metrics
+            .swap_unwarmed
+            .get_or_create(&l)
+            .inc_by(pending as u64);
+        let still_parked: usize = self
+            .parked
+            .iter()
+            .filter(|((s, _), _)| *s == stream)
+            .map(|(_, log)| log.devices())
+            .sum();
+        self.metrics
+            .devices_parked
+            .get_or_create(&l)
+            .set(still_parked as i64);
+        tracing::info!(
+            stream = %self.names[stream],
+            from = %sw.old.model().version,
+            to = %self.engines[stream].model().version,
+            seconds = sw.age().as_secs_f64(),
+            unwarmed = pending,
+            parked_dropped = parked,
+            "model swap finished ({why}); checkpoints now name the new model"
+        );
+    }
+
+    fn skip_restore(&self, stream: usize, c: &Checkpoint, why: &str) {
+        self.metrics
+            .checkpoints_skipped
+            .get_or_create(&labels(&[("reason", "model")]))
+            .inc();
+        tracing::warn!(stream = %self.names[stream], partition = c.header.partition, offset = c.header.offset, "checkpoint not restored: {why}");
+    }
+
     /// Checkpoints of the given partitions as of now (their parked-device logs are flushed
     /// to disk first: a checkpoint that names a log must not outlive what it names).
     fn checkpoints(&mut self, keys: &[(usize, i32)]) -> Vec<Checkpoint> {
@@ -504,14 +741,24 @@ impl EngineStage {
             if wanted.is_empty() {
                 continue;
             }
-            let engine = &self.engines[stream];
-            let mut records: HashMap<u32, _> = engine
-                .snapshot(|s| wanted.contains(&s))
+            // During a swap the partitions the old engine served are still its: it holds every
+            // one of their devices as of this batch boundary.
+            let old = self.swaps[stream].as_ref();
+            let old_owns = |p: u32| old.is_some_and(|sw| sw.old_partitions.contains(&p));
+            let mut records: HashMap<u32, _> = self.engines[stream]
+                .snapshot(|s| wanted.contains(&s) && !old_owns(s))
                 .into_iter()
                 .collect();
+            if let Some(sw) = old {
+                records.extend(sw.old.snapshot(|s| wanted.contains(&s) && old_owns(s)));
+            }
             for p in wanted {
                 let Some(&offset) = self.next.get(&(stream, p as i32)) else {
                     continue;
+                };
+                let engine = match old {
+                    Some(sw) if old_owns(p) => &sw.old,
+                    _ => &self.engines[stream],
                 };
                 let records = records.remove(&p).unwrap_or_default();
                 out.push(Checkpoint {
@@ -624,6 +871,173 @@ mod tests {
             }
         }
         (text, most_parked)
+    }
+
+    fn model_version(spec_seed: u64, version: &str) -> Arc<crate::engine::InferenceModel> {
+        use crate::model::{Architecture, Forecaster};
+        let arch = Architecture {
+            input: 3,
+            hidden: 16,
+            layers: 1,
+            horizon: 2,
+        };
+        let features: Vec<String> = (0..3).map(|i| format!("f{i}")).collect();
+        Arc::new(
+            Forecaster::seeded(&arch, &burn::tensor::Device::flex(), spec_seed)
+                .export(&arch, version, &features, &[0.0; 3], &[1.0; 3])
+                .expect("export"),
+        )
+    }
+
+    /// (device, ts, model, likelihood) of every anomaly point of a body.
+    fn anomaly_points(body: &str) -> Vec<(String, i64, String, f64)> {
+        body.lines()
+            .filter(|l| l.starts_with("anomaly,"))
+            .map(|l| {
+                let device = l
+                    .split("device=")
+                    .nth(1)
+                    .expect("device")
+                    .split([' ', ','])
+                    .next()
+                    .expect("d");
+                let ts: i64 = l.rsplit(' ').next().expect("ts").parse().expect("ts");
+                let model = l
+                    .split("model=\"")
+                    .nth(1)
+                    .expect("model")
+                    .split('"')
+                    .next()
+                    .expect("m");
+                let lk: f64 = l
+                    .split("likelihood=")
+                    .nth(1)
+                    .expect("lk")
+                    .split([',', ' '])
+                    .next()
+                    .expect("l")
+                    .parse()
+                    .expect("lk");
+                (device.to_string(), ts, model.to_string(), lk)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_swap_writes_one_point_per_reading_and_switches_each_device_once_warm() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut st = stage(d.path(), HumanDuration::from_secs(0));
+        st.engines[0] = Engine::new(model_version(1, "v1"), settings()).expect("v1");
+        let all = batches();
+        let readings: usize = all.iter().map(|b| b.readings.len()).sum();
+        let cut = all.len() / 3;
+        let mut body = String::new();
+        let mut all = all.into_iter();
+        for b in all.by_ref().take(cut) {
+            body.push_str(&st.step(b).expect("step").body);
+        }
+        let before = anomaly_points(&body).len();
+        let before_swap: Vec<usize> = (0..8)
+            .map(|dev| {
+                let name = format!("dev-{dev:06}");
+                anomaly_points(&body).iter().filter(|p| p.0 == name).count()
+            })
+            .collect();
+        st.start_swap(
+            0,
+            Engine::new(model_version(2, "v2"), settings()).expect("v2"),
+        );
+        assert!(st.swaps[0].is_some());
+        // Checkpoints taken during the swap are the old model's, with every device.
+        let mid = st.checkpoints(&[(0, 0), (0, 1), (0, 2), (0, 3)]);
+        assert!(mid.iter().all(|c| c.header.model == "v1"));
+        assert_eq!(mid.iter().map(|c| c.header.devices).sum::<u64>(), 8);
+        for b in all {
+            body.push_str(&st.step(b).expect("step").body);
+        }
+        let points = anomaly_points(&body);
+        assert_eq!(points.len(), readings, "one anomaly point per reading");
+        let mut seen = std::collections::HashSet::new();
+        assert!(
+            points
+                .iter()
+                .all(|(d, ts, _, _)| seen.insert((d.clone(), *ts))),
+            "no reading twice"
+        );
+        let warmup = st.cfg.model.swap_warmup as usize;
+        for (dev, &before_dev) in before_swap.iter().enumerate() {
+            let name = format!("dev-{dev:06}");
+            let mine: Vec<_> = points.iter().filter(|p| p.0 == name).collect();
+            let first_v2 = mine.iter().position(|p| p.2 == "v2").expect("switched");
+            assert!(
+                mine[first_v2..].iter().all(|p| p.2 == "v2"),
+                "{name} switched back"
+            );
+            assert!(mine[..first_v2].iter().all(|p| p.2 == "v1"));
+            let old_after_swap = first_v2 - before_dev;
+            if dev >= 4 {
+                // Active through the swap: re-warmed in shadow, so warm at once in v2.
+                assert!(
+                    old_after_swap >= warmup,
+                    "{name}: switched before re-warming"
+                );
+                assert!(
+                    mine[first_v2].3 > 0.0,
+                    "{name}: its first v2 point is warm (likelihood {})",
+                    mine[first_v2].3
+                );
+            } else {
+                // Silent past engine.max_gap during the swap: both models start it cold again,
+                // so it switches at once, with nothing to re-warm.
+                assert!(
+                    old_after_swap <= 5,
+                    "{name}: {old_after_swap} readings in v1 after its gap"
+                );
+            }
+        }
+        assert!(before > 0);
+        st.check_swaps();
+        assert!(
+            st.swaps[0].is_none(),
+            "every device re-warmed: the swap is over"
+        );
+        let after = st.checkpoints(&[(0, 0), (0, 1), (0, 2), (0, 3)]);
+        assert!(after.iter().all(|c| c.header.model == "v2"));
+        assert_eq!(after.iter().map(|c| c.header.devices).sum::<u64>(), 8);
+    }
+
+    #[test]
+    fn a_swap_restored_from_its_old_checkpoint_goes_on_in_the_old_model() {
+        // A checkpoint taken during a swap restores into the old model of a swap under way on
+        // another member, and its devices re-warm there too.
+        let d = tempfile::tempdir().expect("tmp");
+        let mut a = stage(d.path(), HumanDuration::from_secs(0));
+        a.engines[0] = Engine::new(model_version(1, "v1"), settings()).expect("v1");
+        let mut all = batches().into_iter();
+        for b in all.by_ref().take(5) {
+            a.step(b).expect("step");
+        }
+        let cps = a.checkpoints(&[(0, 0), (0, 1), (0, 2), (0, 3)]);
+        let mut b = stage(d.path(), HumanDuration::from_secs(0));
+        b.engines[0] = Engine::new(model_version(1, "v1"), settings()).expect("v1");
+        b.start_swap(
+            0,
+            Engine::new(model_version(2, "v2"), settings()).expect("v2"),
+        );
+        for c in cps {
+            b.restore(0, c);
+        }
+        let sw = b.swaps[0].as_ref().expect("swap");
+        assert_eq!(sw.old.devices(), 8, "restored into the old model");
+        assert_eq!(sw.old_partitions.len(), 4);
+        assert_eq!(b.engines[0].devices(), 0);
+        let mut body = String::new();
+        for batch in all {
+            body.push_str(&b.step(batch).expect("step").body);
+        }
+        let points = anomaly_points(&body);
+        let first = points.iter().find(|p| p.2 == "v2").expect("switched");
+        assert!(first.3 > 0.0, "warm at the switch");
     }
 
     #[test]

@@ -264,7 +264,7 @@ pub async fn watch_models(
                         .models_rejected
                         .get_or_create(&labels(&[("stream", &stream.name), ("reason", r.reason)]))
                         .inc();
-                    tracing::error!(stream = %stream.name, version = %current, reason = r.reason, "new model refused; {} keeps serving: {}", in_use[i], r.message);
+                    tracing::error!(stream = %stream.name, version = %current, reason = %r.reason, "new model refused; {} keeps serving: {}", in_use[i], r.message);
                     rejected[i] = Some(current);
                 }
             }

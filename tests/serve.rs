@@ -1078,3 +1078,371 @@ fn train_reads_the_topic_from_the_offsets_for_since() {
     );
     assert!(out.contains("published"), "{out}");
 }
+
+/// (time, model, likelihood) of every anomaly point, per device, in time order.
+fn anomaly_models(influx: &Influx) -> std::collections::BTreeMap<String, Vec<(i64, String, f64)>> {
+    let v = influx.query("SELECT \"model\", \"likelihood\" FROM \"anomaly\" GROUP BY \"device\"");
+    let mut out = std::collections::BTreeMap::new();
+    for s in v["results"][0]["series"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let device = s["tags"]["device"].as_str().expect("device").to_string();
+        let rows = s["values"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .map(|r| {
+                (
+                    r[0].as_i64().expect("time"),
+                    r[1].as_str().unwrap_or_default().to_string(),
+                    r[2].as_f64().unwrap_or(f64::NAN),
+                )
+            })
+            .collect();
+        out.insert(device, rows);
+    }
+    out
+}
+
+/// The version sequence of a device's points with the index where each run starts.
+fn runs(points: &[(i64, String, f64)]) -> Vec<(usize, String)> {
+    let mut out: Vec<(usize, String)> = Vec::new();
+    for (i, p) in points.iter().enumerate() {
+        if out.last().is_none_or(|(_, m)| *m != p.1) {
+            out.push((i, p.1.clone()));
+        }
+    }
+    out
+}
+
+/// The acceptance for retraining while serving, against nisshi, InfluxDB 1.6 and the
+/// real binary: `retrain --source influxdb` trains on what serve itself wrote and publishes;
+/// serve swaps the model in without a restart (every reading keeps exactly one anomaly point,
+/// each device's points change model once, with no gap, and its first points from the new
+/// model are warm); checkpoints then name the new version; `models rollback` brings serve back
+/// to the previous version; a missing, a corrupt and a wrong-schema model are each refused
+/// while the model in use keeps serving.
+#[test]
+fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx::start();
+    let (topic, group) = (unique("swap"), unique("g-swap"));
+    create_topics(&brokers, &[(&topic, 2)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(
+        dir.path(),
+        &brokers,
+        &influx,
+        &group,
+        &streams,
+        "\n[retrain]\nwindow = \"1h\"\nholdout = \"100s\"\nmargin = 0.0\nmax_over_line_ratio = 1000.0\n",
+    );
+    let text = std::fs::read_to_string(&cfg).expect("config").replacen(
+        "[model]\n",
+        "[model]\npoll_interval = \"1s\"\nswap_warmup = 20\n",
+        1,
+    );
+    std::fs::write(&cfg, text).expect("config");
+    let registry = dir.path().join("models/pumps");
+    let current = || {
+        std::fs::read_to_string(registry.join("current"))
+            .expect("current")
+            .trim()
+            .to_string()
+    };
+    let point_current_at = |v: &str| {
+        let tmp = registry.join(".current.test");
+        std::fs::write(&tmp, v).expect("write");
+        std::fs::rename(&tmp, registry.join("current")).expect("rename");
+    };
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let o = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{args:?}: {text}");
+        text
+    };
+    // A deliberately weak first model, so that the retrained one is better.
+    let history = dir.path().join("history.jsonl");
+    run(
+        &["train", "--input", history.to_str().expect("utf-8")],
+        &[
+            ("SENSORCAST__TRAIN__EPOCHS", "1"),
+            ("SENSORCAST__TRAIN__MAX_WINDOWS", "4"),
+        ],
+    );
+    let v1 = current();
+    let t0 = chrono::Utc::now();
+    let at = |s: i64| (t0 + chrono::Duration::seconds(s)).to_rfc3339();
+    let (devices, per_device) = (8usize, [300usize, 100, 60]);
+    let per_reading = 2 + HORIZON * FEATURES.len();
+    simulate(&brokers, &topic, "json", devices, per_device[0], &at(-200));
+    let serve = Serve::start(&cfg, dir.path(), port);
+    let written = |n: usize| {
+        wait_until("points written", Duration::from_secs(90), || {
+            influx.count("anomaly", "score") >= n
+        })
+    };
+    written(devices * per_device[0]);
+
+    // Retrain from the history serve wrote, while it runs.
+    let out = run(
+        &["retrain", "--source", "influxdb", "--until", &at(-199)],
+        &[],
+    );
+    assert!(out.contains("published "), "{out}");
+    let v2 = current();
+    assert_ne!(v2, v1);
+    wait_until("the swap starts", Duration::from_secs(30), || {
+        serve.log_text().contains("model swap started")
+    });
+    simulate(&brokers, &topic, "json", devices, per_device[1], &at(-60));
+    written(devices * (per_device[0] + per_device[1]));
+    wait_until("the swap ends", Duration::from_secs(30), || {
+        serve
+            .log_text()
+            .contains("model swap finished (every device re-warmed)")
+    });
+    assert_eq!(serve.metric("sensorcast_model_swaps_total"), 1.0);
+    assert_eq!(
+        serve.metric(&format!(
+            "sensorcast_model_version{{stream=\"pumps\",version=\"{v2}\"}}"
+        )),
+        1.0
+    );
+    let by_device = anomaly_models(&influx);
+    assert_eq!(by_device.len(), devices);
+    for (device, points) in &by_device {
+        assert_eq!(
+            points.len(),
+            per_device[0] + per_device[1],
+            "{device}: one anomaly point per reading, no gap"
+        );
+        let r = runs(points);
+        assert_eq!(
+            r.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>(),
+            [v1.as_str(), v2.as_str()],
+            "{device}: one change of model"
+        );
+        let switch = r[1].0;
+        assert!(
+            switch >= per_device[0] + 20,
+            "{device}: switched at point {switch}, before re-warming 20 readings of phase 2"
+        );
+        // A cold start has a warm-up hole (likelihood 0 while the engine warms up); the
+        // switch has none.
+        assert_eq!(points[0].2, 0.0, "{device}: cold start");
+        assert!(
+            points[switch..switch + 5].iter().all(|p| p.2 > 0.0),
+            "{device}: warm from its first {v2} point: {:?}",
+            &points[switch..switch + 5]
+        );
+    }
+    // Checkpoints written after the swap name the new version.
+    std::thread::sleep(Duration::from_secs(2));
+    let inspect = run(&["state", "inspect"], &[]);
+    let newest: Vec<&str> = inspect.lines().filter(|l| l.contains(&v2)).collect();
+    assert!(
+        newest.len() >= 2,
+        "both partitions checkpointed with {v2}:\n{inspect}"
+    );
+
+    // Refused models: missing, corrupt weights, wrong schema. The old one keeps serving.
+    let copy = |name: &str| {
+        let d = registry.join(name);
+        std::fs::create_dir_all(&d).expect("dir");
+        for f in std::fs::read_dir(registry.join(&v2)).expect("v2") {
+            let f = f.expect("entry").path();
+            std::fs::copy(&f, d.join(f.file_name().expect("name"))).expect("copy");
+        }
+        let meta = std::fs::read_to_string(d.join("meta.json"))
+            .expect("meta")
+            .replace(
+                &format!("\"version\": \"{v2}\""),
+                &format!("\"version\": \"{name}\""),
+            )
+            .replace(
+                &format!("\"version\":\"{v2}\""),
+                &format!("\"version\":\"{name}\""),
+            );
+        std::fs::write(d.join("meta.json"), meta).expect("meta");
+        d
+    };
+    let corrupt = copy("corrupt");
+    for f in std::fs::read_dir(&corrupt).expect("dir") {
+        let f = f.expect("entry").path();
+        if f.file_name().and_then(|n| n.to_str()) != Some("meta.json") {
+            std::fs::write(&f, b"not weights at all").expect("garbage");
+        }
+    }
+    let schema = copy("schema");
+    let meta = std::fs::read_to_string(schema.join("meta.json")).expect("meta");
+    std::fs::write(
+        schema.join("meta.json"),
+        meta.replacen(&format!("\"{}\"", FEATURES[0]), "\"humidity\"", 1),
+    )
+    .expect("meta");
+    for (version, reason) in [
+        ("missing", "load"),
+        ("corrupt", "weights"),
+        ("schema", "schema"),
+    ] {
+        let before = serve.metric("sensorcast_models_rejected_total");
+        point_current_at(version);
+        wait_until(
+            &format!("{version} refused"),
+            Duration::from_secs(20),
+            || serve.metric("sensorcast_models_rejected_total") > before,
+        );
+        let log = serve.log_text();
+        assert!(
+            log.contains(&format!("version={version} reason={reason}")),
+            "{version}: {}",
+            log.lines()
+                .filter(|l| l.contains("refused"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    assert!(
+        serve.metric(&format!(
+            "sensorcast_model_version{{stream=\"pumps\",version=\"{v2}\"}}"
+        )) == 1.0
+    );
+    point_current_at(&v2);
+
+    // Rollback: serve goes back to v1, asked at once with SIGHUP.
+    let out = run(&["models", "rollback"], &[]);
+    assert!(out.contains(&v1), "{out}");
+    let _ = Command::new("kill")
+        .args(["-HUP", &serve.child.id().to_string()])
+        .status();
+    wait_until("the swap back starts", Duration::from_secs(30), || {
+        serve.metric("sensorcast_model_swaps_total") >= 2.0
+    });
+    assert!(serve.log_text().contains("SIGHUP: checking the registry"));
+    simulate(&brokers, &topic, "json", devices, per_device[2], &at(0));
+    let total: usize = per_device.iter().sum();
+    written(devices * total);
+    wait_until("all points counted", Duration::from_secs(30), || {
+        serve.metric("sensorcast_points_written_total") as usize >= devices * total * per_reading
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // Alarms write one anomaly_event line when raised and one more when cleared (the same
+    // point, overwritten): every other point is one per reading.
+    let events = influx.count("anomaly_event", "active");
+    let cleared = influx.query("SELECT COUNT(\"active\") FROM \"anomaly_event\" WHERE \"active\" = false")
+        ["results"][0]["series"][0]["values"][0][1]
+        .as_u64()
+        .unwrap_or(0) as usize;
+    assert_eq!(
+        serve.metric("sensorcast_points_written_total") as usize,
+        devices * total * per_reading + events + cleared,
+        "every point written once, across three models"
+    );
+    for (device, points) in &anomaly_models(&influx) {
+        assert_eq!(points.len(), total, "{device}");
+        let r = runs(points);
+        assert_eq!(
+            r.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>(),
+            [v1.as_str(), v2.as_str(), v1.as_str()],
+            "{device}: back to {v1}"
+        );
+    }
+    assert_eq!(serve.terminate(), 0);
+}
+
+/// A restart after a new model was published: the checkpoints name the old version, so the
+/// devices come back in the old model (loaded from the registry) with their state, and are
+/// re-warmed into the new one as in a live swap: no device starts cold.
+#[test]
+fn a_restart_onto_a_new_model_brings_device_state_back_and_re_warms_it() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx::start();
+    let (topic, group) = (unique("reswap"), unique("g-reswap"));
+    create_topics(&brokers, &[(&topic, 2)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
+    let text = std::fs::read_to_string(&cfg).expect("config").replacen(
+        "[model]\n",
+        "[model]\nswap_warmup = 15\n",
+        1,
+    );
+    std::fs::write(&cfg, text).expect("config");
+    let current = || {
+        std::fs::read_to_string(dir.path().join("models/pumps/current"))
+            .expect("current")
+            .trim()
+            .to_string()
+    };
+    let v1 = current();
+    let t0 = chrono::Utc::now();
+    let at = |s: i64| (t0 + chrono::Duration::seconds(s)).to_rfc3339();
+    let devices = 6;
+    simulate(&brokers, &topic, "json", devices, 150, &at(-100));
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until("phase 1 written", Duration::from_secs(60), || {
+        influx.count("anomaly", "score") >= devices * 150
+    });
+    assert_eq!(serve.terminate(), 0);
+    // A new model while serve is down.
+    let history = dir.path().join("history.jsonl");
+    let o = Command::new(BIN)
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .args(["--input", history.to_str().expect("utf-8")])
+        .env("SENSORCAST__TRAIN__SEED", "7")
+        .output()
+        .expect("train");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v2 = current();
+    assert_ne!(v1, v2);
+    let serve = Serve::start(&cfg, dir.path(), port);
+    simulate(&brokers, &topic, "json", devices, 60, &at(-10));
+    wait_until("phase 2 written", Duration::from_secs(60), || {
+        influx.count("anomaly", "score") >= devices * 210
+    });
+    let log = serve.log_text();
+    assert!(log.contains("checkpoint of another model version"), "{log}");
+    assert!(!log.contains("no usable checkpoint"), "{log}");
+    for (device, points) in &anomaly_models(&influx) {
+        assert_eq!(points.len(), 210, "{device}");
+        let r = runs(points);
+        assert_eq!(
+            r.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>(),
+            [v1.as_str(), v2.as_str()],
+            "{device}"
+        );
+        assert_eq!(
+            r[1].0,
+            150 + 15,
+            "{device}: re-warmed for 15 readings in {v2}"
+        );
+        // Its state came back: warm from the first reading after the restart, and again from
+        // the first point of the new model.
+        assert!(points[150].2 > 0.0, "{device}: restored warm, not cold");
+        assert!(points[165].2 > 0.0, "{device}: warm in {v2}");
+    }
+    assert_eq!(serve.terminate(), 0);
+}

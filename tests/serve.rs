@@ -841,7 +841,8 @@ fn train_reads_back_the_history_serve_wrote_to_influxdb() {
         1,
     );
     std::fs::write(&cfg, text).expect("config");
-    simulate(&brokers, &topic, "json", 8, 200, &now_rfc3339(-120));
+    let end = now_rfc3339(-120);
+    simulate(&brokers, &topic, "json", 8, 200, &end);
     let serve = Serve::start(&cfg, dir.path(), port);
     wait_until("readings written", Duration::from_secs(60), || {
         influx.count("reading", FEATURES[0]) >= 1600
@@ -885,6 +886,35 @@ fn train_reads_back_the_history_serve_wrote_to_influxdb() {
         "{input}"
     );
     assert_eq!(meta["training"]["readings"], 1600);
+    // The same readings from a file (simulate is seeded) give the same model, bit for bit.
+    let from_influx = current.trim().to_string();
+    let file = dir.path().join("same.jsonl");
+    run(&[
+        "simulate",
+        "--devices",
+        "8",
+        "--readings",
+        "200",
+        "--interval",
+        "1s",
+        "--end",
+        &end,
+        "--out",
+        file.to_str().expect("utf-8"),
+    ]);
+    let (ok, out, err) = train(&["--input", file.to_str().expect("utf-8")]);
+    assert!(ok, "{out}\n{err}");
+    let from_file = std::fs::read_to_string(dir.path().join("models/pumps/current"))
+        .expect("current")
+        .trim()
+        .to_string();
+    assert_same_model(
+        &cfg,
+        &dir.path().join("models/pumps"),
+        &from_influx,
+        &from_file,
+        &file,
+    );
     // A window without readings, and a measurement that does not exist, say where they looked.
     let (ok, _, err) = train(&[
         "--source",
@@ -1047,7 +1077,8 @@ fn train_reads_the_topic_from_the_offsets_for_since() {
     std::thread::sleep(Duration::from_millis(1500));
     let since = now_rfc3339(0);
     std::thread::sleep(Duration::from_millis(1500));
-    produce("pump-", &now_rfc3339(0));
+    let end = now_rfc3339(0);
+    produce("pump-", &end);
     let o = Command::new(BIN)
         .args(["train", "--source", "kafka", "--since", &since, "--config"])
         .arg(&cfg)
@@ -1077,6 +1108,90 @@ fn train_reads_the_topic_from_the_offsets_for_since() {
         "every reading of the new fleet, none of the old: {line}"
     );
     assert!(out.contains("published"), "{out}");
+    // The same readings from a file (simulate is seeded) give the same model, bit for bit.
+    let registry = dir.path().join("models/pumps");
+    let current = || {
+        std::fs::read_to_string(registry.join("current"))
+            .expect("current")
+            .trim()
+            .to_string()
+    };
+    let from_kafka = current();
+    let file = dir.path().join("same.jsonl");
+    run(&[
+        "simulate",
+        "--devices",
+        "6",
+        "--readings",
+        "150",
+        "--interval",
+        "1s",
+        "--end",
+        &end,
+        "--device-prefix",
+        "pump-",
+        "--out",
+        file.to_str().expect("utf-8"),
+    ]);
+    run(&[
+        "train",
+        "--config",
+        cfg.to_str().expect("utf-8"),
+        "--input",
+        file.to_str().expect("utf-8"),
+    ]);
+    assert_same_model(&cfg, &registry, &from_kafka, &current(), &file);
+}
+
+/// Two versions in a registry are the same model: the same normalisation and validation
+/// figures, and bit-identical outputs when both replay `input` (the weights files differ only
+/// in burn's random parameter ids).
+fn assert_same_model(
+    cfg: &std::path::Path,
+    registry: &std::path::Path,
+    a: &str,
+    b: &str,
+    input: &std::path::Path,
+) {
+    assert_ne!(a, b, "two trainings, two versions");
+    let meta = |v: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(registry.join(v).join("meta.json")).expect("meta"),
+        )
+        .expect("json")
+    };
+    let (ma, mb) = (meta(a), meta(b));
+    for key in ["mean", "std", "validation", "anomaly"] {
+        assert_eq!(ma[key], mb[key], "{a} vs {b}: {key}");
+    }
+    assert_eq!(ma["training"]["readings"], mb["training"]["readings"]);
+    let replay = |v: &str| {
+        let out = registry.join(format!("replay-{v}.csv"));
+        let o = Command::new(BIN)
+            .args(["replay", "--config"])
+            .arg(cfg)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(&out)
+            .args(["--model", v])
+            .output()
+            .expect("replay");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // Without the model column.
+        std::fs::read_to_string(&out)
+            .expect("replay output")
+            .lines()
+            .map(|l| {
+                let mut cols: Vec<&str> = l.split(',').collect();
+                cols.remove(2);
+                cols.join(",")
+            })
+            .collect::<Vec<_>>()
+    };
+    let (ra, rb) = (replay(a), replay(b));
+    assert!(ra.len() > 100);
+    assert!(ra == rb, "{a} and {b} forecast and score differently");
 }
 
 /// (time, model, likelihood) of every anomaly point, per device, in time order.

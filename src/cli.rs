@@ -326,6 +326,13 @@ pub fn run_retrain(
             progress.update(e)
         })?;
     progress.finish();
+    say(format!(
+        "challenger trained: {} windows × {} epochs in {:.1} s ({:.0} windows/s)",
+        meta.training.train_windows,
+        meta.training.epochs,
+        meta.training.seconds.unwrap_or(0.0),
+        meta.training.windows_per_s().unwrap_or(0.0)
+    ));
     let challenger = Arc::new(
         model
             .export(
@@ -488,6 +495,14 @@ fn train_and_publish(
         .publish_new(&mut meta, &model)
         .context("failed to publish the model")?;
     println!("{}", validation_report(&meta));
+    if let Some(w) = meta.training.windows_per_s() {
+        println!(
+            "trained {} windows × {} epochs in {:.1} s: {w:.0} windows/s",
+            meta.training.train_windows,
+            meta.training.epochs,
+            meta.training.seconds.unwrap_or(0.0)
+        );
+    }
     println!("published {} (now current)", dir.display());
     Ok(meta)
 }

@@ -109,6 +109,17 @@ pub struct TrainingInfo {
     pub learning_rate: f64,
     /// Input files.
     pub inputs: Vec<String>,
+    /// Wall time of the epochs (seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+}
+
+impl TrainingInfo {
+    /// Training throughput: windows stepped forward and back per second (all epochs).
+    pub fn windows_per_s(&self) -> Option<f64> {
+        let s = self.seconds?;
+        (s > 0.0).then(|| (self.train_windows * self.epochs) as f64 / s)
+    }
 }
 
 /// `meta.json`.
@@ -639,6 +650,7 @@ mod tests {
                 window: 2,
                 learning_rate: 0.1,
                 inputs: vec![],
+                seconds: None,
             },
             validation: Metrics {
                 mae: 0.0,

@@ -314,7 +314,11 @@ pub fn spawn_retrainer(
                     }
                     let to = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
                     let started = Instant::now();
-                    let result = pool.install(|| crate::cli::run_retrain(&cfg, stream, to, false, true));
+                    tracing::info!(stream = %stream.name, source = ?cfg.retrain.source, window_s = cfg.retrain.window.get().as_secs_f64(), "scheduled retrain started");
+                    metrics.retrain_running.set(1);
+                    let result =
+                        pool.install(|| crate::cli::run_retrain(&cfg, stream, to, false, true));
+                    metrics.retrain_running.set(0);
                     let outcome = match &result {
                         Ok(d) if d.published => "published",
                         Ok(_) => "kept",

@@ -102,6 +102,8 @@ pub struct Metrics {
     /// Retrains run inside `serve` (`retrain.every`), by stream and outcome (published,
     /// kept, failed).
     pub retrains: Family<Labels, Counter>,
+    /// 1 while a retrain runs inside `serve`.
+    pub retrain_running: Gauge,
 }
 
 impl Default for Metrics {
@@ -146,6 +148,7 @@ impl Metrics {
             swap_pending: Family::default(),
             swap_unwarmed: Family::default(),
             retrains: Family::default(),
+            retrain_running: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("readings", "Readings decoded", m.readings_in.clone());
@@ -294,6 +297,11 @@ impl Metrics {
             "retrains",
             "Retrains run inside serve (retrain.every), by outcome: published, kept, failed",
             m.retrains.clone(),
+        );
+        registry.register(
+            "retrain_running",
+            "1 while a retrain runs inside serve",
+            m.retrain_running.clone(),
         );
         Self { registry, ..m }
     }

@@ -440,6 +440,7 @@ pub fn train(
     let mut best: Option<(f64, usize, Forecaster)> = None;
     let mut stale_epochs = 0;
     let mut epochs_run = 0;
+    let started = std::time::Instant::now();
     for epoch in 1..=tc.epochs {
         epochs_run = epoch;
         train_w.shuffle(&mut rng);
@@ -485,6 +486,7 @@ pub fn train(
             }
         }
     }
+    let seconds = started.elapsed().as_secs_f64();
     let (best_loss, best_epoch, best_model) =
         best.ok_or_else(|| TrainError::Model("no epoch finished".into()))?;
     let inference = best_model
@@ -544,6 +546,7 @@ pub fn train(
             window,
             learning_rate: tc.learning_rate,
             inputs,
+            seconds: Some(seconds),
         },
         validation,
         anomaly,

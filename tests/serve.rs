@@ -1561,3 +1561,78 @@ fn a_restart_onto_a_new_model_brings_device_state_back_and_re_warms_it() {
     }
     assert_eq!(serve.terminate(), 0);
 }
+
+/// `[retrain] every` inside serve: the service retrains on its own schedule (here from the
+/// Kafka topic), publishes the better challenger and swaps it in, without anyone running
+/// anything.
+#[test]
+fn serve_retrains_on_its_schedule_and_swaps_the_result_in() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, group) = (unique("scheduled"), unique("g-scheduled"));
+    create_topics(&brokers, &[(&topic, 2)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(
+        dir.path(),
+        &brokers,
+        &vm,
+        &group,
+        &streams,
+        "\n[retrain]\nevery = \"6s\"\nsource = \"kafka\"\nwindow = \"1h\"\nholdout = \"60s\"\nmargin = 0.0\nmax_over_line_ratio = 1000.0\nthreads = 1\n",
+    );
+    let text = std::fs::read_to_string(&cfg).expect("config").replacen(
+        "[model]\n",
+        "[model]\npoll_interval = \"1s\"\n",
+        1,
+    );
+    std::fs::write(&cfg, text).expect("config");
+    // A deliberately weak model to start from.
+    let history = dir.path().join("history.jsonl");
+    let o = Command::new(BIN)
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .args(["--input", history.to_str().expect("utf-8")])
+        .envs([
+            ("SENSORCAST__TRAIN__EPOCHS", "1"),
+            ("SENSORCAST__TRAIN__MAX_WINDOWS", "4"),
+        ])
+        .output()
+        .expect("train");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let registry = dir.path().join("models/pumps");
+    let current = || {
+        std::fs::read_to_string(registry.join("current"))
+            .expect("current")
+            .trim()
+            .to_string()
+    };
+    let weak = current();
+    simulate(&brokers, &topic, "json", 8, 300, &now_rfc3339(-5));
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until(
+        "a scheduled retrain publishes",
+        Duration::from_secs(90),
+        || serve.metric("sensorcast_retrains_total{stream=\"pumps\",outcome=\"published\"}") >= 1.0,
+    );
+    assert_ne!(current(), weak);
+    wait_until(
+        "the retrained model is swapped in",
+        Duration::from_secs(30),
+        || serve.metric("sensorcast_model_swaps_total") >= 1.0,
+    );
+    let log = serve.log_text();
+    assert!(log.contains("scheduled retrain started"), "{log}");
+    assert!(log.contains("windows/s"), "{log}");
+    let decisions =
+        std::fs::read_to_string(registry.join("decisions.jsonl")).expect("decisions.jsonl");
+    let d: serde_json::Value =
+        serde_json::from_str(decisions.lines().next().expect("a decision")).expect("json");
+    assert_eq!(d["champion"], weak.as_str());
+    assert!(d["challenger_over_line"].is_number(), "{d}");
+    assert_eq!(serve.terminate(), 0);
+}

@@ -1032,13 +1032,6 @@ impl Config {
         if r.threads == 0 {
             bad("retrain.threads".into(), "must be at least 1".into());
         }
-        let every = r.every.as_nanos();
-        if every > 0 && every < 60_000_000_000 {
-            bad(
-                "retrain.every".into(),
-                "must be \"0s\" (off) or at least a minute".into(),
-            );
-        }
         if self.model.swap_timeout.as_nanos() == 0 {
             bad(
                 "model.swap_timeout".into(),

@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Retraining inside serve: what it costs serving, and how fast it trains.
+# Retraining inside serve, and model swaps: what they cost serving, and how fast it trains.
 #
-# A backlog of readings is produced up front; `serve` (with `[retrain] every`, history from
-# the Kafka topic, `retrain.threads` threads) consumes it at full speed towards
-# VictoriaMetrics. Every second the script samples sensorcast_readings_in_total,
-# sensorcast_retrain_running and sensorcast_swap_pending, and reports the consumption rate
-# before the retrain, while it runs, while the swap that follows re-warms every device (both
-# models step every reading), and after. The retrain's own throughput (windows/s) comes from
-# its log line. Numbers depend on the machine: run it on the one you care about.
+# One backlog of readings is produced up front; `serve` then consumes all of it towards
+# VictoriaMetrics three times, each time as a new consumer group from the first offset:
+#   baseline  nothing else runs;
+#   retrain   `[retrain] every = "1s"`: retrains (history from the Kafka topic, on
+#             `retrain.threads` threads) run back to back inside serve for the whole run;
+#   swap      a second model is promoted as soon as serve is up, with a swap_warmup longer than
+#             the backlog, so every reading is stepped through both models for the whole run.
+# Every second the script samples sensorcast_readings_total, sensorcast_retrain_running and
+# sensorcast_swap_pending; each run's rate is taken over the samples in its phase (retrain
+# running, swap pending, or neither for the baseline). The retrain's own throughput
+# (windows/s) comes from its log lines. Numbers depend on the machine: run it on the one you
+# care about; the ratios are what carries over.
 #
 # Usage: scripts/bench-retrain.sh [devices] [readings-per-device] [retrain-threads]
 # Needs what scripts/test.sh installs (nisshi, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-500}
-readings=${2:-4000}
+readings=${2:-3000}
 threads=${3:-1}
 cargo build --release --locked --quiet
 bin=target/release/sensorcast
@@ -32,7 +37,8 @@ victoria-metrics -httpListenAddr="127.0.0.1:$vport" -storageDataPath="$work/vm" 
   -loggerLevel=ERROR >"$work/vm.log" 2>&1 & pids+=($!)
 sleep 2
 $broker topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.retrain >/dev/null
-cat >"$work/serve.toml" <<TOML
+write_config() { # name, extra TOML
+cat >"$work/$1.toml" <<TOML
 [[streams]]
 name = "pumps"
 topic = "bench.retrain"
@@ -43,22 +49,13 @@ registry = "$work/models"
 hidden = 64
 horizon = 3
 poll_interval = "1s"
-# Long enough for the swap's cost to be measured.
-swap_warmup = 1000
+swap_warmup = 1000000
 [train]
 epochs = 2
 max_windows = 5000
-[retrain]
-every = "20s"
-source = "kafka"
-window = "30d"
-holdout = "1h"
-margin = 0.0
-max_over_line_ratio = 1000.0
-threads = $threads
 [kafka]
 brokers = "127.0.0.1:$kport"
-group_id = "bench-retrain"
+group_id = "bench-$1"
 dead_letter_topic = ""
 [influxdb]
 url = "http://127.0.0.1:$vport"
@@ -69,53 +66,82 @@ max_linger = "10ms"
 [http]
 listen = "127.0.0.1:$hport"
 [state]
-dir = "$work/state"
+dir = "$work/state-$1"
 [log]
 level = "info"
+$2
 TOML
+}
+write_config baseline ""
+write_config retrain "[retrain]
+every = \"1s\"
+source = \"kafka\"
+window = \"30d\"
+holdout = \"1h\"
+threads = $threads"
+write_config swap ""
 $bin simulate --devices 8 --readings 300 --interval 10s --out "$work/history.jsonl" >/dev/null
-$bin train --config "$work/serve.toml" --input "$work/history.jsonl" >/dev/null
+$bin train --config "$work/baseline.toml" --input "$work/history.jsonl" >/dev/null
+first=$(cat "$work/models/pumps/current")
+SENSORCAST__TRAIN__SEED=7 $bin train --config "$work/baseline.toml" --input "$work/history.jsonl" >/dev/null
+second=$(cat "$work/models/pumps/current")
+$bin models promote --config "$work/baseline.toml" "$first" >/dev/null
 total=$((devices * readings))
 echo "producing $total readings ($devices devices × $readings, 10 s apart)…"
 $bin simulate --devices "$devices" --readings "$readings" --interval 10s \
   --brokers "127.0.0.1:$kport" --topic bench.retrain >/dev/null
-$bin serve --config "$work/serve.toml" 2>"$work/serve.log" & pids+=($!)
-metrics() { curl -s "127.0.0.1:$hport/metrics" || true; }
 value() { awk -v m="$1" 'index($1, m"{") == 1 || $1 == m {s+=$2} END {printf "%.0f", s}'; }
-echo "t,readings,retrain,swap" >"$work/samples.csv"
-t0=$(date +%s.%N)
-while :; do
-  m=$(metrics)
-  n=$(value sensorcast_readings_in_total <<<"$m")
-  r=$(value sensorcast_retrain_running <<<"$m")
-  s=$(value sensorcast_swap_pending <<<"$m")
-  t=$(python3 -c "print(round($(date +%s.%N) - $t0, 2))")
-  echo "$t,$n,$r,$s" >>"$work/samples.csv"
-  [ "${n:-0}" -ge "$total" ] && break
-  sleep 1
-  if (( ${t%.*} > 900 )); then echo "timed out" >&2; break; fi
-done
-grep -o 'challenger trained: [^"]*windows/s)' "$work/serve.log" | head -n 3 || true
-grep -o 'retrain decision: [^"]*' "$work/serve.log" | head -n 3 || true
-python3 - "$work/samples.csv" <<'PY'
+run() { # name
+  $bin serve --config "$work/$1.toml" 2>"$work/serve-$1.log" & local spid=$!
+  pids+=($spid)
+  until curl -sf "127.0.0.1:$hport/health/live" >/dev/null; do sleep 0.2; done
+  echo "t,readings,retrain,swap" >"$work/samples-$1.csv"
+  local t0; t0=$(date +%s.%N)
+  while :; do
+    local m n r s t
+    m=$(curl -s "127.0.0.1:$hport/metrics" || true)
+    n=$(value sensorcast_readings_total <<<"$m")
+    r=$(value sensorcast_retrain_running <<<"$m")
+    s=$(value sensorcast_swap_pending <<<"$m")
+    t=$(python3 -c "print(round($(date +%s.%N) - $t0, 2))")
+    echo "$t,$n,$r,$s" >>"$work/samples-$1.csv"
+    # The swap starts once every device is tracked (a tenth of the backlog is in).
+    if [ "$1" = swap ] && [ -z "${promoted:-}" ] && [ "${n:-0}" -ge $((total / 10)) ]; then
+      $bin models promote --config "$work/swap.toml" "$second" >/dev/null
+      promoted=1
+    fi
+    [ "${n:-0}" -ge "$total" ] && break
+    (( ${t%.*} < 1200 )) || { echo "$1: timed out" >&2; break; }
+    sleep 1
+  done
+  kill "$spid"; wait "$spid" 2>/dev/null || true
+  if [ "$1" = swap ]; then
+    $bin models promote --config "$work/swap.toml" "$first" >/dev/null
+  fi
+}
+for name in baseline retrain swap; do echo "run: $name"; run "$name"; done
+# Training on its own, on every core, for comparison (the same settings, 100 devices × 1000).
+$bin simulate --devices 100 --readings 1000 --interval 10s --out "$work/train.jsonl" >/dev/null
+echo "sensorcast train on its own ($(nproc) cores):"
+$bin train --config "$work/baseline.toml" --input "$work/train.jsonl" | grep 'windows/s' | sed 's/^/  /'
+echo "retrains inside serve (challenger training only):"
+grep -o 'challenger trained: .*windows/s)' "$work/serve-retrain.log" | sed 's/^/  /' || true
+python3 - "$work" <<'PY'
 import csv, sys
-rows = [(float(r["t"]), int(r["readings"] or 0), int(r["retrain"] or 0), int(r["swap"] or 0))
-        for r in csv.DictReader(open(sys.argv[1]))]
-def phase(rows, keep):
-    # Rate over consecutive samples that both belong to the phase.
+def rows(name):
+    return [(float(r["t"]), int(r["readings"] or 0), int(r["retrain"] or 0), int(r["swap"] or 0))
+            for r in csv.DictReader(open(f"{sys.argv[1]}/samples-{name}.csv"))]
+def rate(rs, keep):
     dt = dn = 0.0
-    for a, b in zip(rows, rows[1:]):
-        if keep(a) and keep(b) and b[1] > a[1] > 0:
+    for a, b in zip(rs, rs[1:]):
+        # Both samples in the phase, and the backlog not yet exhausted.
+        if keep(a) and keep(b) and a[1] > 0 and b[1] > a[1]:
             dt += b[0] - a[0]; dn += b[1] - a[1]
     return (dn / dt if dt else float("nan")), dt
-first_retrain = next((r[0] for r in rows if r[2]), None)
-base = phase(rows, lambda r: r[2] == 0 and r[3] == 0 and (first_retrain is None or r[0] < first_retrain))
-during = phase(rows, lambda r: r[2] == 1)
-swap = phase(rows, lambda r: r[3] > 0 and r[2] == 0)
-after = phase(rows, lambda r: first_retrain is not None and r[0] > first_retrain and r[2] == 0 and r[3] == 0)
-for name, (rate, secs) in [("before any retrain", base), ("while retraining", during),
-                           ("during the swap (both models step)", swap), ("after", after)]:
-    rel = f"  ({rate / base[0]:.0%} of before)" if base[0] == base[0] and rate == rate and base[0] else ""
-    print(f"{name:38s} {rate:9.0f} readings/s over {secs:5.1f} s{rel}")
+base = rate(rows("baseline"), lambda r: True)
+during = rate(rows("retrain"), lambda r: r[2] == 1)
+swap = rate(rows("swap"), lambda r: r[3] > 0)
+for name, (v, secs) in [("baseline", base), ("while a retrain runs inside serve", during),
+                        ("while a swap steps both models", swap)]:
+    print(f"{name:34s} {v:9.0f} readings/s over {secs:5.1f} s  ({v / base[0]:.0%} of baseline)")
 PY
-echo "samples: $work/samples.csv (kept until exit)"

@@ -446,6 +446,54 @@ fn admin(
         .map_err(|e| format!("cannot create a Kafka admin client: {e}"))
 }
 
+/// A client context that keeps librdkafka's last error (the probe reports why it got no
+/// answer: a failed TLS handshake, refused SASL credentials, a name that does not resolve).
+#[derive(Default)]
+struct ProbeContext {
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl ProbeContext {
+    /// Keeps the first specific reason ("… brokers are down" only says that it failed).
+    fn note(&self, reason: &str) {
+        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        let generic = reason.contains("brokers are down");
+        if last.is_none()
+            || (!generic
+                && last
+                    .as_deref()
+                    .is_some_and(|l| l.contains("brokers are down")))
+        {
+            *last = Some(reason.to_string());
+        }
+    }
+}
+
+impl rdkafka::producer::ProducerContext for ProbeContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
+impl ClientContext for ProbeContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "librdkafka error");
+        self.note(reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        // Connection failures (TLS, SASL, resolution) are logged by librdkafka's broker
+        // threads; an admin client that only fetches metadata never sees them as errors.
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if matches!(
+            level,
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning
+        ) {
+            tracing::debug!(fac, message, "librdkafka");
+            self.note(message);
+        }
+    }
+}
+
 /// Partitions of a topic, if it exists.
 fn topic_partitions(cfg: &Config, topic: &str) -> Option<i32> {
     let md = admin(cfg)
@@ -462,15 +510,28 @@ fn topic_partitions(cfg: &Config, topic: &str) -> Option<i32> {
 /// `check-config --probe`: the brokers answer, and each stream's topic exists (with how
 /// many partitions). One line per check, starting with `ok` or `FAIL`.
 pub fn probe(cfg: &Config) -> Vec<String> {
-    let admin = match admin(cfg) {
-        Ok(a) => a,
-        Err(e) => return vec![format!("FAIL  kafka: {e}")],
-    };
-    let md = match admin.inner().fetch_metadata(None, Duration::from_secs(10)) {
+    // A producer, not an admin client: polling it serves librdkafka's error events, which
+    // say why the brokers did not answer.
+    let client: rdkafka::producer::BaseProducer<ProbeContext> =
+        match client_config(cfg, &[]).create_with_context(ProbeContext::default()) {
+            Ok(a) => a,
+            Err(e) => return vec![format!("FAIL  kafka: cannot create a Kafka client: {e}")],
+        };
+    let md = match rdkafka::producer::Producer::client(&client)
+        .fetch_metadata(None, Duration::from_secs(10))
+    {
         Ok(m) => m,
         Err(e) => {
+            client.poll(Duration::from_millis(100));
+            let why = rdkafka::producer::Producer::context(&client)
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .map(|r| format!(" (last error: {r})"))
+                .unwrap_or_default();
             return vec![format!(
-                "FAIL  kafka: no answer from {} within 10 s: {e}",
+                "FAIL  kafka: no answer from {} within 10 s: {e}{why}",
                 cfg.kafka.brokers
             )];
         }

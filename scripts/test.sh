@@ -12,7 +12,9 @@
 #     database, and brokers of their own where they restart one), and stops it on exit, even
 #     on failure;
 #   - cargo fmt --check, clippy with warnings denied, every unit test, the CLI end-to-end
-#     tests and the serve end-to-end tests against the real servers (feature `integration`);
+#     tests and the serve end-to-end tests against the real servers (feature `integration`),
+#     the static checks of deploy/ and the docs (tests/deploy.rs), Kafka over TLS
+#     (tests/tls.rs), and `systemd-analyze verify` of deploy/systemd;
 #   - cargo audit against an offline advisory database, when one is there (optional).
 #
 # Everything the tests read is in the repository (the PyTorch golden vectors are in
@@ -42,6 +44,11 @@ command -v make >/dev/null 2>&1 || packages+=(make)
 command -v victoria-metrics >/dev/null 2>&1 || packages+=(victoria-metrics)
 command -v influxd >/dev/null 2>&1 || packages+=(influxdb)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
+# librdkafka is built with TLS against Debian's OpenSSL (found through pkg-config).
+command -v pkg-config >/dev/null 2>&1 || packages+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || packages+=(libssl-dev)
+# systemd-analyze verifies the units in deploy/systemd.
+command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
 if [ ${#packages[@]} -gt 0 ]; then
   step "installing Debian packages: ${packages[*]}"
   apt-get update -qq
@@ -103,6 +110,16 @@ cargo clippy --release --all-targets --features integration --locked -- -D warni
 
 step "cargo test (unit, CLI end-to-end, serve end-to-end against nisshi and VictoriaMetrics)"
 cargo test --release --locked --features integration -- --test-threads=2
+
+step "systemd-analyze verify deploy/systemd"
+# The units as shipped, with the binary they start pointed at the one just built (verify
+# checks that ExecStart= is executable).
+units=$(mktemp -d)
+for f in deploy/systemd/*.service deploy/systemd/*.timer; do
+  sed "s#/usr/local/bin/sensorcast#$root/target/release/sensorcast#g" "$f" >"$units/$(basename "$f")"
+done
+systemd-analyze verify "$units"/*.service "$units"/*.timer
+echo "units verified: $(cd deploy/systemd && echo *)"
 
 if [ "${SKIP_AUDIT:-0}" = 1 ]; then
   step "cargo audit skipped (SKIP_AUDIT=1)"

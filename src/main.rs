@@ -34,7 +34,7 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
-    /// Train a model from history files and publish it to the registry.
+    /// Train a model from history (files, InfluxDB or Kafka) and publish it to the registry.
     Train {
         /// Config file (TOML).
         #[arg(long)]
@@ -46,7 +46,7 @@ enum Command {
         /// protocol.
         #[arg(long, num_args = 1.., required_if_eq("source", "file"))]
         input: Vec<PathBuf>,
-        /// Start of the history window (`--source influxdb`): a duration back from `--until`
+        /// Start of the history window (`--source influxdb|kafka`): a duration back from `--until`
         /// (e.g. `30d`) or an RFC 3339 time.
         #[arg(long, default_value = "30d")]
         since: String,
@@ -248,7 +248,7 @@ enum ModelsCommand {
         /// Version (default: the current one).
         version: Option<String>,
     },
-    /// Make a version current (it must load). A running `serve` uses it from its next start.
+    /// Make a version current (it must load). A running `serve` swaps it in without a restart.
     Promote {
         /// Version.
         version: String,

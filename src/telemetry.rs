@@ -245,7 +245,7 @@ impl Metrics {
         );
         registry.register(
             "checkpoints_skipped",
-            "Checkpoints passed over on restore (damaged, unreadable, format_version, mismatch, records)",
+            "Checkpoints passed over on restore (damaged, unreadable, unavailable, format_version, mismatch, records, model)",
             m.checkpoints_skipped.clone(),
         );
         registry.register(

@@ -333,17 +333,20 @@ pub fn run_retrain(
         meta.training.seconds.unwrap_or(0.0),
         meta.training.windows_per_s().unwrap_or(0.0)
     ));
-    let challenger = Arc::new(
-        model
-            .export(
-                &meta.architecture,
-                "challenger",
-                &meta.features,
-                &meta.mean,
-                &meta.std,
-            )
-            .map_err(anyhow::Error::msg)?,
-    );
+    let mut challenger = model
+        .export(
+            &meta.architecture,
+            "challenger",
+            &meta.features,
+            &meta.mean,
+            &meta.std,
+        )
+        .map_err(anyhow::Error::msg)?;
+    // Scored with the anomaly thresholds its training measured, as the champion is with its
+    // own (a model without them falls back to Gaussian tails, which would make the detection
+    // comparison unfair).
+    challenger.set_calibration(meta.anomaly.clone());
+    let challenger = Arc::new(challenger);
     let score = |m: Arc<crate::engine::InferenceModel>| {
         crate::train::holdout(m, cfg, stream, &h.readings, split)
     };

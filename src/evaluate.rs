@@ -578,10 +578,7 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
     };
     let train_secs = t0.elapsed().as_secs_f64();
     let mut loaded = registry.load(&stream.name, Some(&meta.version))?;
-    loaded.inference.calibration = meta.anomaly.clone();
-    if let Some(c) = loaded.inference.calibration.as_mut() {
-        c.prepare();
-    }
+    loaded.inference.set_calibration(meta.anomaly.clone());
     let model = Arc::new(loaded.inference);
 
     let settings = EngineSettings::from_config(&cfg, &stream);

@@ -596,10 +596,7 @@ impl Registry {
                 message: format!("{problem}: the model is refused"),
             });
         }
-        inference.calibration = meta.anomaly.clone();
-        if let Some(c) = inference.calibration.as_mut() {
-            c.prepare();
-        }
+        inference.set_calibration(meta.anomaly.clone());
         Ok(LoadedModel {
             meta,
             model,

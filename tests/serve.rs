@@ -955,10 +955,7 @@ fn retrain_publishes_a_better_challenger_and_keeps_a_worse_one() {
         &influx,
         &group,
         &streams,
-        // The forecast gate alone: these small 1-s test models are poorly calibrated (in one
-        // run a challenger put 97 % of the holdout over the alarm line, which the detection
-        // check rightly refuses), so that check is kept out of the way here.
-        "\n[retrain]\nwindow = \"1h\"\nholdout = \"150s\"\nmargin = 0.02\nmax_over_line_ratio = 1000.0\n",
+        "\n[retrain]\nwindow = \"1h\"\nholdout = \"150s\"\nmargin = 0.02\n",
     );
     simulate(&brokers, &topic, "json", 8, 400, &now_rfc3339(-30));
     let serve = Serve::start(&cfg, dir.path(), port);
@@ -1029,6 +1026,16 @@ fn retrain_publishes_a_better_challenger_and_keeps_a_worse_one() {
         d["challenger_mase"].as_f64().expect("mase") < d["champion_mase"].as_f64().expect("mase"),
         "{d}"
     );
+    // The detection check, with both models scored with their own measured thresholds.
+    let (co, ho) = (
+        d["champion_over_line"]
+            .as_f64()
+            .expect("champion over-line share"),
+        d["challenger_over_line"]
+            .as_f64()
+            .expect("challenger over-line share"),
+    );
+    assert!(ho <= 2.0 * co.max(0.001), "{d}");
     let decisions = std::fs::read_to_string(dir.path().join("models/pumps/decisions.jsonl"))
         .expect("decisions");
     let published: Vec<bool> = decisions

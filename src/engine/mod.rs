@@ -65,6 +65,15 @@ pub struct InferenceModel {
 }
 
 impl InferenceModel {
+    /// Sets the anomaly thresholds measured in training (a model's `meta.json` `anomaly`),
+    /// ready for scoring; `None`: Gaussian tails.
+    pub fn set_calibration(&mut self, calibration: Option<Calibration>) {
+        self.calibration = calibration;
+        if let Some(c) = self.calibration.as_mut() {
+            c.prepare();
+        }
+    }
+
     /// Why the model cannot be used, if its weights are not finite: such a model would turn
     /// every device's state into NaN. (Its normalisation is checked when it is exported.)
     pub fn weights_problem(&self) -> Option<String> {

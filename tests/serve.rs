@@ -963,30 +963,9 @@ fn retrain_publishes_a_better_challenger_and_keeps_a_worse_one() {
         influx.count("reading", FEATURES[0]) >= 3200
     });
     assert_eq!(serve.terminate(), 0);
-    let run = |args: &[&str], env: &[(&str, &str)]| {
-        let o = Command::new(BIN)
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .envs(env.iter().copied())
-            .output()
-            .expect("run");
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).to_string(),
-            String::from_utf8_lossy(&o.stderr).to_string(),
-        )
-    };
-    let current = || {
-        std::fs::read_to_string(dir.path().join("models/pumps/current"))
-            .expect("current")
-            .trim()
-            .to_string()
-    };
-    let weak = [
-        ("SENSORCAST__TRAIN__EPOCHS", "1"),
-        ("SENSORCAST__TRAIN__MAX_WINDOWS", "4"),
-    ];
+    let run = |args: &[&str], env: &[(&str, &str)]| with_config(&cfg, args, env);
+    let current = || current_model(dir.path());
+    let weak = WEAK_TRAINING;
     // The champion: trained on the same history (holdout included) with the normal settings.
     let (ok, out, err) = run(&["train", "--source", "influxdb", "--since", "1h"], &[]);
     assert!(ok, "{out}\n{err}");
@@ -1120,12 +1099,7 @@ fn train_reads_the_topic_from_the_offsets_for_since() {
     assert!(out.contains("published"), "{out}");
     // The same readings from a file (simulate is seeded) give the same model, bit for bit.
     let registry = dir.path().join("models/pumps");
-    let current = || {
-        std::fs::read_to_string(registry.join("current"))
-            .expect("current")
-            .trim()
-            .to_string()
-    };
+    let current = || current_model(dir.path());
     let from_kafka = current();
     let file = dir.path().join("same.jsonl");
     run(&[
@@ -1276,41 +1250,22 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
     );
     std::fs::write(&cfg, text).expect("config");
     let registry = dir.path().join("models/pumps");
-    let current = || {
-        std::fs::read_to_string(registry.join("current"))
-            .expect("current")
-            .trim()
-            .to_string()
-    };
+    let current = || current_model(dir.path());
     let point_current_at = |v: &str| {
         let tmp = registry.join(".current.test");
         std::fs::write(&tmp, v).expect("write");
         std::fs::rename(&tmp, registry.join("current")).expect("rename");
     };
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        let o = Command::new(BIN)
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .envs(env.iter().copied())
-            .output()
-            .expect("run");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "{args:?}: {text}");
-        text
+        let (ok, out, err) = with_config(&cfg, args, env);
+        assert!(ok, "{args:?}: {out}{err}");
+        format!("{out}{err}")
     };
     // A deliberately weak first model, so that the retrained one is better.
     let history = dir.path().join("history.jsonl");
     run(
         &["train", "--input", history.to_str().expect("utf-8")],
-        &[
-            ("SENSORCAST__TRAIN__EPOCHS", "1"),
-            ("SENSORCAST__TRAIN__MAX_WINDOWS", "4"),
-        ],
+        &WEAK_TRAINING,
     );
     let v1 = current();
     let t0 = chrono::Utc::now();
@@ -1515,12 +1470,7 @@ fn a_restart_onto_a_new_model_brings_device_state_back_and_re_warms_it() {
         1,
     );
     std::fs::write(&cfg, text).expect("config");
-    let current = || {
-        std::fs::read_to_string(dir.path().join("models/pumps/current"))
-            .expect("current")
-            .trim()
-            .to_string()
-    };
+    let current = || current_model(dir.path());
     let v1 = current();
     let t0 = chrono::Utc::now();
     let at = |s: i64| (t0 + chrono::Duration::seconds(s)).to_rfc3339();
@@ -1603,24 +1553,14 @@ fn serve_retrains_on_its_schedule_and_swaps_the_result_in() {
     std::fs::write(&cfg, text).expect("config");
     // A deliberately weak model to start from.
     let history = dir.path().join("history.jsonl");
-    let o = Command::new(BIN)
-        .args(["train", "--config"])
-        .arg(&cfg)
-        .args(["--input", history.to_str().expect("utf-8")])
-        .envs([
-            ("SENSORCAST__TRAIN__EPOCHS", "1"),
-            ("SENSORCAST__TRAIN__MAX_WINDOWS", "4"),
-        ])
-        .output()
-        .expect("train");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (ok, _, err) = with_config(
+        &cfg,
+        &["train", "--input", history.to_str().expect("utf-8")],
+        &WEAK_TRAINING,
+    );
+    assert!(ok, "{err}");
     let registry = dir.path().join("models/pumps");
-    let current = || {
-        std::fs::read_to_string(registry.join("current"))
-            .expect("current")
-            .trim()
-            .to_string()
-    };
+    let current = || current_model(dir.path());
     let weak = current();
     simulate(&brokers, &topic, "json", 8, 300, &now_rfc3339(-5));
     let serve = Serve::start(&cfg, dir.path(), port);

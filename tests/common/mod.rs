@@ -743,3 +743,33 @@ pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> i6
 pub fn now_rfc3339(offset_s: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::seconds(offset_s)).to_rfc3339()
 }
+
+/// The current model version of stream "pumps" in the registry `setup` writes under `dir`.
+pub fn current_model(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("models/pumps/current"))
+        .expect("current")
+        .trim()
+        .to_string()
+}
+
+/// Settings that train a deliberately weak model (one epoch on four windows).
+pub const WEAK_TRAINING: [(&str, &str); 2] = [
+    ("SENSORCAST__TRAIN__EPOCHS", "1"),
+    ("SENSORCAST__TRAIN__MAX_WINDOWS", "4"),
+];
+
+/// Runs `sensorcast ARGS --config CFG` with `env` added: (success, stdout, stderr).
+pub fn with_config(cfg: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let o = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run sensorcast");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}

@@ -272,27 +272,21 @@ fn outage(mut vm: Db) {
         format: "json",
     }];
     let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
-    let text = std::fs::read_to_string(&cfg).expect("config")
-        .replacen(
-            "[engine]\n",
-            &format!("[engine]\nmax_batch = {OUTAGE_MAX_BATCH}\n"),
-            1,
-        )
-        .replacen(
-            "[influxdb]\n",
-            &format!(
-                "[influxdb]\nqueue_batches = {OUTAGE_QUEUE_BATCHES}\nbatch_bytes = {OUTAGE_BATCH_BYTES}\nconcurrency = {OUTAGE_CONCURRENCY}\n"
-            ),
-            1,
-        )
-        .replacen(
-            "[kafka.properties]\n",
-            &format!(
-                "[kafka.properties]\n\"queued.max.messages.kbytes\" = \"{OUTAGE_PREFETCH_KIB}\"\n\"max.partition.fetch.bytes\" = \"{OUTAGE_PARTITION_FETCH_BYTES}\"\n"
-            ),
-            1,
-        );
-    std::fs::write(&cfg, text).expect("config");
+    add_keys(&cfg, "[engine]", &format!("max_batch = {OUTAGE_MAX_BATCH}"));
+    add_keys(
+        &cfg,
+        "[influxdb]",
+        &format!(
+            "queue_batches = {OUTAGE_QUEUE_BATCHES}\nbatch_bytes = {OUTAGE_BATCH_BYTES}\nconcurrency = {OUTAGE_CONCURRENCY}"
+        ),
+    );
+    add_keys(
+        &cfg,
+        "[kafka.properties]",
+        &format!(
+            "\"queued.max.messages.kbytes\" = \"{OUTAGE_PREFETCH_KIB}\"\n\"max.partition.fetch.bytes\" = \"{OUTAGE_PARTITION_FETCH_BYTES}\""
+        ),
+    );
     let serve = Serve::start(&cfg, dir.path(), port);
 
     // Warm-up: 20 devices × 150 readings written while InfluxDB is up. Afterwards nothing is
@@ -835,12 +829,7 @@ fn train_reads_back_the_history_serve_wrote_to_influxdb() {
         format: "json",
     }];
     let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
-    let text = std::fs::read_to_string(&cfg).expect("config").replacen(
-        "[train]\n",
-        "[train]\nhistory_page = \"1m\"\n",
-        1,
-    );
-    std::fs::write(&cfg, text).expect("config");
+    add_keys(&cfg, "[train]", "history_page = \"1m\"");
     let end = now_rfc3339(-120);
     simulate(&brokers, &topic, "json", 8, 200, &end);
     let serve = Serve::start(&cfg, dir.path(), port);
@@ -1243,12 +1232,7 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
         &streams,
         "\n[retrain]\nwindow = \"1h\"\nholdout = \"100s\"\nmargin = 0.0\nmax_over_line_ratio = 1000.0\n",
     );
-    let text = std::fs::read_to_string(&cfg).expect("config").replacen(
-        "[model]\n",
-        "[model]\npoll_interval = \"1s\"\nswap_warmup = 20\n",
-        1,
-    );
-    std::fs::write(&cfg, text).expect("config");
+    add_keys(&cfg, "[model]", "poll_interval = \"1s\"\nswap_warmup = 20");
     let registry = dir.path().join("models/pumps");
     let current = || current_model(dir.path());
     let point_current_at = |v: &str| {
@@ -1464,12 +1448,7 @@ fn a_restart_onto_a_new_model_brings_device_state_back_and_re_warms_it() {
         format: "json",
     }];
     let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
-    let text = std::fs::read_to_string(&cfg).expect("config").replacen(
-        "[model]\n",
-        "[model]\nswap_warmup = 15\n",
-        1,
-    );
-    std::fs::write(&cfg, text).expect("config");
+    add_keys(&cfg, "[model]", "swap_warmup = 15");
     let current = || current_model(dir.path());
     let v1 = current();
     let t0 = chrono::Utc::now();
@@ -1545,12 +1524,7 @@ fn serve_retrains_on_its_schedule_and_swaps_the_result_in() {
         &streams,
         "\n[retrain]\nevery = \"6s\"\nsource = \"kafka\"\nwindow = \"1h\"\nholdout = \"60s\"\nmargin = 0.0\nmax_over_line_ratio = 1000.0\nthreads = 1\n",
     );
-    let text = std::fs::read_to_string(&cfg).expect("config").replacen(
-        "[model]\n",
-        "[model]\npoll_interval = \"1s\"\n",
-        1,
-    );
-    std::fs::write(&cfg, text).expect("config");
+    add_keys(&cfg, "[model]", "poll_interval = \"1s\"");
     // A deliberately weak model to start from.
     let history = dir.path().join("history.jsonl");
     let (ok, _, err) = with_config(

@@ -280,11 +280,6 @@ fn wait_done(vm: &Vm, brokers: &str, group: &str, topic: &str, partitions: i32, 
     );
 }
 
-fn config_with(cfg: &Path, f: impl FnOnce(String) -> String) {
-    let text = std::fs::read_to_string(cfg).expect("config");
-    std::fs::write(cfg, f(text)).expect("config");
-}
-
 #[test]
 fn sigkill_five_times_mid_stream_writes_exactly_what_replay_writes() {
     crash_five_times(false);
@@ -307,9 +302,7 @@ fn crash_five_times(changelog: bool) {
         port,
     } = small("crash", PARTITIONS);
     if changelog {
-        config_with(&cfg, |t| {
-            t.replace("[state]\n", "[state]\nstore = \"kafka\"\n")
-        });
+        add_keys(&cfg, "[state]", "store = \"kafka\"");
     }
     let (devices, readings) = (200, 500);
     let total = devices * readings;
@@ -581,9 +574,7 @@ fn a_broker_restart_mid_stream_loses_and_changes_nothing() {
     }];
     let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
     // Small micro-batches, so that the restart lands while the stream is being worked through.
-    config_with(&cfg, |t| {
-        t.replacen("[engine]\n", "[engine]\nmax_batch = 64\n", 1)
-    });
+    add_keys(&cfg, "[engine]", "max_batch = 64");
     let (devices, readings) = (50, 400);
     let total = devices * readings;
     let end = now_rfc3339(-60);
@@ -758,9 +749,7 @@ fn a_flood_of_random_device_ids_is_capped_and_real_devices_carry_on() {
         cfg,
         port,
     } = small("flood", 2);
-    config_with(&cfg, |t| {
-        t.replacen("[engine]\n", "[engine]\nmax_devices = 50\n", 1)
-    });
+    add_keys(&cfg, "[engine]", "max_devices = 50");
     let t0 = chrono::Utc::now().timestamp_millis() - 300_000;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let (real, per) = (40, 30);

@@ -773,3 +773,22 @@ pub fn with_config(cfg: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, St
         String::from_utf8_lossy(&o.stderr).to_string(),
     )
 }
+
+/// Rewrites the config file `cfg` with `f`.
+pub fn config_with(cfg: &Path, f: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(cfg).expect("config");
+    std::fs::write(cfg, f(text)).expect("config");
+}
+
+/// Adds `keys` (TOML lines) at the top of `[section]` of the config file `cfg`.
+pub fn add_keys(cfg: &Path, section: &str, keys: &str) {
+    config_with(cfg, |text| {
+        let header = format!("{section}\n");
+        assert!(text.contains(&header), "{} has no {section}", cfg.display());
+        text.replacen(
+            &header,
+            &format!("{header}{}\n", keys.trim_end_matches('\n')),
+            1,
+        )
+    });
+}

@@ -52,8 +52,7 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
     let registry = Registry::new(&cfg.model.registry);
     let mut engines = Vec::new();
     for stream in &cfg.streams {
-        let engine = crate::swap::checked_engine(&registry, &cfg, stream, None)
-            .map_err(|r| anyhow::anyhow!("{r}"))?;
+        let engine = crate::swap::checked_engine(&registry, &cfg, stream, None)?;
         let version = &engine.model().version;
         metrics
             .model_version

@@ -19,7 +19,8 @@
 //! (loaded from the registry) and the swap starts over there. Once every such device has
 //! switched (or `model.swap_timeout` passed) the old engine is dropped and every checkpoint
 //! names the new version. Cost while it runs: a second engine step per reading and a second
-//! device state (≈1.4 KB at hidden 64, 8 features) per device; nothing after.
+//! device state (1294 B at hidden 64, 8 features, README "Performance") per device; nothing
+//! after.
 
 use crate::config::{Config, Horizons, StreamConfig};
 use crate::decode::Reading;
@@ -33,19 +34,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// Why a model was refused.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
 pub struct Rejected {
     /// `load` (missing or unreadable files), `schema` (features or horizon do not fit the
     /// stream) or `weights` (non-finite or inconsistent).
     pub reason: &'static str,
     /// What is wrong, naming the version and the file.
     pub message: String,
-}
-
-impl std::fmt::Display for Rejected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
 }
 
 /// Loads a version of a stream's model (the current one for `None`) and checks that it can

@@ -308,10 +308,8 @@ impl EngineStage {
                 sw.advance(engine, chunk, chunk_shards);
             }
         }
-        let tracked = engine
-            .devices()
-            .max(swap.as_ref().map_or(0, |sw| sw.old.devices()));
         self.swaps[i] = swap;
+        let tracked = self.tracked(i);
         let engine = &self.engines[i];
         let l = labels(&[("stream", &self.names[i])]);
         let m = &self.metrics;
@@ -331,6 +329,12 @@ impl EngineStage {
             .get_or_create(&l)
             .set(c.alarms_raised.saturating_sub(c.alarms_cleared) as i64);
         true
+    }
+
+    /// Devices a stream tracks (during a swap the old engine holds every one of them).
+    fn tracked(&self, stream: usize) -> usize {
+        let old = self.swaps[stream].as_ref().map_or(0, |sw| sw.old.devices());
+        self.engines[stream].devices().max(old)
     }
 
     /// A parked device is back: its state goes into the engine before its reading.
@@ -537,9 +541,7 @@ impl EngineStage {
                     .devices_restored
                     .get_or_create(&l)
                     .inc_by(n as u64);
-                let tracked = self.engines[stream]
-                    .devices()
-                    .max(self.swaps[stream].as_ref().map_or(0, |sw| sw.old.devices()));
+                let tracked = self.tracked(stream);
                 self.metrics.devices.get_or_create(&l).set(tracked as i64);
                 tracing::info!(
                     stream = %self.names[stream],

@@ -5,12 +5,11 @@
 #   - Debian packages: a C toolchain (librdkafka is built from source by rdkafka-sys),
 #     VictoriaMetrics (the InfluxDB v2 write API stand-in the end-to-end tests write to) and
 #     InfluxDB 1.6 (`influxdb`: a real InfluxDB, v1 /write and InfluxQL /query);
-#   - nisshi (tansu's continuation), a Kafka-compatible broker, built once with
-#     `cargo +nightly install` and reused;
-#   - starts nisshi on a free loopback port (the tests start their own VictoriaMetrics and
-#     InfluxDB instances on free loopback ports, so that a test can stop and restart its
-#     database, and brokers of their own where they restart one), and stops it on exit, even
-#     on failure;
+#   - Apache Kafka's jars (scripts/kafka.sh, pinned version, fetched once from Maven Central and
+#     cached); starts a single-node KRaft broker on free loopback ports (the tests start their
+#     own VictoriaMetrics and InfluxDB instances on free loopback ports, so that a test can stop
+#     and restart its database, and brokers of their own, with the same script, where they
+#     restart or configure one), and stops it on exit, even on failure;
 #   - cargo fmt --check, clippy with warnings denied, every unit test, the CLI end-to-end
 #     tests and the serve end-to-end tests against the real servers (feature `integration`),
 #     the static checks of deploy/ and the docs (tests/deploy.rs), Kafka over TLS
@@ -26,7 +25,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 advisory_db=${SENSORCAST_ADVISORY_DB:-$root/../shared/advisory-db}
-NISSHI_VERSION=0.8.1
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -44,6 +42,9 @@ command -v make >/dev/null 2>&1 || packages+=(make)
 command -v victoria-metrics >/dev/null 2>&1 || packages+=(victoria-metrics)
 command -v influxd >/dev/null 2>&1 || packages+=(influxdb)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
+# Apache Kafka runs from its jars on Java 17+, fetched through Maven.
+command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || packages+=(maven)
 # librdkafka is built with TLS against Debian's OpenSSL (found through pkg-config).
 command -v pkg-config >/dev/null 2>&1 || packages+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || packages+=(libssl-dev)
@@ -58,49 +59,20 @@ fi
 # never use it (they start their own), so it is left alone.
 export SENSORCAST_TEST_INFLUXD_BIN=${SENSORCAST_TEST_INFLUXD_BIN:-$(command -v influxd)}
 
-# The Kafka-compatible broker the tests run against: nisshi 0.8.1, tansu's continuation (same
-# CLI). Not tansu 0.6.0 any more: it answers a fetch that starts inside a record batch with the
-# next batch (a consumer restarting from a mid-batch offset silently loses the rest of that
-# batch) and keeps dead members in a consumer group, so their partitions are never taken over;
-# tests/state.rs checks both. nisshi's locked build needs rustc >= 1.96, which on these
-# machines only the nightly toolchain has. One build with every storage engine the tests use:
-# in-memory (dynostore) and SQLite (libsql, topics that survive a broker restart), kept in its
-# own root named by version and features, so that an older build is never reused.
-BROKER_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/sensorcast/nisshi-$NISSHI_VERSION-dynostore-libsql
-if [ ! -x "$BROKER_ROOT/bin/nisshi" ]; then
-  if ! rustc +nightly --version >/dev/null 2>&1; then
-    echo "error: building nisshi $NISSHI_VERSION needs rustc >= 1.96 (the nightly toolchain here); none found" >&2
-    exit 1
-  fi
-  step "building nisshi $NISSHI_VERSION with dynostore,libsql (once; reused afterwards)"
-  cargo +nightly install nisshi --version "$NISSHI_VERSION" --locked --no-default-features \
-    --features dynostore,libsql --root "$BROKER_ROOT"
-fi
-export PATH="$BROKER_ROOT/bin:$PATH"
-export SENSORCAST_TEST_BROKER_BIN="$BROKER_ROOT/bin/nisshi"
-
 logs=$(mktemp -d)
-pids=()
+broker_dir=$logs/kafka
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  scripts/kafka.sh stop "$broker_dir" || true
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-step "starting nisshi"
-port=$(free_port)
-nisshi broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-  --storage-engine memory://nisshi/ >"$logs/nisshi.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do
-  if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-  sleep 0.1
-done
-(echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "nisshi did not start:"; cat "$logs/nisshi.log"; exit 1; }
-export SENSORCAST_TEST_BROKERS="127.0.0.1:$port"
-echo "nisshi on $SENSORCAST_TEST_BROKERS (log: $logs/nisshi.log)"
+# Apache Kafka: scripts/kafka.sh fetches its jars once (cached by version) and runs the broker.
+step "starting Apache Kafka (scripts/kafka.sh)"
+java -version 2>&1 | head -n 1
+started=$(date +%s)
+SENSORCAST_TEST_BROKERS=$(scripts/kafka.sh start "$broker_dir")
+export SENSORCAST_TEST_BROKERS
+echo "Apache Kafka $(scripts/kafka.sh version) on $SENSORCAST_TEST_BROKERS in $(($(date +%s) - started)) s (logs: $broker_dir/logs)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -108,7 +80,7 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets --features integration -D warnings"
 cargo clippy --release --all-targets --features integration --locked -- -D warnings
 
-step "cargo test (unit, CLI end-to-end, serve end-to-end against nisshi and VictoriaMetrics)"
+step "cargo test (unit, CLI end-to-end, serve end-to-end against Apache Kafka, VictoriaMetrics and InfluxDB 1.6)"
 cargo test --release --locked --features integration -- --test-threads=2
 
 step "systemd-analyze verify deploy/systemd"

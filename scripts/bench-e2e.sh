@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end benchmark: nisshi → sensorcast serve → VictoriaMetrics, all on this machine.
+# End-to-end benchmark: Apache Kafka → sensorcast serve → VictoriaMetrics, all on this machine.
 #
 # 1. Throughput: N readings are produced up front, then `serve` starts; events/s is readings
 #    divided by the time from the first reading consumed to the last point acknowledged.
@@ -8,7 +8,7 @@
 #    the sensorcast_end_to_end_seconds histogram.
 #
 # Usage: scripts/bench-e2e.sh [devices] [readings-per-device] [rate]
-# Needs what scripts/test.sh installs (nisshi, victoria-metrics) and a release build.
+# Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-1000}
@@ -16,22 +16,19 @@ readings=${2:-200}
 rate=${3:-100000}
 cargo build --release --locked --quiet
 bin=target/release/sensorcast
-# The broker scripts/test.sh builds (nisshi), else one on PATH (nisshi or tansu: same CLI).
-broker=$(ls "${XDG_CACHE_HOME:-$HOME/.cache}"/sensorcast/nisshi-*/bin/nisshi 2>/dev/null | tail -n 1)
-[ -n "$broker" ] || broker=$(command -v nisshi || command -v tansu)
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() { scripts/kafka.sh stop "$work/kafka" || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-kport=$(free_port); vport=$(free_port); hport=$(free_port)
-$broker broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
-  --storage-engine memory://bench/ >"$work/broker.log" 2>&1 & pids+=($!)
+vport=$(free_port); hport=$(free_port)
+# Apache Kafka (scripts/kafka.sh: its pinned version, from the cached jars).
+kaddr=$(scripts/kafka.sh start "$work/kafka")
 victoria-metrics -httpListenAddr="127.0.0.1:$vport" -storageDataPath="$work/vm" -retentionPeriod=100y \
   -search.latencyOffset=0s -loggerLevel=ERROR >"$work/vm.log" 2>&1 & pids+=($!)
 sleep 2
-$broker topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.tput >/dev/null
-$broker topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.lat >/dev/null
+scripts/kafka.sh topic "$work/kafka" bench.tput 4
+scripts/kafka.sh topic "$work/kafka" bench.lat 4
 write_config() {
 cat >"$work/$1.toml" <<TOML
 [[streams]]
@@ -46,7 +43,7 @@ horizon = 3
 [train]
 epochs = 3
 [kafka]
-brokers = "127.0.0.1:$kport"
+brokers = "$kaddr"
 group_id = "bench-$1"
 dead_letter_topic = ""
 [influxdb]
@@ -72,7 +69,7 @@ metric() { curl -s "127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 ~ "^"m {s+=$2}
 total=$((devices * readings))
 echo "producing $total readings ($devices devices × $readings)…"
 t0=$(date +%s.%N)
-$bin simulate --devices "$devices" --readings "$readings" --interval 1s --brokers "127.0.0.1:$kport" --topic bench.tput >/dev/null
+$bin simulate --devices "$devices" --readings "$readings" --interval 1s --brokers "$kaddr" --topic bench.tput >/dev/null
 t1=$(date +%s.%N)
 echo "produced in $(python3 -c "print(round($t1 - $t0, 2))") s"
 $bin serve --config "$work/tput.toml" 2>"$work/serve-tput.log" & spid=$!; pids+=($spid)
@@ -95,7 +92,7 @@ kill -TERM $spid; wait $spid || true
 echo "latency at $rate readings/s…"
 $bin serve --config "$work/lat.toml" 2>"$work/serve-lat.log" & spid=$!; pids+=($spid)
 until curl -sf "127.0.0.1:$hport/health/ready" >/dev/null; do sleep 0.1; done
-$bin simulate --devices "$devices" --readings "$readings" --interval 1s --rate "$rate" --brokers "127.0.0.1:$kport" --topic bench.lat >/dev/null
+$bin simulate --devices "$devices" --readings "$readings" --interval 1s --rate "$rate" --brokers "$kaddr" --topic bench.lat >/dev/null
 until [ "$(metric sensorcast_points_written_total)" -ge "$points" ] 2>/dev/null; do sleep 0.1; done
 curl -s "127.0.0.1:$hport/metrics" | python3 -c '
 import sys

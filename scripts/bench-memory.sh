@@ -1,32 +1,29 @@
 #!/usr/bin/env bash
-# Resident memory per device of a running `serve`, on the real growth path: nisshi →
+# Resident memory per device of a running `serve`, on the real growth path: Apache Kafka →
 # sensorcast serve → VictoriaMetrics on this machine. D devices × R readings are produced up
 # front; RSS is read once serve is ready (no device yet) and again once every point is
 # written; the difference over D is what a device really costs, allocator included.
 #
 # Usage: scripts/bench-memory.sh [devices] [readings-per-device]   (default 100000 2)
-# Needs what scripts/test.sh installs (nisshi, victoria-metrics) and a release build.
+# Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-100000}
 readings=${2:-2}
 cargo build --release --locked --quiet
 bin=target/release/sensorcast
-# The broker scripts/test.sh builds (nisshi), else one on PATH (nisshi or tansu: same CLI).
-broker=$(ls "${XDG_CACHE_HOME:-$HOME/.cache}"/sensorcast/nisshi-*/bin/nisshi 2>/dev/null | tail -n 1)
-[ -n "$broker" ] || broker=$(command -v nisshi || command -v tansu)
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { scripts/kafka.sh stop "$work/kafka" || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-kport=$(free_port); vport=$(free_port); hport=$(free_port)
-$broker broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
-  --storage-engine memory://bench/ >"$work/broker.log" 2>&1 & pids+=($!)
+vport=$(free_port); hport=$(free_port)
+# Apache Kafka (scripts/kafka.sh: its pinned version, from the cached jars).
+kaddr=$(scripts/kafka.sh start "$work/kafka")
 victoria-metrics -httpListenAddr="127.0.0.1:$vport" -storageDataPath="$work/vm" -retentionPeriod=100y \
   -search.latencyOffset=0s -loggerLevel=ERROR >"$work/vm.log" 2>&1 & pids+=($!)
 sleep 2
-$broker topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.mem >/dev/null
+scripts/kafka.sh topic "$work/kafka" bench.mem 4
 cat >"$work/mem.toml" <<TOML
 [[streams]]
 name = "pumps"
@@ -40,7 +37,7 @@ horizon = 3
 [train]
 epochs = 3
 [kafka]
-brokers = "127.0.0.1:$kport"
+brokers = "$kaddr"
 group_id = "bench-mem"
 dead_letter_topic = ""
 [influxdb]
@@ -58,7 +55,7 @@ metric() { curl -s "127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 == m || index(
 rss() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$1/status"; }
 total=$((devices * readings))
 echo "producing $total readings ($devices devices × $readings)…"
-$bin simulate --devices "$devices" --readings "$readings" --interval 1s --brokers "127.0.0.1:$kport" --topic bench.mem >/dev/null
+$bin simulate --devices "$devices" --readings "$readings" --interval 1s --brokers "$kaddr" --topic bench.mem >/dev/null
 $bin serve --config "$work/mem.toml" 2>"$work/serve.log" & spid=$!; pids+=($spid)
 until curl -sf "127.0.0.1:$hport/health/ready" >/dev/null; do sleep 0.1; done
 rss0=$(rss $spid)

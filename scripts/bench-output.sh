@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end throughput per database and output volume, against what the database alone
-# accepts: nisshi → sensorcast serve → VictoriaMetrics (v2 API) or InfluxDB 1.6 (v1 API), all on
+# accepts: Apache Kafka → sensorcast serve → VictoriaMetrics (v2 API) or InfluxDB 1.6 (v1 API), all on
 # this machine.
 #
 # For each database × output ("default": the [output] defaults; "full": every forecast step, no
@@ -13,24 +13,22 @@
 #     batch size and concurrency; reported as readings/s (lines/s ÷ points per reading).
 #
 # Usage: scripts/bench-output.sh [devices] [readings-per-device]
-# Needs what scripts/test.sh installs (nisshi, victoria-metrics, influxdb) and python3.
+# Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics, influxdb) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-1000}
 readings=${2:-200}
 cargo build --release --locked --quiet
 bin=$(pwd)/target/release/sensorcast
-broker=$(ls "${XDG_CACHE_HOME:-$HOME/.cache}"/sensorcast/nisshi-*/bin/nisshi 2>/dev/null | tail -n 1)
-[ -n "$broker" ] || broker=$(command -v nisshi || command -v tansu)
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { scripts/kafka.sh stop "$work/kafka" || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-kport=$(free_port); vport=$(free_port); iport=$(free_port); irpc=$(free_port); hport=$(free_port)
+vport=$(free_port); iport=$(free_port); irpc=$(free_port); hport=$(free_port)
 
-$broker broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
-  --storage-engine memory://bench/ >"$work/broker.log" 2>&1 & pids+=($!)
+# Apache Kafka (scripts/kafka.sh: its pinned version, from the cached jars).
+kaddr=$(scripts/kafka.sh start "$work/kafka")
 victoria-metrics -httpListenAddr="127.0.0.1:$vport" -storageDataPath="$work/vm" -retentionPeriod=100y \
   -search.latencyOffset=0s -loggerLevel=ERROR >"$work/vm.log" 2>&1 & vmpid=$!; pids+=($vmpid)
 cat >"$work/influxdb.conf" <<CONF
@@ -53,7 +51,7 @@ CONF
 influxd run -config "$work/influxdb.conf" >"$work/influxd.log" 2>&1 & ipid=$!; pids+=($ipid)
 for _ in $(seq 1 100); do curl -sf "127.0.0.1:$iport/ping" >/dev/null && break; sleep 0.1; done
 sleep 1
-$broker topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.out >/dev/null
+scripts/kafka.sh topic "$work/kafka" bench.out 4
 influxql() { curl -sf -XPOST "127.0.0.1:$iport/query" --data-urlencode "q=$1" >/dev/null; }
 
 end=$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)
@@ -61,7 +59,7 @@ total=$((devices * readings))
 $bin simulate --devices "$devices" --readings "$readings" --interval 1s --end "$end" --out "$work/readings.jsonl" >/dev/null
 echo "producing $total readings ($devices devices × $readings)…"
 $bin simulate --devices "$devices" --readings "$readings" --interval 1s --end "$end" \
-  --brokers "127.0.0.1:$kport" --topic bench.out >/dev/null
+  --brokers "$kaddr" --topic bench.out >/dev/null
 $bin simulate --devices 8 --readings 300 --interval 1s --out "$work/history.jsonl" >/dev/null
 
 # write_config NAME DB OUTPUT
@@ -91,7 +89,7 @@ horizon = 3
 [train]
 epochs = 3
 [kafka]
-brokers = "127.0.0.1:$kport"
+brokers = "$kaddr"
 group_id = "bench-$1"
 dead_letter_topic = ""
 [influxdb]

@@ -15,7 +15,7 @@
 # care about; the ratios are what carries over.
 #
 # Usage: scripts/bench-retrain.sh [devices] [readings-per-device] [retrain-threads]
-# Needs what scripts/test.sh installs (nisshi, victoria-metrics) and a release build.
+# Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-500}
@@ -23,20 +23,18 @@ readings=${2:-3000}
 threads=${3:-1}
 cargo build --release --locked --quiet
 bin=target/release/sensorcast
-broker=$(ls "${XDG_CACHE_HOME:-$HOME/.cache}"/sensorcast/nisshi-*/bin/nisshi 2>/dev/null | tail -n 1)
-[ -n "$broker" ] || broker=$(command -v nisshi || command -v tansu)
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() { scripts/kafka.sh stop "$work/kafka" || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-kport=$(free_port); vport=$(free_port); hport=$(free_port)
-$broker broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
-  --storage-engine memory://bench/ >"$work/broker.log" 2>&1 & pids+=($!)
+vport=$(free_port); hport=$(free_port)
+# Apache Kafka (scripts/kafka.sh: its pinned version, from the cached jars).
+kaddr=$(scripts/kafka.sh start "$work/kafka")
 victoria-metrics -httpListenAddr="127.0.0.1:$vport" -storageDataPath="$work/vm" -retentionPeriod=100y \
   -loggerLevel=ERROR >"$work/vm.log" 2>&1 & pids+=($!)
 sleep 2
-$broker topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 bench.retrain >/dev/null
+scripts/kafka.sh topic "$work/kafka" bench.retrain 4
 write_config() { # name, extra TOML
 cat >"$work/$1.toml" <<TOML
 [[streams]]
@@ -54,7 +52,7 @@ swap_warmup = 1000000
 epochs = 2
 max_windows = 5000
 [kafka]
-brokers = "127.0.0.1:$kport"
+brokers = "$kaddr"
 group_id = "bench-$1"
 dead_letter_topic = ""
 [influxdb]
@@ -89,7 +87,7 @@ $bin models promote --config "$work/baseline.toml" "$first" >/dev/null
 total=$((devices * readings))
 echo "producing $total readings ($devices devices × $readings, 10 s apart)…"
 $bin simulate --devices "$devices" --readings "$readings" --interval 10s \
-  --brokers "127.0.0.1:$kport" --topic bench.retrain >/dev/null
+  --brokers "$kaddr" --topic bench.retrain >/dev/null
 value() { awk -v m="$1" 'index($1, m"{") == 1 || $1 == m {s+=$2} END {printf "%.0f", s}'; }
 run() { # name
   $bin serve --config "$work/$1.toml" 2>"$work/serve-$1.log" & local spid=$!

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak: `serve` for a long stretch at a steady rate with device churn, on this machine
-# (nisshi → sensorcast serve → VictoriaMetrics). A stable fleet reports every second for the
+# (Apache Kafka → sensorcast serve → VictoriaMetrics). A stable fleet reports every second for the
 # whole run; every round a new fleet appears, reports for one round and goes idle for good, so
 # devices keep arriving and going quiet (they are parked after engine.device_ttl, here 2 min of
 # event time). Checkpoints every 10 s. Every 15 s it samples resident memory, the
@@ -10,7 +10,7 @@
 #
 # Usage: scripts/soak.sh [minutes] [stable-devices] [churn-devices-per-round]
 #        (default 30 1000 200: ≈1 200 readings/s)
-# Needs what scripts/test.sh installs (nisshi, victoria-metrics) and a release build.
+# Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-30}
@@ -19,22 +19,20 @@ churn=${3:-200}
 round_s=60
 cargo build --release --locked --quiet
 bin=$(pwd)/target/release/sensorcast
-broker=$(ls "${XDG_CACHE_HOME:-$HOME/.cache}"/sensorcast/nisshi-*/bin/nisshi 2>/dev/null | tail -n 1)
-[ -n "$broker" ] || broker=$(command -v nisshi || command -v tansu)
 out=$(pwd)/soak-out
 mkdir -p "$out"
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { scripts/kafka.sh stop "$work/kafka" || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-kport=$(free_port); vport=$(free_port); hport=$(free_port)
-$broker broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
-  --storage-engine memory://soak/ >"$work/broker.log" 2>&1 & pids+=($!)
+vport=$(free_port); hport=$(free_port)
+# Apache Kafka (scripts/kafka.sh: its pinned version, from the cached jars).
+kaddr=$(scripts/kafka.sh start "$work/kafka")
 victoria-metrics -httpListenAddr="127.0.0.1:$vport" -storageDataPath="$work/vm" -retentionPeriod=100y \
   -search.latencyOffset=0s -loggerLevel=ERROR >"$work/vm.log" 2>&1 & pids+=($!)
 sleep 2
-$broker topic create --broker "tcp://127.0.0.1:$kport" --partitions 4 soak >/dev/null
+scripts/kafka.sh topic "$work/kafka" soak 4
 cat >"$work/soak.toml" <<TOML
 [[streams]]
 name = "pumps"
@@ -50,7 +48,7 @@ epochs = 3
 [engine]
 device_ttl = "2m"
 [kafka]
-brokers = "127.0.0.1:$kport"
+brokers = "$kaddr"
 group_id = "soak"
 dead_letter_topic = ""
 [influxdb]
@@ -77,9 +75,9 @@ until curl -sf "127.0.0.1:$hport/health/ready" >/dev/null; do sleep 0.2; done
     end=$((end + round_s))
     when=$(date -u -d "@$end" +%Y-%m-%dT%H:%M:%SZ)
     "$bin" simulate --devices "$stable" --readings "$round_s" --interval 1s --end "$when" \
-      --rate "$stable" --seed $((r + 1)) --brokers "127.0.0.1:$kport" --topic soak >/dev/null &
+      --rate "$stable" --seed $((r + 1)) --brokers "$kaddr" --topic soak >/dev/null &
     "$bin" simulate --devices "$churn" --readings "$round_s" --interval 1s --end "$when" \
-      --rate "$churn" --seed $((r + 1)) --device-prefix "churn$r-" --brokers "127.0.0.1:$kport" \
+      --rate "$churn" --seed $((r + 1)) --device-prefix "churn$r-" --brokers "$kaddr" \
       --topic soak >/dev/null &
     wait
   done

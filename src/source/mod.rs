@@ -115,9 +115,16 @@ impl Rebalancer {
     }
 
     /// Restores each assigned partition's newest valid checkpoint and sets the partition to
-    /// be read from its offset.
-    fn on_assign(&self, tpl: &mut TopicPartitionList, metrics: &Metrics) {
-        let Some(tx) = self.engine() else { return };
+    /// be read from its offset; returns the partitions restored, with that offset.
+    fn on_assign(
+        &self,
+        tpl: &mut TopicPartitionList,
+        metrics: &Metrics,
+    ) -> Vec<(String, i32, i64)> {
+        let mut restored = Vec::new();
+        let Some(tx) = self.engine() else {
+            return restored;
+        };
         let parts: Vec<(String, i32)> = tpl
             .elements()
             .iter()
@@ -145,10 +152,22 @@ impl Rebalancer {
                     .inc();
                 tracing::warn!(at = %s.location, reason = %s.reason, "checkpoint skipped");
             }
+            let assigned = |start: &str| {
+                metrics
+                    .partitions_assigned
+                    .get_or_create(&labels(&[
+                        ("topic", &topic),
+                        ("partition", &partition.to_string()),
+                        ("start", start),
+                    ]))
+                    .inc();
+            };
             let Some((c, at)) = loaded.checkpoint else {
+                assigned("cold");
                 tracing::info!(stream = %st.name, partition, "no usable checkpoint: devices start cold from the committed offset");
                 continue;
             };
+            assigned("checkpoint");
             let offset = c.header.offset;
             tracing::info!(stream = %st.name, partition, offset, devices = c.header.devices, at = %at, "restoring checkpoint");
             let sent = self.block_on(tx.send(ToEngine::Restore {
@@ -156,10 +175,58 @@ impl Rebalancer {
                 checkpoint: Box::new(c),
             }));
             if sent.is_err() {
-                return;
+                return restored;
             }
             if let Err(e) = tpl.set_partition_offset(&topic, partition, Offset::Offset(offset)) {
                 tracing::error!(error = %e, topic, partition, "cannot seek to the checkpoint's offset");
+                continue;
+            }
+            restored.push((topic, partition, offset));
+        }
+        restored
+    }
+
+    /// After an assignment: a restored checkpoint's offset is done (a checkpoint is written
+    /// only once every point before its offset is), so it is stored for the next commit where
+    /// the group's committed offset is behind it. Otherwise a partition whose last commit was
+    /// lost (the broker went away, the assignment with it) and that gets no new reading would
+    /// show a lag that is not there, and a member without checkpoints would re-read it. Never
+    /// moves a committed offset back (a restore that fell back to an older checkpoint).
+    fn store_restored<C: rdkafka::consumer::Consumer<SourceContext>>(
+        consumer: &C,
+        restored: &[(String, i32, i64)],
+    ) {
+        if restored.is_empty() {
+            return;
+        }
+        let mut asked = TopicPartitionList::new();
+        for (topic, partition, _) in restored {
+            asked.add_partition(topic, *partition);
+        }
+        let committed = match consumer.committed_offsets(asked, Duration::from_secs(10)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the committed offsets of restored partitions; the next checkpoint commits them");
+                return;
+            }
+        };
+        let mut behind = TopicPartitionList::new();
+        for (topic, partition, offset) in restored {
+            let at = committed
+                .find_partition(topic, *partition)
+                .map(|e| e.offset());
+            if !matches!(at, Some(Offset::Offset(c)) if c >= *offset) {
+                let _ = behind.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+            }
+        }
+        if behind.count() > 0 {
+            if let Err(e) = consumer.store_offsets(&behind) {
+                tracing::warn!(error = %e, "cannot store the restored checkpoints' offsets");
+            } else {
+                tracing::info!(
+                    partitions = behind.count(),
+                    "committed offsets behind the restored checkpoints moved up to them"
+                );
             }
         }
     }
@@ -266,8 +333,9 @@ impl ConsumerContext for SourceContext {
         );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut restored = Vec::new();
                 if let Some(r) = &self.rebalancer {
-                    r.on_assign(tpl, &self.metrics);
+                    restored = r.on_assign(tpl, &self.metrics);
                     r.assignment.update(|owned| {
                         if !cooperative {
                             owned.clear();
@@ -282,6 +350,9 @@ impl ConsumerContext for SourceContext {
                 } else {
                     consumer.assign(tpl)
                 };
+                if r.is_ok() {
+                    Rebalancer::store_restored(consumer, &restored);
+                }
                 self.after(consumer, &Rebalance::Assign(tpl));
                 r
             }
@@ -329,6 +400,7 @@ impl SourceContext {
                         ("partition", &e.partition().to_string()),
                     ]);
                     self.metrics.consumer_lag.remove(&l);
+                    self.metrics.partitions_revoked.get_or_create(&l).inc();
                 }
                 tracing::info!(revoked = tpl.count(), total = n, "partitions revoked")
             }
@@ -370,6 +442,10 @@ pub fn consumer(
             ("queued.max.messages.kbytes", "16384".into()),
             // Latency: do not let an idle fetch sit at the broker for librdkafka's 500 ms.
             ("fetch.wait.max.ms", "50".into()),
+            // Incremental rebalancing: a member joining or leaving moves only the partitions
+            // that change owner; the others keep their devices in memory and keep being
+            // scored (librdkafka's default, range+roundrobin, revokes every partition).
+            ("partition.assignment.strategy", "cooperative-sticky".into()),
         ],
     );
     // Managed by sensorcast (validation refuses them in kafka.properties).
@@ -441,8 +517,13 @@ pub async fn ensure_changelog_topics(cfg: &Config) -> Result<(), String> {
 fn admin(
     cfg: &Config,
 ) -> Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, String> {
-    client_config(cfg, &[])
-        .create()
+    let mut c = client_config(cfg, &[]);
+    // Asking for a missing topic's metadata from a producer-type client (an admin client is
+    // one) makes a broker with auto.create.topics.enable (Apache Kafka's default) create it,
+    // with the broker's default partition count and no compaction: the changelog topic would
+    // then be a plain topic of one partition, whose checkpoints retention deletes.
+    c.set("allow.auto.create.topics", "false");
+    c.create()
         .map_err(|e| format!("cannot create a Kafka admin client: {e}"))
 }
 

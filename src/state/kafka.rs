@@ -181,6 +181,8 @@ impl KafkaStore {
         let producer: FutureProducer = client
             .clone()
             .set("enable.idempotence", "true")
+            // A deleted changelog topic must not come back as a plain, uncompacted one.
+            .set("allow.auto.create.topics", "false")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("message.timeout.ms", IO_TIMEOUT.as_millis().to_string())

@@ -81,6 +81,13 @@ pub struct Metrics {
     pub checkpoints_skipped: Family<Labels, Counter>,
     /// Devices restored from checkpoints, by stream.
     pub devices_restored: Family<Labels, Counter>,
+    /// Partitions assigned to this instance, by topic, partition and how their devices
+    /// started (`checkpoint` or `cold`). Under cooperative rebalancing a partition that stays
+    /// is not assigned again, so this shows which partitions moved.
+    pub partitions_assigned: Family<Labels, Counter>,
+    /// Partitions revoked from this instance (checkpointed and forgotten), by topic and
+    /// partition.
+    pub partitions_revoked: Family<Labels, Counter>,
     /// Feature values clamped to ±engine.max_abs_z, by stream.
     pub readings_clamped: Family<Labels, Counter>,
     /// Devices reset because a reading would have made their state non-finite, by stream.
@@ -139,6 +146,8 @@ impl Metrics {
             checkpoint_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             checkpoints_skipped: Family::default(),
             devices_restored: Family::default(),
+            partitions_assigned: Family::default(),
+            partitions_revoked: Family::default(),
             readings_clamped: Family::default(),
             devices_reset: Family::default(),
             readings_refused: Family::default(),
@@ -252,6 +261,16 @@ impl Metrics {
             "devices_restored",
             "Devices whose state was restored from a checkpoint",
             m.devices_restored.clone(),
+        );
+        registry.register(
+            "partitions_assigned",
+            "Partitions assigned to this instance, by how their devices started (checkpoint or cold)",
+            m.partitions_assigned.clone(),
+        );
+        registry.register(
+            "partitions_revoked",
+            "Partitions revoked from this instance (checkpointed, then their devices forgotten)",
+            m.partitions_revoked.clone(),
         );
         registry.register(
             "readings_clamped",

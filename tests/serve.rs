@@ -1,5 +1,5 @@
-//! End-to-end tests of `sensorcast serve` against real servers: a nisshi broker (started by
-//! scripts/test.sh, address in SENSORCAST_TEST_BROKERS), VictoriaMetrics (started here, per
+//! End-to-end tests of `sensorcast serve` against real servers: an Apache Kafka broker (started
+//! by scripts/test.sh through scripts/kafka.sh, address in SENSORCAST_TEST_BROKERS), VictoriaMetrics (started here, per
 //! test, so a test can stop and restart it) and librdkafka's mock cluster for broker faults.
 #![cfg(feature = "integration")]
 
@@ -1019,7 +1019,7 @@ fn retrain_publishes_a_better_challenger_and_keeps_a_worse_one() {
 
 /// `train --source kafka`: the topic is read from the offsets Kafka gives for `--since`
 /// (offsets for times, on message timestamps), so readings produced before it are not read.
-/// nisshi answers offsets-for-times; this test would show it if it did not.
+/// Apache Kafka answers offsets-for-times from its time index.
 #[test]
 fn train_reads_the_topic_from_the_offsets_for_since() {
     let brokers = brokers();
@@ -1205,7 +1205,7 @@ fn runs(points: &[(i64, String, f64)]) -> Vec<(usize, String)> {
     out
 }
 
-/// The acceptance for retraining while serving, against nisshi, InfluxDB 1.6 and the
+/// The acceptance for retraining while serving, against Apache Kafka, InfluxDB 1.6 and the
 /// real binary: `retrain --source influxdb` trains on what serve itself wrote and publishes;
 /// serve swaps the model in without a restart (every reading keeps exactly one anomaly point,
 /// each device's points change model once, with no gap, and its first points from the new

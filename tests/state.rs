@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -401,6 +401,32 @@ enum Takeover {
     Changelog,
 }
 
+/// A second instance's config: same group, its own HTTP port, and the same state directory
+/// or (`changelog`: both instances switched to the changelog store) one of its own.
+fn second_instance(dir: &Path, cfg_a: &Path, port_a: u16, changelog: bool) -> (PathBuf, u16) {
+    let port_b = free_port();
+    let cfg_b = dir.join("b.toml");
+    std::fs::copy(cfg_a, &cfg_b).expect("copy config");
+    config_with(&cfg_b, |t| {
+        t.replace(
+            &format!("127.0.0.1:{port_a}"),
+            &format!("127.0.0.1:{port_b}"),
+        )
+    });
+    if changelog {
+        for (cfg, own) in [(cfg_a, "a"), (cfg_b.as_path(), "b")] {
+            let state = dir.join("state").display().to_string();
+            config_with(cfg, |t| {
+                t.replace(
+                    &format!("dir = \"{state}\""),
+                    &format!("store = \"kafka\"\ndir = \"{state}-{own}\""),
+                )
+            });
+        }
+    }
+    (cfg_b, port_b)
+}
+
 fn takeover(how: Takeover) {
     const PARTITIONS: i32 = 4;
     let Small {
@@ -412,28 +438,7 @@ fn takeover(how: Takeover) {
         cfg: cfg_a,
         port: port_a,
     } = small("scale", PARTITIONS);
-    // The second instance: same group, its own HTTP port, and the same state directory or
-    // (changelog) one of its own.
-    let port_b = free_port();
-    let cfg_b = dir.path().join("b.toml");
-    std::fs::copy(&cfg_a, &cfg_b).expect("copy config");
-    config_with(&cfg_b, |t| {
-        t.replace(
-            &format!("127.0.0.1:{port_a}"),
-            &format!("127.0.0.1:{port_b}"),
-        )
-    });
-    if how == Takeover::Changelog {
-        for (cfg, own) in [(&cfg_a, "a"), (&cfg_b, "b")] {
-            let state = dir.path().join("state").display().to_string();
-            config_with(cfg, |t| {
-                t.replace(
-                    &format!("dir = \"{state}\""),
-                    &format!("store = \"kafka\"\ndir = \"{state}-{own}\""),
-                )
-            });
-        }
-    }
+    let (cfg_b, port_b) = second_instance(dir.path(), &cfg_a, port_a, how == Takeover::Changelog);
     let (devices, readings) = (100, 400);
     let total = devices * readings;
     let end = now_rfc3339(-60);
@@ -490,78 +495,10 @@ fn takeover(how: Takeover) {
     assert_eq!(b.terminate(), 0);
 }
 
-/// A broker of the test's own (nisshi, as scripts/test.sh builds it), keeping topics in a
-/// SQLite file so that it can be restarted without losing them.
-struct Broker {
-    child: Option<Child>,
-    port: u16,
-    db: std::path::PathBuf,
-}
-
-impl Broker {
-    fn start(dir: &Path) -> Self {
-        let mut t = Broker {
-            child: None,
-            port: free_port(),
-            db: dir.join("broker.db"),
-        };
-        t.up();
-        t
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn up(&mut self) {
-        let bin = std::env::var("SENSORCAST_TEST_BROKER_BIN").unwrap_or_else(|_| "nisshi".into());
-        let url = format!("tcp://{}", self.addr());
-        // The path after sqlite:// is read relative to the broker's working directory.
-        let dir = self.db.parent().expect("db folder");
-        let file = self.db.file_name().expect("db file").to_string_lossy();
-        let child = Command::new(bin)
-            .current_dir(dir)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .arg("--storage-engine")
-            .arg(format!("sqlite://{file}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "start the broker (scripts/test.sh builds nisshi with --features dynostore,libsql)",
-            );
-        self.child = Some(child);
-        let addr = self.addr();
-        wait_until("the broker", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(&addr).is_ok()
-        });
-    }
-
-    /// Stops the broker the way a restart does (SIGTERM).
-    fn down(&mut self) {
-        if let Some(c) = self.child.take() {
-            stop(c);
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
-
 #[test]
 fn a_broker_restart_mid_stream_loses_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut broker = Broker::start(dir.path());
+    let mut broker = Broker::start(dir.path(), &[]);
     let brokers = broker.addr();
     let vm = Vm::start();
     let (topic, group) = ("restart-in".to_string(), unique("g-restart"));
@@ -1188,4 +1125,438 @@ fn an_instance_restarted_at_once_after_sigkill_gets_every_partition_back() {
 fn with_static_membership_a_restarted_instance_takes_its_old_place() {
     let took = restart_at_once(true);
     assert!(took < Duration::from_secs(60), "{took:?}");
+}
+
+/// A topic's partition count and `cleanup.policy`, as the broker describes them.
+fn topic_summary(brokers: &str, topic: &str) -> (i32, Option<String>) {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len() as i32);
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let described = rt
+        .block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new()))
+        .expect("describe configs");
+    let policy = described
+        .into_iter()
+        .next()
+        .and_then(|r| r.ok())
+        .and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()));
+    (partitions, policy)
+}
+
+/// The changelog topic's records as (changelog partition, key), read from its start to its
+/// end as any consumer would see them (what compaction left).
+fn changelog_keys(brokers: &str, topic: &str, partitions: i32) -> Vec<(i32, String)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("changelog-check"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let mut keys = Vec::new();
+    for p in 0..partitions {
+        let (low, high) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}"));
+        if low >= high {
+            continue;
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(low))
+            .expect("tpl");
+        c.assign(&tpl).expect("assign");
+        let t = Instant::now();
+        loop {
+            assert!(t.elapsed() < Duration::from_secs(30), "reading {topic}/{p}");
+            match c.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                    keys.push((p, key));
+                    if m.offset() >= high - 1 {
+                        break;
+                    }
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                _ => {}
+            }
+        }
+    }
+    keys
+}
+
+/// Apache Kafka compacts the changelog topic: after many checkpoints only the newest
+/// `state.keep` of each partition remain (their manifests and chunks), and an instance that
+/// restores from what compaction left writes exactly what `replay` writes. The broker is the
+/// test's own, with small segments and an eager cleaner (only closed segments are compacted).
+#[test]
+fn the_changelog_topic_is_compacted_to_the_newest_checkpoints_and_a_restore_is_still_exact() {
+    const PARTITIONS: i32 = 2;
+    const KEEP: usize = 2;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(
+        dir.path(),
+        &[
+            "log.roll.ms=1000",
+            "log.cleaner.backoff.ms=200",
+            "log.cleaner.min.cleanable.ratio=0.01",
+            "log.cleaner.dedupe.buffer.size=16777216",
+        ],
+    );
+    let brokers = broker.addr();
+    let vm = Vm::start();
+    let (topic, group) = ("compact-in".to_string(), unique("g-compact"));
+    create_topics(&brokers, &[(&topic, PARTITIONS)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    config_with(&cfg, |t| {
+        t.replace(
+            "checkpoint_interval = \"1s\"",
+            &format!("checkpoint_interval = \"200ms\"\nstore = \"kafka\"\nkeep = {KEEP}"),
+        )
+    });
+    let changelog = format!("{group}.pumps.checkpoints");
+    let (devices, readings) = (20, 600);
+    let total = devices * readings;
+    let end = now_rfc3339(-60);
+    let want = reference(dir.path(), &cfg, devices, readings, &end);
+    // ≈30 s of production: the first instance checkpoints every partition many times.
+    let mut producer = produce(&brokers, &topic, devices, readings, &end, 400);
+    let first = Serve::start(&cfg, dir.path(), port);
+    // Created by serve as a compacted topic with the input's partitions (the broker, as Apache
+    // Kafka by default, would auto-create a plain one-partition topic on a metadata request).
+    assert_eq!(
+        topic_summary(&brokers, &changelog),
+        (PARTITIONS, Some("compact".to_string())),
+        "{}",
+        first.log_text()
+    );
+    wait_until("half the readings scored", Duration::from_secs(120), || {
+        vm.samples("anomaly_score").0 >= total / 2
+    });
+    let written = first.metric("sensorcast_checkpoints_written_total");
+    assert_eq!(first.terminate(), 0);
+    assert!(
+        written >= (10 * PARTITIONS) as f64,
+        "{written} checkpoints written: too few to show compaction"
+    );
+    // The newest checkpoints sit in the active segment, which Kafka never compacts: once it
+    // is older than log.roll.ms, one record under a key of no checkpoint (a tombstone) rolls
+    // it, as the next checkpoint would in a running service.
+    std::thread::sleep(Duration::from_millis(1500));
+    {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let p: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("producer");
+        for cp in 0..PARTITIONS {
+            p.send(
+                BaseRecord::<str, [u8]>::to(&changelog)
+                    .key("test/roll")
+                    .partition(cp),
+            )
+            .expect("send");
+        }
+        p.flush(Duration::from_secs(10)).expect("flush");
+    }
+    let manifests = |keys: &[(i32, String)], cp: i32| {
+        keys.iter()
+            .filter(|(p, k)| *p == cp && k.starts_with("m/"))
+            .count()
+    };
+    let mut keys = Vec::new();
+    let compacted = Instant::now();
+    wait_until(
+        "the cleaner compacted every changelog partition",
+        Duration::from_secs(90),
+        || {
+            keys = changelog_keys(&brokers, &changelog, PARTITIONS);
+            (0..PARTITIONS).all(|cp| manifests(&keys, cp) == KEEP)
+        },
+    );
+    eprintln!(
+        "{written} checkpoints written; compacted to {KEEP} per partition {:?} after the roll; {} records left",
+        compacted.elapsed(),
+        keys.len()
+    );
+    // Each remaining key is there once: the newest record of its slot.
+    let mut distinct = keys.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), keys.len(), "{keys:?}");
+
+    // An instance restores from what compaction left and carries on exactly.
+    let second = Serve::start(&cfg, dir.path(), port);
+    assert!(producer.wait().expect("simulate").success());
+    wait_done(&vm, &brokers, &group, &topic, PARTITIONS, total);
+    assert_same_as_replay(&vm, &want);
+    assert_eq!(
+        second.metric_with(
+            "sensorcast_partitions_assigned_total",
+            &[("start", "checkpoint")]
+        ),
+        PARTITIONS as f64,
+        "both partitions restored from the compacted changelog:\n{}",
+        second.log_text()
+    );
+    assert!(second.metric("sensorcast_devices_restored_total") > 0.0);
+    assert_eq!(second.terminate(), 0);
+}
+
+/// Device → input partition, as the producer placed them (read back from the topic).
+fn partitions_of_devices(brokers: &str, topic: &str, total: usize) -> BTreeMap<String, i32> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("partition-map"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    let mut map = BTreeMap::new();
+    let (mut n, t) = (0, Instant::now());
+    while n < total && t.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(500)) {
+            n += 1;
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            map.insert(key, m.partition());
+        }
+    }
+    map
+}
+
+/// Anomaly points written per device, polled from VictoriaMetrics every ~250 ms while the
+/// test runs: (seconds since the start, device → points).
+type Timeline = Vec<(f64, BTreeMap<String, usize>)>;
+
+fn watch_points(
+    vm_addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Timeline> {
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let mut timeline = Timeline::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = http("GET", &vm_addr, "/internal/force_flush", "");
+            if let Some((200, body)) =
+                http("POST", &vm_addr, "/api/v1/export", "match[]=anomaly_score")
+            {
+                let mut counts = BTreeMap::new();
+                for line in body.lines().filter(|l| !l.trim().is_empty()) {
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                        continue;
+                    };
+                    let device = v["metric"]["device"].as_str().unwrap_or("").to_string();
+                    let n = v["timestamps"].as_array().map_or(0, |a| a.len());
+                    *counts.entry(device).or_insert(0) += n;
+                }
+                timeline.push((t0.elapsed().as_secs_f64(), counts));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        timeline
+    })
+}
+
+/// The longest time a partition went without a new point, from its first point to its last
+/// (seconds, at the polling's resolution).
+fn longest_pause(timeline: &Timeline, devices: &BTreeMap<String, i32>, partition: i32) -> f64 {
+    let counts: Vec<(f64, usize)> = timeline
+        .iter()
+        .map(|(t, c)| {
+            let n = c
+                .iter()
+                .filter(|(d, _)| devices.get(*d) == Some(&partition))
+                .map(|(_, n)| n)
+                .sum();
+            (*t, n)
+        })
+        .collect();
+    let Some(last) = counts.last().map(|c| c.1) else {
+        return 0.0;
+    };
+    let (mut longest, mut since) = (0.0f64, None::<(f64, usize)>);
+    for (t, n) in counts {
+        match since {
+            Some((t_prev, n_prev)) if n > n_prev => {
+                longest = longest.max(t - t_prev);
+                since = Some((t, n));
+            }
+            None if n > 0 => since = Some((t, n)),
+            _ => {}
+        }
+        if n >= last {
+            break;
+        }
+    }
+    longest
+}
+
+/// What one instance's metrics say about a partition: (assignments, of which restored from a
+/// checkpoint, revocations).
+fn partition_history(s: &Serve, topic: &str, p: i32) -> (f64, f64, f64) {
+    let p = p.to_string();
+    let at = [("topic", topic), ("partition", p.as_str())];
+    let restored = [
+        ("topic", topic),
+        ("partition", p.as_str()),
+        ("start", "checkpoint"),
+    ];
+    (
+        s.metric_with("sensorcast_partitions_assigned_total", &at),
+        s.metric_with("sensorcast_partitions_assigned_total", &restored),
+        s.metric_with("sensorcast_partitions_revoked_total", &at),
+    )
+}
+
+/// Scale-out with incremental (cooperative-sticky, the default) rebalancing: while devices
+/// stream on 8 partitions, a second instance joins and later leaves. Only the partitions that
+/// change owner are revoked, checkpointed and restored (through the changelog topic); the
+/// others stay in memory and keep being scored: no partition that stayed was revoked,
+/// restored or started cold again. The points equal `replay`'s. Prints the longest pause of a
+/// partition that stayed and of one that moved (scripts/bench-rebalance.sh runs this at the
+/// README's scale with SENSORCAST_BENCH_REBALANCE=1).
+#[test]
+fn instances_joining_and_leaving_move_only_the_partitions_that_change_owner() {
+    const PARTITIONS: i32 = 8;
+    let bench = std::env::var_os("SENSORCAST_BENCH_REBALANCE").is_some();
+    // The benchmark streams 200 devices in real time (one reading a second each); the test
+    // the same fleet five times faster.
+    let (devices, readings, rate) = if bench {
+        (200, 120, 200)
+    } else {
+        (200, 100, 1000)
+    };
+    let Small {
+        brokers,
+        dir,
+        vm,
+        topic,
+        group,
+        cfg: cfg_a,
+        port: port_a,
+    } = small("coop", PARTITIONS);
+    let (cfg_b, port_b) = second_instance(dir.path(), &cfg_a, port_a, true);
+    let total = devices * readings;
+    let end = now_rfc3339(-60);
+    let want = reference(dir.path(), &cfg_a, devices, readings, &end);
+    let a = Serve::start(&cfg_a, dir.path(), port_a);
+    wait_until(
+        "the first instance owns every partition",
+        Duration::from_secs(60),
+        || readiness(&a).1 == PARTITIONS as usize,
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_points(vm.addr(), stop.clone());
+    let t0 = Instant::now();
+    let mut producer = produce(&brokers, &topic, devices, readings, &end, rate as u64);
+    let phase = Duration::from_secs_f64(total as f64 / rate as f64 / 3.0);
+    std::thread::sleep(phase);
+    let joined = t0.elapsed();
+    let b = Serve::start(&cfg_b, dir.path(), port_b);
+    wait_until(
+        "the group split the partitions",
+        Duration::from_secs(60),
+        || {
+            let (na, nb) = (readiness(&a).1, readiness(&b).1);
+            nb > 0 && na + nb == PARTITIONS as usize
+        },
+    );
+    let moved: Vec<i32> = (0..PARTITIONS)
+        .filter(|p| partition_history(&a, &topic, *p).2 > 0.0)
+        .collect();
+    let stayed: Vec<i32> = (0..PARTITIONS).filter(|p| !moved.contains(p)).collect();
+    eprintln!(
+        "second instance joined at {joined:?}; partitions moved to it: {moved:?}, stayed: {stayed:?}"
+    );
+    assert_eq!(moved.len(), readiness(&b).1, "A gave up exactly what B got");
+    assert!(
+        !stayed.is_empty(),
+        "some partitions stayed with the first instance"
+    );
+    for p in 0..PARTITIONS {
+        let (assigned, _, _) = partition_history(&a, &topic, p);
+        assert_eq!(
+            assigned, 1.0,
+            "partition {p} was assigned to the first instance once only"
+        );
+    }
+    for p in &moved {
+        let (assigned, restored, revoked) = partition_history(&b, &topic, *p);
+        assert_eq!(
+            (assigned, restored, revoked),
+            (1.0, 1.0, 0.0),
+            "partition {p} moved to the second instance with its checkpoint:\n{}",
+            b.log_text()
+        );
+    }
+    std::thread::sleep(phase);
+    let left = t0.elapsed();
+    assert_eq!(b.terminate(), 0);
+    wait_until(
+        "the first instance owns every partition again",
+        Duration::from_secs(60),
+        || readiness(&a).1 == PARTITIONS as usize,
+    );
+    assert!(producer.wait().expect("simulate").success());
+    wait_done(&vm, &brokers, &group, &topic, PARTITIONS, total);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let timeline = watcher.join().expect("watcher");
+    for p in &stayed {
+        assert_eq!(
+            partition_history(&a, &topic, *p),
+            (1.0, 0.0, 0.0),
+            "partition {p} stayed with the first instance: never revoked, restored or started again"
+        );
+    }
+    for p in &moved {
+        let (assigned, restored, revoked) = partition_history(&a, &topic, *p);
+        assert_eq!(
+            (assigned, restored, revoked),
+            (2.0, 1.0, 1.0),
+            "partition {p} came back to the first instance with the second one's checkpoint"
+        );
+    }
+    assert_same_as_replay(&vm, &want);
+    let map = partitions_of_devices(&brokers, &topic, total);
+    let pause = |ps: &[i32]| {
+        ps.iter()
+            .map(|p| longest_pause(&timeline, &map, *p))
+            .fold(0.0f64, f64::max)
+    };
+    eprintln!(
+        "scale-out pause (longest gap between two points of a partition, {devices} devices on {PARTITIONS} partitions at {rate} readings/s; join at {:.0} s, leave at {:.0} s): stayed {:.2} s, moved {:.2} s",
+        joined.as_secs_f64(),
+        left.as_secs_f64(),
+        pause(&stayed),
+        pause(&moved)
+    );
+    assert_eq!(a.terminate(), 0);
 }

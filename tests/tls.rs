@@ -1,7 +1,7 @@
 //! Kafka over TLS, with and without SASL, against an in-test TLS endpoint.
 //!
-//! Neither nisshi/tansu nor librdkafka's mock cluster speaks TLS, so a broker with TLS cannot
-//! be run here. What these tests prove instead, with the real binary: librdkafka is built with
+//! librdkafka's mock cluster does not speak TLS and the suite's Apache Kafka listens in
+//! plaintext (a TLS listener on it is not set up yet). What these tests prove instead, with the real binary: librdkafka is built with
 //! TLS (a client with `security.protocol = "SSL"` or `"SASL_SSL"` is created and completes a
 //! TLS handshake against a server whose certificate only the test CA signs, host name
 //! checked), and a wrong CA fails with librdkafka's own reason in `check-config --probe`'s

@@ -1,5 +1,5 @@
-//! Helpers of the end-to-end tests: real servers (nisshi from scripts/test.sh, VictoriaMetrics
-//! started per test) and the real binary.
+//! Helpers of the end-to-end tests: real servers (Apache Kafka from scripts/kafka.sh, shared
+//! or of a test's own; VictoriaMetrics and InfluxDB started per test) and the real binary.
 #![allow(dead_code)]
 
 use rdkafka::ClientConfig;
@@ -20,6 +20,72 @@ pub const HORIZON: usize = 2;
 pub fn brokers() -> String {
     std::env::var("SENSORCAST_TEST_BROKERS")
         .expect("SENSORCAST_TEST_BROKERS: run the integration tests through scripts/test.sh")
+}
+
+/// An Apache Kafka broker of the test's own, run by `scripts/kafka.sh` (the script that runs the
+/// shared one): for tests that restart a broker or need broker settings of their own. Its data
+/// directory lives in the test's folder, so a restart (`down` then `up`) comes back as the same
+/// broker, on the same port, with its topics, offsets and committed group offsets.
+pub struct Broker {
+    dir: PathBuf,
+    addr: String,
+    running: bool,
+}
+
+impl Broker {
+    /// Starts a broker in `dir/kafka` with the given extra server properties (`key=value`).
+    pub fn start(dir: &Path, properties: &[&str]) -> Self {
+        let dir = dir.join("kafka");
+        let addr = kafka_sh(&["start", &dir.to_string_lossy()], properties);
+        Broker {
+            dir,
+            addr,
+            running: true,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        self.addr.clone()
+    }
+
+    /// The broker's own log (for a failing test's message).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs/server.log")).unwrap_or_default()
+    }
+
+    /// Starts the stopped broker again from its data directory.
+    pub fn up(&mut self) {
+        assert!(!self.running, "the broker is already running");
+        let addr = kafka_sh(&["start", &self.dir.to_string_lossy()], &[]);
+        assert_eq!(addr, self.addr, "a restarted broker keeps its address");
+        self.running = true;
+    }
+
+    /// Stops the broker the way a restart does (SIGTERM: a clean shutdown).
+    pub fn down(&mut self) {
+        if self.running {
+            kafka_sh(&["stop", &self.dir.to_string_lossy()], &[]);
+            self.running = false;
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn kafka_sh(args: &[&str], extra: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+    let out = Command::new(&script)
+        .args(args)
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/kafka.sh (needs java and mvn, as scripts/test.sh installs)");
+    assert!(out.status.success(), "scripts/kafka.sh {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 pub fn free_port() -> u16 {
@@ -498,6 +564,24 @@ impl Serve {
                     .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Sum of a metric's samples whose labels include every `(name, value)` of `labels`.
+    pub fn metric_with(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let Some((_, body)) = http("GET", &self.http, "/metrics", "") else {
+            return 0.0;
+        };
+        body.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+                let (set, value) = rest.split_once("} ")?;
+                labels
+                    .iter()
+                    .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
+            })
             .sum()
     }
 

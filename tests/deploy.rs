@@ -525,6 +525,26 @@ fn exported_metrics() -> BTreeSet<String> {
     out
 }
 
+/// The demo plant runs the Apache Kafka version the tests run against.
+#[test]
+fn the_compose_broker_is_the_tested_apache_kafka() {
+    let script = read(&root().join("scripts/kafka.sh"));
+    let version = script
+        .lines()
+        .find_map(|l| l.strip_prefix("KAFKA_VERSION=${KAFKA_VERSION:-"))
+        .and_then(|v| v.strip_suffix('}'))
+        .expect("scripts/kafka.sh pins KAFKA_VERSION");
+    let compose = read(&root().join("deploy/compose/compose.yaml"));
+    let images: Vec<&str> = compose
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: apache/kafka:"))
+        .collect();
+    assert!(!images.is_empty(), "the demo plant runs apache/kafka");
+    for image in images {
+        assert_eq!(image, version, "deploy/compose/compose.yaml vs scripts/kafka.sh");
+    }
+}
+
 #[test]
 fn alert_rules_use_only_exported_metrics() {
     let exported = exported_metrics();

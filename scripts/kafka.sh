@@ -149,7 +149,9 @@ EOF
     >"$dir/logs/format.log" 2>&1 || { cat "$dir/logs/format.log" >&2; die "formatting $dir/data failed"; }
 }
 
-running() { [ -f "$1/pid" ] && kill -0 "$(cat "$1/pid")" 2>/dev/null; }
+# Whether PID is this folder's broker (a stale PID file may name a process that reused it).
+is_broker() { grep -qa "$2/server.properties" "/proc/$1/cmdline" 2>/dev/null; }
+running() { [ -f "$1/pid" ] && is_broker "$(cat "$1/pid")" "$1"; }
 
 start() {
   local dir=${1:?usage: kafka.sh start DIR [KEY=VALUE...]}
@@ -178,9 +180,10 @@ stop() {
   local dir=${1:?usage: kafka.sh stop DIR [--kill]} signal=TERM
   [ "${2:-}" = --kill ] && signal=KILL
   [ -f "$dir/pid" ] || return 0
+  dir=$(cd "$dir" && pwd)
   local pid
   pid=$(cat "$dir/pid")
-  if kill -0 "$pid" 2>/dev/null; then
+  if is_broker "$pid" "$dir"; then
     kill -"$signal" "$pid" 2>/dev/null || true
     # A clean shutdown takes a few seconds; past 60 s it is killed.
     for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done

@@ -541,7 +541,10 @@ fn the_compose_broker_is_the_tested_apache_kafka() {
         .collect();
     assert!(!images.is_empty(), "the demo plant runs apache/kafka");
     for image in images {
-        assert_eq!(image, version, "deploy/compose/compose.yaml vs scripts/kafka.sh");
+        assert_eq!(
+            image, version,
+            "deploy/compose/compose.yaml vs scripts/kafka.sh"
+        );
     }
 }
 

@@ -1587,3 +1587,66 @@ fn instances_joining_and_leaving_move_only_the_partitions_that_change_owner() {
     );
     assert_eq!(a.terminate(), 0);
 }
+
+/// An upgrade onto the cooperative default while an instance of an older release (eager
+/// `range,roundrobin`) is still in the group: the broker refuses the new instance, which says
+/// so and stays not ready, and takes every partition once the old one has left; the points
+/// equal `replay`'s (docs/OPERATIONS.md, "A new instance never gets partitions during an
+/// upgrade").
+#[test]
+fn an_instance_of_the_other_rebalance_protocol_waits_until_the_old_one_has_left() {
+    const PARTITIONS: i32 = 2;
+    let Small {
+        brokers,
+        dir,
+        vm,
+        topic,
+        group,
+        cfg: cfg_new,
+        port: port_new,
+    } = small("upgrade", PARTITIONS);
+    let (cfg_old, port_old) = second_instance(dir.path(), &cfg_new, port_new, true);
+    add_keys(
+        &cfg_old,
+        "[kafka.properties]",
+        "\"partition.assignment.strategy\" = \"range,roundrobin\"",
+    );
+    let (devices, readings) = (20, 200);
+    let total = devices * readings;
+    let end = now_rfc3339(-60);
+    let want = reference(dir.path(), &cfg_new, devices, readings, &end);
+    let old = Serve::start(&cfg_old, dir.path(), port_old);
+    wait_until(
+        "the old instance owns every partition",
+        Duration::from_secs(60),
+        || readiness(&old).1 == PARTITIONS as usize,
+    );
+    let mut producer = produce(&brokers, &topic, devices, readings, &end, 400);
+    let new = Serve::spawn(&cfg_new, dir.path(), port_new);
+    wait_until(
+        "the new instance's refusal",
+        Duration::from_secs(60),
+        || {
+            let log = new.log_text().to_lowercase();
+            log.contains("inconsistent_group_protocol")
+                || log.contains("inconsistent group protocol")
+        },
+    );
+    let (code, parts, _) = readiness(&new);
+    assert_eq!((code, parts), (503, 0), "{}", new.log_text());
+    assert_eq!(
+        readiness(&old).1,
+        PARTITIONS as usize,
+        "the old instance kept its partitions"
+    );
+    assert_eq!(old.terminate(), 0);
+    wait_until(
+        "the new instance takes over",
+        Duration::from_secs(60),
+        || readiness(&new).1 == PARTITIONS as usize,
+    );
+    assert!(producer.wait().expect("simulate").success());
+    wait_done(&vm, &brokers, &group, &topic, PARTITIONS, total);
+    assert_same_as_replay(&vm, &want);
+    assert_eq!(new.terminate(), 0);
+}

@@ -374,7 +374,11 @@ impl ConsumerContext for SourceContext {
                 if let Some(r) = &self.rebalancer {
                     r.assignment.update(|owned| owned.clear());
                 }
-                consumer.unassign()
+                // Under the cooperative protocol librdkafka refuses a plain unassign.
+                match consumer.assignment() {
+                    Ok(current) if cooperative => consumer.incremental_unassign(&current),
+                    _ => consumer.unassign(),
+                }
             }
         };
         if let Err(e) = result {
@@ -671,7 +675,11 @@ pub async fn create_topic(
     for (k, v) in config {
         new = new.set(k, v);
     }
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // A broker that never answers CreateTopics (librdkafka's mock cluster does not implement
+    // it) must not hold the start-up for librdkafka's 60 s socket timeout.
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     match admin.create_topics([&new], &opts).await {
         Ok(results) => match results.into_iter().next() {
             Some(Ok(_)) => Ok(true),

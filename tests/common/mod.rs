@@ -529,10 +529,19 @@ impl Serve {
     /// Starts `serve` and waits until it is ready.
     pub fn start(cfg: &Path, dir: &Path, http_port: u16) -> Self {
         let s = Self::spawn(cfg, dir, http_port);
-        wait_until("readiness", Duration::from_secs(60), || {
-            http("GET", &s.http, "/health/ready", "").is_some_and(|(st, _)| st == 200)
-        });
-        s
+        let t0 = Instant::now();
+        loop {
+            let ready = http("GET", &s.http, "/health/ready", "");
+            if ready.as_ref().is_some_and(|(st, _)| *st == 200) {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "serve not ready after 60 s: {ready:?}\n{}",
+                s.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Starts `serve` without waiting.

@@ -21,6 +21,8 @@
 #   SENSORCAST_ADVISORY_DB  offline RustSec advisory database for `cargo audit`
 #                           (default: ../shared/advisory-db; the audit is skipped when absent)
 #   SKIP_AUDIT=1            skip `cargo audit`
+#   SENSORCAST_CACHE        where scripts/kafka.sh caches Kafka's jars
+#                           (default ${XDG_CACHE_HOME:-$HOME/.cache}/sensorcast)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -48,6 +50,8 @@ command -v mvn >/dev/null 2>&1 || packages+=(maven)
 # librdkafka is built with TLS against Debian's OpenSSL (found through pkg-config).
 command -v pkg-config >/dev/null 2>&1 || packages+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || packages+=(libssl-dev)
+# pkill stops what a test left running (below).
+command -v pkill >/dev/null 2>&1 || packages+=(procps)
 # systemd-analyze verifies the units in deploy/systemd.
 command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
 if [ ${#packages[@]} -gt 0 ]; then
@@ -61,8 +65,19 @@ export SENSORCAST_TEST_INFLUXD_BIN=${SENSORCAST_TEST_INFLUXD_BIN:-$(command -v i
 
 logs=$(mktemp -d)
 broker_dir=$logs/kafka
+# The tests' own scratch folders (brokers, databases) go under $scratch, so that whatever a
+# test left running (its process killed before it could stop its servers) is found by path
+# and stopped here; the broker of a test runs in a session of its own and would outlive it.
+scratch=$logs/tmp
+mkdir -p "$scratch"
 cleanup() {
   scripts/kafka.sh stop "$broker_dir" || true
+  if pkill -TERM -f "$scratch/" 2>/dev/null; then
+    echo "stopped servers the tests left running under $scratch"
+    sleep 5
+    pkill -KILL -f "$scratch/" 2>/dev/null || true
+  fi
+  rm -rf "$scratch"
 }
 trap cleanup EXIT
 
@@ -81,7 +96,7 @@ step "cargo clippy --all-targets --features integration -D warnings"
 cargo clippy --release --all-targets --features integration --locked -- -D warnings
 
 step "cargo test (unit, CLI end-to-end, serve end-to-end against Apache Kafka, VictoriaMetrics and InfluxDB 1.6)"
-cargo test --release --locked --features integration -- --test-threads=2
+TMPDIR=$scratch cargo test --release --locked --features integration -- --test-threads=2
 
 step "systemd-analyze verify deploy/systemd"
 # The units as shipped, with the binary they start pointed at the one just built (verify

@@ -1029,6 +1029,13 @@ fn readiness(s: &Serve) -> (u16, usize, String) {
     (code, parts, body)
 }
 
+/// Waits (up to 60 s) until `s` owns `partitions` partitions.
+fn wait_for_partitions(s: &Serve, partitions: i32, what: &str) {
+    wait_until(what, Duration::from_secs(60), || {
+        readiness(s).1 == partitions as usize
+    });
+}
+
 /// The scenario: librdkafka's default session timeout (45 s), the instance SIGKILLed
 /// and restarted at once, so that the dead member is still in the group when the new one
 /// joins. The new one must get every partition back (at the latest once the dead member's
@@ -1074,10 +1081,10 @@ fn restart_at_once(static_member: bool) -> Duration {
     let end = now_rfc3339(-60);
     let want = reference(dir.path(), &cfg, devices, readings, &end);
     let first = Serve::start(&cfg, dir.path(), port);
-    wait_until(
+    wait_for_partitions(
+        &first,
+        PARTITIONS,
         "the first instance owns every partition",
-        Duration::from_secs(60),
-        || readiness(&first).1 == PARTITIONS as usize,
     );
     let mut producer = produce(&brokers, &topic, devices, readings, &end, 1000);
     wait_until("progress", Duration::from_secs(60), || {
@@ -1486,11 +1493,7 @@ fn instances_joining_and_leaving_move_only_the_partitions_that_change_owner() {
     let end = now_rfc3339(-60);
     let want = reference(dir.path(), &cfg_a, devices, readings, &end);
     let a = Serve::start(&cfg_a, dir.path(), port_a);
-    wait_until(
-        "the first instance owns every partition",
-        Duration::from_secs(60),
-        || readiness(&a).1 == PARTITIONS as usize,
-    );
+    wait_for_partitions(&a, PARTITIONS, "the first instance owns every partition");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = watch_points(vm.addr(), stop.clone());
     let t0 = Instant::now();
@@ -1541,10 +1544,10 @@ fn instances_joining_and_leaving_move_only_the_partitions_that_change_owner() {
     std::thread::sleep(phase);
     let left = t0.elapsed().as_secs_f64();
     assert_eq!(b.terminate(), 0);
-    wait_until(
+    wait_for_partitions(
+        &a,
+        PARTITIONS,
         "the first instance owns every partition again",
-        Duration::from_secs(60),
-        || readiness(&a).1 == PARTITIONS as usize,
     );
     assert!(producer.wait().expect("simulate").success());
     wait_done(&vm, &brokers, &group, &topic, PARTITIONS, total);
@@ -1616,11 +1619,7 @@ fn an_instance_of_the_other_rebalance_protocol_waits_until_the_old_one_has_left(
     let end = now_rfc3339(-60);
     let want = reference(dir.path(), &cfg_new, devices, readings, &end);
     let old = Serve::start(&cfg_old, dir.path(), port_old);
-    wait_until(
-        "the old instance owns every partition",
-        Duration::from_secs(60),
-        || readiness(&old).1 == PARTITIONS as usize,
-    );
+    wait_for_partitions(&old, PARTITIONS, "the old instance owns every partition");
     let mut producer = produce(&brokers, &topic, devices, readings, &end, 400);
     let new = Serve::spawn(&cfg_new, dir.path(), port_new);
     wait_until(
@@ -1640,11 +1639,7 @@ fn an_instance_of_the_other_rebalance_protocol_waits_until_the_old_one_has_left(
         "the old instance kept its partitions"
     );
     assert_eq!(old.terminate(), 0);
-    wait_until(
-        "the new instance takes over",
-        Duration::from_secs(60),
-        || readiness(&new).1 == PARTITIONS as usize,
-    );
+    wait_for_partitions(&new, PARTITIONS, "the new instance takes over");
     assert!(producer.wait().expect("simulate").success());
     wait_done(&vm, &brokers, &group, &topic, PARTITIONS, total);
     assert_same_as_replay(&vm, &want);

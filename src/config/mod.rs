@@ -1212,17 +1212,44 @@ impl Config {
             );
         }
         for key in k.properties.keys() {
-            if matches!(
-                key.as_str(),
-                "enable.auto.offset.store"
-                    | "group.id"
-                    | "bootstrap.servers"
-                    | "enable.auto.commit"
-            ) {
+            // Offsets are stored and committed by sensorcast (§3.1), and the others have keys
+            // of their own, which a pass-through property would silently override.
+            let instead = match key.as_str() {
+                "enable.auto.offset.store" | "enable.auto.commit" => Some(""),
+                "group.id" => Some(" (set kafka.group_id)"),
+                "bootstrap.servers" => Some(" (set kafka.brokers)"),
+                "auto.offset.reset" => Some(" (set kafka.auto_offset_reset)"),
+                "auto.commit.interval.ms" => Some(" (set kafka.commit_interval)"),
+                _ => None,
+            };
+            if let Some(instead) = instead {
                 bad(
                     format!("kafka.properties.\"{key}\""),
-                    "is managed by sensorcast and cannot be overridden".into(),
+                    format!("is managed by sensorcast and cannot be overridden{instead}"),
                 );
+            }
+        }
+        // Zero where it cannot work: no commits, back-offs and timeouts that spin, a history
+        // page that never ends. (engine.max_linger and retrain.every mean something at zero.)
+        for (key, d) in [
+            ("kafka.commit_interval", &k.commit_interval),
+            ("influxdb.flush_interval", &self.influxdb.flush_interval),
+            ("influxdb.request_timeout", &self.influxdb.request_timeout),
+            ("influxdb.connect_timeout", &self.influxdb.connect_timeout),
+            ("influxdb.min_backoff", &self.influxdb.min_backoff),
+            ("influxdb.max_backoff", &self.influxdb.max_backoff),
+            (
+                "influxdb.auth_retry_interval",
+                &self.influxdb.auth_retry_interval,
+            ),
+            ("service.shutdown_timeout", &self.service.shutdown_timeout),
+            ("state.parked_retention", &self.state.parked_retention),
+            ("model.poll_interval", &self.model.poll_interval),
+            ("engine.device_ttl", &self.engine.device_ttl),
+            ("train.history_page", &self.train.history_page),
+        ] {
+            if d.as_nanos() == 0 {
+                bad(key.into(), "must be longer than zero".into());
             }
         }
         let i = &self.influxdb;
@@ -1509,6 +1536,68 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_duration_that_would_spin_or_stall_is_refused_by_its_key() {
+        // A zero commit interval disables commits, a zero back-off, timeout or poll interval
+        // spins, a zero history page never ends.
+        let keys = [
+            ("kafka", "commit_interval"),
+            ("influxdb", "flush_interval"),
+            ("influxdb", "request_timeout"),
+            ("influxdb", "connect_timeout"),
+            ("influxdb", "min_backoff"),
+            ("influxdb", "max_backoff"),
+            ("influxdb", "auth_retry_interval"),
+            ("service", "shutdown_timeout"),
+            ("state", "parked_retention"),
+            ("model", "poll_interval"),
+            ("engine", "device_ttl"),
+            ("train", "history_page"),
+        ];
+        for (section, key) in keys {
+            let err = load(&format!("[{section}]\n{key} = \"0s\"\n"), &[])
+                .expect_err(&format!("{section}.{key} = 0s"));
+            let ConfigError::Invalid { problems, .. } = err else {
+                panic!("expected Invalid, got {err}")
+            };
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.key == format!("{section}.{key}") && p.message.contains("zero")),
+                "{section}.{key}: {problems:?}"
+            );
+        }
+        // Zero where it has a meaning: no linger, no scheduled retraining.
+        let cfg = load(
+            "[engine]\nmax_linger = \"0s\"\n[retrain]\nevery = \"0s\"\n",
+            &[],
+        );
+        assert!(cfg.is_ok(), "{:?}", cfg.err().map(|e| e.to_string()));
+    }
+
+    #[test]
+    fn kafka_properties_cannot_override_what_sensorcast_manages() {
+        for (property, instead) in [
+            ("auto.offset.reset", "kafka.auto_offset_reset"),
+            ("auto.commit.interval.ms", "kafka.commit_interval"),
+            ("group.id", "kafka.group_id"),
+            ("bootstrap.servers", "kafka.brokers"),
+            ("enable.auto.commit", ""),
+            ("enable.auto.offset.store", ""),
+        ] {
+            let err = load(
+                &format!("[kafka.properties]\n\"{property}\" = \"x\"\n"),
+                &[],
+            )
+            .expect_err(property)
+            .to_string();
+            assert!(
+                err.contains(&format!("kafka.properties.\"{property}\"")) && err.contains(instead),
+                "{property}: {err}"
+            );
+        }
     }
 
     #[test]

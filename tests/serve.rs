@@ -1290,6 +1290,16 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
         )),
         1.0
     );
+    // One series per stream: the replaced version's is removed, not left at 0 (a series per
+    // swap, for as long as the process runs).
+    let series = http("GET", &serve.http, "/metrics", "")
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with("sensorcast_model_version{"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(series, 1, "sensorcast_model_version series after a swap");
     let by_device = anomaly_models(&influx);
     assert_eq!(by_device.len(), devices);
     for (device, points) in &by_device {

@@ -634,9 +634,9 @@ impl EngineStage {
         );
         let m = &self.metrics;
         let name = &self.names[stream];
+        // The replaced version's series goes: one series per stream, not one per swap.
         m.model_version
-            .get_or_create(&labels(&[("stream", name), ("version", &from)]))
-            .set(0);
+            .remove(&labels(&[("stream", name), ("version", &from)]));
         m.model_version
             .get_or_create(&labels(&[("stream", name), ("version", &to)]))
             .set(1);

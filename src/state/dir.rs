@@ -84,11 +84,24 @@ impl DirStore {
         for f in files.into_iter().take(excess) {
             let _ = std::fs::remove_file(f);
         }
+        // Temporary files of other processes: a crashed one's are removed once stale; a
+        // live one's (another instance sharing the directory, mid-write) are left alone.
         let own = format!(".tmp-{}", std::process::id());
         if let Ok(rd) = std::fs::read_dir(dir) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
-                if name.starts_with('.') && name.contains(".tmp-") && !name.ends_with(&own) {
+                let stale = || {
+                    e.metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_TEMP)
+                };
+                if name.starts_with('.')
+                    && name.contains(".tmp-")
+                    && !name.ends_with(&own)
+                    && stale()
+                {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -178,6 +191,9 @@ fn sanitize(s: &str) -> String {
         .trim_start_matches('.')
         .to_string()
 }
+
+/// Age past which another process's temporary checkpoint file counts as abandoned.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[cfg(test)]
 mod tests {
@@ -274,7 +290,22 @@ mod tests {
                 .offset,
             5
         );
+        std::fs::File::options()
+            .write(true)
+            .open(&torn)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now() - 2 * STALE_TEMP))
+            .expect("age the torn file");
+        // Another instance's write in progress (a shared directory during a rebalance).
+        let writing = p.with_file_name(".00000000000000000011.ckpt.tmp-2");
+        std::fs::write(&writing, b"SNSRCK").expect("in progress");
         store.write(&at(6)).expect("write");
-        assert!(!torn.exists(), "a dead process's temporary file is removed");
+        assert!(
+            !torn.exists(),
+            "a dead process's stale temporary file is removed"
+        );
+        assert!(
+            writing.exists(),
+            "another process's fresh temporary file is left alone"
+        );
     }
 }

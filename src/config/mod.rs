@@ -964,9 +964,6 @@ impl Config {
             bad("model.registry".into(), "must not be empty".into());
         }
         let e = &self.engine;
-        if e.max_gap.as_nanos() == 0 {
-            bad("engine.max_gap".into(), "must be longer than zero".into());
-        }
         if !(1..=1_000_000).contains(&e.max_batch) {
             bad(
                 "engine.max_batch".into(),
@@ -980,12 +977,6 @@ impl Config {
             bad(
                 "engine.max_abs_z".into(),
                 format!("{} must be a finite number of at least 1", e.max_abs_z),
-            );
-        }
-        if e.max_future.as_nanos() == 0 {
-            bad(
-                "engine.max_future".into(),
-                "must be longer than zero".into(),
             );
         }
         for (i, stream) in self.streams.iter().enumerate() {
@@ -1032,12 +1023,6 @@ impl Config {
         if r.threads == 0 {
             bad("retrain.threads".into(), "must be at least 1".into());
         }
-        if self.model.swap_timeout.as_nanos() == 0 {
-            bad(
-                "model.swap_timeout".into(),
-                "must be longer than zero".into(),
-            );
-        }
         let st = &self.state;
         if st.dir.as_os_str().is_empty() {
             bad("state.dir".into(), "must not be empty".into());
@@ -1075,12 +1060,6 @@ impl Config {
                     ),
                 );
             }
-        }
-        if st.checkpoint_interval.as_nanos() == 0 {
-            bad(
-                "state.checkpoint_interval".into(),
-                "must be longer than zero".into(),
-            );
         }
         if st.parked_retention < self.engine.device_ttl {
             bad(
@@ -1229,9 +1208,14 @@ impl Config {
                 );
             }
         }
-        // Zero where it cannot work: no commits, back-offs and timeouts that spin, a history
-        // page that never ends. (engine.max_linger and retrain.every mean something at zero.)
+        // Every duration that cannot work at zero: no commits, back-offs, timeouts and polls
+        // that spin, a history page that never ends. (engine.max_linger and retrain.every mean
+        // something at zero; retrain.holdout has its own check above.)
         for (key, d) in [
+            ("engine.max_gap", &self.engine.max_gap),
+            ("engine.max_future", &self.engine.max_future),
+            ("model.swap_timeout", &self.model.swap_timeout),
+            ("state.checkpoint_interval", &self.state.checkpoint_interval),
             ("kafka.commit_interval", &k.commit_interval),
             ("influxdb.flush_interval", &self.influxdb.flush_interval),
             ("influxdb.request_timeout", &self.influxdb.request_timeout),
@@ -1543,6 +1527,10 @@ mod tests {
         // A zero commit interval disables commits, a zero back-off, timeout or poll interval
         // spins, a zero history page never ends.
         let keys = [
+            ("engine", "max_gap"),
+            ("engine", "max_future"),
+            ("model", "swap_timeout"),
+            ("state", "checkpoint_interval"),
             ("kafka", "commit_interval"),
             ("influxdb", "flush_interval"),
             ("influxdb", "request_timeout"),

@@ -1,6 +1,7 @@
-//! End-to-end tests of `sensorcast serve` against real servers: an Apache Kafka broker (started
-//! by scripts/test.sh through scripts/kafka.sh, address in SENSORCAST_TEST_BROKERS), VictoriaMetrics (started here, per
-//! test, so a test can stop and restart it) and librdkafka's mock cluster for broker faults.
+//! End-to-end tests of `sensorcast serve` against real servers: an Apache Kafka broker
+//! (started by scripts/test.sh through scripts/kafka.sh, address in SENSORCAST_TEST_BROKERS),
+//! VictoriaMetrics (started here, per test, so a test can stop and restart it) and librdkafka's
+//! mock cluster for broker faults.
 #![cfg(feature = "integration")]
 
 mod common;
@@ -1292,13 +1293,11 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
     );
     // One series per stream: the replaced version's is removed, not left at 0 (a series per
     // swap, for as long as the process runs).
-    let series = http("GET", &serve.http, "/metrics", "")
-        .map(|(_, body)| {
-            body.lines()
-                .filter(|l| l.starts_with("sensorcast_model_version{"))
-                .count()
-        })
-        .unwrap_or(0);
+    let series = serve
+        .metrics_text()
+        .lines()
+        .filter(|l| l.starts_with("sensorcast_model_version{"))
+        .count();
     assert_eq!(series, 1, "sensorcast_model_version series after a swap");
     let by_device = anomaly_models(&influx);
     assert_eq!(by_device.len(), devices);

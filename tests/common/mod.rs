@@ -564,10 +564,8 @@ impl Serve {
     /// Sum of a metric's samples: `name` is a metric name (every label set counts) or a
     /// name with a label set, as the exposition writes it.
     pub fn metric(&self, name: &str) -> f64 {
-        let Some((_, body)) = http("GET", &self.http, "/metrics", "") else {
-            return 0.0;
-        };
-        body.lines()
+        self.metrics_text()
+            .lines()
             .filter(|l| {
                 l.strip_prefix(name)
                     .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
@@ -576,12 +574,17 @@ impl Serve {
             .sum()
     }
 
+    /// `/metrics` as text (empty when it does not answer).
+    pub fn metrics_text(&self) -> String {
+        http("GET", &self.http, "/metrics", "")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
     /// Sum of a metric's samples whose labels include every `(name, value)` of `labels`.
     pub fn metric_with(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let Some((_, body)) = http("GET", &self.http, "/metrics", "") else {
-            return 0.0;
-        };
-        body.lines()
+        self.metrics_text()
+            .lines()
             .filter_map(|l| {
                 let rest = l.strip_prefix(name)?.strip_prefix('{')?;
                 let (set, value) = rest.split_once("} ")?;

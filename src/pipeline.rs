@@ -19,6 +19,8 @@ pub struct Sourced {
     pub stream: usize,
     /// Kafka partition of its message.
     pub partition: i32,
+    /// Offset of its message.
+    pub offset: i64,
     /// The reading.
     pub reading: Reading,
 }
@@ -76,6 +78,17 @@ pub enum ToEngine {
         stream: usize,
         /// The checkpoint.
         checkpoint: Box<Checkpoint>,
+        /// The group's committed offset, when it is ahead of the checkpoint's (another member
+        /// wrote the points in between): the readings before it are stepped without writing
+        /// anything, and the partition is not checkpointed until it is reached.
+        catch_up_to: Option<i64>,
+    },
+    /// The current id of a stream's topic (its incarnation), recorded in its checkpoints.
+    TopicId {
+        /// Stream index.
+        stream: usize,
+        /// The id, as Kafka's tools print it.
+        id: String,
     },
     /// Time has passed: a periodic checkpoint may be due although no readings arrive.
     Tick,
@@ -96,6 +109,19 @@ pub enum ToEngine {
         /// written).
         done: oneshot::Sender<()>,
     },
+}
+
+impl std::fmt::Debug for ToEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ToEngine::Batch(_) => "Batch",
+            ToEngine::Restore { .. } => "Restore",
+            ToEngine::TopicId { .. } => "TopicId",
+            ToEngine::Tick => "Tick",
+            ToEngine::Swap { .. } => "Swap",
+            ToEngine::Revoke { .. } => "Revoke",
+        })
+    }
 }
 
 /// Points of one micro-batch (their offsets are stored with the checkpoint that follows).

@@ -137,7 +137,12 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
             .collect(),
         engine: std::sync::Mutex::new(Some(engine_tx.clone())),
         runtime: tokio::runtime::Handle::current(),
-        revoke_timeout: cfg.service.shutdown_timeout.get(),
+        callback_timeout: cfg
+            .service
+            .shutdown_timeout
+            .get()
+            .min(cfg.kafka.max_poll_interval() / 2),
+        max_catch_up: cfg.state.max_catch_up,
         assignment: Arc::clone(&assignment),
     });
     tracing::info!(store = %store.describe(), interval_s = cfg.state.checkpoint_interval.get().as_secs_f64(), "device state checkpoints");

@@ -350,7 +350,15 @@ pub struct Health {
     pub checkpoints_failing: AtomicBool,
     /// Why InfluxDB refuses every write, when it does (empty otherwise).
     sink_problem: std::sync::Mutex<String>,
+    /// Recent events an operator should know of that do not make the service unready (a
+    /// partition that started cold although it had a checkpoint), newest last.
+    warnings: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, String)>>,
 }
+
+/// Warnings `/health/ready` shows: at most this many…
+const WARNINGS_KEPT: usize = 16;
+/// …of at most this age.
+const WARNING_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Health {
     /// Records why InfluxDB refuses every write (empty: it accepts them again).
@@ -360,6 +368,15 @@ impl Health {
         if *p != why {
             *p = why.to_string();
         }
+    }
+
+    /// Records a warning for `/health/ready` (shown for an hour; readiness is unchanged).
+    pub fn warn(&self, what: String) {
+        let mut w = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
+        if w.len() == WARNINGS_KEPT {
+            w.pop_front();
+        }
+        w.push_back((std::time::Instant::now(), what));
     }
 
     /// Whether the service is ready, and why not.
@@ -398,8 +415,17 @@ impl Health {
         }
         let ok = reasons.is_empty();
         let reasons = serde_json::to_string(&reasons).unwrap_or_default();
+        let warnings: Vec<String> = self
+            .warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(at, _)| at.elapsed() < WARNING_AGE)
+            .map(|(_, w)| w.clone())
+            .collect();
+        let warnings = serde_json::to_string(&warnings).unwrap_or_default();
         let body = format!(
-            "{{\"ready\":{ok},\"partitions_assigned\":{parts},\"models_loaded\":{models},\"sink_reachable\":{sink},\"checkpoints_failing\":{failing},\"stopping\":{stopping},\"reasons\":{reasons}}}\n"
+            "{{\"ready\":{ok},\"partitions_assigned\":{parts},\"models_loaded\":{models},\"sink_reachable\":{sink},\"checkpoints_failing\":{failing},\"stopping\":{stopping},\"reasons\":{reasons},\"warnings\":{warnings}}}\n"
         );
         (ok, body)
     }
@@ -495,6 +521,26 @@ impl RateLimit {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn warnings_show_in_readiness_without_changing_it() {
+        let h = Health::default();
+        h.partitions.store(1, Ordering::Relaxed);
+        h.models_loaded.store(true, Ordering::Relaxed);
+        h.sink_reachable.store(true, Ordering::Relaxed);
+        let (ok, body) = h.ready();
+        assert!(ok && body.contains("\"warnings\":[]"), "{body}");
+        for i in 0..20 {
+            h.warn(format!("partition {i} started cold"));
+        }
+        let (ok, body) = h.ready();
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let w = v["warnings"].as_array().expect("warnings");
+        assert!(ok, "{body}");
+        assert_eq!(w.len(), WARNINGS_KEPT, "{body}");
+        assert_eq!(w[WARNINGS_KEPT - 1], "partition 19 started cold");
+    }
+
     use super::*;
 
     #[test]

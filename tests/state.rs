@@ -302,7 +302,7 @@ fn crash_five_times(changelog: bool) {
         port,
     } = small("crash", PARTITIONS);
     if changelog {
-        add_keys(&cfg, "[state]", "store = \"kafka\"");
+        config_with(&cfg, |t| t.replace(TEST_STORE, "store = \"kafka\"\n"));
     }
     let (devices, readings) = (200, 500);
     let total = devices * readings;
@@ -392,18 +392,20 @@ fn a_second_instance_on_its_own_disk_takes_over_through_the_changelog_topic() {
     takeover(Takeover::Changelog);
 }
 
-/// How the survivor gets the dead member's checkpoints.
-#[derive(PartialEq)]
+/// Where the instances of a test keep their checkpoints.
+#[derive(PartialEq, Clone, Copy)]
 enum Takeover {
     /// Both instances use the same `state.dir` (a shared volume).
     SharedDirectory,
-    /// `state.store = "kafka"`, each instance with its own `state.dir`.
+    /// `state.store = "dir"`, each instance with a directory of its own (separate machines).
+    PrivateDirectories,
+    /// The default store (the changelog topic), each instance with its own `state.dir`.
     Changelog,
 }
 
-/// A second instance's config: same group, its own HTTP port, and the same state directory
-/// or (`changelog`: both instances switched to the changelog store) one of its own.
-fn second_instance(dir: &Path, cfg_a: &Path, port_a: u16, changelog: bool) -> (PathBuf, u16) {
+/// A second instance's config: same group, its own HTTP port, and the state `how` says (the
+/// first instance's config is changed to match).
+fn second_instance(dir: &Path, cfg_a: &Path, port_a: u16, how: Takeover) -> (PathBuf, u16) {
     let port_b = free_port();
     let cfg_b = dir.join("b.toml");
     std::fs::copy(cfg_a, &cfg_b).expect("copy config");
@@ -413,16 +415,20 @@ fn second_instance(dir: &Path, cfg_a: &Path, port_a: u16, changelog: bool) -> (P
             &format!("127.0.0.1:{port_b}"),
         )
     });
-    if changelog {
-        for (cfg, own) in [(cfg_a, "a"), (cfg_b.as_path(), "b")] {
-            let state = dir.join("state").display().to_string();
-            config_with(cfg, |t| {
-                t.replace(
-                    &format!("dir = \"{state}\""),
-                    &format!("store = \"kafka\"\ndir = \"{state}-{own}\""),
-                )
-            });
-        }
+    let store = match how {
+        Takeover::SharedDirectory => return (cfg_b, port_b),
+        Takeover::PrivateDirectories => "store = \"dir\"\n",
+        // Nothing set: the default store.
+        Takeover::Changelog => "",
+    };
+    for (cfg, own) in [(cfg_a, "a"), (cfg_b.as_path(), "b")] {
+        let state = dir.join("state").display().to_string();
+        config_with(cfg, |t| {
+            t.replace(
+                &format!("{TEST_STORE}dir = \"{state}\""),
+                &format!("{store}dir = \"{state}-{own}\""),
+            )
+        });
     }
     (cfg_b, port_b)
 }
@@ -438,7 +444,7 @@ fn takeover(how: Takeover) {
         cfg: cfg_a,
         port: port_a,
     } = small("scale", PARTITIONS);
-    let (cfg_b, port_b) = second_instance(dir.path(), &cfg_a, port_a, how == Takeover::Changelog);
+    let (cfg_b, port_b) = second_instance(dir.path(), &cfg_a, port_a, how);
     let (devices, readings) = (100, 400);
     let total = devices * readings;
     let end = now_rfc3339(-60);
@@ -538,6 +544,139 @@ fn a_broker_restart_mid_stream_loses_and_changes_nothing() {
         0,
         "{}",
         std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// The topic is deleted and created again under the same name (as after a rebuilt cluster):
+/// offsets start at 0 again, and the old incarnation's checkpoints, whose offsets lie at the
+/// end of the new one, must not be used to skip it.
+#[test]
+fn a_topic_deleted_and_recreated_is_read_from_its_start_not_from_old_checkpoints() {
+    const PARTITIONS: i32 = 2;
+    let Small {
+        brokers,
+        dir,
+        vm,
+        topic,
+        group,
+        cfg,
+        port,
+    } = small("recreate", PARTITIONS);
+    let (devices, readings) = (20, 100);
+    let total = devices * readings;
+    let produced = |end: &str| {
+        assert!(
+            produce(&brokers, &topic, devices, readings, end, 0)
+                .wait()
+                .expect("simulate")
+                .success()
+        )
+    };
+    // The first incarnation, served to its end: every partition's checkpoint lies at its end.
+    produced(&now_rfc3339(-7200));
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_done(&vm, &brokers, &group, &topic, PARTITIONS, total);
+    assert_eq!(serve.terminate(), 0);
+    delete_topic(&brokers, &topic);
+    create_topics(&brokers, &[(&topic, PARTITIONS)]);
+    // The second: as many readings an hour and more later, at the same offsets.
+    produced(&now_rfc3339(-60));
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until(
+        "every reading of the new topic scored",
+        Duration::from_secs(120),
+        || vm.samples("anomaly_score").0 >= 2 * total,
+    );
+    let log = serve.log_text();
+    assert!(
+        serve.metric_with(
+            "sensorcast_checkpoints_skipped_total",
+            &[("reason", "topic_recreated")]
+        ) >= PARTITIONS as f64,
+        "{log}"
+    );
+    assert!(log.contains("re-created"), "{log}");
+    assert_eq!(serve.terminate(), 0);
+}
+
+/// Two instances with private state directories: b joins, takes partitions over (cold, it
+/// has no checkpoint of them), and leaves; they return to a, whose own checkpoints of them are
+/// older than what b committed. Nothing may be skipped, and nothing b wrote may be written
+/// again with other values.
+#[test]
+fn a_partition_returning_to_an_instance_with_an_old_private_checkpoint_is_not_rewritten() {
+    const PARTITIONS: i32 = 4;
+    let Small {
+        brokers,
+        dir,
+        vm,
+        topic,
+        group,
+        cfg: cfg_a,
+        port: port_a,
+    } = small("return", PARTITIONS);
+    let (cfg_b, port_b) =
+        second_instance(dir.path(), &cfg_a, port_a, Takeover::PrivateDirectories);
+    let (devices, readings) = (100, 200);
+    let total = devices * readings;
+    let end = now_rfc3339(-60);
+    let want = reference(dir.path(), &cfg_a, devices, readings, &end);
+    let a = Serve::start(&cfg_a, dir.path(), port_a);
+    wait_for_partitions(&a, PARTITIONS, "the first instance owns every partition");
+    let mut producer = produce(&brokers, &topic, devices, readings, &end, 1000);
+    wait_until("a writes", Duration::from_secs(60), || {
+        vm.samples("anomaly_score").0 > 0
+    });
+    let b = Serve::start(&cfg_b, dir.path(), port_b);
+    wait_until("b takes partitions and writes", Duration::from_secs(90), || {
+        b.metric("sensorcast_points_written_total") > 0.0
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(b.terminate(), 0);
+    assert!(producer.wait().expect("simulate").success());
+    wait_done(&vm, &brokers, &group, &topic, PARTITIONS, total);
+    let log = a.log_text();
+    assert_complete_and_never_rewritten(&vm, &want);
+    assert!(
+        log.contains("catching up"),
+        "a caught its old checkpoints up to b's offsets:\n{log}"
+    );
+    assert_eq!(a.terminate(), 0);
+}
+
+/// Every point of the replay is there (values may differ: a cold start), and no series holds
+/// two different values at one timestamp (a point rewritten differently). Alarm events are
+/// left out: one is written when raised and again when it clears, under its onset's time, and
+/// which events a cold-started device raises is its own.
+fn assert_complete_and_never_rewritten(vm: &Vm, reference: &Points) {
+    let per_reading = |k: &String| !k.starts_with("anomaly_event_");
+    let mut got = points_in_vm(vm);
+    got.retain(|k, _| per_reading(k));
+    let mut reference = reference.clone();
+    reference.retain(|k, _| per_reading(k));
+    let missing: Vec<_> = reference
+        .iter()
+        .flat_map(|(k, want)| {
+            want.keys()
+                .filter(|t| got.get(k).is_none_or(|h| !h.contains_key(t)))
+                .map(move |t| format!("{k} @ {t}"))
+        })
+        .collect();
+    let rewritten: Vec<_> = got
+        .iter()
+        .flat_map(|(k, have)| {
+            have.iter()
+                .filter(|(_, v)| v.len() > 1)
+                .map(move |(t, v)| format!("{k} @ {t}: {v:?}"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty() && rewritten.is_empty(),
+        "{} missing (e.g. {:?}), {} rewritten with another value (e.g. {:?})",
+        missing.len(),
+        missing.iter().take(3).collect::<Vec<_>>(),
+        rewritten.len(),
+        rewritten.iter().take(3).collect::<Vec<_>>()
     );
 }
 
@@ -854,6 +993,7 @@ fn the_changelog_store_falls_back_past_damaged_partial_and_foreign_checkpoints()
             group: "g".into(),
             stream: "pumps".into(),
             topic: "t".into(),
+            topic_id: None,
             partition,
             offset,
             model: "v1".into(),
@@ -876,6 +1016,8 @@ fn the_changelog_store_falls_back_past_damaged_partial_and_foreign_checkpoints()
         partition: 3,
         model: Some("v1"),
         layout: Some(layout),
+        topic_id: None,
+        range: None,
     };
     assert!(
         store.load(&want).checkpoint.is_none(),
@@ -1242,9 +1384,9 @@ fn the_changelog_topic_is_compacted_to_the_newest_checkpoints_and_a_restore_is_s
     }];
     let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
     config_with(&cfg, |t| {
-        t.replace(
+        t.replace(TEST_STORE, "store = \"kafka\"\n").replace(
             "checkpoint_interval = \"1s\"",
-            &format!("checkpoint_interval = \"200ms\"\nstore = \"kafka\"\nkeep = {KEEP}"),
+            &format!("checkpoint_interval = \"200ms\"\nkeep = {KEEP}"),
         )
     });
     let changelog = format!("{group}.pumps.checkpoints");
@@ -1488,7 +1630,7 @@ fn instances_joining_and_leaving_move_only_the_partitions_that_change_owner() {
             "\"partition.assignment.strategy\" = \"range,roundrobin\"",
         );
     }
-    let (cfg_b, port_b) = second_instance(dir.path(), &cfg_a, port_a, true);
+    let (cfg_b, port_b) = second_instance(dir.path(), &cfg_a, port_a, Takeover::Changelog);
     let total = devices * readings;
     let end = now_rfc3339(-60);
     let want = reference(dir.path(), &cfg_a, devices, readings, &end);
@@ -1608,7 +1750,7 @@ fn an_instance_of_the_other_rebalance_protocol_waits_until_the_old_one_has_left(
         cfg: cfg_new,
         port: port_new,
     } = small("upgrade", PARTITIONS);
-    let (cfg_old, port_old) = second_instance(dir.path(), &cfg_new, port_new, true);
+    let (cfg_old, port_old) = second_instance(dir.path(), &cfg_new, port_new, Takeover::Changelog);
     add_keys(
         &cfg_old,
         "[kafka.properties]",

@@ -280,6 +280,19 @@ impl Default for KafkaConfig {
     }
 }
 
+impl KafkaConfig {
+    /// librdkafka's `max.poll.interval.ms` as set in `properties` (its default, 300 s,
+    /// otherwise): the longest the consumer may go between polls, rebalance callbacks included.
+    pub fn max_poll_interval(&self) -> std::time::Duration {
+        let ms = self
+            .properties
+            .get("max.poll.interval.ms")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(300_000);
+        std::time::Duration::from_millis(ms)
+    }
+}
+
 /// InfluxDB v2 write API.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -431,8 +444,9 @@ impl Default for ServiceConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
-    /// Where checkpoints go: `dir` (files under `dir`) or `kafka` (a compacted changelog topic
-    /// per stream, so that instances on other machines can take partitions over).
+    /// Where checkpoints go: `kafka` (the default: a compacted changelog topic per stream, so
+    /// that instances on any machine take partitions over with their devices) or `dir` (files
+    /// under `dir`; exact across instances only if they share it).
     pub store: StoreKind,
     /// Directory of checkpoints (`store = "dir"`) and of parked devices (both stores):
     /// `<dir>/<group>/<stream>/p<partition>/`.
@@ -446,6 +460,12 @@ pub struct StateConfig {
     /// Checkpoints kept per partition (older ones are pruned); a damaged newest one falls
     /// back to the one before.
     pub keep: usize,
+    /// A partition whose newest checkpoint lies behind the group's committed offset (another
+    /// member wrote the points in between: private state directories, a restored backup) is
+    /// restored and caught up — the messages in between stepped without writing — when they
+    /// are at most this many; otherwise its devices start cold at the committed offset.
+    /// `0`: never catch up.
+    pub max_catch_up: u64,
     /// A parked device (see `engine.device_ttl`) that has not returned after this long is
     /// forgotten for good (it starts cold if it ever comes back).
     pub parked_retention: HumanDuration,
@@ -454,11 +474,12 @@ pub struct StateConfig {
 impl Default for StateConfig {
     fn default() -> Self {
         Self {
-            store: StoreKind::Dir,
+            store: StoreKind::Kafka,
             dir: PathBuf::from("state"),
             changelog_topic: "{group}.{stream}.checkpoints".into(),
             checkpoint_interval: HumanDuration::from_secs(10),
             keep: 3,
+            max_catch_up: 1_000_000,
             parked_retention: HumanDuration::from_secs(30 * 86_400),
         }
     }

@@ -57,6 +57,9 @@ impl SourceStage {
         // a message's partition takes neither a lock nor an allocation.
         let mut generation = s.assignment.generation();
         let mut owned = s.assignment.owned();
+        // What the rebalance callbacks left for the engine stage (restores, topic ids, a
+        // revoke that could not be sent in time): sent before any batch.
+        let mut controls = s.assignment.take_pending();
         let owns = |owned: &[(String, i32)], t: &str, p: i32| {
             owned.iter().any(|(ot, op)| *op == p && ot == t)
         };
@@ -72,6 +75,7 @@ impl SourceStage {
                 // still owns.
                 generation = s.assignment.generation();
                 owned = s.assignment.owned();
+                controls.extend(s.assignment.take_pending());
                 first_seen.clear();
                 batch.retain_partitions(|t, p| owns(&owned, t, p), &s.topics);
                 if batch.readings.is_empty() && batch.offsets.0.is_empty() {
@@ -96,8 +100,12 @@ impl SourceStage {
                     stopping = true;
                 }
                 _ = wait_true(&mut give_up) => break,
-                permit = s.tx.reserve(), if flush => {
+                permit = s.tx.reserve(), if flush || !controls.is_empty() => {
                     let Ok(permit) = permit else { break };
+                    if let Some(control) = controls.pop_front() {
+                        permit.send(control);
+                        continue;
+                    }
                     permit.send(ToEngine::Batch(std::mem::take(&mut batch)));
                     first_at = None;
                     if paused {
@@ -128,6 +136,7 @@ impl SourceStage {
                                 batch.readings.extend(d.readings.into_iter().map(|reading| Sourced {
                                     stream: d.stream,
                                     partition,
+                                    offset,
                                     reading,
                                 }));
                                 if let Some(ts) = ts {

@@ -62,6 +62,7 @@ pub fn run(
                 group: "bench".into(),
                 stream: "bench".into(),
                 topic: "bench".into(),
+                topic_id: None,
                 partition: p as i32,
                 offset: devices as i64,
                 model: model.version.clone(),
@@ -87,6 +88,8 @@ pub fn run(
             partition: p as i32,
             model: Some(&model.version),
             layout: Some(layout),
+            topic_id: None,
+            range: None,
         });
         let (c, _) = loaded
             .checkpoint

@@ -213,6 +213,8 @@ mod tests {
             partition: 2,
             model: Some(model),
             layout: Some(at(0).header.layout),
+            topic_id: None,
+            range: None,
         }
     }
 

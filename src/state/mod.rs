@@ -50,6 +50,10 @@ pub struct Header {
     pub stream: String,
     /// Kafka topic.
     pub topic: String,
+    /// The topic's id (KIP-516) when the checkpoint was taken, if the cluster reported one: a
+    /// topic deleted and created again, or the same name on a rebuilt cluster, has another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_id: Option<String>,
     /// Partition.
     pub partition: i32,
     /// The next offset to read: the states reflect every message before it.
@@ -104,6 +108,13 @@ pub enum CheckpointError {
     /// A valid checkpoint that belongs to something else than what is running.
     #[error("{0}")]
     Mismatch(String),
+    /// Taken from an earlier incarnation of the topic (deleted and re-created, or a rebuilt
+    /// cluster): its offsets mean nothing in the current one.
+    #[error("{0}")]
+    Recreated(String),
+    /// Its offset lies outside the partition's current offsets.
+    #[error("{0}")]
+    OutOfRange(String),
     /// Parts of a checkpoint in the changelog topic are missing or out of place.
     #[error("incomplete: {0}")]
     Incomplete(String),
@@ -193,6 +204,27 @@ impl Checkpoint {
         {
             return mismatch("record layout", &h.layout, &layout);
         }
+        if let (Some(then), Some(now)) = (&h.topic_id, want.topic_id)
+            && then != now
+        {
+            return Err(CheckpointError::Recreated(format!(
+                "taken from topic {} with id {then}, which now has id {now}: the topic was deleted and re-created or the cluster rebuilt",
+                h.topic
+            )));
+        }
+        if let Some((low, high)) = want.range
+            && !(low..=high).contains(&h.offset)
+        {
+            let why = if h.offset > high {
+                "the topic was re-created or truncated"
+            } else {
+                "retention deleted the messages after it"
+            };
+            return Err(CheckpointError::OutOfRange(format!(
+                "its offset {} lies outside the partition's offsets {low}..={high}: {why}",
+                h.offset
+            )));
+        }
         Ok(())
     }
 }
@@ -214,6 +246,11 @@ pub struct Expect<'a> {
     pub model: Option<&'a str>,
     /// The record layout; `None`: any.
     pub layout: Option<StateLayout>,
+    /// The topic's current id; `None`: unknown (a checkpoint of any incarnation passes).
+    pub topic_id: Option<&'a str>,
+    /// The partition's current offsets (low and high watermark): a checkpoint's offset must
+    /// lie within them; `None`: unknown.
+    pub range: Option<(i64, i64)>,
 }
 
 /// One checkpoint as `state inspect` lists it.
@@ -312,7 +349,7 @@ fn report(rows: Vec<Row>, source: &str, now_ms: i64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Checkpoint {
@@ -321,6 +358,7 @@ mod tests {
                 group: "g".into(),
                 stream: "pumps".into(),
                 topic: "t".into(),
+                topic_id: None,
                 partition: 2,
                 offset: 1234,
                 model: "v1".into(),
@@ -402,6 +440,61 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_of_an_earlier_topic_incarnation_or_outside_the_offsets_is_refused() {
+        let mut c = sample();
+        let want = Expect {
+            group: "g",
+            stream: "pumps",
+            topic: "t",
+            partition: 2,
+            model: None,
+            layout: None,
+            topic_id: Some("new-id"),
+            range: Some((0, 2000)),
+        };
+        // Taken where the cluster reported no id: its incarnation cannot be told.
+        assert!(c.check(&want).is_ok());
+        c.header.topic_id = Some("new-id".into());
+        assert!(c.check(&want).is_ok());
+        c.header.topic_id = Some("old-id".into());
+        let err = c.check(&want).unwrap_err();
+        assert!(matches!(err, CheckpointError::Recreated(_)), "{err}");
+        assert!(err.to_string().contains("re-created"), "{err}");
+        // The id is unknown now (an old broker): only the offsets are checked.
+        assert!(
+            c.check(&Expect {
+                topic_id: None,
+                ..want.clone()
+            })
+            .is_ok()
+        );
+        c.header.topic_id = None;
+        for (range, why) in [((0, 1000), "re-created or truncated"), ((1300, 2000), "retention")] {
+            let err = c
+                .check(&Expect {
+                    range: Some(range),
+                    ..want.clone()
+                })
+                .unwrap_err();
+            assert!(matches!(err, CheckpointError::OutOfRange(_)), "{err}");
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        // At either end of the partition's offsets is within them.
+        for range in [(0, 1234), (1234, 1234)] {
+            assert!(
+                c.check(&Expect {
+                    range: Some(range),
+                    ..want.clone()
+                })
+                .is_ok()
+            );
+        }
+        // A checkpoint written by an older build (no topic id) still reads.
+        let old = String::from_utf8_lossy(&sample().encode()).contains("topic_id");
+        assert!(!old, "an unknown id is not written");
+    }
+
+    #[test]
     fn a_checkpoint_of_another_model_or_partition_is_refused() {
         let c = sample();
         let want = Expect {
@@ -411,6 +504,8 @@ mod tests {
             partition: 2,
             model: Some("v1"),
             layout: Some(c.header.layout),
+            topic_id: None,
+            range: None,
         };
         assert!(c.check(&want).is_ok());
         let err = c

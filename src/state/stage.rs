@@ -45,6 +45,15 @@ pub struct EngineStage {
     metrics: Arc<Metrics>,
     /// Next offset per (stream, partition): everything before it has been stepped.
     next: HashMap<(usize, i32), i64>,
+    /// Partitions restored behind the group's committed offset: their readings before it are
+    /// stepped without writing (another member wrote them), and they are not checkpointed
+    /// until it is reached (their older checkpoint stays the one to restore).
+    catch_up: HashMap<(usize, i32), i64>,
+    /// Per stream, which readings of the batch being stepped are caught up silently (empty
+    /// while nothing is caught up).
+    silent: Vec<Vec<bool>>,
+    /// The current id of each stream's topic, once the source learnt it.
+    topic_ids: Vec<Option<String>>,
     /// Partitions stepped since their last checkpoint.
     dirty: BTreeSet<(usize, i32)>,
     last_checkpoint: Instant,
@@ -96,6 +105,9 @@ impl EngineStage {
             interval: cfg.state.checkpoint_interval.get(),
             metrics,
             next: HashMap::new(),
+            catch_up: HashMap::new(),
+            silent: vec![Vec::new(); n],
+            topic_ids: vec![None; n],
             dirty: BTreeSet::new(),
             last_checkpoint: Instant::now(),
             per_stream: vec![(Vec::new(), Vec::new()); n],
@@ -123,8 +135,20 @@ impl EngineStage {
                     Some(out) => tx.blocking_send(ToSink::Points(out)).is_ok(),
                     None => return,
                 },
-                ToEngine::Restore { stream, checkpoint } => {
+                ToEngine::Restore {
+                    stream,
+                    checkpoint,
+                    catch_up_to,
+                } => {
+                    if let Some(to) = catch_up_to {
+                        self.catch_up
+                            .insert((stream, checkpoint.header.partition), to);
+                    }
                     self.restore(stream, *checkpoint);
+                    true
+                }
+                ToEngine::TopicId { stream, id } => {
+                    self.topic_ids[stream] = Some(id);
                     true
                 }
                 ToEngine::Tick => true,
@@ -150,7 +174,7 @@ impl EngineStage {
             // (a slow InfluxDB), another full copy of the state would only add memory.
             let busy = self.checkpoints_in_flight.load(Ordering::Acquire) > 0;
             if self.last_checkpoint.elapsed() >= self.interval && !self.dirty.is_empty() && !busy {
-                let keys: Vec<_> = std::mem::take(&mut self.dirty).into_iter().collect();
+                let keys = self.due();
                 let set = Checkpoints {
                     checkpoints: self.checkpoints(&keys),
                     done: None,
@@ -162,12 +186,28 @@ impl EngineStage {
                 }
             }
         }
-        let keys: Vec<_> = self.next.keys().copied().collect();
+        let keys: Vec<_> = self
+            .next
+            .keys()
+            .filter(|k| !self.catch_up.contains_key(k))
+            .copied()
+            .collect();
         let set = Checkpoints {
             checkpoints: self.checkpoints(&keys),
             done: None,
         };
         let _ = tx.blocking_send(ToSink::Checkpoints(set));
+    }
+
+    /// The dirty partitions to checkpoint now: all but those still catching up (they stay
+    /// dirty).
+    fn due(&mut self) -> Vec<(usize, i32)> {
+        let catching_up = &self.catch_up;
+        let (wait, due): (BTreeSet<_>, BTreeSet<_>) = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .partition(|k| catching_up.contains_key(k));
+        self.dirty = wait;
+        due.into_iter().collect()
     }
 
     fn stream_of(&self, topic: &str) -> Option<usize> {
@@ -179,11 +219,19 @@ impl EngineStage {
     /// committed.
     fn step(&mut self, batch: InBatch) -> Option<OutBatch> {
         self.metrics.batch_size.observe(batch.readings.len() as f64);
+        let catching_up = !self.catch_up.is_empty();
         for r in batch.readings {
             let hw = &mut self.high_water[r.stream];
             *hw = (*hw).max(r.reading.ts);
             if !self.parked.is_empty() {
                 self.unpark(r.stream, r.partition, &r.reading.device);
+            }
+            if catching_up {
+                let silent = self
+                    .catch_up
+                    .get(&(r.stream, r.partition))
+                    .is_some_and(|to| r.offset < *to);
+                self.silent[r.stream].push(silent);
             }
             let (readings, shards) = &mut self.per_stream[r.stream];
             readings.push(r.reading);
@@ -195,9 +243,12 @@ impl EngineStage {
                 continue;
             }
             let (readings, shards) = std::mem::take(&mut self.per_stream[i]);
-            if !self.step_stream(i, &readings, &shards, &mut body) {
+            let silent = std::mem::take(&mut self.silent[i]);
+            if !self.step_stream(i, &readings, &shards, &silent, &mut body) {
                 return None;
             }
+            self.silent[i] = silent;
+            self.silent[i].clear();
             let mut reuse = (readings, shards);
             reuse.0.clear();
             reuse.1.clear();
@@ -208,6 +259,14 @@ impl EngineStage {
                 let next = self.next.entry((stream, *partition)).or_insert(0);
                 *next = (*next).max(offset + 1);
                 self.dirty.insert((stream, *partition));
+                if self
+                    .catch_up
+                    .get(&(stream, *partition))
+                    .is_some_and(|to| *next >= *to)
+                {
+                    self.catch_up.remove(&(stream, *partition));
+                    tracing::info!(stream = %self.names[stream], partition, offset = *next, "caught up with the group's committed offset: writing again");
+                }
             }
         }
         Some(OutBatch {
@@ -222,6 +281,7 @@ impl EngineStage {
         i: usize,
         readings: &[Reading],
         shards: &[u32],
+        silent: &[bool],
         body: &mut String,
     ) -> bool {
         // The device budget is the instance's: what the other streams hold is taken.
@@ -266,6 +326,7 @@ impl EngineStage {
                 .collect()
         };
         for range in ranges {
+            let start = range.start;
             let (chunk, chunk_shards) = (&readings[range.clone()], &shards[range]);
             if let Err(e) = engine.process_sharded(chunk, chunk_shards, &mut self.out) {
                 tracing::error!(error = %e, stream = %self.names[i], "reading does not fit the model; stopping");
@@ -284,6 +345,8 @@ impl EngineStage {
                     _ => (&self.out, &fmt),
                 };
                 match &out.outcomes[j] {
+                    // Caught up silently: another member wrote this reading's points.
+                    Outcome::Scored(_) if silent.get(start + j).is_some_and(|s| *s) => {}
                     Outcome::Scored(_) => {
                         fmt.write_line_protocol(body, r, out, j);
                     }
@@ -570,7 +633,14 @@ impl EngineStage {
             .filter_map(|(t, p)| Some((self.stream_of(t)?, *p)))
             .filter(|k| self.next.contains_key(k))
             .collect();
-        let checkpoints = self.checkpoints(&keys);
+        // A partition still catching up keeps its older checkpoint: one taken now would lie
+        // behind the group's committed offset, and its commit would move that back.
+        let due: Vec<_> = keys
+            .iter()
+            .filter(|k| self.catch_up.remove(k).is_none())
+            .copied()
+            .collect();
+        let checkpoints = self.checkpoints(&due);
         for (stream, engine) in self.engines.iter_mut().enumerate() {
             let gone: BTreeSet<u32> = partitions
                 .iter()
@@ -777,6 +847,7 @@ impl EngineStage {
                         group: self.group.clone(),
                         stream: self.names[stream].clone(),
                         topic: self.topics[stream].clone(),
+                        topic_id: self.topic_ids[stream].clone(),
                         partition: p as i32,
                         offset,
                         model: engine.model().version.clone(),
@@ -878,12 +949,13 @@ mod tests {
                 }
                 let p = (d % 4) as i32;
                 b.offsets.note("sensors.pumps", p, offset[p as usize]);
-                offset[p as usize] += 1;
                 b.readings.push(Sourced {
                     stream: 0,
                     partition: p,
+                    offset: offset[p as usize],
                     reading: r.clone(),
                 });
+                offset[p as usize] += 1;
             }
             out.push(b);
         }

@@ -685,6 +685,36 @@ pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     }
 }
 
+/// Deletes a topic and waits until the broker has forgotten it (a topic re-created with the
+/// same name is then a new incarnation, with a new topic id and offsets from 0).
+pub fn delete_topic(brokers: &str, topic: &str) {
+    // Asking for the metadata of a missing topic must not create it again.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for r in rt
+        .block_on(admin.delete_topics(&[topic], &AdminOptions::new()))
+        .expect("delete topics")
+    {
+        if let Err((t, e)) = r {
+            panic!("cannot delete topic {t}: {e}");
+        }
+    }
+    wait_until("the topic is gone", Duration::from_secs(30), || {
+        admin
+            .inner()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .map(|m| m.topics().iter().all(|t| t.partitions().is_empty()))
+            .unwrap_or(false)
+    });
+}
+
 /// Unique names per test run, so tests can share one broker.
 pub fn unique(name: &str) -> String {
     format!("{name}-{}-{}", std::process::id(), free_port())
@@ -695,6 +725,11 @@ pub struct Stream<'a> {
     pub topic: &'a str,
     pub format: &'a str,
 }
+
+/// The checkpoint store `setup` configures: the directory store, so that a test's
+/// checkpoints are where it looks and the mock cluster (which cannot create topics) works; a
+/// test of the default store removes this line ([`TEST_STORE`] is matched literally).
+pub const TEST_STORE: &str = "store = \"dir\"\n";
 
 /// Writes a config and trains one model per stream on simulated history.
 pub fn setup(
@@ -748,7 +783,7 @@ listen = "127.0.0.1:{http_port}"
 shutdown_timeout = "20s"
 
 [state]
-dir = "{state}"
+{TEST_STORE}dir = "{state}"
 checkpoint_interval = "1s"
 {extra}"#,
         registry = dir.join("models").display(),

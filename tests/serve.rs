@@ -318,20 +318,32 @@ fn outage(mut vm: Db) {
     assert_eq!(live, "ok\n");
 
     // Nothing was written during the outage, so every reading decoded since the baseline is
-    // still held somewhere in the process. Backpressure must have stopped consumption well
-    // short of what was produced: the partitions are paused and what was taken in stays far
-    // below the outage's readings. The queues alone would hold about
+    // still held somewhere in the process. Backpressure must stop consumption at what the
+    // bounded pipeline holds (docs/ARCHITECTURE.md §3.5):
     //   max_batch × (1 being filled + 2 in the engine's queue + 1 in the engine + queue_batches)
-    //   + (concurrency + 1 pending) requests × (batch_bytes / ~1.5 KB per reading + max_batch)
-    // ≈ 1 400 readings here, but the source keeps adding messages to its micro-batch while it
-    // waits for room, until the pause lands (docs/ARCHITECTURE.md §3.5): several thousand more
-    // on these machines. That part is bounded by time, not by a queue size, so the test bounds
-    // it by the outage instead.
+    //   + (concurrency + 1 pending) requests × (batch_bytes / ≥ 1 KiB per reading + max_batch)
+    // plus what librdkafka had handed over when the pause landed (one batch's worth here).
     let buffered = (serve.metric("sensorcast_readings_total") - decoded0) as u64;
     assert_eq!(serve.metric("sensorcast_paused"), 1.0, "consumption paused");
+    let held_bound = OUTAGE_MAX_BATCH * (1 + 2 + 1 + OUTAGE_QUEUE_BATCHES)
+        + (OUTAGE_CONCURRENCY + 1) * (OUTAGE_BATCH_BYTES / 1024 + OUTAGE_MAX_BATCH)
+        + OUTAGE_MAX_BATCH;
     assert!(
-        buffered < outage as u64 / 2,
-        "{buffered} of the outage's {outage} readings taken in: backpressure did not stop consumption"
+        buffered <= held_bound,
+        "{buffered} of the outage's {outage} readings taken in, more than the {held_bound} the pipeline's bounds allow"
+    );
+    // No micro-batch grew past its cap while the queues behind it were full: at most what
+    // librdkafka had already handed over when the pause landed joins a full batch.
+    let batches = serve.metric("sensorcast_batch_readings_count");
+    let capped = serve.metric_with(
+        "sensorcast_batch_readings_bucket",
+        &[("le", &format!("{}.0", 2 * OUTAGE_MAX_BATCH))],
+    );
+    assert_eq!(
+        capped,
+        batches,
+        "{} of {batches} micro-batches held more than twice engine.max_batch = {OUTAGE_MAX_BATCH} readings",
+        batches - capped
     );
     // Memory may grow by what is held, and no more: each held reading costs at most 4 KiB (its
     // 9 output lines, doubled while a write request keeps a copy of its body, or the decoded
@@ -366,6 +378,7 @@ fn outage(mut vm: Db) {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    eprintln!("the outage's backlog written in {:?}", t.elapsed());
     let (unique_n, raw) = vm.points("anomaly", "score");
     assert_eq!((unique_n, raw), (total, total), "every point present once");
     wait_until("offsets committed", Duration::from_secs(30), || {

@@ -615,8 +615,7 @@ fn a_partition_returning_to_an_instance_with_an_old_private_checkpoint_is_not_re
         cfg: cfg_a,
         port: port_a,
     } = small("return", PARTITIONS);
-    let (cfg_b, port_b) =
-        second_instance(dir.path(), &cfg_a, port_a, Takeover::PrivateDirectories);
+    let (cfg_b, port_b) = second_instance(dir.path(), &cfg_a, port_a, Takeover::PrivateDirectories);
     let (devices, readings) = (100, 200);
     let total = devices * readings;
     let end = now_rfc3339(-60);
@@ -628,9 +627,11 @@ fn a_partition_returning_to_an_instance_with_an_old_private_checkpoint_is_not_re
         vm.samples("anomaly_score").0 > 0
     });
     let b = Serve::start(&cfg_b, dir.path(), port_b);
-    wait_until("b takes partitions and writes", Duration::from_secs(90), || {
-        b.metric("sensorcast_points_written_total") > 0.0
-    });
+    wait_until(
+        "b takes partitions and writes",
+        Duration::from_secs(90),
+        || b.metric("sensorcast_points_written_total") > 0.0,
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(b.terminate(), 0);
     assert!(producer.wait().expect("simulate").success());

@@ -464,10 +464,7 @@ impl Rebalancer {
                     return false;
                 }
             }
-            matches!(
-                tokio::time::timeout_at(deadline, done_rx).await,
-                Ok(Ok(()))
-            )
+            matches!(tokio::time::timeout_at(deadline, done_rx).await, Ok(Ok(())))
         });
         if waited {
             tracing::info!(partitions = parts.len(), "revoked partitions checkpointed");
@@ -615,7 +612,6 @@ impl SourceContext {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

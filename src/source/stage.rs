@@ -53,6 +53,8 @@ impl SourceStage {
         let mut first_at: Option<Instant> = None;
         let mut stopping = false;
         let mut paused = false;
+        // Since when a batch due to go has found the engine's queue full.
+        let mut blocked_since: Option<Instant> = None;
         // A copy of the assignment, refreshed when a rebalance changes it, so that checking
         // a message's partition takes neither a lock nor an allocation.
         let mut generation = s.assignment.generation();
@@ -84,12 +86,19 @@ impl SourceStage {
                 }
             }
             let due = first_at.map(|t| t + s.linger);
+            let full = batch.messages >= s.max_batch || batch.readings.len() >= s.max_batch;
             let flush = !batch.readings.is_empty() || batch.messages > 0;
-            let flush = flush
-                && (stopping
-                    || batch.messages >= s.max_batch
-                    || batch.readings.len() >= s.max_batch
-                    || due.is_some_and(|d| Instant::now() >= d));
+            let flush = flush && (stopping || full || due.is_some_and(|d| Instant::now() >= d));
+            // A full batch takes no more messages: it waits for room in the engine's queue,
+            // and if none comes within PAUSE_AFTER the partitions are paused and polling goes
+            // on (librdkafka drops what it had prefetched for them and fetches it again on
+            // resume). Only what it had already handed over when the pause landed can join.
+            // (Pausing at once would cost a re-fetch per batch whenever the sink is the
+            // bottleneck, as in every backlog.)
+            let take = !stopping && (!full || paused);
+            if flush {
+                blocked_since.get_or_insert_with(Instant::now);
+            }
             if stopping && !flush {
                 break;
             }
@@ -108,13 +117,14 @@ impl SourceStage {
                     }
                     permit.send(ToEngine::Batch(std::mem::take(&mut batch)));
                     first_at = None;
+                    blocked_since = None;
                     if paused {
                         set_paused(&s.consumer, &s.metrics, false);
                         paused = false;
                     }
                 }
                 // Owned: the dead letter outlives the borrow.
-                msg = async { s.consumer.recv().await.map(|m| m.detach()) }, if !stopping => match msg {
+                msg = async { s.consumer.recv().await.map(|m| m.detach()) }, if take => match msg {
                     Ok(m) => {
                         let topic = m.topic();
                         let (partition, offset) = (m.partition(), m.offset());
@@ -156,13 +166,16 @@ impl SourceStage {
                     }
                 },
                 _ = tick.tick(), if flush => {
-                    // The engine queue has been full for a tick: pause fetching (and re-pause
-                    // after a rebalance) but keep polling, so the group does not evict us.
-                    if !paused {
-                        tracing::info!("output queue full: pausing consumption");
+                    // The engine queue has been full for PAUSE_AFTER: pause fetching (and
+                    // re-pause after a rebalance, which may assign partitions not paused yet)
+                    // but keep polling, so the group does not evict us.
+                    if paused || blocked_since.is_some_and(|t| t.elapsed() >= PAUSE_AFTER) {
+                        if !paused {
+                            tracing::info!("output queue full: pausing consumption");
+                        }
+                        set_paused(&s.consumer, &s.metrics, true);
+                        paused = true;
                     }
-                    set_paused(&s.consumer, &s.metrics, true);
-                    paused = true;
                 }
                 _ = tokio::time::sleep_until(sleep_to.into()), if !flush && due.is_some() => {}
             }
@@ -172,6 +185,10 @@ impl SourceStage {
         }
     }
 }
+
+/// How long a batch due to go waits for room in the engine's queue before the partitions are
+/// paused (well below `max.poll.interval.ms`: the consumer is not polled meanwhile).
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 /// Resolves once the flag is true (or its sender is gone).
 async fn wait_true(rx: &mut watch::Receiver<bool>) {

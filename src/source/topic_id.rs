@@ -86,7 +86,8 @@ pub fn topic_ids<C: ClientContext>(
         if event.ptr.is_null() {
             return Err(format!("no answer to DescribeTopics within {timeout:?}"));
         }
-        if rd::rd_kafka_event_error(event.ptr) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        if rd::rd_kafka_event_error(event.ptr)
+            != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
         {
             let why = rd::rd_kafka_event_error_string(event.ptr);
             return Err(if why.is_null() {
@@ -106,7 +107,8 @@ pub fn topic_ids<C: ClientContext>(
             let d = *described.add(i);
             let err = rd::rd_kafka_TopicDescription_error(d);
             if !err.is_null()
-                && rd::rd_kafka_error_code(err) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                && rd::rd_kafka_error_code(err)
+                    != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
             {
                 continue;
             }

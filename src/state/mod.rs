@@ -469,7 +469,10 @@ pub(crate) mod tests {
             .is_ok()
         );
         c.header.topic_id = None;
-        for (range, why) in [((0, 1000), "re-created or truncated"), ((1300, 2000), "retention")] {
+        for (range, why) in [
+            ((0, 1000), "re-created or truncated"),
+            ((1300, 2000), "retention"),
+        ] {
             let err = c
                 .check(&Expect {
                     range: Some(range),

@@ -645,6 +645,76 @@ fn a_partition_returning_to_an_instance_with_an_old_private_checkpoint_is_not_re
     assert_eq!(a.terminate(), 0);
 }
 
+/// A second instance joins while the database is down: the first one's engine stage and sink
+/// are stuck behind their full queues, and its revoke cannot be checkpointed. The rebalance
+/// must still complete well within `max.poll.interval.ms` (10 s here), with both members
+/// owning partitions, and once the database is back every reading is written.
+#[test]
+fn a_rebalance_during_a_database_outage_completes_and_loses_nothing() {
+    const PARTITIONS: i32 = 4;
+    let Small {
+        brokers,
+        dir,
+        mut vm,
+        topic,
+        group,
+        cfg: cfg_a,
+        port: port_a,
+    } = small("outage-rebalance", PARTITIONS);
+    add_keys(&cfg_a, "[engine]", "max_batch = 128");
+    add_keys(
+        &cfg_a,
+        "[influxdb]",
+        "queue_batches = 2\nbatch_bytes = 65536",
+    );
+    let (cfg_b, port_b) = second_instance(dir.path(), &cfg_a, port_a, Takeover::SharedDirectory);
+    let (devices, readings) = (50, 200);
+    let total = devices * readings;
+    let end = now_rfc3339(-60);
+    let want = reference(dir.path(), &cfg_a, devices, readings, &end);
+    let a = Serve::start(&cfg_a, dir.path(), port_a);
+    wait_for_partitions(&a, PARTITIONS, "the first instance owns every partition");
+    vm.down();
+    assert!(
+        produce(&brokers, &topic, devices, readings, &end, 0)
+            .wait()
+            .expect("simulate")
+            .success()
+    );
+    wait_until(
+        "a pauses behind its full queues",
+        Duration::from_secs(60),
+        || a.metric("sensorcast_paused") == 1.0,
+    );
+    let t = Instant::now();
+    let b = Serve::start(&cfg_b, dir.path(), port_b);
+    wait_until(
+        "both members own partitions",
+        Duration::from_secs(60),
+        || {
+            let (pa, pb) = (readiness(&a).1, readiness(&b).1);
+            pa > 0 && pb > 0 && pa + pb == PARTITIONS as usize
+        },
+    );
+    let rebalance = t.elapsed();
+    vm.up();
+    wait_done(&vm, &brokers, &group, &topic, PARTITIONS, total);
+    let log_a = a.log_text();
+    assert!(
+        !log_a.contains("maximum poll interval"),
+        "the first member was evicted from the group while its revoke waited:\n{log_a}"
+    );
+    assert_complete_and_never_rewritten(&vm, &want);
+    // The revoke gives up waiting for the stuck engine stage after half of
+    // max.poll.interval.ms; a join then takes that plus the group's own round trips.
+    assert!(
+        rebalance < Duration::from_secs(10),
+        "the rebalance took {rebalance:?}"
+    );
+    assert_eq!(b.terminate(), 0);
+    assert_eq!(a.terminate(), 0);
+}
+
 /// Every point of the replay is there (values may differ: a cold start), and no series holds
 /// two different values at one timestamp (a point rewritten differently). Alarm events are
 /// left out: one is written when raised and again when it clears, under its onset's time, and

@@ -98,6 +98,10 @@ impl SourceStage {
             let take = !stopping && (!full || paused);
             if flush {
                 blocked_since.get_or_insert_with(Instant::now);
+            } else if paused {
+                // Nothing waits any more (a rebalance took the batch's partitions away).
+                set_paused(&s.consumer, &s.metrics, false);
+                paused = false;
             }
             if stopping && !flush {
                 break;

@@ -153,8 +153,8 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
         Some(Arc::clone(&rebalancer)),
     )
     .context("cannot create the Kafka consumer")?;
-    crate::source::ensure_dead_letter_topic(&cfg).await;
-    let dead_letters = DeadLetters::new(&cfg, Arc::clone(&metrics))
+    crate::source::ensure_dead_letter_topic(&cfg, &health).await;
+    let dead_letters = DeadLetters::new(&cfg, Arc::clone(&metrics), Arc::clone(&health))
         .context("cannot create the dead-letter producer")?;
     let decoder = Decoder::new(
         &cfg.streams,

@@ -115,6 +115,114 @@ fn end_to_end(db: Db) {
     assert_eq!(serve.terminate(), 0);
 }
 
+/// The dead-letter topic disappears (deleted, and the broker creates no topic on its own):
+/// each dead letter then takes librdkafka's delivery timeout (10 s) to be given up. That may
+/// hold back the checkpoint and offsets of its own partition, never the points or offsets of
+/// the others.
+#[test]
+fn an_undeliverable_dead_letter_holds_back_only_its_own_partition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path(), &["auto.create.topics.enable=false"]);
+    let brokers = broker.addr();
+    let vm = Vm::start();
+    let (topic, dlq, group) = (unique("dl-stall"), unique("dlq-gone"), unique("g-dl-stall"));
+    create_topics(&brokers, &[(&topic, 2), (&dlq, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    config_with(&cfg, |t| {
+        t.replace(
+            "commit_interval = \"500ms\"",
+            &format!("commit_interval = \"500ms\"\ndead_letter_topic = \"{dlq}\""),
+        )
+    });
+    let serve = Serve::start(&cfg, dir.path(), port);
+    delete_topic(&brokers, &dlq);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("producer");
+    let t0 = chrono::Utc::now().timestamp_millis() - 100_000;
+    let good = |i: i64| {
+        format!(
+            r#"{{"ts":{},"values":{{"vibration":1,"temperature":60,"current":10,"pressure":4}}}}"#,
+            t0 + i * 1000
+        )
+    };
+    // Five bad messages on partition 0, then good readings of one device on partition 1.
+    for _ in 0..5 {
+        producer
+            .send(
+                BaseRecord::to(&topic)
+                    .partition(0)
+                    .key("pump-bad")
+                    .payload("{not json"),
+            )
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    let sent = Instant::now();
+    for i in 0..20 {
+        producer
+            .send(
+                BaseRecord::to(&topic)
+                    .partition(1)
+                    .key("pump-good")
+                    .payload(&good(i)),
+            )
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    // Served one dead letter at a time behind the writes, the five would hold every
+    // partition for 50 s; produced at once and waited for by their partition's checkpoint
+    // alone, the good partition is written and committed while they are still on their way.
+    let committed_1 = || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(&topic, 1);
+        c.committed_offsets(tpl, Duration::from_secs(5))
+            .ok()
+            .and_then(|t| t.find_partition(&topic, 1).map(|e| e.offset()))
+    };
+    wait_until(
+        "the good partition written and committed",
+        Duration::from_secs(60),
+        || {
+            vm.samples("anomaly_score").0 >= 20
+                && committed_1() == Some(rdkafka::Offset::Offset(20))
+        },
+    );
+    let undeliverable = serve.metric_with(
+        "sensorcast_dead_letters_total",
+        &[("reason", "undeliverable")],
+    );
+    assert_eq!(
+        undeliverable,
+        0.0,
+        "the good partition was committed only after {undeliverable} of the other partition's dead letters were given up ({:?} after it was produced)",
+        sent.elapsed()
+    );
+    wait_until("the dead letters given up", Duration::from_secs(60), || {
+        serve.metric_with(
+            "sensorcast_dead_letters_total",
+            &[("reason", "undeliverable")],
+        ) >= 5.0
+    });
+    let (_, ready) = http("GET", &serve.http, "/health/ready", "").expect("ready");
+    assert!(
+        ready.contains("dead letters cannot be produced") && ready.contains(&dlq),
+        "{ready}"
+    );
+    assert_eq!(serve.terminate(), 0);
+}
+
 #[test]
 fn bad_messages_go_to_the_dead_letter_topic_with_their_reason() {
     let brokers = brokers();

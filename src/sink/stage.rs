@@ -13,11 +13,11 @@
 use super::{SinkError, Writer};
 use crate::pipeline::{Checkpoints, Offsets, OutBatch, ToSink};
 use crate::source::{Consumer, DeadLetterAck};
-use crate::state::Store;
+use crate::state::{Checkpoint, Store};
 use crate::telemetry::{Health, Metrics, labels};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -52,7 +52,6 @@ pub struct SinkStage {
 struct Pending {
     body: String,
     msg_ts: Vec<i64>,
-    dead_letters: Vec<DeadLetterAck>,
     deadline: tokio::time::Instant,
 }
 
@@ -62,7 +61,7 @@ impl SinkStage {
     pub async fn run(mut self) -> bool {
         use futures_util::StreamExt;
         let writer = Arc::new(self.writer);
-        let (persist_tx, persist_rx) = mpsc::channel::<Checkpoints>(1);
+        let (persist_tx, persist_rx) = mpsc::channel::<(Checkpoints, Vec<DeadLetterAck>)>(1);
         let persister = tokio::spawn(persist(
             persist_rx,
             self.store.clone(),
@@ -75,12 +74,15 @@ impl SinkStage {
         let mut pending: Option<Pending> = None;
         // Requests issued and acknowledged, and checkpoints waiting for a number of them.
         let (mut issued, mut acked) = (0u64, 0u64);
-        let mut barriers: VecDeque<(u64, Checkpoints)> = VecDeque::new();
+        let mut barriers: VecDeque<(u64, Checkpoints, Vec<DeadLetterAck>)> = VecDeque::new();
+        // Dead letters of the batches received, until their delivery is settled: a
+        // checkpoint of their partition waits for them (and nothing else does).
+        let mut unsettled: Vec<DeadLetterAck> = Vec::new();
         let mut closed = false;
         let ok = loop {
-            while barriers.front().is_some_and(|(t, _)| *t <= acked) {
-                if let Some((_, set)) = barriers.pop_front()
-                    && persist_tx.send(set).await.is_err()
+            while barriers.front().is_some_and(|(t, _, _)| *t <= acked) {
+                if let Some((_, set, acks)) = barriers.pop_front()
+                    && persist_tx.send((set, acks)).await.is_err()
                 {
                     break;
                 }
@@ -95,24 +97,8 @@ impl SinkStage {
                 let Some(p) = pending.take() else { continue };
                 let (w, mut abort) = (Arc::clone(&writer), self.abort.clone());
                 inflight.push_back(async move {
-                    let Pending {
-                        body,
-                        msg_ts,
-                        dead_letters,
-                        ..
-                    } = p;
-                    let mut result = w.write(body, &mut abort).await;
-                    // The batch's dead letters count as done once delivered or given up.
-                    for ack in dead_letters {
-                        if result.is_err() {
-                            break;
-                        }
-                        tokio::select! {
-                            () = ack => {}
-                            _ = abort.wait_for(|a| *a) => result = Err(SinkError::Aborted),
-                        }
-                    }
-                    (result, msg_ts)
+                    let Pending { body, msg_ts, .. } = p;
+                    (w.write(body, &mut abort).await, msg_ts)
                 });
                 issued += 1;
                 continue;
@@ -141,13 +127,17 @@ impl SinkStage {
                     }
                 },
                 next = self.rx.recv(), if !closed && room => match next {
-                    Some(ToSink::Points(b)) => add(&mut pending, b, self.flush_interval),
+                    Some(ToSink::Points(mut b)) => {
+                        unsettled.append(&mut b.dead_letters);
+                        add(&mut pending, b, self.flush_interval);
+                    }
                     Some(ToSink::Checkpoints(set)) => {
                         // Behind every point received so far: send what is pending now.
                         if let Some(p) = &mut pending {
                             p.deadline = tokio::time::Instant::now();
                         }
-                        barriers.push_back((issued + pending.is_some() as u64, set));
+                        unsettled.retain(|a| !a.settled());
+                        barriers.push_back((issued + pending.is_some() as u64, set, unsettled.clone()));
                     }
                     None => closed = true,
                 },
@@ -170,13 +160,11 @@ fn add(pending: &mut Option<Pending>, b: OutBatch, flush_interval: Duration) {
         Some(p) => {
             p.body.push_str(&b.body);
             p.msg_ts.extend(b.msg_ts);
-            p.dead_letters.extend(b.dead_letters);
         }
         None => {
             *pending = Some(Pending {
                 body: b.body,
                 msg_ts: b.msg_ts,
-                dead_letters: b.dead_letters,
                 deadline: tokio::time::Instant::now() + flush_interval,
             });
         }
@@ -185,8 +173,14 @@ fn add(pending: &mut Option<Pending>, b: OutBatch, flush_interval: Duration) {
 
 /// Writes checkpoints in order, off the sink's loop (file I/O on the blocking pool), and
 /// stores the offsets of those written.
+///
+/// A periodic checkpoint of a partition with dead letters still on their way is set aside
+/// until they are settled (a newer one of the same partition replaces it), so that they hold
+/// back that partition alone; the others of its set are written at once. A revoke's
+/// checkpoints are written together once their dead letters are settled (the revoke waits for
+/// them anyway), and whatever is set aside is written before the task ends.
 async fn persist(
-    mut rx: mpsc::Receiver<Checkpoints>,
+    mut rx: mpsc::Receiver<(Checkpoints, Vec<DeadLetterAck>)>,
     store: Store,
     consumer: Arc<Consumer>,
     metrics: Arc<Metrics>,
@@ -194,61 +188,129 @@ async fn persist(
     health: Arc<Health>,
 ) {
     use std::sync::atomic::Ordering;
-    while let Some(set) = rx.recv().await {
+    type Key = (String, i32);
+    let key = |c: &Checkpoint| (c.header.topic.clone(), c.header.partition);
+    let mut aside: HashMap<Key, (Checkpoint, Vec<DeadLetterAck>)> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let write =
+        |checkpoints: Vec<Checkpoint>| write_checkpoints(&store, &consumer, &metrics, checkpoints);
+    loop {
+        let (set, acks) = tokio::select! {
+            next = rx.recv() => match next {
+                Some(next) => next,
+                None => break,
+            },
+            _ = tick.tick(), if !aside.is_empty() => {
+                let ready: Vec<Key> = aside
+                    .iter()
+                    .filter(|(_, (_, acks))| acks.iter().all(DeadLetterAck::settled))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let checkpoints = ready.iter().filter_map(|k| aside.remove(k)).map(|(c, _)| c).collect();
+                let ok = write(checkpoints).await;
+                health.checkpoints_failing.store(!ok, Ordering::Relaxed);
+                continue;
+            }
+        };
         let periodic = set.done.is_none();
-        let store = store.clone();
-        let metrics_w = Arc::clone(&metrics);
         let Checkpoints { checkpoints, done } = set;
-        let consumer = Arc::clone(&consumer);
-        let written = tokio::task::spawn_blocking(move || {
-            let t = std::time::Instant::now();
-            let mut all_ok = true;
-            let mut offsets = Offsets::default();
-            for c in &checkpoints {
-                let l = labels(&[("stream", &c.header.stream)]);
-                match store.write(c) {
-                    Ok((at, bytes)) => {
-                        // The header's offset is the next to read; Offsets hold the last done.
-                        offsets.note(&c.header.topic, c.header.partition, c.header.offset - 1);
-                        metrics_w.checkpoints_written.get_or_create(&l).inc();
-                        metrics_w.checkpoint_bytes.get_or_create(&l).inc_by(bytes as u64);
-                        tracing::debug!(at = %at, bytes, devices = c.header.devices, offset = c.header.offset, "checkpoint written");
-                    }
-                    Err(e) => {
-                        all_ok = false;
-                        metrics_w.checkpoint_failures.inc();
-                        tracing::error!(
-                            stream = %c.header.stream,
-                            partition = c.header.partition,
-                            store = %store.describe(),
-                            error = %e,
-                            "cannot write checkpoint; restarts fall back to the previous one"
-                        );
-                    }
+        let own = |c: &Checkpoint| -> Vec<DeadLetterAck> {
+            acks.iter()
+                .filter(|a| {
+                    !a.settled() && a.partition == c.header.partition && a.topic == c.header.topic
+                })
+                .cloned()
+                .collect()
+        };
+        for c in &checkpoints {
+            // Superseded by this newer one.
+            aside.remove(&key(c));
+        }
+        let ok = if periodic {
+            let mut now = Vec::new();
+            for c in checkpoints {
+                let waits = own(&c);
+                if waits.is_empty() {
+                    now.push(c);
+                } else {
+                    aside.insert(key(&c), (c, waits));
                 }
             }
-            metrics_w
-                .checkpoint_seconds
-                .observe(t.elapsed().as_secs_f64());
-            store_offsets(&consumer, &offsets);
-            all_ok
-        })
-        .await
-        .unwrap_or(false);
-        health
-            .checkpoints_failing
-            .store(!written, Ordering::Relaxed);
-        if written && let Some(done) = done {
+            write(now).await
+        } else {
+            for c in &checkpoints {
+                for a in own(c) {
+                    a.wait().await;
+                }
+            }
+            write(checkpoints).await
+        };
+        health.checkpoints_failing.store(!ok, Ordering::Relaxed);
+        if ok && let Some(done) = done {
             let _ = done.send(());
         }
         if periodic {
-            // Written or not, the engine stage may take the next one (a failed one is
-            // retried then, its partitions still being due).
+            // Written, set aside or failed, the engine stage may take the next one (a failed
+            // one is retried then, its partitions still being due).
             let _ = in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 Some(n.saturating_sub(1))
             });
         }
     }
+    for (c, acks) in std::mem::take(&mut aside).into_values() {
+        for a in acks {
+            a.wait().await;
+        }
+        let ok = write(vec![c]).await;
+        health.checkpoints_failing.store(!ok, Ordering::Relaxed);
+    }
+}
+
+/// Writes checkpoints on the blocking pool and stores the offsets of those written; true
+/// when every one was.
+async fn write_checkpoints(
+    store: &Store,
+    consumer: &Arc<Consumer>,
+    metrics: &Arc<Metrics>,
+    checkpoints: Vec<Checkpoint>,
+) -> bool {
+    if checkpoints.is_empty() {
+        return true;
+    }
+    let (store, consumer, metrics) = (store.clone(), Arc::clone(consumer), Arc::clone(metrics));
+    tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        let mut all_ok = true;
+        let mut offsets = Offsets::default();
+        for c in &checkpoints {
+            let l = labels(&[("stream", &c.header.stream)]);
+            match store.write(c) {
+                Ok((at, bytes)) => {
+                    // The header's offset is the next to read; Offsets hold the last done.
+                    offsets.note(&c.header.topic, c.header.partition, c.header.offset - 1);
+                    metrics.checkpoints_written.get_or_create(&l).inc();
+                    metrics.checkpoint_bytes.get_or_create(&l).inc_by(bytes as u64);
+                    tracing::debug!(at = %at, bytes, devices = c.header.devices, offset = c.header.offset, "checkpoint written");
+                }
+                Err(e) => {
+                    all_ok = false;
+                    metrics.checkpoint_failures.inc();
+                    tracing::error!(
+                        stream = %c.header.stream,
+                        partition = c.header.partition,
+                        store = %store.describe(),
+                        error = %e,
+                        "cannot write checkpoint; restarts fall back to the previous one"
+                    );
+                }
+            }
+        }
+        metrics.checkpoint_seconds.observe(t.elapsed().as_secs_f64());
+        store_offsets(&consumer, &offsets);
+        all_ok
+    })
+    .await
+    .unwrap_or(false)
 }
 
 fn store_offsets(consumer: &Consumer, offsets: &Offsets) {

@@ -96,7 +96,7 @@ pub fn producer(cfg: &Config) -> Result<FutureProducer, rdkafka::error::KafkaErr
 /// default replication when it does not), so that a missing topic does not hold every dead
 /// letter — and its partition's progress — until delivery gives up. A failure is logged, not
 /// fatal: dead letters are then counted and given up.
-pub async fn ensure_dead_letter_topic(cfg: &Config) {
+pub async fn ensure_dead_letter_topic(cfg: &Config, health: &Health) {
     let topic = &cfg.kafka.dead_letter_topic;
     if topic.is_empty() {
         return;
@@ -105,7 +105,10 @@ pub async fn ensure_dead_letter_topic(cfg: &Config) {
         Ok(true) => tracing::info!(topic, "dead-letter topic created"),
         Ok(false) => {}
         Err(e) => {
-            tracing::error!(topic, error = %e, "kafka.dead_letter_topic does not exist and cannot be created; dead letters will be counted and given up")
+            tracing::error!(topic, error = %e, "kafka.dead_letter_topic does not exist and cannot be created; dead letters will be counted and given up");
+            health.warn(format!(
+                "kafka.dead_letter_topic {topic} does not exist and cannot be created ({e}): dead letters will be given up"
+            ));
         }
     }
 }
@@ -414,22 +417,45 @@ impl Decoder {
     }
 }
 
-/// What the sink awaits before the offset of a dead-lettered message counts as done: the
-/// dead letter's delivery, or the decision to give it up (counted as `undeliverable`).
-pub type DeadLetterAck = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// A dead letter on its way: the partition of the message it stands for, and whether its
+/// delivery is settled (delivered, or given up and counted as `undeliverable`). The sink
+/// persists that partition's next checkpoint — and so stores its offset — only once it is.
+#[derive(Clone, Debug)]
+pub struct DeadLetterAck {
+    /// Topic of the dead-lettered message.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    settled: tokio::sync::watch::Receiver<bool>,
+}
+
+impl DeadLetterAck {
+    /// Whether the delivery is settled.
+    pub fn settled(&self) -> bool {
+        *self.settled.borrow()
+    }
+
+    /// Resolves once the delivery is settled.
+    pub async fn wait(mut self) {
+        // An error means the producing task is gone: nothing is left to wait for.
+        let _ = self.settled.wait_for(|s| *s).await;
+    }
+}
 
 /// Produces dead letters and logs them (rate-limited).
 ///
-/// Off the partition's critical path: the source only enqueues a dead letter and goes on;
-/// the delivery is awaited by the sink together with the points of the same batch, so the
-/// offset still advances only once the dead letter is delivered or definitively given up
-/// (§3.1, §3.4). A payload over `kafka.dead_letter_max_bytes` (and a key over 1 KiB) goes out
+/// Off the critical path: the source starts producing a dead letter at once (a task of its
+/// own) and goes on; the sink writes points without waiting for it, and holds back only the
+/// checkpoint — and so the stored offset — of the dead letter's own partition until its
+/// delivery is settled, so the offset still advances only once the dead letter is delivered or
+/// definitively given up (§3.1, §3.4). A payload over `kafka.dead_letter_max_bytes` (and a key over 1 KiB) goes out
 /// truncated, with headers saying so and giving the original size; a broker that still refuses
 /// it as too large gets one more try with the first 4 KiB; other failures are librdkafka's to
 /// retry within its delivery timeout, after which the dead letter is given up.
 pub struct DeadLetters {
     producer: Option<(FutureProducer, String)>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     log_limit: Arc<RateLimit>,
     max_bytes: usize,
 }
@@ -441,7 +467,11 @@ const DEAD_LETTER_LAST_RESORT: usize = 4096;
 
 impl DeadLetters {
     /// With a producer when `kafka.dead_letter_topic` is set.
-    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Self, rdkafka::error::KafkaError> {
+    pub fn new(
+        cfg: &Config,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
         let producer = if cfg.kafka.dead_letter_topic.is_empty() {
             None
         } else {
@@ -450,13 +480,15 @@ impl DeadLetters {
         Ok(Self {
             producer,
             metrics,
+            health,
             log_limit: Arc::new(RateLimit::default()),
             max_bytes: cfg.kafka.dead_letter_max_bytes,
         })
     }
 
     /// Counts and logs the message and, when a dead-letter topic is configured, starts
-    /// producing it there; returns what must complete before its offset counts as done.
+    /// producing it there (on the runtime, at once); returns what must settle before its
+    /// offset counts as done.
     pub fn send(&self, msg: &OwnedMessage, why: &Rejected) -> Option<DeadLetterAck> {
         self.metrics
             .dead_letters
@@ -518,6 +550,7 @@ impl DeadLetters {
             }
         }
         let (metrics, log_limit) = (Arc::clone(&self.metrics), Arc::clone(&self.log_limit));
+        let health = Arc::clone(&self.health);
         let (src_topic, src_partition, src_offset, reason) = (
             msg.topic().to_string(),
             msg.partition(),
@@ -525,7 +558,13 @@ impl DeadLetters {
             why.reason,
         );
         let max_bytes = self.max_bytes;
-        Some(Box::pin(async move {
+        let (settle, settled) = tokio::sync::watch::channel(false);
+        let ack = DeadLetterAck {
+            topic: src_topic.clone(),
+            partition: src_partition,
+            settled,
+        };
+        let produce = async move {
             let mut limit = max_bytes;
             loop {
                 let mut h = headers.clone();
@@ -578,10 +617,18 @@ impl DeadLetters {
                         suppressed,
                         "dead letter could not be produced; given up"
                     );
+                    health.warn(format!(
+                        "dead letters cannot be produced to {topic} ({err}); they are counted as undeliverable and given up"
+                    ));
                 }
                 return;
             }
-        }))
+        };
+        tokio::spawn(async move {
+            produce.await;
+            let _ = settle.send(true);
+        });
+        Some(ack)
     }
 }
 

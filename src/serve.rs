@@ -156,6 +156,8 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
     crate::source::ensure_dead_letter_topic(&cfg, &health).await;
     let dead_letters = DeadLetters::new(&cfg, Arc::clone(&metrics), Arc::clone(&health))
         .context("cannot create the dead-letter producer")?;
+    // Points InfluxDB refuses for good go to the same dead-letter topic.
+    let writer = writer.with_dead_letters(dead_letters.clone());
     let decoder = Decoder::new(
         &cfg.streams,
         cfg.kafka.max_payload_bytes,

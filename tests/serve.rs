@@ -223,6 +223,104 @@ fn an_undeliverable_dead_letter_holds_back_only_its_own_partition() {
     assert_eq!(serve.terminate(), 0);
 }
 
+/// InfluxDB refuses a point for good (a field type conflict: `score` was first written as a
+/// string). The point is not dropped: it goes to the dead-letter topic with the status,
+/// InfluxDB's answer and the line, and its offset is committed only after that.
+#[test]
+fn points_influxdb_refuses_go_to_the_dead_letter_topic() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx::start();
+    let (topic, dlq, group) = (
+        unique("refused-in"),
+        unique("dlq-refused"),
+        unique("g-refused"),
+    );
+    create_topics(&brokers, &[(&topic, 1), (&dlq, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
+    config_with(&cfg, |t| {
+        t.replace(
+            "commit_interval = \"500ms\"",
+            &format!("commit_interval = \"500ms\"\ndead_letter_topic = \"{dlq}\""),
+        )
+    });
+    let ts = (chrono::Utc::now().timestamp() - 100) * 1_000_000_000;
+    let (status, body) = http(
+        "POST",
+        &influx.addr(),
+        &format!("/write?db={INFLUX_DB}"),
+        &format!("anomaly,device=other,stream=pumps score=\"text\" {ts}\n"),
+    )
+    .expect("write");
+    assert_eq!(status, 204, "{body}");
+    let (devices, readings) = (4, 20);
+    let total = devices * readings;
+    simulate(
+        &brokers,
+        &topic,
+        "json",
+        devices,
+        readings,
+        &now_rfc3339(-100),
+    );
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until("offsets committed", Duration::from_secs(60), || {
+        committed(&brokers, &group, &topic, 1) == total as i64
+    });
+    // Everything committed: every refused point is in the dead-letter topic by now.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[&dlq]).expect("subscribe");
+    let mut lines = Vec::new();
+    let t = Instant::now();
+    while lines.len() < total && t.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(500)) {
+            let headers = m.headers().expect("headers");
+            let get = |k: &str| {
+                headers
+                    .iter()
+                    .find(|h| h.key == k)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).to_string())
+            };
+            assert_eq!(
+                get("sensorcast.reason").as_deref(),
+                Some("refused_by_influxdb")
+            );
+            assert_eq!(get("sensorcast.influxdb.status").as_deref(), Some("400"));
+            let error = get("sensorcast.error").unwrap_or_default();
+            assert!(error.contains("field type conflict"), "{error}");
+            lines.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string());
+        }
+    }
+    assert_eq!(lines.len(), total, "one dead letter per refused point");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("anomaly,") && l.contains("score=")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        serve.metric_with(
+            "sensorcast_dead_letters_total",
+            &[("reason", "refused_by_influxdb")]
+        ),
+        total as f64
+    );
+    // The other measurements were written.
+    assert!(influx.count("forecast", "model") > 0);
+    assert_eq!(serve.terminate(), 0);
+}
+
 #[test]
 fn bad_messages_go_to_the_dead_letter_topic_with_their_reason() {
     let brokers = brokers();

@@ -66,6 +66,10 @@ pub struct Writer {
     failures: AtomicU64,
     // Single points rejected since the last accepted request.
     rejected_in_a_row: AtomicU64,
+    // Where refused points go (`kafka.dead_letter_topic`), and their deliveries not yet
+    // handed to the sink stage.
+    dead_letters: Option<crate::source::DeadLetters>,
+    refused: std::sync::Mutex<Vec<crate::source::DeadLetterAck>>,
 }
 
 /// Single-point rejections in a row after which rejection is treated as systemic.
@@ -106,7 +110,21 @@ impl Writer {
             log_limit: RateLimit::default(),
             failures: AtomicU64::new(0),
             rejected_in_a_row: AtomicU64::new(0),
+            dead_letters: None,
+            refused: Default::default(),
         })
+    }
+
+    /// Points InfluxDB refuses for good go to the dead-letter topic instead of being dropped.
+    pub fn with_dead_letters(mut self, dead_letters: crate::source::DeadLetters) -> Self {
+        self.dead_letters = Some(dead_letters);
+        self
+    }
+
+    /// The deliveries of refused points produced since the last call: the sink stage holds
+    /// checkpoints back until they are settled.
+    pub fn take_refused(&self) -> Vec<crate::source::DeadLetterAck> {
+        std::mem::take(&mut *self.refused.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Writes `body` (whole lines of line protocol) until InfluxDB has accepted every line,
@@ -195,10 +213,27 @@ impl Writer {
                             self.rejected_in_a_row.fetch_add(1, Ordering::Relaxed);
                             self.metrics.sink_rejected_points.inc();
                             report.rejected += 1;
+                            let line = chunk.trim_ascii_end();
+                            let ack = self
+                                .dead_letters
+                                .as_ref()
+                                .and_then(|d| d.send_refused(line, status, &text));
+                            let kept = ack.is_some();
+                            if let Some(ack) = ack {
+                                self.refused
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push(ack);
+                            }
                             if let Some(suppressed) =
                                 self.log_limit.check("rejected", Duration::from_secs(10))
                             {
-                                tracing::error!(status, response = %text, line = %String::from_utf8_lossy(chunk.trim_ascii_end()), suppressed, "InfluxDB rejected a point; dropped");
+                                let fate = if kept {
+                                    "sent to the dead-letter topic"
+                                } else {
+                                    "dropped (no kafka.dead_letter_topic)"
+                                };
+                                tracing::error!(status, response = %text, line = %String::from_utf8_lossy(line), suppressed, "InfluxDB rejected a point; {fate}");
                             }
                         } else {
                             let (first, second) = split_lines(&chunk);

@@ -78,12 +78,18 @@ impl SinkStage {
         // Dead letters of the batches received, until their delivery is settled: a
         // checkpoint of their partition waits for them (and nothing else does).
         let mut unsettled: Vec<DeadLetterAck> = Vec::new();
+        // Points InfluxDB refused, on their way to the dead-letter topic: every checkpoint
+        // released after the write that found them waits for them.
+        let mut refused: Vec<DeadLetterAck> = Vec::new();
         let mut closed = false;
         let ok = loop {
             while barriers.front().is_some_and(|(t, _, _)| *t <= acked) {
-                if let Some((_, set, acks)) = barriers.pop_front()
-                    && persist_tx.send((set, acks)).await.is_err()
-                {
+                let Some((_, set, mut acks)) = barriers.pop_front() else {
+                    break;
+                };
+                refused.retain(|a| !a.settled());
+                acks.extend(refused.iter().cloned());
+                if persist_tx.send((set, acks)).await.is_err() {
                     break;
                 }
             }
@@ -114,6 +120,7 @@ impl SinkStage {
                 Some((result, msg_ts)) = inflight.next(), if !inflight.is_empty() => match result {
                     Ok(report) => {
                         acked += 1;
+                        refused.append(&mut writer.take_refused());
                         self.metrics.points_written.inc_by(report.written);
                         let now = chrono::Utc::now().timestamp_millis();
                         for ts in msg_ts {
@@ -216,9 +223,7 @@ async fn persist(
         let Checkpoints { checkpoints, done } = set;
         let own = |c: &Checkpoint| -> Vec<DeadLetterAck> {
             acks.iter()
-                .filter(|a| {
-                    !a.settled() && a.partition == c.header.partition && a.topic == c.header.topic
-                })
+                .filter(|a| !a.settled() && a.holds_back(&c.header.topic, c.header.partition))
                 .cloned()
                 .collect()
         };

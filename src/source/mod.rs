@@ -424,12 +424,17 @@ impl Decoder {
 pub struct DeadLetterAck {
     /// Topic of the dead-lettered message.
     pub topic: String,
-    /// Its partition.
+    /// Its partition; -1: unknown (a point InfluxDB refused), which holds back every one.
     pub partition: i32,
     settled: tokio::sync::watch::Receiver<bool>,
 }
 
 impl DeadLetterAck {
+    /// Whether it holds back the checkpoint of `partition` of `topic`.
+    pub fn holds_back(&self, topic: &str, partition: i32) -> bool {
+        self.partition < 0 || (self.partition == partition && self.topic == topic)
+    }
+
     /// Whether the delivery is settled.
     pub fn settled(&self) -> bool {
         *self.settled.borrow()
@@ -452,12 +457,20 @@ impl DeadLetterAck {
 /// truncated, with headers saying so and giving the original size; a broker that still refuses
 /// it as too large gets one more try with the first 4 KiB; other failures are librdkafka's to
 /// retry within its delivery timeout, after which the dead letter is given up.
+#[derive(Clone)]
 pub struct DeadLetters {
     producer: Option<(FutureProducer, String)>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     log_limit: Arc<RateLimit>,
     max_bytes: usize,
+}
+
+/// What a dead letter carries.
+struct Payload {
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: OwnedHeaders,
 }
 
 /// Longest key a dead letter keeps.
@@ -512,7 +525,6 @@ impl DeadLetters {
         let key = msg
             .key()
             .map(|k| k[..k.len().min(DEAD_LETTER_MAX_KEY)].to_vec());
-        let size = payload.as_ref().map_or(0, Vec::len);
         let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: "sensorcast.reason",
@@ -549,19 +561,82 @@ impl DeadLetters {
                 });
             }
         }
+        let source = (msg.topic().to_string(), msg.partition(), msg.offset());
+        Some(self.spawn(
+            (producer, topic),
+            Payload {
+                key,
+                payload,
+                headers,
+            },
+            (source.0.clone(), source.1),
+            source,
+            why.reason,
+        ))
+    }
+
+    /// A point InfluxDB refused for good (a single line rejected with 400): counted as
+    /// `refused_by_influxdb`, logged, and produced with the status and InfluxDB's answer, the
+    /// line as its payload. Its ack holds back every partition's checkpoint (the line's
+    /// partition is not known here) until it is settled.
+    pub fn send_refused(&self, line: &[u8], status: u16, response: &str) -> Option<DeadLetterAck> {
+        const REASON: &str = "refused_by_influxdb";
+        self.metrics
+            .dead_letters
+            .get_or_create(&labels(&[("reason", REASON)]))
+            .inc();
+        let (producer, topic) = self.producer.clone()?;
+        let status = status.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "sensorcast.reason",
+                value: Some(REASON),
+            })
+            .insert(Header {
+                key: "sensorcast.error",
+                value: Some(response),
+            })
+            .insert(Header {
+                key: "sensorcast.influxdb.status",
+                value: Some(status.as_str()),
+            });
+        Some(self.spawn(
+            (producer, topic),
+            Payload {
+                key: None,
+                payload: Some(line.to_vec()),
+                headers,
+            },
+            (String::new(), -1),
+            (String::new(), -1, -1),
+            REASON,
+        ))
+    }
+
+    /// Produces a dead letter on a task of its own; the ack holds back the checkpoint of
+    /// `holds_back` (topic, partition; partition -1: every partition).
+    fn spawn(
+        &self,
+        (producer, topic): (FutureProducer, String),
+        record: Payload,
+        holds_back: (String, i32),
+        source: (String, i32, i64),
+        reason: &'static str,
+    ) -> DeadLetterAck {
         let (metrics, log_limit) = (Arc::clone(&self.metrics), Arc::clone(&self.log_limit));
         let health = Arc::clone(&self.health);
-        let (src_topic, src_partition, src_offset, reason) = (
-            msg.topic().to_string(),
-            msg.partition(),
-            msg.offset(),
-            why.reason,
-        );
+        let (src_topic, src_partition, src_offset) = source;
+        let Payload {
+            key,
+            payload,
+            headers,
+        } = record;
+        let size = payload.as_ref().map_or(0, Vec::len);
         let max_bytes = self.max_bytes;
         let (settle, settled) = tokio::sync::watch::channel(false);
         let ack = DeadLetterAck {
-            topic: src_topic.clone(),
-            partition: src_partition,
+            topic: holds_back.0,
+            partition: holds_back.1,
             settled,
         };
         let produce = async move {
@@ -628,7 +703,7 @@ impl DeadLetters {
             produce.await;
             let _ = settle.send(true);
         });
-        Some(ack)
+        ack
     }
 }
 

@@ -223,6 +223,10 @@ pub enum RegistryError {
         /// What is wrong.
         message: String,
     },
+    /// A version name that is not a single path component (from a checkpoint's header, a
+    /// `current` file or the command line: it is never joined into a path).
+    #[error("model version {0:?} is not a version name (a single path component)")]
+    BadVersion(String),
     /// Weights could not be saved or loaded.
     #[error("{path}: {message}")]
     Weights {
@@ -231,6 +235,20 @@ pub enum RegistryError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// `version` if it names one entry of a stream's folder: not empty, not `.` or `..`, without
+/// a path separator or NUL.
+fn version_name(version: &str) -> Result<&str, RegistryError> {
+    let bad = version.is_empty()
+        || version == "."
+        || version == ".."
+        || version.contains(['/', '\\', '\0']);
+    if bad {
+        Err(RegistryError::BadVersion(version.to_string()))
+    } else {
+        Ok(version)
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
@@ -437,6 +455,7 @@ impl Registry {
 
     /// Makes `version` current (it must load: weights and metadata intact).
     pub fn promote(&self, stream: &str, version: &str) -> Result<(), RegistryError> {
+        version_name(version)?;
         self.load(stream, Some(version))?;
         self.make_current(stream, version, "promote")
     }
@@ -508,6 +527,7 @@ impl Registry {
 
     /// Points `current` at `version` atomically (no history entry: see [`Self::make_current`]).
     pub fn set_current(&self, stream: &str, version: &str) -> Result<(), RegistryError> {
+        version_name(version)?;
         let dir = self.stream_dir(stream);
         let target = dir.join(version);
         if !target.join(META_FILE).is_file() {
@@ -545,7 +565,10 @@ impl Registry {
 
     /// Reads a version's metadata.
     pub fn meta(&self, stream: &str, version: &str) -> Result<ModelMeta, RegistryError> {
-        let path = self.stream_dir(stream).join(version).join(META_FILE);
+        let path = self
+            .stream_dir(stream)
+            .join(version_name(version)?)
+            .join(META_FILE);
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
         let meta: ModelMeta = serde_json::from_str(&text).map_err(|e| RegistryError::Meta {
             path: path.clone(),
@@ -620,6 +643,26 @@ fn sync_file(path: &Path) -> Result<(), RegistryError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_version_name_that_is_not_one_path_component_is_never_joined_into_a_path() {
+        let d = tempfile::tempdir().expect("tmp");
+        let r = Registry::new(d.path());
+        for v in ["../../etc", "a/b", "..", ".", "", "x\\y", "nul\0"] {
+            for err in [
+                r.meta("pumps", v).map(|_| ()),
+                r.load("pumps", Some(v)).map(|_| ()),
+                r.set_current("pumps", v),
+                r.promote("pumps", v),
+            ] {
+                assert!(
+                    matches!(&err, Err(RegistryError::BadVersion(b)) if b == v),
+                    "{v:?}: {err:?}"
+                );
+            }
+        }
+    }
+
     use super::*;
     use crate::model::to_vec;
 

@@ -269,8 +269,10 @@ impl Engine {
             });
         }
         let fixed = want.fixed_bytes();
-        // Validate first.
-        let mut spans = Vec::with_capacity(records.devices);
+        // Validate first. The device count comes from the checkpoint's header: it sizes
+        // nothing beyond what the bytes present can hold (each record is at least its id's
+        // length and the fixed part).
+        let mut spans = Vec::with_capacity(records.devices.min(records.bytes.len() / (2 + fixed)));
         let buf = &records.bytes;
         let mut pos = 0;
         let mut index = 0;

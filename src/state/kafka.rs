@@ -444,7 +444,17 @@ impl KafkaStore {
         if let Some(b) = bad {
             return Err(CheckpointError::Incomplete(b));
         }
-        let mut blob = Vec::with_capacity((m.checkpoint_bytes + m.parked_bytes) as usize);
+        // The manifest's sizes are checked against the bytes present before anything is
+        // sized by them.
+        let present: u64 = parts.iter().flatten().map(|p| p.len() as u64).sum();
+        let claimed = m.checkpoint_bytes.checked_add(m.parked_bytes);
+        if parts.iter().all(Option::is_some) && claimed != Some(present) {
+            return Err(CheckpointError::Incomplete(format!(
+                "{present} bytes in the chunks, the manifest says {}",
+                claimed.map_or("more than 2^64".into(), |c| c.to_string())
+            )));
+        }
+        let mut blob = Vec::with_capacity(present as usize);
         for (i, p) in parts.into_iter().enumerate() {
             match p {
                 Some(p) => blob.extend_from_slice(&p),

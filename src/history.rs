@@ -62,10 +62,12 @@ pub async fn from_influxdb(
 ) -> anyhow::Result<History> {
     use anyhow::{Context, bail};
     let target = crate::sink::Target::new(&cfg.influxdb).map_err(anyhow::Error::msg)?;
-    let mut url = reqwest::Url::parse(&cfg.influxdb.url)
-        .with_context(|| format!("influxdb.url {:?}", cfg.influxdb.url))?;
+    let shown = crate::config::redact_url(&cfg.influxdb.url);
+    // The base URL without credentials (they are in the Authorization header), at /query.
+    let mut url = target.base.clone();
     url.path_segments_mut()
-        .map_err(|()| anyhow::anyhow!("influxdb.url {:?} cannot be a base", cfg.influxdb.url))?
+        .map_err(|()| anyhow::anyhow!("influxdb.url {shown:?} cannot be a base"))?
+        .pop_if_empty()
         .pop_if_empty()
         .push("query");
     let db = cfg.influxdb.v1_database().to_string();
@@ -73,8 +75,7 @@ pub async fn from_influxdb(
     let mut by_device: BTreeMap<String, Vec<Reading>> = BTreeMap::new();
     let mut history = History {
         source: format!(
-            "influxdb {} db={db} measurement={} {}..{}",
-            cfg.influxdb.url,
+            "influxdb {shown} db={db} measurement={} {}..{}",
             cfg.train.history_measurement,
             format_ts(from),
             format_ts(to)
@@ -93,10 +94,9 @@ pub async fn from_influxdb(
         if let Some(auth) = &target.auth {
             req = req.header(reqwest::header::AUTHORIZATION, auth);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach InfluxDB at {}", cfg.influxdb.url))?;
+        let resp = req.send().await.map_err(|e| {
+            anyhow::anyhow!("cannot reach InfluxDB at {shown}: {}", e.without_url())
+        })?;
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
         if status != 200 {
@@ -108,8 +108,7 @@ pub async fn from_influxdb(
                 bail!("{}", crate::sink::refusal(&cfg.influxdb, status, &short));
             }
             bail!(
-                "InfluxDB at {} answered {status} to the history query {q}: {} (is influxdb.url the server's base URL?)",
-                cfg.influxdb.url,
+                "InfluxDB at {shown} answered {status} to the history query {q}: {} (is influxdb.url the server's base URL?)",
                 short.trim()
             );
         }

@@ -321,6 +321,84 @@ fn points_influxdb_refuses_go_to_the_dead_letter_topic() {
     assert_eq!(serve.terminate(), 0);
 }
 
+/// Secrets in every place they can be configured — credentials in `influxdb.url`, a token
+/// parameter in its query, Kafka's SASL password and TLS private key — never appear in the
+/// log with every crate at debug level, nor in `/health/ready`, `/metrics`, `check-config`'s
+/// output or its errors.
+#[test]
+fn secrets_never_appear_in_logs_health_or_errors_with_debug_logging() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, group) = (unique("secrets-in"), unique("g-secrets"));
+    create_topics(&brokers, &[(&topic, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    const SECRETS: [&str; 4] = [
+        "url-secret-1",
+        "query-secret-2",
+        "kafka-secret-3",
+        "pem-secret-4",
+    ];
+    let vm_url = format!("url = \"http://{}\"", vm.addr());
+    config_with(&cfg, |t| {
+        t.replace(
+            &vm_url,
+            &format!(
+                "url = \"http://admin:url-secret-1@{}/?token=query-secret-2\"",
+                vm.addr()
+            ),
+        )
+    });
+    add_keys(
+        &cfg,
+        "[kafka.properties]",
+        "\"sasl.password\" = \"kafka-secret-3\"\n\"ssl.key.pem\" = \"pem-secret-4\"",
+    );
+    let serve = Serve::start_logging(&cfg, dir.path(), port, "debug");
+    simulate(&brokers, &topic, "json", 2, 20, &now_rfc3339(-100));
+    wait_until("points written", Duration::from_secs(60), || {
+        vm.samples("anomaly_score").0 >= 40
+    });
+    let (_, health) = http("GET", &serve.http, "/health/ready", "").expect("ready");
+    let metrics = serve.metrics_text();
+    let debug = [("RUST_LOG", "debug")];
+    let (_, out, err) = with_config(&cfg, &["check-config"], &debug);
+    // An InfluxDB that cannot be reached: the error names the URL, without its secrets.
+    let closed = dir.path().join("closed.toml");
+    std::fs::copy(&cfg, &closed).expect("copy");
+    config_with(&closed, |t| {
+        t.replace(&vm.addr(), &format!("127.0.0.1:{}", free_port()))
+    });
+    let (_, out_closed, err_closed) = with_config(&closed, &["check-config"], &debug);
+    assert!(
+        err_closed.contains("***@127.0.0.1") || out_closed.contains("***@127.0.0.1"),
+        "the unreachable URL is named, redacted:\n{out_closed}\n{err_closed}"
+    );
+    let log_path = serve.log.clone();
+    assert_eq!(serve.terminate(), 0);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(log.contains(" DEBUG "), "debug logging was on:\n{log}");
+    for (what, text) in [
+        ("the log", &log),
+        ("/health/ready", &health),
+        ("/metrics", &metrics),
+        ("check-config", &format!("{out}{err}")),
+        (
+            "check-config's errors",
+            &format!("{out_closed}{err_closed}"),
+        ),
+    ] {
+        for s in SECRETS {
+            assert!(!text.contains(s), "{s} appears in {what}:\n{text}");
+        }
+    }
+}
+
 #[test]
 fn bad_messages_go_to_the_dead_letter_topic_with_their_reason() {
     let brokers = brokers();

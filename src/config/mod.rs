@@ -395,7 +395,7 @@ impl std::fmt::Debug for InfluxConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let masked = |s: &str| if s.is_empty() { "" } else { "***" };
         f.debug_struct("InfluxConfig")
-            .field("url", &self.url)
+            .field("url", &redact_url(&self.url))
             .field("api", &self.api)
             .field("org", &self.org)
             .field("bucket", &self.bucket)
@@ -1262,7 +1262,7 @@ impl Config {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             _ => bad(
                 "influxdb.url".into(),
-                format!("{:?} is not an http(s) URL", i.url),
+                format!("{:?} is not an http(s) URL", redact_url(&i.url)),
             ),
         }
         match i.api {
@@ -1309,7 +1309,10 @@ impl Config {
         if !i.ca_file.is_empty() && !i.url.starts_with("https://") {
             bad(
                 "influxdb.ca_file".into(),
-                format!("is set but influxdb.url {:?} is not https://", i.url),
+                format!(
+                    "is set but influxdb.url {:?} is not https://",
+                    redact_url(&i.url)
+                ),
             );
         }
         if i.batch_bytes < 1024 {
@@ -1402,16 +1405,71 @@ impl Config {
     }
 }
 
-/// Replaces the value of every key that looks like a secret with `"***"`.
+/// Whether a key (ours or a librdkafka property) holds a secret: a token, a password, a
+/// client secret, a private key in PEM (`ssl.key.pem`), SASL/OAUTHBEARER settings that carry
+/// credentials. Keys naming a file that holds one (`token_file`, `ssl.key.location`) do not.
+pub fn is_secret_key(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    let named = [
+        "token",
+        "password",
+        "secret",
+        "key.pem",
+        "private",
+        "credential",
+    ]
+    .iter()
+    .any(|s| lower.contains(s))
+        || lower == "sasl.oauthbearer.config"
+        || lower == "sasl.jaas.config";
+    named && !lower.ends_with("_file") && !lower.ends_with(".location")
+}
+
+/// `url` for messages: credentials in it (`https://user:pass@host`) and secret query
+/// parameters (`p`, `password`, `token`, …) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if !u.username().is_empty() || u.password().is_some() {
+                let _ = u.set_username("***");
+                let _ = u.set_password(None);
+            }
+            if u.query().is_some() {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let secret = k == "p" || is_secret_key(&k);
+                        (
+                            k.into_owned(),
+                            if secret { "***".into() } else { v.into_owned() },
+                        )
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            u.to_string()
+        }
+        // Not a URL: whatever precedes an `@` may be credentials.
+        Err(_) => match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_string(),
+        },
+    }
+}
+
+/// Replaces the value of every key that looks like a secret with `"***"`, and the
+/// credentials in `url`s.
 fn mask_secrets(value: &mut toml::Value) {
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t.iter_mut() {
-                let lower = k.to_ascii_lowercase();
-                let secret = ["token", "password", "secret"]
-                    .iter()
-                    .any(|s| lower.contains(s))
-                    && !lower.ends_with("_file");
+                if k == "url"
+                    && let toml::Value::String(s) = v
+                {
+                    *s = redact_url(s);
+                    continue;
+                }
+                let secret = is_secret_key(k);
                 if secret {
                     if let toml::Value::String(s) = v
                         && !s.is_empty()
@@ -1430,6 +1488,37 @@ fn mask_secrets(value: &mut toml::Value) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn credentials_in_urls_and_secret_keys_are_masked() {
+        assert_eq!(
+            redact_url("https://admin:pw@db.plant:8086/influx?token=abc&db=x&p=pw2"),
+            "https://***@db.plant:8086/influx?token=***&db=x&p=***"
+        );
+        assert_eq!(redact_url("http://db:8086"), "http://db:8086/");
+        assert_eq!(redact_url("not a url with user:pw@host"), "***@host");
+        for k in [
+            "token",
+            "password",
+            "sasl.password",
+            "ssl.key.pem",
+            "ssl.key.password",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.config",
+        ] {
+            assert!(is_secret_key(k), "{k}");
+        }
+        for k in [
+            "token_file",
+            "ssl.key.location",
+            "ssl.ca.location",
+            "url",
+            "username",
+        ] {
+            assert!(!is_secret_key(k), "{k}");
+        }
+    }
+
     use super::*;
     use std::io::Write;
 

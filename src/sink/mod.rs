@@ -301,7 +301,7 @@ impl Writer {
                 } else {
                     "connection"
                 };
-                tracing::debug!(error = %e, "write request failed");
+                tracing::debug!(error = %e.without_url(), "write request failed");
                 let failures = self.failures.fetch_add(1, Ordering::Relaxed);
                 return Attempt::Retry(self.backoff(failures_for(failures)), cause);
             }
@@ -380,6 +380,8 @@ pub struct Target {
     pub client: reqwest::Client,
     /// Write URL with its query.
     pub url: reqwest::Url,
+    /// `influxdb.url` without credentials (they are in `auth`).
+    pub base: reqwest::Url,
     /// `Authorization` header value.
     pub auth: Option<String>,
 }
@@ -403,11 +405,22 @@ impl Target {
         let password = secret(&cfg.password, &cfg.password_file, "password_file")?;
         // `join` would drop the base's last path segment without a trailing slash (a proxy
         // prefix like https://host/influx): append instead.
+        let shown = crate::config::redact_url(&cfg.url);
         let mut url = reqwest::Url::parse(&cfg.url)
-            .map_err(|e| SinkError::Config(format!("influxdb.url {:?}: {e}", cfg.url)))?;
+            .map_err(|e| SinkError::Config(format!("influxdb.url {shown:?}: {e}")))?;
+        // Credentials in the URL become the Authorization header (unless username or token
+        // are set), so that no request URL — which errors print — carries them.
+        let in_url = (!url.username().is_empty()).then(|| {
+            let user = percent_decode(url.username());
+            let pass = url.password().map(percent_decode).unwrap_or_default();
+            format!("{user}:{pass}")
+        });
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        let base = url.clone();
         {
             let mut path = url.path_segments_mut().map_err(|()| {
-                SinkError::Config(format!("influxdb.url {:?} cannot be a base", cfg.url))
+                SinkError::Config(format!("influxdb.url {shown:?} cannot be a base"))
             })?;
             path.pop_if_empty();
             match cfg.api {
@@ -431,14 +444,18 @@ impl Target {
             }
             q.append_pair("precision", "ns");
         }
-        let auth = if !cfg.username.is_empty() {
-            let pair = format!("{}:{password}", cfg.username);
-            Some(format!(
+        let basic = |pair: String| {
+            format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(pair)
-            ))
+            )
+        };
+        let auth = if !cfg.username.is_empty() {
+            Some(basic(format!("{}:{password}", cfg.username)))
+        } else if !token.is_empty() {
+            Some(format!("Token {token}"))
         } else {
-            (!token.is_empty()).then(|| format!("Token {token}"))
+            in_url.map(basic)
         };
         let mut builder = reqwest::Client::builder()
             .timeout(cfg.request_timeout.get())
@@ -467,8 +484,38 @@ impl Target {
         let client = builder
             .build()
             .map_err(|e| SinkError::Config(format!("cannot build HTTP client: {e}")))?;
-        Ok(Self { client, url, auth })
+        Ok(Self {
+            client,
+            url,
+            base,
+            auth,
+        })
     }
+}
+
+/// `%`-escapes undone (user names and passwords in a URL are escaped).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Checks that InfluxDB takes writes where and as configured, without writing anything: an
@@ -485,13 +532,18 @@ pub async fn probe(cfg: &InfluxConfig) -> Result<String, String> {
         req = req.header(reqwest::header::AUTHORIZATION, auth);
     }
     let resp = req.send().await.map_err(|e| {
+        // The request URL is said once, redacted, below.
+        let e = e.without_url();
         let mut why = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
             why = format!("{why}: {s}");
             src = s.source();
         }
-        format!("cannot reach InfluxDB at {}: {why}", cfg.url)
+        format!(
+            "cannot reach InfluxDB at {}: {why}",
+            crate::config::redact_url(&cfg.url)
+        )
     })?;
     let status = resp.status().as_u16();
     let version = resp
@@ -553,7 +605,7 @@ pub fn refusal(cfg: &InfluxConfig, status: u16, body: &str) -> String {
             };
             format!(
                 "{} answers 404 ({}) for the {api} write API: wrong API or URL path; {hint}, and check that influxdb.url is the server's base URL",
-                cfg.url,
+                crate::config::redact_url(&cfg.url),
                 body.trim()
             )
         }

@@ -528,7 +528,12 @@ pub struct Serve {
 impl Serve {
     /// Starts `serve` and waits until it is ready.
     pub fn start(cfg: &Path, dir: &Path, http_port: u16) -> Self {
-        let s = Self::spawn(cfg, dir, http_port);
+        Self::start_logging(cfg, dir, http_port, "sensorcast=debug,info")
+    }
+
+    /// Starts `serve` with `RUST_LOG` = `log` and waits until it is ready.
+    pub fn start_logging(cfg: &Path, dir: &Path, http_port: u16, log: &str) -> Self {
+        let s = Self::spawn_logging(cfg, dir, http_port, log);
         let t0 = Instant::now();
         loop {
             let ready = http("GET", &s.http, "/health/ready", "");
@@ -546,10 +551,14 @@ impl Serve {
 
     /// Starts `serve` without waiting.
     pub fn spawn(cfg: &Path, dir: &Path, http_port: u16) -> Self {
+        Self::spawn_logging(cfg, dir, http_port, "sensorcast=debug,info")
+    }
+
+    fn spawn_logging(cfg: &Path, dir: &Path, http_port: u16, rust_log: &str) -> Self {
         let log = dir.join(format!("serve-{}.log", free_port()));
         let child = Command::new(BIN)
             .args(["serve", "--config", cfg.to_str().expect("utf-8")])
-            .env("RUST_LOG", "sensorcast=debug,info")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

@@ -233,7 +233,7 @@ mod tests {
                 &vec![1.0; arch.input],
             )
             .expect("export");
-        for isa in [Isa::Portable, Isa::detect()] {
+        for isa in [Isa::PORTABLE, Isa::detect()] {
             let ours = inf.head_outputs(isa, steps, &xs);
             let diff = ours
                 .iter()

@@ -30,6 +30,7 @@ use anyhow::Context;
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// Runs the service until SIGTERM/SIGINT; returns whether it drained cleanly.
@@ -268,8 +269,10 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
         "shutting down: stop consuming, drain, flush, commit"
     );
     health.stopping.store(true, Ordering::Relaxed);
+    let stopping_since = std::time::Instant::now();
     let _ = stop_tx.send(true);
     let deadline = cfg.service.shutdown_timeout.get();
+    hard_deadline(deadline + SHUTDOWN_GRACE);
     let abort_timer = tokio::spawn(async move {
         tokio::time::sleep(deadline).await;
         tracing::error!(
@@ -294,8 +297,27 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
         None => sink.await.unwrap_or(false),
     };
     // Offsets stored so far belong to written points only, so they are committed even when
-    // a stage failed; what was not written stays uncommitted.
-    match consumer.commit_consumer_state(CommitMode::Sync) {
+    // a stage failed; what was not written stays uncommitted. The commit waits at most until
+    // the deadline (a broker that is gone would hold it for librdkafka's timeouts).
+    let committer = Arc::clone(&consumer);
+    let commit =
+        tokio::task::spawn_blocking(move || committer.commit_consumer_state(CommitMode::Sync));
+    let left = deadline
+        .saturating_sub(stopping_since.elapsed())
+        .max(Duration::from_secs(1));
+    let committed = match tokio::time::timeout(left, commit).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(rdkafka::error::KafkaError::Canceled).inspect_err(|_| {
+            tracing::warn!(error = %e, "final commit did not run");
+        }),
+        Err(_) => {
+            tracing::warn!(
+                "final commit did not finish by the shutdown deadline; the uncommitted tail will be re-read"
+            );
+            Ok(())
+        }
+    };
+    match committed {
         Ok(()) => tracing::info!("offsets committed"),
         Err(rdkafka::error::KafkaError::ConsumerCommit(
             rdkafka::types::RDKafkaErrorCode::NoOffset,
@@ -312,6 +334,30 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
     drop(consumer);
     tracing::info!(clean, "stopped");
     Ok(clean)
+}
+
+/// Past `service.shutdown_timeout` the stages give up (their unwritten points stay
+/// uncommitted); this much later the process exits whatever still blocks (a checkpoint write
+/// or the consumer's close waiting for a broker that is gone).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Ends the process with exit code 1 if it is still running `after` from now. What it leaves
+/// behind is what a crash leaves: offsets stored only for what was written, read again on
+/// restart.
+fn hard_deadline(after: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            tracing::error!(
+                after_s = after.as_secs_f64(),
+                "shutdown still blocked past service.shutdown_timeout and its grace; exiting (uncommitted offsets are read again on restart)"
+            );
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the shutdown deadline thread");
+    }
 }
 
 async fn wait_for_signal() {

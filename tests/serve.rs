@@ -399,6 +399,58 @@ fn secrets_never_appear_in_logs_health_or_errors_with_debug_logging() {
     }
 }
 
+/// InfluxDB accepts connections and never answers. SIGTERM must still end `serve` within
+/// `service.shutdown_timeout` (plus the fixed five-second grace for calls that cannot be
+/// cancelled), with exit code 1: the points were not written, their offsets stay uncommitted.
+#[test]
+fn shutdown_ends_within_its_timeout_when_the_database_never_answers() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm = Vm::start();
+    let (topic, group) = (unique("silent-db"), unique("g-silent-db"));
+    create_topics(&brokers, &[(&topic, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
+    // Takes connections, reads nothing, answers nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    config_with(&cfg, |t| {
+        t.replace(&vm.addr(), &silent_addr)
+            .replace("shutdown_timeout = \"20s\"", "shutdown_timeout = \"3s\"")
+    });
+    add_keys(&cfg, "[influxdb]", "request_timeout = \"300s\"");
+    let serve = Serve::start(&cfg, dir.path(), port);
+    simulate(&brokers, &topic, "json", 4, 25, &now_rfc3339(-100));
+    wait_until("the readings taken in", Duration::from_secs(60), || {
+        serve.metric("sensorcast_readings_total") >= 100.0
+    });
+    let t = Instant::now();
+    let log = serve.log.clone();
+    let code = serve.terminate();
+    let took = t.elapsed();
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        took < Duration::from_secs(3 + 5 + 4),
+        "shutdown took {took:?} with shutdown_timeout = 3s:\n{log}"
+    );
+    assert_eq!(code, 1, "unwritten points make the exit unclean:\n{log}");
+    assert_eq!(
+        committed(&brokers, &group, &topic, 1),
+        0,
+        "nothing written, nothing committed"
+    );
+}
+
 #[test]
 fn bad_messages_go_to_the_dead_letter_topic_with_their_reason() {
     let brokers = brokers();

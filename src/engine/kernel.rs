@@ -188,9 +188,20 @@ pub struct Workspace {
 }
 
 /// Which instruction set the kernel runs on; chosen once, at start-up.
+///
+/// Only the checked constructors make one ([`Isa::detect`], [`Isa::avx2`], [`Isa::avx512`],
+/// [`Isa::PORTABLE`]), so holding an `Isa` proves the CPU has its features: the safe kernel
+/// functions that take it may run its instructions. Nothing else can make one:
+///
+/// ```compile_fail
+/// let isa = sensorcast::engine::kernel::Isa::Avx512;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// AVX-512F (x86-64).
+pub struct Isa(Kind);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// AVX-512F with AVX2 and FMA (x86-64).
     Avx512,
     /// AVX2 with FMA (x86-64).
     Avx2,
@@ -199,22 +210,34 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// Portable code, on any CPU.
+    pub const PORTABLE: Isa = Isa(Kind::Portable);
+
     /// The best instruction set this CPU supports.
     pub fn detect() -> Self {
+        Self::avx512().or_else(Self::avx2).unwrap_or(Self::PORTABLE)
+    }
+
+    /// AVX-512F (with the AVX2 and FMA its kernels also use), if this CPU has them.
+    pub fn avx512() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
         {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Isa::Avx2;
-            }
+            return Some(Isa(Kind::Avx512));
         }
-        Isa::Portable
+        None
+    }
+
+    /// AVX2 with FMA, if this CPU has them.
+    pub fn avx2() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Some(Isa(Kind::Avx2));
+        }
+        None
     }
 }
 
@@ -222,13 +245,14 @@ impl Isa {
 pub fn gemm_bias(isa: Isa, a: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
     assert_eq!(rows % ROW_PAD, 0, "rows must be padded to ROW_PAD");
     assert!(a.len() >= rows * w.k && out.len() >= rows * w.n_pad);
-    match isa {
+    match isa.0 {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced by `Isa::detect` after checking the features.
-        Isa::Avx512 => unsafe { simd::gemm_avx512(a, rows, w, out) },
+        // SAFETY: an `Isa` of kind Avx512 is only made by `Isa::avx512`, after detecting
+        // AVX-512F, AVX2 and FMA on this CPU.
+        Kind::Avx512 => unsafe { simd::gemm_avx512(a, rows, w, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, for AVX2 and FMA.
-        Isa::Avx2 => unsafe { simd::gemm_avx2(a, rows, w, out) },
+        // SAFETY: as above: `Isa::avx2` detected AVX2 and FMA.
+        Kind::Avx2 => unsafe { simd::gemm_avx2(a, rows, w, out) },
         _ => gemm_generic::<1>(a, rows, w, out),
     }
 }
@@ -460,13 +484,14 @@ fn cell(
     c: &mut [f32],
     h_out: &mut [f32],
 ) {
-    match isa {
+    match isa.0 {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced by `Isa::detect` after checking the features.
-        Isa::Avx512 => unsafe { simd::cell_avx512(gates, stride, rows, h, c, h_out) },
+        // SAFETY: an `Isa` of kind Avx512 is only made by `Isa::avx512`, after detecting
+        // AVX-512F, AVX2 and FMA on this CPU.
+        Kind::Avx512 => unsafe { simd::cell_avx512(gates, stride, rows, h, c, h_out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, for AVX2 and FMA.
-        Isa::Avx2 => unsafe { simd::cell_avx2(gates, stride, rows, h, c, h_out) },
+        // SAFETY: as above: `Isa::avx2` detected AVX2 and FMA.
+        Kind::Avx2 => unsafe { simd::cell_avx2(gates, stride, rows, h, c, h_out) },
         _ => cell_update(gates, stride, rows, h, c, h_out),
     }
 }
@@ -849,15 +874,9 @@ mod tests {
 
     #[test]
     fn matches_pytorch_golden_vectors() {
-        let mut isas = vec![Isa::Portable];
-        if Isa::detect() != Isa::Portable {
-            isas.push(Isa::detect());
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            isas.push(Isa::Avx2);
-        }
+        let mut isas = vec![Isa::PORTABLE];
+        isas.extend(Isa::avx512());
+        isas.extend(Isa::avx2());
         for isa in isas {
             for name in [
                 "lstm_small",
@@ -944,7 +963,7 @@ mod tests {
         let h0: Vec<f32> = (0..rows * hidden).map(|_| next()).collect();
         let c0: Vec<f32> = (0..rows * hidden).map(|_| next()).collect();
         let mut reference: Option<(Vec<f32>, Vec<f32>)> = None;
-        for isa in [Isa::Portable, Isa::detect()] {
+        for isa in [Isa::PORTABLE, Isa::detect()] {
             let mut ws = Workspace::default();
             let (mut h, mut c) = (h0.clone(), c0.clone());
             layer.step(isa, &mut ws, rows, &x, &mut h, &mut c);

@@ -1252,7 +1252,7 @@ mod tests {
             assert!(ref_bits == bits, "batch {batch}: forecasts differ");
             assert_eq!(c, counters);
         }
-        let (o, bits, _) = run(Isa::Portable, 4096);
+        let (o, bits, _) = run(Isa::PORTABLE, 4096);
         assert!(
             same_bits(&reference, &o) && ref_bits == bits,
             "portable path differs"

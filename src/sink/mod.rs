@@ -144,7 +144,13 @@ impl Writer {
             }
             let mut attempt = 0u32;
             loop {
-                match self.attempt(chunk.clone()).await {
+                // A request in flight is given up at shutdown's deadline, not at the end of
+                // influxdb.request_timeout (a server that never answers).
+                let outcome = tokio::select! {
+                    a = self.attempt(chunk.clone()) => a,
+                    _ = abort.wait_for(|a| *a) => return Err(SinkError::Aborted),
+                };
+                match outcome {
                     Attempt::Done => {
                         report.written += line_count(&chunk) as u64;
                         break;

@@ -444,6 +444,12 @@ fn shutdown_ends_within_its_timeout_when_the_database_never_answers() {
         "shutdown took {took:?} with shutdown_timeout = 3s:\n{log}"
     );
     assert_eq!(code, 1, "unwritten points make the exit unclean:\n{log}");
+    // The stages gave up at the deadline themselves: the watchdog that ends a shutdown still
+    // blocked after the grace (a backstop for calls that cannot be cancelled) was not needed.
+    assert!(
+        !log.contains("shutdown still blocked"),
+        "the write in flight held shutdown past its deadline:\n{log}"
+    );
     assert_eq!(
         committed(&brokers, &group, &topic, 1),
         0,

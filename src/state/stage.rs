@@ -57,6 +57,9 @@ pub struct EngineStage {
     /// Partitions stepped since their last checkpoint.
     dirty: BTreeSet<(usize, i32)>,
     last_checkpoint: Instant,
+    /// When idle devices were last looked for (once per checkpoint interval: the scan covers
+    /// every device).
+    last_park: Instant,
     per_stream: Vec<(Vec<Reading>, Vec<u32>)>,
     out: BatchOutput,
     log_limit: RateLimit,
@@ -110,6 +113,7 @@ impl EngineStage {
             topic_ids: vec![None; n],
             dirty: BTreeSet::new(),
             last_checkpoint: Instant::now(),
+            last_park: Instant::now(),
             per_stream: vec![(Vec::new(), Vec::new()); n],
             out: BatchOutput::default(),
             log_limit: RateLimit::default(),
@@ -167,7 +171,12 @@ impl EngineStage {
             if self.last_swap_check.elapsed() >= Duration::from_secs(1) {
                 self.check_swaps();
             }
-            if self.last_checkpoint.elapsed() >= self.interval {
+            // Not on every batch while a checkpoint waits behind a slow sink (the periodic
+            // checkpoint is then overdue, and the scan covers every device).
+            if self.last_checkpoint.elapsed() >= self.interval
+                && self.last_park.elapsed() >= self.interval
+            {
+                self.last_park = Instant::now();
                 self.park_idle();
             }
             // One periodic checkpoint at a time: while the last one waits behind its points

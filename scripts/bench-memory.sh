@@ -4,12 +4,16 @@
 # front; RSS is read once serve is ready (no device yet) and again once every point is
 # written; the difference over D is what a device really costs, allocator included.
 #
-# Usage: scripts/bench-memory.sh [devices] [readings-per-device]   (default 100000 2)
+# With `live`, serve starts first and the readings arrive while it serves (at the rate the
+# producer manages), which is how a plant feeds it; without, they are produced up front.
+#
+# Usage: scripts/bench-memory.sh [devices] [readings-per-device] [live]   (default 100000 2)
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-100000}
 readings=${2:-2}
+live=${3:-}
 cargo build --release --locked --quiet
 bin=target/release/sensorcast
 work=$(mktemp -d)
@@ -54,11 +58,15 @@ $bin train --config "$work/mem.toml" --input "$work/history.jsonl" >/dev/null
 metric() { curl -s "127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 == m || index($1, m"{") == 1 {s+=$2} END {printf "%.0f", s}'; }
 rss() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$1/status"; }
 total=$((devices * readings))
-echo "producing $total readings ($devices devices × $readings)…"
-$bin simulate --devices "$devices" --readings "$readings" --interval 1s --brokers "$kaddr" --topic bench.mem >/dev/null
+produce() {
+  echo "producing $total readings ($devices devices × $readings)${live:+ while serving}…"
+  $bin simulate --devices "$devices" --readings "$readings" --interval 1s --brokers "$kaddr" --topic bench.mem >/dev/null
+}
+[ -n "$live" ] || produce
 $bin serve --config "$work/mem.toml" 2>"$work/serve.log" & spid=$!; pids+=($spid)
 until curl -sf "127.0.0.1:$hport/health/ready" >/dev/null; do sleep 0.1; done
 rss0=$(rss $spid)
+[ -z "$live" ] || { produce & pids+=($!); }
 peak=$rss0
 # Points per reading of this config (check-config counts them).
 ppr=$($bin check-config --config "$work/mem.toml" | sed -n 's/^# stream "pumps": \([0-9]*\) points.*/\1/p')

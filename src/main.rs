@@ -76,6 +76,10 @@ enum Command {
         /// End of the history window: RFC 3339, default now.
         #[arg(long)]
         until: Option<String>,
+        /// Also write the decision as JSON to this file (for `serve`, which runs retrains in
+        /// child processes).
+        #[arg(long, hide = true)]
+        report_to: Option<PathBuf>,
     },
     /// Run the streaming engine over a file in time order and write its outputs.
     Replay {
@@ -410,6 +414,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stream,
             source,
             until,
+            report_to,
         } => {
             let (mut cfg, stream) = setup(&config, stream.as_deref())?;
             match source.as_deref() {
@@ -424,7 +429,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(u) => time_arg(u, now, "--until")?,
                 None => now,
             };
-            sensorcast::cli::run_retrain(&cfg, &stream, to, tty, false)?;
+            let decision = sensorcast::cli::run_retrain(&cfg, &stream, to, tty, false)?;
+            if let Some(path) = report_to {
+                std::fs::write(&path, serde_json::to_string(&decision)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Train {
@@ -524,7 +533,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             let cfg = Config::load(Some(&config))?;
             init_logging(Some(&cfg));
-            let clean = sensorcast::serve::run(cfg)?;
+            let clean = sensorcast::serve::run(cfg, config)?;
             Ok(if clean {
                 ExitCode::SUCCESS
             } else {

@@ -33,8 +33,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Runs the service until SIGTERM/SIGINT; returns whether it drained cleanly.
-pub fn run(cfg: Config) -> anyhow::Result<bool> {
+/// Runs the service until SIGTERM/SIGINT; returns whether it drained cleanly. `config_path`
+/// is the file `cfg` was read from (a scheduled retrain runs `sensorcast retrain` on it).
+pub fn run(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<bool> {
     fixed_mmap_threshold();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -42,10 +43,10 @@ pub fn run(cfg: Config) -> anyhow::Result<bool> {
         .thread_name("sensorcast-io")
         .build()
         .context("failed to start the async runtime")?;
-    rt.block_on(serve(cfg))
+    rt.block_on(serve(cfg, config_path))
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<bool> {
+async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<bool> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
 
@@ -191,11 +192,15 @@ async fn serve(cfg: Config) -> anyhow::Result<bool> {
         Arc::clone(&metrics),
         stop_rx.clone(),
     ));
-    // `[retrain] every`: retraining inside the service, on threads of its own (detached: a
-    // retrain under way when the service stops is abandoned, and nothing half-published).
-    let _retrainer =
-        crate::swap::spawn_retrainer(cfg.clone(), Arc::clone(&metrics), stop_rx.clone())
-            .context("cannot start the retrain thread")?;
+    // `[retrain] every`: retraining in child processes (a retrain under way when the service
+    // stops is killed, and nothing half-published).
+    let _retrainer = crate::swap::spawn_retrainer(
+        cfg.clone(),
+        config_path,
+        Arc::clone(&metrics),
+        stop_rx.clone(),
+    )
+    .context("cannot start the retrain thread")?;
     let source = tokio::spawn(
         SourceStage {
             consumer: Arc::clone(&consumer),

@@ -268,11 +268,17 @@ pub async fn watch_models(
     }
 }
 
-/// `[retrain] every` inside `serve`: retrains each stream on its own thread, on a pool of
-/// `retrain.threads` threads, so that serving keeps its cores; a published model is then
-/// noticed by [`watch_models`] like any other. Returns at once when retraining is off.
+/// `[retrain] every` inside `serve`: each stream is retrained in a child process
+/// (`sensorcast retrain`, the same binary, on `retrain.threads` threads), so that the history
+/// window and the training never live in the serving process: its memory does not grow with
+/// `retrain.window`, and a retrain that runs out of memory is killed instead of the service.
+/// A published model is then noticed by [`watch_models`] like any other. The child's log lines
+/// become this process's, tagged with the stream; at shutdown a running child is killed
+/// (nothing half-published: the registry publishes by rename). Returns at once when
+/// retraining is off.
 pub fn spawn_retrainer(
     cfg: Config,
+    config_path: std::path::PathBuf,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
@@ -280,21 +286,11 @@ pub fn spawn_retrainer(
     if every.is_zero() {
         return Ok(None);
     }
+    let exe = std::env::current_exe()?;
     std::thread::Builder::new()
         .name("sensorcast-retrain".into())
         .spawn(move || {
-            let pool = match rayon::ThreadPoolBuilder::new()
-                .num_threads(cfg.retrain.threads)
-                .thread_name(|i| format!("sensorcast-train-{i}"))
-                .build()
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the retrain threads; retraining inside serve is off");
-                    return;
-                }
-            };
-            tracing::info!(every_s = every.as_secs_f64(), threads = cfg.retrain.threads, "scheduled retraining on");
+            tracing::info!(every_s = every.as_secs_f64(), threads = cfg.retrain.threads, "scheduled retraining on (a child process per run)");
             let mut next = Instant::now() + every;
             loop {
                 while Instant::now() < next {
@@ -308,16 +304,15 @@ pub fn spawn_retrainer(
                     if *stop.borrow() {
                         return;
                     }
-                    let to = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
                     let started = Instant::now();
                     tracing::info!(stream = %stream.name, source = ?cfg.retrain.source, window_s = cfg.retrain.window.get().as_secs_f64(), "scheduled retrain started");
                     metrics.retrain_running.set(1);
-                    let result =
-                        pool.install(|| crate::cli::run_retrain(&cfg, stream, to, false, true));
+                    let result = retrain_child(&exe, &config_path, &cfg, &stream.name, &stop);
                     metrics.retrain_running.set(0);
                     let outcome = match &result {
-                        Ok(d) if d.published => "published",
-                        Ok(_) => "kept",
+                        Ok(Some(d)) if d.published => "published",
+                        Ok(Some(_)) => "kept",
+                        Ok(None) => return,
                         Err(_) => "failed",
                     };
                     metrics
@@ -325,8 +320,9 @@ pub fn spawn_retrainer(
                         .get_or_create(&labels(&[("stream", &stream.name), ("outcome", outcome)]))
                         .inc();
                     match result {
-                        Ok(d) => tracing::info!(stream = %stream.name, outcome, seconds = started.elapsed().as_secs_f64(), "scheduled retrain: {}", d.reason),
-                        Err(e) => tracing::error!(stream = %stream.name, seconds = started.elapsed().as_secs_f64(), "scheduled retrain failed; the model in use keeps serving: {e:#}"),
+                        Ok(Some(d)) => tracing::info!(stream = %stream.name, outcome, seconds = started.elapsed().as_secs_f64(), "scheduled retrain: {}", d.reason),
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(stream = %stream.name, seconds = started.elapsed().as_secs_f64(), "scheduled retrain failed; the model in use keeps serving: {e}"),
                     }
                 }
                 // A retrain longer than `every` does not queue runs up.
@@ -334,4 +330,82 @@ pub fn spawn_retrainer(
             }
         })
         .map(Some)
+}
+
+/// Runs `sensorcast retrain` for one stream in a child process and returns its decision;
+/// `Ok(None)` when shutdown stopped it (the child is killed).
+fn retrain_child(
+    exe: &std::path::Path,
+    config_path: &std::path::Path,
+    cfg: &Config,
+    stream: &str,
+    stop: &watch::Receiver<bool>,
+) -> Result<Option<crate::registry::Decision>, String> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let report = Report(std::env::temp_dir().join(format!(
+        "sensorcast-retrain-{}-{run}.json",
+        std::process::id()
+    )));
+    let mut child = Command::new(exe)
+        .arg("retrain")
+        .arg("--config")
+        .arg(config_path)
+        .args(["--stream", stream])
+        .arg("--report-to")
+        .arg(&report.0)
+        // The training's thread pool (rayon) keeps to `retrain.threads`.
+        .env("RAYON_NUM_THREADS", cfg.retrain.threads.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let stderr = child.stderr.take();
+    let name = stream.to_string();
+    let relay = std::thread::spawn(move || {
+        let Some(stderr) = stderr else { return };
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            tracing::info!(stream = %name, "retrain: {}", line.trim_end());
+        }
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if *stop.borrow() => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = relay.join();
+                tracing::info!(stream, "shutting down: the running retrain was stopped");
+                return Ok(None);
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(250)),
+            Err(e) => return Err(format!("cannot wait for the retrain process: {e}")),
+        }
+    };
+    let _ = relay.join();
+    if !status.success() {
+        return Err(format!(
+            "the retrain process ended with {status} (its log lines above say why)"
+        ));
+    }
+    let text = std::fs::read_to_string(&report.0)
+        .map_err(|e| format!("cannot read the retrain's decision: {e}"))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("the retrain's decision does not parse: {e}"))
+}
+
+/// The file a retrain child writes its decision to; removed when dropped.
+struct Report(std::path::PathBuf);
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -1917,7 +1917,10 @@ fn serve_retrains_on_its_schedule_and_swaps_the_result_in() {
     assert!(log.contains("scheduled retrain started"), "{log}");
     // The training ran in a child process, whose progress lines serve relays.
     assert!(log.contains("a child process per run"), "{log}");
-    assert!(log.contains("retrain: ") && log.contains("windows/s"), "{log}");
+    assert!(
+        log.contains("retrain: ") && log.contains("windows/s"),
+        "{log}"
+    );
     let decisions =
         std::fs::read_to_string(registry.join("decisions.jsonl")).expect("decisions.jsonl");
     let d: serde_json::Value =

@@ -676,6 +676,8 @@ impl EngineStage {
         for (t, p) in partitions {
             if let Some(stream) = self.stream_of(t) {
                 self.parked.remove(&(stream, *p));
+                // Also a partition whose restore failed before any of its readings came.
+                self.catch_up.remove(&(stream, *p));
             }
         }
         Checkpoints {

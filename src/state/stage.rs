@@ -58,8 +58,9 @@ pub struct EngineStage {
     dirty: BTreeSet<(usize, i32)>,
     last_checkpoint: Instant,
     /// When idle devices were last looked for (once per checkpoint interval: the scan covers
-    /// every device).
+    /// every device), and how many times.
     last_park: Instant,
+    park_scans: u64,
     per_stream: Vec<(Vec<Reading>, Vec<u32>)>,
     out: BatchOutput,
     log_limit: RateLimit,
@@ -114,6 +115,7 @@ impl EngineStage {
             dirty: BTreeSet::new(),
             last_checkpoint: Instant::now(),
             last_park: Instant::now(),
+            park_scans: 0,
             per_stream: vec![(Vec::new(), Vec::new()); n],
             out: BatchOutput::default(),
             log_limit: RateLimit::default(),
@@ -165,34 +167,8 @@ impl EngineStage {
                     tx.blocking_send(ToSink::Checkpoints(set)).is_ok()
                 }
             };
-            if !sent {
+            if !sent || !self.housekeeping(&tx) {
                 return;
-            }
-            if self.last_swap_check.elapsed() >= Duration::from_secs(1) {
-                self.check_swaps();
-            }
-            // Not on every batch while a checkpoint waits behind a slow sink (the periodic
-            // checkpoint is then overdue, and the scan covers every device).
-            if self.last_checkpoint.elapsed() >= self.interval
-                && self.last_park.elapsed() >= self.interval
-            {
-                self.last_park = Instant::now();
-                self.park_idle();
-            }
-            // One periodic checkpoint at a time: while the last one waits behind its points
-            // (a slow InfluxDB), another full copy of the state would only add memory.
-            let busy = self.checkpoints_in_flight.load(Ordering::Acquire) > 0;
-            if self.last_checkpoint.elapsed() >= self.interval && !self.dirty.is_empty() && !busy {
-                let keys = self.due();
-                let set = Checkpoints {
-                    checkpoints: self.checkpoints(&keys),
-                    done: None,
-                };
-                self.last_checkpoint = Instant::now();
-                self.checkpoints_in_flight.fetch_add(1, Ordering::AcqRel);
-                if tx.blocking_send(ToSink::Checkpoints(set)).is_err() {
-                    return;
-                }
             }
         }
         let keys: Vec<_> = self
@@ -206,6 +182,38 @@ impl EngineStage {
             done: None,
         };
         let _ = tx.blocking_send(ToSink::Checkpoints(set));
+    }
+
+    /// Between two messages: swaps that may end, idle devices to park, a periodic checkpoint
+    /// that may be due; false when the sink is gone.
+    fn housekeeping(&mut self, tx: &mpsc::Sender<ToSink>) -> bool {
+        if self.last_swap_check.elapsed() >= Duration::from_secs(1) {
+            self.check_swaps();
+        }
+        // Not on every batch while a checkpoint waits behind a slow sink (the periodic
+        // checkpoint is then overdue, and the scan covers every device).
+        if self.last_checkpoint.elapsed() >= self.interval
+            && self.last_park.elapsed() >= self.interval
+        {
+            self.last_park = Instant::now();
+            self.park_idle();
+        }
+        // One periodic checkpoint at a time: while the last one waits behind its points
+        // (a slow InfluxDB), another full copy of the state would only add memory.
+        let busy = self.checkpoints_in_flight.load(Ordering::Acquire) > 0;
+        if self.last_checkpoint.elapsed() >= self.interval && !self.dirty.is_empty() && !busy {
+            let keys = self.due();
+            let set = Checkpoints {
+                checkpoints: self.checkpoints(&keys),
+                done: None,
+            };
+            self.last_checkpoint = Instant::now();
+            self.checkpoints_in_flight.fetch_add(1, Ordering::AcqRel);
+            if tx.blocking_send(ToSink::Checkpoints(set)).is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// The dirty partitions to checkpoint now: all but those still catching up (they stay
@@ -444,6 +452,7 @@ impl EngineStage {
         if self.ttl_ns <= 0 {
             return;
         }
+        self.park_scans += 1;
         for stream in 0..self.engines.len() {
             let hw = self.high_water[stream];
             // Nothing is parked while a swap runs (it is short next to engine.device_ttl).
@@ -1152,6 +1161,33 @@ mod tests {
         let points = anomaly_points(&body);
         let first = points.iter().find(|p| p.2 == "v2").expect("switched");
         assert!(first.3 > 0.0, "warm at the switch");
+    }
+
+    #[test]
+    fn idle_devices_are_looked_for_once_per_interval_while_a_checkpoint_waits() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut stage = stage(d.path(), HumanDuration::from_secs(60));
+        stage.interval = Duration::from_millis(5);
+        // A periodic checkpoint is in flight behind a slow sink for the whole run, so the
+        // periodic one is overdue from here on.
+        stage.checkpoints_in_flight.store(1, Ordering::Release);
+        std::thread::sleep(Duration::from_millis(10));
+        let (tx, _rx) = mpsc::channel(64);
+        let mut stepped = 0;
+        let t = Instant::now();
+        for _ in 0..10 {
+            for b in batches() {
+                stage.step(b);
+                assert!(stage.housekeeping(&tx));
+                stepped += 1;
+            }
+        }
+        let intervals = (t.elapsed().as_millis() / 5 + 1) as u64;
+        assert!(
+            stage.park_scans <= intervals && stage.park_scans < stepped / 4,
+            "{} scans in {stepped} batches over {intervals} intervals",
+            stage.park_scans
+        );
     }
 
     #[test]

@@ -141,9 +141,16 @@ logger.cleaner.name = kafka.log.LogCleaner
 logger.cleaner.level = info
 EOF
   echo "127.0.0.1:$port" >"$dir/address"
-  # A cluster id is 16 random bytes, base64url without padding.
+  # A cluster id is 16 random bytes, base64url without padding; one that starts with "-"
+  # would read as an option to the storage tool (Kafka's own Uuid.randomUuid skips those too).
   local id
-  id=$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')
+  id=$(python3 -c '
+import base64, os
+while True:
+    s = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    if not s.startswith("-"):
+        print(s)
+        break')
   jvm_for "$dir"
   "${jvm[@]}" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" \
     >"$dir/logs/format.log" 2>&1 || { cat "$dir/logs/format.log" >&2; die "formatting $dir/data failed"; }

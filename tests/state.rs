@@ -706,9 +706,11 @@ fn a_rebalance_during_a_database_outage_completes_and_loses_nothing() {
     );
     assert_complete_and_never_rewritten(&vm, &want);
     // The revoke gives up waiting for the stuck engine stage after half of
-    // max.poll.interval.ms; a join then takes that plus the group's own round trips.
+    // max.poll.interval.ms (5 s); a join then takes that plus b's start and the group's round
+    // trips. Waiting on the engine stage without a deadline, as before, it never completes
+    // (the first member is evicted instead, which the log check above catches).
     assert!(
-        rebalance < Duration::from_secs(10),
+        rebalance < Duration::from_secs(30),
         "the rebalance took {rebalance:?}"
     );
     assert_eq!(b.terminate(), 0);

@@ -310,28 +310,20 @@ async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<b
     let left = deadline
         .saturating_sub(stopping_since.elapsed())
         .max(Duration::from_secs(1));
-    let committed = match tokio::time::timeout(left, commit).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(rdkafka::error::KafkaError::Canceled).inspect_err(|_| {
-            tracing::warn!(error = %e, "final commit did not run");
-        }),
-        Err(_) => {
-            tracing::warn!(
-                "final commit did not finish by the shutdown deadline; the uncommitted tail will be re-read"
-            );
-            Ok(())
-        }
-    };
-    match committed {
-        Ok(()) => tracing::info!("offsets committed"),
-        Err(rdkafka::error::KafkaError::ConsumerCommit(
+    match tokio::time::timeout(left, commit).await {
+        Ok(Ok(Ok(()))) => tracing::info!("offsets committed"),
+        Ok(Ok(Err(rdkafka::error::KafkaError::ConsumerCommit(
             rdkafka::types::RDKafkaErrorCode::NoOffset,
-        )) => {
-            tracing::info!("no new offsets to commit")
-        }
-        Err(e) => {
+        )))) => tracing::info!("no new offsets to commit"),
+        Ok(Ok(Err(e))) => {
             tracing::warn!(error = %e, "final commit failed; the uncommitted tail will be re-read")
         }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "final commit did not run; the uncommitted tail will be re-read")
+        }
+        Err(_) => tracing::warn!(
+            "final commit did not finish by the shutdown deadline; the uncommitted tail will be re-read"
+        ),
     }
     let clean = sink_ok && engine_ok && !unexpected;
     abort_timer.abort();

@@ -561,7 +561,6 @@ impl DeadLetters {
                 });
             }
         }
-        let source = (msg.topic().to_string(), msg.partition(), msg.offset());
         Some(self.spawn(
             (producer, topic),
             Payload {
@@ -569,8 +568,7 @@ impl DeadLetters {
                 payload,
                 headers,
             },
-            (source.0.clone(), source.1),
-            source,
+            (msg.topic().to_string(), msg.partition(), msg.offset()),
             why.reason,
         ))
     }
@@ -607,19 +605,18 @@ impl DeadLetters {
                 payload: Some(line.to_vec()),
                 headers,
             },
-            (String::new(), -1),
+            // No source message: partition -1 holds back every checkpoint.
             (String::new(), -1, -1),
             REASON,
         ))
     }
 
-    /// Produces a dead letter on a task of its own; the ack holds back the checkpoint of
-    /// `holds_back` (topic, partition; partition -1: every partition).
+    /// Produces a dead letter on a task of its own; the ack holds back the checkpoint of the
+    /// `source` message's partition (topic, partition, offset; partition -1: every partition).
     fn spawn(
         &self,
         (producer, topic): (FutureProducer, String),
         record: Payload,
-        holds_back: (String, i32),
         source: (String, i32, i64),
         reason: &'static str,
     ) -> DeadLetterAck {
@@ -635,8 +632,8 @@ impl DeadLetters {
         let max_bytes = self.max_bytes;
         let (settle, settled) = tokio::sync::watch::channel(false);
         let ack = DeadLetterAck {
-            topic: holds_back.0,
-            partition: holds_back.1,
+            topic: src_topic.clone(),
+            partition: src_partition,
             settled,
         };
         let produce = async move {

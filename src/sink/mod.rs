@@ -417,8 +417,13 @@ impl Target {
         // Credentials in the URL become the Authorization header (unless username or token
         // are set), so that no request URL — which errors print — carries them.
         let in_url = (!url.username().is_empty()).then(|| {
-            let user = percent_decode(url.username());
-            let pass = url.password().map(percent_decode).unwrap_or_default();
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let user = decode(url.username());
+            let pass = url.password().map(decode).unwrap_or_default();
             format!("{user}:{pass}")
         });
         let _ = url.set_username("");
@@ -497,31 +502,6 @@ impl Target {
             auth,
         })
     }
-}
-
-/// `%`-escapes undone (user names and passwords in a URL are escaped).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Checks that InfluxDB takes writes where and as configured, without writing anything: an
@@ -815,6 +795,29 @@ mod tests {
         resp.push_str(&body);
         let _ = sock.write_all(resp.as_bytes()).await;
         let _ = sock.shutdown().await;
+    }
+
+    #[test]
+    fn credentials_in_the_url_become_the_authorization_header() {
+        use base64::Engine as _;
+        let cfg = InfluxConfig {
+            url: "http://us%40er:p%3Ass@db.plant:8086/influx".into(),
+            ..InfluxConfig::default()
+        };
+        let t = Target::new(&cfg).expect("target");
+        let want = base64::engine::general_purpose::STANDARD.encode("us@er:p:ss");
+        assert_eq!(t.auth.as_deref(), Some(format!("Basic {want}").as_str()));
+        for u in [&t.url, &t.base] {
+            assert!(u.username().is_empty() && u.password().is_none(), "{u}");
+        }
+        assert_eq!(t.base.as_str(), "http://db.plant:8086/influx");
+        // A token set explicitly wins over credentials in the URL.
+        let t = Target::new(&InfluxConfig {
+            token: "tok".into(),
+            ..cfg
+        })
+        .expect("target");
+        assert_eq!(t.auth.as_deref(), Some("Token tok"));
     }
 
     #[tokio::test]

@@ -133,12 +133,7 @@ fn an_undeliverable_dead_letter_holds_back_only_its_own_partition() {
         format: "json",
     }];
     let (cfg, port) = setup(dir.path(), &brokers, &vm, &group, &streams, "");
-    config_with(&cfg, |t| {
-        t.replace(
-            "commit_interval = \"500ms\"",
-            &format!("commit_interval = \"500ms\"\ndead_letter_topic = \"{dlq}\""),
-        )
-    });
+    add_keys(&cfg, "[kafka]", &format!("dead_letter_topic = \"{dlq}\""));
     let serve = Serve::start(&cfg, dir.path(), port);
     delete_topic(&brokers, &dlq);
     let producer: BaseProducer = ClientConfig::new()
@@ -243,12 +238,7 @@ fn points_influxdb_refuses_go_to_the_dead_letter_topic() {
         format: "json",
     }];
     let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
-    config_with(&cfg, |t| {
-        t.replace(
-            "commit_interval = \"500ms\"",
-            &format!("commit_interval = \"500ms\"\ndead_letter_topic = \"{dlq}\""),
-        )
-    });
+    add_keys(&cfg, "[kafka]", &format!("dead_letter_topic = \"{dlq}\""));
     let ts = (chrono::Utc::now().timestamp() - 100) * 1_000_000_000;
     let (status, body) = http(
         "POST",

@@ -671,19 +671,27 @@ pub fn run(args: &[&str]) {
     );
 }
 
-pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+/// An admin client of `brokers` that never makes a broker auto-create a topic by asking for
+/// it, and a runtime to run its requests on.
+fn admin(brokers: &str) -> (AdminClient<DefaultClientContext>, tokio::runtime::Runtime) {
+    let admin = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false")
         .create()
         .expect("admin");
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
-        .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    (admin, rt)
+}
+
+pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let (admin, rt) = admin(brokers);
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
     let results = rt
         .block_on(admin.create_topics(&new, &AdminOptions::new()))
         .expect("create topics");
@@ -697,16 +705,8 @@ pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
 /// Deletes a topic and waits until the broker has forgotten it (a topic re-created with the
 /// same name is then a new incarnation, with a new topic id and offsets from 0).
 pub fn delete_topic(brokers: &str, topic: &str) {
-    // Asking for the metadata of a missing topic must not create it again.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("allow.auto.create.topics", "false")
-        .create()
-        .expect("admin");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // Asking for the metadata of a missing topic must not create it again (`admin`).
+    let (admin, rt) = admin(brokers);
     for r in rt
         .block_on(admin.delete_topics(&[topic], &AdminOptions::new()))
         .expect("delete topics")

@@ -6,6 +6,8 @@
 #
 # With `live`, serve starts first and the readings arrive while it serves (at the rate the
 # producer manages), which is how a plant feeds it; without, they are produced up front.
+# Every 15 s it prints a sample (elapsed, points written, devices, RSS), so a long run shows
+# whether memory settles or keeps growing.
 #
 # Usage: scripts/bench-memory.sh [devices] [readings-per-device] [live]   (default 100000 2)
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a release build.
@@ -68,10 +70,17 @@ until curl -sf "127.0.0.1:$hport/health/ready" >/dev/null; do sleep 0.1; done
 rss0=$(rss $spid)
 [ -z "$live" ] || { produce & pids+=($!); }
 peak=$rss0
+start=$(date +%s); next=$((start + 15))
+echo "seconds,points_written,devices,rss_mib"
 # Points per reading of this config (check-config counts them).
 ppr=$($bin check-config --config "$work/mem.toml" | sed -n 's/^# stream "pumps": \([0-9]*\) points.*/\1/p')
 until [ "$(metric sensorcast_points_written_total)" -ge "$((total * ppr))" ] 2>/dev/null; do
-  r=$(rss $spid); [ "$r" -gt "$peak" ] && peak=$r; sleep 0.2
+  r=$(rss $spid); [ "$r" -gt "$peak" ] && peak=$r
+  if [ "$(date +%s)" -ge "$next" ]; then
+    next=$((next + 15))
+    echo "$(($(date +%s) - start)),$(metric sensorcast_points_written_total),$(metric sensorcast_devices),$((r / 1048576))"
+  fi
+  sleep 0.2
 done
 sleep 2
 rss1=$(rss $spid)

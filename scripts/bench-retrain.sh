@@ -8,9 +8,11 @@
 #             `retrain.threads` threads) run back to back inside serve for the whole run;
 #   swap      a second model is promoted as soon as serve is up, with a swap_warmup longer than
 #             the backlog, so every reading is stepped through both models for the whole run.
-# Every second the script samples sensorcast_readings_total, sensorcast_retrain_running and
-# sensorcast_swap_pending; each run's rate is taken over the samples in its phase (retrain
-# running, swap pending, or neither for the baseline). The retrain's own throughput
+# Every second the script samples sensorcast_readings_total, sensorcast_retrain_running,
+# sensorcast_swap_pending, serve's resident memory and that of its children (the retrain
+# process); each run's rate is taken over the samples in its phase (retrain running, swap
+# pending, or neither for the baseline), and each run's peak RSS is printed, so the serving
+# process's memory during retrains can be compared with the baseline's. The retrain's own throughput
 # (windows/s) comes from its log lines. Numbers depend on the machine: run it on the one you
 # care about; the ratios are what carries over.
 #
@@ -89,21 +91,24 @@ total=$((devices * readings))
 echo "producing $total readings ($devices devices × $readings, 10 s apart)…"
 $bin simulate --devices "$devices" --readings "$readings" --interval 10s \
   --brokers "$kaddr" --topic bench.retrain >/dev/null
+rss() { awk '/^VmRSS:/ {print $2 * 1024; f=1} END {if (!f) print 0}' "/proc/$1/status" 2>/dev/null || echo 0; }
 value() { awk -v m="$1" 'index($1, m"{") == 1 || $1 == m {s+=$2} END {printf "%.0f", s}'; }
 run() { # name
   $bin serve --config "$work/$1.toml" 2>"$work/serve-$1.log" & local spid=$!
   pids+=($spid)
   until curl -sf "127.0.0.1:$hport/health/live" >/dev/null; do sleep 0.2; done
-  echo "t,readings,retrain,swap" >"$work/samples-$1.csv"
+  echo "t,readings,retrain,swap,rss,child_rss" >"$work/samples-$1.csv"
   local t0; t0=$(date +%s.%N)
   while :; do
-    local m n r s t
+    local m n r s t rs rc
     m=$(curl -s "127.0.0.1:$hport/metrics" || true)
     n=$(value sensorcast_readings_total <<<"$m")
     r=$(value sensorcast_retrain_running <<<"$m")
     s=$(value sensorcast_swap_pending <<<"$m")
     t=$(python3 -c "print(round($(date +%s.%N) - $t0, 2))")
-    echo "$t,$n,$r,$s" >>"$work/samples-$1.csv"
+    rs=$(rss "$spid"); rc=0
+    for c in $(pgrep -P "$spid" || true); do rc=$((rc + $(rss "$c"))); done
+    echo "$t,$n,$r,$s,$rs,$rc" >>"$work/samples-$1.csv"
     # The swap starts once every device is tracked (a tenth of the backlog is in).
     if [ "$1" = swap ] && [ -z "${promoted:-}" ] && [ "${n:-0}" -ge $((total / 10)) ]; then
       $bin models promote --config "$work/swap.toml" "$second" >/dev/null
@@ -130,7 +135,8 @@ grep -o 'challenger trained: .*windows/s)' "$work/serve-retrain.log" | sed 's/^/
 python3 - "$work" <<'PY'
 import csv, sys
 def rows(name):
-    return [(float(r["t"]), int(r["readings"] or 0), int(r["retrain"] or 0), int(r["swap"] or 0))
+    return [(float(r["t"]), int(r["readings"] or 0), int(r["retrain"] or 0), int(r["swap"] or 0),
+             int(r["rss"] or 0), int(r["child_rss"] or 0))
             for r in csv.DictReader(open(f"{sys.argv[1]}/samples-{name}.csv"))]
 def rate(rs, keep):
     dt = dn = 0.0
@@ -145,4 +151,12 @@ swap = rate(rows("swap"), lambda r: r[3] > 0)
 for name, (v, secs) in [("baseline", base), ("while a retrain runs inside serve", during),
                         ("while a swap steps both models", swap)]:
     print(f"{name:34s} {v:9.0f} readings/s over {secs:5.1f} s  ({v / base[0]:.0%} of baseline)")
+mib = 2 ** 20
+for name in ["baseline", "retrain", "swap"]:
+    rs = rows(name)
+    late = [r[4] for r in rs[len(rs) // 2:]]
+    line = f"{name:8s} serve RSS peak {max(r[4] for r in rs) / mib:6.1f} MiB, second half {min(late) / mib:6.1f}–{max(late) / mib:6.1f} MiB"
+    if name == "retrain":
+        line += f"; retrain child peak {max(r[5] for r in rs) / mib:6.1f} MiB"
+    print(line)
 PY

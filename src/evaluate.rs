@@ -61,6 +61,8 @@ pub struct LabelledSeries {
 pub struct RowResult {
     /// Anomaly score (1 − p-value).
     pub score: f64,
+    /// −ln p-value (ranks where `score` saturates).
+    pub surprisal: f64,
     /// Over the alarm line.
     pub over_line: bool,
     /// Alarm raised on the device at this reading.
@@ -192,6 +194,7 @@ pub fn stream_series(
             let row = match &out.outcomes[i] {
                 Outcome::Scored(s) => RowResult {
                     score: s.score,
+                    surprisal: s.surprisal,
                     over_line: s.over_line,
                     alarm: s.is_anomaly,
                 },
@@ -215,6 +218,46 @@ pub fn point_counts(series: &[LabelledSeries], results: &[Vec<RowResult>]) -> Po
         }
     }
     c
+}
+
+/// Area under the precision–recall curve (average precision) of ranking the scored rows by
+/// `key` against their labels, pooled over every series: the mean, over the anomalous rows,
+/// of the precision at their rank. Rows with equal keys share one threshold, so a score that
+/// saturates earns no credit for the order it cannot tell. `None` without anomalous rows.
+pub fn average_precision(
+    series: &[LabelledSeries],
+    results: &[Vec<RowResult>],
+    key: impl Fn(&RowResult) -> f64,
+) -> Option<f64> {
+    let mut rows: Vec<(f64, bool)> = series
+        .iter()
+        .zip(results)
+        .flat_map(|(s, r)| {
+            s.labels
+                .iter()
+                .zip(r)
+                .skip(s.scored_from)
+                .map(|(l, row)| (key(row), *l))
+        })
+        .collect();
+    let positives = rows.iter().filter(|r| r.1).count();
+    if positives == 0 {
+        return None;
+    }
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut tp, mut seen, mut ap) = (0usize, 0usize, 0.0);
+    let mut i = 0;
+    while i < rows.len() {
+        // One threshold per distinct key.
+        let j = i + rows[i..].iter().take_while(|r| r.0 == rows[i].0).count();
+        let new_tp = rows[i..j].iter().filter(|r| r.1).count();
+        tp += new_tp;
+        seen = j;
+        ap += new_tp as f64 / positives as f64 * (tp as f64 / seen as f64);
+        i = j;
+    }
+    debug_assert_eq!(seen, rows.len());
+    Some(ap)
 }
 
 /// Runs of `true` in `v[from..]` as `(start, end_exclusive)`.
@@ -493,6 +536,9 @@ pub struct SkabReport {
     pub per_file: Vec<(String, PointCounts, Option<usize>, usize)>,
     /// Alarm events per device-day on `anomaly-free.csv` (in the model's training data).
     pub anomaly_free_alarms: (usize, f64),
+    /// Area under the precision–recall curve of ranking test rows by `score` and by its
+    /// surprisal (−ln p), pooled (the knob does not enter: it is the ranking's quality).
+    pub average_precision: (Option<f64>, Option<f64>),
     /// The trade-off table.
     pub sweep: Vec<SweepRow>,
     /// Model version and validation MASE.
@@ -662,6 +708,10 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
         counts,
         events,
         per_file,
+        average_precision: (
+            average_precision(&skab.experiments, &results, |r| r.score),
+            average_precision(&skab.experiments, &results, |r| r.surprisal),
+        ),
         anomaly_free_alarms: (
             free_events.false_alarm_events,
             free_events.normal_device_days,
@@ -724,6 +774,16 @@ impl std::fmt::Display for SkabReport {
             self.anomaly_free_alarms.0,
             self.anomaly_free_alarms.1,
             self.anomaly_free_alarms.0 as f64 / self.anomaly_free_alarms.1.max(f64::MIN_POSITIVE)
+        )?;
+        let ap = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
+        writeln!(
+            f,
+            "ranking test rows (area under the precision–recall curve; a random ranking scores {:.3}): score {}, surprisal −ln p {}",
+            (self.counts.tp + self.counts.fn_) as f64
+                / (self.counts.tp + self.counts.fp + self.counts.fn_ + self.counts.tn).max(1)
+                    as f64,
+            ap(self.average_precision.0),
+            ap(self.average_precision.1)
         )?;
         if !self.sweep.is_empty() {
             writeln!(f)?;
@@ -990,6 +1050,58 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn average_precision_credits_order_and_not_ties() {
+        let (s, _) = series("0011", "____");
+        let rows = |keys: [f64; 4]| {
+            vec![
+                keys.iter()
+                    .map(|&k| RowResult {
+                        score: k,
+                        ..RowResult::default()
+                    })
+                    .collect::<Vec<_>>(),
+            ]
+        };
+        let one = std::slice::from_ref(&s);
+        // Labels of the scored rows (from index 2): anomalous, anomalous.
+        assert_eq!(
+            average_precision(one, &rows([0.0, 0.0, 0.9, 0.8]), |r| r.score),
+            Some(1.0)
+        );
+        let (s, _) = series("000101", "______");
+        let one = std::slice::from_ref(&s);
+        let r = vec![
+            [0.0, 0.0, 0.1, 0.9, 0.5, 0.7]
+                .iter()
+                .map(|&k| RowResult {
+                    score: k,
+                    ..RowResult::default()
+                })
+                .collect::<Vec<_>>(),
+        ];
+        // Ranked 0.9 (anomalous), 0.7 (anomalous), 0.5, 0.1: perfect.
+        assert_eq!(average_precision(one, &r, |r| r.score), Some(1.0));
+        // Every row tied (a saturated score): precision is the base rate, 2/4.
+        assert_eq!(average_precision(one, &r, |_| 1.0), Some(0.5));
+        // The anomalous rows ranked second and fourth: (1/2 + 2/4) / 2.
+        let keys = [0.0, 0.0, 0.9, 0.8, 0.7, 0.6];
+        let r = vec![
+            keys.iter()
+                .map(|&k| RowResult {
+                    score: k,
+                    ..RowResult::default()
+                })
+                .collect::<Vec<_>>(),
+        ];
+        assert_eq!(average_precision(one, &r, |r| r.score), Some(0.5));
+        let (clean, _) = series("0000", "____");
+        assert_eq!(
+            average_precision(std::slice::from_ref(&clean), &r, |r| r.score),
+            None
+        );
     }
 
     #[test]

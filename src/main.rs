@@ -339,6 +339,7 @@ enum EvidenceArg {
     Forecast,
     Drift,
     Deviation,
+    Joint,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -848,6 +849,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     EvidenceArg::Forecast => sensorcast::config::Evidence::Forecast,
                     EvidenceArg::Drift => sensorcast::config::Evidence::Drift,
                     EvidenceArg::Deviation => sensorcast::config::Evidence::Deviation,
+                    EvidenceArg::Joint => sensorcast::config::Evidence::Joint,
                 }),
             };
             let report = sensorcast::evaluate::run_skab(&opts, tty)?;

@@ -424,6 +424,7 @@ mod tests {
     fn scored(edge: Edge) -> Scored {
         Scored {
             score: 0.5,
+            surprisal: std::f64::consts::LN_2,
             forecast_score: 0.4,
             deviation_score: 0.3,
             likelihood: 0.25,

@@ -516,8 +516,11 @@ pub enum Evidence {
     Forecast,
     /// The drift of the forecast residuals only.
     Drift,
-    /// The deviation from the device's normal only (slower on sharp spikes).
+    /// The deviation from the device's normal only, feature by feature (slower on sharp
+    /// spikes).
     Deviation,
+    /// The joint deviation over all features only (Mahalanobis distance of the departures).
+    Joint,
 }
 
 /// One input stream.
@@ -674,9 +677,10 @@ pub struct AnomalyConfig {
     pub evidence: Evidence,
     /// Readings in the short average of signed one-step residuals (drift evidence).
     pub drift_window: u32,
-    /// A raised alarm also treats readings as quiet once their surprisal (−ln p-value) falls
-    /// below this fraction of the alarm's peak; clearing that way restarts the device's
-    /// baseline where it settled. 0 turns it off.
+    /// A raised alarm also treats readings as quiet once the device's distance from its
+    /// normal (the joint deviation, or the largest standardised departure) falls below this
+    /// fraction of the alarm's peak; clearing that way restarts the device's baseline where
+    /// it settled. 0 turns it off.
     pub settle_fraction: f64,
     /// Longest an alarm is held, in readings; the device's state is then taken as its new
     /// normal (its baseline restarts there) and the alarm clears. 0: no limit.

@@ -9,7 +9,8 @@
 //! the data a model was fitted to are smaller than on new data, and thresholds measured there
 //! would alarm too often. The deviation from a device's normal does not involve the
 //! forecaster, so all of its readings after the device's learning count. Where the held-out
-//! parts hold too few readings for a table, all readings are used.
+//! parts hold too few readings for a table, all readings are used. The joint deviation's
+//! covariance and tail are measured on the same deviation readings.
 
 use super::detect::{Calibration, TailTable};
 use super::{BatchOutput, Engine, EngineSettings, InferenceModel, Outcome};
@@ -33,6 +34,9 @@ pub fn calibrate(
     // Per table (forecast, drift, deviation) and feature: held-out samples and all samples.
     let mut held: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); nf]; 3];
     let mut all: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); nf]; 3];
+    // Standardised departures (signed), one row of `nf` per learnt reading, for the joint
+    // deviation.
+    let mut departures: Vec<f64> = Vec::new();
     let mut batch = Vec::with_capacity(devices.len());
     let mut from = Vec::with_capacity(devices.len());
     for p in 0..longest {
@@ -52,9 +56,16 @@ pub fn calibrate(
                 continue;
             }
             let ev = out.evidence(i);
+            if ev[2 * nf].is_finite() {
+                departures.extend(ev[2 * nf..3 * nf].iter().map(|&q| {
+                    let q = q as f64;
+                    q.abs().sqrt().copysign(q)
+                }));
+            }
             for t in 0..3 {
                 for f in 0..nf {
-                    let v = ev[t * nf + f] as f64;
+                    // The statistics are squares; the deviation's carries its direction.
+                    let v = (ev[t * nf + f] as f64).abs();
                     // The deviation does not depend on the forecaster: every reading of
                     // the device after its learning is out of sample for it.
                     if held_out || t == 2 {
@@ -84,6 +95,7 @@ pub fn calibrate(
             forecast,
             drift,
             deviation,
+            joint: super::detect::Joint::fit(&departures, nf),
             measured_with,
         }),
         _ => None,

@@ -1,7 +1,7 @@
 //! Anomaly detection on top of the forecaster: the evidence of each reading, its calibration
 //! against normal data, the alarm policy and the per-feature explanation.
 //!
-//! Two pieces of evidence are judged for every reading once a device is warm:
+//! These pieces of evidence are judged for every reading once a device is warm:
 //!
 //! - **forecast surprise**: the largest squared standardised residual of the reading against the
 //!   forecasts made one step and `horizon` steps earlier (computed in the engine). It sees
@@ -12,15 +12,23 @@
 //!   short exponential average of the reading's departure from that baseline, and the normal
 //!   spread of that average, learnt over the device's first `anomaly.learning_readings`
 //!   readings and adapted slowly while it is healthy. A fault that persists keeps its departure
-//!   for as long as it lasts (in the spirit of MSET and of multivariate EWMA control charts).
+//!   for as long as it lasts (in the spirit of MSET and of multivariate EWMA control charts);
+//! - **joint deviation**: the Mahalanobis distance of all features' standardised departures
+//!   together ([`Joint`]), with their covariance measured on the fleet's normal data, so that
+//!   several sensors each moving a little, or sensors that normally move together parting
+//!   ways, add up to evidence that no single feature shows.
 //!
-//! Each piece is turned into a *tail probability*: the share of normal readings (measured in
-//! training, [`TailTable`]) at least as extreme. With both, the reading's p-value is
-//! `min(2·min(p_forecast, p_deviation), 1)` (Bonferroni), and `score = 1 − p`. The sensitivity
-//! knob is the **target false-alarm rate** `r`: a reading is *over the line* when `p ≤ r`. The
-//! [`AlarmPolicy`] turns readings over the line into alarms with hysteresis: it raises after
-//! `min_duration` readings over the line in a row, holds while the fault lasts, and clears after
-//! `cooldown` readings in a row that are quiet (`p > r · clear_factor`).
+//! (The forecast piece comes in two parts, the surprise and the drift of the one-step
+//! residuals, so four p-values in all.) Each piece is turned into a *tail probability*: the
+//! share of normal readings (measured in training, [`TailTable`]) at least as extreme, with
+//! the deep tail, beyond the top 2 % of the samples, a fitted generalised Pareto tail
+//! ([`Gpd`]) that errs wide. The reading's p-value is the smallest of the pieces' times their number
+//! (Bonferroni, [`combine`]), and `score = 1 − p`. The sensitivity knob is the **target
+//! false-alarm rate** `r`: a reading is *over the line* when `p ≤ r`. The [`AlarmPolicy`]
+//! turns readings over the line into alarms with hysteresis: it raises after `min_duration`
+//! readings over the line in a row, holds while the fault lasts, and clears after `cooldown`
+//! readings in a row that are quiet (`p > r · clear_factor`). Baselines learn from a reading in
+//! proportion to how healthy it is ([`health_weight`]).
 //!
 //! All arithmetic is sequential per device, so outputs do not depend on batching (§3.6).
 
@@ -35,9 +43,10 @@ pub const VARIANCE_FLOOR: f64 = 1e-6;
 const VARIANCE_CAP: f64 = 25.0;
 
 /// Empirical upper tail of a non-negative statistic on normal data: `values[k]` is the value
-/// exceeded by a share `levels[k]` of the samples. Beyond the last level the tail is
-/// extrapolated exponentially (the statistics are squared residuals, whose tails decay at
-/// least that fast when the data are near Gaussian).
+/// exceeded by a share `levels[k]` of the samples. Beyond the last level, where too few samples
+/// lie to read the tail off, it decays as a generalised Pareto distribution fitted to the top
+/// of the samples ([`Gpd`], peaks over threshold); in tables fitted before that existed, it is
+/// extrapolated exponentially.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TailTable {
@@ -47,6 +56,9 @@ pub struct TailTable {
     pub values: Vec<f64>,
     /// Samples the table was fitted on.
     pub samples: u64,
+    /// The deep tail, beyond the table's threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpd: Option<Gpd>,
     /// −ln of `levels`, cached ([`TailTable::prepare`]).
     #[serde(skip)]
     pub neg_ln_levels: Vec<f64>,
@@ -82,6 +94,7 @@ impl TailTable {
             levels,
             values,
             samples: samples.len() as u64,
+            gpd: Gpd::fit(samples),
             neg_ln_levels: Vec::new(),
         };
         t.prepare();
@@ -110,6 +123,14 @@ impl TailTable {
         if v.is_empty() || x.is_nan() || x <= 0.0 {
             return 0.0;
         }
+        // Beyond the last level the samples are too few to read off: the fitted deep tail's
+        // decay, anchored at the last level so that the tail stays continuous.
+        let last = v.len() - 1;
+        if let Some(g) = &self.gpd
+            && x > v[last]
+        {
+            return self.level_surprisal(last) + (g.surprisal(x) - g.surprisal(v[last]));
+        }
         if x <= v[0] {
             return if v[0] <= 0.0 {
                 self.level_surprisal(0)
@@ -127,7 +148,6 @@ impl TailTable {
                 return s0 + (x - v[k - 1]) / span * (s1 - s0);
             }
         }
-        let last = v.len() - 1;
         let s_last = self.level_surprisal(last);
         let slope = if last > 0 && v[last] > v[last - 1] {
             (s_last - self.level_surprisal(last - 1)) / (v[last] - v[last - 1])
@@ -144,6 +164,95 @@ impl TailTable {
     }
 }
 
+/// Exceedances of the deep tail's threshold: a share this large of the samples (so that the
+/// fit rests on many of them; SPOT uses the same 2 %) ...
+const GPD_SHARE: f64 = 0.02;
+/// ... but never fewer than this many: with fewer samples no deep tail is fitted.
+const GPD_MIN_EXCEEDANCES: usize = 30;
+
+/// The deep tail of a statistic beyond a threshold `u`, as a generalised Pareto distribution
+/// (Pickands–Balkema–de Haan: the excesses over a high threshold of almost any distribution
+/// are near one), fitted to the excesses by probability-weighted moments (Hosking & Wallis,
+/// 1987), as SPOT does (Siffer et al., KDD 2017) with maximum likelihood:
+/// `P(X > x) = level · (1 + shape · (x − u) / scale)^(−1/shape)`.
+///
+/// It errs towards heavy tails, since a line drawn too tight pages people: the shape used is
+/// never below 0, so a bounded tail is never assumed and no line is drawn where the samples
+/// merely ran out; the tail decays at most exponentially, as the statistics (squares of
+/// near-Gaussian quantities) do. (Widening further by one standard error of the shape,
+/// `(1 + shape)/√k`, was measured: on the demo fleet it hid a noise burst, and is not done.)
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Gpd {
+    /// The threshold `u`.
+    pub threshold: f64,
+    /// Share of the samples above it.
+    pub level: f64,
+    /// Scale of the excesses.
+    pub scale: f64,
+    /// Shape used (the estimate, within [0, 1/2]).
+    pub shape: f64,
+    /// The estimate itself, for reports.
+    pub shape_estimate: f64,
+    /// Excesses the fit rests on.
+    pub exceedances: u64,
+}
+
+impl Gpd {
+    /// Fits the tail beyond the top [`GPD_SHARE`] of `sorted` (ascending, finite). `None`
+    /// with fewer than [`GPD_MIN_EXCEEDANCES`] excesses or a degenerate tail (all equal).
+    pub fn fit(sorted: &[f64]) -> Option<Self> {
+        let n = sorted.len();
+        let k = ((n as f64 * GPD_SHARE).round() as usize).max(GPD_MIN_EXCEEDANCES);
+        if k * 5 > n {
+            return None;
+        }
+        let threshold = sorted[n - k - 1];
+        let excess: Vec<f64> = sorted[n - k..].iter().map(|x| x - threshold).collect();
+        let kf = k as f64;
+        // Probability-weighted moments of the excesses (ascending): a0 = E[Y],
+        // a1 = E[Y (1 − F(Y))] with the plotting position (k − i) / (k − 1).
+        let a0 = excess.iter().sum::<f64>() / kf;
+        let a1 = excess
+            .iter()
+            .enumerate()
+            .map(|(i, y)| y * (kf - 1.0 - i as f64) / (kf - 1.0))
+            .sum::<f64>()
+            / kf;
+        let d = a0 - 2.0 * a1;
+        if !(a0 > 0.0 && d > 0.0) {
+            return None;
+        }
+        // Hosking's k is −shape.
+        let estimate = 2.0 - a0 / d;
+        // Never a bounded tail, and at most 1/2 (a tail so heavy that its variance does not
+        // exist is no normal operation). The scale is the one that keeps the mean excess the
+        // data show, `scale / (1 − shape)`: where the shape is clamped, the fitted tail still
+        // agrees with the samples where they are and only decays more slowly beyond them.
+        let shape = estimate.clamp(0.0, 0.5);
+        let scale = a0 * (1.0 - shape);
+        (scale.is_finite() && scale > 0.0 && estimate.is_finite()).then_some(Self {
+            threshold,
+            level: kf / n as f64,
+            scale,
+            shape,
+            shape_estimate: estimate,
+            exceedances: k as u64,
+        })
+    }
+
+    /// −ln of the share of normal readings at least `x` (`x` above the threshold).
+    pub fn surprisal(&self, x: f64) -> f64 {
+        let y = (x - self.threshold).max(0.0) / self.scale;
+        let tail = if self.shape > 1e-9 {
+            (self.shape * y).ln_1p() / self.shape
+        } else {
+            y
+        };
+        -self.level.ln() + tail
+    }
+}
+
 /// Tail tables of both pieces of evidence, one per feature, measured on the training data
 /// when the model was trained; stored in the model's metadata. Per feature, because sensors
 /// differ: a slowly drifting temperature departs from its recent level far more often than a
@@ -157,9 +266,144 @@ pub struct Calibration {
     pub drift: Vec<TailTable>,
     /// Deviation from the device's normal per feature (squared standardised departure).
     pub deviation: Vec<TailTable>,
+    /// Joint deviation over all features (absent in models calibrated before it existed:
+    /// they are judged feature by feature only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joint: Option<Joint>,
     /// The detector settings the tails were measured with; the tails describe the evidence
     /// only under these settings.
     pub measured_with: MeasuredWith,
+}
+
+/// Share of the diagonal mixed into the covariance of the standardised departures before it
+/// is inverted: keeps the precision matrix well conditioned when two sensors moved together
+/// in training (a redundant pair) or the samples were few against the number of features.
+const JOINT_SHRINKAGE: f64 = 0.1;
+
+/// Joint evidence of the deviation from a device's normal: the Mahalanobis distance
+/// `zᵀ P z` of the reading's standardised departures `z` (one per feature, each its smoothed
+/// departure over its own learnt spread), `P` the inverse of their covariance across the
+/// fleet's normal readings. Small departures of several sensors in the same reading add up,
+/// and so do departures that break the way sensors normally move together, which the
+/// per-feature pieces (judged by their largest member) cannot see. Its tail on normal data is
+/// measured like the others.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Joint {
+    /// Inverse of the shrunk covariance of the standardised departures, row-major `F × F`.
+    pub precision: Vec<f64>,
+    /// Tail of the distance on normal data.
+    pub tail: TailTable,
+}
+
+impl Joint {
+    /// Fits the precision matrix and the distance's tail to `n` normal readings' standardised
+    /// departures (`z`, row-major `n × nf`, signed). `None` with fewer than 100 finite rows
+    /// or a covariance that cannot be inverted.
+    pub fn fit(z: &[f64], nf: usize) -> Option<Self> {
+        if nf == 0 {
+            return None;
+        }
+        let rows: Vec<&[f64]> = z
+            .chunks_exact(nf)
+            .filter(|r| r.iter().all(|v| v.is_finite()))
+            .collect();
+        if rows.len() < 100 {
+            return None;
+        }
+        // Second moments about zero: a departure is measured from the device's normal, so a
+        // systematic lean in training belongs in the spread, not subtracted from it.
+        let mut cov = vec![0.0; nf * nf];
+        for r in &rows {
+            for i in 0..nf {
+                for j in 0..nf {
+                    cov[i * nf + j] += r[i] * r[j];
+                }
+            }
+        }
+        let n = rows.len() as f64;
+        for i in 0..nf {
+            for j in 0..nf {
+                let v = cov[i * nf + j] / n;
+                cov[i * nf + j] = if i == j {
+                    v.max(VARIANCE_FLOOR)
+                } else {
+                    (1.0 - JOINT_SHRINKAGE) * v
+                };
+            }
+        }
+        let precision = invert_spd(&cov, nf)?;
+        let mut joint = Self {
+            precision,
+            tail: TailTable {
+                levels: Vec::new(),
+                values: Vec::new(),
+                samples: 0,
+                gpd: None,
+                neg_ln_levels: Vec::new(),
+            },
+        };
+        let mut d: Vec<f64> = rows.iter().map(|r| joint.distance(r)).collect();
+        joint.tail = TailTable::fit(&mut d)?;
+        Some(joint)
+    }
+
+    /// `zᵀ P z`.
+    pub fn distance(&self, z: &[f64]) -> f64 {
+        let nf = z.len();
+        let mut d = 0.0;
+        for i in 0..nf {
+            let row = &self.precision[i * nf..(i + 1) * nf];
+            let pz: f64 = row.iter().zip(z).map(|(p, v)| p * v).sum();
+            d += z[i] * pz;
+        }
+        d.max(0.0)
+    }
+
+    /// Each feature's share of the distance, `|zᵢ (P z)ᵢ|`, into `out` (for the explanation).
+    pub fn parts(&self, z: &[f64], out: &mut [f64]) {
+        let nf = z.len();
+        for i in 0..nf {
+            let row = &self.precision[i * nf..(i + 1) * nf];
+            let pz: f64 = row.iter().zip(z).map(|(p, v)| p * v).sum();
+            out[i] = (z[i] * pz).abs();
+        }
+    }
+}
+
+/// Inverse of a symmetric positive definite `n × n` matrix (row-major) through its Cholesky
+/// factor; `None` when it is not positive definite.
+fn invert_spd(a: &[f64], n: usize) -> Option<Vec<f64>> {
+    // A = L Lᵀ.
+    let mut l = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let s: f64 = (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum();
+            if i == j {
+                let d = a[i * n + i] - s;
+                if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                    return None;
+                }
+                l[i * n + i] = d.sqrt();
+            } else {
+                l[i * n + j] = (a[i * n + j] - s) / l[j * n + j];
+            }
+        }
+    }
+    // A⁻¹ = L⁻ᵀ L⁻¹, column by column: solve L y = eⱼ, then Lᵀ x = y.
+    let mut inv = vec![0.0; n * n];
+    let mut y = vec![0.0; n];
+    for j in 0..n {
+        for i in 0..n {
+            let s: f64 = (0..i).map(|k| l[i * n + k] * y[k]).sum();
+            y[i] = (if i == j { 1.0 } else { 0.0 } - s) / l[i * n + i];
+        }
+        for i in (0..n).rev() {
+            let s: f64 = (i + 1..n).map(|k| l[k * n + i] * inv[k * n + j]).sum();
+            inv[i * n + j] = (y[i] - s) / l[i * n + i];
+        }
+    }
+    Some(inv)
 }
 
 /// Detector settings that shape the evidence's distribution.
@@ -188,6 +432,7 @@ impl Calibration {
             .iter_mut()
             .chain(self.drift.iter_mut())
             .chain(self.deviation.iter_mut())
+            .chain(self.joint.iter_mut().map(|j| &mut j.tail))
         {
             t.prepare();
         }
@@ -377,17 +622,20 @@ impl Deviation<'_> {
     }
 
     /// Moves the baseline towards reading `x` and (after learning) the spread towards the
-    /// current departure — only while the device is healthy (no alarm raised, reading not over
-    /// the line): a fault that persists is never learnt as normal. (An alarm that lasts ends
-    /// through [`AlarmPolicy`]'s settle rule or maximum duration, after which the engine
-    /// restarts the baseline where the device settled.)
-    pub fn adapt(&mut self, set: &DetectSettings, warmup: u32, n: u32, x: &[f32], healthy: bool) {
-        if !healthy {
+    /// current departure, in proportion to how healthy the reading is (`weight`, from
+    /// [`health_weight`]): fully while it is quiet, not at all once it is over the line or the
+    /// device is alarmed, and partly in between. A fault that persists is never learnt as
+    /// normal, and the onset of one passes the in-between band too fast to be learnt, while a
+    /// device whose normal moves slowly spends long enough there to be followed. (An alarm
+    /// that lasts ends through [`AlarmPolicy`]'s settle rule or maximum duration, after
+    /// which the engine restarts the baseline where the device settled.)
+    pub fn adapt(&mut self, set: &DetectSettings, warmup: u32, n: u32, x: &[f32], weight: f64) {
+        if weight <= 0.0 {
             return;
         }
         let nf = x.len();
         let window = set.baseline_window.max(1) as f64;
-        let alpha = 1.0 / ((n as f64) + 1.0).min(window);
+        let alpha = weight / ((n as f64) + 1.0).min(window);
         let learnt = n >= warmup.saturating_add(set.learning);
         let (base, rest) = self.state.split_at_mut(nf);
         let (ewm, var) = rest.split_at_mut(nf);
@@ -397,10 +645,24 @@ impl Deviation<'_> {
             if learnt {
                 let v = (var[f] as f64).max(VARIANCE_FLOOR);
                 let e2 = (ewm[f] as f64).powi(2).min(VARIANCE_CAP * v);
-                var[f] = (v + (e2 - v) / window) as f32;
+                var[f] = (v + weight * (e2 - v) / window) as f32;
             }
         }
     }
+}
+
+/// How far a reading with p-value `p` counts as healthy for the baselines: 0 while the device
+/// is alarmed or the reading is over the line (`p ≤ rate`), 1 once it is quiet
+/// (`p > rate · clear_factor`), and in between log-linearly in `p`.
+pub fn health_weight(alarmed: bool, p: f64, rate: f64, clear_factor: f64) -> f64 {
+    if alarmed || p <= rate {
+        return 0.0;
+    }
+    let quiet = rate * clear_factor;
+    if p > quiet || clear_factor <= 1.0 {
+        return 1.0;
+    }
+    ((p / rate).ln() / clear_factor.ln()).clamp(0.0, 1.0)
 }
 
 /// What the alarm policy did at a reading.
@@ -438,8 +700,9 @@ pub struct AlarmState {
     pub last_loud: i64,
     /// Highest score since the alarm (or its run) started.
     pub peak: f32,
-    /// Highest surprisal (−ln p-value) since the alarm (or its run) started.
-    pub peak_surprisal: f32,
+    /// Highest settle level (the device's distance from its normal, see
+    /// [`AlarmPolicy::step`]) since the alarm (or its run) started.
+    pub peak_level: f32,
     /// Readings since the alarm was raised.
     pub held: u32,
 }
@@ -459,33 +722,27 @@ pub struct AlarmPolicy {
 }
 
 impl AlarmPolicy {
-    /// Folds in one reading at time `ts` judged `j`, with `surprisal` −ln of its p-value. While an alarm is raised, a reading also counts as
-    /// quiet when its surprisal has fallen below `settle_fraction` of the alarm's peak (the
+    /// Folds in one reading at time `ts` judged `j`, with `level` how far the device is from
+    /// its normal (a non-negative statistic). While an alarm is raised, a reading also counts
+    /// as quiet when its level has fallen below `settle_fraction` of the alarm's peak (the
     /// condition that raised it is over, though the device may have settled elsewhere).
-    pub fn step(
-        &self,
-        s: &mut AlarmState,
-        ts: i64,
-        j: Judgement,
-        score: f32,
-        surprisal: f64,
-    ) -> Edge {
+    pub fn step(&self, s: &mut AlarmState, ts: i64, j: Judgement, score: f32, level: f64) -> Edge {
         let Judgement {
             over,
             extreme,
             quiet,
         } = j;
-        let surprisal = surprisal as f32;
+        let level = level as f32;
         if !s.active {
             if over {
                 if s.over_run == 0 {
                     s.start = ts;
                     s.peak = 0.0;
-                    s.peak_surprisal = 0.0;
+                    s.peak_level = 0.0;
                 }
                 s.over_run += 1;
                 s.peak = s.peak.max(score);
-                s.peak_surprisal = s.peak_surprisal.max(surprisal);
+                s.peak_level = s.peak_level.max(level);
                 s.last_loud = ts;
                 if extreme || s.over_run >= self.min_duration.max(1) {
                     s.active = true;
@@ -500,7 +757,7 @@ impl AlarmPolicy {
             return Edge::None;
         }
         s.peak = s.peak.max(score);
-        s.peak_surprisal = s.peak_surprisal.max(surprisal);
+        s.peak_level = s.peak_level.max(level);
         s.held = s.held.saturating_add(1);
         if self.max_alarm > 0 && s.held >= self.max_alarm {
             // Held for the longest an alarm may last: the device's state is its new normal.
@@ -511,7 +768,7 @@ impl AlarmPolicy {
                 end: ts,
             };
         }
-        let settled = (surprisal as f64) < self.settle_fraction * s.peak_surprisal as f64;
+        let settled = (level as f64) < self.settle_fraction * s.peak_level as f64;
         if quiet || settled {
             s.quiet_run += 1;
             if s.quiet_run >= self.cooldown.max(1) {
@@ -674,8 +931,8 @@ mod tests {
             max_alarm: 0,
         };
         let mut s = AlarmState::default();
-        // Raised by readings of surprisal 50, then the device sits at surprisal 9 (still over
-        // a line at, say, 7): under a fifth of the peak, so it clears after the cool-down.
+        // Raised by readings at level 50, then the device sits at level 9 (still over a line
+        // at, say, 7): under a fifth of the peak, so it clears after the cool-down.
         let mut edges = Vec::new();
         for (t, sur) in [50.0, 50.0, 40.0, 9.0, 9.0, 9.0, 9.0].iter().enumerate() {
             let e = p.step(
@@ -726,6 +983,7 @@ mod tests {
             .collect();
         let t = TailTable::fit(&mut s).expect("enough samples");
         assert!(t.levels.len() >= 10);
+        assert!(t.gpd.is_some(), "a deep tail");
         for (l, v) in t.levels.iter().zip(&t.values) {
             let p = t.survival(*v);
             assert!((p / l - 1.0).abs() < 1e-9, "{v}: {p} vs {l}");
@@ -738,9 +996,9 @@ mod tests {
             assert!(p <= last && p > 0.0, "monotone and positive");
             last = p;
         }
-        // Extrapolated far tail is close to the true exp(−x/2).
+        // The far tail, beyond every sample, is near the true exp(−x/2) = 3e-7, a little wide.
         let p = t.survival(30.0);
-        assert!(p < 1e-5 && p > 1e-8, "{p}");
+        assert!(p < 1e-5 && p > 3e-7, "{p}");
         assert!(TailTable::fit(&mut vec![1.0; 99]).is_none());
     }
 
@@ -788,10 +1046,10 @@ mod tests {
                     pv > set.false_alarm_rate * set.clear_factor,
                 ),
                 (1.0 - pv) as f32,
-                -pv.max(f64::MIN_POSITIVE).ln(),
+                s.stat.unwrap_or(0.0),
             );
-            let healthy = !alarm.active && pv > set.false_alarm_rate;
-            d.adapt(&set, warmup, n, &x, healthy);
+            let weight = health_weight(alarm.active, pv, set.false_alarm_rate, set.clear_factor);
+            d.adapt(&set, warmup, n, &x, weight);
             active.push(alarm.active);
         }
         let during = active[800..1200].iter().filter(|a| **a).count();
@@ -811,6 +1069,121 @@ mod tests {
             mid_fault[1] > 10.0 * mid_fault[0].abs(),
             "departures mid-fault: {mid_fault:?}"
         );
+    }
+
+    /// A deterministic standard normal from a low-discrepancy sequence (Box–Muller).
+    fn normal(i: u64) -> f64 {
+        let u1 = ((i as f64 + 0.5) * 0.618_033_988_749_895)
+            .fract()
+            .max(1e-12);
+        let u2 = ((i as f64 + 0.5) * 0.754_877_666_246_693).fract();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    #[test]
+    fn the_spd_inverse_is_an_inverse() {
+        let a = [4.0, 1.0, 0.5, 1.0, 3.0, 0.2, 0.5, 0.2, 2.0];
+        let inv = invert_spd(&a, 3).expect("positive definite");
+        for i in 0..3 {
+            for j in 0..3 {
+                let v: f64 = (0..3).map(|k| a[i * 3 + k] * inv[k * 3 + j]).sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((v - want).abs() < 1e-12, "({i},{j}) = {v}");
+            }
+        }
+        assert!(invert_spd(&[1.0, 2.0, 2.0, 1.0], 2).is_none(), "indefinite");
+    }
+
+    #[test]
+    fn the_joint_distance_adds_up_small_shifts_and_sees_broken_correlations() {
+        // Two sensors that move together (correlation 0.9) and a third on its own.
+        let n = 20_000u64;
+        let mut z = Vec::new();
+        for i in 0..n {
+            let (a, b, c) = (normal(3 * i), normal(3 * i + 1), normal(3 * i + 2));
+            z.extend([a, 0.9 * a + (1.0f64 - 0.81).sqrt() * b, c]);
+        }
+        let j = Joint::fit(&z, 3).expect("enough rows");
+        // On normal rows the distance is about χ²₃, a little less (≈ 2.6) because the
+        // shrinkage weakens the pair's correlation; its tail is measured, not assumed.
+        let mean: f64 = z.chunks(3).map(|r| j.distance(r)).sum::<f64>() / n as f64;
+        assert!((2.2..3.1).contains(&mean), "mean distance {mean}");
+        // Every sensor 1.5σ off, the way the pair moves together: no single one is far out,
+        // together they are.
+        let together = [1.5, 1.5, 1.5];
+        assert!(j.tail.survival(j.distance(&together)) < 0.01);
+        // The pair moving against each other by 1.5σ is far rarer than the same sizes in step.
+        let against = [1.5, -1.5, 0.0];
+        let in_step = [1.5, 1.5, 0.0];
+        assert!(j.distance(&against) > 5.0 * j.distance(&in_step));
+        // The explanation names the moved sensors.
+        let mut parts = [0.0; 3];
+        j.parts(&against, &mut parts);
+        assert!(
+            parts[0] > 0.0 && parts[1] > 0.0 && parts[2] == 0.0,
+            "{parts:?}"
+        );
+        assert!(Joint::fit(&z[..99 * 3], 3).is_none(), "too few rows");
+    }
+
+    #[test]
+    fn the_deep_tail_keeps_its_promise_beyond_the_samples() {
+        // Exponential samples (the tail of a squared Gaussian statistic): the fitted deep tail
+        // must not be lighter than the truth where no sample reaches.
+        let mut s: Vec<f64> = (0..50_000)
+            .map(|i| {
+                -((i as f64 + 0.5) * 0.618_033_988_75)
+                    .fract()
+                    .max(1e-15)
+                    .ln()
+            })
+            .collect();
+        let t = TailTable::fit(&mut s).expect("enough samples");
+        let g = t.gpd.as_ref().expect("deep tail fitted");
+        assert_eq!(g.exceedances, 1000);
+        assert!(
+            g.shape_estimate.abs() < 0.1,
+            "exponential: shape ≈ 0, {g:?}"
+        );
+        for p in [1e-4, 1e-6, 1e-9] {
+            let x = -f64::ln(p); // true quantile
+            let got = t.survival(x);
+            assert!(
+                got >= 0.7 * p,
+                "at p = {p}: {got} promises more than the truth"
+            );
+            // Wide, but the line it draws for p lies within 1.5 × the true one.
+            assert!(
+                t.survival(1.5 * x) < p,
+                "at p = {p}: the line is needlessly far out"
+            );
+        }
+        // Heavy-tailed samples (Pareto, shape 0.3): an exponential extrapolation would promise
+        // far too much; the fit does not.
+        let mut h: Vec<f64> = (0..50_000)
+            .map(|i| {
+                let u = ((i as f64 + 0.5) * 0.618_033_988_75).fract().max(1e-15);
+                (u.powf(-0.3) - 1.0) / 0.3
+            })
+            .collect();
+        let t = TailTable::fit(&mut h).expect("enough samples");
+        for p in [1e-4f64, 1e-6] {
+            let x = (p.powf(-0.3) - 1.0) / 0.3;
+            let got = t.survival(x);
+            assert!(got >= 0.5 * p && got < 20.0 * p, "at p = {p}: {got}");
+        }
+        // Few samples: no deep tail fitted, the table alone.
+        let mut few: Vec<f64> = s[..120].to_vec();
+        assert!(TailTable::fit(&mut few).expect("a table").gpd.is_none());
+    }
+
+    #[test]
+    fn the_baseline_learns_from_quiet_readings_partly_from_doubtful_ones_never_from_alarms() {
+        assert_eq!(health_weight(false, 0.5, 0.001, 10.0), 1.0);
+        assert_eq!(health_weight(false, 0.001, 0.001, 10.0), 0.0);
+        assert_eq!(health_weight(true, 0.5, 0.001, 10.0), 0.0);
+        let mid = health_weight(false, 0.001 * 10f64.sqrt(), 0.001, 10.0);
+        assert!((mid - 0.5).abs() < 1e-12, "{mid}");
     }
 
     #[test]

@@ -122,6 +122,15 @@ impl InferenceModel {
                 c.deviation.len()
             ));
         }
+        if let Some(j) = self.calibration.as_ref().and_then(|c| c.joint.as_ref())
+            && (j.precision.len() != f * f || j.precision.iter().any(|v| !v.is_finite()))
+        {
+            return Err(format!(
+                "the joint deviation's precision matrix has {} entries for {f} features (want {}, all finite)",
+                j.precision.len(),
+                f * f
+            ));
+        }
         if f == 0 || self.mean.len() != f || self.std.len() != f {
             return Err("normalisation statistics do not match the features".into());
         }
@@ -214,10 +223,14 @@ pub struct Scored {
     /// Anomaly score in [0, 1]: one minus the reading's p-value, the share of normal readings
     /// at least as extreme (0 before the device is warm).
     pub score: f64,
+    /// −ln of the reading's p-value: the same judgement as `score` without its saturation
+    /// at 1 (where `score` rounds to 1, this still ranks readings by how unlikely they are).
+    pub surprisal: f64,
     /// Gaussian tail score of the forecast residuals alone, in [0, 1] (0 when there was no
     /// earlier forecast).
     pub forecast_score: f64,
-    /// One minus the p-value of the deviation from the device's normal (0 while it learns).
+    /// One minus the p-value of the deviation from the device's normal, feature by feature
+    /// (0 while it learns).
     pub deviation_score: f64,
     /// Anomaly likelihood in [0, 1] (0 during warm-up).
     pub likelihood: f64,
@@ -435,6 +448,9 @@ pub struct Engine {
     // Per-feature surprisals of each piece of evidence (scratch).
     s_fc: Vec<f64>,
     s_dev: Vec<f64>,
+    // Standardised departures and their shares of the joint deviation (detect::Joint).
+    zjoint: Vec<f64>,
+    s_joint: Vec<f64>,
     s_dr: Vec<f64>,
     znear: Vec<f64>,
     qdrift: Vec<f64>,
@@ -467,6 +483,8 @@ impl Engine {
             parts: Vec::new(),
             s_fc: Vec::new(),
             s_dev: Vec::new(),
+            zjoint: Vec::new(),
+            s_joint: Vec::new(),
             s_dr: Vec::new(),
             znear: Vec::new(),
             qdrift: Vec::new(),
@@ -828,6 +846,8 @@ impl Engine {
             self.s_fc.resize(nf, 0.0);
             self.s_dev.clear();
             self.s_dev.resize(nf, 0.0);
+            self.s_joint.clear();
+            self.s_joint.resize(nf, 0.0);
             self.s_dr.clear();
             self.s_dr.resize(nf, 0.0);
             self.znear.clear();
@@ -928,6 +948,8 @@ impl Engine {
             self.parts.resize(nf, 0.0);
             let mut p_deviation = None;
             let mut deviation_stat = None;
+            let mut p_joint = None;
+            let mut joint_stat = None;
             if seen == 0 {
                 Deviation {
                     state: &mut self.slots.dev[dev_range.clone()],
@@ -945,6 +967,15 @@ impl Engine {
                         &self.parts,
                         &mut self.s_dev,
                     ));
+                    if let Some(joint) = model.calibration.as_ref().and_then(|c| c.joint.as_ref()) {
+                        self.zjoint.clear();
+                        self.zjoint
+                            .extend(self.parts.iter().map(|q| q.abs().sqrt().copysign(*q)));
+                        joint.parts(&self.zjoint, &mut self.s_joint);
+                        let d = joint.distance(&self.zjoint);
+                        joint_stat = Some(d);
+                        p_joint = Some(joint.tail.survival(d));
+                    }
                 }
             }
             // The evidence itself, for calibration in training (NaN: not available).
@@ -958,18 +989,20 @@ impl Engine {
                 ev[f] = fc;
                 ev[nf + f] = dr;
                 ev[2 * nf + f] = if p_deviation.is_some() {
-                    self.parts[f].abs() as f32
+                    self.parts[f] as f32
                 } else {
                     f32::NAN
                 };
             }
-            let (p_forecast, p_drift, p_deviation) = match set.evidence {
-                crate::config::Evidence::All => (p_forecast, p_drift, p_deviation),
-                crate::config::Evidence::Forecast => (p_forecast, None, None),
-                crate::config::Evidence::Drift => (None, p_drift, None),
-                crate::config::Evidence::Deviation => (None, None, p_deviation),
+            use crate::config::Evidence;
+            let (p_forecast, p_drift, p_deviation, p_joint) = match set.evidence {
+                Evidence::All => (p_forecast, p_drift, p_deviation, p_joint),
+                Evidence::Forecast => (p_forecast, None, None, None),
+                Evidence::Drift => (None, p_drift, None, None),
+                Evidence::Deviation => (None, None, p_deviation, None),
+                Evidence::Joint => (None, None, None, p_joint),
             };
-            let p = detect::combine(&[p_forecast, p_drift, p_deviation]);
+            let p = detect::combine(&[p_forecast, p_drift, p_deviation, p_joint]);
             let score = 1.0 - p;
             let deviation_score = p_deviation.map_or(0.0, |q| 1.0 - q);
             let rate = self.slots.rate[slot] as f64;
@@ -982,6 +1015,7 @@ impl Engine {
                 (p_forecast, &self.s_fc, &self.zbuf),
                 (p_drift, &self.s_dr, &self.qdrift),
                 (p_deviation, &self.s_dev, &self.parts),
+                (p_joint, &self.s_joint, &self.parts),
             ]
             .into_iter()
             .filter_map(|(p, pf, dir)| p.map(|p| (p, pf, dir)))
@@ -1005,15 +1039,18 @@ impl Engine {
             };
             let alarm = &mut self.slots.alarm[slot];
             let was_active = alarm.active;
-            // The settle rule compares levels: the deviation's surprisal where it is judged
-            // (an onset's forecast surprise is no yardstick for how far the level moved).
-            let surprisal = -p_deviation.unwrap_or(p).max(f64::MIN_POSITIVE).ln();
+            // The settle rule compares how far the device is from its normal: the joint
+            // distance, or the largest standardised departure, in the statistic's own units
+            // (an onset's forecast surprise is no yardstick for how far the level moved, and
+            // a p-value's logarithm depends on the shape of the fitted tail). 0 while the
+            // device learns: no settling then.
+            let level = joint_stat.or(deviation_stat).unwrap_or(0.0);
             let edge = policy.step(
                 alarm,
                 batch[it.index].ts,
                 detect::Judgement::new(over_line, p <= rate * rate, quiet),
                 score as f32,
-                surprisal,
+                level,
             );
             if matches!(edge, Edge::Cleared { .. }) && !quiet && seen > 0 {
                 // Cleared because the condition settled, not because the device came back:
@@ -1053,7 +1090,7 @@ impl Engine {
                 }
                 Edge::None => {}
             }
-            let healthy = !is_anomaly && !over_line;
+            let healthy = detect::health_weight(is_anomaly, p, rate, set.clear_factor);
             if seen > 0 {
                 Deviation {
                     state: &mut self.slots.dev[dev_range],
@@ -1113,6 +1150,7 @@ impl Engine {
             }
             out.outcomes[it.index] = Outcome::Scored(Scored {
                 score,
+                surprisal: -p.max(f64::MIN_POSITIVE).ln(),
                 forecast_score,
                 deviation_score,
                 likelihood,

@@ -245,7 +245,7 @@ impl Engine {
         w.u32(a.quiet_run);
         w.i64(a.start);
         w.i64(a.last_loud);
-        w.f32s(&[a.peak, a.peak_surprisal]);
+        w.f32s(&[a.peak, a.peak_level]);
         w.u32(a.held);
         w.i64(sl.last_ts[slot]);
         w.u32(sl.count[slot]);
@@ -379,7 +379,7 @@ impl Engine {
             start,
             last_loud,
             peak: peaks[0],
-            peak_surprisal: peaks[1],
+            peak_level: peaks[1],
             held,
         };
         sl.last_ts[slot] = r.i64();

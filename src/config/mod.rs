@@ -673,7 +673,8 @@ pub struct AnomalyConfig {
     pub baseline_window: u32,
     /// Readings in the short average of a reading's departure from the baseline.
     pub smoothing_window: u32,
-    /// Which evidence readings are judged on: `all`, `forecast`, `drift` or `deviation`.
+    /// Which evidence readings are judged on: `all`, `forecast`, `drift`, `deviation` or
+    /// `joint`.
     pub evidence: Evidence,
     /// Readings in the short average of signed one-step residuals (drift evidence).
     pub drift_window: u32,

@@ -596,7 +596,47 @@ pub fn validation_report(meta: &ModelMeta) -> String {
     for (f, mae) in meta.features.iter().zip(&v.mae_by_feature) {
         s.push_str(&format!(" {f}={mae:.4}"));
     }
+    s.push_str(&tails_report(meta.anomaly.as_ref()));
     s
+}
+
+/// What the anomaly thresholds rest on: per piece of evidence, the fewest normal readings
+/// behind one feature's tail, and how many of them the fitted deep tail rests on.
+fn tails_report(calibration: Option<&crate::engine::detect::Calibration>) -> String {
+    use crate::engine::detect::TailTable;
+    let Some(c) = calibration else {
+        return "\n  anomaly thresholds: not measured (too few readings); Gaussian tails assumed"
+            .into();
+    };
+    let piece = |name: &str, tables: &[&TailTable]| {
+        let samples = tables.iter().map(|t| t.samples).min().unwrap_or(0);
+        let deep = tables
+            .iter()
+            .map(|t| t.gpd.as_ref().map_or(0, |g| g.exceedances))
+            .min()
+            .unwrap_or(0);
+        if deep > 0 {
+            format!("{name} {samples} ({deep} in the deep tail)")
+        } else {
+            format!("{name} {samples} (no deep tail: too few)")
+        }
+    };
+    fn refs(v: &[TailTable]) -> Vec<&TailTable> {
+        v.iter().collect()
+    }
+    let mut parts = vec![
+        piece("forecast", &refs(&c.forecast)),
+        piece("drift", &refs(&c.drift)),
+        piece("deviation", &refs(&c.deviation)),
+    ];
+    match &c.joint {
+        Some(j) => parts.push(piece("joint", &[&j.tail])),
+        None => parts.push("joint: not measured".into()),
+    }
+    format!(
+        "\n  anomaly thresholds rest on (normal readings per feature's tail): {}",
+        parts.join(", ")
+    )
 }
 
 /// Output file kinds of `replay`.

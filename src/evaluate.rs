@@ -245,18 +245,16 @@ pub fn average_precision(
         return None;
     }
     rows.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let (mut tp, mut seen, mut ap) = (0usize, 0usize, 0.0);
+    let (mut tp, mut ap) = (0usize, 0.0);
     let mut i = 0;
     while i < rows.len() {
-        // One threshold per distinct key.
+        // One threshold per distinct key: rows[..j] are flagged.
         let j = i + rows[i..].iter().take_while(|r| r.0 == rows[i].0).count();
         let new_tp = rows[i..j].iter().filter(|r| r.1).count();
         tp += new_tp;
-        seen = j;
-        ap += new_tp as f64 / positives as f64 * (tp as f64 / seen as f64);
+        ap += new_tp as f64 / positives as f64 * (tp as f64 / j as f64);
         i = j;
     }
-    debug_assert_eq!(seen, rows.len());
     Some(ap)
 }
 

@@ -360,14 +360,18 @@ impl Joint {
         d.max(0.0)
     }
 
-    /// Each feature's share of the distance, `|zᵢ (P z)ᵢ|`, into `out` (for the explanation).
-    pub fn parts(&self, z: &[f64], out: &mut [f64]) {
+    /// The distance, as [`Self::distance`], with each feature's share of it, `|zᵢ (P z)ᵢ|`,
+    /// written into `out` (for the explanation) in the same pass.
+    pub fn parts(&self, z: &[f64], out: &mut [f64]) -> f64 {
         let nf = z.len();
+        let mut d = 0.0;
         for i in 0..nf {
             let row = &self.precision[i * nf..(i + 1) * nf];
             let pz: f64 = row.iter().zip(z).map(|(p, v)| p * v).sum();
+            d += z[i] * pz;
             out[i] = (z[i] * pz).abs();
         }
+        d.max(0.0)
     }
 }
 
@@ -1118,7 +1122,7 @@ mod tests {
         assert!(j.distance(&against) > 5.0 * j.distance(&in_step));
         // The explanation names the moved sensors.
         let mut parts = [0.0; 3];
-        j.parts(&against, &mut parts);
+        assert_eq!(j.parts(&against, &mut parts), j.distance(&against));
         assert!(
             parts[0] > 0.0 && parts[1] > 0.0 && parts[2] == 0.0,
             "{parts:?}"

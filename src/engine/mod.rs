@@ -971,8 +971,7 @@ impl Engine {
                         self.zjoint.clear();
                         self.zjoint
                             .extend(self.parts.iter().map(|q| q.abs().sqrt().copysign(*q)));
-                        joint.parts(&self.zjoint, &mut self.s_joint);
-                        let d = joint.distance(&self.zjoint);
+                        let d = joint.parts(&self.zjoint, &mut self.s_joint);
                         joint_stat = Some(d);
                         p_joint = Some(joint.tail.survival(d));
                     }

@@ -346,6 +346,7 @@ pub fn run_retrain(
     // own (a model without them falls back to Gaussian tails, which would make the detection
     // comparison unfair).
     challenger.set_calibration(meta.anomaly.clone());
+    challenger.longest_flat_ns = meta.longest_flat_ns.clone();
     let challenger = Arc::new(challenger);
     let score = |m: Arc<crate::engine::InferenceModel>| {
         crate::train::holdout(m, cfg, stream, &h.readings, split)

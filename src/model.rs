@@ -112,6 +112,7 @@ impl Forecaster {
             stack: LstmStack::new(layers)?,
             head: PackedMatrix::new(arch.hidden, arch.head_width(), &head_w, &head_b),
             calibration: None,
+            longest_flat_ns: None,
         };
         model.validate()?;
         Ok(model)

@@ -283,40 +283,82 @@ impl<'a> PointFormat<'a> {
         out.push_str(ts);
         out.push('\n');
         points += 1;
-        match scored.edge {
-            Edge::None => {}
-            Edge::Raised { start } | Edge::Cleared { start, .. } => {
-                // One point per alarm, at its start: raised, then overwritten when it clears.
-                out.push_str("anomaly_event");
-                out.push_str(&series);
-                out.push_str(" active=");
-                push_bool(out, matches!(scored.edge, Edge::Raised { .. }));
-                out.push_str(",start=");
-                push_i64(out, start);
-                out.push_str("i,");
-                if let Edge::Cleared { end, .. } = scored.edge {
-                    out.push_str("end=");
-                    push_i64(out, end);
-                    out.push_str("i,duration_s=");
-                    push_f64(out, (end - start) as f64 / 1e9);
-                    out.push(',');
-                }
-                out.push_str("peak_score=");
-                push_f32(out, scored.peak);
-                out.push_str(",top_fields=");
-                push_str_field(out, &self.explain(batch.event_contributions(i), 3));
-                for (key, c) in self.contrib_keys.iter().zip(batch.event_contributions(i)) {
-                    out.push_str(key);
-                    push_f32(out, *c);
-                }
-                out.push_str(&self.model_field);
-                out.push(' ');
-                push_i64(out, start);
-                out.push('\n');
-                points += 1;
-            }
+        if scored.edge != Edge::None {
+            let contrib = batch.event_contributions(i);
+            let event = Event {
+                kind: "anomaly",
+                edge: scored.edge,
+                peak: Some(scored.peak),
+                top_fields: &self.explain(contrib, 3),
+                contributions: contrib,
+            };
+            self.write_event(out, &series, &event);
+            points += 1;
+        }
+        if scored.stuck_edge != Edge::None {
+            let event = Event {
+                kind: "stuck",
+                edge: scored.stuck_edge,
+                peak: None,
+                top_fields: &self.flat_fields(scored.stuck_features),
+                contributions: &[],
+            };
+            self.write_event(out, &series, &event);
+            points += 1;
         }
         points
+    }
+
+    /// Appends an alarm's `anomaly_event` point. One point per alarm, at its start: written
+    /// when it is raised, and overwritten when it clears.
+    fn write_event(&self, out: &mut String, series: &str, e: &Event<'_>) {
+        let (Edge::Raised { start } | Edge::Cleared { start, .. }) = e.edge else {
+            return;
+        };
+        out.push_str("anomaly_event");
+        out.push_str(series);
+        out.push_str(",kind=");
+        out.push_str(e.kind);
+        out.push_str(" active=");
+        push_bool(out, matches!(e.edge, Edge::Raised { .. }));
+        out.push_str(",start=");
+        push_i64(out, start);
+        out.push('i');
+        if let Edge::Cleared { end, .. } = e.edge {
+            out.push_str(",end=");
+            push_i64(out, end);
+            out.push_str("i,duration_s=");
+            push_f64(out, (end - start) as f64 / 1e9);
+        }
+        if let Some(peak) = e.peak {
+            out.push_str(",peak_score=");
+            push_f32(out, peak);
+        }
+        out.push_str(",top_fields=");
+        push_str_field(out, e.top_fields);
+        for (key, c) in self.contrib_keys.iter().zip(e.contributions) {
+            out.push_str(key);
+            push_f32(out, *c);
+        }
+        out.push_str(&self.model_field);
+        out.push(' ');
+        push_i64(out, start);
+        out.push('\n');
+    }
+
+    /// The features of a stuck-sensor alarm (bit mask): `"pressure flat, flow flat"`.
+    pub fn flat_fields(&self, mask: u64) -> String {
+        let mut s = String::new();
+        for (f, name) in self.features.iter().enumerate().take(64) {
+            if mask & (1u64 << f) != 0 {
+                if !s.is_empty() {
+                    s.push_str(", ");
+                }
+                s.push_str(name);
+                s.push_str(" flat");
+            }
+        }
+        s
     }
 
     /// The features that contributed most, largest first, with their direction:
@@ -415,6 +457,18 @@ impl<'a> PointFormat<'a> {
     }
 }
 
+/// An alarm's edge, to be written as an `anomaly_event` point.
+struct Event<'a> {
+    /// The `kind` tag: `anomaly` (the detector's alarm) or `stuck` (a stuck sensor).
+    kind: &'static str,
+    edge: Edge,
+    /// Highest score of the alarm (anomaly alarms).
+    peak: Option<f32>,
+    top_fields: &'a str,
+    /// `contrib_<feature>` fields (none for stuck sensors).
+    contributions: &'a [f32],
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,6 +491,8 @@ mod tests {
             top_feature: 1,
             step_ns: 60_000_000_000,
             cold: false,
+            stuck_edge: Edge::None,
+            stuck_features: 0,
         }
     }
 

@@ -150,6 +150,11 @@ pub struct ModelMeta {
     /// it existed: Gaussian tails are then assumed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<crate::engine::detect::Calibration>,
+    /// Per feature, the longest time (ns) a device's reading held one value in the training
+    /// history: what flat looks like for stuck-sensor alarms (absent in models trained before
+    /// them: no such alarms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longest_flat_ns: Option<Vec<i64>>,
     /// The champion/challenger decision that published it (`sensorcast retrain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
@@ -620,6 +625,7 @@ impl Registry {
             });
         }
         inference.set_calibration(meta.anomaly.clone());
+        inference.longest_flat_ns = meta.longest_flat_ns.clone();
         Ok(LoadedModel {
             meta,
             model,
@@ -705,6 +711,7 @@ mod tests {
                 judged: None,
             },
             anomaly: None,
+            longest_flat_ns: None,
             decision: None,
         }
     }

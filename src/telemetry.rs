@@ -65,6 +65,10 @@ pub struct Metrics {
     pub alarms_raised: Family<Labels, Counter>,
     /// Alarms raised and not yet cleared, by stream.
     pub alarms_active: Family<Labels, Gauge>,
+    /// Stuck-sensor alarms raised, by stream.
+    pub stuck_raised: Family<Labels, Counter>,
+    /// Devices with a stuck-sensor alarm raised now, by stream.
+    pub stuck_active: Family<Labels, Gauge>,
     /// 1 for the model version in use, by stream and version.
     pub model_version: Family<Labels, Gauge>,
     /// 1 while consumption is paused for backpressure.
@@ -138,6 +142,8 @@ impl Metrics {
             devices: Family::default(),
             alarms_raised: Family::default(),
             alarms_active: Family::default(),
+            stuck_raised: Family::default(),
+            stuck_active: Family::default(),
             model_version: Family::default(),
             paused: Gauge::default(),
             checkpoints_written: Family::default(),
@@ -221,6 +227,16 @@ impl Metrics {
             "alarms_active",
             "Devices with an anomaly alarm raised now",
             m.alarms_active.clone(),
+        );
+        registry.register(
+            "stuck_alarms_raised",
+            "Stuck-sensor alarms raised (a feature flat far longer than in training)",
+            m.stuck_raised.clone(),
+        );
+        registry.register(
+            "stuck_alarms_active",
+            "Devices with a stuck-sensor alarm raised now",
+            m.stuck_active.clone(),
         );
         registry.register(
             "model_version",

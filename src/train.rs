@@ -550,6 +550,13 @@ pub fn train(
         },
         validation,
         anomaly,
+        longest_flat_ns: Some(crate::engine::stuck::longest_flat(
+            &series
+                .iter()
+                .map(|s| s.readings.as_slice())
+                .collect::<Vec<_>>(),
+            nf,
+        )),
         decision: None,
     };
     Ok(Trained {

@@ -119,7 +119,7 @@ fn schema() -> BTreeMap<&'static str, Measurement> {
         (
             "anomaly_event",
             Measurement {
-                tags: device,
+                tags: tags(&["stream", "device", "kind"]),
                 fields: fields(
                     &[
                         ("active", Type::Bool),
@@ -416,6 +416,8 @@ fn check_names(q: &Query, schema: &BTreeMap<&'static str, Measurement>) -> Strin
                 None
             };
             let types: Vec<(String, Type)> = match t {
+                // InfluxQL returns a tag beside the fields a query reads, outside functions.
+                Tok::Quoted(k) if func.is_none() && m.tags.contains(k) => continue,
                 Tok::Quoted(f) => vec![(f.clone(), field(f))],
                 Tok::Regex(re) => {
                     let matched = regex_fields(re, m);
@@ -805,7 +807,14 @@ fn expected_columns(place: &Place) -> Option<(Vec<String>, Option<usize>)> {
             ("Top features (contributions)", "A") => (contrib("mean"), Some(1)),
             ("Latest contributions", "A") => (contrib("last"), Some(1)),
             ("Alarms of the device", "A") => (
-                cols(&["time", "active", "peak_score", "duration_s", "top_fields"]),
+                cols(&[
+                    "time",
+                    "active",
+                    "kind",
+                    "peak_score",
+                    "duration_s",
+                    "top_fields",
+                ]),
                 Some(1),
             ),
             ("Devices ranked by anomaly likelihood", "A") => {

@@ -1919,3 +1919,99 @@ fn serve_retrains_on_its_schedule_and_swaps_the_result_in() {
     assert!(d["challenger_over_line"].is_number(), "{d}");
     assert_eq!(serve.terminate(), 0);
 }
+
+/// A stuck sensor: one device's pressure holds one value for 40 readings while its other
+/// readings move. serve raises an alarm of its own kind (`anomaly_event,kind=stuck`), from
+/// the first flat reading to the last, and clears it when the value moves again; the other
+/// device raises none.
+#[test]
+fn a_stuck_sensor_raises_an_alarm_of_its_own_kind_through_serve() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx::start();
+    let (topic, group) = (unique("stuck"), unique("g-stuck"));
+    create_topics(&brokers, &[(&topic, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
+    let serve = Serve::start(&cfg, dir.path(), port);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("producer");
+    let t0 = chrono::Utc::now().timestamp_millis() - 200_000;
+    let (readings, flat) = (120i64, 40..80i64);
+    for i in 0..readings {
+        for d in 0..2i64 {
+            let wave = |k: f64| ((i as f64) * 0.3 + d as f64 + k).sin();
+            let pressure = if d == 1 && flat.contains(&i) {
+                4.25
+            } else {
+                5.0 + 0.5 * wave(3.0)
+            };
+            let payload = format!(
+                r#"{{"device":"pump-{d:03}","ts":{},"values":{{"vibration":{},"temperature":{},"current":{},"pressure":{}}}}}"#,
+                t0 + i * 1000,
+                1.0 + 0.1 * wave(0.0),
+                75.0 + 2.0 * wave(1.0),
+                12.0 + 3.0 * wave(2.0),
+                pressure
+            );
+            send(
+                &producer,
+                &topic,
+                Some(format!("pump-{d:03}").as_bytes()),
+                payload.as_bytes(),
+            );
+        }
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    wait_until("every reading scored", Duration::from_secs(60), || {
+        influx.count("anomaly", "score") >= 2 * readings as usize
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let v = influx.query(
+        "SELECT \"active\", \"start\", \"end\", \"top_fields\", \"device\" FROM \"anomaly_event\" WHERE \"kind\" = 'stuck'",
+    );
+    let rows = v["results"][0]["series"][0]["values"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ns = |i: i64| (t0 + i * 1000) * 1_000_000;
+    assert_eq!(rows.len(), 1, "one stuck alarm: {rows:?}");
+    let row = &rows[0];
+    assert_eq!(row[1], serde_json::json!(false), "cleared: {row:?}");
+    assert_eq!(
+        row[2].as_i64(),
+        Some(ns(flat.start)),
+        "starts at the first flat reading"
+    );
+    assert_eq!(
+        row[3].as_i64(),
+        Some(ns(flat.end - 1)),
+        "ends at the last flat reading"
+    );
+    assert_eq!(row[4], serde_json::json!("pressure flat"));
+    assert_eq!(row[5], serde_json::json!("pump-001"));
+    assert_eq!(
+        serve.metric("sensorcast_stuck_alarms_raised_total{stream=\"pumps\"}"),
+        1.0
+    );
+    assert_eq!(
+        serve.metric("sensorcast_stuck_alarms_active{stream=\"pumps\"}"),
+        0.0
+    );
+    // Ordinary alarms are tagged too, so that the kinds never overwrite each other.
+    assert!(
+        influx
+            .series("anomaly_event")
+            .iter()
+            .all(|tags| tags.contains_key("kind")),
+        "{:?}",
+        influx.series("anomaly_event")
+    );
+    assert_eq!(serve.terminate(), 0);
+}

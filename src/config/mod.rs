@@ -686,6 +686,12 @@ pub struct AnomalyConfig {
     /// Longest an alarm is held, in readings; the device's state is then taken as its new
     /// normal (its baseline restarts there) and the alarm clears. 0: no limit.
     pub max_alarm_readings: u32,
+    /// A feature whose reading stays exactly the same for this many times the longest it
+    /// held one value in the training history is a stuck sensor: an alarm of its own kind
+    /// (`anomaly_event,kind=stuck`). 0 turns the check off.
+    pub stuck_factor: f64,
+    /// ... and for at least this many of the device's readings.
+    pub stuck_min_readings: u32,
     /// Readings in the short-term average of scores.
     pub short_window: u32,
     /// Readings in the long-term history the short-term average is compared with.
@@ -709,6 +715,8 @@ impl Default for AnomalyConfig {
             drift_window: 20,
             settle_fraction: 0.2,
             max_alarm_readings: 1440,
+            stuck_factor: 3.0,
+            stuck_min_readings: 20,
             short_window: 8,
             long_window: 500,
             calibration_window: 200,
@@ -1131,7 +1139,17 @@ impl Config {
                 format!("{} must be at least 1", a.clear_factor),
             );
         }
+        if !(a.stuck_factor == 0.0 || (a.stuck_factor >= 1.0 && a.stuck_factor.is_finite())) {
+            bad(
+                "anomaly.stuck_factor".into(),
+                format!(
+                    "{} must be 0 (off) or at least 1 (a sensor flat no longer than in training is not stuck)",
+                    a.stuck_factor
+                ),
+            );
+        }
         for (k, v) in [
+            ("anomaly.stuck_min_readings", a.stuck_min_readings),
             ("anomaly.min_duration", a.min_duration),
             ("anomaly.cooldown", a.cooldown),
             ("anomaly.baseline_window", a.baseline_window),

@@ -531,6 +531,10 @@ pub struct DetectSettings {
     /// Longest an alarm is held (readings); then the device's state is taken as its new
     /// normal and the baseline restarts there (0: no limit).
     pub max_alarm: u32,
+    /// See `anomaly.stuck_factor` (0: off).
+    pub stuck_factor: f64,
+    /// See `anomaly.stuck_min_readings`.
+    pub stuck_min_readings: u32,
 }
 
 impl DetectSettings {
@@ -551,6 +555,8 @@ impl DetectSettings {
             drift_smoothing: 2.0 / (a.drift_window as f64 + 1.0),
             settle_fraction: a.settle_fraction,
             max_alarm: a.max_alarm_readings,
+            stuck_factor: a.stuck_factor,
+            stuck_min_readings: a.stuck_min_readings,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod detect;
 pub mod kernel;
 pub mod score;
 pub mod snapshot;
+pub mod stuck;
 
 use crate::decode::Reading;
 use detect::{AlarmPolicy, AlarmState, Calibration, DetectSettings, Deviation, Edge};
@@ -62,6 +63,9 @@ pub struct InferenceModel {
     /// Tails of the anomaly evidence on normal data, measured in training (`None` for models
     /// trained before it existed: Gaussian tails are assumed).
     pub calibration: Option<Calibration>,
+    /// Per feature, the longest time (ns) a device's reading held one value in the training
+    /// history, for stuck-sensor alarms ([`stuck`]; `None`: not measured, no such alarms).
+    pub longest_flat_ns: Option<Vec<i64>>,
 }
 
 impl InferenceModel {
@@ -252,6 +256,11 @@ pub struct Scored {
     pub step_ns: i64,
     /// The device started from a zero state (first reading or a reset after a gap).
     pub cold: bool,
+    /// What the stuck-sensor alarm did at this reading ([`stuck`]).
+    pub stuck_edge: Edge,
+    /// The features of the stuck-sensor alarm (bit `f` for feature `f < 64`), when
+    /// `stuck_edge` is set.
+    pub stuck_features: u64,
 }
 
 /// Results of one batch, parallel to its readings.
@@ -332,6 +341,10 @@ pub struct Counters {
     pub alarms_raised: u64,
     /// Alarms cleared.
     pub alarms_cleared: u64,
+    /// Stuck-sensor alarms raised.
+    pub stuck_raised: u64,
+    /// Stuck-sensor alarms cleared.
+    pub stuck_cleared: u64,
     /// Devices restored from a checkpoint.
     pub restored: u64,
     /// Feature values clamped to `±max_abs_z` standard deviations after normalisation.
@@ -352,6 +365,8 @@ impl Counters {
             new_devices: self.new_devices + o.new_devices,
             alarms_raised: self.alarms_raised + o.alarms_raised,
             alarms_cleared: self.alarms_cleared + o.alarms_cleared,
+            stuck_raised: self.stuck_raised + o.stuck_raised,
+            stuck_cleared: self.stuck_cleared + o.stuck_cleared,
             restored: self.restored + o.restored,
             clamped: self.clamped + o.clamped,
             poisoned: self.poisoned + o.poisoned,
@@ -402,6 +417,10 @@ struct Slots {
     // Per feature: short average of the signed one-step residuals (drift evidence).
     drift: Vec<f32>,
     alarm: Vec<AlarmState>,
+    // Per feature: the last raw value and when the device took it (stuck sensors).
+    flat_last: Vec<f32>,
+    flat_since: Vec<i64>,
+    stuck: Vec<stuck::StuckState>,
     // Target false-alarm rate of the device (stream default or override).
     rate: Vec<f32>,
     last_ts: Vec<i64>,
@@ -454,6 +473,7 @@ pub struct Engine {
     s_dr: Vec<f64>,
     znear: Vec<f64>,
     qdrift: Vec<f64>,
+    stuck_policy: stuck::StuckPolicy,
 }
 
 impl Engine {
@@ -462,6 +482,11 @@ impl Engine {
         model.validate()?;
 
         let state_len = model.stack.state_len();
+        let stuck_policy = stuck::StuckPolicy::new(
+            model.longest_flat_ns.as_deref(),
+            settings.detect.stuck_factor,
+            settings.detect.stuck_min_readings,
+        );
         Ok(Self {
             model,
             settings,
@@ -488,6 +513,7 @@ impl Engine {
             s_dr: Vec::new(),
             znear: Vec::new(),
             qdrift: Vec::new(),
+            stuck_policy,
         })
     }
 
@@ -537,6 +563,9 @@ impl Engine {
         sl.event_sum.reserve_exact(devices * f);
         sl.drift.reserve_exact(devices * f);
         sl.alarm.reserve_exact(devices);
+        sl.flat_last.reserve_exact(devices * f);
+        sl.flat_since.reserve_exact(devices * f);
+        sl.stuck.reserve_exact(devices);
         sl.rate.reserve_exact(devices);
         sl.last_ts.reserve_exact(devices);
         sl.count.reserve_exact(devices);
@@ -567,6 +596,9 @@ impl Engine {
             + cap(&sl.event_sum)
             + cap(&sl.drift)
             + cap(&sl.alarm)
+            + cap(&sl.flat_last)
+            + cap(&sl.flat_since)
+            + cap(&sl.stuck)
             + cap(&sl.rate)
             + cap(&sl.last_ts)
             + cap(&sl.count)
@@ -612,6 +644,9 @@ impl Engine {
         sl.event_sum.resize(sl.event_sum.len() + f, 0.0);
         sl.drift.resize(sl.drift.len() + f, 0.0);
         sl.alarm.push(AlarmState::default());
+        sl.flat_last.resize(sl.flat_last.len() + f, f32::NAN);
+        sl.flat_since.resize(sl.flat_since.len() + f, 0);
+        sl.stuck.push(stuck::StuckState::default());
         let rate = self
             .settings
             .device_rates
@@ -1097,6 +1132,12 @@ impl Engine {
                 .adapt(set, self.settings.warmup, seen, x, healthy);
             }
             self.slots.seen[slot] = seen.saturating_add(1);
+            let (stuck_edge, stuck_features) = step_stuck(
+                &self.stuck_policy,
+                &mut self.slots,
+                &mut self.counters,
+                (slot, &batch[it.index], it.step_ns),
+            );
             // Keep the one-step and horizon-H forecasts for scoring the readings to come.
             let far = (hz - 1) * nf;
             for f in 0..nf {
@@ -1162,9 +1203,33 @@ impl Engine {
                 top_feature,
                 step_ns: it.step_ns,
                 cold: it.reset,
+                stuck_edge,
+                stuck_features,
             });
         }
     }
+}
+
+/// Folds a stepped reading (of `slot`, at the device's interval `step_ns`) into the device's
+/// flat runs and its stuck-sensor alarm.
+fn step_stuck(
+    policy: &stuck::StuckPolicy,
+    slots: &mut Slots,
+    counters: &mut Counters,
+    (slot, r, step_ns): (usize, &Reading, i64),
+) -> (Edge, u64) {
+    let nf = r.values.len();
+    let range = slot * nf..(slot + 1) * nf;
+    let since = &mut slots.flat_since[range.clone()];
+    stuck::observe(&mut slots.flat_last[range], since, &r.values, r.ts);
+    let state = &mut slots.stuck[slot];
+    let edge = policy.step(state, since, r.ts, step_ns);
+    match edge {
+        Edge::Raised { .. } => counters.stuck_raised += 1,
+        Edge::Cleared { .. } => counters.stuck_cleared += 1,
+        Edge::None => {}
+    }
+    (edge, state.features)
 }
 
 /// Standard deviation (normalised units) from the head's log-variance output.

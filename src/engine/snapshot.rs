@@ -11,6 +11,7 @@
 
 use super::detect::AlarmState;
 use super::score::ScoreStats;
+use super::stuck::StuckState;
 use super::{Engine, Slots};
 
 /// The shape of a device record: what a checkpoint must match to be restored.
@@ -23,6 +24,11 @@ pub struct StateLayout {
     pub features: u32,
     /// Forecast steps.
     pub horizon: u32,
+    /// Records carry each feature's last value and since when the device has held it, and
+    /// the stuck-sensor alarm (absent in checkpoints written before stuck sensors were
+    /// detected: such records are restored with no flat runs yet).
+    #[serde(default)]
+    pub flat_runs: bool,
 }
 
 impl StateLayout {
@@ -34,10 +40,46 @@ impl StateLayout {
             self.horizon as usize,
         );
         // h, c | pred mean, sigma | far mean, sigma | calib, calib_far | dev (3F) | event_sum |
-        // drift — all f32 — then score stats (3 × f64), the alarm state, last_ts, count, seen.
-        4 * (2 * s + 2 * f + 2 * f * h + 2 * f + 3 * f + f + f) + 24 + ALARM_BYTES + 8 + 4 + 4
+        // drift — all f32 — then score stats (3 × f64), the alarm state, the flat runs,
+        // last_ts, count, seen.
+        4 * (2 * s + 2 * f + 2 * f * h + 2 * f + 3 * f + f + f)
+            + 24
+            + ALARM_BYTES
+            + self.flat_bytes()
+            + 8
+            + 4
+            + 4
+    }
+
+    /// Bytes of the flat runs and the stuck-sensor alarm in a record.
+    fn flat_bytes(&self) -> usize {
+        if self.flat_runs {
+            (4 + 8) * self.features as usize + STUCK_BYTES
+        } else {
+            0
+        }
+    }
+
+    /// The layout a record of `record.len()` bytes (id included) was written with: this one,
+    /// or this one without flat runs (parked before they existed). Records of neither size
+    /// are left to [`Engine::restore`] to refuse.
+    pub fn of_record(self, record: &[u8]) -> Self {
+        let old = Self {
+            flat_runs: false,
+            ..self
+        };
+        let id = record
+            .get(..2)
+            .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as usize);
+        if self.flat_runs && record.len() == 2 + id + old.fixed_bytes() {
+            old
+        } else {
+            self
+        }
     }
 }
+
+const STUCK_BYTES: usize = 1 + 8 + 8 + 8;
 
 const ALARM_BYTES: usize = 1 + 4 + 4 + 8 + 8 + 4 + 4 + 4;
 
@@ -164,6 +206,7 @@ impl Engine {
             state_len: self.state_len as u32,
             features: self.model.features.len() as u32,
             horizon: self.model.horizon as u32,
+            flat_runs: true,
         }
     }
 
@@ -247,6 +290,15 @@ impl Engine {
         w.i64(a.last_loud);
         w.f32s(&[a.peak, a.peak_level]);
         w.u32(a.held);
+        w.f32s(&sl.flat_last[slot * f..(slot + 1) * f]);
+        for &t in &sl.flat_since[slot * f..(slot + 1) * f] {
+            w.i64(t);
+        }
+        let st = sl.stuck[slot];
+        w.0.push(st.active as u8);
+        w.i64(st.start);
+        w.i64(st.last_stuck);
+        w.0.extend_from_slice(&st.features.to_le_bytes());
         w.i64(sl.last_ts[slot]);
         w.u32(sl.count[slot]);
         w.u32(sl.seen[slot]);
@@ -262,13 +314,17 @@ impl Engine {
         records: &ShardRecords,
     ) -> Result<usize, RestoreError> {
         let want = self.state_layout();
-        if layout != want {
+        let older = StateLayout {
+            flat_runs: false,
+            ..want
+        };
+        if layout != want && layout != older {
             return Err(RestoreError::Layout {
                 found: layout,
                 want,
             });
         }
-        let fixed = want.fixed_bytes();
+        let fixed = layout.fixed_bytes();
         // Validate first. The device count comes from the checkpoint's header: it sizes
         // nothing beyond what the bytes present can hold (each record is at least its id's
         // length and the fixed part).
@@ -287,7 +343,7 @@ impl Engine {
             }
             let id = std::str::from_utf8(&buf[id_at..body_at])
                 .map_err(|_| RestoreError::BadId { index })?;
-            if !self.record_is_finite(&buf[body_at..body_at + fixed]) {
+            if !record_is_finite(layout, &buf[body_at..body_at + fixed]) {
                 return Err(RestoreError::NonFinite {
                     index,
                     device: id.to_string(),
@@ -321,6 +377,7 @@ impl Engine {
                     pos: *body_at,
                 },
                 slot,
+                layout.flat_runs,
             );
             self.slots.shard[slot] = shard;
         }
@@ -328,20 +385,7 @@ impl Engine {
         Ok(owned.len())
     }
 
-    fn record_is_finite(&self, body: &[u8]) -> bool {
-        // Every f32 of the block before the score stats, then the three f64 stats.
-        let l = self.state_layout();
-        let floats = l.fixed_bytes() - 24 - ALARM_BYTES - 16;
-        let f32_ok = body[..floats]
-            .chunks_exact(4)
-            .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite());
-        let f64_ok = body[floats..floats + 24]
-            .chunks_exact(8)
-            .all(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()).is_finite());
-        f32_ok && f64_ok
-    }
-
-    fn read_record(&mut self, r: &mut Reader<'_>, slot: usize) {
+    fn read_record(&mut self, r: &mut Reader<'_>, slot: usize, flat_runs: bool) {
         let (s, f, hz) = (
             self.state_len,
             self.model.features.len(),
@@ -382,6 +426,26 @@ impl Engine {
             peak_level: peaks[1],
             held,
         };
+        let (last, since) = (
+            &mut sl.flat_last[slot * f..(slot + 1) * f],
+            &mut sl.flat_since[slot * f..(slot + 1) * f],
+        );
+        if flat_runs {
+            r.f32s(last);
+            for t in since.iter_mut() {
+                *t = r.i64();
+            }
+            sl.stuck[slot] = StuckState {
+                active: r.take(1)[0] != 0,
+                start: r.i64(),
+                last_stuck: r.i64(),
+                features: u64::from_le_bytes(r.take(8).try_into().unwrap_or_default()),
+            };
+        } else {
+            last.fill(f32::NAN);
+            since.fill(0);
+            sl.stuck[slot] = StuckState::default();
+        }
         sl.last_ts[slot] = r.i64();
         sl.count[slot] = r.u32();
         sl.seen[slot] = r.u32();
@@ -438,6 +502,12 @@ impl Engine {
         self.slots.event_sum[to * f..(to + 1) * f]
             .copy_from_slice(&from.slots.event_sum[src * f..(src + 1) * f]);
         self.slots.alarm[to] = from.slots.alarm[src];
+        // What a sensor's raw readings did does not depend on the model either.
+        self.slots.flat_last[to * f..(to + 1) * f]
+            .copy_from_slice(&from.slots.flat_last[src * f..(src + 1) * f]);
+        self.slots.flat_since[to * f..(to + 1) * f]
+            .copy_from_slice(&from.slots.flat_since[src * f..(src + 1) * f]);
+        self.slots.stuck[to] = from.slots.stuck[src];
         self.slots.seen[to] = from.slots.seen[src].max(self.slots.seen[to]);
         true
     }
@@ -477,6 +547,9 @@ impl Engine {
         compact(&mut sl.event_sum, f, &remap);
         compact(&mut sl.drift, f, &remap);
         compact(&mut sl.alarm, 1, &remap);
+        compact(&mut sl.flat_last, f, &remap);
+        compact(&mut sl.flat_since, f, &remap);
+        compact(&mut sl.stuck, 1, &remap);
         compact(&mut sl.rate, 1, &remap);
         compact(&mut sl.last_ts, 1, &remap);
         compact(&mut sl.count, 1, &remap);
@@ -491,6 +564,20 @@ impl Engine {
         });
         removed
     }
+}
+
+/// Whether every float of a record's body (of `layout`) is finite: every f32 of the block
+/// before the score stats, then the three f64 stats. (The flat runs' last values may be NaN:
+/// no value yet.)
+fn record_is_finite(layout: StateLayout, body: &[u8]) -> bool {
+    let floats = layout.fixed_bytes() - 24 - ALARM_BYTES - layout.flat_bytes() - 16;
+    let f32_ok = body[..floats]
+        .chunks_exact(4)
+        .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite());
+    let f64_ok = body[floats..floats + 24]
+        .chunks_exact(8)
+        .all(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()).is_finite());
+    f32_ok && f64_ok
 }
 
 /// Keeps the `width`-wide rows of `v` whose `remap` entry is set, in order.

@@ -408,6 +408,10 @@ impl EngineStage {
         m.alarms_active
             .get_or_create(&l)
             .set(c.alarms_raised.saturating_sub(c.alarms_cleared) as i64);
+        sync(&m.stuck_raised.get_or_create(&l), c.stuck_raised);
+        m.stuck_active
+            .get_or_create(&l)
+            .set(c.stuck_raised.saturating_sub(c.stuck_cleared) as i64);
         true
     }
 
@@ -431,9 +435,10 @@ impl EngineStage {
         if !log.contains(device) || engine.knows(device) {
             return;
         }
-        let layout = engine.state_layout();
         match log.take(device) {
             Ok(Some(rec)) => {
+                // Parked by this version or by one before flat runs were recorded.
+                let layout = engine.state_layout().of_record(&rec);
                 if let Err(e) = engine.restore(partition as u32, layout, &ShardRecords::one(&rec)) {
                     tracing::error!(stream = %self.names[stream], device, error = %e, "parked state cannot be restored; the device starts cold");
                 }

@@ -9,7 +9,7 @@ use crate::config::{Config, HumanDuration, ModelConfig, StreamConfig, TrainConfi
 use crate::engine::Outcome;
 use crate::engine::detect::Edge;
 use crate::registry::Registry;
-use crate::synth::{FEATURES, Fault, FleetSpec, device_name, generate};
+use crate::synth::{FEATURES, Fault, Fleet, FleetSpec, device_name, generate};
 use crate::train::train;
 use anyhow::Context;
 use std::io::Write;
@@ -29,6 +29,12 @@ pub struct DemoSpec {
     pub faults: usize,
     /// Seed.
     pub seed: u64,
+    /// The live part's operating point moves by this many standard deviations of each
+    /// feature (as measured on the device's training part), linearly over `shift_days`, then
+    /// stays there (0: no move).
+    pub shift_sigmas: f64,
+    /// Days the move takes.
+    pub shift_days: f64,
 }
 
 /// Readings after a fault's end that still count as catching it.
@@ -55,6 +61,12 @@ pub struct DemoSummary {
     pub false_alarm_readings: u64,
     /// Readings that could have raised a false alarm.
     pub normal_readings: u64,
+    /// Normal readings over the alarm line (what the knob promises to keep under its rate).
+    pub over_line_readings: u64,
+    /// The knob (`anomaly.false_alarm_rate` of the stream).
+    pub rate: f64,
+    /// Readings per device-day.
+    pub readings_per_day: f64,
     /// Alarm events: device, start and end step (end `None` while still raised at the end).
     pub alarms: Vec<(usize, usize, Option<usize>, String)>,
     /// Seconds spent training.
@@ -113,8 +125,22 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         seed: spec.seed,
         ..FleetSpec::default()
     };
-    let fleet = generate(&fleet_spec);
+    let mut fleet = generate(&fleet_spec);
     let history_end = spec.readings / 2;
+    if spec.shift_sigmas != 0.0 {
+        let ramp = (spec.shift_days * 86_400e9 / fleet_spec.interval_ns as f64).max(1.0);
+        shift_operating_point(
+            &mut fleet,
+            spec.devices,
+            history_end,
+            spec.shift_sigmas,
+            ramp,
+        );
+        eprintln!(
+            "demo: from reading {history_end} on, every device's operating point moves by {}σ per feature over {} days ({ramp:.0} readings), then stays there",
+            spec.shift_sigmas, spec.shift_days
+        );
+    }
     let history: Vec<_> = fleet
         .readings
         .iter()
@@ -160,6 +186,7 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
     // Replay everything, remembering what the chart and the scoring need.
     let n = fleet.readings.len();
     let mut flagged = vec![false; n];
+    let mut over_line = vec![false; n];
     let mut forecast1 = vec![[0.0f32; 3]; n];
     let out_path = spec.out.join("forecasts.lp");
     let file = std::fs::File::create(&out_path)
@@ -196,6 +223,7 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
                 return;
             };
             flagged[i] = s.is_anomaly;
+            over_line[i] = s.over_line;
             let d = device_of(i);
             let step = fleet.steps[i];
             // A device's readings are `interval` apart: an edge's timestamp gives its step.
@@ -243,11 +271,12 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
             / (f.end.min(spec.readings) - f.start).max(1) as f64;
         per_fault.push((f.clone(), delay, held));
     }
-    let (mut false_alarm_readings, mut normal) = (0u64, 0u64);
+    let (mut false_alarm_readings, mut normal, mut over_line_readings) = (0u64, 0u64, 0u64);
     for (i, (&step, &flag)) in fleet.steps.iter().zip(&flagged).enumerate() {
         if step >= cfg.engine.warmup as usize && !in_window(device_of(i), step) {
             normal += 1;
             false_alarm_readings += flag as u64;
+            over_line_readings += over_line[i] as u64;
         }
     }
     let false_alarms = alarms
@@ -281,11 +310,49 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         normal_device_days: normal as f64 * interval_days,
         false_alarm_readings,
         normal_readings: normal,
+        over_line_readings,
+        rate: stream
+            .false_alarm_rate
+            .unwrap_or(cfg.anomaly.false_alarm_rate),
+        readings_per_day: 1.0 / interval_days,
         alarms,
         train_secs,
         mase: meta.validation.mase,
         per_fault,
     })
+}
+
+/// Moves every device's operating point from step `from` on: each feature by `sigmas` of its
+/// standard deviation over the device's steps before `from`, linearly over `ramp` steps.
+fn shift_operating_point(fleet: &mut Fleet, devices: usize, from: usize, sigmas: f64, ramp: f64) {
+    let nf = FEATURES.len();
+    let mut moments = vec![(0.0f64, 0.0f64, 0usize); devices * nf];
+    for (i, r) in fleet.readings.iter().enumerate() {
+        if fleet.steps[i] < from {
+            for (f, &v) in r.values.iter().enumerate() {
+                let m = &mut moments[(i % devices) * nf + f];
+                m.0 += v as f64;
+                m.1 += (v as f64) * (v as f64);
+                m.2 += 1;
+            }
+        }
+    }
+    let sd: Vec<f64> = moments
+        .iter()
+        .map(|&(s, sq, n)| {
+            let n = n.max(1) as f64;
+            (sq / n - (s / n).powi(2)).max(0.0).sqrt()
+        })
+        .collect();
+    for (i, r) in fleet.readings.iter_mut().enumerate() {
+        let step = fleet.steps[i];
+        if step >= from {
+            let progress = ((step - from + 1) as f64 / ramp).min(1.0);
+            for (f, v) in r.values.iter_mut().enumerate() {
+                *v = (*v as f64 + sigmas * sd[(i % devices) * nf + f] * progress) as f32;
+            }
+        }
+    }
 }
 
 fn write_jsonl(
@@ -353,6 +420,16 @@ impl std::fmt::Display for DemoSummary {
             self.false_alarm_readings,
             self.normal_readings,
             self.false_alarm_readings as f64 / self.normal_readings.max(1) as f64 * 100.0
+        )?;
+        let over = self.over_line_readings as f64 / self.normal_readings.max(1) as f64;
+        write!(
+            f,
+            "\nnormal readings over the line: {} ({:.3}%; the knob, anomaly.false_alarm_rate, promises {:.3}%: at most {:.2} per device-day, {:.2} measured)",
+            self.over_line_readings,
+            over * 100.0,
+            self.rate * 100.0,
+            self.rate * self.readings_per_day,
+            over * self.readings_per_day,
         )
     }
 }

@@ -33,6 +33,13 @@ enum Command {
         /// Seed for data and training.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Move every device's operating point in the live part by this many standard
+        /// deviations per feature (a slow change of normal; 0: none).
+        #[arg(long, default_value_t = 0.0)]
+        shift: f64,
+        /// Days the move takes (linear), after which it stays.
+        #[arg(long, default_value_t = 7.0)]
+        shift_days: f64,
     },
     /// Train a model from history (files, InfluxDB or Kafka) and publish it to the registry.
     Train {
@@ -883,11 +890,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             readings,
             faults,
             seed,
+            shift,
+            shift_days,
         } => {
             init_logging(None);
             anyhow::ensure!(
                 devices >= 1 && readings >= 100,
                 "the demo needs at least 1 device and 100 readings per device"
+            );
+            anyhow::ensure!(
+                shift.is_finite() && shift_days.is_finite() && shift_days > 0.0,
+                "--shift must be a number and --shift-days a number of days above 0"
             );
             let spec = sensorcast::demo::DemoSpec {
                 out: out.clone(),
@@ -895,6 +908,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 readings,
                 faults,
                 seed,
+                shift_sigmas: shift,
+                shift_days,
             };
             let summary = sensorcast::demo::run(&spec, tty)?;
             println!("{summary}");

@@ -746,6 +746,11 @@ pub fn replay_readings(
                 on_scored(b * cfg.engine.max_batch + i, &batch_out, i);
             }
         }
+        if kind == OutputKind::LineProtocol {
+            for e in &batch_out.silent {
+                summary.points += fmt.write_silent_event(&mut text, e) as u64;
+            }
+        }
         out.write_all(text.as_bytes())?;
     }
     let c = engine.counters();

@@ -171,6 +171,10 @@ pub fn stream_series(
     settings: EngineSettings,
     series: &[LabelledSeries],
 ) -> anyhow::Result<Vec<Vec<RowResult>>> {
+    // The series are independent recordings (SKAB's experiments were made on different
+    // days): none is silent while another goes on.
+    let mut settings = settings;
+    settings.detect.silent_factor = 0.0;
     let mut engine = Engine::new(model, settings).map_err(|e| anyhow::anyhow!(e))?;
     let longest = series.iter().map(|s| s.readings.len()).max().unwrap_or(0);
     let mut results: Vec<Vec<RowResult>> = series

@@ -8,6 +8,7 @@
 use crate::config::{AnomalyFields, OutputConfig};
 use crate::decode::Reading;
 use crate::engine::detect::Edge;
+use crate::engine::silent::SilentEvent;
 use crate::engine::{BatchOutput, Outcome};
 use std::fmt::Write as _;
 
@@ -344,6 +345,24 @@ impl<'a> PointFormat<'a> {
         out.push(' ');
         push_i64(out, start);
         out.push('\n');
+    }
+
+    /// Appends the `anomaly_event` point (`kind=silent`) of a silent device's alarm edge;
+    /// returns the points written (1).
+    pub fn write_silent_event(&self, out: &mut String, e: &SilentEvent) -> usize {
+        let mut series = String::with_capacity(self.stream_tag.len() + e.device.len() + 12);
+        series.push_str(&self.stream_tag);
+        series.push_str(",device=");
+        push_tag(&mut series, &e.device);
+        let event = Event {
+            kind: "silent",
+            edge: e.edge,
+            peak: None,
+            top_fields: "",
+            contributions: &[],
+        };
+        self.write_event(out, &series, &event);
+        1
     }
 
     /// The features of a stuck-sensor alarm (bit mask): `"pressure flat, flow flat"`.

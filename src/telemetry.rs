@@ -69,6 +69,10 @@ pub struct Metrics {
     pub stuck_raised: Family<Labels, Counter>,
     /// Devices with a stuck-sensor alarm raised now, by stream.
     pub stuck_active: Family<Labels, Gauge>,
+    /// Silent-device alarms raised, by stream.
+    pub silent_raised: Family<Labels, Counter>,
+    /// Devices with a silent-device alarm raised now, by stream.
+    pub silent_active: Family<Labels, Gauge>,
     /// 1 for the model version in use, by stream and version.
     pub model_version: Family<Labels, Gauge>,
     /// 1 while consumption is paused for backpressure.
@@ -144,6 +148,8 @@ impl Metrics {
             alarms_active: Family::default(),
             stuck_raised: Family::default(),
             stuck_active: Family::default(),
+            silent_raised: Family::default(),
+            silent_active: Family::default(),
             model_version: Family::default(),
             paused: Gauge::default(),
             checkpoints_written: Family::default(),
@@ -237,6 +243,16 @@ impl Metrics {
             "stuck_alarms_active",
             "Devices with a stuck-sensor alarm raised now",
             m.stuck_active.clone(),
+        );
+        registry.register(
+            "silent_alarms_raised",
+            "Silent-device alarms raised (no reading while its partition went on)",
+            m.silent_raised.clone(),
+        );
+        registry.register(
+            "silent_alarms_active",
+            "Devices with a silent-device alarm raised now",
+            m.silent_active.clone(),
         );
         registry.register(
             "model_version",

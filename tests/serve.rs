@@ -2015,3 +2015,89 @@ fn a_stuck_sensor_raises_an_alarm_of_its_own_kind_through_serve() {
     );
     assert_eq!(serve.terminate(), 0);
 }
+
+/// A silent device: of three devices on one partition, one stops reporting for 20 s while the
+/// others go on. serve raises an alarm of its own kind (`anomaly_event,kind=silent`) from its
+/// last reading and clears it at the reading it comes back with; the others raise none.
+#[test]
+fn a_silent_device_raises_an_alarm_of_its_own_kind_through_serve() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx::start();
+    let (topic, group) = (unique("silent"), unique("g-silent"));
+    create_topics(&brokers, &[(&topic, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
+    let serve = Serve::start(&cfg, dir.path(), port);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("producer");
+    let t0 = chrono::Utc::now().timestamp_millis() - 200_000;
+    let (readings, quiet) = (60i64, 20..40i64);
+    let mut sent = 0;
+    for i in 0..readings {
+        for d in 0..3i64 {
+            if d == 2 && quiet.contains(&i) {
+                continue;
+            }
+            let wave = |k: f64| ((i as f64) * 0.3 + d as f64 + k).sin();
+            let payload = format!(
+                r#"{{"device":"pump-{d:03}","ts":{},"values":{{"vibration":{},"temperature":{},"current":{},"pressure":{}}}}}"#,
+                t0 + i * 1000,
+                1.0 + 0.1 * wave(0.0),
+                75.0 + 2.0 * wave(1.0),
+                12.0 + 3.0 * wave(2.0),
+                5.0 + 0.5 * wave(3.0),
+            );
+            send(
+                &producer,
+                &topic,
+                Some(format!("pump-{d:03}").as_bytes()),
+                payload.as_bytes(),
+            );
+            sent += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    wait_until("every reading scored", Duration::from_secs(60), || {
+        influx.count("anomaly", "score") >= sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let v = influx.query(
+        "SELECT \"active\", \"start\", \"end\", \"device\" FROM \"anomaly_event\" WHERE \"kind\" = 'silent'",
+    );
+    let rows = v["results"][0]["series"][0]["values"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ns = |i: i64| (t0 + i * 1000) * 1_000_000;
+    assert_eq!(rows.len(), 1, "one silent alarm: {rows:?}");
+    let row = &rows[0];
+    assert_eq!(
+        row[0].as_i64(),
+        Some(ns(quiet.start - 1)),
+        "at its last reading"
+    );
+    assert_eq!(row[1], serde_json::json!(false), "cleared: {row:?}");
+    assert_eq!(row[2].as_i64(), Some(ns(quiet.start - 1)));
+    assert_eq!(
+        row[3].as_i64(),
+        Some(ns(quiet.end)),
+        "ends when it reports again"
+    );
+    assert_eq!(row[4], serde_json::json!("pump-002"));
+    assert_eq!(
+        serve.metric("sensorcast_silent_alarms_raised_total{stream=\"pumps\"}"),
+        1.0
+    );
+    assert_eq!(
+        serve.metric("sensorcast_silent_alarms_active{stream=\"pumps\"}"),
+        0.0
+    );
+    assert_eq!(serve.terminate(), 0);
+}

@@ -1059,7 +1059,7 @@ fn the_changelog_store_falls_back_past_damaged_partial_and_foreign_checkpoints()
         state_len: 4,
         features: 2,
         horizon: 1,
-        flat_runs: true,
+        watch: true,
     };
     // 20,000 records of 40 bytes: two chunks each.
     let at = |partition: i32, offset: i64| Checkpoint {

@@ -692,6 +692,11 @@ pub struct AnomalyConfig {
     pub stuck_factor: f64,
     /// ... and for at least this many of the device's readings.
     pub stuck_min_readings: u32,
+    /// A device is silent once the other devices of its Kafka partition have reported this
+    /// many times its usual interval past its last reading: an alarm of its own kind
+    /// (`anomaly_event,kind=silent`) until it reports again. 0 turns the check off (for
+    /// devices that report only on change).
+    pub silent_factor: f64,
     /// Readings in the short-term average of scores.
     pub short_window: u32,
     /// Readings in the long-term history the short-term average is compared with.
@@ -717,6 +722,7 @@ impl Default for AnomalyConfig {
             max_alarm_readings: 1440,
             stuck_factor: 3.0,
             stuck_min_readings: 20,
+            silent_factor: 10.0,
             short_window: 8,
             long_window: 500,
             calibration_window: 200,
@@ -1145,6 +1151,15 @@ impl Config {
                 format!(
                     "{} must be 0 (off) or at least 1 (a sensor flat no longer than in training is not stuck)",
                     a.stuck_factor
+                ),
+            );
+        }
+        if !(a.silent_factor == 0.0 || (a.silent_factor >= 2.0 && a.silent_factor.is_finite())) {
+            bad(
+                "anomaly.silent_factor".into(),
+                format!(
+                    "{} must be 0 (off) or at least 2 (one late reading is not silence)",
+                    a.silent_factor
                 ),
             );
         }

@@ -535,6 +535,8 @@ pub struct DetectSettings {
     pub stuck_factor: f64,
     /// See `anomaly.stuck_min_readings`.
     pub stuck_min_readings: u32,
+    /// See `anomaly.silent_factor` (0: off).
+    pub silent_factor: f64,
 }
 
 impl DetectSettings {
@@ -557,6 +559,7 @@ impl DetectSettings {
             max_alarm: a.max_alarm_readings,
             stuck_factor: a.stuck_factor,
             stuck_min_readings: a.stuck_min_readings,
+            silent_factor: a.silent_factor,
         }
     }
 }

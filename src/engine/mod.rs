@@ -18,6 +18,7 @@ pub mod calibrate;
 pub mod detect;
 pub mod kernel;
 pub mod score;
+pub mod silent;
 pub mod snapshot;
 pub mod stuck;
 
@@ -274,6 +275,8 @@ pub struct BatchOutput {
     event_contributions: Vec<f32>,
     evidence: Vec<f32>,
     nf: usize,
+    /// Silent-device alarm edges, in the order of the readings they came with.
+    pub silent: Vec<silent::SilentEvent>,
 }
 
 impl BatchOutput {
@@ -307,6 +310,7 @@ impl BatchOutput {
             forecasts,
             contributions,
             event_contributions,
+            silent: Vec::new(),
         }
     }
 
@@ -345,6 +349,10 @@ pub struct Counters {
     pub stuck_raised: u64,
     /// Stuck-sensor alarms cleared.
     pub stuck_cleared: u64,
+    /// Silent-device alarms raised.
+    pub silent_raised: u64,
+    /// Silent-device alarms cleared.
+    pub silent_cleared: u64,
     /// Devices restored from a checkpoint.
     pub restored: u64,
     /// Feature values clamped to `±max_abs_z` standard deviations after normalisation.
@@ -367,6 +375,8 @@ impl Counters {
             alarms_cleared: self.alarms_cleared + o.alarms_cleared,
             stuck_raised: self.stuck_raised + o.stuck_raised,
             stuck_cleared: self.stuck_cleared + o.stuck_cleared,
+            silent_raised: self.silent_raised + o.silent_raised,
+            silent_cleared: self.silent_cleared + o.silent_cleared,
             restored: self.restored + o.restored,
             clamped: self.clamped + o.clamped,
             poisoned: self.poisoned + o.poisoned,
@@ -421,6 +431,8 @@ struct Slots {
     flat_last: Vec<f32>,
     flat_since: Vec<i64>,
     stuck: Vec<stuck::StuckState>,
+    // Silent-device alarm and the device's usual interval.
+    silent: Vec<silent::SilentState>,
     // Target false-alarm rate of the device (stream default or override).
     rate: Vec<f32>,
     last_ts: Vec<i64>,
@@ -474,6 +486,10 @@ pub struct Engine {
     znear: Vec<f64>,
     qdrift: Vec<f64>,
     stuck_policy: stuck::StuckPolicy,
+    watch: silent::Watch,
+    // Per batch: silent-device alarms raised (reading index, slot, start).
+    raised_silent: Vec<(usize, usize, i64)>,
+    fell_silent: Vec<usize>,
 }
 
 impl Engine {
@@ -489,7 +505,6 @@ impl Engine {
         );
         Ok(Self {
             model,
-            settings,
             isa: Isa::detect(),
             ids: HashMap::default(),
             max_devices: usize::MAX,
@@ -514,6 +529,10 @@ impl Engine {
             znear: Vec::new(),
             qdrift: Vec::new(),
             stuck_policy,
+            watch: silent::Watch::new(settings.detect.silent_factor, settings.default_interval_ns),
+            raised_silent: Vec::new(),
+            fell_silent: Vec::new(),
+            settings,
         })
     }
 
@@ -566,6 +585,7 @@ impl Engine {
         sl.flat_last.reserve_exact(devices * f);
         sl.flat_since.reserve_exact(devices * f);
         sl.stuck.reserve_exact(devices);
+        sl.silent.reserve_exact(devices);
         sl.rate.reserve_exact(devices);
         sl.last_ts.reserve_exact(devices);
         sl.count.reserve_exact(devices);
@@ -599,6 +619,7 @@ impl Engine {
             + cap(&sl.flat_last)
             + cap(&sl.flat_since)
             + cap(&sl.stuck)
+            + cap(&sl.silent)
             + cap(&sl.rate)
             + cap(&sl.last_ts)
             + cap(&sl.count)
@@ -615,7 +636,7 @@ impl Engine {
         };
         let map = buckets * (size_of::<(String, u32)>() + 1);
         let ids: usize = self.ids.keys().map(String::capacity).sum();
-        arrays + map + ids
+        arrays + map + ids + self.watch.heap_bytes()
     }
 
     fn slot_for(&mut self, device: &str) -> usize {
@@ -647,6 +668,7 @@ impl Engine {
         sl.flat_last.resize(sl.flat_last.len() + f, f32::NAN);
         sl.flat_since.resize(sl.flat_since.len() + f, 0);
         sl.stuck.push(stuck::StuckState::default());
+        sl.silent.push(silent::SilentState::default());
         let rate = self
             .settings
             .device_rates
@@ -718,6 +740,8 @@ impl Engine {
         out.event_contributions.resize(batch.len() * nf, 0.0);
         out.evidence.clear();
         out.evidence.resize(batch.len() * 3 * nf, f32::NAN);
+        out.silent.clear();
+        self.raised_silent.clear();
         for (index, r) in batch.iter().enumerate() {
             if r.values.len() != nf {
                 return Err(ShapeError {
@@ -765,6 +789,7 @@ impl Engine {
                 r.ts - last
             };
             self.slots.last_ts[slot] = r.ts;
+            self.watch_silence(index, slot, r, (last, reset), out);
             let wave = if self.slots.mark[slot] == self.epoch {
                 self.slots.wave[slot] + 1
             } else {
@@ -790,7 +815,79 @@ impl Engine {
             self.run_wave(batch, wave, out);
         }
         self.waves = waves;
+        self.name_silent(out);
         Ok(())
+    }
+
+    /// Silence bookkeeping for reading `index` (of `slot`, previously heard at `last`;
+    /// `reset`: after a gap or first): the device's own silent alarm clears, its interval and
+    /// deadline are updated, and its shard's clock moves on, which may make others silent.
+    fn watch_silence(
+        &mut self,
+        index: usize,
+        slot: usize,
+        r: &Reading,
+        (last, reset): (i64, bool),
+        out: &mut BatchOutput,
+    ) {
+        if !self.watch.enabled() {
+            return;
+        }
+        let sl = &mut self.slots;
+        let state = &mut sl.silent[slot];
+        if state.active {
+            state.active = false;
+            self.counters.silent_cleared += 1;
+            out.silent.push(silent::SilentEvent {
+                reading: index,
+                device: r.device.clone(),
+                edge: Edge::Cleared {
+                    start: last,
+                    end: r.ts,
+                },
+            });
+        }
+        if !reset {
+            state.observe(r.ts - last);
+        }
+        let shard = sl.shard[slot];
+        self.watch.track(slot, shard, r.ts, &sl.silent[slot]);
+        self.fell_silent.clear();
+        self.watch.advance(
+            shard,
+            r.ts,
+            &sl.last_ts,
+            &sl.shard,
+            &mut sl.silent,
+            &mut self.fell_silent,
+        );
+        for &s in &self.fell_silent {
+            self.counters.silent_raised += 1;
+            self.raised_silent.push((index, s, sl.last_ts[s]));
+        }
+    }
+
+    /// Adds the silent-device alarms raised in this batch to `out`, with their devices' ids
+    /// (one pass over the id table, only in a batch that raised one).
+    fn name_silent(&mut self, out: &mut BatchOutput) {
+        if self.raised_silent.is_empty() {
+            return;
+        }
+        let mut names: HashMap<usize, &str, foldhash::fast::RandomState> = HashMap::default();
+        names.extend(self.raised_silent.iter().map(|&(_, s, _)| (s, "")));
+        for (id, &slot) in &self.ids {
+            if let Some(n) = names.get_mut(&(slot as usize)) {
+                *n = id.as_str();
+            }
+        }
+        for &(reading, slot, start) in &self.raised_silent {
+            out.silent.push(silent::SilentEvent {
+                reading,
+                device: names[&slot].to_string(),
+                edge: Edge::Raised { start },
+            });
+        }
+        out.silent.sort_by_key(|e| e.reading);
     }
 
     fn run_wave(&mut self, batch: &[Reading], items: &[Item], out: &mut BatchOutput) {

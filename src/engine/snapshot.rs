@@ -11,6 +11,7 @@
 
 use super::detect::AlarmState;
 use super::score::ScoreStats;
+use super::silent::SilentState;
 use super::stuck::StuckState;
 use super::{Engine, Slots};
 
@@ -28,7 +29,7 @@ pub struct StateLayout {
     /// the stuck-sensor alarm (absent in checkpoints written before stuck sensors were
     /// detected: such records are restored with no flat runs yet).
     #[serde(default)]
-    pub flat_runs: bool,
+    pub watch: bool,
 }
 
 impl StateLayout {
@@ -53,8 +54,8 @@ impl StateLayout {
 
     /// Bytes of the flat runs and the stuck-sensor alarm in a record.
     fn flat_bytes(&self) -> usize {
-        if self.flat_runs {
-            (4 + 8) * self.features as usize + STUCK_BYTES
+        if self.watch {
+            (4 + 8) * self.features as usize + WATCH_BYTES
         } else {
             0
         }
@@ -65,13 +66,13 @@ impl StateLayout {
     /// are left to [`Engine::restore`] to refuse.
     pub fn of_record(self, record: &[u8]) -> Self {
         let old = Self {
-            flat_runs: false,
+            watch: false,
             ..self
         };
         let id = record
             .get(..2)
             .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as usize);
-        if self.flat_runs && record.len() == 2 + id + old.fixed_bytes() {
+        if self.watch && record.len() == 2 + id + old.fixed_bytes() {
             old
         } else {
             self
@@ -79,7 +80,8 @@ impl StateLayout {
     }
 }
 
-const STUCK_BYTES: usize = 1 + 8 + 8 + 8;
+/// The stuck-sensor alarm, then the silent-device alarm and the device's usual interval.
+const WATCH_BYTES: usize = 1 + 8 + 8 + 8 + 1 + 4;
 
 const ALARM_BYTES: usize = 1 + 4 + 4 + 8 + 8 + 4 + 4 + 4;
 
@@ -206,7 +208,7 @@ impl Engine {
             state_len: self.state_len as u32,
             features: self.model.features.len() as u32,
             horizon: self.model.horizon as u32,
-            flat_runs: true,
+            watch: true,
         }
     }
 
@@ -299,6 +301,9 @@ impl Engine {
         w.i64(st.start);
         w.i64(st.last_stuck);
         w.0.extend_from_slice(&st.features.to_le_bytes());
+        let quiet = sl.silent[slot];
+        w.0.push(quiet.active as u8);
+        w.f32s(&[quiet.interval]);
         w.i64(sl.last_ts[slot]);
         w.u32(sl.count[slot]);
         w.u32(sl.seen[slot]);
@@ -315,7 +320,7 @@ impl Engine {
     ) -> Result<usize, RestoreError> {
         let want = self.state_layout();
         let older = StateLayout {
-            flat_runs: false,
+            watch: false,
             ..want
         };
         if layout != want && layout != older {
@@ -377,15 +382,18 @@ impl Engine {
                     pos: *body_at,
                 },
                 slot,
-                layout.flat_runs,
+                layout.watch,
             );
             self.slots.shard[slot] = shard;
+            let sl = &self.slots;
+            self.watch
+                .restored(slot, shard, sl.last_ts[slot], &sl.silent[slot]);
         }
         self.counters.restored += owned.len() as u64;
         Ok(owned.len())
     }
 
-    fn read_record(&mut self, r: &mut Reader<'_>, slot: usize, flat_runs: bool) {
+    fn read_record(&mut self, r: &mut Reader<'_>, slot: usize, watch: bool) {
         let (s, f, hz) = (
             self.state_len,
             self.model.features.len(),
@@ -430,7 +438,7 @@ impl Engine {
             &mut sl.flat_last[slot * f..(slot + 1) * f],
             &mut sl.flat_since[slot * f..(slot + 1) * f],
         );
-        if flat_runs {
+        if watch {
             r.f32s(last);
             for t in since.iter_mut() {
                 *t = r.i64();
@@ -441,10 +449,18 @@ impl Engine {
                 last_stuck: r.i64(),
                 features: u64::from_le_bytes(r.take(8).try_into().unwrap_or_default()),
             };
+            let active = r.take(1)[0] != 0;
+            let mut interval = [0f32];
+            r.f32s(&mut interval);
+            sl.silent[slot] = SilentState {
+                active,
+                interval: interval[0],
+            };
         } else {
             last.fill(f32::NAN);
             since.fill(0);
             sl.stuck[slot] = StuckState::default();
+            sl.silent[slot] = SilentState::default();
         }
         sl.last_ts[slot] = r.i64();
         sl.count[slot] = r.u32();
@@ -508,6 +524,7 @@ impl Engine {
         self.slots.flat_since[to * f..(to + 1) * f]
             .copy_from_slice(&from.slots.flat_since[src * f..(src + 1) * f]);
         self.slots.stuck[to] = from.slots.stuck[src];
+        self.slots.silent[to] = from.slots.silent[src];
         self.slots.seen[to] = from.slots.seen[src].max(self.slots.seen[to]);
         true
     }
@@ -550,6 +567,7 @@ impl Engine {
         compact(&mut sl.flat_last, f, &remap);
         compact(&mut sl.flat_since, f, &remap);
         compact(&mut sl.stuck, 1, &remap);
+        compact(&mut sl.silent, 1, &remap);
         compact(&mut sl.rate, 1, &remap);
         compact(&mut sl.last_ts, 1, &remap);
         compact(&mut sl.count, 1, &remap);
@@ -562,6 +580,8 @@ impl Engine {
             *slot = m;
             m != u32::MAX
         });
+        let sl = &self.slots;
+        self.watch.rebuild(&sl.last_ts, &sl.shard, &sl.silent);
         removed
     }
 }

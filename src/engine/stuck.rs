@@ -313,14 +313,14 @@ mod engine_tests {
     }
 
     #[test]
-    fn records_written_before_flat_runs_existed_are_restored_without_them() {
+    fn records_written_before_the_watch_state_existed_are_restored_without_it() {
         let rs = readings();
         let mut first = engine();
         edges(&mut first, &rs[..18]);
         let snap = first.snapshot(|_| true);
         let layout = first.state_layout();
         let old = StateLayout {
-            flat_runs: false,
+            watch: false,
             ..layout
         };
         // The same record without the flat-run block (it sits before last_ts, count, seen).

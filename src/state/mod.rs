@@ -366,7 +366,7 @@ pub(crate) mod tests {
                     state_len: 4,
                     features: 2,
                     horizon: 1,
-                    flat_runs: true,
+                    watch: true,
                 },
                 devices: 1,
                 created_ms: 1,

@@ -18,6 +18,7 @@ use super::parked::{ParkedLog, ParkedRef};
 use super::{Checkpoint, Header, Store};
 use crate::config::Config;
 use crate::decode::Reading;
+use crate::engine::silent::SilentEvent;
 use crate::engine::snapshot::ShardRecords;
 use crate::engine::{BatchOutput, Counters, Engine, Outcome};
 use crate::output::PointFormat;
@@ -384,6 +385,20 @@ impl EngineStage {
                     }
                 }
             }
+            // Silent-device alarms, from the model that writes the silent device's points.
+            let caught_up = |e: &SilentEvent| silent.get(start + e.reading).is_some_and(|s| *s);
+            for e in self.out.silent.iter().filter(|e| !caught_up(e)) {
+                if !swap.as_ref().is_some_and(|sw| sw.writes(&e.device)) {
+                    fmt.write_silent_event(body, e);
+                }
+            }
+            if let (Some(sw), Some(old_fmt)) = (&swap, &old_fmt) {
+                for e in sw.out.silent.iter().filter(|e| !caught_up(e)) {
+                    if sw.writes(&e.device) {
+                        old_fmt.write_silent_event(body, e);
+                    }
+                }
+            }
             if let Some(sw) = swap.as_mut() {
                 sw.advance(engine, chunk, chunk_shards);
             }
@@ -409,6 +424,10 @@ impl EngineStage {
             .get_or_create(&l)
             .set(c.alarms_raised.saturating_sub(c.alarms_cleared) as i64);
         sync(&m.stuck_raised.get_or_create(&l), c.stuck_raised);
+        sync(&m.silent_raised.get_or_create(&l), c.silent_raised);
+        m.silent_active
+            .get_or_create(&l)
+            .set(c.silent_raised.saturating_sub(c.silent_cleared) as i64);
         m.stuck_active
             .get_or_create(&l)
             .set(c.stuck_raised.saturating_sub(c.stuck_cleared) as i64);

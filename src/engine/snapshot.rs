@@ -25,9 +25,10 @@ pub struct StateLayout {
     pub features: u32,
     /// Forecast steps.
     pub horizon: u32,
-    /// Records carry each feature's last value and since when the device has held it, and
-    /// the stuck-sensor alarm (absent in checkpoints written before stuck sensors were
-    /// detected: such records are restored with no flat runs yet).
+    /// Records carry the watch block: each feature's last value and since when the device has
+    /// held it, the stuck-sensor alarm, and the silent-device alarm with the device's usual
+    /// interval (absent in checkpoints written before them: such records are restored with
+    /// none of it).
     #[serde(default)]
     pub watch: bool,
 }

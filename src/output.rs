@@ -271,6 +271,9 @@ impl<'a> PointFormat<'a> {
         }
         out.push_str(",is_anomaly=");
         push_bool(out, scored.is_anomaly);
+        if scored.maintenance {
+            out.push_str(",maintenance=true");
+        }
         out.push_str(",top_field=");
         push_str_field(out, top);
         if self.output.anomaly == AnomalyFields::All {
@@ -510,6 +513,7 @@ mod tests {
             top_feature: 1,
             step_ns: 60_000_000_000,
             cold: false,
+            maintenance: false,
             stuck_edge: Edge::None,
             stuck_features: 0,
         }

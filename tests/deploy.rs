@@ -62,6 +62,11 @@ fn config_keys() -> BTreeSet<String> {
         "influxdb.password_file",
         "influxdb.retention_policy",
         "influxdb.ca_file",
+        "maintenance.stream",
+        "maintenance.devices",
+        "maintenance.from",
+        "maintenance.until",
+        "maintenance.reason",
     ] {
         keys.insert(k.to_string());
     }

@@ -2101,3 +2101,120 @@ fn a_silent_device_raises_an_alarm_of_its_own_kind_through_serve() {
     );
     assert_eq!(serve.terminate(), 0);
 }
+
+/// Maintenance windows, from the config and from the maintenance file written while serving:
+/// a stuck pressure on one device and a silence of another, each inside its window, raise no
+/// alarm, and the readings in the windows are marked `maintenance=true`.
+#[test]
+fn maintenance_windows_from_config_and_a_watched_file_hold_alarms_back_through_serve() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx::start();
+    let (topic, group) = (unique("maint"), unique("g-maint"));
+    create_topics(&brokers, &[(&topic, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let t0 = chrono::Utc::now().timestamp_millis() - 200_000;
+    let at = |i: i64| sensorcast::decode::format_ts((t0 + i * 1000) * 1_000_000);
+    let file = dir.path().join("maintenance.toml");
+    std::fs::write(&file, "# no windows yet\n").expect("file");
+    let extra = format!(
+        "\n[anomaly]\nmaintenance_file = \"{}\"\n\n[[maintenance]]\ndevices = [\"pump-001\"]\nfrom = \"{}\"\nuntil = \"{}\"\nreason = \"pressure transmitter swapped\"\n",
+        file.display(),
+        at(5),
+        at(55)
+    );
+    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, &extra);
+    let serve = Serve::start(&cfg, dir.path(), port);
+    // A window for pump-002, added while serving.
+    std::fs::write(
+        &file,
+        format!(
+            "[[maintenance]]\nstream = \"pumps\"\ndevices = [\"pump-002\"]\nfrom = \"{}\"\nuntil = \"{}\"\n",
+            at(15),
+            at(45)
+        ),
+    )
+    .expect("file");
+    wait_until("the file is read again", Duration::from_secs(20), || {
+        serve.log_text().contains("windows=1")
+    });
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("producer");
+    let mut sent = 0;
+    for i in 0..60i64 {
+        for d in 0..3i64 {
+            if d == 2 && (20..40).contains(&i) {
+                continue;
+            }
+            let wave = |k: f64| ((i as f64) * 0.3 + d as f64 + k).sin();
+            let pressure = if d == 1 && (10..50).contains(&i) {
+                4.25
+            } else {
+                5.0 + 0.5 * wave(3.0)
+            };
+            let payload = format!(
+                r#"{{"device":"pump-{d:03}","ts":{},"values":{{"vibration":{},"temperature":{},"current":{},"pressure":{}}}}}"#,
+                t0 + i * 1000,
+                1.0 + 0.1 * wave(0.0),
+                75.0 + 2.0 * wave(1.0),
+                12.0 + 3.0 * wave(2.0),
+                pressure
+            );
+            send(
+                &producer,
+                &topic,
+                Some(format!("pump-{d:03}").as_bytes()),
+                payload.as_bytes(),
+            );
+            sent += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    wait_until("every reading scored", Duration::from_secs(60), || {
+        influx.count("anomaly", "score") >= sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let v = influx.query(
+        "SELECT \"active\", \"device\", \"kind\" FROM \"anomaly_event\" WHERE \"kind\" = 'stuck' OR \"kind\" = 'silent'",
+    );
+    assert!(
+        v["results"][0]["series"].is_null(),
+        "no stuck or silent alarm inside the windows: {v}"
+    );
+    let v = influx.query(
+        "SELECT COUNT(\"score\") FROM \"anomaly\" WHERE \"maintenance\" = true GROUP BY \"device\"",
+    );
+    let counts: std::collections::BTreeMap<String, u64> = v["results"][0]["series"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            (
+                s["tags"]["device"].as_str().unwrap_or("").to_string(),
+                s["values"][0][1].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    // pump-001: readings 5..55; pump-002: 15..20 and 40..45 (it was silent in between).
+    assert_eq!(
+        counts,
+        [("pump-001".to_string(), 50), ("pump-002".to_string(), 10)].into(),
+        "{v}"
+    );
+    assert_eq!(
+        serve.metric("sensorcast_stuck_alarms_raised_total{stream=\"pumps\"}"),
+        0.0
+    );
+    assert_eq!(
+        serve.metric("sensorcast_silent_alarms_raised_total{stream=\"pumps\"}"),
+        0.0
+    );
+    assert_eq!(serve.terminate(), 0);
+}

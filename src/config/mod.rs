@@ -43,6 +43,66 @@ pub struct Config {
     pub retrain: RetrainConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Maintenance windows (`[[maintenance]]`): no alarms, no learning (engine::maintenance).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub maintenance: Vec<MaintenanceWindow>,
+}
+
+/// One window, as configured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    /// The stream it applies to; every stream when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// The devices it applies to; every device of the stream when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    /// Start (RFC 3339), inclusive.
+    pub from: String,
+    /// End (RFC 3339), exclusive.
+    pub until: String,
+    /// Why, for people reading the config.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+impl MaintenanceWindow {
+    /// The window's `[from, until)` in ns, or the key that is wrong and why.
+    pub fn span(&self) -> Result<(i64, i64), (&'static str, String)> {
+        let parse = |key: &'static str, v: &str| {
+            crate::decode::parse_ts_text(v).map_err(|e| (key, e.to_string()))
+        };
+        let (from, until) = (parse("from", &self.from)?, parse("until", &self.until)?);
+        if until <= from {
+            return Err((
+                "until",
+                format!("{} must be after from ({})", self.until, self.from),
+            ));
+        }
+        Ok((from, until))
+    }
+}
+
+/// A file of windows (`anomaly.maintenance_file`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowFile {
+    #[serde(default)]
+    maintenance: Vec<MaintenanceWindow>,
+}
+
+/// Reads a file of windows (`anomaly.maintenance_file`: `[[maintenance]]` entries). Errors
+/// name the file, the entry and what is wrong.
+pub fn read_maintenance_file(path: &Path) -> Result<Vec<MaintenanceWindow>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the maintenance file: {e}", path.display()))?;
+    let file: WindowFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (i, w) in file.maintenance.iter().enumerate() {
+        w.span()
+            .map_err(|(key, e)| format!("{}: maintenance[{i}].{key}: {e}", path.display()))?;
+    }
+    Ok(file.maintenance)
 }
 
 impl Default for Config {
@@ -60,6 +120,7 @@ impl Default for Config {
             state: StateConfig::default(),
             output: OutputConfig::default(),
             retrain: RetrainConfig::default(),
+            maintenance: Vec::new(),
             log: LogConfig::default(),
         }
     }
@@ -692,6 +753,9 @@ pub struct AnomalyConfig {
     pub stuck_factor: f64,
     /// ... and for at least this many of the device's readings.
     pub stuck_min_readings: u32,
+    /// A file of `[[maintenance]]` windows besides the config's, read again by `serve`
+    /// whenever it changes (empty: none).
+    pub maintenance_file: String,
     /// A device is silent once the other devices of its Kafka partition have reported this
     /// many times its usual interval past its last reading: an alarm of its own kind
     /// (`anomaly_event,kind=silent`) until it reports again. 0 turns the check off (for
@@ -722,6 +786,7 @@ impl Default for AnomalyConfig {
             max_alarm_readings: 1440,
             stuck_factor: 3.0,
             stuck_min_readings: 20,
+            maintenance_file: String::new(),
             silent_factor: 10.0,
             short_window: 8,
             long_window: 500,
@@ -1163,6 +1228,24 @@ impl Config {
                 ),
             );
         }
+        for (i, w) in self.maintenance.iter().enumerate() {
+            if let Err((k, e)) = w.span() {
+                bad(format!("maintenance[{i}].{k}"), e);
+            }
+            if let Some(s) = &w.stream
+                && !self.streams.iter().any(|st| &st.name == s)
+            {
+                bad(
+                    format!("maintenance[{i}].stream"),
+                    format!("{s:?} is not a configured stream"),
+                );
+            }
+        }
+        if !a.maintenance_file.is_empty()
+            && let Err(e) = read_maintenance_file(Path::new(&a.maintenance_file))
+        {
+            bad("anomaly.maintenance_file".into(), e);
+        }
         for (k, v) in [
             ("anomaly.stuck_min_readings", a.stuck_min_readings),
             ("anomaly.min_duration", a.min_duration),
@@ -1526,6 +1609,25 @@ fn mask_secrets(value: &mut toml::Value) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_bad_window_file_names_the_file_entry_and_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "[[maintenance]]\nfrom = \"2026-12-05T08:00:00Z\"\nuntil = \"2026-12-05T07:00:00Z\"\n",
+        )
+        .expect("write");
+        let e = read_maintenance_file(&path).expect_err("until before from");
+        assert!(e.contains("m.toml: maintenance[0].until"), "{e}");
+        std::fs::write(
+            &path,
+            "[[maintenance]]\nfrom = \"soon\"\nuntil = \"later\"\n",
+        )
+        .expect("write");
+        let e = read_maintenance_file(&path).expect_err("not times");
+        assert!(e.contains("maintenance[0].from"), "{e}");
+    }
 
     #[test]
     fn credentials_in_urls_and_secret_keys_are_masked() {

@@ -17,6 +17,7 @@
 pub mod calibrate;
 pub mod detect;
 pub mod kernel;
+pub mod maintenance;
 pub mod score;
 pub mod silent;
 pub mod snapshot;
@@ -179,6 +180,9 @@ pub struct EngineSettings {
     pub likelihood: Likelihood,
     /// Normalised feature values are clamped to ±this many standard deviations.
     pub max_abs_z: f32,
+    /// Maintenance windows of the stream ([`maintenance`]): the config's; `serve` adds the
+    /// maintenance file's ([`Engine::set_maintenance`]).
+    pub maintenance: Arc<maintenance::Maintenance>,
 }
 
 impl EngineSettings {
@@ -199,6 +203,10 @@ impl EngineSettings {
             calibration_alpha: 2.0 / (cfg.anomaly.calibration_window as f32 + 1.0),
             likelihood: Likelihood::new(cfg.anomaly.short_window, cfg.anomaly.long_window),
             max_abs_z: cfg.engine.max_abs_z as f32,
+            maintenance: Arc::new(maintenance::Maintenance::for_stream(
+                &cfg.maintenance,
+                &stream.name,
+            )),
         }
     }
 }
@@ -257,6 +265,8 @@ pub struct Scored {
     pub step_ns: i64,
     /// The device started from a zero state (first reading or a reset after a gap).
     pub cold: bool,
+    /// The reading lies in a maintenance window: it raised no alarm and taught nothing.
+    pub maintenance: bool,
     /// What the stuck-sensor alarm did at this reading ([`stuck`]).
     pub stuck_edge: Edge,
     /// The features of the stuck-sensor alarm (bit `f` for feature `f < 64`), when
@@ -487,8 +497,8 @@ pub struct Engine {
     qdrift: Vec<f64>,
     stuck_policy: stuck::StuckPolicy,
     watch: silent::Watch,
-    // Per batch: silent-device alarms raised (reading index, slot, start).
-    raised_silent: Vec<(usize, usize, i64)>,
+    // Per batch: silent-device alarms raised (reading index, its time, slot, start).
+    raised_silent: Vec<(usize, i64, usize, i64)>,
     fell_silent: Vec<usize>,
 }
 
@@ -534,6 +544,16 @@ impl Engine {
             fell_silent: Vec::new(),
             settings,
         })
+    }
+
+    /// Replaces the stream's maintenance windows (`serve`, when the maintenance file changed).
+    pub fn set_maintenance(&mut self, windows: Arc<maintenance::Maintenance>) {
+        self.settings.maintenance = windows;
+    }
+
+    /// The stream's maintenance windows in use.
+    pub fn maintenance(&self) -> &Arc<maintenance::Maintenance> {
+        &self.settings.maintenance
     }
 
     /// Forces an instruction set (tests compare paths).
@@ -835,6 +855,20 @@ impl Engine {
         }
         let sl = &mut self.slots;
         let state = &mut sl.silent[slot];
+        if state.active
+            && let Some(k) = self.raised_silent.iter().position(|p| p.2 == slot)
+        {
+            // It fell silent earlier in this batch and its raise is not named yet: decided
+            // here, where its id is known.
+            let (_, at, _, _) = self.raised_silent[k];
+            if self.settings.maintenance.covers(&r.device, at) {
+                self.raised_silent.remove(k);
+                state.suppressed = true;
+            }
+        }
+        if std::mem::take(&mut state.suppressed) {
+            state.active = false;
+        }
         if state.active {
             state.active = false;
             self.counters.silent_cleared += 1;
@@ -862,8 +896,7 @@ impl Engine {
             &mut self.fell_silent,
         );
         for &s in &self.fell_silent {
-            self.counters.silent_raised += 1;
-            self.raised_silent.push((index, s, sl.last_ts[s]));
+            self.raised_silent.push((index, r.ts, s, sl.last_ts[s]));
         }
     }
 
@@ -874,16 +907,23 @@ impl Engine {
             return;
         }
         let mut names: HashMap<usize, &str, foldhash::fast::RandomState> = HashMap::default();
-        names.extend(self.raised_silent.iter().map(|&(_, s, _)| (s, "")));
+        names.extend(self.raised_silent.iter().map(|&(_, _, s, _)| (s, "")));
         for (id, &slot) in &self.ids {
             if let Some(n) = names.get_mut(&(slot as usize)) {
                 *n = id.as_str();
             }
         }
-        for &(reading, slot, start) in &self.raised_silent {
+        for &(reading, ts, slot, start) in &self.raised_silent {
+            let device = names[&slot];
+            if self.settings.maintenance.covers(device, ts) {
+                // Switched off for maintenance: silent as expected, and not written.
+                self.slots.silent[slot].suppressed = true;
+                continue;
+            }
+            self.counters.silent_raised += 1;
             out.silent.push(silent::SilentEvent {
                 reading,
-                device: names[&slot].to_string(),
+                device: device.to_string(),
                 edge: Edge::Raised { start },
             });
         }
@@ -956,6 +996,12 @@ impl Engine {
         let hf = model.horizon * nf;
         for (r, it) in items.iter().enumerate() {
             let slot = it.slot;
+            let reading = &batch[it.index];
+            let in_maintenance = !self.settings.maintenance.is_empty()
+                && self
+                    .settings
+                    .maintenance
+                    .covers(&reading.device, reading.ts);
             let x = &self.x[r * nf..(r + 1) * nf];
             let head = &self.head_out[r * stride..r * stride + 2 * hf];
             let step = if it.reset {
@@ -1022,7 +1068,7 @@ impl Engine {
                     &sl.pred_mean[near.clone()],
                     &sl.pred_sigma[near.clone()],
                     &mut sl.calib[near.clone()],
-                    warm,
+                    warm && !in_maintenance,
                 );
                 if use_far {
                     judge(
@@ -1030,7 +1076,7 @@ impl Engine {
                         &sl.far_mean[ring..ring + nf],
                         &sl.far_sigma[ring..ring + nf],
                         &mut sl.calib_far[near],
-                        warm,
+                        warm && !in_maintenance,
                     );
                 }
                 forecast_score = score::score_from_max_z(worst, judged);
@@ -1179,7 +1225,12 @@ impl Engine {
             let edge = policy.step(
                 alarm,
                 batch[it.index].ts,
-                detect::Judgement::new(over_line, p <= rate * rate, quiet),
+                // In maintenance a reading neither raises nor clears: an alarm is held.
+                if in_maintenance {
+                    detect::Judgement::new(false, false, false)
+                } else {
+                    detect::Judgement::new(over_line, p <= rate * rate, quiet)
+                },
                 score as f32,
                 level,
             );
@@ -1221,7 +1272,11 @@ impl Engine {
                 }
                 Edge::None => {}
             }
-            let healthy = detect::health_weight(is_anomaly, p, rate, set.clear_factor);
+            let healthy = if in_maintenance {
+                0.0
+            } else {
+                detect::health_weight(is_anomaly, p, rate, set.clear_factor)
+            };
             if seen > 0 {
                 Deviation {
                     state: &mut self.slots.dev[dev_range],
@@ -1233,7 +1288,7 @@ impl Engine {
                 &self.stuck_policy,
                 &mut self.slots,
                 &mut self.counters,
-                (slot, &batch[it.index], it.step_ns),
+                (slot, &batch[it.index], it.step_ns, in_maintenance),
             );
             // Keep the one-step and horizon-H forecasts for scoring the readings to come.
             let far = (hz - 1) * nf;
@@ -1300,6 +1355,7 @@ impl Engine {
                 top_feature,
                 step_ns: it.step_ns,
                 cold: it.reset,
+                maintenance: in_maintenance,
                 stuck_edge,
                 stuck_features,
             });
@@ -1313,13 +1369,17 @@ fn step_stuck(
     policy: &stuck::StuckPolicy,
     slots: &mut Slots,
     counters: &mut Counters,
-    (slot, r, step_ns): (usize, &Reading, i64),
+    (slot, r, step_ns, in_maintenance): (usize, &Reading, i64, bool),
 ) -> (Edge, u64) {
     let nf = r.values.len();
     let range = slot * nf..(slot + 1) * nf;
     let since = &mut slots.flat_since[range.clone()];
     stuck::observe(&mut slots.flat_last[range], since, &r.values, r.ts);
     let state = &mut slots.stuck[slot];
+    if in_maintenance {
+        // The runs go on; the alarm neither raises nor clears.
+        return (Edge::None, state.features);
+    }
     let edge = policy.step(state, since, r.ts, step_ns);
     match edge {
         Edge::Raised { .. } => counters.stuck_raised += 1,

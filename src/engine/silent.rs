@@ -37,6 +37,8 @@ pub struct SilentEvent {
 pub struct SilentState {
     /// An alarm is raised.
     pub active: bool,
+    /// ... but not written: the device was in a maintenance window when it fell silent.
+    pub suppressed: bool,
     /// Exponential average of the device's interval (ns; 0 until it has one).
     pub interval: f32,
 }
@@ -403,5 +405,71 @@ mod engine_tests {
                 }),
         );
         assert_eq!(got, whole);
+    }
+}
+
+#[cfg(test)]
+mod maintenance_tests {
+    use crate::bench::{BenchSpec, settings, synthetic_model};
+    use crate::config::MaintenanceWindow;
+    use crate::decode::Reading;
+    use crate::engine::maintenance::Maintenance;
+    use crate::engine::{BatchOutput, Engine};
+    use std::sync::Arc;
+
+    const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn a_device_silent_inside_its_maintenance_window_raises_nothing() {
+        let m = synthetic_model(&BenchSpec {
+            devices: 0,
+            steps: 0,
+            hidden: 8,
+            features: 2,
+            layers: 1,
+            horizon: 2,
+            batch: 1,
+        });
+        let t0 = 1_795_000_000 * S;
+        let mut s = settings();
+        s.detect.silent_factor = 10.0;
+        s.default_interval_ns = S;
+        s.maintenance = Arc::new(Maintenance::for_stream(
+            &[MaintenanceWindow {
+                devices: vec!["b".into()],
+                from: crate::decode::format_ts(t0 + 15 * S),
+                until: crate::decode::format_ts(t0 + 45 * S),
+                ..MaintenanceWindow::default()
+            }],
+            "pumps",
+        ));
+        let m = Arc::new(m);
+        let mut out = BatchOutput::default();
+        let mut batch = Vec::new();
+        for i in 0..60i64 {
+            for d in ["a", "b"] {
+                if d == "b" && (20..40).contains(&i) {
+                    continue;
+                }
+                let r = Reading {
+                    device: d.into(),
+                    ts: t0 + i * S,
+                    values: vec![(i as f32).sin(), 1.0],
+                };
+                batch.push(r);
+            }
+        }
+        // One reading at a time, and all at once (the device falls silent and returns within
+        // one batch).
+        for size in [1, batch.len()] {
+            let mut e = Engine::new(Arc::clone(&m), s.clone()).expect("engine");
+            let mut events = Vec::new();
+            for chunk in batch.chunks(size) {
+                e.process(chunk, &mut out).expect("step");
+                events.extend(out.silent.clone());
+            }
+            assert!(events.is_empty(), "batch {size}: {events:?}");
+            assert_eq!(e.counters().silent_raised, 0);
+        }
     }
 }

@@ -303,7 +303,7 @@ impl Engine {
         w.i64(st.last_stuck);
         w.0.extend_from_slice(&st.features.to_le_bytes());
         let quiet = sl.silent[slot];
-        w.0.push(quiet.active as u8);
+        w.0.push(quiet.active as u8 | (quiet.suppressed as u8) << 1);
         w.f32s(&[quiet.interval]);
         w.i64(sl.last_ts[slot]);
         w.u32(sl.count[slot]);
@@ -450,11 +450,12 @@ impl Engine {
                 last_stuck: r.i64(),
                 features: u64::from_le_bytes(r.take(8).try_into().unwrap_or_default()),
             };
-            let active = r.take(1)[0] != 0;
+            let flags = r.take(1)[0];
             let mut interval = [0f32];
             r.f32s(&mut interval);
             sl.silent[slot] = SilentState {
-                active,
+                active: flags & 1 != 0,
+                suppressed: flags & 2 != 0,
                 interval: interval[0],
             };
         } else {

@@ -84,6 +84,8 @@ pub struct EngineStage {
     registry: Registry,
     cfg: Config,
     last_swap_check: Instant,
+    // Maintenance windows of the config and the maintenance file.
+    windows: crate::engine::maintenance::WindowSource,
 }
 
 /// A parked-device log is compacted once it is at least this big and mostly dead.
@@ -99,7 +101,7 @@ impl EngineStage {
         checkpoints_in_flight: Arc<AtomicUsize>,
     ) -> Self {
         let n = engines.len();
-        Self {
+        let mut stage = Self {
             engines,
             names: cfg.streams.iter().map(|s| s.name.clone()).collect(),
             outputs: cfg.streams.iter().map(|s| cfg.output_for(s)).collect(),
@@ -131,6 +133,22 @@ impl EngineStage {
             registry: Registry::new(&cfg.model.registry),
             cfg: cfg.clone(),
             last_swap_check: Instant::now(),
+            windows: crate::engine::maintenance::WindowSource::new(cfg),
+        };
+        // The maintenance file's windows apply from the first reading.
+        stage.poll_maintenance();
+        stage
+    }
+
+    /// Gives every engine its stream's windows when the maintenance file changed.
+    fn poll_maintenance(&mut self) {
+        if let Some(windows) = self.windows.poll() {
+            for (i, w) in windows.into_iter().enumerate() {
+                if let Some(sw) = self.swaps[i].as_mut() {
+                    sw.old.set_maintenance(Arc::clone(&w));
+                }
+                self.engines[i].set_maintenance(w);
+            }
         }
     }
 
@@ -188,6 +206,7 @@ impl EngineStage {
     /// Between two messages: swaps that may end, idle devices to park, a periodic checkpoint
     /// that may be due; false when the sink is gone.
     fn housekeeping(&mut self, tx: &mpsc::Sender<ToSink>) -> bool {
+        self.poll_maintenance();
         if self.last_swap_check.elapsed() >= Duration::from_secs(1) {
             self.check_swaps();
         }
@@ -729,6 +748,8 @@ impl EngineStage {
             // go on from what the intermediate model has seen of them.
             self.finish_swap(stream, prev, "a newer model arrived");
         }
+        let mut engine = engine;
+        engine.set_maintenance(Arc::clone(self.engines[stream].maintenance()));
         let old = std::mem::replace(&mut self.engines[stream], engine);
         self.counter_base[stream] = self.counter_base[stream].plus(old.counters());
         let partitions: BTreeSet<u32> = self

@@ -311,9 +311,7 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         false_alarm_readings,
         normal_readings: normal,
         over_line_readings,
-        rate: stream
-            .false_alarm_rate
-            .unwrap_or(cfg.anomaly.false_alarm_rate),
+        rate: stream.rate(&cfg.anomaly),
         readings_per_day: 1.0 / interval_days,
         alarms,
         train_secs,

@@ -530,6 +530,9 @@ pub struct SweepRow {
 pub struct SkabReport {
     /// Rate in the config (the default sensitivity).
     pub rate: f64,
+    /// The same knob in operator units: the most false alarm events per device-week it
+    /// allows at the stream's interval.
+    pub budget: f64,
     /// Pooled counts at that rate.
     pub counts: PointCounts,
     /// Event-level results at that rate.
@@ -707,6 +710,7 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
     }
     Ok(SkabReport {
         rate,
+        budget: stream.budget_of(rate),
         counts,
         events,
         per_file,
@@ -776,6 +780,15 @@ impl std::fmt::Display for SkabReport {
             self.anomaly_free_alarms.0,
             self.anomaly_free_alarms.1,
             self.anomaly_free_alarms.0 as f64 / self.anomaly_free_alarms.1.max(f64::MIN_POSITIVE)
+        )?;
+        writeln!(
+            f,
+            "the knob in operator units: false_alarm_rate {:.3e} allows at most {:.1} false alarm events per device-week at this interval (anomaly.alarm_budget); measured {:.1} per device-week on normal test rows, {:.1} on anomaly-free.csv",
+            self.rate,
+            self.budget,
+            e.false_alarms_per_device_day() * 7.0,
+            self.anomaly_free_alarms.0 as f64 / self.anomaly_free_alarms.1.max(f64::MIN_POSITIVE)
+                * 7.0
         )?;
         let ap = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
         writeln!(
@@ -923,6 +936,8 @@ pub struct LabelledReport {
     pub model: String,
     /// Target false-alarm rate.
     pub rate: f64,
+    /// The same knob in operator units (false alarm events per device-week at most).
+    pub budget: f64,
     /// Devices.
     pub devices: usize,
     /// Rows.
@@ -978,6 +993,7 @@ pub fn run_labelled(
     Ok(LabelledReport {
         model: loaded.meta.version.clone(),
         rate,
+        budget: stream.budget_of(rate),
         devices: series.len(),
         rows: series.iter().map(|s| s.readings.len()).sum(),
         counts: point_counts(&series, &results),
@@ -1017,10 +1033,12 @@ impl std::fmt::Display for LabelledReport {
         )?;
         write!(
             f,
-            "false-alarm events: {} in {:.2} device-days of normal operation ({:.3} per device-day)",
+            "false-alarm events: {} in {:.2} device-days of normal operation ({:.3} per device-day, {:.2} per device-week; the knob allows at most {:.1} a week)",
             e.false_alarm_events,
             e.normal_device_days,
-            e.false_alarms_per_device_day()
+            e.false_alarms_per_device_day(),
+            e.false_alarms_per_device_day() * 7.0,
+            self.budget
         )
     }
 }

@@ -55,6 +55,7 @@ fn config_keys() -> BTreeSet<String> {
     // Documented in default.toml as comments (optional keys without a default).
     for k in [
         "streams.false_alarm_rate",
+        "streams.alarm_budget",
         "streams.output",
         "influxdb.token_file",
         "influxdb.username",

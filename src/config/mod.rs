@@ -607,9 +607,38 @@ pub struct StreamConfig {
     pub false_alarm_rate: Option<f64>,
     /// Per-device target false-alarm rates, e.g. `{ "pump-7" = 0.0001 }`.
     pub device_false_alarm_rate: std::collections::BTreeMap<String, f64>,
+    /// This stream's alarm budget (default: `anomaly.alarm_budget`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm_budget: Option<f64>,
     /// This stream's overrides of `[output]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputOverride>,
+}
+
+/// A week, in nanoseconds (the unit of `anomaly.alarm_budget`).
+pub const WEEK_NS: f64 = 7.0 * 86_400e9;
+
+impl StreamConfig {
+    /// The stream's target false-alarm rate per reading: its own `false_alarm_rate`, else its
+    /// alarm budget (or `anomaly.alarm_budget`) converted with its interval, else
+    /// `anomaly.false_alarm_rate`.
+    pub fn rate(&self, a: &AnomalyConfig) -> f64 {
+        if let Some(r) = self.false_alarm_rate {
+            return r;
+        }
+        let budget = self.alarm_budget.unwrap_or(a.alarm_budget);
+        if budget > 0.0 {
+            budget * self.interval.as_nanos() as f64 / WEEK_NS
+        } else {
+            a.false_alarm_rate
+        }
+    }
+
+    /// The most false alarm events a week per device the rate `rate` allows at this stream's
+    /// interval (the budget the rate stands for).
+    pub fn budget_of(&self, rate: f64) -> f64 {
+        rate * WEEK_NS / self.interval.as_nanos().max(1) as f64
+    }
 }
 
 impl Default for StreamConfig {
@@ -623,6 +652,7 @@ impl Default for StreamConfig {
             interval: HumanDuration::from_secs(60),
             false_alarm_rate: None,
             device_false_alarm_rate: Default::default(),
+            alarm_budget: None,
             output: None,
         }
     }
@@ -724,6 +754,11 @@ pub struct AnomalyConfig {
     pub min_duration: u32,
     /// Quiet readings in a row before a raised alarm clears.
     pub cooldown: u32,
+    /// The knob in operator units: false alarm events per device per week. When above 0, a
+    /// stream's rate (unless it sets `false_alarm_rate`) is `alarm_budget × interval / 7 days`:
+    /// every false alarm needs at least one reading over the line, so a device raises at most
+    /// that many a week. 0: `false_alarm_rate` applies.
+    pub alarm_budget: f64,
     /// A reading is quiet when its p-value exceeds `false_alarm_rate · clear_factor`
     /// (hysteresis: readings in between neither raise nor clear).
     pub clear_factor: f64,
@@ -774,6 +809,7 @@ impl Default for AnomalyConfig {
     fn default() -> Self {
         Self {
             false_alarm_rate: 0.001,
+            alarm_budget: 0.0,
             min_duration: 5,
             cooldown: 30,
             clear_factor: 10.0,
@@ -1180,6 +1216,35 @@ impl Config {
         }
         let a = &self.anomaly;
         let rate_ok = |v: f64| v > 0.0 && v < 1.0;
+        if !(a.alarm_budget >= 0.0 && a.alarm_budget.is_finite()) {
+            bad(
+                "anomaly.alarm_budget".into(),
+                format!(
+                    "{} must be a number of alarms a week, 0 or more",
+                    a.alarm_budget
+                ),
+            );
+        }
+        for (i, s) in self.streams.iter().enumerate() {
+            if let Some(b) = s.alarm_budget
+                && !(b > 0.0 && b.is_finite())
+            {
+                bad(
+                    format!("streams[{i}].alarm_budget"),
+                    format!("{b} must be a number of alarms a week above 0"),
+                );
+            } else if s.false_alarm_rate.is_none() && !rate_ok(s.rate(a)) {
+                bad(
+                    format!("streams[{i}].alarm_budget"),
+                    format!(
+                        "a budget of {} alarms a week at one reading every {} is a rate of {}, which must be under 1: set streams[{i}].false_alarm_rate instead",
+                        s.alarm_budget.unwrap_or(a.alarm_budget),
+                        s.interval,
+                        s.rate(a)
+                    ),
+                );
+            }
+        }
         if !rate_ok(a.false_alarm_rate) {
             bad(
                 "anomaly.false_alarm_rate".into(),
@@ -1609,6 +1674,38 @@ fn mask_secrets(value: &mut toml::Value) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_alarm_budget_is_converted_with_the_streams_interval_and_a_rate_wins() {
+        let mut cfg = Config::default();
+        cfg.streams[0].interval = HumanDuration::from_secs(60);
+        let a = cfg.anomaly.clone();
+        assert_eq!(
+            cfg.streams[0].rate(&a),
+            a.false_alarm_rate,
+            "no budget: the rate"
+        );
+        cfg.anomaly.alarm_budget = 1.0;
+        let a = cfg.anomaly.clone();
+        // One alarm a week at one reading a minute: one reading in 10,080.
+        assert!((cfg.streams[0].rate(&a) - 1.0 / 10_080.0).abs() < 1e-12);
+        assert!((cfg.streams[0].budget_of(cfg.streams[0].rate(&a)) - 1.0).abs() < 1e-9);
+        cfg.streams[0].alarm_budget = Some(2.0);
+        assert!((cfg.streams[0].rate(&a) - 2.0 / 10_080.0).abs() < 1e-12);
+        cfg.streams[0].false_alarm_rate = Some(0.01);
+        assert_eq!(cfg.streams[0].rate(&a), 0.01, "an explicit rate wins");
+        assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+        // A budget larger than the readings of a week is refused, naming the key.
+        cfg.streams[0].false_alarm_rate = None;
+        cfg.streams[0].alarm_budget = Some(20_000.0);
+        let p = cfg.validate();
+        assert!(
+            p.iter()
+                .any(|p| p.key == "streams[0].alarm_budget"
+                    && p.message.contains("false_alarm_rate")),
+            "{p:?}"
+        );
+    }
     #[test]
     fn a_bad_window_file_names_the_file_entry_and_problem() {
         let dir = tempfile::tempdir().expect("tempdir");

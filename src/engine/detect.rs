@@ -546,7 +546,7 @@ impl DetectSettings {
         stream: &crate::config::StreamConfig,
     ) -> Self {
         Self {
-            false_alarm_rate: stream.false_alarm_rate.unwrap_or(a.false_alarm_rate),
+            false_alarm_rate: stream.rate(a),
             min_duration: a.min_duration,
             cooldown: a.cooldown,
             clear_factor: a.clear_factor,

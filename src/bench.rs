@@ -82,6 +82,21 @@ pub fn synthetic_model(spec: &BenchSpec) -> InferenceModel {
         .unwrap_or_else(|e| unreachable!("a freshly built model exports: {e}"))
 }
 
+/// A small randomly initialised model for tests: one layer of `hidden`, `features` inputs,
+/// two forecast steps.
+#[cfg(test)]
+pub fn small_model(hidden: usize, features: usize) -> InferenceModel {
+    synthetic_model(&BenchSpec {
+        devices: 0,
+        steps: 0,
+        hidden,
+        features,
+        layers: 1,
+        horizon: 2,
+        batch: 1,
+    })
+}
+
 /// Readings for `devices × steps`, step by step, one minute apart, smooth signals plus noise.
 pub fn synthetic_readings(devices: usize, steps: usize, features: usize) -> Vec<Reading> {
     let names: Vec<String> = (0..devices).map(|d| format!("dev-{d:06}")).collect();

@@ -1938,37 +1938,15 @@ fn a_stuck_sensor_raises_an_alarm_of_its_own_kind_through_serve() {
     }];
     let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
     let serve = Serve::start(&cfg, dir.path(), port);
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .expect("producer");
     let t0 = chrono::Utc::now().timestamp_millis() - 200_000;
     let (readings, flat) = (120i64, 40..80i64);
-    for i in 0..readings {
-        for d in 0..2i64 {
-            let wave = |k: f64| ((i as f64) * 0.3 + d as f64 + k).sin();
-            let pressure = if d == 1 && flat.contains(&i) {
-                4.25
-            } else {
-                5.0 + 0.5 * wave(3.0)
-            };
-            let payload = format!(
-                r#"{{"device":"pump-{d:03}","ts":{},"values":{{"vibration":{},"temperature":{},"current":{},"pressure":{}}}}}"#,
-                t0 + i * 1000,
-                1.0 + 0.1 * wave(0.0),
-                75.0 + 2.0 * wave(1.0),
-                12.0 + 3.0 * wave(2.0),
-                pressure
-            );
-            send(
-                &producer,
-                &topic,
-                Some(format!("pump-{d:03}").as_bytes()),
-                payload.as_bytes(),
-            );
-        }
-    }
-    producer.flush(Duration::from_secs(10)).expect("flush");
+    produce_pumps(
+        &brokers,
+        &topic,
+        (t0, readings, 2),
+        |_, _| false,
+        |i, d| d == 1 && flat.contains(&i),
+    );
     wait_until("every reading scored", Duration::from_secs(60), || {
         influx.count("anomaly", "score") >= 2 * readings as usize
     });
@@ -2033,37 +2011,15 @@ fn a_silent_device_raises_an_alarm_of_its_own_kind_through_serve() {
     }];
     let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
     let serve = Serve::start(&cfg, dir.path(), port);
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .expect("producer");
     let t0 = chrono::Utc::now().timestamp_millis() - 200_000;
     let (readings, quiet) = (60i64, 20..40i64);
-    let mut sent = 0;
-    for i in 0..readings {
-        for d in 0..3i64 {
-            if d == 2 && quiet.contains(&i) {
-                continue;
-            }
-            let wave = |k: f64| ((i as f64) * 0.3 + d as f64 + k).sin();
-            let payload = format!(
-                r#"{{"device":"pump-{d:03}","ts":{},"values":{{"vibration":{},"temperature":{},"current":{},"pressure":{}}}}}"#,
-                t0 + i * 1000,
-                1.0 + 0.1 * wave(0.0),
-                75.0 + 2.0 * wave(1.0),
-                12.0 + 3.0 * wave(2.0),
-                5.0 + 0.5 * wave(3.0),
-            );
-            send(
-                &producer,
-                &topic,
-                Some(format!("pump-{d:03}").as_bytes()),
-                payload.as_bytes(),
-            );
-            sent += 1;
-        }
-    }
-    producer.flush(Duration::from_secs(10)).expect("flush");
+    let sent = produce_pumps(
+        &brokers,
+        &topic,
+        (t0, readings, 3),
+        |i, d| d == 2 && quiet.contains(&i),
+        |_, _| false,
+    );
     wait_until("every reading scored", Duration::from_secs(60), || {
         influx.count("anomaly", "score") >= sent
     });
@@ -2142,40 +2098,13 @@ fn maintenance_windows_from_config_and_a_watched_file_hold_alarms_back_through_s
     wait_until("the file is read again", Duration::from_secs(20), || {
         serve.log_text().contains("windows=1")
     });
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .expect("producer");
-    let mut sent = 0;
-    for i in 0..60i64 {
-        for d in 0..3i64 {
-            if d == 2 && (20..40).contains(&i) {
-                continue;
-            }
-            let wave = |k: f64| ((i as f64) * 0.3 + d as f64 + k).sin();
-            let pressure = if d == 1 && (10..50).contains(&i) {
-                4.25
-            } else {
-                5.0 + 0.5 * wave(3.0)
-            };
-            let payload = format!(
-                r#"{{"device":"pump-{d:03}","ts":{},"values":{{"vibration":{},"temperature":{},"current":{},"pressure":{}}}}}"#,
-                t0 + i * 1000,
-                1.0 + 0.1 * wave(0.0),
-                75.0 + 2.0 * wave(1.0),
-                12.0 + 3.0 * wave(2.0),
-                pressure
-            );
-            send(
-                &producer,
-                &topic,
-                Some(format!("pump-{d:03}").as_bytes()),
-                payload.as_bytes(),
-            );
-            sent += 1;
-        }
-    }
-    producer.flush(Duration::from_secs(10)).expect("flush");
+    let sent = produce_pumps(
+        &brokers,
+        &topic,
+        (t0, 60, 3),
+        |i, d| d == 2 && (20..40).contains(&i),
+        |i, d| d == 1 && (10..50).contains(&i),
+    );
     wait_until("every reading scored", Duration::from_secs(60), || {
         influx.count("anomaly", "score") >= sent
     });
@@ -2217,4 +2146,51 @@ fn maintenance_windows_from_config_and_a_watched_file_hold_alarms_back_through_s
         0.0
     );
     assert_eq!(serve.terminate(), 0);
+}
+
+/// Produces readings of `devices` pumps (`pump-000`, …), one a second from `t0` (ms) for
+/// `readings` seconds, through one producer: pump `d`'s reading `i` is left out where
+/// `skip(i, d)`, and its pressure holds 4.25 where `flat(i, d)`. Returns how many were sent.
+fn produce_pumps(
+    brokers: &str,
+    topic: &str,
+    (t0, readings, devices): (i64, i64, i64),
+    skip: impl Fn(i64, i64) -> bool,
+    flat: impl Fn(i64, i64) -> bool,
+) -> usize {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    let mut sent = 0;
+    for i in 0..readings {
+        for d in 0..devices {
+            if skip(i, d) {
+                continue;
+            }
+            let wave = |k: f64| ((i as f64) * 0.3 + d as f64 + k).sin();
+            let pressure = if flat(i, d) {
+                4.25
+            } else {
+                5.0 + 0.5 * wave(3.0)
+            };
+            let payload = format!(
+                r#"{{"device":"pump-{d:03}","ts":{},"values":{{"vibration":{},"temperature":{},"current":{},"pressure":{}}}}}"#,
+                t0 + i * 1000,
+                1.0 + 0.1 * wave(0.0),
+                75.0 + 2.0 * wave(1.0),
+                12.0 + 3.0 * wave(2.0),
+                pressure
+            );
+            send(
+                &producer,
+                topic,
+                Some(format!("pump-{d:03}").as_bytes()),
+                payload.as_bytes(),
+            );
+            sent += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    sent
 }

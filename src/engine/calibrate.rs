@@ -166,12 +166,12 @@ fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{BenchSpec, settings, synthetic_model};
+    use crate::bench::{settings, small_model};
     use crate::synth::{FleetSpec, generate};
 
     fn fleet() -> Vec<Reading> {
         generate(&FleetSpec {
-            devices: 6,
+            devices: 24,
             readings: 400,
             faults: 0,
             ..FleetSpec::default()
@@ -180,15 +180,7 @@ mod tests {
     }
 
     fn model() -> InferenceModel {
-        synthetic_model(&BenchSpec {
-            devices: 0,
-            steps: 0,
-            hidden: 16,
-            features: 4,
-            layers: 1,
-            horizon: 3,
-            batch: 1,
-        })
+        small_model(16, 4)
     }
 
     fn by_device(rs: &[Reading]) -> Vec<Vec<&Reading>> {
@@ -223,14 +215,21 @@ mod tests {
             .expect("calibrates")
             .expect("enough readings");
         assert_eq!(fresh, again);
-        // Measured once more on an engine running on them, they hardly move: they are the
-        // thresholds `serve` will meet.
+        // Measured once more on an engine running on them, they move far less than the
+        // first pass (on Gaussian tails) is off from them: they are close to the thresholds
+        // `serve` will meet.
+        let first = measure(Arc::new(model()), s.clone(), &slices)
+            .expect("measures")
+            .expect("enough readings");
         let mut m = model();
         m.set_calibration(Some(fresh.clone()));
         let next = measure(Arc::new(m), s, &slices)
             .expect("measures")
             .expect("enough readings");
-        let change = deep_change(&fresh, &next);
-        assert!(change < 0.25, "deepest thresholds moved by {change:.3}");
+        let (settled, off) = (deep_change(&fresh, &next), deep_change(&first, &fresh));
+        assert!(
+            settled < 0.3 && settled < off / 2.0,
+            "deepest thresholds moved by {settled:.3} (the first pass was off by {off:.3})"
+        );
     }
 }

@@ -189,7 +189,7 @@ mod tests {
 #[cfg(test)]
 mod engine_tests {
     use super::*;
-    use crate::bench::{BenchSpec, settings, synthetic_model};
+    use crate::bench::{settings, small_model};
     use crate::decode::Reading;
     use crate::engine::detect::Edge;
     use crate::engine::{BatchOutput, Engine, Outcome};
@@ -199,15 +199,7 @@ mod engine_tests {
     const T0: i64 = 1_795_000_000 * S;
 
     fn engine(windows: &[MaintenanceWindow]) -> Engine {
-        let m = synthetic_model(&BenchSpec {
-            devices: 0,
-            steps: 0,
-            hidden: 8,
-            features: 2,
-            layers: 1,
-            horizon: 2,
-            batch: 1,
-        });
+        let m = small_model(8, 2);
         let mut s = settings();
         s.warmup = 5;
         s.detect.learning = 30;

@@ -293,7 +293,7 @@ mod tests {
 #[cfg(test)]
 mod engine_tests {
     use super::SilentEvent;
-    use crate::bench::{BenchSpec, settings, synthetic_model};
+    use crate::bench::{settings, small_model};
     use crate::decode::Reading;
     use crate::engine::detect::Edge;
     use crate::engine::{BatchOutput, Engine};
@@ -302,15 +302,7 @@ mod engine_tests {
     const S: i64 = 1_000_000_000;
 
     fn engine() -> Engine {
-        let m = synthetic_model(&BenchSpec {
-            devices: 0,
-            steps: 0,
-            hidden: 8,
-            features: 2,
-            layers: 1,
-            horizon: 2,
-            batch: 1,
-        });
+        let m = small_model(8, 2);
         let mut s = settings();
         s.detect.silent_factor = 5.0;
         s.default_interval_ns = S;
@@ -410,7 +402,7 @@ mod engine_tests {
 
 #[cfg(test)]
 mod maintenance_tests {
-    use crate::bench::{BenchSpec, settings, synthetic_model};
+    use crate::bench::{settings, small_model};
     use crate::config::MaintenanceWindow;
     use crate::decode::Reading;
     use crate::engine::maintenance::Maintenance;
@@ -421,15 +413,7 @@ mod maintenance_tests {
 
     #[test]
     fn a_device_silent_inside_its_maintenance_window_raises_nothing() {
-        let m = synthetic_model(&BenchSpec {
-            devices: 0,
-            steps: 0,
-            hidden: 8,
-            features: 2,
-            layers: 1,
-            horizon: 2,
-            batch: 1,
-        });
+        let m = small_model(8, 2);
         let t0 = 1_795_000_000 * S;
         let mut s = settings();
         s.detect.silent_factor = 10.0;

@@ -219,7 +219,7 @@ mod tests {
 
 #[cfg(test)]
 mod engine_tests {
-    use crate::bench::{BenchSpec, settings, synthetic_model};
+    use crate::bench::{settings, small_model};
     use crate::decode::Reading;
     use crate::engine::detect::Edge;
     use crate::engine::snapshot::{ShardRecords, StateLayout};
@@ -230,15 +230,7 @@ mod engine_tests {
     const FLAT: std::ops::Range<usize> = 10..25;
 
     fn engine() -> Engine {
-        let mut m = synthetic_model(&BenchSpec {
-            devices: 0,
-            steps: 0,
-            hidden: 8,
-            features: 3,
-            layers: 1,
-            horizon: 2,
-            batch: 1,
-        });
+        let mut m = small_model(8, 3);
         m.longest_flat_ns = Some(vec![0; 3]);
         let mut s = settings();
         s.detect.stuck_min_readings = 5;

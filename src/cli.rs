@@ -376,43 +376,12 @@ pub fn run_retrain(
                 c.meta.version
             ),
         ),
-        (Some(_), Some(cm)) => {
-            let needed = cm.mase * (1.0 - r.margin);
-            let target = stream
-                .false_alarm_rate
-                .unwrap_or(cfg.anomaly.false_alarm_rate);
-            let allowed = r.max_over_line_ratio * cm.over_line.unwrap_or(0.0).max(target);
-            let over = challenger_m.over_line.unwrap_or(0.0);
-            if challenger_m.mase < needed && over > allowed {
-                (
-                    false,
-                    format!(
-                        "challenger MASE {:.4} beats champion {:.4}, but it puts {:.4} of the holdout readings over the alarm line, more than {} × max(champion {:.4}, target {target}) = {allowed:.4}",
-                        challenger_m.mase,
-                        cm.mase,
-                        over,
-                        r.max_over_line_ratio,
-                        cm.over_line.unwrap_or(0.0)
-                    ),
-                )
-            } else if challenger_m.mase < needed {
-                (
-                    true,
-                    format!(
-                        "challenger MASE {:.4} < champion {:.4} × (1 − {}) = {needed:.4}",
-                        challenger_m.mase, cm.mase, r.margin
-                    ),
-                )
-            } else {
-                (
-                    false,
-                    format!(
-                        "challenger MASE {:.4} is not below champion {:.4} × (1 − {}) = {needed:.4}",
-                        challenger_m.mase, cm.mase, r.margin
-                    ),
-                )
-            }
-        }
+        (Some(_), Some(cm)) => gate(
+            (challenger_m.mase, challenger_m.over_line),
+            (cm.mase, cm.over_line),
+            (r.margin, r.max_over_line_ratio),
+            stream.rate(&cfg.anomaly),
+        ),
     };
     let mut decision = Decision {
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -603,6 +572,48 @@ pub fn validation_report(meta: &ModelMeta) -> String {
 
 /// What the anomaly thresholds rest on: per piece of evidence, the fewest normal readings
 /// behind one feature's tail, and how many of them the fitted deep tail rests on.
+/// The champion/challenger gate on the two models' holdout scores, each `(MASE, share of
+/// readings over the alarm line)`: the challenger must beat the champion's MASE by `margin`
+/// and put at most `ratio` × max(the champion's share, `target`) of the holdout over the line.
+/// Returns whether to publish, and why.
+fn gate(
+    challenger: (f64, Option<f64>),
+    champion: (f64, Option<f64>),
+    (margin, ratio): (f64, f64),
+    target: f64,
+) -> (bool, String) {
+    let needed = champion.0 * (1.0 - margin);
+    let allowed = ratio * champion.1.unwrap_or(0.0).max(target);
+    let over = challenger.1.unwrap_or(0.0);
+    if challenger.0 < needed && over > allowed {
+        (
+            false,
+            format!(
+                "challenger MASE {:.4} beats champion {:.4}, but it puts {over:.4} of the holdout readings over the alarm line, more than {ratio} × max(champion {:.4}, target {target}) = {allowed:.4}",
+                challenger.0,
+                champion.0,
+                champion.1.unwrap_or(0.0)
+            ),
+        )
+    } else if challenger.0 < needed {
+        (
+            true,
+            format!(
+                "challenger MASE {:.4} < champion {:.4} × (1 − {margin}) = {needed:.4}",
+                challenger.0, champion.0
+            ),
+        )
+    } else {
+        (
+            false,
+            format!(
+                "challenger MASE {:.4} is not below champion {:.4} × (1 − {margin}) = {needed:.4}",
+                challenger.0, champion.0
+            ),
+        )
+    }
+}
+
 fn tails_report(calibration: Option<&crate::engine::detect::Calibration>) -> String {
     use crate::engine::detect::TailTable;
     let Some(c) = calibration else {
@@ -814,4 +825,29 @@ pub fn run_replay(
         .with_context(|| format!("failed to write {}", output.display()))?;
     summary.skipped = data.issues.len();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gate;
+
+    #[test]
+    fn the_gate_weighs_mase_with_a_margin_and_refuses_a_challenger_that_alarms_more() {
+        // Better by more than the margin, alarms within 2 × the champion's share: published.
+        let (publish, why) = gate((0.9, Some(0.003)), (1.0, Some(0.002)), (0.05, 2.0), 0.001);
+        assert!(publish, "{why}");
+        // Better, but 5 % over the line against 2 × max(1 %, 0.1 %) = 2 %: kept.
+        let (publish, why) = gate((0.9, Some(0.05)), (1.0, Some(0.01)), (0.05, 2.0), 0.001);
+        assert!(!publish);
+        assert!(
+            why.contains("over the alarm line") && why.contains("0.0200"),
+            "{why}"
+        );
+        // A champion quieter than the target is measured against the target.
+        let (publish, _) = gate((0.9, Some(0.0015)), (1.0, Some(0.0)), (0.05, 2.0), 0.001);
+        assert!(publish);
+        // Not better by the margin: kept, whatever it alarms.
+        let (publish, why) = gate((0.97, Some(0.0)), (1.0, Some(0.01)), (0.05, 2.0), 0.001);
+        assert!(!publish && why.contains("not below"), "{why}");
+    }
 }

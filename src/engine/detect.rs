@@ -348,28 +348,27 @@ impl Joint {
         Some(joint)
     }
 
+    /// The terms `zᵢ (P z)ᵢ` of `zᵀ P z`, one per feature.
+    fn terms<'a>(&'a self, z: &'a [f64]) -> impl Iterator<Item = f64> + 'a {
+        let nf = z.len();
+        self.precision
+            .chunks_exact(nf.max(1))
+            .zip(z)
+            .map(move |(row, zi)| zi * row.iter().zip(z).map(|(p, v)| p * v).sum::<f64>())
+    }
+
     /// `zᵀ P z`.
     pub fn distance(&self, z: &[f64]) -> f64 {
-        let nf = z.len();
-        let mut d = 0.0;
-        for i in 0..nf {
-            let row = &self.precision[i * nf..(i + 1) * nf];
-            let pz: f64 = row.iter().zip(z).map(|(p, v)| p * v).sum();
-            d += z[i] * pz;
-        }
-        d.max(0.0)
+        self.terms(z).sum::<f64>().max(0.0)
     }
 
     /// The distance, as [`Self::distance`], with each feature's share of it, `|zᵢ (P z)ᵢ|`,
     /// written into `out` (for the explanation) in the same pass.
     pub fn parts(&self, z: &[f64], out: &mut [f64]) -> f64 {
-        let nf = z.len();
         let mut d = 0.0;
-        for i in 0..nf {
-            let row = &self.precision[i * nf..(i + 1) * nf];
-            let pz: f64 = row.iter().zip(z).map(|(p, v)| p * v).sum();
-            d += z[i] * pz;
-            out[i] = (z[i] * pz).abs();
+        for (t, o) in self.terms(z).zip(out.iter_mut()) {
+            d += t;
+            *o = t.abs();
         }
         d.max(0.0)
     }

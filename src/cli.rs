@@ -260,6 +260,62 @@ fn train_on_history(
     train_and_publish(cfg, stream, &h.readings, vec![h.source], show_progress)
 }
 
+/// `sensorcast label`: checks the label (and, without `until`, finds the alarm's end in
+/// InfluxDB, which also proves the alarm exists), then appends it to `anomaly.labels_file`.
+/// Returns what was recorded, in words.
+pub fn run_label(cfg: &Config, mut label: crate::labels::Label) -> anyhow::Result<String> {
+    let path = &cfg.anomaly.labels_file;
+    if path.is_empty() {
+        bail!("anomaly.labels_file is not set: the config names no file to record labels in");
+    }
+    let at = crate::decode::parse_ts_text(&label.at).context("--at")?;
+    // Exactly the point's timestamp, whatever form it was given in.
+    label.at = format_ts(at);
+    if let Some(u) = &label.until {
+        label.until = Some(format_ts(
+            crate::decode::parse_ts_text(u).context("--until")?,
+        ));
+    } else {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let found = rt
+            .block_on(crate::history::alarm(
+                cfg,
+                &label.stream,
+                &label.device,
+                &label.kind,
+                at,
+            ))
+            .context(
+                "cannot look the alarm up in InfluxDB (give --until to record it without looking)",
+            )?;
+        let Some(found) = found else {
+            bail!(
+                "InfluxDB holds no {} alarm of device {:?} (stream {:?}) starting at {}: --at must be the alarm's start, as its anomaly_event point's time and `start` field give it (or give --until to record it without looking)",
+                label.kind,
+                label.device,
+                label.stream,
+                label.at
+            );
+        };
+        label.until = found.end.filter(|_| !found.active).map(format_ts);
+    }
+    label
+        .span()
+        .map_err(|(key, e)| anyhow::anyhow!("{key}: {e}"))?;
+    crate::labels::append_label(std::path::Path::new(path), &label)?;
+    Ok(format!(
+        "recorded the {} alarm of {} ({}) from {} to {} as {} in {path}",
+        label.kind,
+        label.device,
+        label.stream,
+        label.at,
+        label.until.as_deref().unwrap_or("now (still active)"),
+        label.verdict.as_str()
+    ))
+}
+
 /// `sensorcast retrain` (and `[retrain] every` inside `serve`): a challenger trained on the
 /// stream's history (`retrain.source`: InfluxDB or Kafka) before the holdout, scored with the
 /// current model (the champion) on the holdout, and published only if its MASE beats the
@@ -301,13 +357,20 @@ pub fn run_retrain(
             h.skipped.first()
         ));
     }
+    let verdicts = read_verdicts(cfg, &stream.name)?;
+    // Confirmed faults are not the normal the challenger should learn.
     let before: Vec<Reading> = h
         .readings
         .iter()
-        .filter(|x| x.ts < split)
+        .filter(|x| x.ts < split && !verdicts.confirmed_fault(&x.device, x.ts))
         .cloned()
         .collect();
-    let held_out = h.readings.len() - before.len();
+    let confirmed_left_out = h
+        .readings
+        .iter()
+        .filter(|x| x.ts < split && verdicts.confirmed_fault(&x.device, x.ts))
+        .count() as u64;
+    let held_out = h.readings.iter().filter(|x| x.ts >= split).count();
     if before.is_empty() || held_out == 0 {
         bail!(
             "{} readings before the holdout and {held_out} in it ({}): retrain needs both (retrain.window, retrain.holdout)",
@@ -316,7 +379,7 @@ pub fn run_retrain(
         );
     }
     say(format!(
-        "challenger: training on {} readings before {}; holdout: {held_out} readings",
+        "challenger: training on {} readings before {} ({confirmed_left_out} left out as confirmed faults); holdout: {held_out} readings",
         before.len(),
         crate::decode::format_ts(split)
     ));
@@ -349,7 +412,7 @@ pub fn run_retrain(
     challenger.longest_flat_ns = meta.longest_flat_ns.clone();
     let challenger = Arc::new(challenger);
     let score = |m: Arc<crate::engine::InferenceModel>| {
-        crate::train::holdout(m, cfg, stream, &h.readings, split)
+        crate::train::holdout(m, cfg, stream, (&h.readings, split), &verdicts)
     };
     let challenger_m = score(challenger)?;
     let registry = Registry::new(&cfg.model.registry);
@@ -377,8 +440,8 @@ pub fn run_retrain(
             ),
         ),
         (Some(_), Some(cm)) => gate(
-            (challenger_m.mase, challenger_m.over_line),
-            (cm.mase, cm.over_line),
+            (&challenger_m).into(),
+            cm.into(),
             (r.margin, r.max_over_line_ratio),
             stream.rate(&cfg.anomaly),
         ),
@@ -396,6 +459,9 @@ pub fn run_retrain(
         challenger_over_line: challenger_m.over_line,
         champion_alarms: champion_m.as_ref().and_then(|m| m.alarms),
         challenger_alarms: challenger_m.alarms,
+        champion_labels: champion_m.as_ref().and_then(|m| m.labels),
+        challenger_labels: challenger_m.labels,
+        confirmed_left_out,
         published: publish,
         reason,
     };
@@ -436,6 +502,16 @@ pub fn run_retrain(
         decision.reason
     );
     Ok(decision)
+}
+
+/// The operators' verdicts on `stream`'s alarms (`anomaly.labels_file`; none when unset).
+pub fn read_verdicts(cfg: &Config, stream: &str) -> anyhow::Result<crate::labels::Verdicts> {
+    let path = &cfg.anomaly.labels_file;
+    if path.is_empty() {
+        return Ok(Default::default());
+    }
+    let labels = crate::labels::read_labels_file(std::path::Path::new(path))?;
+    Ok(crate::labels::Verdicts::for_stream(&labels, stream))
 }
 
 fn train_and_publish(
@@ -570,50 +646,93 @@ pub fn validation_report(meta: &ModelMeta) -> String {
     s
 }
 
-/// What the anomaly thresholds rest on: per piece of evidence, the fewest normal readings
-/// behind one feature's tail, and how many of them the fitted deep tail rests on.
-/// The champion/challenger gate on the two models' holdout scores, each `(MASE, share of
-/// readings over the alarm line)`: the challenger must beat the champion's MASE by `margin`
-/// and put at most `ratio` × max(the champion's share, `target`) of the holdout over the line.
-/// Returns whether to publish, and why.
-fn gate(
-    challenger: (f64, Option<f64>),
-    champion: (f64, Option<f64>),
-    (margin, ratio): (f64, f64),
-    target: f64,
-) -> (bool, String) {
-    let needed = champion.0 * (1.0 - margin);
-    let allowed = ratio * champion.1.unwrap_or(0.0).max(target);
-    let over = challenger.1.unwrap_or(0.0);
-    if challenger.0 < needed && over > allowed {
-        (
-            false,
-            format!(
-                "challenger MASE {:.4} beats champion {:.4}, but it puts {over:.4} of the holdout readings over the alarm line, more than {ratio} × max(champion {:.4}, target {target}) = {allowed:.4}",
-                challenger.0,
-                champion.0,
-                champion.1.unwrap_or(0.0)
-            ),
-        )
-    } else if challenger.0 < needed {
-        (
-            true,
-            format!(
-                "challenger MASE {:.4} < champion {:.4} × (1 − {margin}) = {needed:.4}",
-                challenger.0, champion.0
-            ),
-        )
-    } else {
-        (
-            false,
-            format!(
-                "challenger MASE {:.4} is not below champion {:.4} × (1 − {margin}) = {needed:.4}",
-                challenger.0, champion.0
-            ),
-        )
+/// One model's holdout figures the gate weighs.
+#[derive(Debug, Clone, Copy, Default)]
+struct Judged {
+    mase: f64,
+    /// Share of readings over the alarm line.
+    over_line: Option<f64>,
+    /// Its alarms against the operators' verdicts.
+    labels: Option<crate::labels::LabelScore>,
+}
+
+impl From<&crate::registry::Metrics> for Judged {
+    fn from(m: &crate::registry::Metrics) -> Self {
+        Self {
+            mase: m.mase,
+            over_line: m.over_line,
+            labels: m.labels,
+        }
     }
 }
 
+/// The champion/challenger gate on the two models' holdout figures: the challenger must beat
+/// the champion's MASE by `margin`, put at most `ratio` × max(the champion's share, `target`)
+/// of the holdout over the alarm line, and — where operators labelled alarms in the holdout —
+/// alarm on as many confirmed faults and on no more alarms labelled false than the champion.
+/// Returns whether to publish, and why.
+fn gate(
+    challenger: Judged,
+    champion: Judged,
+    (margin, ratio): (f64, f64),
+    target: f64,
+) -> (bool, String) {
+    let needed = champion.mase * (1.0 - margin);
+    if challenger.mase >= needed {
+        return (
+            false,
+            format!(
+                "challenger MASE {:.4} is not below champion {:.4} × (1 − {margin}) = {needed:.4}",
+                challenger.mase, champion.mase
+            ),
+        );
+    }
+    let beats = format!(
+        "challenger MASE {:.4} < champion {:.4} × (1 − {margin}) = {needed:.4}",
+        challenger.mase, champion.mase
+    );
+    let allowed = ratio * champion.over_line.unwrap_or(0.0).max(target);
+    let over = challenger.over_line.unwrap_or(0.0);
+    if over > allowed {
+        return (
+            false,
+            format!(
+                "challenger MASE {:.4} beats champion {:.4}, but it puts {over:.4} of the holdout readings over the alarm line, more than {ratio} × max(champion {:.4}, target {target}) = {allowed:.4}",
+                challenger.mase,
+                champion.mase,
+                champion.over_line.unwrap_or(0.0)
+            ),
+        );
+    }
+    let (Some(ch), Some(cp)) = (challenger.labels, champion.labels) else {
+        return (true, beats);
+    };
+    if ch.confirmed_alarmed < cp.confirmed_alarmed {
+        return (
+            false,
+            format!(
+                "{beats}, but it alarms on {} of the {} faults operators confirmed in the holdout, the champion on {}",
+                ch.confirmed_alarmed, ch.confirmed, cp.confirmed_alarmed
+            ),
+        );
+    }
+    if ch.false_alarmed > cp.false_alarmed {
+        return (
+            false,
+            format!(
+                "{beats}, but it alarms again on {} of the {} alarms operators labelled false in the holdout, the champion on {}",
+                ch.false_alarmed, ch.false_alarms, cp.false_alarmed
+            ),
+        );
+    }
+    (
+        true,
+        format!("{beats}; operators' verdicts: {ch} (champion: {cp})"),
+    )
+}
+
+/// What the anomaly thresholds rest on: per piece of evidence, the fewest normal readings
+/// behind one feature's tail, and how many of them the fitted deep tail rests on.
 fn tails_report(calibration: Option<&crate::engine::detect::Calibration>) -> String {
     use crate::engine::detect::TailTable;
     let Some(c) = calibration else {
@@ -829,25 +948,62 @@ pub fn run_replay(
 
 #[cfg(test)]
 mod tests {
-    use super::gate;
+    use super::{Judged, gate};
+    use crate::labels::LabelScore;
+
+    fn j(mase: f64, over: f64) -> Judged {
+        Judged {
+            mase,
+            over_line: Some(over),
+            labels: None,
+        }
+    }
 
     #[test]
     fn the_gate_weighs_mase_with_a_margin_and_refuses_a_challenger_that_alarms_more() {
+        let knobs = (0.05, 2.0);
         // Better by more than the margin, alarms within 2 × the champion's share: published.
-        let (publish, why) = gate((0.9, Some(0.003)), (1.0, Some(0.002)), (0.05, 2.0), 0.001);
+        let (publish, why) = gate(j(0.9, 0.003), j(1.0, 0.002), knobs, 0.001);
         assert!(publish, "{why}");
         // Better, but 5 % over the line against 2 × max(1 %, 0.1 %) = 2 %: kept.
-        let (publish, why) = gate((0.9, Some(0.05)), (1.0, Some(0.01)), (0.05, 2.0), 0.001);
+        let (publish, why) = gate(j(0.9, 0.05), j(1.0, 0.01), knobs, 0.001);
         assert!(!publish);
         assert!(
             why.contains("over the alarm line") && why.contains("0.0200"),
             "{why}"
         );
         // A champion quieter than the target is measured against the target.
-        let (publish, _) = gate((0.9, Some(0.0015)), (1.0, Some(0.0)), (0.05, 2.0), 0.001);
+        let (publish, _) = gate(j(0.9, 0.0015), j(1.0, 0.0), knobs, 0.001);
         assert!(publish);
         // Not better by the margin: kept, whatever it alarms.
-        let (publish, why) = gate((0.97, Some(0.0)), (1.0, Some(0.01)), (0.05, 2.0), 0.001);
+        let (publish, why) = gate(j(0.97, 0.0), j(1.0, 0.01), knobs, 0.001);
         assert!(!publish && why.contains("not below"), "{why}");
+    }
+
+    #[test]
+    fn the_gate_refuses_a_challenger_that_misses_confirmed_faults_or_repeats_false_alarms() {
+        let knobs = (0.05, 2.0);
+        let with = |m: f64, confirmed_alarmed, false_alarmed| Judged {
+            labels: Some(LabelScore {
+                confirmed: 3,
+                confirmed_alarmed,
+                false_alarms: 4,
+                false_alarmed,
+            }),
+            ..j(m, 0.001)
+        };
+        let (publish, why) = gate(with(0.9, 3, 1), with(1.0, 3, 4), knobs, 0.001);
+        assert!(publish, "{why}");
+        assert!(
+            why.contains("3/3 confirmed faults alarmed, 1/4 false"),
+            "{why}"
+        );
+        let (publish, why) = gate(with(0.9, 2, 0), with(1.0, 3, 4), knobs, 0.001);
+        assert!(!publish && why.contains("2 of the 3 faults"), "{why}");
+        let (publish, why) = gate(with(0.9, 3, 2), with(1.0, 3, 1), knobs, 0.001);
+        assert!(!publish && why.contains("2 of the 4 alarms"), "{why}");
+        // Without verdicts on both sides the labels do not weigh.
+        let (publish, _) = gate(with(0.9, 0, 4), j(1.0, 0.001), knobs, 0.001);
+        assert!(publish);
     }
 }

@@ -850,8 +850,13 @@ impl std::fmt::Display for SkabReport {
 
 /// Reads a labelled CSV: a header with `device`, `ts`, `label` and every one of the stream's
 /// features (other columns are ignored); rows grouped per device in file order, which must be
-/// time order.
-pub fn read_labelled_csv(path: &Path, features: &[String]) -> anyhow::Result<Vec<LabelledSeries>> {
+/// time order. Without `need_label` the `label` column may be left out (every row normal
+/// until operators' verdicts say otherwise).
+pub fn read_labelled_csv(
+    path: &Path,
+    features: &[String],
+    need_label: bool,
+) -> anyhow::Result<Vec<LabelledSeries>> {
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_path(path)
@@ -868,7 +873,12 @@ pub fn read_labelled_csv(path: &Path, features: &[String]) -> anyhow::Result<Vec
             )
         })
     };
-    let (dc, tc, lc) = (col("device")?, col("ts")?, col("label")?);
+    let (dc, tc) = (col("device")?, col("ts")?);
+    let lc = match col("label") {
+        Ok(c) => Some(c),
+        Err(_) if !need_label => None,
+        Err(e) => return Err(e),
+    };
     let fcols: Vec<usize> = features
         .iter()
         .map(|f| col(f))
@@ -885,7 +895,7 @@ pub fn read_labelled_csv(path: &Path, features: &[String]) -> anyhow::Result<Vec
         }
         let ts = parse_ts_text(rec.get(tc).unwrap_or(""))
             .map_err(|e| anyhow::anyhow!("{}: ts: {e}", at()))?;
-        let label = match rec.get(lc).unwrap_or("") {
+        let label = match lc.map_or("0", |c| rec.get(c).unwrap_or("")) {
             "1" | "true" | "1.0" => true,
             "0" | "false" | "0.0" => false,
             other => bail!("{}: label {other:?} is not 0/1 or true/false", at()),
@@ -946,18 +956,49 @@ pub struct LabelledReport {
     pub counts: PointCounts,
     /// Events.
     pub events: EventStats,
+    /// Rows whose label operators' verdicts set: (confirmed faults, false alarms).
+    pub verdict_rows: (usize, usize),
 }
 
-/// `sensorcast evaluate labelled`.
+/// Sets the label of every row in a labelled alarm to its verdict (a fault where confirmed,
+/// normal where false); returns the rows set (confirmed, false).
+pub fn apply_verdicts(
+    series: &mut [LabelledSeries],
+    verdicts: &crate::labels::Verdicts,
+) -> (usize, usize) {
+    use crate::labels::Verdict;
+    let mut set = (0, 0);
+    for s in series {
+        for (r, l) in s.readings.iter().zip(s.labels.iter_mut()) {
+            match verdicts.at(&r.device, r.ts) {
+                Some(Verdict::Confirmed) => {
+                    *l = true;
+                    set.0 += 1;
+                }
+                Some(Verdict::False) => {
+                    *l = false;
+                    set.1 += 1;
+                }
+                None => {}
+            }
+        }
+    }
+    set
+}
+
+/// `sensorcast evaluate labelled`: the truth is the CSV's `label` column, overruled by the
+/// operators' verdicts in `verdicts` where they cover a row (the column may then be left
+/// out).
 pub fn run_labelled(
     cfg: &Config,
     stream: &StreamConfig,
-    input: &Path,
+    (input, verdicts): (&Path, &crate::labels::Verdicts),
     out: Option<&Path>,
     version: Option<&str>,
 ) -> anyhow::Result<LabelledReport> {
     let loaded = crate::cli::load_model(cfg, stream, version)?;
-    let series = read_labelled_csv(input, &stream.features)?;
+    let mut series = read_labelled_csv(input, &stream.features, verdicts.is_empty())?;
+    let verdict_rows = apply_verdicts(&mut series, verdicts);
     let model = Arc::new(loaded.inference);
     let settings = EngineSettings::from_config(cfg, stream);
     let rate = settings.detect.false_alarm_rate;
@@ -998,6 +1039,7 @@ pub fn run_labelled(
         rows: series.iter().map(|s| s.readings.len()).sum(),
         counts: point_counts(&series, &results),
         events: event_stats(&series, &results),
+        verdict_rows,
     })
 }
 
@@ -1010,6 +1052,15 @@ impl std::fmt::Display for LabelledReport {
             "model {}, false_alarm_rate {}: {} devices, {} rows",
             self.model, self.rate, self.devices, self.rows
         )?;
+        if self.verdict_rows != (0, 0) {
+            writeln!(
+                f,
+                "operators' verdicts set the label of {} rows: {} in confirmed faults, {} in false alarms",
+                self.verdict_rows.0 + self.verdict_rows.1,
+                self.verdict_rows.0,
+                self.verdict_rows.1
+            )?;
+        }
         writeln!(
             f,
             "points: F1 {:.3}, FAR {:.2}%, MAR {:.2}% (TP {}, FP {}, FN {}, TN {})",
@@ -1162,21 +1213,27 @@ mod tests {
         let p = dir.path().join("l.csv");
         let features = vec!["a".to_string()];
         std::fs::write(&p, "device,ts,a\nx,2026-01-01T00:00:00Z,1\n").expect("write");
-        let e = read_labelled_csv(&p, &features).unwrap_err().to_string();
+        let e = read_labelled_csv(&p, &features, true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("l.csv:1") && e.contains("`label`"), "{e}");
         std::fs::write(
             &p,
             "device,ts,a,label\nx,2026-01-01T00:00:00Z,1,0\nx,2026-01-01T00:01:00Z,nan,1\n",
         )
         .expect("write");
-        let e = read_labelled_csv(&p, &features).unwrap_err().to_string();
+        let e = read_labelled_csv(&p, &features, true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("l.csv:3") && e.contains("a = \"nan\""), "{e}");
         std::fs::write(
             &p,
             "device,ts,a,label\nx,2026-01-01T00:01:00Z,1,0\ny,2026-01-01T00:00:00Z,1,0\nx,2026-01-01T00:00:00Z,1,1\n",
         )
         .expect("write");
-        let e = read_labelled_csv(&p, &features).unwrap_err().to_string();
+        let e = read_labelled_csv(&p, &features, true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("l.csv:4") && e.contains("back in time"), "{e}");
     }
 }

@@ -52,14 +52,9 @@ pub fn page_query(cfg: &Config, stream: &StreamConfig, from: i64, to: i64) -> St
     q
 }
 
-/// Reads `stream`'s readings between `from` and `to` (ns since the epoch) from the InfluxDB of
-/// `cfg.influxdb`.
-pub async fn from_influxdb(
-    cfg: &Config,
-    stream: &StreamConfig,
-    from: i64,
-    to: i64,
-) -> anyhow::Result<History> {
+/// Asks the InfluxDB of `cfg.influxdb` one InfluxQL statement over `/query` (times in ns);
+/// returns its answer, whose `results[0]` holds no error.
+pub async fn query(cfg: &Config, q: &str) -> anyhow::Result<serde_json::Value> {
     use anyhow::{Context, bail};
     let target = crate::sink::Target::new(&cfg.influxdb).map_err(anyhow::Error::msg)?;
     let shown = crate::config::redact_url(&cfg.influxdb.url);
@@ -70,12 +65,95 @@ pub async fn from_influxdb(
         .pop_if_empty()
         .pop_if_empty()
         .push("query");
+    let mut form = vec![
+        ("db", cfg.influxdb.v1_database().to_string()),
+        ("epoch", "ns".into()),
+        ("q", q.to_string()),
+    ];
+    if !cfg.influxdb.retention_policy.is_empty() {
+        form.push(("rp", cfg.influxdb.retention_policy.clone()));
+    }
+    let mut req = target.client.post(url).form(&form);
+    if let Some(auth) = &target.auth {
+        req = req.header(reqwest::header::AUTHORIZATION, auth);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach InfluxDB at {shown}: {}", e.without_url()))?;
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    if status != 200 {
+        let short: String = body.chars().take(300).collect();
+        // Credentials and missing databases read the same as for writes; any other answer
+        // (a 404 here is a wrong URL path: /query is the same for every API) is quoted.
+        let database_missing = short.to_ascii_lowercase().contains("database not found");
+        if matches!(status, 401 | 403) || database_missing {
+            bail!("{}", crate::sink::refusal(&cfg.influxdb, status, &short));
+        }
+        bail!(
+            "InfluxDB at {shown} answered {status} to the query {q}: {} (is influxdb.url the server's base URL?)",
+            short.trim()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .with_context(|| format!("InfluxDB's answer to {q} is not JSON"))?;
+    if let Some(e) = v["results"][0]["error"].as_str() {
+        bail!("InfluxDB refused {q}: {e}");
+    }
+    Ok(v)
+}
+
+/// An alarm's `anomaly_event` point as InfluxDB holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlarmPoint {
+    /// Still raised.
+    pub active: bool,
+    /// Its last reading, once cleared (ns).
+    pub end: Option<i64>,
+}
+
+/// The alarm of kind `kind` of `stream`'s `device` that started at `at` (ns), if InfluxDB
+/// holds its point.
+pub async fn alarm(
+    cfg: &Config,
+    stream: &str,
+    device: &str,
+    kind: &str,
+    at: i64,
+) -> anyhow::Result<Option<AlarmPoint>> {
+    let q = format!(
+        "SELECT \"active\", \"end\" FROM \"anomaly_event\" WHERE \"stream\" = {} AND \"device\" = {} AND \"kind\" = {} AND time = {at}",
+        literal(stream),
+        literal(device),
+        literal(kind)
+    );
+    let v = query(cfg, &q).await?;
+    let row = &v["results"][0]["series"][0]["values"][0];
+    if row.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(AlarmPoint {
+        active: row[1].as_bool().unwrap_or(false),
+        end: row[2].as_i64(),
+    }))
+}
+
+/// Reads `stream`'s readings between `from` and `to` (ns since the epoch) from the InfluxDB of
+/// `cfg.influxdb`.
+pub async fn from_influxdb(
+    cfg: &Config,
+    stream: &StreamConfig,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<History> {
     let db = cfg.influxdb.v1_database().to_string();
     let page = cfg.train.history_page.as_nanos().max(1);
     let mut by_device: BTreeMap<String, Vec<Reading>> = BTreeMap::new();
     let mut history = History {
         source: format!(
-            "influxdb {shown} db={db} measurement={} {}..{}",
+            "influxdb {} db={db} measurement={} {}..{}",
+            crate::config::redact_url(&cfg.influxdb.url),
             cfg.train.history_measurement,
             format_ts(from),
             format_ts(to)
@@ -86,38 +164,8 @@ pub async fn from_influxdb(
     while start < to {
         let end = start.saturating_add(page).min(to);
         let q = page_query(cfg, stream, start, end);
-        let mut form = vec![("db", db.clone()), ("epoch", "ns".into()), ("q", q.clone())];
-        if !cfg.influxdb.retention_policy.is_empty() {
-            form.push(("rp", cfg.influxdb.retention_policy.clone()));
-        }
-        let mut req = target.client.post(url.clone()).form(&form);
-        if let Some(auth) = &target.auth {
-            req = req.header(reqwest::header::AUTHORIZATION, auth);
-        }
-        let resp = req.send().await.map_err(|e| {
-            anyhow::anyhow!("cannot reach InfluxDB at {shown}: {}", e.without_url())
-        })?;
-        let status = resp.status().as_u16();
-        let body = resp.text().await.unwrap_or_default();
-        if status != 200 {
-            let short: String = body.chars().take(300).collect();
-            // Credentials and missing databases read the same as for writes; any other answer
-            // (a 404 here is a wrong URL path: /query is the same for every API) is quoted.
-            let database_missing = short.to_ascii_lowercase().contains("database not found");
-            if matches!(status, 401 | 403) || database_missing {
-                bail!("{}", crate::sink::refusal(&cfg.influxdb, status, &short));
-            }
-            bail!(
-                "InfluxDB at {shown} answered {status} to the history query {q}: {} (is influxdb.url the server's base URL?)",
-                short.trim()
-            );
-        }
-        let v: serde_json::Value = serde_json::from_str(&body)
-            .with_context(|| format!("InfluxDB's answer to {q} is not JSON"))?;
+        let v = query(cfg, &q).await?;
         let result = &v["results"][0];
-        if let Some(e) = result["error"].as_str() {
-            bail!("InfluxDB refused {q}: {e}");
-        }
         for series in result["series"].as_array().into_iter().flatten() {
             let device = series["tags"][&cfg.train.history_device_tag]
                 .as_str()

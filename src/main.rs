@@ -88,6 +88,39 @@ enum Command {
         #[arg(long, hide = true)]
         report_to: Option<PathBuf>,
     },
+    /// Record an operator's verdict on an alarm (appended to `anomaly.labels_file`): `serve`
+    /// writes it onto the alarm's point; `retrain` and `evaluate labelled` use it.
+    Label {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Stream (may be left out when the config has one stream).
+        #[arg(long)]
+        stream: Option<String>,
+        /// The device.
+        #[arg(long)]
+        device: String,
+        /// The alarm's start (its `anomaly_event` point's time, the `start` field): RFC 3339
+        /// or an integer epoch.
+        #[arg(long)]
+        at: String,
+        /// What was found.
+        #[arg(long, value_enum)]
+        verdict: sensorcast::labels::Verdict,
+        /// The alarm's kind.
+        #[arg(long, default_value = "anomaly", value_parser = sensorcast::labels::KINDS)]
+        kind: String,
+        /// The alarm's last reading. Default: looked up in InfluxDB (the event's `end`;
+        /// none while the alarm is active), which also checks that the alarm exists.
+        #[arg(long)]
+        until: Option<String>,
+        /// Who labels it (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Why, in words.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
     /// Run the streaming engine over a file in time order and write its outputs.
     Replay {
         /// Config file (TOML).
@@ -235,9 +268,14 @@ enum EvaluateCommand {
         /// Config file (TOML).
         #[arg(long)]
         config: PathBuf,
-        /// Labelled CSV.
+        /// Labelled CSV (`device`, `ts`, the features and `label`; `label` may be left out
+        /// when operators' verdicts give the truth).
         #[arg(long)]
         input: PathBuf,
+        /// Operators' verdicts (`sensorcast label`'s file) that overrule `label` on the rows
+        /// of the alarms they judged (default: `anomaly.labels_file`).
+        #[arg(long)]
+        labels: Option<PathBuf>,
         /// Stream (may be left out when the config has one stream).
         #[arg(long)]
         stream: Option<String>,
@@ -416,6 +454,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("# {line}");
             }
             Ok(code)
+        }
+        Command::Label {
+            config,
+            stream,
+            device,
+            at,
+            verdict,
+            kind,
+            until,
+            by,
+            note,
+        } => {
+            let (cfg, stream) = setup(&config, stream.as_deref())?;
+            let label = sensorcast::labels::Label {
+                stream: stream.name.clone(),
+                device,
+                kind,
+                at,
+                until,
+                verdict,
+                by: by
+                    .or_else(|| std::env::var("USER").ok())
+                    .unwrap_or_default(),
+                note,
+                recorded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            };
+            println!("{}", sensorcast::cli::run_label(&cfg, label)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Retrain {
             config,
@@ -869,15 +935,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evaluate(EvaluateCommand::Labelled {
             config,
             input,
+            labels,
             stream,
             model,
             out,
         }) => {
-            let (cfg, stream) = setup(&config, stream.as_deref())?;
+            let (mut cfg, stream) = setup(&config, stream.as_deref())?;
+            if let Some(path) = labels {
+                anyhow::ensure!(path.exists(), "--labels {}: no such file", path.display());
+                cfg.anomaly.labels_file = path.to_string_lossy().into_owned();
+            }
+            let verdicts = sensorcast::cli::read_verdicts(&cfg, &stream.name)?;
             let report = sensorcast::evaluate::run_labelled(
                 &cfg,
                 &stream,
-                &input,
+                (&input, &verdicts),
                 out.as_deref(),
                 model.as_deref(),
             )?;

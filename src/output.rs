@@ -26,6 +26,30 @@ fn push_tag(out: &mut String, s: &str) {
     }
 }
 
+/// Appends an operator's verdict on an alarm to its `anomaly_event` point (same series and
+/// timestamp, so the point gains the fields): `verdict`, `labelled_by`, `label_note` (line
+/// breaks become spaces) and `labelled_at` (ns).
+pub fn write_verdict(out: &mut String, label: &crate::labels::Label) {
+    let Ok(span) = label.span() else { return };
+    out.push_str("anomaly_event,stream=");
+    push_tag(out, &label.stream);
+    out.push_str(",device=");
+    push_tag(out, &label.device);
+    out.push_str(",kind=");
+    push_tag(out, &label.kind);
+    out.push_str(" verdict=");
+    push_str_field(out, label.verdict.as_str());
+    out.push_str(",labelled_by=");
+    push_str_field(out, &label.by);
+    out.push_str(",label_note=");
+    push_str_field(out, &label.note.replace(['\n', '\r'], " "));
+    out.push_str(",labelled_at=");
+    push_i64(out, span.recorded);
+    out.push_str("i ");
+    push_i64(out, span.at);
+    out.push('\n');
+}
+
 /// Writes a string field value with its quotes escaped.
 fn push_str_field(out: &mut String, s: &str) {
     out.push('"');
@@ -709,6 +733,46 @@ mod tests {
             points[1].contains("active=false,start=1000i,end=3000001000i,duration_s=3.0,"),
             "{}",
             points[1]
+        );
+    }
+
+    #[test]
+    fn a_verdict_lands_on_its_alarms_series_and_timestamp() {
+        let cfg = OutputConfig::default();
+        let features = ["p".to_string()];
+        let fmt = PointFormat::new("pump s", "v1", &features, 1, &cfg);
+        let mut event = String::new();
+        let e = SilentEvent {
+            device: "p 1".into(),
+            reading: 0,
+            edge: Edge::Raised {
+                start: 1_795_000_000_000_000_000,
+            },
+        };
+        fmt.write_silent_event(&mut event, &e);
+        let label = crate::labels::Label {
+            stream: "pump s".into(),
+            device: "p 1".into(),
+            kind: "silent".into(),
+            at: "2026-11-18T11:06:40Z".into(),
+            until: None,
+            verdict: crate::labels::Verdict::False,
+            by: "ana".into(),
+            note: "valve \"A\"\nclosed".into(),
+            recorded_at: "1795000001000000000".into(),
+        };
+        let mut v = String::new();
+        write_verdict(&mut v, &label);
+        let series = |l: &str| l.split(' ').next().map(String::from);
+        let ts = |l: &str| l.trim_end().rsplit(' ').next().map(String::from);
+        assert_eq!(
+            series(&v.replace("\\ ", "_")),
+            series(&event.replace("\\ ", "_"))
+        );
+        assert_eq!(ts(&v), ts(&event));
+        assert_eq!(
+            v,
+            "anomaly_event,stream=pump\\ s,device=p\\ 1,kind=silent verdict=\"false\",labelled_by=\"ana\",label_note=\"valve \\\"A\\\" closed\",labelled_at=1795000001000000000i 1795000000000000000\n"
         );
     }
 }

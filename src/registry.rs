@@ -78,6 +78,9 @@ pub struct Metrics {
     /// Readings those two figures are taken over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judged: Option<u64>,
+    /// How its alarms fare against the operators' verdicts on those readings (when any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<crate::labels::LabelScore>,
 }
 
 /// What the model was trained on.
@@ -192,10 +195,23 @@ pub struct Decision {
     /// Alarms the challenger raised on the holdout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenger_alarms: Option<u64>,
+    /// The champion's alarms against the operators' verdicts in the holdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion_labels: Option<crate::labels::LabelScore>,
+    /// The challenger's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenger_labels: Option<crate::labels::LabelScore>,
+    /// Readings left out of the challenger's training as confirmed faults.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub confirmed_left_out: u64,
     /// Whether the challenger was published.
     pub published: bool,
     /// Why, in words.
     pub reason: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// File of a stream's retrain decisions, one JSON object a line.
@@ -709,6 +725,7 @@ mod tests {
                 over_line: None,
                 alarms: None,
                 judged: None,
+                labels: None,
             },
             anomaly: None,
             longest_flat_ns: None,

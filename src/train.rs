@@ -498,8 +498,8 @@ pub fn train(
         Arc::clone(&inference),
         settings.clone(),
         &series,
-        &std,
-        horizon,
+        (&std, horizon),
+        &crate::labels::Verdicts::default(),
     )?;
     // Thresholds of the sensitivity knob: tails of the anomaly evidence on this history.
     let histories: Vec<(&[&Reading], usize)> = series
@@ -626,12 +626,13 @@ fn validation_loss(
 /// engine from its first one (so the model is warm), and the forecasts whose targets lie at
 /// or after `from_ts` are scored against the naive last-value forecast — the same figures as
 /// the validation report. `readings` are grouped by device, each device's in time order.
+/// The model's alarms are scored against `verdicts` whose alarms start in the holdout.
 pub fn holdout(
     model: Arc<crate::engine::InferenceModel>,
     cfg: &Config,
     stream: &StreamConfig,
-    readings: &[Reading],
-    from_ts: i64,
+    (readings, from_ts): (&[Reading], i64),
+    verdicts: &crate::labels::Verdicts,
 ) -> Result<Metrics, TrainError> {
     let mut by: std::collections::BTreeMap<&str, Vec<&Reading>> = Default::default();
     for r in readings {
@@ -655,19 +656,20 @@ pub fn holdout(
         model,
         EngineSettings::from_config(cfg, stream),
         &series,
-        &std,
-        horizon,
+        (&std, horizon),
+        verdicts,
     )
 }
 
 /// Streams every device's whole history through the engine and scores the forecasts whose
-/// targets fall in the validation part, against the naive last-value forecast.
+/// targets fall in the validation part, against the naive last-value forecast; the alarms
+/// raised there (anomaly and stuck), against `verdicts`.
 fn evaluate(
     model: Arc<crate::engine::InferenceModel>,
     settings: EngineSettings,
     series: &[Series<'_>],
-    std: &[f32],
-    horizon: usize,
+    (std, horizon): (&[f32], usize),
+    verdicts: &crate::labels::Verdicts,
 ) -> Result<Metrics, TrainError> {
     let nf = std.len();
     let mut engine = Engine::new(model, settings).map_err(TrainError::Model)?;
@@ -675,6 +677,9 @@ fn evaluate(
     let mut out = BatchOutput::default();
     let (mut abs, mut sq, mut naive_abs, mut inside, mut n) = (0.0f64, 0.0f64, 0.0f64, 0u64, 0u64);
     let (mut judged, mut over, mut alarms) = (0u64, 0u64, 0u64);
+    // Readings under an alarm per device, for the verdicts (only when there are any).
+    let mut alarmed: std::collections::HashMap<String, Vec<i64>> = Default::default();
+    let mut scored_from = i64::MAX;
     let mut abs_h = vec![0.0f64; horizon];
     let mut naive_h = vec![0.0f64; horizon];
     let mut abs_f = vec![0.0f64; nf];
@@ -699,6 +704,17 @@ fn evaluate(
                 judged += 1;
                 over += sc.over_line as u64;
                 alarms += matches!(sc.edge, crate::engine::detect::Edge::Raised { .. }) as u64;
+                let r = &s.readings[p];
+                scored_from = scored_from.min(r.ts);
+                if !verdicts.is_empty() {
+                    let mut alarmed = |ts| alarmed.entry(r.device.clone()).or_default().push(ts);
+                    if sc.is_anomaly {
+                        alarmed(r.ts);
+                    }
+                    if let crate::engine::detect::Edge::Raised { start } = sc.stuck_edge {
+                        alarmed(start);
+                    }
+                }
             }
             let fc = out.forecast(i);
             for h in 0..horizon {
@@ -751,6 +767,9 @@ fn evaluate(
         over_line: (judged > 0).then(|| over as f64 / judged as f64),
         alarms: Some(alarms),
         judged: Some(judged),
+        labels: (!verdicts.is_empty())
+            .then(|| crate::labels::LabelScore::of(verdicts, &alarmed, scored_from))
+            .filter(|l| !l.is_empty()),
     })
 }
 

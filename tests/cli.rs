@@ -693,6 +693,97 @@ fn evaluate_labelled_counts_events_delays_and_false_alarms() {
     assert!(charts.join("002-pump-2.svg").is_file());
 }
 
+/// Operators' verdicts as the truth of `evaluate labelled`: the fault on pump-2 recorded as
+/// confirmed with `sensorcast label` (its end given, so no database is asked), and a CSV with
+/// no `label` column. Labels are refused with a clear error without a labels file, and with a
+/// time that is not one.
+#[test]
+fn evaluate_labelled_takes_operators_verdicts_as_the_truth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path());
+    let history = dir.path().join("history.csv");
+    write_csv(&history, 4, 400);
+    assert!(train(&cfg, &history).status.success());
+    let all = dir.path().join("all.csv");
+    write_csv(&all, 4, 700);
+    let text_in = std::fs::read_to_string(&all).expect("csv");
+    let mut lines = text_in.lines();
+    let mut input = format!("{}\n", lines.next().expect("header"));
+    let mut per_device = std::collections::HashMap::<String, usize>::new();
+    for l in lines {
+        let mut cols: Vec<String> = l.split(',').map(str::to_string).collect();
+        let n = per_device.entry(cols[0].clone()).or_default();
+        if cols[0] == "pump-2" && (500..560).contains(n) {
+            let v: f64 = cols[5].parse().expect("pressure");
+            cols[5] = format!("{}", v + 3.0);
+        }
+        *n += 1;
+        input.push_str(&format!("{}\n", cols.join(",")));
+    }
+    let csv = dir.path().join("unlabelled.csv");
+    std::fs::write(&csv, input).expect("write");
+    let ts = |n: i64| (1_795_000_000_000i64 + n * 300_000).to_string();
+    let labels = dir.path().join("labels.toml");
+    let label = |env: bool, at: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sensorcast"));
+        c.args([
+            "label",
+            "--config",
+            path(&cfg),
+            "--device",
+            "pump-2",
+            "--at",
+            at,
+        ])
+        .args(["--until", &ts(559), "--verdict", "confirmed", "--by", "ops"]);
+        if env {
+            c.env("SENSORCAST__ANOMALY__LABELS_FILE", &labels);
+        }
+        c.output().expect("label")
+    };
+    let o = label(false, &ts(500));
+    assert!(!o.status.success());
+    assert!(
+        text(&o).1.contains("anomaly.labels_file is not set"),
+        "{:?}",
+        text(&o)
+    );
+    let o = label(true, "yesterday");
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("--at"), "{:?}", text(&o));
+    let o = label(true, &ts(500));
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("as confirmed"), "{:?}", text(&o));
+    let o = sensorcast(&[
+        "evaluate",
+        "labelled",
+        "--config",
+        path(&cfg),
+        "--input",
+        path(&csv),
+        "--labels",
+        path(&labels),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "evaluate failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("verdicts set the label of 60 rows: 60 in confirmed faults"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("events: 1/1 detected"), "{stdout}");
+    // Without verdicts the `label` column is needed, and its absence is named.
+    let o = sensorcast(&[
+        "evaluate",
+        "labelled",
+        "--config",
+        path(&cfg),
+        "--input",
+        path(&csv),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("no `label` column"), "{:?}", text(&o));
+}
+
 #[test]
 fn models_list_promote_rollback_and_prune() {
     let dir = tempfile::tempdir().expect("tempdir");

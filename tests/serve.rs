@@ -2158,6 +2158,142 @@ fn maintenance_windows_from_config_and_a_watched_file_hold_alarms_back_through_s
     assert_eq!(serve.terminate(), 0);
 }
 
+/// Operator feedback through `serve`: a stuck-pressure alarm is labelled false with
+/// `sensorcast label` (which finds the alarm's end in InfluxDB), and serve, watching the labels
+/// file, writes the verdict onto the alarm's own point. A fault confirmed earlier in the
+/// history is then left out of the challenger's training by `retrain`, whose gate scores both
+/// models against the verdict in the holdout and records it in the decision.
+#[test]
+fn operator_labels_reach_the_alarms_point_and_the_retrain_gate_through_serve() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx::start();
+    let (topic, group) = (unique("labels"), unique("g-labels"));
+    create_topics(&brokers, &[(&topic, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let labels = dir.path().join("labels.toml");
+    let extra = format!(
+        "\n[anomaly]\nlabels_file = \"{}\"\n\n[retrain]\nwindow = \"1h\"\nholdout = \"150s\"\nmargin = 0.0\nmax_over_line_ratio = 1000.0\n",
+        labels.display()
+    );
+    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, &extra);
+    let serve = Serve::start(&cfg, dir.path(), port);
+    let t0 = chrono::Utc::now().timestamp_millis() - 400_000;
+    let ns = |i: i64| (t0 + i * 1000) * 1_000_000;
+    let (readings, flat) = (300i64, 200..240i64);
+    let sent = produce_pumps(
+        &brokers,
+        &topic,
+        (t0, readings, 2),
+        |_, _| false,
+        |i, d| d == 1 && flat.contains(&i),
+    );
+    wait_until("every reading scored", Duration::from_secs(60), || {
+        influx.count("anomaly", "score") >= sent
+    });
+    let run = |args: &[&str]| with_config(&cfg, args, &[]);
+    let at = ns(flat.start).to_string();
+    let (ok, out, err) = run(&[
+        "label",
+        "--device",
+        "pump-001",
+        "--kind",
+        "stuck",
+        "--at",
+        &at,
+        "--verdict",
+        "false",
+        "--by",
+        "night shift",
+        "--note",
+        "transmitter \"held\" during calibration",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    let end = sensorcast::decode::format_ts(ns(flat.end - 1));
+    assert!(
+        out.contains(&format!("to {end} as false")),
+        "the end is looked up: {out}"
+    );
+    // An alarm that does not exist is refused, and nothing is recorded.
+    let (ok, _, err) = run(&[
+        "label",
+        "--device",
+        "pump-000",
+        "--at",
+        &at,
+        "--verdict",
+        "false",
+    ]);
+    assert!(!ok && err.contains("holds no anomaly alarm"), "{err}");
+    wait_until(
+        "the verdict is on the point",
+        Duration::from_secs(20),
+        || {
+            influx.query(
+            "SELECT \"verdict\" FROM \"anomaly_event\" WHERE \"kind\" = 'stuck'",
+        )["results"][0]["series"]
+            .is_array()
+        },
+    );
+    let v = influx.query(
+        "SELECT \"active\", \"start\", \"end\", \"verdict\", \"labelled_by\", \"label_note\" FROM \"anomaly_event\" WHERE \"kind\" = 'stuck'",
+    );
+    let rows = v["results"][0]["series"][0]["values"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rows.len(), 1, "the same point, not another: {v}");
+    let row = &rows[0];
+    assert_eq!(row[0].as_i64(), Some(ns(flat.start)));
+    assert_eq!(
+        row[1],
+        serde_json::json!(false),
+        "the alarm's fields stay: {row:?}"
+    );
+    assert_eq!(row[2].as_i64(), Some(ns(flat.start)));
+    assert_eq!(row[3].as_i64(), Some(ns(flat.end - 1)));
+    assert_eq!(row[4], serde_json::json!("false"));
+    assert_eq!(row[5], serde_json::json!("night shift"));
+    assert_eq!(
+        row[6],
+        serde_json::json!("transmitter \"held\" during calibration")
+    );
+    assert_eq!(serve.terminate(), 0);
+
+    // A fault confirmed in the training part (pump-000, readings 50..=69), recorded without
+    // looking it up.
+    let (ok, out, err) = run(&[
+        "label",
+        "--device",
+        "pump-000",
+        "--at",
+        &ns(50).to_string(),
+        "--until",
+        &ns(69).to_string(),
+        "--verdict",
+        "confirmed",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    let until = sensorcast::decode::format_ts(ns(readings) - 1);
+    let (ok, out, err) = run(&["retrain", "--until", &until]);
+    assert!(ok, "{out}\n{err}");
+    let decisions = std::fs::read_to_string(dir.path().join("models/pumps/decisions.jsonl"))
+        .expect("decisions");
+    let d: serde_json::Value =
+        serde_json::from_str(decisions.lines().last().expect("a decision")).expect("json");
+    assert_eq!(d["confirmed_left_out"], 20, "{d}");
+    // Both models raise the stuck alarm labelled false again (a flat 40 s is stuck for both).
+    let score = serde_json::json!({
+        "confirmed": 0, "confirmed_alarmed": 0, "false_alarms": 1, "false_alarmed": 1
+    });
+    assert_eq!(d["champion_labels"], score, "{d}");
+    assert_eq!(d["challenger_labels"], score, "{d}");
+}
+
 /// Produces readings of `devices` pumps (`pump-000`, …), one a second from `t0` (ms) for
 /// `readings` seconds, through one producer: pump `d`'s reading `i` is left out where
 /// `skip(i, d)`, and its pressure holds 4.25 where `flat(i, d)`. Returns how many were sent.

@@ -791,6 +791,9 @@ pub struct AnomalyConfig {
     /// A file of `[[maintenance]]` windows besides the config's, read again by `serve`
     /// whenever it changes (empty: none).
     pub maintenance_file: String,
+    /// Operators' verdicts on alarms (`sensorcast label` appends to it; empty: none). `serve`
+    /// writes them onto the alarms' points, `retrain` and `evaluate labelled` use them.
+    pub labels_file: String,
     /// A device is silent once the other devices of its Kafka partition have reported this
     /// many times its usual interval past its last reading: an alarm of its own kind
     /// (`anomaly_event,kind=silent`) until it reports again. 0 turns the check off (for
@@ -823,6 +826,7 @@ impl Default for AnomalyConfig {
             stuck_factor: 3.0,
             stuck_min_readings: 20,
             maintenance_file: String::new(),
+            labels_file: String::new(),
             silent_factor: 10.0,
             short_window: 8,
             long_window: 500,
@@ -1310,6 +1314,11 @@ impl Config {
             && let Err(e) = read_maintenance_file(Path::new(&a.maintenance_file))
         {
             bad("anomaly.maintenance_file".into(), e);
+        }
+        if !a.labels_file.is_empty()
+            && let Err(e) = crate::labels::read_labels_file(Path::new(&a.labels_file))
+        {
+            bad("anomaly.labels_file".into(), e.to_string());
         }
         for (k, v) in [
             ("anomaly.stuck_min_readings", a.stuck_min_readings),

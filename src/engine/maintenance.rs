@@ -57,11 +57,8 @@ impl Maintenance {
 #[derive(Debug)]
 pub struct WindowSource {
     config: Vec<MaintenanceWindow>,
-    file: Option<std::path::PathBuf>,
+    file: Option<crate::watched::WatchedFile>,
     streams: Vec<String>,
-    /// The file's modification time and length when last read.
-    seen: Option<(std::time::SystemTime, u64)>,
-    last_check: Option<std::time::Instant>,
 }
 
 impl WindowSource {
@@ -70,10 +67,8 @@ impl WindowSource {
         let file = &cfg.anomaly.maintenance_file;
         Self {
             config: cfg.maintenance.clone(),
-            file: (!file.is_empty()).then(|| file.into()),
+            file: (!file.is_empty()).then(|| crate::watched::WatchedFile::new(file)),
             streams: cfg.streams.iter().map(|s| s.name.clone()).collect(),
-            seen: None,
-            last_check: None,
         }
     }
 
@@ -92,32 +87,15 @@ impl WindowSource {
     /// call), at most once a second. A file that cannot be read or parsed is logged and the
     /// windows in use are kept.
     pub fn poll(&mut self) -> Option<Vec<std::sync::Arc<Maintenance>>> {
-        if self
-            .last_check
-            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
-        {
-            return None;
-        }
-        self.last_check = Some(std::time::Instant::now());
-        let Some(path) = &self.file else {
-            return None;
-        };
-        let stamp = std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(std::time::UNIX_EPOCH), m.len()));
-        if stamp.is_some() && stamp == self.seen {
-            return None;
-        }
+        let path = self.file.as_mut()?.changed()?;
         let mut windows = self.config.clone();
         match crate::config::read_maintenance_file(path) {
             Ok(ws) => {
                 tracing::info!(file = %path.display(), windows = ws.len(), "maintenance windows read");
                 windows.extend(ws);
-                self.seen = stamp;
             }
             Err(e) => {
                 tracing::error!(error = %e, "maintenance file not used; the windows in use are kept");
-                self.seen = stamp;
                 return None;
             }
         }

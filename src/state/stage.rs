@@ -86,6 +86,8 @@ pub struct EngineStage {
     last_swap_check: Instant,
     // Maintenance windows of the config and the maintenance file.
     windows: crate::engine::maintenance::WindowSource,
+    // Operators' verdicts, written onto their alarms' points as they come.
+    labels: Option<crate::labels::LabelSource>,
 }
 
 /// A parked-device log is compacted once it is at least this big and mostly dead.
@@ -134,6 +136,7 @@ impl EngineStage {
             cfg: cfg.clone(),
             last_swap_check: Instant::now(),
             windows: crate::engine::maintenance::WindowSource::new(cfg),
+            labels: crate::labels::LabelSource::new(&cfg.anomaly.labels_file),
         };
         // The maintenance file's windows apply from the first reading.
         stage.poll_maintenance();
@@ -150,6 +153,22 @@ impl EngineStage {
                 self.engines[i].set_maintenance(w);
             }
         }
+    }
+
+    /// The points of the operators' verdicts labelled since the last call, if any (labels of
+    /// streams this instance does not serve are left to the instances that do).
+    fn verdicts(&mut self) -> Option<OutBatch> {
+        let mut body = String::new();
+        for l in self.labels.as_mut()?.poll() {
+            if self.names.contains(&l.stream) {
+                crate::output::write_verdict(&mut body, &l);
+            }
+        }
+        (!body.is_empty()).then(|| OutBatch {
+            body,
+            msg_ts: Vec::new(),
+            dead_letters: Vec::new(),
+        })
     }
 
     /// Runs until the input closes; then takes a last checkpoint of every partition.
@@ -207,6 +226,11 @@ impl EngineStage {
     /// that may be due; false when the sink is gone.
     fn housekeeping(&mut self, tx: &mpsc::Sender<ToSink>) -> bool {
         self.poll_maintenance();
+        if let Some(verdicts) = self.verdicts()
+            && tx.blocking_send(ToSink::Points(verdicts)).is_err()
+        {
+            return false;
+        }
         if self.last_swap_check.elapsed() >= Duration::from_secs(1) {
             self.check_swaps();
         }

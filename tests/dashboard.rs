@@ -129,6 +129,11 @@ fn schema() -> BTreeMap<&'static str, Measurement> {
                         ("peak_score", Type::Float),
                         ("top_fields", Type::Str),
                         ("model", Type::Str),
+                        // An operator's verdict (`sensorcast label`), written onto the point.
+                        ("verdict", Type::Str),
+                        ("labelled_by", Type::Str),
+                        ("label_note", Type::Str),
+                        ("labelled_at", Type::Int),
                     ],
                     true,
                 ),
@@ -814,6 +819,8 @@ fn expected_columns(place: &Place) -> Option<(Vec<String>, Option<usize>)> {
                     "peak_score",
                     "duration_s",
                     "top_fields",
+                    "verdict",
+                    "labelled_by",
                 ]),
                 Some(1),
             ),
@@ -858,7 +865,21 @@ fn every_dashboard_query_runs_against_what_serve_wrote() {
         topic: &topic,
         format: "json",
     }];
-    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
+    // An operator's verdict on pump-000 (the device the panels show), so that the alarm
+    // table's verdict columns exist.
+    let labels = dir.path().join("labels.toml");
+    std::fs::write(
+        &labels,
+        format!(
+            "[[label]]\nstream = \"{stream}\"\ndevice = \"pump-000\"\nat = \"{}\"\nuntil = \"{}\"\nverdict = \"false\"\nby = \"ops\"\nrecorded_at = \"{}\"\n",
+            now_rfc3339(-90),
+            now_rfc3339(-80),
+            now_rfc3339(0)
+        ),
+    )
+    .expect("labels");
+    let extra = format!("\n[anomaly]\nlabels_file = \"{}\"\n", labels.display());
+    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, &extra);
     simulate(
         &brokers,
         &topic,

@@ -39,8 +39,11 @@ use serde::{Deserialize, Serialize};
 pub const VARIANCE_FLOOR: f64 = 1e-6;
 /// A healthy reading's squared departure is capped at this many variances before it updates
 /// the device's normal spread, so that the onset of a fault does not teach it that faults
-/// are normal.
-const VARIANCE_CAP: f64 = 25.0;
+/// are normal: one reading widens the spread by at most (cap − 1) / `baseline_window`, 1 %
+/// at the default window. (At 25, 8 % a reading, a fault that builds up over a few dozen
+/// readings widened the spread as fast as it grew and was never alarmed: on SKAB 5 of 34
+/// faults more were missed.)
+const VARIANCE_CAP: f64 = 4.0;
 
 /// Empirical upper tail of a non-negative statistic on normal data: `values[k]` is the value
 /// exceeded by a share `levels[k]` of the samples. Beyond the last level, where too few samples

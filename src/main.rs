@@ -380,6 +380,7 @@ fn time_arg(text: &str, until: i64, key: &str) -> anyhow::Result<i64> {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum EvidenceArg {
+    Default,
     All,
     Forecast,
     Drift,
@@ -918,6 +919,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 charts: !no_charts,
                 model,
                 evidence: evidence.map(|e| match e {
+                    EvidenceArg::Default => sensorcast::config::Evidence::Default,
                     EvidenceArg::All => sensorcast::config::Evidence::All,
                     EvidenceArg::Forecast => sensorcast::config::Evidence::Forecast,
                     EvidenceArg::Drift => sensorcast::config::Evidence::Drift,

@@ -19,7 +19,8 @@
 //!   ways, add up to evidence that no single feature shows.
 //!
 //! (The forecast piece comes in two parts, the surprise and the drift of the one-step
-//! residuals, so four p-values in all.) Each piece is turned into a *tail probability*: the
+//! residuals, so four p-values in all; the drift is judged only with `anomaly.evidence =
+//! "all"`, see [`crate::config::Evidence`].) Each piece is turned into a *tail probability*: the
 //! share of normal readings (measured in training, [`TailTable`]) at least as extreme, with
 //! the deep tail, beyond the top 2 % of the samples, a fitted generalised Pareto tail
 //! ([`Gpd`]) that errs wide. The reading's p-value is the smallest of the pieces' times their number

@@ -1173,6 +1173,7 @@ impl Engine {
             }
             use crate::config::Evidence;
             let (p_forecast, p_drift, p_deviation, p_joint) = match set.evidence {
+                Evidence::Default => (p_forecast, None, p_deviation, p_joint),
                 Evidence::All => (p_forecast, p_drift, p_deviation, p_joint),
                 Evidence::Forecast => (p_forecast, None, None, None),
                 Evidence::Drift => (None, p_drift, None, None),

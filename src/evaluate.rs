@@ -83,6 +83,18 @@ pub struct PointCounts {
 }
 
 impl PointCounts {
+    /// The counts had the rows of `events`' false alarm events not been flagged: what
+    /// confirming alarms with later readings (withdrawing those that were false) could reach
+    /// at most.
+    pub fn without_false_alarm_events(&self, events: &EventStats) -> Self {
+        let rows = events.false_alarm_rows.min(self.fp);
+        Self {
+            fp: self.fp - rows,
+            tn: self.tn + rows,
+            ..*self
+        }
+    }
+
     /// Adds one row.
     pub fn add(&mut self, label: bool, flagged: bool) {
         match (label, flagged) {
@@ -123,6 +135,8 @@ pub struct EventStats {
     pub delays_secs: Vec<f64>,
     /// Alarms raised that overlap no labelled event.
     pub false_alarm_events: usize,
+    /// Rows those alarms hold (all normal).
+    pub false_alarm_rows: u64,
     /// Device-days of normal (unlabelled) operation in the scored rows.
     pub normal_device_days: f64,
 }
@@ -213,6 +227,55 @@ pub fn stream_series(
     Ok(results)
 }
 
+/// One SKAB file's results.
+#[derive(Debug, Clone)]
+pub struct FileResult {
+    /// `valve1/0`, …
+    pub name: String,
+    /// Its point counts.
+    pub counts: PointCounts,
+    /// Detection delay of its fault (readings); `None`: missed.
+    pub delay: Option<usize>,
+    /// Alarms that overlap no fault.
+    pub false_alarm_events: usize,
+    /// How near its fault's rows came to an alarm.
+    pub closest: Closest,
+}
+
+/// How near a series' anomalous rows came to raising an alarm: the deepest surprisal
+/// (−ln p) they reached and their longest run of readings over the line — the answer to
+/// "why was it missed": the line was never reached, or not for `anomaly.min_duration`
+/// readings in a row.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Closest {
+    /// Largest −ln p over the anomalous rows.
+    pub peak_surprisal: f64,
+    /// Longest run of anomalous rows over the line.
+    pub longest_over: usize,
+    /// Largest −ln p over the normal rows, for comparison.
+    pub normal_peak: f64,
+}
+
+impl Closest {
+    /// Over the scored anomalous rows of `s`.
+    pub fn of(s: &LabelledSeries, r: &[RowResult]) -> Self {
+        let mut c = Self::default();
+        let mut run = 0;
+        let rows = s.labels.iter().zip(r).skip(s.scored_from);
+        for (&anomalous, row) in rows {
+            if !anomalous {
+                c.normal_peak = c.normal_peak.max(row.surprisal);
+                run = 0;
+                continue;
+            }
+            c.peak_surprisal = c.peak_surprisal.max(row.surprisal);
+            run = if row.over_line { run + 1 } else { 0 };
+            c.longest_over = c.longest_over.max(run);
+        }
+        c
+    }
+}
+
 /// Point counts over the scored rows of every series.
 pub fn point_counts(series: &[LabelledSeries], results: &[Vec<RowResult>]) -> PointCounts {
     let mut c = PointCounts::default();
@@ -301,14 +364,14 @@ pub fn event_stats(series: &[LabelledSeries], results: &[Vec<RowResult>]) -> Eve
                     .push((s.readings[t].ts - s.readings[a].ts) as f64 / 1e9);
             }
         }
-        st.false_alarm_events += alarms
-            .iter()
-            .filter(|&&(a, b)| {
-                !events
-                    .iter()
-                    .any(|&(ea, eb)| a < eb + EVENT_SLACK && b > ea)
-            })
-            .count();
+        for &(a, b) in alarms.iter().filter(|&&(a, b)| {
+            !events
+                .iter()
+                .any(|&(ea, eb)| a < eb + EVENT_SLACK && b > ea)
+        }) {
+            st.false_alarm_events += 1;
+            st.false_alarm_rows += (b - a) as u64;
+        }
         for t in s.scored_from.max(1)..n {
             if !s.labels[t] && !s.labels[t - 1] {
                 st.normal_device_days +=
@@ -538,7 +601,7 @@ pub struct SkabReport {
     /// Event-level results at that rate.
     pub events: EventStats,
     /// Per file: device, counts, detection delay (readings), false-alarm events.
-    pub per_file: Vec<(String, PointCounts, Option<usize>, usize)>,
+    pub per_file: Vec<FileResult>,
     /// Alarm events per device-day on `anomaly-free.csv` (in the model's training data).
     pub anomaly_free_alarms: (usize, f64),
     /// Area under the precision–recall curve of ranking test rows by `score` and by its
@@ -645,12 +708,13 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
             let one = std::slice::from_ref(s);
             let rr = std::slice::from_ref(r);
             let e = event_stats(one, rr);
-            (
-                s.device.clone(),
-                point_counts(one, rr),
-                e.delays_readings.first().copied(),
-                e.false_alarm_events,
-            )
+            FileResult {
+                name: s.device.clone(),
+                counts: point_counts(one, rr),
+                delay: e.delays_readings.first().copied(),
+                false_alarm_events: e.false_alarm_events,
+                closest: Closest::of(s, r),
+            }
         })
         .collect();
     // Normal operation: the anomaly-free file streamed whole (it is training data, so this
@@ -774,6 +838,15 @@ impl std::fmt::Display for SkabReport {
             e.false_alarm_events,
             e.false_alarms_per_device_day()
         )?;
+        let withdrawn = self.counts.without_false_alarm_events(e);
+        writeln!(
+            f,
+            "of the {} false positive rows, {} lie in alarms that overlap no fault: withdrawing all of them (the most that confirming alarms with later readings could do) would give F1 {:.3}, FAR {:.2} %",
+            self.counts.fp,
+            e.false_alarm_rows.min(self.counts.fp),
+            withdrawn.f1(),
+            withdrawn.far()
+        )?;
         writeln!(
             f,
             "anomaly-free.csv (training data, streamed whole): {} alarm events in {:.3} device-days ({:.2} per device-day)",
@@ -805,20 +878,23 @@ impl std::fmt::Display for SkabReport {
             writeln!(f, "sensitivity (anomaly.false_alarm_rate):")?;
             writeln!(
                 f,
-                "| false_alarm_rate | F1 | FAR % | MAR % | events detected | false-alarm events |"
+                "| false_alarm_rate | F1 | FAR % | MAR % | events detected | false-alarm events | F1, FAR % without them |"
             )?;
-            writeln!(f, "|---|---|---|---|---|---|")?;
+            writeln!(f, "|---|---|---|---|---|---|---|")?;
             for r in &self.sweep {
+                let w = r.counts.without_false_alarm_events(&r.events);
                 writeln!(
                     f,
-                    "| {} | {:.3} | {:.2} | {:.2} | {}/{} | {} |",
+                    "| {} | {:.3} | {:.2} | {:.2} | {}/{} | {} | {:.3}, {:.2} |",
                     r.rate,
                     r.counts.f1(),
                     r.counts.far(),
                     r.counts.mar(),
                     r.events.detected,
                     r.events.events,
-                    r.events.false_alarm_events
+                    r.events.false_alarm_events,
+                    w.f1(),
+                    w.far()
                 )?;
             }
         }
@@ -829,18 +905,32 @@ impl std::fmt::Display for SkabReport {
             "| file | test rows | anomalous | TP | FP | FN | F1 | delay (readings) | false-alarm events |"
         )?;
         writeln!(f, "|---|---|---|---|---|---|---|---|---|")?;
-        for (name, c, delay, fa) in &self.per_file {
+        let line_surprisal = -self.rate.ln();
+        for r in &self.per_file {
+            let c = &r.counts;
+            let delay = match r.delay {
+                Some(d) => d.to_string(),
+                None if r.closest.longest_over > 0 => format!(
+                    "missed: over the line for {} readings in a row at most",
+                    r.closest.longest_over
+                ),
+                None => format!(
+                    "missed: never over the line (deepest −ln p {:.1}; the line {line_surprisal:.1}; its normal rows {:.1})",
+                    r.closest.peak_surprisal, r.closest.normal_peak
+                ),
+            };
             let mut line = String::new();
             let _ = write!(
                 line,
-                "| {name} | {} | {} | {} | {} | {} | {:.2} | {} | {fa} |",
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {delay} | {} |",
+                r.name,
                 c.tp + c.fp + c.fn_ + c.tn,
                 c.tp + c.fn_,
                 c.tp,
                 c.fp,
                 c.fn_,
                 c.f1(),
-                delay.map_or("missed".into(), |d| d.to_string()),
+                r.false_alarm_events
             );
             writeln!(f, "{line}")?;
         }
@@ -1204,7 +1294,24 @@ mod tests {
         assert_eq!(e.delays_secs, vec![120.0]);
         // The alarm at 23..25 overlaps no event (rows 6..10 overlap the first).
         assert_eq!(e.false_alarm_events, 1);
+        assert_eq!(e.false_alarm_rows, 2);
         assert!(e.normal_device_days > 0.0);
+        // Withdrawn, its two rows become true negatives; the held alarm's stay false positives.
+        let w = c.without_false_alarm_events(&e);
+        assert_eq!((w.tp, w.fp, w.fn_, w.tn), (2, 2, 4, c.tn + 2));
+    }
+
+    #[test]
+    fn the_closest_a_missed_event_came_is_its_deepest_surprisal_and_longest_run_over() {
+        let (s, mut r) = series("0000111100", "0000000000");
+        for (t, q) in [(1, 9.0), (4, 3.0), (5, 5.0), (7, 1.0), (9, 2.0)] {
+            r[t].surprisal = q;
+            r[t].over_line = t != 9;
+        }
+        let c = Closest::of(&s, &r);
+        assert_eq!(c.peak_surprisal, 5.0);
+        assert_eq!(c.longest_over, 2, "rows 4 and 5; row 6 breaks the run");
+        assert_eq!(c.normal_peak, 2.0, "row 1 is not scored");
     }
 
     #[test]

@@ -203,8 +203,8 @@ pub struct Gpd {
 }
 
 impl Gpd {
-    /// Fits the tail beyond the top [`GPD_SHARE`] of `sorted` (ascending, finite). `None`
-    /// with fewer than [`GPD_MIN_EXCEEDANCES`] excesses or a degenerate tail (all equal).
+    /// Fits the tail beyond the top `GPD_SHARE` (2 %) of `sorted` (ascending, finite). `None`
+    /// with fewer than `GPD_MIN_EXCEEDANCES` excesses or a degenerate tail (all equal).
     pub fn fit(sorted: &[f64]) -> Option<Self> {
         let n = sorted.len();
         let k = ((n as f64 * GPD_SHARE).round() as usize).max(GPD_MIN_EXCEEDANCES);

@@ -2004,6 +2004,81 @@ fn a_stuck_sensor_raises_an_alarm_of_its_own_kind_through_serve() {
     assert_eq!(serve.terminate(), 0);
 }
 
+/// A restart in the middle of a stuck-sensor alarm: the alarm comes back with the device's
+/// state and the active-alarm gauge counts it (it used to be raises minus clears since the
+/// process started, so it read 0 here), until the sensor moves and the alarm clears. The
+/// restore is applied while the partition is idle (it used to wait for its next message).
+#[test]
+fn an_alarm_active_across_a_restart_is_counted_by_its_gauge() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx::start();
+    let (topic, group) = (unique("gauge"), unique("g-gauge"));
+    create_topics(&brokers, &[(&topic, 1)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
+    let gauge = "sensorcast_stuck_alarms_active{stream=\"pumps\"}";
+    let serve = Serve::start(&cfg, dir.path(), port);
+    let t0 = chrono::Utc::now().timestamp_millis() - 300_000;
+    // pump-001's pressure holds one value from reading 40 on.
+    let sent = produce_pumps(
+        &brokers,
+        &topic,
+        (t0, 80, 2),
+        |_, _| false,
+        |i, d| d == 1 && i >= 40,
+    );
+    wait_until("every reading scored", Duration::from_secs(60), || {
+        influx.count("anomaly", "score") >= sent
+    });
+    wait_until("the alarm is counted", Duration::from_secs(10), || {
+        serve.metric(gauge) == 1.0
+    });
+    assert_eq!(serve.terminate(), 0);
+
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until(
+        "the restored alarm is counted",
+        Duration::from_secs(20),
+        || serve.metric(gauge) == 1.0,
+    );
+    // 40 more readings: still flat for 20, then the pressure moves.
+    let more = produce_pumps(
+        &brokers,
+        &topic,
+        (t0 + 80_000, 40, 2),
+        |_, _| false,
+        |i, d| d == 1 && i < 20,
+    );
+    wait_until("every reading scored", Duration::from_secs(60), || {
+        influx.count("anomaly", "score") >= sent + more
+    });
+    wait_until(
+        "the cleared alarm is no longer counted",
+        Duration::from_secs(10),
+        || serve.metric(gauge) == 0.0,
+    );
+    let v =
+        influx.query("SELECT \"active\", \"end\" FROM \"anomaly_event\" WHERE \"kind\" = 'stuck'");
+    let rows = v["results"][0]["series"][0]["values"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rows.len(), 1, "one alarm, raised before the restart: {v}");
+    assert_eq!(rows[0][0].as_i64(), Some((t0 + 40 * 1000) * 1_000_000));
+    assert_eq!(rows[0][1], serde_json::json!(false), "cleared after it");
+    assert_eq!(
+        rows[0][2].as_i64(),
+        Some((t0 + 99 * 1000) * 1_000_000),
+        "at the last flat reading"
+    );
+    assert_eq!(serve.terminate(), 0);
+}
+
 /// A silent device: of three devices on one partition, one stops reporting for 20 s while the
 /// others go on. serve raises an alarm of its own kind (`anomaly_event,kind=silent`) from its
 /// last reading and clears it at the reading it comes back with; the others raise none.

@@ -395,6 +395,28 @@ impl Counters {
     }
 }
 
+/// Alarms raised and not cleared, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ActiveAlarms {
+    /// The detector's (`kind=anomaly`).
+    pub anomaly: u64,
+    /// Stuck sensors'.
+    pub stuck: u64,
+    /// Silent devices' (those written: not held back by a maintenance window).
+    pub silent: u64,
+}
+
+impl ActiveAlarms {
+    /// Kind-wise sum.
+    pub fn plus(self, o: Self) -> Self {
+        Self {
+            anomaly: self.anomaly + o.anomaly,
+            stuck: self.stuck + o.stuck,
+            silent: self.silent + o.silent,
+        }
+    }
+}
+
 /// A reading whose shape does not fit the model.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -575,6 +597,24 @@ impl Engine {
     /// Devices tracked.
     pub fn devices(&self) -> usize {
         self.ids.len()
+    }
+
+    /// The alarms raised on the tracked devices that `include` accepts, by kind: counted from
+    /// the devices' own state, so alarms restored from a checkpoint count and devices that
+    /// left the table do not. O(devices).
+    pub fn active_alarms(&self, include: impl Fn(&str) -> bool) -> ActiveAlarms {
+        let mut a = ActiveAlarms::default();
+        for (device, &slot) in &self.ids {
+            if !include(device) {
+                continue;
+            }
+            let s = slot as usize;
+            a.anomaly += self.slots.alarm[s].active as u64;
+            a.stuck += self.slots.stuck[s].active as u64;
+            let silent = &self.slots.silent[s];
+            a.silent += (silent.active && !silent.suppressed) as u64;
+        }
+        a
     }
 
     /// Most devices the table takes; readings of further new devices are

@@ -182,6 +182,10 @@ impl SourceStage {
                     }
                 }
                 _ = tokio::time::sleep_until(sleep_to.into()), if !flush && due.is_some() => {}
+                // No batch open: look again for what a rebalance left (the callbacks run inside
+                // the consumer's poll, which wakes nobody here), so that the restores of an
+                // idle partition's devices do not wait for its next message.
+                _ = tokio::time::sleep(IDLE_CHECK), if due.is_none() && controls.is_empty() => {}
             }
         }
         if paused {
@@ -193,6 +197,9 @@ impl SourceStage {
 /// How long a batch due to go waits for room in the engine's queue before the partitions are
 /// paused (well below `max.poll.interval.ms`: the consumer is not polled meanwhile).
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
+/// How often an idle source looks for what a rebalance left for the engine stage.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
 
 /// Resolves once the flag is true (or its sender is gone).
 async fn wait_true(rx: &mut watch::Receiver<bool>) {

@@ -80,6 +80,10 @@ pub struct EngineStage {
     swaps: Vec<Option<Swap>>,
     /// Counters of the engines swaps replaced, per stream (the metrics stay monotonic).
     counter_base: Vec<Counters>,
+    // Per stream: alarm edges and restores when the active alarms were last counted; counted
+    // again after a batch that changed them, and every second.
+    alarm_edges_seen: Vec<u64>,
+    alarms_counted: Instant,
     /// Where checkpoints of another model version find their model.
     registry: Registry,
     cfg: Config,
@@ -132,6 +136,8 @@ impl EngineStage {
             checkpoints_in_flight,
             swaps: (0..n).map(|_| None).collect(),
             counter_base: vec![Counters::default(); n],
+            alarm_edges_seen: vec![u64::MAX; n],
+            alarms_counted: Instant::now(),
             registry: Registry::new(&cfg.model.registry),
             cfg: cfg.clone(),
             last_swap_check: Instant::now(),
@@ -234,6 +240,7 @@ impl EngineStage {
         if self.last_swap_check.elapsed() >= Duration::from_secs(1) {
             self.check_swaps();
         }
+        self.count_active_alarms();
         // Not on every batch while a checkpoint waits behind a slow sink (the periodic
         // checkpoint is then overdue, and the scan covers every device).
         if self.last_checkpoint.elapsed() >= self.interval
@@ -463,18 +470,49 @@ impl EngineStage {
         sync(&m.readings_clamped.get_or_create(&l), c.clamped);
         sync(&m.devices_reset.get_or_create(&l), c.poisoned);
         sync(&m.readings_refused.get_or_create(&l), c.refused);
-        m.alarms_active
-            .get_or_create(&l)
-            .set(c.alarms_raised.saturating_sub(c.alarms_cleared) as i64);
         sync(&m.stuck_raised.get_or_create(&l), c.stuck_raised);
         sync(&m.silent_raised.get_or_create(&l), c.silent_raised);
-        m.silent_active
-            .get_or_create(&l)
-            .set(c.silent_raised.saturating_sub(c.silent_cleared) as i64);
-        m.stuck_active
-            .get_or_create(&l)
-            .set(c.stuck_raised.saturating_sub(c.stuck_cleared) as i64);
         true
+    }
+
+    /// Sets the `*_alarms_active` gauges from the devices' alarm states, for each stream
+    /// whose alarms changed (an edge, a restore) since it was last counted, and for every
+    /// stream once a second. During a swap each device counts in the engine that writes its
+    /// points. Devices parked after `engine.device_ttl` are not counted.
+    fn count_active_alarms(&mut self) {
+        let due = self.alarms_counted.elapsed() >= Duration::from_secs(1);
+        if due {
+            self.alarms_counted = Instant::now();
+        }
+        for i in 0..self.engines.len() {
+            let edges = |c: Counters| {
+                c.alarms_raised
+                    + c.alarms_cleared
+                    + c.stuck_raised
+                    + c.stuck_cleared
+                    + c.silent_raised
+                    + c.silent_cleared
+                    + c.restored
+            };
+            let old = self.swaps[i].as_ref().map(|sw| sw.old.counters());
+            let seen = edges(self.engines[i].counters()) + old.map_or(0, edges);
+            if !due && seen == self.alarm_edges_seen[i] {
+                continue;
+            }
+            self.alarm_edges_seen[i] = seen;
+            let active = match &self.swaps[i] {
+                Some(sw) => sw
+                    .old
+                    .active_alarms(|d| sw.writes(d))
+                    .plus(self.engines[i].active_alarms(|d| !sw.writes(d))),
+                None => self.engines[i].active_alarms(|_| true),
+            };
+            let l = labels(&[("stream", &self.names[i])]);
+            let m = &self.metrics;
+            m.alarms_active.get_or_create(&l).set(active.anomaly as i64);
+            m.stuck_active.get_or_create(&l).set(active.stuck as i64);
+            m.silent_active.get_or_create(&l).set(active.silent as i64);
+        }
     }
 
     /// Devices a stream tracks (during a swap the old engine holds every one of them).

@@ -639,20 +639,24 @@ fn evaluate_skab_follows_the_protocol_on_a_skab_shaped_folder() {
     assert!(out.join("tradeoff.svg").is_file());
 }
 
-#[test]
-fn evaluate_labelled_counts_events_delays_and_false_alarms() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path());
-    // Training history: 4 devices × 400 readings; then labelled data: 700 readings, with a
-    // sustained level shift on pump-2's pressure from reading 500 to 560.
-    let history = dir.path().join("history.csv");
+/// A config with a model trained on 4 devices × 400 readings, and a CSV of the same fleet
+/// over 700 readings with a sustained level shift on pump-2's pressure from reading 500 to
+/// 560, labelled in a `label` column when `label` is set.
+fn trained_with_a_fault(dir: &Path, label: bool) -> (PathBuf, PathBuf) {
+    let cfg = write_config(dir);
+    let history = dir.join("history.csv");
     write_csv(&history, 4, 400);
     assert!(train(&cfg, &history).status.success());
-    let all = dir.path().join("all.csv");
+    let all = dir.join("all.csv");
     write_csv(&all, 4, 700);
     let text_in = std::fs::read_to_string(&all).expect("csv");
     let mut lines = text_in.lines();
-    let mut labelled = format!("{},label\n", lines.next().expect("header"));
+    let header = lines.next().expect("header");
+    let mut out = if label {
+        format!("{header},label\n")
+    } else {
+        format!("{header}\n")
+    };
     let mut per_device = std::collections::HashMap::<String, usize>::new();
     for l in lines {
         let mut cols: Vec<String> = l.split(',').map(str::to_string).collect();
@@ -663,10 +667,25 @@ fn evaluate_labelled_counts_events_delays_and_false_alarms() {
             cols[5] = format!("{}", v + 3.0);
         }
         *n += 1;
-        labelled.push_str(&format!("{},{}\n", cols.join(","), fault as u8));
+        if label {
+            cols.push((fault as u8).to_string());
+        }
+        out.push_str(&cols.join(","));
+        out.push('\n');
     }
-    let input = dir.path().join("labelled.csv");
-    std::fs::write(&input, labelled).expect("write");
+    let input = dir.join(if label {
+        "labelled.csv"
+    } else {
+        "unlabelled.csv"
+    });
+    std::fs::write(&input, out).expect("write");
+    (cfg, input)
+}
+
+#[test]
+fn evaluate_labelled_counts_events_delays_and_false_alarms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, input) = trained_with_a_fault(dir.path(), true);
     let charts = dir.path().join("charts");
     let o = sensorcast(&[
         "evaluate",
@@ -700,28 +719,7 @@ fn evaluate_labelled_counts_events_delays_and_false_alarms() {
 #[test]
 fn evaluate_labelled_takes_operators_verdicts_as_the_truth() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path());
-    let history = dir.path().join("history.csv");
-    write_csv(&history, 4, 400);
-    assert!(train(&cfg, &history).status.success());
-    let all = dir.path().join("all.csv");
-    write_csv(&all, 4, 700);
-    let text_in = std::fs::read_to_string(&all).expect("csv");
-    let mut lines = text_in.lines();
-    let mut input = format!("{}\n", lines.next().expect("header"));
-    let mut per_device = std::collections::HashMap::<String, usize>::new();
-    for l in lines {
-        let mut cols: Vec<String> = l.split(',').map(str::to_string).collect();
-        let n = per_device.entry(cols[0].clone()).or_default();
-        if cols[0] == "pump-2" && (500..560).contains(n) {
-            let v: f64 = cols[5].parse().expect("pressure");
-            cols[5] = format!("{}", v + 3.0);
-        }
-        *n += 1;
-        input.push_str(&format!("{}\n", cols.join(",")));
-    }
-    let csv = dir.path().join("unlabelled.csv");
-    std::fs::write(&csv, input).expect("write");
+    let (cfg, csv) = trained_with_a_fault(dir.path(), false);
     let ts = |n: i64| (1_795_000_000_000i64 + n * 300_000).to_string();
     let labels = dir.path().join("labels.toml");
     let label = |env: bool, at: &str| {

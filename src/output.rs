@@ -433,7 +433,7 @@ impl<'a> PointFormat<'a> {
     /// The CSV header matching [`PointFormat::write_csv_row`].
     pub fn csv_header(&self) -> String {
         let mut s = String::from(
-            "device,ts,model,score,forecast_score,deviation_score,likelihood,over_line,is_anomaly,alarm,top_field,value_of_top_field,explanation",
+            "device,ts,model,score,forecast_score,deviation_score,likelihood,over_line,is_anomaly,alarm,top_field,value_of_top_field,explanation,stuck,stuck_fields",
         );
         for h in 1..=self.horizon {
             for f in self.features {
@@ -446,7 +446,9 @@ impl<'a> PointFormat<'a> {
     }
 
     /// One CSV row for reading `i` of a processed batch (RFC 3339 timestamps); nothing for a
-    /// reading that was not stepped. `alarm` is `raised`, `cleared` or empty.
+    /// reading that was not stepped. `alarm` and `stuck` (a stuck-sensor alarm, whose
+    /// features `stuck_fields` names) are `raised`, `cleared` or empty. (Silent-device alarms
+    /// are raised at other devices' readings and have no row; line protocol carries them.)
     pub fn write_csv_row(
         &self,
         out: &mut String,
@@ -474,14 +476,19 @@ impl<'a> PointFormat<'a> {
         } else {
             ("", String::new())
         };
-        let alarm = match scored.edge {
+        let edge = |e: Edge| match e {
             Edge::None => "",
             Edge::Raised { .. } => "raised",
             Edge::Cleared { .. } => "cleared",
         };
+        let stuck_fields = if scored.stuck_edge == Edge::None {
+            String::new()
+        } else {
+            self.flat_fields(scored.stuck_features)
+        };
         let _ = write!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             quote(&reading.device),
             crate::decode::format_ts(reading.ts),
             quote(self.model),
@@ -491,10 +498,12 @@ impl<'a> PointFormat<'a> {
             scored.likelihood,
             scored.over_line,
             scored.is_anomaly,
-            alarm,
+            edge(scored.edge),
             quote(top),
             top_value,
             quote(&self.explain(contrib, 3)),
+            edge(scored.stuck_edge),
+            quote(&stuck_fields),
         );
         for v in &batch.forecast(i)[..self.horizon * self.features.len() * 3] {
             let _ = write!(out, ",{v}");
@@ -774,5 +783,34 @@ mod tests {
             v,
             "anomaly_event,stream=pump\\ s,device=p\\ 1,kind=silent verdict=\"false\",labelled_by=\"ana\",label_note=\"valve \\\"A\\\" closed\",labelled_at=1795000001000000000i 1795000000000000000\n"
         );
+    }
+
+    #[test]
+    fn a_csv_row_fits_the_header_and_names_a_stuck_sensor() {
+        let cfg = all();
+        let features = ["p".to_string(), "q".to_string()];
+        let fmt = PointFormat::new("s", "v1", &features, 1, &cfg);
+        let mut b = batch_of(Edge::None, 1);
+        if let Outcome::Scored(s) = &mut b.outcomes[0] {
+            s.stuck_edge = Edge::Raised { start: 5 };
+            s.stuck_features = 0b10;
+        }
+        let r = crate::decode::Reading {
+            device: "d".into(),
+            ts: 1_795_000_000_000_000_000,
+            values: vec![1.0, 2.0],
+        };
+        let mut text = fmt.csv_header();
+        text.push('\n');
+        fmt.write_csv_row(&mut text, &r, &b, 0);
+        let mut rdr = csv::Reader::from_reader(text.as_bytes());
+        let header = rdr.headers().expect("header").clone();
+        let row = rdr.records().next().expect("a row").expect("parses");
+        assert_eq!(row.len(), header.len());
+        let at = |name: &str| &row[header.iter().position(|h| h == name).expect(name)];
+        assert_eq!(at("stuck"), "raised");
+        assert_eq!(at("stuck_fields"), "q flat");
+        assert_eq!(at("alarm"), "");
+        assert_eq!(at("explanation"), "q low, p high");
     }
 }

@@ -67,6 +67,8 @@ impl SourceStage {
         };
         // Partitions a message has come from since the last rebalance (for a debug line).
         let mut first_seen: Vec<(String, i32)> = Vec::new();
+        let idle = tokio::time::sleep(IDLE_CHECK);
+        tokio::pin!(idle);
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let errors = RateLimit::default();
@@ -185,7 +187,9 @@ impl SourceStage {
                 // No batch open: look again for what a rebalance left (the callbacks run inside
                 // the consumer's poll, which wakes nobody here), so that the restores of an
                 // idle partition's devices do not wait for its next message.
-                _ = tokio::time::sleep(IDLE_CHECK), if due.is_none() && controls.is_empty() => {}
+                _ = &mut idle, if due.is_none() && controls.is_empty() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + IDLE_CHECK);
+                }
             }
         }
         if paused {

@@ -357,7 +357,7 @@ pub fn run_retrain(
             h.skipped.first()
         ));
     }
-    let verdicts = read_verdicts(cfg, &stream.name)?;
+    let verdicts = rt.block_on(retrain_verdicts(cfg, &stream.name, to, &say));
     // Confirmed faults are not the normal the challenger should learn.
     let before: Vec<Reading> = h
         .readings
@@ -502,6 +502,46 @@ pub fn run_retrain(
         decision.reason
     );
     Ok(decision)
+}
+
+/// The operators' verdicts for a retrain up to `to`: a labels file that cannot be read is
+/// reported and the retrain goes on without verdicts (a hand edit must not stop retraining);
+/// a label recorded while its alarm was still active is completed from InfluxDB — up to the
+/// alarm's end if it has cleared since, else up to `to` — so that a fault confirmed while it
+/// lasted is left out of training whole.
+async fn retrain_verdicts(
+    cfg: &Config,
+    stream: &str,
+    to: i64,
+    say: &impl Fn(String),
+) -> crate::labels::Verdicts {
+    let path = &cfg.anomaly.labels_file;
+    if path.is_empty() {
+        return Default::default();
+    }
+    let mut labels = match crate::labels::read_labels_file(std::path::Path::new(path)) {
+        Ok(l) => l,
+        Err(e) => {
+            say(format!("warning: operators' labels not used: {e}"));
+            return Default::default();
+        }
+    };
+    for l in labels
+        .iter_mut()
+        .filter(|l| l.stream == stream && l.until.is_none())
+    {
+        let Ok(span) = l.span() else { continue };
+        match crate::history::alarm(cfg, &l.stream, &l.device, &l.kind, span.at).await {
+            Ok(Some(a)) if !a.active => l.until = a.end.map(format_ts),
+            Ok(Some(_)) => l.until = Some(format_ts(to.max(span.at))),
+            Ok(None) => {}
+            Err(e) => say(format!(
+                "warning: the end of {}'s alarm at {} is not known ({e:#}); its label covers up to {}",
+                l.device, l.at, l.recorded_at
+            )),
+        }
+    }
+    crate::labels::Verdicts::for_stream(&labels, stream)
 }
 
 /// The operators' verdicts on `stream`'s alarms (`anomaly.labels_file`; none when unset).

@@ -339,13 +339,13 @@ impl std::fmt::Display for LabelScore {
 }
 
 /// The labels file, read again when it changes (`serve`): hands out the labels not handed
-/// out before (new entries, and all of them after a restart; writing a verdict twice is
-/// harmless: same point, same fields).
+/// out before (new entries, entries changed by hand, and all of them after a restart;
+/// writing a verdict twice is harmless: same point, same fields).
 #[derive(Debug)]
 pub struct LabelSource {
     file: crate::watched::WatchedFile,
-    /// Entries handed out so far (the file only grows).
-    seen: usize,
+    /// The entries handed out so far, as written.
+    seen: std::collections::HashSet<String>,
 }
 
 impl LabelSource {
@@ -353,7 +353,7 @@ impl LabelSource {
     pub fn new(path: &str) -> Option<Self> {
         (!path.is_empty()).then(|| Self {
             file: crate::watched::WatchedFile::new(path),
-            seen: 0,
+            seen: Default::default(),
         })
     }
 
@@ -364,13 +364,11 @@ impl LabelSource {
             return Vec::new();
         };
         match read_labels_file(path) {
-            Ok(mut labels) => {
-                if labels.len() < self.seen {
-                    // Rewritten by hand: everything again.
-                    self.seen = 0;
-                }
-                let new = labels.split_off(self.seen);
-                self.seen += new.len();
+            Ok(labels) => {
+                let new: Vec<Label> = labels
+                    .into_iter()
+                    .filter(|l| self.seen.insert(format!("{l:?}")))
+                    .collect();
                 if !new.is_empty() {
                     tracing::info!(file = %path.display(), new = new.len(), "operator labels read");
                 }
@@ -529,7 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn the_source_hands_out_each_label_once_and_everything_after_a_rewrite() {
+    fn the_source_hands_out_each_label_once_and_whatever_an_edit_changed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("labels.toml");
         let mut src = LabelSource::new(path.to_str().unwrap()).expect("a file");
@@ -541,16 +539,31 @@ mod tests {
             Verdict::False,
             "2026-12-05T09:00:00Z",
         );
+        let mut again = l.clone();
+        again.verdict = Verdict::Confirmed;
         append_label(&path, &l).expect("append");
-        append_label(&path, &l).expect("append");
+        append_label(&path, &again).expect("append");
         src.file = crate::watched::WatchedFile::new(&path);
         assert_eq!(src.poll().len(), 2);
-        append_label(&path, &l).expect("append");
+        let mut third = l.clone();
+        third.device = "p3".into();
+        append_label(&path, &third).expect("append");
         src.file = crate::watched::WatchedFile::new(&path);
-        assert_eq!(src.poll().len(), 1, "only the new one");
+        assert_eq!(src.poll(), vec![third.clone()], "only the new one");
+        // Edited by hand: an entry removed, one changed, one added at once.
+        let mut changed = third.clone();
+        changed.note = "mended".into();
+        let mut fourth = l.clone();
+        fourth.device = "p4".into();
         std::fs::write(&path, "").unwrap();
-        append_label(&path, &l).expect("append");
+        for x in [&l, &changed, &fourth] {
+            append_label(&path, x).expect("append");
+        }
         src.file = crate::watched::WatchedFile::new(&path);
-        assert_eq!(src.poll().len(), 1, "a shorter file is read whole");
+        assert_eq!(
+            src.poll(),
+            vec![changed, fourth],
+            "what was not handed out as it is"
+        );
     }
 }

@@ -28,7 +28,7 @@ fn push_tag(out: &mut String, s: &str) {
 
 /// Appends an operator's verdict on an alarm to its `anomaly_event` point (same series and
 /// timestamp, so the point gains the fields): `verdict`, `labelled_by`, `label_note` (line
-/// breaks become spaces) and `labelled_at` (ns).
+/// breaks in them become spaces) and `labelled_at` (ns).
 pub fn write_verdict(out: &mut String, label: &crate::labels::Label) {
     let Ok(span) = label.span() else { return };
     out.push_str("anomaly_event,stream=");
@@ -39,10 +39,11 @@ pub fn write_verdict(out: &mut String, label: &crate::labels::Label) {
     push_tag(out, &label.kind);
     out.push_str(" verdict=");
     push_str_field(out, label.verdict.as_str());
+    let one_line = |s: &str| s.replace(['\n', '\r'], " ");
     out.push_str(",labelled_by=");
-    push_str_field(out, &label.by);
+    push_str_field(out, &one_line(&label.by));
     out.push_str(",label_note=");
-    push_str_field(out, &label.note.replace(['\n', '\r'], " "));
+    push_str_field(out, &one_line(&label.note));
     out.push_str(",labelled_at=");
     push_i64(out, span.recorded);
     out.push_str("i ");

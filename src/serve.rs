@@ -167,10 +167,16 @@ async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<b
     );
 
     // A periodic checkpoint is due even when no readings arrive (the tail of a stream must
-    // be checkpointed for its offsets to be committed).
+    // be checkpointed for its offsets to be committed); and the engine stage's other
+    // housekeeping (the maintenance and labels files, the active-alarm gauges, swaps) runs
+    // at least once a second.
     let ticker = {
         let tx = engine_tx.clone();
-        let every = cfg.state.checkpoint_interval.get();
+        let every = cfg
+            .state
+            .checkpoint_interval
+            .get()
+            .min(std::time::Duration::from_secs(1));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

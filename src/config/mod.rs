@@ -1319,11 +1319,6 @@ impl Config {
         {
             bad("anomaly.maintenance_file".into(), e);
         }
-        if !a.labels_file.is_empty()
-            && let Err(e) = crate::labels::read_labels_file(Path::new(&a.labels_file))
-        {
-            bad("anomaly.labels_file".into(), e.to_string());
-        }
         for (k, v) in [
             ("anomaly.stuck_min_readings", a.stuck_min_readings),
             ("anomaly.min_duration", a.min_duration),

@@ -476,14 +476,18 @@ impl EngineStage {
     }
 
     /// Sets the `*_alarms_active` gauges from the devices' alarm states, for each stream
-    /// whose alarms changed (an edge, a restore) since it was last counted, and for every
-    /// stream once a second. During a swap each device counts in the engine that writes its
+    /// whose alarms changed (an edge, a restore) since it was last counted (at most every
+    /// 250 ms), and for every stream once a second. During a swap each device counts in the engine that writes its
     /// points. Devices parked after `engine.device_ttl` are not counted.
     fn count_active_alarms(&mut self) {
-        let due = self.alarms_counted.elapsed() >= Duration::from_secs(1);
-        if due {
-            self.alarms_counted = Instant::now();
+        // O(devices) a count: at most four times a second however many edges come (an alarm
+        // storm), and once a second anyway.
+        let since = self.alarms_counted.elapsed();
+        if since < Duration::from_millis(250) {
+            return;
         }
+        let due = since >= Duration::from_secs(1);
+        let mut counted = false;
         for i in 0..self.engines.len() {
             let edges = |c: Counters| {
                 c.alarms_raised
@@ -500,6 +504,7 @@ impl EngineStage {
                 continue;
             }
             self.alarm_edges_seen[i] = seen;
+            counted = true;
             let active = match &self.swaps[i] {
                 Some(sw) => sw
                     .old
@@ -512,6 +517,9 @@ impl EngineStage {
             m.alarms_active.get_or_create(&l).set(active.anomaly as i64);
             m.stuck_active.get_or_create(&l).set(active.stuck as i64);
             m.silent_active.get_or_create(&l).set(active.silent as i64);
+        }
+        if counted {
+            self.alarms_counted = Instant::now();
         }
     }
 

@@ -2353,6 +2353,30 @@ fn operator_labels_reach_the_alarms_point_and_the_retrain_gate_through_serve() {
         "confirmed",
     ]);
     assert!(ok, "{out}\n{err}");
+    // A fault confirmed while its alarm was still raised (pump-001 from reading 100, labelled
+    // at reading 110, no end): retrain completes it from InfluxDB, where the alarm is still
+    // active, up to the retrain's end — so readings 100..=149 of the training part are left
+    // out, not only 100..=110.
+    let (status, body) = http(
+        "POST",
+        &influx.addr(),
+        &format!("/write?db={INFLUX_DB}&precision=ns"),
+        &format!(
+            "anomaly_event,stream=pumps,device=pump-001,kind=anomaly active=true,start={}i {}\n",
+            ns(100),
+            ns(100)
+        ),
+    )
+    .expect("write");
+    assert_eq!(status, 204, "{body}");
+    let open = format!(
+        "\n[[label]]\nstream = \"pumps\"\ndevice = \"pump-001\"\nat = \"{}\"\nverdict = \"confirmed\"\nrecorded_at = \"{}\"\n",
+        sensorcast::decode::format_ts(ns(100)),
+        sensorcast::decode::format_ts(ns(110))
+    );
+    let mut text = std::fs::read_to_string(&labels).expect("labels");
+    text.push_str(&open);
+    std::fs::write(&labels, text).expect("labels");
     let until = sensorcast::decode::format_ts(ns(readings) - 1);
     let (ok, out, err) = run(&["retrain", "--until", &until]);
     assert!(ok, "{out}\n{err}");
@@ -2360,7 +2384,7 @@ fn operator_labels_reach_the_alarms_point_and_the_retrain_gate_through_serve() {
         .expect("decisions");
     let d: serde_json::Value =
         serde_json::from_str(decisions.lines().last().expect("a decision")).expect("json");
-    assert_eq!(d["confirmed_left_out"], 20, "{d}");
+    assert_eq!(d["confirmed_left_out"], 20 + 50, "{d}");
     // Both models raise the stuck alarm labelled false again (a flat 40 s is stuck for both).
     let score = serde_json::json!({
         "confirmed": 0, "confirmed_alarmed": 0, "false_alarms": 1, "false_alarmed": 1

@@ -1936,38 +1936,22 @@ fn serve_retrains_on_its_schedule_and_swaps_the_result_in() {
 /// device raises none.
 #[test]
 fn a_stuck_sensor_raises_an_alarm_of_its_own_kind_through_serve() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let influx = Influx::start();
-    let (topic, group) = (unique("stuck"), unique("g-stuck"));
-    create_topics(&brokers, &[(&topic, 1)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
-    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
-    let serve = Serve::start(&cfg, dir.path(), port);
+    let pumps = Pumps::new("stuck", |_| String::new());
+    let serve = pumps.serve();
     let t0 = chrono::Utc::now().timestamp_millis() - 200_000;
     let (readings, flat) = (120i64, 40..80i64);
-    produce_pumps(
-        &brokers,
-        &topic,
+    pumps.produce(
         (t0, readings, 2),
         |_, _| false,
         |i, d| d == 1 && flat.contains(&i),
     );
     wait_until("every reading scored", Duration::from_secs(60), || {
-        influx.count("anomaly", "score") >= 2 * readings as usize
+        pumps.influx.count("anomaly", "score") >= 2 * readings as usize
     });
     std::thread::sleep(Duration::from_millis(500));
-    let v = influx.query(
+    let rows = pumps.influx.rows(
         "SELECT \"active\", \"start\", \"end\", \"top_fields\", \"device\" FROM \"anomaly_event\" WHERE \"kind\" = 'stuck'",
     );
-    let rows = v["results"][0]["series"][0]["values"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
     let ns = |i: i64| (t0 + i * 1000) * 1_000_000;
     assert_eq!(rows.len(), 1, "one stuck alarm: {rows:?}");
     let row = &rows[0];
@@ -1994,12 +1978,13 @@ fn a_stuck_sensor_raises_an_alarm_of_its_own_kind_through_serve() {
     );
     // Ordinary alarms are tagged too, so that the kinds never overwrite each other.
     assert!(
-        influx
+        pumps
+            .influx
             .series("anomaly_event")
             .iter()
             .all(|tags| tags.contains_key("kind")),
         "{:?}",
-        influx.series("anomaly_event")
+        pumps.influx.series("anomaly_event")
     );
     assert_eq!(serve.terminate(), 0);
 }
@@ -2010,65 +1995,44 @@ fn a_stuck_sensor_raises_an_alarm_of_its_own_kind_through_serve() {
 /// restore is applied while the partition is idle (it used to wait for its next message).
 #[test]
 fn an_alarm_active_across_a_restart_is_counted_by_its_gauge() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let influx = Influx::start();
-    let (topic, group) = (unique("gauge"), unique("g-gauge"));
-    create_topics(&brokers, &[(&topic, 1)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
-    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
+    let pumps = Pumps::new("gauge", |_| String::new());
     let gauge = "sensorcast_stuck_alarms_active{stream=\"pumps\"}";
-    let serve = Serve::start(&cfg, dir.path(), port);
+    let serve = pumps.serve();
     let t0 = chrono::Utc::now().timestamp_millis() - 300_000;
     // pump-001's pressure holds one value from reading 40 on.
-    let sent = produce_pumps(
-        &brokers,
-        &topic,
-        (t0, 80, 2),
-        |_, _| false,
-        |i, d| d == 1 && i >= 40,
-    );
+    let sent = pumps.produce((t0, 80, 2), |_, _| false, |i, d| d == 1 && i >= 40);
     wait_until("every reading scored", Duration::from_secs(60), || {
-        influx.count("anomaly", "score") >= sent
+        pumps.influx.count("anomaly", "score") >= sent
     });
     wait_until("the alarm is counted", Duration::from_secs(10), || {
         serve.metric(gauge) == 1.0
     });
     assert_eq!(serve.terminate(), 0);
 
-    let serve = Serve::start(&cfg, dir.path(), port);
+    let serve = pumps.serve();
     wait_until(
         "the restored alarm is counted",
         Duration::from_secs(20),
         || serve.metric(gauge) == 1.0,
     );
     // 40 more readings: still flat for 20, then the pressure moves.
-    let more = produce_pumps(
-        &brokers,
-        &topic,
-        (t0 + 80_000, 40, 2),
-        |_, _| false,
-        |i, d| d == 1 && i < 20,
-    );
+    let more = pumps.produce((t0 + 80_000, 40, 2), |_, _| false, |i, d| d == 1 && i < 20);
     wait_until("every reading scored", Duration::from_secs(60), || {
-        influx.count("anomaly", "score") >= sent + more
+        pumps.influx.count("anomaly", "score") >= sent + more
     });
     wait_until(
         "the cleared alarm is no longer counted",
         Duration::from_secs(10),
         || serve.metric(gauge) == 0.0,
     );
-    let v =
-        influx.query("SELECT \"active\", \"end\" FROM \"anomaly_event\" WHERE \"kind\" = 'stuck'");
-    let rows = v["results"][0]["series"][0]["values"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(rows.len(), 1, "one alarm, raised before the restart: {v}");
+    let rows = pumps
+        .influx
+        .rows("SELECT \"active\", \"end\" FROM \"anomaly_event\" WHERE \"kind\" = 'stuck'");
+    assert_eq!(
+        rows.len(),
+        1,
+        "one alarm, raised before the restart: {rows:?}"
+    );
     assert_eq!(rows[0][0].as_i64(), Some((t0 + 40 * 1000) * 1_000_000));
     assert_eq!(rows[0][1], serde_json::json!(false), "cleared after it");
     assert_eq!(
@@ -2084,38 +2048,22 @@ fn an_alarm_active_across_a_restart_is_counted_by_its_gauge() {
 /// last reading and clears it at the reading it comes back with; the others raise none.
 #[test]
 fn a_silent_device_raises_an_alarm_of_its_own_kind_through_serve() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let influx = Influx::start();
-    let (topic, group) = (unique("silent"), unique("g-silent"));
-    create_topics(&brokers, &[(&topic, 1)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
-    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
-    let serve = Serve::start(&cfg, dir.path(), port);
+    let pumps = Pumps::new("silent", |_| String::new());
+    let serve = pumps.serve();
     let t0 = chrono::Utc::now().timestamp_millis() - 200_000;
     let (readings, quiet) = (60i64, 20..40i64);
-    let sent = produce_pumps(
-        &brokers,
-        &topic,
+    let sent = pumps.produce(
         (t0, readings, 3),
         |i, d| d == 2 && quiet.contains(&i),
         |_, _| false,
     );
     wait_until("every reading scored", Duration::from_secs(60), || {
-        influx.count("anomaly", "score") >= sent
+        pumps.influx.count("anomaly", "score") >= sent
     });
     std::thread::sleep(Duration::from_millis(500));
-    let v = influx.query(
+    let rows = pumps.influx.rows(
         "SELECT \"active\", \"start\", \"end\", \"device\" FROM \"anomaly_event\" WHERE \"kind\" = 'silent'",
     );
-    let rows = v["results"][0]["series"][0]["values"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
     let ns = |i: i64| (t0 + i * 1000) * 1_000_000;
     assert_eq!(rows.len(), 1, "one silent alarm: {rows:?}");
     let row = &rows[0];
@@ -2148,28 +2096,20 @@ fn a_silent_device_raises_an_alarm_of_its_own_kind_through_serve() {
 /// alarm, and the readings in the windows are marked `maintenance=true`.
 #[test]
 fn maintenance_windows_from_config_and_a_watched_file_hold_alarms_back_through_serve() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let influx = Influx::start();
-    let (topic, group) = (unique("maint"), unique("g-maint"));
-    create_topics(&brokers, &[(&topic, 1)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
     let t0 = chrono::Utc::now().timestamp_millis() - 200_000;
     let at = |i: i64| sensorcast::decode::format_ts((t0 + i * 1000) * 1_000_000);
-    let file = dir.path().join("maintenance.toml");
-    std::fs::write(&file, "# no windows yet\n").expect("file");
-    let extra = format!(
-        "\n[anomaly]\nmaintenance_file = \"{}\"\n\n[[maintenance]]\ndevices = [\"pump-001\"]\nfrom = \"{}\"\nuntil = \"{}\"\nreason = \"pressure transmitter swapped\"\n",
-        file.display(),
-        at(5),
-        at(55)
-    );
-    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, &extra);
-    let serve = Serve::start(&cfg, dir.path(), port);
+    let pumps = Pumps::new("maint", |dir| {
+        let file = dir.join("maintenance.toml");
+        std::fs::write(&file, "# no windows yet\n").expect("file");
+        format!(
+            "\n[anomaly]\nmaintenance_file = \"{}\"\n\n[[maintenance]]\ndevices = [\"pump-001\"]\nfrom = \"{}\"\nuntil = \"{}\"\nreason = \"pressure transmitter swapped\"\n",
+            file.display(),
+            at(5),
+            at(55)
+        )
+    });
+    let file = pumps.dir.path().join("maintenance.toml");
+    let serve = pumps.serve();
     // A window for pump-002, added while serving.
     std::fs::write(
         &file,
@@ -2183,25 +2123,23 @@ fn maintenance_windows_from_config_and_a_watched_file_hold_alarms_back_through_s
     wait_until("the file is read again", Duration::from_secs(20), || {
         serve.log_text().contains("windows=1")
     });
-    let sent = produce_pumps(
-        &brokers,
-        &topic,
+    let sent = pumps.produce(
         (t0, 60, 3),
         |i, d| d == 2 && (20..40).contains(&i),
         |i, d| d == 1 && (10..50).contains(&i),
     );
     wait_until("every reading scored", Duration::from_secs(60), || {
-        influx.count("anomaly", "score") >= sent
+        pumps.influx.count("anomaly", "score") >= sent
     });
     std::thread::sleep(Duration::from_millis(500));
-    let v = influx.query(
+    let rows = pumps.influx.rows(
         "SELECT \"active\", \"device\", \"kind\" FROM \"anomaly_event\" WHERE \"kind\" = 'stuck' OR \"kind\" = 'silent'",
     );
     assert!(
-        v["results"][0]["series"].is_null(),
-        "no stuck or silent alarm inside the windows: {v}"
+        rows.is_empty(),
+        "no stuck or silent alarm inside the windows: {rows:?}"
     );
-    let v = influx.query(
+    let v = pumps.influx.query(
         "SELECT COUNT(\"score\") FROM \"anomaly\" WHERE \"maintenance\" = true GROUP BY \"device\"",
     );
     let counts: std::collections::BTreeMap<String, u64> = v["results"][0]["series"]
@@ -2240,37 +2178,26 @@ fn maintenance_windows_from_config_and_a_watched_file_hold_alarms_back_through_s
 /// models against the verdict in the holdout and records it in the decision.
 #[test]
 fn operator_labels_reach_the_alarms_point_and_the_retrain_gate_through_serve() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let influx = Influx::start();
-    let (topic, group) = (unique("labels"), unique("g-labels"));
-    create_topics(&brokers, &[(&topic, 1)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
-    let labels = dir.path().join("labels.toml");
-    let extra = format!(
-        "\n[anomaly]\nlabels_file = \"{}\"\n\n[retrain]\nwindow = \"1h\"\nholdout = \"150s\"\nmargin = 0.0\nmax_over_line_ratio = 1000.0\n",
-        labels.display()
-    );
-    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, &extra);
-    let serve = Serve::start(&cfg, dir.path(), port);
+    let pumps = Pumps::new("labels", |dir| {
+        format!(
+            "\n[anomaly]\nlabels_file = \"{}\"\n\n[retrain]\nwindow = \"1h\"\nholdout = \"150s\"\nmargin = 0.0\nmax_over_line_ratio = 1000.0\n",
+            dir.join("labels.toml").display()
+        )
+    });
+    let labels = pumps.dir.path().join("labels.toml");
+    let serve = pumps.serve();
     let t0 = chrono::Utc::now().timestamp_millis() - 400_000;
     let ns = |i: i64| (t0 + i * 1000) * 1_000_000;
     let (readings, flat) = (300i64, 200..240i64);
-    let sent = produce_pumps(
-        &brokers,
-        &topic,
+    let sent = pumps.produce(
         (t0, readings, 2),
         |_, _| false,
         |i, d| d == 1 && flat.contains(&i),
     );
     wait_until("every reading scored", Duration::from_secs(60), || {
-        influx.count("anomaly", "score") >= sent
+        pumps.influx.count("anomaly", "score") >= sent
     });
-    let run = |args: &[&str]| with_config(&cfg, args, &[]);
+    let run = |args: &[&str]| with_config(&pumps.cfg, args, &[]);
     let at = ns(flat.start).to_string();
     let (ok, out, err) = run(&[
         "label",
@@ -2308,20 +2235,16 @@ fn operator_labels_reach_the_alarms_point_and_the_retrain_gate_through_serve() {
         "the verdict is on the point",
         Duration::from_secs(20),
         || {
-            influx.query(
+            pumps.influx.query(
             "SELECT \"verdict\" FROM \"anomaly_event\" WHERE \"kind\" = 'stuck'",
         )["results"][0]["series"]
             .is_array()
         },
     );
-    let v = influx.query(
+    let rows = pumps.influx.rows(
         "SELECT \"active\", \"start\", \"end\", \"verdict\", \"labelled_by\", \"label_note\" FROM \"anomaly_event\" WHERE \"kind\" = 'stuck'",
     );
-    let rows = v["results"][0]["series"][0]["values"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(rows.len(), 1, "the same point, not another: {v}");
+    assert_eq!(rows.len(), 1, "the same point, not another: {rows:?}");
     let row = &rows[0];
     assert_eq!(row[0].as_i64(), Some(ns(flat.start)));
     assert_eq!(
@@ -2359,7 +2282,7 @@ fn operator_labels_reach_the_alarms_point_and_the_retrain_gate_through_serve() {
     // out, not only 100..=110.
     let (status, body) = http(
         "POST",
-        &influx.addr(),
+        &pumps.influx.addr(),
         &format!("/write?db={INFLUX_DB}&precision=ns"),
         &format!(
             "anomaly_event,stream=pumps,device=pump-001,kind=anomaly active=true,start={}i {}\n",
@@ -2380,7 +2303,7 @@ fn operator_labels_reach_the_alarms_point_and_the_retrain_gate_through_serve() {
     let until = sensorcast::decode::format_ts(ns(readings) - 1);
     let (ok, out, err) = run(&["retrain", "--until", &until]);
     assert!(ok, "{out}\n{err}");
-    let decisions = std::fs::read_to_string(dir.path().join("models/pumps/decisions.jsonl"))
+    let decisions = std::fs::read_to_string(pumps.dir.path().join("models/pumps/decisions.jsonl"))
         .expect("decisions");
     let d: serde_json::Value =
         serde_json::from_str(decisions.lines().last().expect("a decision")).expect("json");
@@ -2393,49 +2316,91 @@ fn operator_labels_reach_the_alarms_point_and_the_retrain_gate_through_serve() {
     assert_eq!(d["challenger_labels"], score, "{d}");
 }
 
-/// Produces readings of `devices` pumps (`pump-000`, …), one a second from `t0` (ms) for
-/// `readings` seconds, through one producer: pump `d`'s reading `i` is left out where
-/// `skip(i, d)`, and its pressure holds 4.25 where `flat(i, d)`. Returns how many were sent.
-fn produce_pumps(
-    brokers: &str,
-    topic: &str,
-    (t0, readings, devices): (i64, i64, i64),
-    skip: impl Fn(i64, i64) -> bool,
-    flat: impl Fn(i64, i64) -> bool,
-) -> usize {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("producer");
-    let mut sent = 0;
-    for i in 0..readings {
-        for d in 0..devices {
-            if skip(i, d) {
-                continue;
-            }
-            let wave = |k: f64| ((i as f64) * 0.3 + d as f64 + k).sin();
-            let pressure = if flat(i, d) {
-                4.25
-            } else {
-                5.0 + 0.5 * wave(3.0)
-            };
-            let payload = format!(
-                r#"{{"device":"pump-{d:03}","ts":{},"values":{{"vibration":{},"temperature":{},"current":{},"pressure":{}}}}}"#,
-                t0 + i * 1000,
-                1.0 + 0.1 * wave(0.0),
-                75.0 + 2.0 * wave(1.0),
-                12.0 + 3.0 * wave(2.0),
-                pressure
-            );
-            send(
-                &producer,
-                topic,
-                Some(format!("pump-{d:03}").as_bytes()),
-                payload.as_bytes(),
-            );
-            sent += 1;
+/// The scenario of the alarm-kind tests: stream `pumps` (JSON, one partition) on the test
+/// broker, an InfluxDB 1.6, and a config with a model trained for the stream (`setup`), to
+/// which `extra(folder)` is appended.
+struct Pumps {
+    brokers: String,
+    dir: tempfile::TempDir,
+    influx: Influx,
+    topic: String,
+    cfg: std::path::PathBuf,
+    port: u16,
+}
+
+impl Pumps {
+    fn new(name: &str, extra: impl FnOnce(&std::path::Path) -> String) -> Self {
+        let brokers = brokers();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let influx = Influx::start();
+        let (topic, group) = (unique(name), unique(&format!("g-{name}")));
+        create_topics(&brokers, &[(&topic, 1)]);
+        let streams = [Stream {
+            name: "pumps",
+            topic: &topic,
+            format: "json",
+        }];
+        let extra = extra(dir.path());
+        let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, &extra);
+        Self {
+            brokers,
+            dir,
+            influx,
+            topic,
+            cfg,
+            port,
         }
     }
-    producer.flush(Duration::from_secs(10)).expect("flush");
-    sent
+
+    /// `serve` on the scenario's config, ready.
+    fn serve(&self) -> Serve {
+        Serve::start(&self.cfg, self.dir.path(), self.port)
+    }
+
+    /// Produces readings of `devices` pumps (`pump-000`, …), one a second from `t0` (ms) for
+    /// `readings` seconds, through one producer: pump `d`'s reading `i` is left out where
+    /// `skip(i, d)`, and its pressure holds 4.25 where `flat(i, d)`. Returns how many were
+    /// sent.
+    fn produce(
+        &self,
+        (t0, readings, devices): (i64, i64, i64),
+        skip: impl Fn(i64, i64) -> bool,
+        flat: impl Fn(i64, i64) -> bool,
+    ) -> usize {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .expect("producer");
+        let mut sent = 0;
+        for i in 0..readings {
+            for d in 0..devices {
+                if skip(i, d) {
+                    continue;
+                }
+                let wave = |k: f64| ((i as f64) * 0.3 + d as f64 + k).sin();
+                let pressure = if flat(i, d) {
+                    4.25
+                } else {
+                    5.0 + 0.5 * wave(3.0)
+                };
+                let payload = format!(
+                    r#"{{"device":"pump-{d:03}","ts":{},"values":{{"vibration":{},"temperature":{},"current":{},"pressure":{}}}}}"#,
+                    t0 + i * 1000,
+                    1.0 + 0.1 * wave(0.0),
+                    75.0 + 2.0 * wave(1.0),
+                    12.0 + 3.0 * wave(2.0),
+                    pressure
+                );
+                send(
+                    &producer,
+                    &self.topic,
+                    Some(format!("pump-{d:03}").as_bytes()),
+                    payload.as_bytes(),
+                );
+                sent += 1;
+            }
+        }
+        producer.flush(Duration::from_secs(10)).expect("flush");
+        sent
+    }
 }

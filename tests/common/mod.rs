@@ -303,6 +303,14 @@ bind-address = "127.0.0.1:{rpc}"
         serde_json::from_str(&body).expect("JSON")
     }
 
+    /// The rows of an InfluxQL query's first series (none when it has none).
+    pub fn rows(&self, q: &str) -> Vec<serde_json::Value> {
+        self.query(q)["results"][0]["series"][0]["values"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Points of `measurement` that have `field`.
     pub fn count(&self, measurement: &str, field: &str) -> usize {
         let v = self.query(&format!("SELECT COUNT(\"{field}\") FROM \"{measurement}\""));

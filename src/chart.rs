@@ -1,6 +1,7 @@
 //! The demo's chart: actual values against the one-step forecast and its 90% band, with
 //! injected fault windows shaded and flagged readings marked, for a few devices.
 
+use crate::decode::Reading;
 use crate::synth::{FEATURES, Fleet, device_name};
 use anyhow::Context;
 use plotters::prelude::*;
@@ -120,17 +121,29 @@ pub fn draw(
     Ok(())
 }
 
+/// One labelled device as `evaluate` judged it, for [`draw_labelled`].
+pub struct Labelled<'a> {
+    /// Readings in time order.
+    pub readings: &'a [Reading],
+    /// Label per reading (true: anomalous).
+    pub labels: &'a [bool],
+    /// Rows before this one were not scored.
+    pub scored_from: usize,
+    /// Per scored reading: the score (1 − p-value) and whether an alarm was raised.
+    pub verdicts: Vec<(f64, bool)>,
+}
+
 /// Draws one labelled device for `evaluate`: its sensors normalised with the model's
 /// statistics, the score as −log10(p-value) against the alarm line, and the labelled anomalies
 /// beside the raised alarms.
 pub fn draw_labelled(
     path: &Path,
     title: &str,
-    series: &crate::evaluate::LabelledSeries,
-    rows: &[crate::evaluate::RowResult],
+    series: &Labelled<'_>,
     model: &crate::engine::InferenceModel,
     rate: f64,
 ) -> anyhow::Result<()> {
+    let rows = &series.verdicts;
     let n = series.readings.len().max(1) as f64;
     let root = SVGBackend::new(path, (1200, 640)).into_drawing_area();
     root.fill(&WHITE).context("chart: fill")?;
@@ -187,8 +200,8 @@ pub fn draw_labelled(
         .context("chart: mesh")?;
     chart
         .draw_series(LineSeries::new(
-            rows.iter().enumerate().map(|(t, r)| {
-                let p = (1.0 - r.score).max(1e-8);
+            rows.iter().enumerate().map(|(t, &(score, _))| {
+                let p = (1.0 - score).max(1e-8);
                 (t as f64, (-p.log10()).clamp(0.0, 8.0))
             }),
             BLUE.stroke_width(1),
@@ -231,7 +244,7 @@ pub fn draw_labelled(
         .chain(
             rows.iter()
                 .enumerate()
-                .filter(|(_, r)| r.alarm)
+                .filter(|(_, (_, alarm))| *alarm)
                 .map(|(t, _)| (t, 0.1, 0.9, RGBColor(120, 120, 220))),
         );
     chart

@@ -2,11 +2,12 @@
 //! file and line, and the `train`, `replay`, `check-config` and `bench` commands.
 
 use crate::config::{Config, StreamConfig};
-use crate::decode::{Reading, Schema, format_ts, read_file};
+use crate::decode::{Reading, Schema, read_file};
 use crate::engine::detect::Edge;
 use crate::engine::{BatchOutput, Engine, EngineSettings, Outcome};
 use crate::output::PointFormat;
 use crate::registry::{ModelMeta, Registry};
+use crate::time::format_ts;
 use crate::train::{ProgressEvent, Trained, train};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
@@ -268,13 +269,11 @@ pub fn run_label(cfg: &Config, mut label: crate::labels::Label) -> anyhow::Resul
     if path.is_empty() {
         bail!("anomaly.labels_file is not set: the config names no file to record labels in");
     }
-    let at = crate::decode::parse_ts_text(&label.at).context("--at")?;
+    let at = crate::time::parse_ts_text(&label.at).context("--at")?;
     // Exactly the point's timestamp, whatever form it was given in.
     label.at = format_ts(at);
     if let Some(u) = &label.until {
-        label.until = Some(format_ts(
-            crate::decode::parse_ts_text(u).context("--until")?,
-        ));
+        label.until = Some(format_ts(crate::time::parse_ts_text(u).context("--until")?));
     } else {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -381,7 +380,7 @@ pub fn run_retrain(
     say(format!(
         "challenger: training on {} readings before {} ({confirmed_left_out} left out as confirmed faults); holdout: {held_out} readings",
         before.len(),
-        crate::decode::format_ts(split)
+        crate::time::format_ts(split)
     ));
     let mut progress = TrainingProgress::new(show_progress);
     let Trained { mut meta, model } =
@@ -452,8 +451,8 @@ pub fn run_retrain(
         champion_mase: champion_m.as_ref().map(|m| m.mase),
         challenger: "rejected".into(),
         challenger_mase: challenger_m.mase,
-        holdout_from: crate::decode::format_ts(split),
-        holdout_to: crate::decode::format_ts(to),
+        holdout_from: crate::time::format_ts(split),
+        holdout_to: crate::time::format_ts(to),
         margin: r.margin,
         champion_over_line: champion_m.as_ref().and_then(|m| m.over_line),
         challenger_over_line: challenger_m.over_line,

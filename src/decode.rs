@@ -6,6 +6,7 @@
 //! field, so callers can count it, log it and dead-letter it without ever panicking.
 
 use crate::config::StreamConfig;
+use crate::time::{TimeError, check_ts_range, epoch_by_magnitude, parse_ts_text};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -22,11 +23,6 @@ pub struct Reading {
 
 /// Longest accepted device id: ids are kept per device in memory and written as tags.
 pub const MAX_DEVICE_ID_BYTES: usize = 256;
-
-/// Earliest accepted event time (1990-01-01T00:00:00Z): older is treated as absurd.
-pub const MIN_TS: i64 = 631_152_000_000_000_000;
-/// Latest accepted event time (2200-01-01T00:00:00Z).
-pub const MAX_TS: i64 = 7_258_118_400_000_000_000;
 
 /// Why a message or line could not become a [`Reading`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -94,6 +90,12 @@ pub enum DecodeError {
         /// Limit.
         limit: usize,
     },
+}
+
+impl From<TimeError> for DecodeError {
+    fn from(e: TimeError) -> Self {
+        DecodeError::BadTimestamp(e.0)
+    }
 }
 
 impl DecodeError {
@@ -306,56 +308,6 @@ fn kind(v: &serde_json::Value) -> &'static str {
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
     }
-}
-
-fn check_ts_range(ts: i64) -> Result<(), DecodeError> {
-    if (MIN_TS..MAX_TS).contains(&ts) {
-        Ok(())
-    } else {
-        Err(DecodeError::BadTimestamp(format!(
-            "{ts} ns since the epoch is outside 1990-01-01..2200-01-01"
-        )))
-    }
-}
-
-/// Integer epoch in seconds, milliseconds, microseconds or nanoseconds, told apart by size.
-pub fn epoch_by_magnitude(v: i64) -> Result<i64, DecodeError> {
-    let a = v.unsigned_abs();
-    let ns = if a < 100_000_000_000 {
-        v.checked_mul(1_000_000_000)
-    } else if a < 100_000_000_000_000 {
-        v.checked_mul(1_000_000)
-    } else if a < 100_000_000_000_000_000 {
-        v.checked_mul(1_000)
-    } else {
-        Some(v)
-    };
-    let ns = ns.ok_or_else(|| DecodeError::BadTimestamp(format!("{v} overflows")))?;
-    check_ts_range(ns)?;
-    Ok(ns)
-}
-
-/// RFC 3339 text (`2026-11-27T03:00:00Z`) or an integer epoch written as text.
-pub fn parse_ts_text(s: &str) -> Result<i64, DecodeError> {
-    let t = s.trim();
-    if let Ok(v) = t.parse::<i64>() {
-        return epoch_by_magnitude(v);
-    }
-    let dt = chrono::DateTime::parse_from_rfc3339(t).map_err(|e| {
-        DecodeError::BadTimestamp(format!(
-            "{t:?} is neither RFC 3339 nor an integer epoch ({e})"
-        ))
-    })?;
-    let ns = dt
-        .timestamp_nanos_opt()
-        .ok_or_else(|| DecodeError::BadTimestamp(format!("{t:?} is out of range")))?;
-    check_ts_range(ns)?;
-    Ok(ns)
-}
-
-/// Formats nanoseconds since the epoch as RFC 3339 (UTC).
-pub fn format_ts(ts: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ts).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// A field value of line protocol.

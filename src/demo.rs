@@ -367,7 +367,7 @@ fn write_jsonl(
             .zip(&r.values)
             .map(|(f, v)| (f.clone(), serde_json::json!(*v)))
             .collect();
-        let line = serde_json::json!({"device": r.device, "ts": crate::decode::format_ts(r.ts), "values": values});
+        let line = serde_json::json!({"device": r.device, "ts": crate::time::format_ts(r.ts), "values": values});
         writeln!(w, "{line}")?;
     }
     w.flush()?;

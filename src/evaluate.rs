@@ -14,9 +14,10 @@
 //! target false-alarm rate; labels are only ever used to count.
 
 use crate::config::{Config, HumanDuration, StreamConfig};
-use crate::decode::{Reading, parse_ts_text};
+use crate::decode::Reading;
 use crate::engine::{BatchOutput, Engine, EngineSettings, InferenceModel, Outcome};
 use crate::registry::Registry;
+use crate::time::parse_ts_text;
 use anyhow::{Context, bail};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -67,6 +68,16 @@ pub struct RowResult {
     pub over_line: bool,
     /// Alarm raised on the device at this reading.
     pub alarm: bool,
+}
+
+/// What the chart of one labelled device needs from its series and its rows.
+fn chart_input<'a>(s: &'a LabelledSeries, rows: &[RowResult]) -> crate::chart::Labelled<'a> {
+    crate::chart::Labelled {
+        readings: &s.readings,
+        labels: &s.labels,
+        scored_from: s.scored_from,
+        verdicts: rows.iter().map(|r| (r.score, r.alarm)).collect(),
+    }
 }
 
 /// Pooled confusion counts over scored rows.
@@ -765,8 +776,7 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
                     "SKAB {} — sensors (normalised), score, labels and alarms",
                     s.device
                 ),
-                s,
-                r,
+                &chart_input(s, r),
                 &model,
                 rate,
             )?;
@@ -1114,8 +1124,7 @@ pub fn run_labelled(
                     "{} — sensors (normalised), score, labels and alarms",
                     s.device
                 ),
-                s,
-                r,
+                &chart_input(s, r),
                 &model,
                 rate,
             )?;

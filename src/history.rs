@@ -6,7 +6,8 @@
 //! the window. Rows missing a feature are skipped and counted, like bad lines of a file.
 
 use crate::config::{Config, StreamConfig};
-use crate::decode::{Reading, format_ts};
+use crate::decode::Reading;
+use crate::time::format_ts;
 use std::collections::BTreeMap;
 
 /// What was read.

@@ -90,7 +90,7 @@ impl Label {
     /// Its times, or the key that is wrong and why.
     pub fn span(&self) -> Result<Span, (&'static str, String)> {
         let parse = |key: &'static str, v: &str| {
-            crate::decode::parse_ts_text(v).map_err(|e| (key, e.to_string()))
+            crate::time::parse_ts_text(v).map_err(|e| (key, e.to_string()))
         };
         let at = parse("at", &self.at)?;
         let recorded = parse("recorded_at", &self.recorded_at)?;
@@ -401,7 +401,7 @@ mod tests {
     }
 
     fn t(s: &str) -> i64 {
-        crate::decode::parse_ts_text(s).expect("time")
+        crate::time::parse_ts_text(s).expect("time")
     }
 
     #[test]

@@ -25,5 +25,6 @@ pub mod state;
 pub mod swap;
 pub mod synth;
 pub mod telemetry;
+pub mod time;
 pub mod train;
 pub mod watched;

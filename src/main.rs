@@ -633,7 +633,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             init_logging(None);
             let end_ts = match end {
-                Some(t) => sensorcast::decode::parse_ts_text(&t)
+                Some(t) => sensorcast::time::parse_ts_text(&t)
                     .map_err(|e| anyhow::anyhow!("--end: {e}"))?,
                 None => chrono::Utc::now()
                     .timestamp_nanos_opt()

@@ -491,7 +491,7 @@ impl<'a> PointFormat<'a> {
             out,
             "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             quote(&reading.device),
-            crate::decode::format_ts(reading.ts),
+            crate::time::format_ts(reading.ts),
             quote(self.model),
             scored.score,
             scored.forecast_score,

@@ -14,10 +14,11 @@
 //! [`MIN_WINDOW`] + `model.horizon` consecutive readings.
 
 use crate::config::{Config, HumanDuration, StreamConfig};
-use crate::decode::{Reading, format_ts};
+use crate::decode::Reading;
 use crate::engine::{BatchOutput, Engine, EngineSettings, Outcome};
 use crate::model::{Architecture, Forecaster, gaussian_nll, to_vec};
 use crate::registry::{Metrics, ModelMeta, TrainingInfo};
+use crate::time::format_ts;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;

@@ -2097,7 +2097,7 @@ fn a_silent_device_raises_an_alarm_of_its_own_kind_through_serve() {
 #[test]
 fn maintenance_windows_from_config_and_a_watched_file_hold_alarms_back_through_serve() {
     let t0 = chrono::Utc::now().timestamp_millis() - 200_000;
-    let at = |i: i64| sensorcast::decode::format_ts((t0 + i * 1000) * 1_000_000);
+    let at = |i: i64| sensorcast::time::format_ts((t0 + i * 1000) * 1_000_000);
     let pumps = Pumps::new("maint", |dir| {
         let file = dir.join("maintenance.toml");
         std::fs::write(&file, "# no windows yet\n").expect("file");
@@ -2215,7 +2215,7 @@ fn operator_labels_reach_the_alarms_point_and_the_retrain_gate_through_serve() {
         "transmitter \"held\" during calibration",
     ]);
     assert!(ok, "{out}\n{err}");
-    let end = sensorcast::decode::format_ts(ns(flat.end - 1));
+    let end = sensorcast::time::format_ts(ns(flat.end - 1));
     assert!(
         out.contains(&format!("to {end} as false")),
         "the end is looked up: {out}"
@@ -2294,13 +2294,13 @@ fn operator_labels_reach_the_alarms_point_and_the_retrain_gate_through_serve() {
     assert_eq!(status, 204, "{body}");
     let open = format!(
         "\n[[label]]\nstream = \"pumps\"\ndevice = \"pump-001\"\nat = \"{}\"\nverdict = \"confirmed\"\nrecorded_at = \"{}\"\n",
-        sensorcast::decode::format_ts(ns(100)),
-        sensorcast::decode::format_ts(ns(110))
+        sensorcast::time::format_ts(ns(100)),
+        sensorcast::time::format_ts(ns(110))
     );
     let mut text = std::fs::read_to_string(&labels).expect("labels");
     text.push_str(&open);
     std::fs::write(&labels, text).expect("labels");
-    let until = sensorcast::decode::format_ts(ns(readings) - 1);
+    let until = sensorcast::time::format_ts(ns(readings) - 1);
     let (ok, out, err) = run(&["retrain", "--until", &until]);
     assert!(ok, "{out}\n{err}");
     let decisions = std::fs::read_to_string(pumps.dir.path().join("models/pumps/decisions.jsonl"))

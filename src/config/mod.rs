@@ -71,7 +71,7 @@ impl MaintenanceWindow {
     /// The window's `[from, until)` in ns, or the key that is wrong and why.
     pub fn span(&self) -> Result<(i64, i64), (&'static str, String)> {
         let parse = |key: &'static str, v: &str| {
-            crate::decode::parse_ts_text(v).map_err(|e| (key, e.to_string()))
+            crate::time::parse_ts_text(v).map_err(|e| (key, e.to_string()))
         };
         let (from, until) = (parse("from", &self.from)?, parse("until", &self.until)?);
         if until <= from {
@@ -1180,13 +1180,7 @@ impl Config {
             let topics: std::collections::BTreeSet<String> = self
                 .streams
                 .iter()
-                .map(|s| {
-                    crate::state::kafka::changelog_topic(
-                        &st.changelog_topic,
-                        &self.kafka.group_id,
-                        &s.name,
-                    )
-                })
+                .map(|s| changelog_topic(&st.changelog_topic, &self.kafka.group_id, &s.name))
                 .collect();
             if topics.iter().any(|t| t.is_empty()) {
                 bad(
@@ -1680,8 +1674,33 @@ fn mask_secrets(value: &mut toml::Value) {
     }
 }
 
+/// The changelog topic of a stream: `template` with `{group}` and `{stream}` filled in, and
+/// any character Kafka does not allow in a topic name replaced by `_`.
+pub fn changelog_topic(template: &str, group: &str, stream: &str) -> String {
+    template
+        .replace("{group}", group)
+        .replace("{stream}", stream)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(249)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn topic_names_are_filled_in_and_legal() {
+        assert_eq!(
+            changelog_topic("{group}.{stream}.checkpoints", "plant 1", "pumps/a"),
+            "plant_1.pumps_a.checkpoints"
+        );
+    }
 
     #[test]
     fn an_alarm_budget_is_converted_with_the_streams_interval_and_a_rate_wins() {

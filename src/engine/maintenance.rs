@@ -145,7 +145,7 @@ mod tests {
             ),
         ];
         let m = Maintenance::for_stream(&ws, "pumps");
-        let t = |s: &str| crate::decode::parse_ts_text(s).expect("time");
+        let t = |s: &str| crate::time::parse_ts_text(s).expect("time");
         assert!(m.covers("p1", t("2026-12-05T08:00:00Z")));
         assert!(
             !m.covers("p1", t("2026-12-05T09:00:00Z")),
@@ -223,8 +223,8 @@ mod engine_tests {
         let window = MaintenanceWindow {
             stream: None,
             devices: vec!["a".into()],
-            from: crate::decode::format_ts(T0 + 100 * S),
-            until: crate::decode::format_ts(T0 + 130 * S),
+            from: crate::time::format_ts(T0 + 100 * S),
+            until: crate::time::format_ts(T0 + 130 * S),
             reason: "valve replaced".into(),
         };
         let (raised, flags) = run(&mut engine(&[window]));

@@ -421,8 +421,8 @@ mod maintenance_tests {
         s.maintenance = Arc::new(Maintenance::for_stream(
             &[MaintenanceWindow {
                 devices: vec!["b".into()],
-                from: crate::decode::format_ts(t0 + 15 * S),
-                until: crate::decode::format_ts(t0 + 45 * S),
+                from: crate::time::format_ts(t0 + 15 * S),
+                until: crate::time::format_ts(t0 + 45 * S),
                 ..MaintenanceWindow::default()
             }],
             "pumps",

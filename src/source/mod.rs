@@ -118,7 +118,7 @@ pub async fn ensure_dead_letter_topic(cfg: &Config, health: &Health) {
 /// input partitions then share changelog partitions).
 pub async fn ensure_changelog_topics(cfg: &Config) -> Result<(), String> {
     for s in &cfg.streams {
-        let topic = crate::state::kafka::changelog_topic(
+        let topic = crate::config::changelog_topic(
             &cfg.state.changelog_topic,
             &cfg.kafka.group_id,
             &s.name,
@@ -408,7 +408,7 @@ impl Decoder {
         let limit = now.saturating_add(self.max_future_ns);
         if let Some(r) = readings.iter().find(|r| r.ts > limit) {
             return Err(reject(DecodeError::FutureTimestamp {
-                ts: crate::decode::format_ts(r.ts),
+                ts: crate::time::format_ts(r.ts),
                 ahead_s: (r.ts - now) as f64 / 1e9,
                 allowed_s: self.max_future_ns as f64 / 1e9,
             }));

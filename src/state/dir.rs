@@ -7,8 +7,7 @@
 //! newest `keep` checkpoints of a partition are kept; loading walks them newest first and
 //! skips, with the reason, any that is damaged or belongs to another model.
 
-use super::store::{Loaded, Skipped};
-use super::{Checkpoint, CheckpointError, Expect, Header};
+use super::{Checkpoint, CheckpointError, Expect, Header, Loaded, Skipped};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -24,8 +24,8 @@
 //! disk space, not restore time. A restored checkpoint's parked devices are written back into
 //! the local parked-device log, where the engine stage finds them.
 
-use super::store::{Loaded, Skipped};
-use super::{Checkpoint, CheckpointError, DirStore, Expect, Header};
+use super::{Checkpoint, CheckpointError, DirStore, Expect, Header, Loaded, Skipped};
+use crate::config::changelog_topic;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -118,24 +118,6 @@ pub struct KafkaStore {
     partitions: Mutex<HashMap<String, i32>>,
     /// Next sequence number per (stream, partition).
     seqs: Mutex<HashMap<(String, i32), u64>>,
-}
-
-/// The changelog topic of a stream: `template` with `{group}` and `{stream}` filled in, and
-/// any character Kafka does not allow in a topic name replaced by `_`.
-pub fn changelog_topic(template: &str, group: &str, stream: &str) -> String {
-    template
-        .replace("{group}", group)
-        .replace("{stream}", stream)
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(249)
-        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -656,14 +638,6 @@ fn read_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn topic_names_are_filled_in_and_legal() {
-        assert_eq!(
-            changelog_topic("{group}.{stream}.checkpoints", "plant 1", "pumps/a"),
-            "plant_1.pumps_a.checkpoints"
-        );
-    }
 
     #[test]
     fn manifests_round_trip_and_refuse_other_versions() {

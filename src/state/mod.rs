@@ -33,7 +33,25 @@ use serde::{Deserialize, Serialize};
 
 pub use dir::DirStore;
 pub use kafka::KafkaStore;
-pub use store::{Loaded, Skipped, Store};
+pub use store::Store;
+
+/// A checkpoint that was passed over on load, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    /// Where it is: a file, or `kafka://topic/partition@offset`.
+    pub location: String,
+    /// Why.
+    pub reason: CheckpointError,
+}
+
+/// What a load found for a partition.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The newest usable checkpoint and where it was.
+    pub checkpoint: Option<(Checkpoint, String)>,
+    /// Newer ones that could not be used.
+    pub skipped: Vec<Skipped>,
+}
 
 /// First bytes of every checkpoint file.
 pub const MAGIC: &[u8; 8] = b"SNSRCKPT";

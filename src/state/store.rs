@@ -6,7 +6,7 @@
 //! checkpoint so that another machine can take them over.
 
 use super::kafka::KafkaStore;
-use super::{Checkpoint, CheckpointError, DirStore, Expect};
+use super::{Checkpoint, DirStore, Expect, Loaded};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,24 +17,6 @@ pub enum Store {
     Dir(DirStore),
     /// A compacted changelog topic per stream.
     Kafka(Arc<KafkaStore>),
-}
-
-/// A checkpoint that was passed over on load, and why.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Skipped {
-    /// Where it is: a file, or `kafka://topic/partition@offset`.
-    pub location: String,
-    /// Why.
-    pub reason: CheckpointError,
-}
-
-/// What a load found for a partition.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    /// The newest usable checkpoint and where it was.
-    pub checkpoint: Option<(Checkpoint, String)>,
-    /// Newer ones that could not be used.
-    pub skipped: Vec<Skipped>,
 }
 
 impl Store {

@@ -162,14 +162,14 @@ pub fn probe(cfg: &Config) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let mut out = String::new();
     let mut ok = true;
-    match rt.block_on(crate::sink::probe(&cfg.influxdb)) {
+    match rt.block_on(crate::influx::probe(&cfg.influxdb)) {
         Ok(s) => out.push_str(&format!("ok    influxdb: {s}\n")),
         Err(e) => {
             ok = false;
             out.push_str(&format!("FAIL  influxdb: {e}\n"));
         }
     }
-    for line in crate::source::probe(cfg) {
+    for line in crate::kafka::probe(cfg) {
         ok &= line.starts_with("ok");
         out.push_str(&line);
         out.push('\n');

@@ -5,7 +5,7 @@
 //! [`DecodeError`] with a stable `reason()` (a metric label) and a message that names the
 //! field, so callers can count it, log it and dead-letter it without ever panicking.
 
-use crate::config::StreamConfig;
+use crate::config::{Format, StreamConfig};
 use crate::time::{TimeError, check_ts_range, epoch_by_magnitude, parse_ts_text};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -691,6 +691,113 @@ fn decode_csv_record(
     schema.finish(device, ts, values)
 }
 
+/// Stream lookup by topic and decoding of one message.
+pub struct Decoder {
+    by_topic: HashMap<String, usize>,
+    schemas: Vec<Schema>,
+    formats: Vec<Format>,
+    max_payload: usize,
+    max_future_ns: i64,
+}
+
+/// A decoded message.
+pub struct Decoded {
+    /// Stream index.
+    pub stream: usize,
+    /// Its readings (one for JSON; one per line for line protocol).
+    pub readings: Vec<Reading>,
+}
+
+/// Why a message is a dead letter.
+#[derive(Debug)]
+pub struct Rejected {
+    /// Metric label.
+    pub reason: &'static str,
+    /// Message.
+    pub message: String,
+}
+
+impl Decoder {
+    /// For the configured streams; readings stamped more than `max_future_ns` ahead of the
+    /// wall clock are refused (`future_timestamp`).
+    pub fn new(streams: &[StreamConfig], max_payload: usize, max_future_ns: i64) -> Self {
+        Self {
+            by_topic: streams
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.topic.clone(), i))
+                .collect(),
+            schemas: streams.iter().map(Schema::from_stream).collect(),
+            formats: streams.iter().map(|s| s.format).collect(),
+            max_payload,
+            max_future_ns,
+        }
+    }
+
+    /// Decodes a message (`key` is the device id unless the payload names one).
+    pub fn decode(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<Decoded, Rejected> {
+        let reject = |e: DecodeError| Rejected {
+            reason: e.reason(),
+            message: e.to_string(),
+        };
+        let stream = *self.by_topic.get(topic).ok_or_else(|| Rejected {
+            reason: "unknown_stream",
+            message: format!("no stream is configured for topic {topic:?}"),
+        })?;
+        let payload = payload.unwrap_or_default();
+        if payload.len() > self.max_payload {
+            return Err(reject(DecodeError::TooLarge {
+                size: payload.len(),
+                limit: self.max_payload,
+            }));
+        }
+        let key = match key {
+            Some(k) => Some(std::str::from_utf8(k).map_err(|_| Rejected {
+                reason: "invalid_key",
+                message: "message key is not UTF-8".into(),
+            })?),
+            None => None,
+        };
+        let schema = &self.schemas[stream];
+        let readings = match self.formats[stream] {
+            Format::Json => vec![schema.decode_json(key, payload).map_err(reject)?],
+            Format::Line => {
+                let mut out = Vec::new();
+                for line in payload.split(|b| *b == b'\n') {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    out.push(schema.decode_line(key, line).map_err(reject)?);
+                }
+                if out.is_empty() {
+                    return Err(Rejected {
+                        reason: "invalid_line_protocol",
+                        message: "empty message".into(),
+                    });
+                }
+                out
+            }
+        };
+        // A reading from the future would make every later reading of its device stale
+        // until the clock caught up: refuse it here.
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let limit = now.saturating_add(self.max_future_ns);
+        if let Some(r) = readings.iter().find(|r| r.ts > limit) {
+            return Err(reject(DecodeError::FutureTimestamp {
+                ts: crate::time::format_ts(r.ts),
+                ahead_s: (r.ts - now) as f64 / 1e9,
+                allowed_s: self.max_future_ns as f64 / 1e9,
+            }));
+        }
+        Ok(Decoded { stream, readings })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -913,5 +1020,68 @@ mod tests {
             read_file(&dir.path().join("missing.csv"), &s),
             Err(FileError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn decoder_routes_by_topic_and_rejects_with_reasons() {
+        let streams = vec![
+            StreamConfig {
+                name: "a".into(),
+                topic: "t.a".into(),
+                format: Format::Json,
+                features: vec!["x".into()],
+                ..StreamConfig::default()
+            },
+            StreamConfig {
+                name: "b".into(),
+                topic: "t.b".into(),
+                format: Format::Line,
+                features: vec!["x".into()],
+                ..StreamConfig::default()
+            },
+        ];
+        let d = Decoder::new(&streams, 200, 300_000_000_000);
+        let ok = d
+            .decode(
+                "t.a",
+                Some(b"dev-1"),
+                Some(br#"{"ts":1795000000000,"values":{"x":1.5}}"#),
+            )
+            .expect("json");
+        assert_eq!((ok.stream, ok.readings[0].device.as_str()), (0, "dev-1"));
+        let ok = d
+            .decode(
+                "t.b",
+                None,
+                Some(b"m,device=d1 x=1 1795000000000000000\nm,device=d1 x=2 1795000001000000000\n"),
+            )
+            .expect("lines");
+        assert_eq!((ok.stream, ok.readings.len()), (1, 2));
+        for (topic, payload, reason) in [
+            ("t.c", &b"{}"[..], "unknown_stream"),
+            ("t.a", &[b'x'; 300][..], "too_large"),
+            ("t.a", &b"{"[..], "invalid_json"),
+            (
+                "t.b",
+                &b"m,device=d x=1 1795000000000000000\nbroken"[..],
+                "invalid_line_protocol",
+            ),
+            ("t.b", &b"\n"[..], "invalid_line_protocol"),
+            (
+                "t.b",
+                &b"m,device=d x=1 4102444800000000000"[..],
+                "future_timestamp",
+            ),
+        ] {
+            let err = d.decode(topic, None, Some(payload)).err().expect(reason);
+            assert_eq!(err.reason, reason, "{}", err.message);
+        }
+        assert_eq!(
+            d.decode("t.a", Some(&[0xff, 0xfe]), Some(b"{}"))
+                .err()
+                .expect("key")
+                .reason,
+            "invalid_key"
+        );
     }
 }

@@ -57,7 +57,7 @@ pub fn page_query(cfg: &Config, stream: &StreamConfig, from: i64, to: i64) -> St
 /// returns its answer, whose `results[0]` holds no error.
 pub async fn query(cfg: &Config, q: &str) -> anyhow::Result<serde_json::Value> {
     use anyhow::{Context, bail};
-    let target = crate::sink::Target::new(&cfg.influxdb).map_err(anyhow::Error::msg)?;
+    let target = crate::influx::Target::new(&cfg.influxdb).map_err(anyhow::Error::msg)?;
     let shown = crate::config::redact_url(&cfg.influxdb.url);
     // The base URL without credentials (they are in the Authorization header), at /query.
     let mut url = target.base.clone();
@@ -90,7 +90,7 @@ pub async fn query(cfg: &Config, q: &str) -> anyhow::Result<serde_json::Value> {
         // (a 404 here is a wrong URL path: /query is the same for every API) is quoted.
         let database_missing = short.to_ascii_lowercase().contains("database not found");
         if matches!(status, 401 | 403) || database_missing {
-            bail!("{}", crate::sink::refusal(&cfg.influxdb, status, &short));
+            bail!("{}", crate::influx::refusal(&cfg.influxdb, status, &short));
         }
         bail!(
             "InfluxDB at {shown} answered {status} to the query {q}: {} (is influxdb.url the server's base URL?)",
@@ -250,7 +250,7 @@ pub fn from_kafka(
     use rdkafka::{Offset, TopicPartitionList};
     use std::time::{Duration, Instant};
     let timeout = Duration::from_secs(30);
-    let consumer: BaseConsumer = crate::source::client_config(
+    let consumer: BaseConsumer = crate::kafka::client_config(
         cfg,
         &[
             ("group.id", format!("{}.history", cfg.kafka.group_id)),
@@ -292,7 +292,7 @@ pub fn from_kafka(
             }
         }
     }
-    let decoder = crate::source::Decoder::new(
+    let decoder = crate::decode::Decoder::new(
         std::slice::from_ref(stream),
         cfg.kafka.max_payload_bytes,
         i64::MAX,

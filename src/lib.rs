@@ -12,6 +12,8 @@ pub mod demo;
 pub mod engine;
 pub mod evaluate;
 pub mod history;
+pub mod influx;
+pub mod kafka;
 pub mod labels;
 pub mod model;
 pub mod output;

@@ -764,7 +764,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let kafka_store = |cfg: &Config| {
                 sensorcast::state::KafkaStore::new(
-                    &sensorcast::source::client_config(cfg, &[]),
+                    &sensorcast::kafka::client_config(cfg, &[]),
                     &cfg.state.changelog_topic,
                     &cfg.kafka.group_id,
                     sensorcast::state::DirStore::new(&cfg.state.dir, 1),
@@ -853,7 +853,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         let rt = tokio::runtime::Builder::new_current_thread()
                             .enable_all()
                             .build()?;
-                        rt.block_on(sensorcast::source::create_topic(
+                        rt.block_on(sensorcast::kafka::create_topic(
                             cfg,
                             &topic,
                             partitions as i32,
@@ -861,7 +861,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         ))
                         .map_err(anyhow::Error::msg)?;
                         let store = sensorcast::state::KafkaStore::new(
-                            &sensorcast::source::client_config(cfg, &[]),
+                            &sensorcast::kafka::client_config(cfg, &[]),
                             &topic,
                             "bench",
                             local,
@@ -873,7 +873,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             partitions,
                             &sensorcast::state::Store::Kafka(std::sync::Arc::new(store)),
                         );
-                        rt.block_on(sensorcast::source::delete_topic(cfg, &topic));
+                        rt.block_on(sensorcast::kafka::delete_topic(cfg, &topic));
                         r
                     }
                 };

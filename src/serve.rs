@@ -17,12 +17,13 @@
 //! restore and checkpoint partitions ([`crate::source::Rebalancer`]).
 
 use crate::config::Config;
+use crate::decode::Decoder;
 use crate::pipeline::{ToEngine, ToSink};
 use crate::registry::Registry;
 use crate::sink::Writer;
 use crate::sink::stage::SinkStage;
 use crate::source::stage::SourceStage;
-use crate::source::{Assignment, DeadLetters, Decoder, Rebalancer, StreamState};
+use crate::source::{Assignment, DeadLetters, Rebalancer, StreamState};
 use crate::state::stage::EngineStage;
 use crate::state::{DirStore, KafkaStore, Store};
 use crate::telemetry::{Health, Metrics, Telemetry, labels};
@@ -71,7 +72,7 @@ async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<b
         // sink keeps retrying either way, so a database that comes up later is fine.
         let (influx, health) = (cfg.influxdb.clone(), Arc::clone(&health));
         tokio::spawn(async move {
-            match crate::sink::probe(&influx).await {
+            match crate::influx::probe(&influx).await {
                 Ok(s) => tracing::info!("InfluxDB probe: {s}"),
                 Err(e) => {
                     if !e.starts_with("cannot reach") {
@@ -107,12 +108,12 @@ async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<b
     let store = match cfg.state.store {
         crate::config::StoreKind::Dir => Store::Dir(local),
         crate::config::StoreKind::Kafka => {
-            crate::source::ensure_changelog_topics(&cfg)
+            crate::kafka::ensure_changelog_topics(&cfg)
                 .await
                 .map_err(anyhow::Error::msg)?;
             Store::Kafka(Arc::new(
                 KafkaStore::new(
-                    &crate::source::client_config(&cfg, &[]),
+                    &crate::kafka::client_config(&cfg, &[]),
                     &cfg.state.changelog_topic,
                     &cfg.kafka.group_id,
                     local,
@@ -155,7 +156,7 @@ async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<b
         Some(Arc::clone(&rebalancer)),
     )
     .context("cannot create the Kafka consumer")?;
-    crate::source::ensure_dead_letter_topic(&cfg, &health).await;
+    crate::kafka::ensure_dead_letter_topic(&cfg, &health).await;
     let dead_letters = DeadLetters::new(&cfg, Arc::clone(&metrics), Arc::clone(&health))
         .context("cannot create the dead-letter producer")?;
     // Points InfluxDB refuses for good go to the same dead-letter topic.

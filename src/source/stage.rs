@@ -8,7 +8,8 @@
 //! the checkpoint or committed offset), so nothing of a revoked partition reaches the engine
 //! after its devices were checkpointed and forgotten.
 
-use super::{Assignment, Consumer, DeadLetters, Decoder};
+use super::{Assignment, Consumer, DeadLetters};
+use crate::decode::Decoder;
 use crate::pipeline::{InBatch, Sourced, ToEngine};
 use crate::telemetry::{Labels, Metrics, RateLimit};
 use rdkafka::consumer::Consumer as _;

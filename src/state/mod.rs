@@ -25,7 +25,6 @@ pub mod bench;
 pub mod dir;
 pub mod kafka;
 pub mod parked;
-pub mod stage;
 pub mod store;
 
 use crate::engine::snapshot::{ShardRecords, StateLayout};
@@ -260,7 +259,7 @@ pub struct Expect<'a> {
     pub partition: i32,
     /// Model version in use; `None`: any version, newest checkpoint first (`serve`: the engine
     /// stage restores a checkpoint into its own model and re-warms it into the current one,
-    /// [`crate::swap`]; the layout is then checked by the engine that takes the records).
+    /// [`crate::serve::swap`]; the layout is then checked by the engine that takes the records).
     pub model: Option<&'a str>,
     /// The record layout; `None`: any.
     pub layout: Option<StateLayout>,

@@ -22,7 +22,7 @@
 //! at all: they are queued here and the source stage forwards them ahead of any batch.
 
 use super::topic_id;
-use crate::pipeline::ToEngine;
+use crate::serve::pipeline::ToEngine;
 use crate::state::{CheckpointError, Expect, Store};
 use crate::telemetry::{Health, Metrics, labels};
 use rdkafka::consumer::{
@@ -317,7 +317,7 @@ impl Rebalancer {
             topic,
             partition,
             // Any version: the engine stage brings a checkpoint of another model back in
-            // that model and re-warms it into the current one (crate::swap).
+            // that model and re-warms it into the current one (crate::serve::swap).
             model: None,
             layout: None,
             topic_id: facts.ids.get(topic).map(String::as_str),

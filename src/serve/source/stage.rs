@@ -10,7 +10,7 @@
 
 use super::{Assignment, Consumer, DeadLetters};
 use crate::decode::Decoder;
-use crate::pipeline::{InBatch, Sourced, ToEngine};
+use crate::serve::pipeline::{InBatch, Sourced, ToEngine};
 use crate::telemetry::{Labels, Metrics, RateLimit};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::message::Message;

@@ -11,8 +11,8 @@
 //! offsets when a checkpoint completes).
 
 use super::{SinkError, Writer};
-use crate::pipeline::{Checkpoints, Offsets, OutBatch, ToSink};
-use crate::source::{Consumer, DeadLetterAck};
+use crate::serve::pipeline::{Checkpoints, Offsets, OutBatch, ToSink};
+use crate::serve::source::{Consumer, DeadLetterAck};
 use crate::state::{Checkpoint, Store};
 use crate::telemetry::{Health, Metrics, labels};
 use rdkafka::consumer::Consumer as _;

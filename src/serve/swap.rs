@@ -25,8 +25,8 @@
 use crate::config::{Config, Horizons, StreamConfig};
 use crate::decode::Reading;
 use crate::engine::{BatchOutput, Engine, EngineSettings};
-use crate::pipeline::ToEngine;
 use crate::registry::{Registry, RegistryError};
+use crate::serve::pipeline::ToEngine;
 use crate::telemetry::{Metrics, labels};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;

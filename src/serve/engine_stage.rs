@@ -10,21 +10,21 @@
 //! devices are forgotten here: the next owner restores them), and when the stage stops.
 //!
 //! Devices idle for `engine.device_ttl` (event time, against the newest reading of their
-//! stream) are parked ([`super::parked`]): their state moves to the partition's parked-device
+//! stream) are parked ([`crate::state::parked`]): their state moves to the partition's parked-device
 //! log on disk and only an index entry stays in memory; a parked device's next reading
 //! restores it first, so its outputs are those it would have had without the eviction.
 
-use super::parked::{ParkedLog, ParkedRef};
-use super::{Checkpoint, Header, Store};
 use crate::config::Config;
 use crate::decode::Reading;
 use crate::engine::silent::SilentEvent;
 use crate::engine::snapshot::ShardRecords;
 use crate::engine::{BatchOutput, Counters, Engine, Outcome};
 use crate::output::PointFormat;
-use crate::pipeline::{Checkpoints, InBatch, OutBatch, ToEngine, ToSink};
 use crate::registry::Registry;
-use crate::swap::{Swap, checked_engine};
+use crate::serve::pipeline::{Checkpoints, InBatch, OutBatch, ToEngine, ToSink};
+use crate::serve::swap::{Swap, checked_engine};
+use crate::state::parked::{ParkedLog, ParkedRef};
+use crate::state::{Checkpoint, Header, Store};
 use crate::telemetry::{Metrics, RateLimit, labels};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -76,7 +76,7 @@ pub struct EngineStage {
     high_water: Vec<i64>,
     /// Periodic checkpoint sets sent and not yet persisted (the sink counts them down).
     checkpoints_in_flight: Arc<AtomicUsize>,
-    /// A model swap in progress, per stream ([`crate::swap`]).
+    /// A model swap in progress, per stream ([`crate::serve::swap`]).
     swaps: Vec<Option<Swap>>,
     /// Counters of the engines swaps replaced, per stream (the metrics stay monotonic).
     counter_base: Vec<Counters>,
@@ -808,7 +808,7 @@ impl EngineStage {
         }
     }
 
-    /// Swaps `engine` in for a stream, between two batches ([`crate::swap`]).
+    /// Swaps `engine` in for a stream, between two batches ([`crate::serve::swap`]).
     fn start_swap(&mut self, stream: usize, engine: Engine) {
         if engine.model().version == self.engines[stream].model().version {
             return;
@@ -1041,7 +1041,7 @@ mod tests {
     use crate::bench::{BenchSpec, settings, synthetic_model, synthetic_readings};
     use crate::config::HumanDuration;
     use crate::engine::EngineSettings;
-    use crate::pipeline::{Offsets, Sourced};
+    use crate::serve::pipeline::{Offsets, Sourced};
 
     fn stage(dir: &std::path::Path, ttl: HumanDuration) -> EngineStage {
         let spec = BenchSpec {

@@ -8,7 +8,7 @@
 //! batch of points is persisted only after those points are acknowledged (§3.1, §3.3).
 
 use crate::decode::Reading;
-use crate::source::DeadLetterAck;
+use crate::serve::source::DeadLetterAck;
 use crate::state::Checkpoint;
 use tokio::sync::oneshot;
 
@@ -93,7 +93,7 @@ pub enum ToEngine {
     /// Time has passed: a periodic checkpoint may be due although no readings arrive.
     Tick,
     /// A new model of a stream, loaded and checked: swap it in between two batches
-    /// ([`crate::swap`]).
+    /// ([`crate::serve::swap`]).
     Swap {
         /// Stream index.
         stream: usize,

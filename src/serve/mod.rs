@@ -14,17 +14,23 @@
 //! point of its batch and of every batch before it; offsets are committed periodically by
 //! librdkafka and synchronously at shutdown. Invariant §3.3 (state survives): checkpoints
 //! travel behind the points they cover and are persisted once those are written; rebalances
-//! restore and checkpoint partitions ([`crate::source::Rebalancer`]).
+//! restore and checkpoint partitions ([`crate::serve::source::Rebalancer`]).
+
+pub mod engine_stage;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+pub mod swap;
 
 use crate::config::Config;
 use crate::decode::Decoder;
-use crate::pipeline::{ToEngine, ToSink};
 use crate::registry::Registry;
-use crate::sink::Writer;
-use crate::sink::stage::SinkStage;
-use crate::source::stage::SourceStage;
-use crate::source::{Assignment, DeadLetters, Rebalancer, StreamState};
-use crate::state::stage::EngineStage;
+use crate::serve::engine_stage::EngineStage;
+use crate::serve::pipeline::{ToEngine, ToSink};
+use crate::serve::sink::Writer;
+use crate::serve::sink::stage::SinkStage;
+use crate::serve::source::stage::SourceStage;
+use crate::serve::source::{Assignment, DeadLetters, Rebalancer, StreamState};
 use crate::state::{DirStore, KafkaStore, Store};
 use crate::telemetry::{Health, Metrics, Telemetry, labels};
 use anyhow::Context;
@@ -55,7 +61,7 @@ async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<b
     let registry = Registry::new(&cfg.model.registry);
     let mut engines = Vec::new();
     for stream in &cfg.streams {
-        let engine = crate::swap::checked_engine(&registry, &cfg, stream, None)?;
+        let engine = crate::serve::swap::checked_engine(&registry, &cfg, stream, None)?;
         let version = &engine.model().version;
         metrics
             .model_version
@@ -149,7 +155,7 @@ async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<b
         assignment: Arc::clone(&assignment),
     });
     tracing::info!(store = %store.describe(), interval_s = cfg.state.checkpoint_interval.get().as_secs_f64(), "device state checkpoints");
-    let consumer = crate::source::consumer(
+    let consumer = crate::serve::source::consumer(
         &cfg,
         Arc::clone(&metrics),
         Arc::clone(&health),
@@ -191,8 +197,8 @@ async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<b
         })
     };
     // New models (retrain, promote, rollback) are noticed, loaded and checked here and swapped
-    // in by the engine stage without a restart (crate::swap).
-    let models = tokio::spawn(crate::swap::watch_models(
+    // in by the engine stage without a restart (crate::serve::swap).
+    let models = tokio::spawn(crate::serve::swap::watch_models(
         cfg.clone(),
         engines.iter().map(|e| e.model().version.clone()).collect(),
         engine_tx.clone(),
@@ -201,7 +207,7 @@ async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<b
     ));
     // `[retrain] every`: retraining in child processes (a retrain under way when the service
     // stops is killed, and nothing half-published).
-    let _retrainer = crate::swap::spawn_retrainer(
+    let _retrainer = crate::serve::swap::spawn_retrainer(
         cfg.clone(),
         config_path,
         Arc::clone(&metrics),

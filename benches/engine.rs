@@ -3,8 +3,9 @@
 //! never in timed tests.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sensorcast::bench::{BenchSpec, settings, synthetic_model, synthetic_readings};
+use sensorcast::engine::testing::{settings, synthetic_model, synthetic_readings};
 use sensorcast::engine::{BatchOutput, Engine};
+use sensorcast::tools::bench::BenchSpec;
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ fn batched_step(c: &mut Criterion) {
             horizon: 3,
             batch,
         };
-        let model = Arc::new(synthetic_model(&spec));
+        let model = Arc::new(synthetic_model(spec.shape()));
         let readings = synthetic_readings(batch, 64, spec.features);
         let mut engine = Engine::new(model, settings()).expect("engine");
         let mut out = BatchOutput::default();

@@ -402,8 +402,8 @@ fn key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
-use sensorcast::bench::BenchSpec;
 use sensorcast::telemetry::init_logging;
+use sensorcast::tools::bench::BenchSpec;
 
 /// Loads the config, starts logging as it says, and picks the stream.
 fn setup(path: &std::path::Path, stream: Option<&str>) -> anyhow::Result<(Config, StreamConfig)> {
@@ -579,7 +579,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(spec) => {
             init_logging(None);
-            let r = sensorcast::bench::run(&spec)
+            let r = sensorcast::tools::bench::run(&spec)
                 .map_err(anyhow::Error::msg)
                 .context("benchmark failed")?;
             let BenchSpec {
@@ -641,12 +641,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let target = match (brokers, topic, out) {
                 (Some(brokers), Some(topic), None) => {
-                    sensorcast::simulate::Target::Kafka { brokers, topic }
+                    sensorcast::tools::simulate::Target::Kafka { brokers, topic }
                 }
-                (None, None, Some(path)) => sensorcast::simulate::Target::File(path),
+                (None, None, Some(path)) => sensorcast::tools::simulate::Target::File(path),
                 _ => anyhow::bail!("give either --brokers and --topic, or --out"),
             };
-            let spec = sensorcast::simulate::SimulateSpec {
+            let spec = sensorcast::tools::simulate::SimulateSpec {
                 fleet: sensorcast::synth::FleetSpec {
                     devices,
                     readings,
@@ -666,7 +666,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 device_prefix,
                 producer_properties,
             };
-            let n = sensorcast::simulate::run(&spec)?;
+            let n = sensorcast::tools::simulate::run(&spec)?;
             println!("wrote {n} readings of {devices} devices");
             Ok(ExitCode::SUCCESS)
         }
@@ -847,7 +847,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("cannot create {}", tmp.display()))?;
                 let local = sensorcast::state::DirStore::new(&tmp, 1);
                 let r = match &kafka {
-                    None => sensorcast::state::bench::run(&shape, n, partitions, &local.into()),
+                    None => {
+                        sensorcast::tools::state_bench::run(&shape, n, partitions, &local.into())
+                    }
                     Some(cfg) => {
                         let topic = cfg.state.changelog_topic.clone();
                         let rt = tokio::runtime::Builder::new_current_thread()
@@ -867,7 +869,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             local,
                             1,
                         )?;
-                        let r = sensorcast::state::bench::run(
+                        let r = sensorcast::tools::state_bench::run(
                             &shape,
                             n,
                             partitions,
@@ -910,7 +912,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "--sweep: {r} is not a rate strictly between 0 and 1"
                 );
             }
-            let opts = sensorcast::evaluate::SkabOptions {
+            let opts = sensorcast::tools::evaluate::SkabOptions {
                 data,
                 out: out.clone(),
                 config,
@@ -927,7 +929,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     EvidenceArg::Joint => sensorcast::config::Evidence::Joint,
                 }),
             };
-            let report = sensorcast::evaluate::run_skab(&opts, tty)?;
+            let report = sensorcast::tools::evaluate::run_skab(&opts, tty)?;
             println!("{report}");
             if opts.charts {
                 println!("charts in {}/charts", out.display());
@@ -948,7 +950,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cfg.anomaly.labels_file = path.to_string_lossy().into_owned();
             }
             let verdicts = sensorcast::cli::read_verdicts(&cfg, &stream.name)?;
-            let report = sensorcast::evaluate::run_labelled(
+            let report = sensorcast::tools::evaluate::run_labelled(
                 &cfg,
                 &stream,
                 (&input, &verdicts),
@@ -976,7 +978,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shift.is_finite() && shift_days.is_finite() && shift_days > 0.0,
                 "--shift must be a number and --shift-days a number of days above 0"
             );
-            let spec = sensorcast::demo::DemoSpec {
+            let spec = sensorcast::tools::demo::DemoSpec {
                 out: out.clone(),
                 devices,
                 readings,
@@ -985,7 +987,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shift_sigmas: shift,
                 shift_days,
             };
-            let summary = sensorcast::demo::run(&spec, tty)?;
+            let summary = sensorcast::tools::demo::run(&spec, tty)?;
             println!("{summary}");
             println!(
                 "wrote {}/forecasts.lp (InfluxDB line protocol), {}/chart.svg, model in {}/models, data in {}/history.jsonl and live.jsonl",

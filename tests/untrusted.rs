@@ -9,10 +9,11 @@
 //! (after a change of the checkpoint format or the state layout).
 
 use rand::{Rng, SeedableRng};
-use sensorcast::bench::{BenchSpec, settings, synthetic_model, synthetic_readings};
+use sensorcast::engine::testing::{settings, synthetic_model, synthetic_readings};
 use sensorcast::engine::{BatchOutput, Engine};
 use sensorcast::state::parked::{ParkedLog, ParkedRef};
 use sensorcast::state::{Checkpoint, Header};
+use sensorcast::tools::bench::BenchSpec;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
@@ -74,7 +75,7 @@ fn spec() -> BenchSpec {
 }
 
 fn engine() -> Engine {
-    Engine::new(Arc::new(synthetic_model(&spec())), settings()).expect("engine")
+    Engine::new(Arc::new(synthetic_model(spec().shape())), settings()).expect("engine")
 }
 
 /// A checkpoint of three devices that have seen two readings each.

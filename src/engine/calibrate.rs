@@ -166,7 +166,7 @@ fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{settings, small_model};
+    use crate::engine::testing::{settings, small_model};
     use crate::synth::{FleetSpec, generate};
 
     fn fleet() -> Vec<Reading> {

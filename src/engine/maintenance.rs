@@ -167,9 +167,9 @@ mod tests {
 #[cfg(test)]
 mod engine_tests {
     use super::*;
-    use crate::bench::{settings, small_model};
     use crate::decode::Reading;
     use crate::engine::detect::Edge;
+    use crate::engine::testing::{settings, small_model};
     use crate::engine::{BatchOutput, Engine, Outcome};
     use std::sync::Arc;
 

@@ -22,6 +22,7 @@ pub mod score;
 pub mod silent;
 pub mod snapshot;
 pub mod stuck;
+pub mod testing;
 
 use crate::decode::Reading;
 use detect::{AlarmPolicy, AlarmState, Calibration, DetectSettings, Deviation, Edge};
@@ -1439,18 +1440,18 @@ pub fn sigma_of(logvar: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{BenchSpec, settings, synthetic_model};
+    use crate::engine::testing::{Shape, settings, synthetic_model};
     use crate::synth::{FleetSpec, generate};
 
     fn engine(isa: Isa) -> Engine {
-        let spec = BenchSpec {
-            devices: 0,
-            steps: 0,
-            hidden: 24,
+        let spec = Shape {
             features: 4,
+
+            hidden: 24,
+
             layers: 2,
+
             horizon: 3,
-            batch: 1,
         };
         let mut s = settings();
         s.warmup = 5;
@@ -1461,7 +1462,7 @@ mod tests {
         s.detect.false_alarm_rate = 0.05;
         s.detect.min_duration = 2;
         s.detect.cooldown = 3;
-        Engine::new(Arc::new(synthetic_model(&spec)), s)
+        Engine::new(Arc::new(synthetic_model(spec)), s)
             .expect("engine")
             .with_isa(isa)
     }
@@ -1751,26 +1752,23 @@ mod tests {
         // docs/ARCHITECTURE.md §3.5: ≤ 2 KiB per device at hidden 64, one layer (8 features), counting
         // every per-device array by capacity, the id map and the id strings, with the table
         // grown device by device in micro-batches as `serve` grows it (no reservation).
-        let spec = BenchSpec {
-            devices: 5000,
-            steps: 2,
-            hidden: 64,
+        let spec = Shape {
             features: 8,
+            hidden: 64,
             layers: 1,
             horizon: 3,
-            batch: 64,
         };
-        let mut e = Engine::new(Arc::new(synthetic_model(&spec)), settings()).expect("engine");
-        let rs = crate::bench::synthetic_readings(spec.devices, spec.steps, spec.features);
+        let mut e = Engine::new(Arc::new(synthetic_model(spec)), settings()).expect("engine");
+        let rs = crate::engine::testing::synthetic_readings(5000, 2, spec.features);
         let mut out = BatchOutput::default();
         let mut worst = 0;
-        for chunk in rs.chunks(spec.batch) {
+        for chunk in rs.chunks(64) {
             e.process(chunk, &mut out).expect("process");
             if e.devices() >= 100 {
                 worst = worst.max(e.state_heap_bytes() / e.devices());
             }
         }
-        assert_eq!(e.devices(), spec.devices);
+        assert_eq!(e.devices(), 5000);
         assert!(worst <= 2048, "{worst} bytes per device at worst");
         // The count covers every per-device array: a fresh engine with one device holds at
         // least the floats of its state.

@@ -293,9 +293,9 @@ mod tests {
 #[cfg(test)]
 mod engine_tests {
     use super::SilentEvent;
-    use crate::bench::{settings, small_model};
     use crate::decode::Reading;
     use crate::engine::detect::Edge;
+    use crate::engine::testing::{settings, small_model};
     use crate::engine::{BatchOutput, Engine};
     use std::sync::Arc;
 
@@ -402,10 +402,10 @@ mod engine_tests {
 
 #[cfg(test)]
 mod maintenance_tests {
-    use crate::bench::{settings, small_model};
     use crate::config::MaintenanceWindow;
     use crate::decode::Reading;
     use crate::engine::maintenance::Maintenance;
+    use crate::engine::testing::{settings, small_model};
     use crate::engine::{BatchOutput, Engine};
     use std::sync::Arc;
 

@@ -619,27 +619,27 @@ fn compact<T: Copy>(v: &mut Vec<T>, width: usize, remap: &[u32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{BenchSpec, settings, synthetic_model};
+    use crate::engine::testing::{Shape, settings, synthetic_model};
     use crate::engine::{BatchOutput, Outcome};
     use crate::synth::{FleetSpec, generate};
     use std::sync::Arc;
 
     fn engine() -> Engine {
-        let spec = BenchSpec {
-            devices: 0,
-            steps: 0,
-            hidden: 16,
+        let spec = Shape {
             features: 4,
+
+            hidden: 16,
+
             layers: 2,
+
             horizon: 3,
-            batch: 1,
         };
         let mut s = settings();
         s.warmup = 5;
         s.detect.learning = 20;
         s.detect.false_alarm_rate = 0.05;
         s.detect.min_duration = 2;
-        Engine::new(Arc::new(synthetic_model(&spec)), s).expect("engine")
+        Engine::new(Arc::new(synthetic_model(spec)), s).expect("engine")
     }
 
     fn bits(e: &mut Engine, rs: &[crate::decode::Reading]) -> Vec<u64> {

@@ -219,10 +219,10 @@ mod tests {
 
 #[cfg(test)]
 mod engine_tests {
-    use crate::bench::{settings, small_model};
     use crate::decode::Reading;
     use crate::engine::detect::Edge;
     use crate::engine::snapshot::{ShardRecords, StateLayout};
+    use crate::engine::testing::{settings, small_model};
     use crate::engine::{BatchOutput, Engine, Outcome};
     use std::sync::Arc;
 

@@ -1038,22 +1038,22 @@ fn newest_generation(dir: &std::path::Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{BenchSpec, settings, synthetic_model, synthetic_readings};
     use crate::config::HumanDuration;
     use crate::engine::EngineSettings;
+    use crate::engine::testing::{Shape, settings, synthetic_model, synthetic_readings};
     use crate::serve::pipeline::{Offsets, Sourced};
 
     fn stage(dir: &std::path::Path, ttl: HumanDuration) -> EngineStage {
-        let spec = BenchSpec {
-            devices: 0,
-            steps: 0,
-            hidden: 16,
+        let spec = Shape {
             features: 3,
+
+            hidden: 16,
+
             layers: 1,
+
             horizon: 2,
-            batch: 64,
         };
-        let model = Arc::new(synthetic_model(&spec));
+        let model = Arc::new(synthetic_model(spec));
         let mut cfg = Config::default();
         cfg.streams[0].features = model.features.clone();
         cfg.engine.device_ttl = ttl;

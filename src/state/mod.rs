@@ -21,7 +21,6 @@
 //! reported with their path and reason and skipped: the partition falls back to an older
 //! checkpoint or, failing that, starts its devices cold from the group's committed offset.
 
-pub mod bench;
 pub mod dir;
 pub mod kafka;
 pub mod parked;

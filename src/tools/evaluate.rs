@@ -71,8 +71,8 @@ pub struct RowResult {
 }
 
 /// What the chart of one labelled device needs from its series and its rows.
-fn chart_input<'a>(s: &'a LabelledSeries, rows: &[RowResult]) -> crate::chart::Labelled<'a> {
-    crate::chart::Labelled {
+fn chart_input<'a>(s: &'a LabelledSeries, rows: &[RowResult]) -> crate::tools::chart::Labelled<'a> {
+    crate::tools::chart::Labelled {
         readings: &s.readings,
         labels: &s.labels,
         scored_from: s.scored_from,
@@ -757,7 +757,7 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
         if !points.iter().any(|p| p.0 == rate) {
             points.push((rate, counts.f1(), counts.far(), counts.mar()));
         }
-        crate::chart::draw_tradeoff(
+        crate::tools::chart::draw_tradeoff(
             &opts.out.join("tradeoff.svg"),
             "SKAB: F1, FAR and MAR against the sensitivity knob (grey: default)",
             &points,
@@ -770,7 +770,7 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
             .with_context(|| format!("failed to create {}", dir.display()))?;
         for (s, r) in skab.experiments.iter().zip(&results) {
             let name = s.device.replace('/', "_");
-            crate::chart::draw_labelled(
+            crate::tools::chart::draw_labelled(
                 &dir.join(format!("{name}.svg")),
                 &format!(
                     "SKAB {} — sensors (normalised), score, labels and alarms",
@@ -1118,7 +1118,7 @@ pub fn run_labelled(
                     }
                 })
                 .collect();
-            crate::chart::draw_labelled(
+            crate::tools::chart::draw_labelled(
                 &dir.join(format!("{i:03}-{name}.svg")),
                 &format!(
                     "{} — sensors (normalised), score, labels and alarms",

@@ -292,7 +292,7 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         .count() as u64;
     let interval_days = stream.interval.as_nanos() as f64 / 86_400e9;
     let chart_path = spec.out.join("chart.svg");
-    crate::chart::draw(
+    crate::tools::chart::draw(
         &chart_path,
         &fleet,
         &forecast1,

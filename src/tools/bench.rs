@@ -1,10 +1,8 @@
 //! `sensorcast bench`: a synthetic fleet through the engine only (no I/O), reporting events
 //! per second and state bytes per device. Shared with the criterion benchmark.
 
-use crate::decode::Reading;
-use crate::engine::{BatchOutput, Engine, EngineSettings, InferenceModel, Outcome};
-use crate::model::{Architecture, Forecaster};
-use burn::prelude::Device;
+use crate::engine::testing::{Shape, settings, synthetic_model, synthetic_readings};
+use crate::engine::{BatchOutput, Engine, Outcome};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +30,18 @@ pub struct BenchSpec {
     /// Readings per micro-batch.
     #[arg(long, default_value_t = 4096, value_parser = positive)]
     pub batch: usize,
+}
+
+impl BenchSpec {
+    /// The model's shape.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            features: self.features,
+            hidden: self.hidden,
+            layers: self.layers,
+            horizon: self.horizon,
+        }
+    }
 }
 
 /// A whole number of at least 1.
@@ -62,76 +72,9 @@ pub struct BenchResult {
     pub isa: crate::engine::kernel::Isa,
 }
 
-/// A randomly initialised model of the given shape (identity normalisation).
-pub fn synthetic_model(spec: &BenchSpec) -> InferenceModel {
-    let arch = Architecture {
-        input: spec.features,
-        hidden: spec.hidden,
-        layers: spec.layers,
-        horizon: spec.horizon,
-    };
-    let features: Vec<String> = (0..spec.features).map(|i| format!("f{i}")).collect();
-    Forecaster::seeded(&arch, &Device::flex(), 1)
-        .export(
-            &arch,
-            "bench",
-            &features,
-            &vec![0.0; spec.features],
-            &vec![1.0; spec.features],
-        )
-        .unwrap_or_else(|e| unreachable!("a freshly built model exports: {e}"))
-}
-
-/// A small randomly initialised model for tests: one layer of `hidden`, `features` inputs,
-/// two forecast steps.
-#[cfg(test)]
-pub fn small_model(hidden: usize, features: usize) -> InferenceModel {
-    synthetic_model(&BenchSpec {
-        devices: 0,
-        steps: 0,
-        hidden,
-        features,
-        layers: 1,
-        horizon: 2,
-        batch: 1,
-    })
-}
-
-/// Readings for `devices × steps`, step by step, one minute apart, smooth signals plus noise.
-pub fn synthetic_readings(devices: usize, steps: usize, features: usize) -> Vec<Reading> {
-    let names: Vec<String> = (0..devices).map(|d| format!("dev-{d:06}")).collect();
-    let mut out = Vec::with_capacity(devices * steps);
-    let mut seed = 0x9e37_79b9_u32;
-    for t in 0..steps {
-        for (d, name) in names.iter().enumerate() {
-            let values = (0..features)
-                .map(|f| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 17;
-                    seed ^= seed << 5;
-                    let noise = seed as f32 / u32::MAX as f32 - 0.5;
-                    ((t as f32) * 0.05 + d as f32 * 0.1 + f as f32).sin() + 0.1 * noise
-                })
-                .collect();
-            out.push(Reading {
-                device: name.clone(),
-                ts: 1_795_737_600_000_000_000 + (t as i64) * 60_000_000_000,
-                values,
-            });
-        }
-    }
-    out
-}
-
-/// Settings used by the benchmark (defaults of the config).
-pub fn settings() -> EngineSettings {
-    let cfg = crate::config::Config::default();
-    EngineSettings::from_config(&cfg, &cfg.streams[0])
-}
-
 /// Runs the benchmark.
 pub fn run(spec: &BenchSpec) -> Result<BenchResult, String> {
-    let model = Arc::new(synthetic_model(spec));
+    let model = Arc::new(synthetic_model(spec.shape()));
     let readings = synthetic_readings(spec.devices, spec.steps, spec.features);
     let mut engine = Engine::new(model, settings())?;
     let mut out = BatchOutput::default();

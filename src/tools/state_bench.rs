@@ -3,9 +3,10 @@
 //! for a synthetic fleet, through the same code `serve` runs (snapshot, encode, the directory
 //! store's durable write or the Kafka store's produce, load with checks, restore).
 
-use super::{Checkpoint, Expect, Header, Store};
-use crate::bench::{BenchSpec, settings, synthetic_model, synthetic_readings};
+use super::bench::BenchSpec;
+use crate::engine::testing::{settings, synthetic_model, synthetic_readings};
 use crate::engine::{BatchOutput, Engine};
+use crate::state::{Checkpoint, Expect, Header, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,7 @@ pub fn run(
     partitions: u32,
     store: &Store,
 ) -> Result<StateBench, String> {
-    let model = Arc::new(synthetic_model(shape));
+    let model = Arc::new(synthetic_model(shape.shape()));
     let mut engine = Engine::new(Arc::clone(&model), settings())?;
     let mut out = BatchOutput::default();
     // Two readings per device, so that every part of the state has been written to.

@@ -5,10 +5,10 @@ use crate::config::{Config, StreamConfig};
 use crate::decode::{Reading, Schema, read_file};
 use crate::engine::detect::Edge;
 use crate::engine::{BatchOutput, Engine, EngineSettings, Outcome};
+use crate::model::registry::{ModelMeta, Registry};
+use crate::model::train::{ProgressEvent, Trained, train};
 use crate::output::PointFormat;
-use crate::registry::{ModelMeta, Registry};
 use crate::time::format_ts;
-use crate::train::{ProgressEvent, Trained, train};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -215,7 +215,7 @@ pub fn run_train_from_influxdb(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let h = rt.block_on(crate::history::from_influxdb(cfg, stream, from, to))?;
+    let h = rt.block_on(crate::model::history::from_influxdb(cfg, stream, from, to))?;
     train_on_history(cfg, stream, h, strict, show_progress)
 }
 
@@ -228,14 +228,14 @@ pub fn run_train_from_kafka(
     strict: bool,
     show_progress: bool,
 ) -> anyhow::Result<ModelMeta> {
-    let h = crate::history::from_kafka(cfg, stream, from, to)?;
+    let h = crate::model::history::from_kafka(cfg, stream, from, to)?;
     train_on_history(cfg, stream, h, strict, show_progress)
 }
 
 fn train_on_history(
     cfg: &Config,
     stream: &StreamConfig,
-    h: crate::history::History,
+    h: crate::model::history::History,
     strict: bool,
     show_progress: bool,
 ) -> anyhow::Result<ModelMeta> {
@@ -279,7 +279,7 @@ pub fn run_label(cfg: &Config, mut label: crate::labels::Label) -> anyhow::Resul
             .enable_all()
             .build()?;
         let found = rt
-            .block_on(crate::history::alarm(
+            .block_on(crate::model::history::alarm(
                 cfg,
                 &label.stream,
                 &label.device,
@@ -327,7 +327,7 @@ pub fn run_retrain(
     to: i64,
     show_progress: bool,
     inside_serve: bool,
-) -> anyhow::Result<crate::registry::Decision> {
+) -> anyhow::Result<crate::model::registry::Decision> {
     // Inside `serve` everything goes to the log only (which may be JSON).
     let say = |line: String| {
         if inside_serve {
@@ -336,7 +336,7 @@ pub fn run_retrain(
             eprintln!("{line}");
         }
     };
-    use crate::registry::Decision;
+    use crate::model::registry::Decision;
     let r = &cfg.retrain;
     let from = to.saturating_sub(r.window.as_nanos());
     let split = to.saturating_sub(r.holdout.as_nanos());
@@ -345,9 +345,11 @@ pub fn run_retrain(
         .build()?;
     let h = match r.source {
         crate::config::HistorySource::Influxdb => {
-            rt.block_on(crate::history::from_influxdb(cfg, stream, from, to))?
+            rt.block_on(crate::model::history::from_influxdb(cfg, stream, from, to))?
         }
-        crate::config::HistorySource::Kafka => crate::history::from_kafka(cfg, stream, from, to)?,
+        crate::config::HistorySource::Kafka => {
+            crate::model::history::from_kafka(cfg, stream, from, to)?
+        }
     };
     if h.skipped_total > 0 {
         say(format!(
@@ -411,13 +413,13 @@ pub fn run_retrain(
     challenger.longest_flat_ns = meta.longest_flat_ns.clone();
     let challenger = Arc::new(challenger);
     let score = |m: Arc<crate::engine::InferenceModel>| {
-        crate::train::holdout(m, cfg, stream, (&h.readings, split), &verdicts)
+        crate::model::train::holdout(m, cfg, stream, (&h.readings, split), &verdicts)
     };
     let challenger_m = score(challenger)?;
     let registry = Registry::new(&cfg.model.registry);
     let champion = match registry.load(&stream.name, None) {
         Ok(l) => Some(l),
-        Err(crate::registry::RegistryError::NoModel { .. }) => None,
+        Err(crate::model::registry::RegistryError::NoModel { .. }) => None,
         Err(e) => return Err(e).context("cannot load the current model (the champion)"),
     };
     let champion_m = match &champion {
@@ -530,7 +532,7 @@ async fn retrain_verdicts(
         .filter(|l| l.stream == stream && l.until.is_none())
     {
         let Ok(span) = l.span() else { continue };
-        match crate::history::alarm(cfg, &l.stream, &l.device, &l.kind, span.at).await {
+        match crate::model::history::alarm(cfg, &l.stream, &l.device, &l.kind, span.at).await {
             Ok(Some(a)) if !a.active => l.until = a.end.map(format_ts),
             Ok(Some(_)) => l.until = Some(format_ts(to.max(span.at))),
             Ok(None) => {}
@@ -695,8 +697,8 @@ struct Judged {
     labels: Option<crate::labels::LabelScore>,
 }
 
-impl From<&crate::registry::Metrics> for Judged {
-    fn from(m: &crate::registry::Metrics) -> Self {
+impl From<&crate::model::registry::Metrics> for Judged {
+    fn from(m: &crate::model::registry::Metrics) -> Self {
         Self {
             mase: m.mase,
             over_line: m.over_line,
@@ -939,7 +941,7 @@ pub fn load_model(
     cfg: &Config,
     stream: &StreamConfig,
     version: Option<&str>,
-) -> anyhow::Result<crate::registry::LoadedModel> {
+) -> anyhow::Result<crate::model::registry::LoadedModel> {
     let loaded = Registry::new(&cfg.model.registry).load(&stream.name, version)?;
     if loaded.meta.features != stream.features {
         bail!(

@@ -681,7 +681,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(c) => Config::load(Some(c))?,
                 None => Config::default(),
             };
-            let reg = sensorcast::registry::Registry::new(
+            let reg = sensorcast::model::registry::Registry::new(
                 registry.unwrap_or_else(|| cfg.model.registry.clone()),
             );
             let stream = match (stream, &config) {

@@ -87,7 +87,7 @@ fn measure(
     settings: EngineSettings,
     devices: &[(&[&Reading], usize)],
 ) -> Result<Option<Calibration>, String> {
-    let measured_with = super::detect::MeasuredWith::of(&settings);
+    let measured_with = settings.measured_with();
     let mut engine = Engine::new(model, settings)?;
     let longest = devices.iter().map(|d| d.0.len()).max().unwrap_or(0);
     let mut out = BatchOutput::default();

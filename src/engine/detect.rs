@@ -459,18 +459,6 @@ impl MeasuredWith {
                 other.calibration_alpha as f64,
             )
     }
-
-    /// What `settings` would measure.
-    pub fn of(settings: &super::EngineSettings) -> Self {
-        Self {
-            warmup: settings.warmup,
-            learning_readings: settings.detect.learning,
-            baseline_window: settings.detect.baseline_window,
-            smoothing: settings.detect.smoothing,
-            drift_smoothing: settings.detect.drift_smoothing,
-            calibration_alpha: settings.calibration_alpha,
-        }
-    }
 }
 
 /// Per-feature surprisals (−ln p-value) of squared statistics `q` (their sign, a direction,

@@ -97,18 +97,12 @@ impl InferenceModel {
     /// under `settings`, if they will not (logged as a warning where models are loaded).
     pub fn calibration_problem(&self, settings: &EngineSettings) -> Option<String> {
         match &self.calibration {
-            Some(c)
-                if !c
-                    .measured_with
-                    .agrees_with(&detect::MeasuredWith::of(settings)) =>
-            {
-                Some(format!(
-                    "model {}: its anomaly thresholds were measured with other detector settings ({:?}, now {:?}); alarms will not follow anomaly.false_alarm_rate until the model is retrained",
-                    self.version,
-                    c.measured_with,
-                    detect::MeasuredWith::of(settings)
-                ))
-            }
+            Some(c) if !c.measured_with.agrees_with(&settings.measured_with()) => Some(format!(
+                "model {}: its anomaly thresholds were measured with other detector settings ({:?}, now {:?}); alarms will not follow anomaly.false_alarm_rate until the model is retrained",
+                self.version,
+                c.measured_with,
+                settings.measured_with()
+            )),
             None => Some(format!(
                 "model {} has no measured anomaly thresholds (trained before they existed, or on too little data); Gaussian tails are assumed",
                 self.version
@@ -187,6 +181,18 @@ pub struct EngineSettings {
 }
 
 impl EngineSettings {
+    /// The settings the calibration depends on, as a calibration records them.
+    pub fn measured_with(&self) -> detect::MeasuredWith {
+        detect::MeasuredWith {
+            warmup: self.warmup,
+            learning_readings: self.detect.learning,
+            baseline_window: self.detect.baseline_window,
+            smoothing: self.detect.smoothing,
+            drift_smoothing: self.detect.drift_smoothing,
+            calibration_alpha: self.calibration_alpha,
+        }
+    }
+
     /// From the config sections and one stream.
     pub fn from_config(cfg: &crate::config::Config, stream: &crate::config::StreamConfig) -> Self {
         Self {

@@ -24,7 +24,7 @@ pub mod swap;
 
 use crate::config::Config;
 use crate::decode::Decoder;
-use crate::registry::Registry;
+use crate::model::registry::Registry;
 use crate::serve::engine_stage::EngineStage;
 use crate::serve::pipeline::{ToEngine, ToSink};
 use crate::serve::sink::Writer;

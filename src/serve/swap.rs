@@ -25,7 +25,7 @@
 use crate::config::{Config, Horizons, StreamConfig};
 use crate::decode::Reading;
 use crate::engine::{BatchOutput, Engine, EngineSettings};
-use crate::registry::{Registry, RegistryError};
+use crate::model::registry::{Registry, RegistryError};
 use crate::serve::pipeline::ToEngine;
 use crate::telemetry::{Metrics, labels};
 use std::collections::{BTreeSet, HashSet};
@@ -340,7 +340,7 @@ fn retrain_child(
     cfg: &Config,
     stream: &str,
     stop: &watch::Receiver<bool>,
-) -> Result<Option<crate::registry::Decision>, String> {
+) -> Result<Option<crate::model::registry::Decision>, String> {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -16,7 +16,7 @@
 use crate::config::{Config, HumanDuration, StreamConfig};
 use crate::decode::Reading;
 use crate::engine::{BatchOutput, Engine, EngineSettings, InferenceModel, Outcome};
-use crate::registry::Registry;
+use crate::model::registry::Registry;
 use crate::time::parse_ts_text;
 use anyhow::{Context, bail};
 use std::fmt::Write as _;
@@ -666,7 +666,7 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
     let meta = match &opts.model {
         None => {
             let mut progress = crate::cli::TrainingProgress::new(show_progress);
-            let trained = crate::train::train(
+            let trained = crate::model::train::train(
                 &cfg,
                 &stream,
                 &history,

@@ -16,8 +16,8 @@
 use crate::config::{Config, HumanDuration, StreamConfig};
 use crate::decode::Reading;
 use crate::engine::{BatchOutput, Engine, EngineSettings, Outcome};
+use crate::model::registry::{Metrics, ModelMeta, TrainingInfo};
 use crate::model::{Architecture, Forecaster, gaussian_nll, to_vec};
-use crate::registry::{Metrics, ModelMeta, TrainingInfo};
 use crate::time::format_ts;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamConfig, GradientsParams};

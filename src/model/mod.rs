@@ -5,6 +5,10 @@
 //! burn trains and stores the model; [`Forecaster::export`] copies its weights into an
 //! [`InferenceModel`] for the batched engine. A test proves the two agree to 1e-5.
 
+pub mod history;
+pub mod registry;
+pub mod train;
+
 use crate::engine::kernel::{GateWeights, LstmLayer, LstmStack, PackedMatrix};
 use crate::engine::{InferenceModel, LOGVAR_MAX, LOGVAR_MIN};
 use burn::module::Module;

@@ -21,7 +21,7 @@ use crate::engine::snapshot::ShardRecords;
 use crate::engine::{BatchOutput, Counters, Engine, Outcome};
 use crate::model::registry::Registry;
 use crate::output::PointFormat;
-use crate::serve::pipeline::{Checkpoints, InBatch, OutBatch, ToEngine, ToSink};
+use crate::serve::pipeline::{Checkpoints, InBatch, Offsets, OutBatch, ToEngine, ToSink};
 use crate::serve::swap::{Swap, checked_engine};
 use crate::state::parked::{ParkedLog, ParkedRef};
 use crate::state::{Checkpoint, Header, Store};
@@ -758,7 +758,11 @@ impl EngineStage {
         }
     }
 
-    fn revoke(&mut self, partitions: &[(String, i32)], done: oneshot::Sender<()>) -> Checkpoints {
+    fn revoke(
+        &mut self,
+        partitions: &[(String, i32)],
+        done: oneshot::Sender<Offsets>,
+    ) -> Checkpoints {
         let keys: Vec<(usize, i32)> = partitions
             .iter()
             .filter_map(|(t, p)| Some((self.stream_of(t)?, *p)))

@@ -16,6 +16,7 @@
 //! travel behind the points they cover and are persisted once those are written; rebalances
 //! restore and checkpoint partitions ([`crate::serve::source::Rebalancer`]).
 
+pub mod dead_letters;
 pub mod engine_stage;
 pub mod pipeline;
 pub mod sink;
@@ -25,12 +26,13 @@ pub mod swap;
 use crate::config::Config;
 use crate::decode::Decoder;
 use crate::model::registry::Registry;
+use crate::serve::dead_letters::DeadLetters;
 use crate::serve::engine_stage::EngineStage;
 use crate::serve::pipeline::{ToEngine, ToSink};
 use crate::serve::sink::Writer;
 use crate::serve::sink::stage::SinkStage;
 use crate::serve::source::stage::SourceStage;
-use crate::serve::source::{Assignment, DeadLetters, Rebalancer, StreamState};
+use crate::serve::source::{Assignment, Rebalancer, StreamState};
 use crate::state::{DirStore, KafkaStore, Store};
 use crate::telemetry::{Health, Metrics, Telemetry, labels};
 use anyhow::Context;
@@ -248,11 +250,18 @@ async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<b
             .spawn(move || stage.run(engine_rx, sink_tx))
             .context("cannot start the engine thread")?
     };
+    // The sink reports the offsets of each persisted checkpoint back; the source stores them
+    // for commit (the sink never touches the consumer).
+    let (persisted_tx, persisted_rx) = mpsc::channel(64);
+    let offsets_stored = tokio::spawn(crate::serve::source::store_persisted(
+        persisted_rx,
+        Arc::clone(&consumer),
+    ));
     let sink = tokio::spawn(
         SinkStage {
             rx: sink_rx,
             writer,
-            consumer: Arc::clone(&consumer),
+            persisted: persisted_tx,
             store,
             flush_bytes: cfg.influxdb.batch_bytes,
             flush_interval: cfg.influxdb.flush_interval.get(),
@@ -314,6 +323,9 @@ async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<b
         Some(ok) => ok,
         None => sink.await.unwrap_or(false),
     };
+    // The sink is gone, and with it the progress channel's sender: every offset it reported
+    // is stored once this returns.
+    let _ = offsets_stored.await;
     // Offsets stored so far belong to written points only, so they are committed even when
     // a stage failed; what was not written stays uncommitted. The commit waits at most until
     // the deadline (a broker that is gone would hold it for librdkafka's timeouts).

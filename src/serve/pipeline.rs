@@ -8,7 +8,7 @@
 //! batch of points is persisted only after those points are acknowledged (§3.1, §3.3).
 
 use crate::decode::Reading;
-use crate::serve::source::DeadLetterAck;
+use crate::serve::dead_letters::DeadLetterAck;
 use crate::state::Checkpoint;
 use tokio::sync::oneshot;
 
@@ -105,9 +105,9 @@ pub enum ToEngine {
     Revoke {
         /// (topic, partition) pairs.
         partitions: Vec<(String, i32)>,
-        /// Signalled after the checkpoint is on disk (dropped unsignalled if it could not be
-        /// written).
-        done: oneshot::Sender<()>,
+        /// Given the persisted checkpoints' offsets once they are durable (dropped
+        /// unsignalled if they could not be written); the rebalancer stores them.
+        done: oneshot::Sender<Offsets>,
     },
 }
 
@@ -139,9 +139,10 @@ pub struct OutBatch {
 pub struct Checkpoints {
     /// One per partition.
     pub checkpoints: Vec<Checkpoint>,
-    /// Signalled once they are persisted (a revoke waits for it); `None` for a periodic or
-    /// final set, which the sink counts down in the stages' shared in-flight counter instead.
-    pub done: Option<oneshot::Sender<()>>,
+    /// Given their offsets once they are persisted (a revoke waits for it); `None` for a
+    /// periodic or final set, whose offsets the sink reports on its progress channel and
+    /// which it counts down in the stages' shared in-flight counter.
+    pub done: Option<oneshot::Sender<Offsets>>,
 }
 
 /// From the engine stage to the sink.

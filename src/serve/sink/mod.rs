@@ -69,8 +69,8 @@ pub struct Writer {
     rejected_in_a_row: AtomicU64,
     // Where refused points go (`kafka.dead_letter_topic`), and their deliveries not yet
     // handed to the sink stage.
-    dead_letters: Option<crate::serve::source::DeadLetters>,
-    refused: std::sync::Mutex<Vec<crate::serve::source::DeadLetterAck>>,
+    dead_letters: Option<crate::serve::dead_letters::DeadLetters>,
+    refused: std::sync::Mutex<Vec<crate::serve::dead_letters::DeadLetterAck>>,
 }
 
 /// Single-point rejections in a row after which rejection is treated as systemic.
@@ -117,14 +117,17 @@ impl Writer {
     }
 
     /// Points InfluxDB refuses for good go to the dead-letter topic instead of being dropped.
-    pub fn with_dead_letters(mut self, dead_letters: crate::serve::source::DeadLetters) -> Self {
+    pub fn with_dead_letters(
+        mut self,
+        dead_letters: crate::serve::dead_letters::DeadLetters,
+    ) -> Self {
         self.dead_letters = Some(dead_letters);
         self
     }
 
     /// The deliveries of refused points produced since the last call: the sink stage holds
     /// checkpoints back until they are settled.
-    pub fn take_refused(&self) -> Vec<crate::serve::source::DeadLetterAck> {
+    pub fn take_refused(&self) -> Vec<crate::serve::dead_letters::DeadLetterAck> {
         std::mem::take(&mut *self.refused.lock().unwrap_or_else(|e| e.into_inner()))
     }
 

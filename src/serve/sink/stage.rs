@@ -1,22 +1,21 @@
 //! The sink stage of `serve`: batches points into write requests, keeps up to
 //! `influxdb.concurrency` of them in flight, acknowledges them strictly in order, and persists
-//! checkpoints once every point before them is written — storing, then, the Kafka offsets
-//! they complete.
+//! checkpoints once every point before them is written — reporting, then, the Kafka offsets
+//! they complete back to the source, which stores them for commit.
 //!
 //! Keeps §3.3 and with it §3.1: a checkpoint arrives behind the points of the messages it
 //! covers and is persisted only when they (and every batch before them) are acknowledged;
-//! only then are its offsets stored for librdkafka to commit. Kafka's committed offset thus
-//! never runs ahead of a persisted checkpoint: a member that takes a partition over always
-//! finds the device states that go with the offset it starts from (as Flink commits source
-//! offsets when a checkpoint completes).
+//! only then are its offsets reported. Kafka's committed offset thus never runs ahead of a
+//! persisted checkpoint: a member that takes a partition over always finds the device states
+//! that go with the offset it starts from (as Flink commits source offsets when a checkpoint
+//! completes, and as vector's finalizers acknowledge a source's events once delivered). The
+//! sink never touches the consumer: progress flows back on a channel.
 
 use super::{SinkError, Writer};
+use crate::serve::dead_letters::DeadLetterAck;
 use crate::serve::pipeline::{Checkpoints, Offsets, OutBatch, ToSink};
-use crate::serve::source::{Consumer, DeadLetterAck};
 use crate::state::{Checkpoint, Store};
 use crate::telemetry::{Health, Metrics, labels};
-use rdkafka::consumer::Consumer as _;
-use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +27,8 @@ pub struct SinkStage {
     pub rx: mpsc::Receiver<ToSink>,
     /// The InfluxDB writer.
     pub writer: Writer,
-    /// Where offsets are stored.
-    pub consumer: Arc<Consumer>,
+    /// Where the offsets of persisted checkpoints are reported (the source stores them).
+    pub persisted: mpsc::Sender<Offsets>,
     /// Where checkpoints are persisted.
     pub store: Store,
     /// A write request is sent once this many bytes wait…
@@ -65,7 +64,7 @@ impl SinkStage {
         let persister = tokio::spawn(persist(
             persist_rx,
             self.store.clone(),
-            Arc::clone(&self.consumer),
+            self.persisted.clone(),
             Arc::clone(&self.metrics),
             Arc::clone(&self.checkpoints_in_flight),
             Arc::clone(&self.health),
@@ -179,7 +178,7 @@ fn add(pending: &mut Option<Pending>, b: OutBatch, flush_interval: Duration) {
 }
 
 /// Writes checkpoints in order, off the sink's loop (file I/O on the blocking pool), and
-/// stores the offsets of those written.
+/// reports the offsets of those written: a revoke's to its `done`, the others on `persisted`.
 ///
 /// A periodic checkpoint of a partition with dead letters still on their way is set aside
 /// until they are settled (a newer one of the same partition replaces it), so that they hold
@@ -189,7 +188,7 @@ fn add(pending: &mut Option<Pending>, b: OutBatch, flush_interval: Duration) {
 async fn persist(
     mut rx: mpsc::Receiver<(Checkpoints, Vec<DeadLetterAck>)>,
     store: Store,
-    consumer: Arc<Consumer>,
+    persisted: mpsc::Sender<Offsets>,
     metrics: Arc<Metrics>,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     health: Arc<Health>,
@@ -199,8 +198,17 @@ async fn persist(
     let key = |c: &Checkpoint| (c.header.topic.clone(), c.header.partition);
     let mut aside: HashMap<Key, (Checkpoint, Vec<DeadLetterAck>)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let write =
-        |checkpoints: Vec<Checkpoint>| write_checkpoints(&store, &consumer, &metrics, checkpoints);
+    let write = |checkpoints: Vec<Checkpoint>| write_checkpoints(&store, &metrics, checkpoints);
+    // A closed channel means the source has stopped storing offsets (shutdown): what is
+    // persisted is still restored from, only not committed.
+    let report = |offsets: Offsets| {
+        let persisted = persisted.clone();
+        async move {
+            if !offsets.0.is_empty() {
+                let _ = persisted.send(offsets).await;
+            }
+        }
+    };
     loop {
         let (set, acks) = tokio::select! {
             next = rx.recv() => match next {
@@ -214,7 +222,8 @@ async fn persist(
                     .map(|(k, _)| k.clone())
                     .collect();
                 let checkpoints = ready.iter().filter_map(|k| aside.remove(k)).map(|(c, _)| c).collect();
-                let ok = write(checkpoints).await;
+                let (ok, offsets) = write(checkpoints).await;
+                report(offsets).await;
                 health.checkpoints_failing.store(!ok, Ordering::Relaxed);
                 continue;
             }
@@ -231,7 +240,7 @@ async fn persist(
             // Superseded by this newer one.
             aside.remove(&key(c));
         }
-        let ok = if periodic {
+        let (ok, offsets) = if periodic {
             let mut now = Vec::new();
             for c in checkpoints {
                 let waits = own(&c);
@@ -251,8 +260,13 @@ async fn persist(
             write(checkpoints).await
         };
         health.checkpoints_failing.store(!ok, Ordering::Relaxed);
-        if ok && let Some(done) = done {
-            let _ = done.send(());
+        match done {
+            Some(done) if ok => {
+                let _ = done.send(offsets);
+            }
+            // A revoke's set that failed: what was written still counts.
+            Some(_) => report(offsets).await,
+            None => report(offsets).await,
         }
         if periodic {
             // Written, set aside or failed, the engine stage may take the next one (a failed
@@ -266,23 +280,23 @@ async fn persist(
         for a in acks {
             a.wait().await;
         }
-        let ok = write(vec![c]).await;
+        let (ok, offsets) = write(vec![c]).await;
+        report(offsets).await;
         health.checkpoints_failing.store(!ok, Ordering::Relaxed);
     }
 }
 
-/// Writes checkpoints on the blocking pool and stores the offsets of those written; true
-/// when every one was.
+/// Writes checkpoints on the blocking pool; whether every one was written, and the offsets
+/// of those that were.
 async fn write_checkpoints(
     store: &Store,
-    consumer: &Arc<Consumer>,
     metrics: &Arc<Metrics>,
     checkpoints: Vec<Checkpoint>,
-) -> bool {
+) -> (bool, Offsets) {
     if checkpoints.is_empty() {
-        return true;
+        return (true, Offsets::default());
     }
-    let (store, consumer, metrics) = (store.clone(), Arc::clone(consumer), Arc::clone(metrics));
+    let (store, metrics) = (store.clone(), Arc::clone(metrics));
     tokio::task::spawn_blocking(move || {
         let t = std::time::Instant::now();
         let mut all_ok = true;
@@ -311,28 +325,8 @@ async fn write_checkpoints(
             }
         }
         metrics.checkpoint_seconds.observe(t.elapsed().as_secs_f64());
-        store_offsets(&consumer, &offsets);
-        all_ok
+        (all_ok, offsets)
     })
     .await
-    .unwrap_or(false)
-}
-
-fn store_offsets(consumer: &Consumer, offsets: &Offsets) {
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partition, offset) in &offsets.0 {
-        // The stored offset is the next one to consume.
-        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1)) {
-            tracing::warn!(error = %e, topic, partition, "cannot record offset");
-        }
-    }
-    if tpl.count() == 0 {
-        return;
-    }
-    if let Err(e) = consumer.store_offsets(&tpl) {
-        // After a rebalance the partition may belong to another member, which re-reads from
-        // its checkpoint: outputs are rewritten with the same timestamps, tags and values
-        // (§3.2, §3.3).
-        tracing::debug!(error = %e, "cannot store offsets (partition revoked?)");
-    }
+    .unwrap_or_default()
 }

@@ -464,7 +464,14 @@ impl Rebalancer {
                     return false;
                 }
             }
-            matches!(tokio::time::timeout_at(deadline, done_rx).await, Ok(Ok(())))
+            match tokio::time::timeout_at(deadline, done_rx).await {
+                Ok(Ok(offsets)) => {
+                    // Persisted: their offsets go into the commit below.
+                    super::store_offsets(consumer, &offsets);
+                    true
+                }
+                _ => false,
+            }
         });
         if waited {
             tracing::info!(partitions = parts.len(), "revoked partitions checkpointed");

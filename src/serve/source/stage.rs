@@ -8,8 +8,9 @@
 //! the checkpoint or committed offset), so nothing of a revoked partition reaches the engine
 //! after its devices were checkpointed and forgotten.
 
-use super::{Assignment, Consumer, DeadLetters};
+use super::{Assignment, Consumer};
 use crate::decode::Decoder;
+use crate::serve::dead_letters::DeadLetters;
 use crate::serve::pipeline::{InBatch, Sourced, ToEngine};
 use crate::telemetry::{Labels, Metrics, RateLimit};
 use rdkafka::consumer::Consumer as _;

@@ -21,7 +21,9 @@ use crate::engine::snapshot::ShardRecords;
 use crate::engine::{BatchOutput, Counters, Engine, Outcome};
 use crate::model::registry::Registry;
 use crate::output::PointFormat;
-use crate::serve::pipeline::{Checkpoints, InBatch, Offsets, OutBatch, ToEngine, ToSink};
+use crate::serve::pipeline::{
+    Checkpoints, InBatch, Offsets, OutBatch, PartitionKey, ToEngine, ToSink,
+};
 use crate::serve::swap::{Swap, checked_engine};
 use crate::state::parked::{ParkedLog, ParkedRef};
 use crate::state::{Checkpoint, Header, Store};
@@ -322,10 +324,11 @@ impl EngineStage {
             reuse.1.clear();
             self.per_stream[i] = reuse;
         }
-        for (topic, partition, offset) in &batch.offsets.0 {
-            if let Some(stream) = self.stream_of(topic) {
+        for (key, done_to) in batch.offsets.iter() {
+            let partition = &key.partition;
+            if let Some(stream) = self.stream_of(&key.topic) {
                 let next = self.next.entry((stream, *partition)).or_insert(0);
-                *next = (*next).max(offset + 1);
+                *next = (*next).max(done_to.0);
                 self.dirty.insert((stream, *partition));
                 if self
                     .catch_up
@@ -760,12 +763,12 @@ impl EngineStage {
 
     fn revoke(
         &mut self,
-        partitions: &[(String, i32)],
+        partitions: &[PartitionKey],
         done: oneshot::Sender<Offsets>,
     ) -> Checkpoints {
         let keys: Vec<(usize, i32)> = partitions
             .iter()
-            .filter_map(|(t, p)| Some((self.stream_of(t)?, *p)))
+            .filter_map(|k| Some((self.stream_of(&k.topic)?, k.partition)))
             .filter(|k| self.next.contains_key(k))
             .collect();
         // A partition still catching up keeps its older checkpoint: one taken now would lie
@@ -779,8 +782,8 @@ impl EngineStage {
         for (stream, engine) in self.engines.iter_mut().enumerate() {
             let gone: BTreeSet<u32> = partitions
                 .iter()
-                .filter(|(t, _)| *t == self.topics[stream])
-                .map(|(_, p)| *p as u32)
+                .filter(|k| k.topic == self.topics[stream])
+                .map(|k| k.partition as u32)
                 .collect();
             if !gone.is_empty() {
                 if let Some(sw) = self.swaps[stream].as_mut() {
@@ -799,11 +802,11 @@ impl EngineStage {
             self.next.remove(k);
             self.dirty.remove(k);
         }
-        for (t, p) in partitions {
-            if let Some(stream) = self.stream_of(t) {
-                self.parked.remove(&(stream, *p));
+        for k in partitions {
+            if let Some(stream) = self.stream_of(&k.topic) {
+                self.parked.remove(&(stream, k.partition));
                 // Also a partition whose restore failed before any of its readings came.
-                self.catch_up.remove(&(stream, *p));
+                self.catch_up.remove(&(stream, k.partition));
             }
         }
         Checkpoints {
@@ -1045,7 +1048,7 @@ mod tests {
     use crate::config::HumanDuration;
     use crate::engine::EngineSettings;
     use crate::engine::testing::{Shape, settings, synthetic_model, synthetic_readings};
-    use crate::serve::pipeline::{Offsets, Sourced};
+    use crate::serve::pipeline::Sourced;
 
     fn stage(dir: &std::path::Path, ttl: HumanDuration) -> EngineStage {
         let spec = Shape {
@@ -1087,7 +1090,8 @@ mod tests {
                     continue;
                 }
                 let p = (d % 4) as i32;
-                b.offsets.note("sensors.pumps", p, offset[p as usize]);
+                b.offsets
+                    .note_message("sensors.pumps", p, offset[p as usize]);
                 b.readings.push(Sourced {
                     stream: 0,
                     partition: p,
@@ -1349,7 +1353,7 @@ mod tests {
         for batch in all {
             let copy = InBatch {
                 readings: batch.readings.clone(),
-                offsets: Offsets(batch.offsets.0.clone()),
+                offsets: batch.offsets.clone(),
                 ..InBatch::default()
             };
             ta.push_str(&a.step(batch).expect("a").body);

@@ -45,25 +45,79 @@ impl InBatch {
     pub fn retain_partitions(&mut self, keep: impl Fn(&str, i32) -> bool, topics: &[String]) {
         self.readings
             .retain(|r| keep(&topics[r.stream], r.partition));
-        self.offsets.0.retain(|(t, p, _)| keep(t, *p));
+        self.offsets.retain(|k| keep(&k.topic, k.partition));
     }
 }
 
-/// Highest offset seen per (topic, partition).
+/// A partition of a topic: where a message came from, what a checkpoint covers, what this
+/// member owns.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionKey {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+}
+
+impl PartitionKey {
+    /// `partition` of `topic`.
+    pub fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            topic: topic.to_string(),
+            partition,
+        }
+    }
+
+    /// Whether this is `partition` of `topic` (without building a key).
+    pub fn is(&self, topic: &str, partition: i32) -> bool {
+        self.partition == partition && self.topic == topic
+    }
+}
+
+/// The offset of the next message to read from a partition: every message before it is done.
+/// This is the form Kafka stores and commits and a checkpoint's header records; the one
+/// conversion from a message's own offset is [`NextOffset::after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct NextOffset(pub i64);
+
+impl NextOffset {
+    /// The position just after the message at `offset`.
+    pub fn after(offset: i64) -> Self {
+        Self(offset + 1)
+    }
+}
+
+/// How far each partition is done: the furthest [`NextOffset`] noted per partition.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Offsets(pub Vec<(String, i32, i64)>);
+pub struct Offsets(Vec<(PartitionKey, NextOffset)>);
 
 impl Offsets {
-    /// Notes `offset` of a partition.
-    pub fn note(&mut self, topic: &str, partition: i32, offset: i64) {
-        match self
-            .0
-            .iter_mut()
-            .find(|(t, p, _)| *p == partition && t == topic)
-        {
-            Some(e) => e.2 = e.2.max(offset),
-            None => self.0.push((topic.to_string(), partition, offset)),
+    /// Notes that the message at `offset` of a partition is done.
+    pub fn note_message(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.advance(topic, partition, NextOffset::after(offset));
+    }
+
+    /// Notes that a partition is done up to `next` (kept if further than what is noted).
+    pub fn advance(&mut self, topic: &str, partition: i32, next: NextOffset) {
+        match self.0.iter_mut().find(|(k, _)| k.is(topic, partition)) {
+            Some(e) => e.1 = e.1.max(next),
+            None => self.0.push((PartitionKey::new(topic, partition), next)),
         }
+    }
+
+    /// Each partition and how far it is done.
+    pub fn iter(&self) -> impl Iterator<Item = &(PartitionKey, NextOffset)> {
+        self.0.iter()
+    }
+
+    /// Nothing noted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Keeps the partitions `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(&PartitionKey) -> bool) {
+        self.0.retain(|(k, _)| keep(k));
     }
 }
 
@@ -103,8 +157,8 @@ pub enum ToEngine {
     /// Partitions are being revoked: checkpoint their devices as of everything sent before
     /// this, forget them, and signal `done` once the checkpoint is persisted.
     Revoke {
-        /// (topic, partition) pairs.
-        partitions: Vec<(String, i32)>,
+        /// The partitions.
+        partitions: Vec<PartitionKey>,
         /// Given the persisted checkpoints' offsets once they are durable (dropped
         /// unsignalled if they could not be written); the rebalancer stores them.
         done: oneshot::Sender<Offsets>,
@@ -151,4 +205,35 @@ pub enum ToSink {
     Points(OutBatch),
     /// Checkpoints to persist after the points before them.
     Checkpoints(Checkpoints),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_keep_the_furthest_next_offset_per_partition() {
+        let mut o = Offsets::default();
+        o.note_message("t", 0, 41);
+        o.note_message("t", 0, 40);
+        o.note_message("t", 1, 7);
+        // A persisted checkpoint's header already holds the next offset.
+        o.advance("u", 0, NextOffset(100));
+        o.advance("u", 0, NextOffset(99));
+        let got: Vec<(String, i32, i64)> = o
+            .iter()
+            .map(|(k, n)| (k.topic.clone(), k.partition, n.0))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("t".to_string(), 0, 42),
+                ("t".to_string(), 1, 8),
+                ("u".to_string(), 0, 100)
+            ]
+        );
+        o.retain(|k| k.topic == "t");
+        assert_eq!(o.iter().count(), 2);
+        assert!(PartitionKey::new("t", 1).is("t", 1) && !PartitionKey::new("t", 1).is("t", 2));
+    }
 }

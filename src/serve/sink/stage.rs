@@ -13,7 +13,7 @@
 
 use super::{SinkError, Writer};
 use crate::serve::dead_letters::DeadLetterAck;
-use crate::serve::pipeline::{Checkpoints, Offsets, OutBatch, ToSink};
+use crate::serve::pipeline::{Checkpoints, NextOffset, Offsets, OutBatch, PartitionKey, ToSink};
 use crate::state::{Checkpoint, Store};
 use crate::telemetry::{Health, Metrics, labels};
 use std::collections::{HashMap, VecDeque};
@@ -194,8 +194,8 @@ async fn persist(
     health: Arc<Health>,
 ) {
     use std::sync::atomic::Ordering;
-    type Key = (String, i32);
-    let key = |c: &Checkpoint| (c.header.topic.clone(), c.header.partition);
+    type Key = PartitionKey;
+    let key = |c: &Checkpoint| PartitionKey::new(&c.header.topic, c.header.partition);
     let mut aside: HashMap<Key, (Checkpoint, Vec<DeadLetterAck>)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let write = |checkpoints: Vec<Checkpoint>| write_checkpoints(&store, &metrics, checkpoints);
@@ -204,7 +204,7 @@ async fn persist(
     let report = |offsets: Offsets| {
         let persisted = persisted.clone();
         async move {
-            if !offsets.0.is_empty() {
+            if !offsets.is_empty() {
                 let _ = persisted.send(offsets).await;
             }
         }
@@ -305,8 +305,8 @@ async fn write_checkpoints(
             let l = labels(&[("stream", &c.header.stream)]);
             match store.write(c) {
                 Ok((at, bytes)) => {
-                    // The header's offset is the next to read; Offsets hold the last done.
-                    offsets.note(&c.header.topic, c.header.partition, c.header.offset - 1);
+                    // The header's offset is the next to read.
+                    offsets.advance(&c.header.topic, c.header.partition, NextOffset(c.header.offset));
                     metrics.checkpoints_written.get_or_create(&l).inc();
                     metrics.checkpoint_bytes.get_or_create(&l).inc_by(bytes as u64);
                     tracing::debug!(at = %at, bytes, devices = c.header.devices, offset = c.header.offset, "checkpoint written");

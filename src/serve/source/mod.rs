@@ -85,9 +85,9 @@ where
     C: rdkafka::consumer::Consumer<SourceContext> + ?Sized,
 {
     let mut tpl = TopicPartitionList::new();
-    for (topic, partition, offset) in &offsets.0 {
-        // The stored offset is the next one to consume.
-        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1)) {
+    for (key, next) in offsets.iter() {
+        let (topic, partition) = (&key.topic, key.partition);
+        if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(next.0)) {
             tracing::warn!(error = %e, topic, partition, "cannot record offset");
         }
     }

@@ -22,7 +22,7 @@
 //! at all: they are queued here and the source stage forwards them ahead of any batch.
 
 use super::topic_id;
-use crate::serve::pipeline::ToEngine;
+use crate::serve::pipeline::{NextOffset, Offsets, PartitionKey, ToEngine};
 use crate::state::{CheckpointError, Expect, Store};
 use crate::telemetry::{Health, Metrics, labels};
 use rdkafka::consumer::{
@@ -45,7 +45,7 @@ pub type Consumer = StreamConsumer<SourceContext>;
 /// stage the callbacks leave to the source stage.
 #[derive(Debug, Default)]
 pub struct Assignment {
-    owned: Mutex<HashSet<(String, i32)>>,
+    owned: Mutex<HashSet<PartitionKey>>,
     generation: AtomicU64,
     /// For the engine stage, in order: forwarded by the source stage before any batch.
     pending: Mutex<VecDeque<ToEngine>>,
@@ -53,7 +53,7 @@ pub struct Assignment {
 
 impl Assignment {
     /// The partitions this member owns now.
-    pub fn owned(&self) -> Vec<(String, i32)> {
+    pub fn owned(&self) -> Vec<PartitionKey> {
         self.owned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -80,19 +80,19 @@ impl Assignment {
     }
 
     /// Drops restores of `parts` not forwarded yet (revoked before they were applied).
-    fn drop_restores(&self, parts: &[(String, i32)]) {
+    fn drop_restores(&self, parts: &[PartitionKey]) {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|m| match m {
-                ToEngine::Restore { checkpoint, .. } => !parts.iter().any(|(t, p)| {
-                    *p == checkpoint.header.partition && *t == checkpoint.header.topic
-                }),
+                ToEngine::Restore { checkpoint, .. } => !parts
+                    .iter()
+                    .any(|k| k.is(&checkpoint.header.topic, checkpoint.header.partition)),
                 _ => true,
             });
     }
 
-    fn update(&self, f: impl FnOnce(&mut HashSet<(String, i32)>)) {
+    fn update(&self, f: impl FnOnce(&mut HashSet<PartitionKey>)) {
         f(&mut self.owned.lock().unwrap_or_else(|e| e.into_inner()));
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -136,9 +136,9 @@ struct Facts {
     ids: HashMap<String, String>,
     /// The group's committed offsets, if they could be read (a partition without one is
     /// absent).
-    committed: Option<HashMap<(String, i32), i64>>,
+    committed: Option<HashMap<PartitionKey, NextOffset>>,
     /// Low and high watermark per partition.
-    range: HashMap<(String, i32), (i64, i64)>,
+    range: HashMap<PartitionKey, (i64, i64)>,
 }
 
 /// Where an assigned partition with a usable checkpoint at `offset` starts.
@@ -189,7 +189,7 @@ impl Rebalancer {
 
     /// Asks the cluster for the assigned partitions' topic ids, committed offsets and
     /// watermarks, within the callback's deadline.
-    fn facts(&self, consumer: &BaseConsumer<SourceContext>, parts: &[(String, i32)]) -> Facts {
+    fn facts(&self, consumer: &BaseConsumer<SourceContext>, parts: &[PartitionKey]) -> Facts {
         let deadline = Instant::now() + self.callback_timeout / 2;
         let left = || {
             deadline
@@ -197,7 +197,7 @@ impl Rebalancer {
                 .min(Duration::from_secs(10))
         };
         let mut facts = Facts::default();
-        let mut topics: Vec<&str> = parts.iter().map(|(t, _)| t.as_str()).collect();
+        let mut topics: Vec<&str> = parts.iter().map(|k| k.topic.as_str()).collect();
         topics.sort_unstable();
         topics.dedup();
         match topic_id::topic_ids(consumer.client(), &topics, left()) {
@@ -207,8 +207,8 @@ impl Rebalancer {
             }
         }
         let mut tpl = TopicPartitionList::new();
-        for (t, p) in parts {
-            tpl.add_partition(t, *p);
+        for k in parts {
+            tpl.add_partition(&k.topic, k.partition);
         }
         match consumer.committed_offsets(tpl, left()) {
             Ok(c) => {
@@ -216,7 +216,9 @@ impl Rebalancer {
                     c.elements()
                         .iter()
                         .filter_map(|e| match e.offset() {
-                            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                            Offset::Offset(o) => {
+                                Some((PartitionKey::new(e.topic(), e.partition()), NextOffset(o)))
+                            }
                             _ => None,
                         })
                         .collect(),
@@ -226,7 +228,8 @@ impl Rebalancer {
                 tracing::warn!(error = %e, "cannot read the group's committed offsets: restored checkpoints are not checked against them")
             }
         }
-        for (t, p) in parts {
+        for k in parts {
+            let (t, p) = (&k.topic, &k.partition);
             if left().is_zero() {
                 tracing::warn!(
                     "no time left to read every partition's offsets: the rest are not checked"
@@ -235,7 +238,7 @@ impl Rebalancer {
             }
             match consumer.fetch_watermarks(t, *p, left()) {
                 Ok(r) => {
-                    facts.range.insert((t.clone(), *p), r);
+                    facts.range.insert(k.clone(), r);
                 }
                 Err(e) => {
                     tracing::warn!(topic = %t, partition = p, error = %e, "cannot read the partition's offsets")
@@ -254,16 +257,16 @@ impl Rebalancer {
         tpl: &mut TopicPartitionList,
         metrics: &Metrics,
         health: &Health,
-    ) -> Vec<(String, i32, i64)> {
+    ) -> Vec<(PartitionKey, NextOffset)> {
         let mut behind = Vec::new();
         if self.engine().is_none() {
             return behind;
         }
-        let parts: Vec<(String, i32)> = tpl
+        let parts: Vec<PartitionKey> = tpl
             .elements()
             .iter()
             .filter(|e| self.streams.iter().any(|s| s.topic == e.topic()))
-            .map(|e| (e.topic().to_string(), e.partition()))
+            .map(|e| PartitionKey::new(e.topic(), e.partition()))
             .collect();
         if parts.is_empty() {
             return behind;
@@ -277,21 +280,21 @@ impl Rebalancer {
                 });
             }
         }
-        for (topic, partition) in parts {
-            let Some(stream) = self.streams.iter().position(|s| s.topic == topic) else {
+        for key in parts {
+            let Some(stream) = self.streams.iter().position(|s| s.topic == key.topic) else {
                 continue;
             };
-            let key = (topic.clone(), partition);
             let committed = facts.committed.as_ref().and_then(|c| c.get(&key).copied());
             let seek = self.choose(stream, &key, &facts, committed, metrics, health);
             if let Some(offset) = seek {
-                if let Err(e) = tpl.set_partition_offset(&topic, partition, Offset::Offset(offset))
+                let (topic, partition) = (&key.topic, key.partition);
+                if let Err(e) = tpl.set_partition_offset(topic, partition, Offset::Offset(offset.0))
                 {
                     tracing::error!(error = %e, topic, partition, "cannot seek to the checkpoint's offset");
                     continue;
                 }
                 if facts.committed.is_some() && committed.is_none_or(|c| c < offset) {
-                    behind.push((topic, partition, offset));
+                    behind.push((key, offset));
                 }
             }
         }
@@ -303,14 +306,15 @@ impl Rebalancer {
     fn choose(
         &self,
         stream: usize,
-        (topic, partition): &(String, i32),
+        key: &PartitionKey,
         facts: &Facts,
-        committed: Option<i64>,
+        committed: Option<NextOffset>,
         metrics: &Metrics,
         health: &Health,
-    ) -> Option<i64> {
+    ) -> Option<NextOffset> {
         let st = &self.streams[stream];
-        let partition = *partition;
+        let (topic, partition) = (key.topic.as_str(), key.partition);
+        let committed = committed.map(|c| c.0);
         let loaded = self.store.load(&Expect {
             group: &self.group,
             stream: &st.name,
@@ -321,7 +325,7 @@ impl Rebalancer {
             model: None,
             layout: None,
             topic_id: facts.ids.get(topic).map(String::as_str),
-            range: facts.range.get(&(topic.clone(), partition)).copied(),
+            range: facts.range.get(key).copied(),
         });
         let skipped = |reason: &str| {
             metrics
@@ -397,7 +401,7 @@ impl Rebalancer {
             checkpoint: Box::new(c),
             catch_up_to,
         });
-        Some(offset)
+        Some(NextOffset(offset))
     }
 
     /// After an assignment: a restored checkpoint's offset is done (a checkpoint is written
@@ -408,23 +412,20 @@ impl Rebalancer {
     /// moves a committed offset back.
     fn store_restored<C: rdkafka::consumer::Consumer<SourceContext>>(
         consumer: &C,
-        behind: &[(String, i32, i64)],
+        behind: &[(PartitionKey, NextOffset)],
     ) {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition, offset) in behind {
-            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
-        }
-        if tpl.count() == 0 {
+        if behind.is_empty() {
             return;
         }
-        if let Err(e) = consumer.store_offsets(&tpl) {
-            tracing::warn!(error = %e, "cannot store the restored checkpoints' offsets");
-        } else {
-            tracing::info!(
-                partitions = tpl.count(),
-                "committed offsets behind the restored checkpoints moved up to them"
-            );
+        let mut offsets = Offsets::default();
+        for (key, next) in behind {
+            offsets.advance(&key.topic, key.partition, *next);
         }
+        super::store_offsets(consumer, &offsets);
+        tracing::info!(
+            partitions = behind.len(),
+            "committed offsets behind the restored checkpoints moved up to them"
+        );
     }
 
     /// Before partitions go: everything taken from them is stepped, written and
@@ -436,10 +437,10 @@ impl Rebalancer {
         consumer: &C,
         tpl: &TopicPartitionList,
     ) {
-        let parts: Vec<(String, i32)> = tpl
+        let parts: Vec<PartitionKey> = tpl
             .elements()
             .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
+            .map(|e| PartitionKey::new(e.topic(), e.partition()))
             .collect();
         self.assignment.drop_restores(&parts);
         self.assignment.update(|owned| {
@@ -549,7 +550,7 @@ impl ConsumerContext for SourceContext {
                             owned.clear();
                         }
                         for e in tpl.elements() {
-                            owned.insert((e.topic().to_string(), e.partition()));
+                            owned.insert(PartitionKey::new(e.topic(), e.partition()));
                         }
                     });
                 }
@@ -663,7 +664,7 @@ mod tests {
         });
         a.push(restore(1));
         a.push(restore(2));
-        a.drop_restores(&[("t".into(), 1)]);
+        a.drop_restores(&[PartitionKey::new("t", 1)]);
         let left: Vec<_> = a
             .take_pending()
             .into_iter()

@@ -11,7 +11,7 @@
 use super::{Assignment, Consumer};
 use crate::decode::Decoder;
 use crate::serve::dead_letters::DeadLetters;
-use crate::serve::pipeline::{InBatch, Sourced, ToEngine};
+use crate::serve::pipeline::{InBatch, PartitionKey, Sourced, ToEngine};
 use crate::telemetry::{Labels, Metrics, RateLimit};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::message::Message;
@@ -64,11 +64,9 @@ impl SourceStage {
         // What the rebalance callbacks left for the engine stage (restores, topic ids, a
         // revoke that could not be sent in time): sent before any batch.
         let mut controls = s.assignment.take_pending();
-        let owns = |owned: &[(String, i32)], t: &str, p: i32| {
-            owned.iter().any(|(ot, op)| *op == p && ot == t)
-        };
+        let owns = |owned: &[PartitionKey], t: &str, p: i32| owned.iter().any(|k| k.is(t, p));
         // Partitions a message has come from since the last rebalance (for a debug line).
-        let mut first_seen: Vec<(String, i32)> = Vec::new();
+        let mut first_seen: Vec<PartitionKey> = Vec::new();
         let idle = tokio::time::sleep(IDLE_CHECK);
         tokio::pin!(idle);
         let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -84,7 +82,7 @@ impl SourceStage {
                 controls.extend(s.assignment.take_pending());
                 first_seen.clear();
                 batch.retain_partitions(|t, p| owns(&owned, t, p), &s.topics);
-                if batch.readings.is_empty() && batch.offsets.0.is_empty() {
+                if batch.readings.is_empty() && batch.offsets.is_empty() {
                     batch = InBatch::default();
                     first_at = None;
                 }
@@ -143,8 +141,8 @@ impl SourceStage {
                             // Fetched before a revoke: the partition's new owner reads it.
                             continue;
                         }
-                        if !first_seen.iter().any(|(t, p)| *p == partition && t == topic) {
-                            first_seen.push((topic.to_string(), partition));
+                        if !first_seen.iter().any(|k| k.is(topic, partition)) {
+                            first_seen.push(PartitionKey::new(topic, partition));
                             tracing::debug!(topic, partition, offset, "first message of the partition since its assignment");
                         }
                         let ts = m.timestamp().to_millis();
@@ -163,7 +161,7 @@ impl SourceStage {
                             }
                             Err(why) => batch.dead_letters.extend(s.dead_letters.send(&m, &why)),
                         }
-                        batch.offsets.note(m.topic(), partition, offset);
+                        batch.offsets.note_message(m.topic(), partition, offset);
                         batch.messages += 1;
                         first_at.get_or_insert_with(Instant::now);
                     }

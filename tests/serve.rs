@@ -2316,11 +2316,60 @@ fn operator_labels_reach_the_alarms_point_and_the_retrain_gate_through_serve() {
     assert_eq!(d["challenger_labels"], score, "{d}");
 }
 
+/// `serve` embedded in the test process: `sensorcast::serve::serve` with a shutdown future of
+/// the caller's (no signal, no process exit). It writes every reading's points, and once the
+/// future resolves it drains and returns true with every offset committed.
+#[test]
+fn serve_runs_in_process_and_drains_when_its_shutdown_future_resolves() {
+    let pumps = Pumps::new("inproc", |_| String::new());
+    let t0 = chrono::Utc::now().timestamp_millis() - 300_000;
+    let sent = pumps.produce((t0, 40, 3), |_, _| false, |_, _| false);
+    let cfg = sensorcast::config::Config::load(Some(&pumps.cfg)).expect("config");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = rt.spawn(sensorcast::serve::serve(
+        cfg,
+        pumps.cfg.clone(),
+        sensorcast::serve::Shutdown {
+            requested: async {
+                let _ = stopped.await;
+            },
+            exit_if_stuck: false,
+        },
+    ));
+    wait_until(
+        "every reading's anomaly point",
+        Duration::from_secs(60),
+        || pumps.influx.count("anomaly", "score") >= sent,
+    );
+    assert!(
+        !serving.is_finished(),
+        "serve returned before it was asked to stop"
+    );
+    stop.send(()).expect("serve is running");
+    let clean = rt
+        .block_on(serving)
+        .expect("serve's task")
+        .expect("serve's result");
+    assert!(clean, "serve drained cleanly");
+    assert_eq!(pumps.influx.count("anomaly", "score"), sent);
+    assert_eq!(
+        committed(&pumps.brokers, &pumps.group, &pumps.topic, 1),
+        sent as i64,
+        "every message's offset committed at shutdown"
+    );
+}
+
 /// The scenario of the alarm-kind tests: stream `pumps` (JSON, one partition) on the test
 /// broker, an InfluxDB 1.6, and a config with a model trained for the stream (`setup`), to
 /// which `extra(folder)` is appended.
 struct Pumps {
     brokers: String,
+    group: String,
     dir: tempfile::TempDir,
     influx: Influx,
     topic: String,
@@ -2344,6 +2393,7 @@ impl Pumps {
         let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, &extra);
         Self {
             brokers,
+            group,
             dir,
             influx,
             topic,

@@ -4,14 +4,17 @@
 //! growing memory (docs/ARCHITECTURE.md §2):
 //!
 //! ```text
-//! source task ──ToEngine──► engine thread ──ToSink──► sink task ──► store offsets,
-//! (source::stage)           (state::stage)            (sink::stage)   persist checkpoints
+//! source task ──ToEngine──► engine thread ──ToSink──► sink task ──► persist checkpoints
+//! (source::stage)           (engine_stage)            (sink::stage)        │
+//!      ▲                                                                  │
+//!      └──── source::store_persisted: store their offsets ◄── Offsets ────┘
 //! ```
 //!
 //! Each stage owns its internals: batching and pausing in the source, device state and
 //! checkpoints in the engine stage, in-order acknowledgement in the sink. Invariant §3.1
-//! (nothing is lost): an offset is stored only by the sink, after InfluxDB acknowledged every
-//! point of its batch and of every batch before it; offsets are committed periodically by
+//! (nothing is lost): an offset is stored only by the source, once the sink reports the
+//! checkpoint that covers it persisted — after InfluxDB acknowledged every point of its
+//! messages and of every message before them; offsets are committed periodically by
 //! librdkafka and synchronously at shutdown. Invariant §3.3 (state survives): checkpoints
 //! travel behind the points they cover and are persisted once those are written; rebalances
 //! restore and checkpoint partitions ([`crate::serve::source::Rebalancer`]).
@@ -42,8 +45,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Runs the service until SIGTERM/SIGINT; returns whether it drained cleanly. `config_path`
-/// is the file `cfg` was read from (a scheduled retrain runs `sensorcast retrain` on it).
+/// The binary's `serve`: runs the service until SIGTERM/SIGINT on a runtime of its own, and
+/// exits the process if shutdown stays blocked past its deadline and grace; returns whether
+/// it drained cleanly. `config_path` is the file `cfg` was read from (a scheduled retrain runs
+/// `sensorcast retrain` on it).
 pub fn run(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<bool> {
     fixed_mmap_threshold();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -52,10 +57,35 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<bool>
         .thread_name("sensorcast-io")
         .build()
         .context("failed to start the async runtime")?;
-    rt.block_on(serve(cfg, config_path))
+    rt.block_on(serve(
+        cfg,
+        config_path,
+        Shutdown {
+            requested: wait_for_signal(),
+            exit_if_stuck: true,
+        },
+    ))
 }
 
-async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<bool> {
+/// When `serve` stops, and what it may do if stopping blocks.
+pub struct Shutdown<F> {
+    /// Resolves when the service is to stop (the binary: SIGTERM or SIGINT).
+    pub requested: F,
+    /// End the process (exit code 1) if shutdown still blocks `service.shutdown_timeout` plus
+    /// a grace after it began — a checkpoint write or the consumer's close waiting for a
+    /// server that is gone. The binary sets it; a caller embedding `serve` (a test) does not.
+    pub exit_if_stuck: bool,
+}
+
+/// Runs the pipeline until `shutdown.requested` resolves (or a stage stops on its own, a
+/// failure), then drains: stops consuming, steps and writes what was taken, checkpoints every
+/// partition, commits. Returns whether it drained cleanly. Needs a multi-threaded tokio
+/// runtime (the rebalance callbacks block in place).
+pub async fn serve<F: std::future::Future<Output = ()>>(
+    cfg: Config,
+    config_path: std::path::PathBuf,
+    shutdown: Shutdown<F>,
+) -> anyhow::Result<bool> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
 
@@ -278,7 +308,7 @@ async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<b
     let (mut source, mut sink) = (source, sink);
     let (mut source_done, mut sink_done) = (false, None);
     let unexpected = tokio::select! {
-        _ = wait_for_signal() => false,
+        _ = shutdown.requested => false,
         _ = &mut source => {
             source_done = true;
             true
@@ -299,7 +329,9 @@ async fn serve(cfg: Config, config_path: std::path::PathBuf) -> anyhow::Result<b
     let stopping_since = std::time::Instant::now();
     let _ = stop_tx.send(true);
     let deadline = cfg.service.shutdown_timeout.get();
-    hard_deadline(deadline + SHUTDOWN_GRACE);
+    if shutdown.exit_if_stuck {
+        hard_deadline(deadline + SHUTDOWN_GRACE);
+    }
     let abort_timer = tokio::spawn(async move {
         tokio::time::sleep(deadline).await;
         tracing::error!(

@@ -1669,9 +1669,12 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
             "{device}: one change of model"
         );
         let switch = r[1].0;
-        assert!(
-            switch >= per_device[0] + 20,
-            "{device}: switched at point {switch}, before re-warming 20 readings of phase 2"
+        // The swap started before phase 2: the old model writes the 20 readings the new one
+        // re-warms on (model.swap_warmup), the new one every reading after them.
+        assert_eq!(
+            switch,
+            per_device[0] + 20,
+            "{device}: switched at point {switch}, not after re-warming exactly 20 readings of phase 2"
         );
         // A cold start has a warm-up hole (likelihood 0 while the engine warms up); the
         // switch has none.

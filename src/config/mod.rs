@@ -1035,6 +1035,23 @@ impl Config {
     /// Checks values that parse but cannot work; returns every problem found.
     pub fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();
+        self.validate_streams(&mut p);
+        self.validate_model(&mut p);
+        self.validate_engine(&mut p);
+        self.validate_retrain(&mut p);
+        self.validate_state(&mut p);
+        self.validate_anomaly(&mut p);
+        self.validate_alarm_policy(&mut p);
+        self.validate_train(&mut p);
+        self.validate_kafka(&mut p);
+        self.validate_durations(&mut p);
+        self.validate_influxdb(&mut p);
+        self.validate_service(&mut p);
+        p
+    }
+
+    /// The streams: names, topics, features, device keys, intervals.
+    fn validate_streams(&self, p: &mut Vec<Problem>) {
         let mut bad = |key: String, message: String| p.push(Problem { key, message });
         if self.streams.is_empty() {
             bad(
@@ -1090,6 +1107,11 @@ impl Config {
                 bad(key("interval"), "must be longer than zero".into());
             }
         }
+    }
+
+    /// `[model]`.
+    fn validate_model(&self, p: &mut Vec<Problem>) {
+        let mut bad = |key: String, message: String| p.push(Problem { key, message });
         let m = &self.model;
         if !(1..=1024).contains(&m.hidden) {
             bad(
@@ -1112,6 +1134,11 @@ impl Config {
         if m.registry.as_os_str().is_empty() {
             bad("model.registry".into(), "must not be empty".into());
         }
+    }
+
+    /// `[engine]`.
+    fn validate_engine(&self, p: &mut Vec<Problem>) {
+        let mut bad = |key: String, message: String| p.push(Problem { key, message });
         let e = &self.engine;
         if !(1..=1_000_000).contains(&e.max_batch) {
             bad(
@@ -1150,6 +1177,11 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// `[retrain]`.
+    fn validate_retrain(&self, p: &mut Vec<Problem>) {
+        let mut bad = |key: String, message: String| p.push(Problem { key, message });
         let r = &self.retrain;
         if !(0.0..1.0).contains(&r.margin) {
             bad(
@@ -1172,6 +1204,11 @@ impl Config {
         if r.threads == 0 {
             bad("retrain.threads".into(), "must be at least 1".into());
         }
+    }
+
+    /// `[state]`: the directory and, with the Kafka store, its changelog topics.
+    fn validate_state(&self, p: &mut Vec<Problem>) {
+        let mut bad = |key: String, message: String| p.push(Problem { key, message });
         let st = &self.state;
         if st.dir.as_os_str().is_empty() {
             bad("state.dir".into(), "must not be empty".into());
@@ -1216,6 +1253,11 @@ impl Config {
                 format!("{} is out of range 1..=100", st.keep),
             );
         }
+    }
+
+    /// `[anomaly]`: the false-alarm rate and budget, overall and per stream.
+    fn validate_anomaly(&self, p: &mut Vec<Problem>) {
+        let mut bad = |key: String, message: String| p.push(Problem { key, message });
         let a = &self.anomaly;
         let rate_ok = |v: f64| v > 0.0 && v < 1.0;
         if !(a.alarm_budget >= 0.0 && a.alarm_budget.is_finite()) {
@@ -1271,6 +1313,13 @@ impl Config {
                 );
             }
         }
+    }
+
+    /// `[anomaly]`: the alarm policy, the silent and stuck alarms, maintenance windows and
+    /// the detector's windows.
+    fn validate_alarm_policy(&self, p: &mut Vec<Problem>) {
+        let mut bad = |key: String, message: String| p.push(Problem { key, message });
+        let a = &self.anomaly;
         if !(a.clear_factor >= 1.0 && a.clear_factor.is_finite()) {
             bad(
                 "anomaly.clear_factor".into(),
@@ -1343,6 +1392,11 @@ impl Config {
                 ),
             );
         }
+    }
+
+    /// `[train]`.
+    fn validate_train(&self, p: &mut Vec<Problem>) {
+        let mut bad = |key: String, message: String| p.push(Problem { key, message });
         let t = &self.train;
         if t.window < 2 {
             bad("train.window".into(), "must be at least 2".into());
@@ -1371,6 +1425,11 @@ impl Config {
         if t.max_windows == 0 {
             bad("train.max_windows".into(), "must be at least 1".into());
         }
+    }
+
+    /// `[kafka]`: group, topics, limits and the properties sensorcast manages.
+    fn validate_kafka(&self, p: &mut Vec<Problem>) {
+        let mut bad = |key: String, message: String| p.push(Problem { key, message });
         let k = &self.kafka;
         if k.brokers.trim().is_empty() {
             bad("kafka.brokers".into(), "must not be empty".into());
@@ -1417,6 +1476,11 @@ impl Config {
                 );
             }
         }
+    }
+
+    /// Durations across sections that cannot work at zero.
+    fn validate_durations(&self, p: &mut Vec<Problem>) {
+        let mut bad = |key: String, message: String| p.push(Problem { key, message });
         // Every duration that cannot work at zero: no commits, back-offs, timeouts and polls
         // that spin, a history page that never ends. (engine.max_linger and retrain.every mean
         // something at zero; retrain.holdout has its own check above.)
@@ -1425,7 +1489,7 @@ impl Config {
             ("engine.max_future", &self.engine.max_future),
             ("model.swap_timeout", &self.model.swap_timeout),
             ("state.checkpoint_interval", &self.state.checkpoint_interval),
-            ("kafka.commit_interval", &k.commit_interval),
+            ("kafka.commit_interval", &self.kafka.commit_interval),
             ("influxdb.flush_interval", &self.influxdb.flush_interval),
             ("influxdb.request_timeout", &self.influxdb.request_timeout),
             ("influxdb.connect_timeout", &self.influxdb.connect_timeout),
@@ -1445,6 +1509,11 @@ impl Config {
                 bad(key.into(), "must be longer than zero".into());
             }
         }
+    }
+
+    /// `[influxdb]`: target, credentials, batching and back-off.
+    fn validate_influxdb(&self, p: &mut Vec<Problem>) {
+        let mut bad = |key: String, message: String| p.push(Problem { key, message });
         let i = &self.influxdb;
         match reqwest::Url::parse(&i.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -1524,6 +1593,11 @@ impl Config {
                 "must not exceed influxdb.max_backoff".into(),
             );
         }
+    }
+
+    /// `[http]` and `[log]`.
+    fn validate_service(&self, p: &mut Vec<Problem>) {
+        let mut bad = |key: String, message: String| p.push(Problem { key, message });
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             bad(
                 "http.listen".into(),
@@ -1541,7 +1615,6 @@ impl Config {
                 format!("{:?} is not a valid tracing filter", self.log.level),
             );
         }
-        p
     }
 
     /// What is written per reading of `stream`: `[output]` with the stream's overrides.

@@ -107,6 +107,6 @@ def q(p):
         if c>=t:
             return prev_le+(le-prev_le)*((t-prev)/max(c-prev,1)) if le!=float("inf") else prev_le
         prev_le,prev=le,c
-print("latency: p50=%.0f ms p99=%.0f ms over %d readings (bucket-interpolated)"%(q(.5)*1000,q(.99)*1000,count))'
+print("latency: p50=%.0f ms p99=%.0f ms over %d readings (interpolated in 10 ms buckets below 1 s: +-5 ms; doubling buckets above 2 s)"%(q(.5)*1000,q(.99)*1000,count))'
 if [ -n "${BENCH_VERBOSE:-}" ]; then curl -s "127.0.0.1:$hport/metrics" | grep -E "sink_write_seconds_(sum|count)|batch_readings_(sum|count)"; fi
 kill -TERM $spid; wait $spid || true

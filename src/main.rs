@@ -596,8 +596,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.isa
             );
             println!(
-                "events={} elapsed_s={:.3}",
+                "events={} fully_scored={} elapsed_s={:.3}",
                 r.events,
+                r.fully_scored,
                 r.elapsed.as_secs_f64()
             );
             println!("events_per_s={:.0}", r.events_per_s);

@@ -12,14 +12,19 @@
 #     config) POSTed straight to a fresh database by scripts/write-ceiling.py, with serve's
 #     batch size and concurrency; reported as readings/s (lines/s ÷ points per reading).
 #
-# Usage: scripts/bench-output.sh [devices] [readings-per-device]
+# Usage: [SENSORCAST_BIN=path] scripts/bench-output.sh [devices] [readings-per-device]
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics, influxdb) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-1000}
 readings=${2:-200}
-cargo build --release --locked --quiet
-bin=$(pwd)/target/release/sensorcast
+# SENSORCAST_BIN: another build's binary to measure (a before/after comparison in one sitting).
+if [ -n "${SENSORCAST_BIN:-}" ]; then
+  bin=$SENSORCAST_BIN
+else
+  cargo build --release --locked --quiet
+  bin=$(pwd)/target/release/sensorcast
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() { scripts/kafka.sh stop "$work/kafka" || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -1868,6 +1868,161 @@ fn a_restart_onto_a_new_model_brings_device_state_back_and_re_warms_it() {
     assert_eq!(serve.terminate(), 0);
 }
 
+/// The restore-into-another-version path when checkpoints are damaged or the version is gone:
+/// after a new model is published while serve is down, the newest checkpoint of each
+/// partition is damaged, so serve falls back to the one before — also of the old version —
+/// restores its devices into the old model and re-warms them into the new one, none cold.
+/// Then, with the checkpoints naming a version the registry no longer has, the devices start
+/// cold, counted as skipped for `reason="model"`, and serving goes on.
+#[test]
+fn a_restore_into_another_version_falls_back_past_damage_and_starts_cold_without_its_model() {
+    let brokers = brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = Influx::start();
+    let (topic, group) = (unique("refall"), unique("g-refall"));
+    create_topics(&brokers, &[(&topic, 2)]);
+    let streams = [Stream {
+        name: "pumps",
+        topic: &topic,
+        format: "json",
+    }];
+    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
+    add_keys(&cfg, "[model]", "swap_warmup = 15");
+    let current = || current_model(dir.path());
+    let train = || {
+        let history = dir.path().join("history.jsonl");
+        let o = Command::new(BIN)
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .args(["--input", history.to_str().expect("utf-8")])
+            .env("SENSORCAST__TRAIN__SEED", "7")
+            .output()
+            .expect("train");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        current()
+    };
+    let partitions = dir.path().join("state").join(&group).join("pumps");
+    // The newest checkpoint of each partition, damaged in its middle (a flipped byte).
+    let damage_newest = || {
+        let mut damaged = 0;
+        for p in std::fs::read_dir(&partitions).expect("partitions") {
+            let p = p.expect("entry").path();
+            let mut files: Vec<_> = std::fs::read_dir(&p)
+                .expect("checkpoints")
+                .map(|f| f.expect("entry").path())
+                .filter(|f| f.extension().is_some_and(|x| x == "ckpt"))
+                .collect();
+            files.sort();
+            assert!(
+                files.len() >= 2,
+                "{}: an older checkpoint to fall back to",
+                p.display()
+            );
+            let newest = files.last().expect("one");
+            let mut bytes = std::fs::read(newest).expect("read");
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x5a;
+            std::fs::write(newest, bytes).expect("write");
+            damaged += 1;
+        }
+        damaged
+    };
+    let v1 = current();
+    let t0 = chrono::Utc::now();
+    let at = |s: i64| (t0 + chrono::Duration::seconds(s)).to_rfc3339();
+    let devices = 6;
+    // Phase 1 in two parts more than a checkpoint interval apart, so that every partition
+    // has two checkpoints (one is taken only when readings arrived since the last).
+    simulate(&brokers, &topic, "json", devices, 100, &at(-250));
+    let serve = Serve::start(&cfg, dir.path(), port);
+    wait_until("phase 1a written", Duration::from_secs(60), || {
+        influx.count("anomaly", "score") >= devices * 100
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    simulate(&brokers, &topic, "json", devices, 50, &at(-200));
+    wait_until("phase 1 written", Duration::from_secs(60), || {
+        influx.count("anomaly", "score") >= devices * 150
+    });
+    assert_eq!(serve.terminate(), 0);
+    let v2 = train();
+    assert_ne!(v1, v2);
+    assert_eq!(damage_newest(), 2);
+
+    let serve = Serve::start(&cfg, dir.path(), port);
+    simulate(&brokers, &topic, "json", devices, 60, &at(-100));
+    wait_until("phase 2 written", Duration::from_secs(60), || {
+        influx.count("anomaly", "score") >= devices * 210
+    });
+    wait_until("the re-warm ends", Duration::from_secs(30), || {
+        serve
+            .log_text()
+            .contains("model swap finished (every device re-warmed)")
+    });
+    let log = serve.log_text();
+    assert!(
+        log.contains("checkpoint skipped"),
+        "the damaged ones: {log}"
+    );
+    assert!(log.contains("checkpoint of another model version"), "{log}");
+    assert!(
+        log.contains("restoring checkpoint and catching up"),
+        "{log}"
+    );
+    assert_eq!(
+        serve.metric("sensorcast_checkpoints_skipped_total{reason=\"damaged\"}"),
+        2.0
+    );
+    for (device, points) in &anomaly_models(&influx) {
+        assert_eq!(points.len(), 210, "{device}: one point per reading");
+        let r = runs(points);
+        assert_eq!(
+            r.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>(),
+            [v1.as_str(), v2.as_str()],
+            "{device}"
+        );
+        // The older checkpoint lies 50 readings behind the group's committed offset: those
+        // are caught up without writing, and they re-warm the devices into the new model
+        // (15 readings), so every point written after the restart is the new model's.
+        assert_eq!(r[1].0, 150, "{device}: re-warmed during the catch-up");
+        assert!(
+            points[150].2 > 0.0,
+            "{device}: restored warm from the older checkpoint"
+        );
+    }
+    // Let checkpoints in v2 be taken, then stop.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(serve.terminate(), 0);
+
+    // A third version is published and v2, which the checkpoints name, is lost.
+    let v3 = train();
+    assert!(v3 != v2 && v3 != v1);
+    std::fs::remove_dir_all(dir.path().join("models").join("pumps").join(&v2)).expect("remove v2");
+    let serve = Serve::start(&cfg, dir.path(), port);
+    simulate(&brokers, &topic, "json", devices, 30, &at(-20));
+    wait_until("phase 3 written", Duration::from_secs(60), || {
+        influx.count("anomaly", "score") >= devices * 240
+    });
+    let log = serve.log_text();
+    assert!(
+        log.contains(&format!(
+            "it was taken with model {v2}, which cannot be used"
+        )),
+        "{log}"
+    );
+    assert!(serve.metric("sensorcast_checkpoints_skipped_total{reason=\"model\"}") >= 1.0);
+    for (device, points) in &anomaly_models(&influx) {
+        assert_eq!(points.len(), 240, "{device}: one point per reading");
+        assert_eq!(
+            runs(points).last().map(|(_, m)| m.as_str()),
+            Some(v3.as_str()),
+            "{device}: scored by {v3}"
+        );
+        // Cold: the engine warms up again (likelihood 0) on the first readings after the start.
+        assert_eq!(points[210].2, 0.0, "{device}: started cold");
+    }
+    assert_eq!(serve.terminate(), 0);
+}
+
 /// `[retrain] every` inside serve: the service retrains on its own schedule (here from the
 /// Kafka topic), publishes the better challenger and swaps it in, without anyone running
 /// anything.

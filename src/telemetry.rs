@@ -552,6 +552,59 @@ impl RateLimit {
     }
 }
 
+/// One stream's metric handles, resolved once. A family lookup hashes the labels and takes a
+/// lock; the engine stage would otherwise do that for a dozen metrics after every batch and
+/// the source for every message. The handles share their values with the families, which
+/// `/metrics` exports.
+#[derive(Clone, Debug)]
+pub struct StreamMetrics {
+    /// `readings_in`.
+    pub readings_in: Counter,
+    /// `readings_stale`.
+    pub readings_stale: Counter,
+    /// `devices`.
+    pub devices: Gauge,
+    /// `alarms_raised`.
+    pub alarms_raised: Counter,
+    /// `readings_clamped`.
+    pub readings_clamped: Counter,
+    /// `devices_reset`.
+    pub devices_reset: Counter,
+    /// `readings_refused`.
+    pub readings_refused: Counter,
+    /// `stuck_raised`.
+    pub stuck_raised: Counter,
+    /// `silent_raised`.
+    pub silent_raised: Counter,
+    /// `alarms_active`.
+    pub alarms_active: Gauge,
+    /// `stuck_active`.
+    pub stuck_active: Gauge,
+    /// `silent_active`.
+    pub silent_active: Gauge,
+}
+
+impl Metrics {
+    /// The handles of `stream`'s series (created at 0 if new).
+    pub fn for_stream(&self, stream: &str) -> StreamMetrics {
+        let l = labels(&[("stream", stream)]);
+        StreamMetrics {
+            readings_in: self.readings_in.get_or_create(&l).clone(),
+            readings_stale: self.readings_stale.get_or_create(&l).clone(),
+            devices: self.devices.get_or_create(&l).clone(),
+            alarms_raised: self.alarms_raised.get_or_create(&l).clone(),
+            readings_clamped: self.readings_clamped.get_or_create(&l).clone(),
+            devices_reset: self.devices_reset.get_or_create(&l).clone(),
+            readings_refused: self.readings_refused.get_or_create(&l).clone(),
+            stuck_raised: self.stuck_raised.get_or_create(&l).clone(),
+            silent_raised: self.silent_raised.get_or_create(&l).clone(),
+            alarms_active: self.alarms_active.get_or_create(&l).clone(),
+            stuck_active: self.stuck_active.get_or_create(&l).clone(),
+            silent_active: self.silent_active.get_or_create(&l).clone(),
+        }
+    }
+}
+
 /// Buckets of the produce → written latency: 10 ms wide from 10 ms to 1 s, so that a p50 or
 /// p99 read from them (interpolated within a bucket) is good to ±5 ms where the targets lie
 /// (a p99 under 250 ms), with 1 and 5 ms below and doubling from 2 s to 64 s above for
@@ -566,6 +619,20 @@ pub fn latency_buckets() -> impl Iterator<Item = f64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stream_handles_share_their_values_with_the_exported_families() {
+        let m = super::Metrics::new();
+        let a = m.for_stream("a");
+        a.alarms_raised.inc_by(3);
+        a.silent_active.set(2);
+        let l = super::labels(&[("stream", "a")]);
+        assert_eq!(m.alarms_raised.get_or_create(&l).get(), 3);
+        assert_eq!(m.silent_active.get_or_create(&l).get(), 2);
+        // Resolved again (another stage), the same series.
+        m.for_stream("a").alarms_raised.inc();
+        assert_eq!(a.alarms_raised.get(), 4);
+    }
+
     #[test]
     fn latency_buckets_are_10_ms_wide_up_to_a_second() {
         let b: Vec<f64> = super::latency_buckets().collect();

@@ -27,7 +27,7 @@ use crate::serve::pipeline::{
 use crate::serve::swap::{Swap, checked_engine};
 use crate::state::parked::{ParkedLog, ParkedRef};
 use crate::state::{Checkpoint, Header, Store};
-use crate::telemetry::{Metrics, RateLimit, labels};
+use crate::telemetry::{Metrics, RateLimit, StreamMetrics, labels};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,6 +46,8 @@ pub struct EngineStage {
     max_devices: usize,
     interval: Duration,
     metrics: Arc<Metrics>,
+    /// Per stream, its metric handles (resolved once).
+    stream_metrics: Vec<StreamMetrics>,
     /// Next offset per (stream, partition): everything before it has been stepped.
     next: HashMap<(usize, i32), i64>,
     /// Partitions restored behind the group's committed offset: their readings before it are
@@ -112,6 +114,11 @@ impl EngineStage {
         let mut stage = Self {
             engines,
             names: cfg.streams.iter().map(|s| s.name.clone()).collect(),
+            stream_metrics: cfg
+                .streams
+                .iter()
+                .map(|s| metrics.for_stream(&s.name))
+                .collect(),
             outputs: cfg.streams.iter().map(|s| cfg.output_for(s)).collect(),
             topics: cfg.streams.iter().map(|s| s.topic.clone()).collect(),
             group: cfg.kafka.group_id.clone(),
@@ -459,22 +466,21 @@ impl EngineStage {
         self.swaps[i] = swap;
         let tracked = self.tracked(i);
         let engine = &self.engines[i];
-        let l = labels(&[("stream", &self.names[i])]);
-        let m = &self.metrics;
+        let m = &self.stream_metrics[i];
         if stale > 0 {
-            m.readings_stale.get_or_create(&l).inc_by(stale);
+            m.readings_stale.inc_by(stale);
         }
         let c = engine.counters().plus(self.counter_base[i]);
-        m.devices.get_or_create(&l).set(tracked as i64);
+        m.devices.set(tracked as i64);
         let sync = |counter: &prometheus_client::metrics::counter::Counter, total: u64| {
             counter.inc_by(total.saturating_sub(counter.get()));
         };
-        sync(&m.alarms_raised.get_or_create(&l), c.alarms_raised);
-        sync(&m.readings_clamped.get_or_create(&l), c.clamped);
-        sync(&m.devices_reset.get_or_create(&l), c.poisoned);
-        sync(&m.readings_refused.get_or_create(&l), c.refused);
-        sync(&m.stuck_raised.get_or_create(&l), c.stuck_raised);
-        sync(&m.silent_raised.get_or_create(&l), c.silent_raised);
+        sync(&m.alarms_raised, c.alarms_raised);
+        sync(&m.readings_clamped, c.clamped);
+        sync(&m.devices_reset, c.poisoned);
+        sync(&m.readings_refused, c.refused);
+        sync(&m.stuck_raised, c.stuck_raised);
+        sync(&m.silent_raised, c.silent_raised);
         true
     }
 
@@ -515,11 +521,10 @@ impl EngineStage {
                     .plus(self.engines[i].active_alarms(|d| !sw.writes(d))),
                 None => self.engines[i].active_alarms(|_| true),
             };
-            let l = labels(&[("stream", &self.names[i])]);
-            let m = &self.metrics;
-            m.alarms_active.get_or_create(&l).set(active.anomaly as i64);
-            m.stuck_active.get_or_create(&l).set(active.stuck as i64);
-            m.silent_active.get_or_create(&l).set(active.silent as i64);
+            let m = &self.stream_metrics[i];
+            m.alarms_active.set(active.anomaly as i64);
+            m.stuck_active.set(active.stuck as i64);
+            m.silent_active.set(active.silent as i64);
         }
         if counted {
             self.alarms_counted = Instant::now();
@@ -739,7 +744,7 @@ impl EngineStage {
                     .get_or_create(&l)
                     .inc_by(n as u64);
                 let tracked = self.tracked(stream);
-                self.metrics.devices.get_or_create(&l).set(tracked as i64);
+                self.stream_metrics[stream].devices.set(tracked as i64);
                 tracing::info!(
                     stream = %self.names[stream],
                     partition,

@@ -257,10 +257,10 @@ pub async fn serve<F: std::future::Future<Output = ()>>(
             stop: stop_rx,
             give_up: abort_rx.clone(),
             metrics: Arc::clone(&metrics),
-            stream_labels: cfg
+            readings_in: cfg
                 .streams
                 .iter()
-                .map(|st| labels(&[("stream", &st.name)]))
+                .map(|st| metrics.for_stream(&st.name).readings_in)
                 .collect(),
             topics: cfg.streams.iter().map(|s| s.topic.clone()).collect(),
             assignment,

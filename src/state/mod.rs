@@ -16,10 +16,13 @@
 //! ```
 //!
 //! The header names the stream, topic, partition, offset, model version, record layout and
-//! device count; a checkpoint is used only when all of them match what is running. Damaged
-//! files (bad checksum, truncated, unknown version, bad header) and mismatched ones are
-//! reported with their path and reason and skipped: the partition falls back to an older
-//! checkpoint or, failing that, starts its devices cold from the group's committed offset.
+//! device count. A checkpoint is used only for its own stream, topic (and its incarnation),
+//! partition and layout; one taken with another model version is restored into that version,
+//! loaded from the registry, and re-warmed into the current one (`crate::serve::swap`), and
+//! only if that version is gone do its devices start cold. Damaged files (bad checksum,
+//! truncated, unknown version, bad header) and mismatched ones are reported with their path
+//! and reason and skipped: the partition falls back to an older checkpoint or, failing that,
+//! starts its devices cold from the group's committed offset.
 
 pub mod dir;
 pub mod kafka;

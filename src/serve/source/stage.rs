@@ -12,7 +12,8 @@ use super::{Assignment, Consumer};
 use crate::decode::Decoder;
 use crate::serve::dead_letters::DeadLetters;
 use crate::serve::pipeline::{InBatch, PartitionKey, Sourced, ToEngine};
-use crate::telemetry::{Labels, Metrics, RateLimit};
+use crate::telemetry::{Metrics, RateLimit};
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::message::Message;
 use std::sync::Arc;
@@ -39,8 +40,8 @@ pub struct SourceStage {
     pub give_up: watch::Receiver<bool>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Metric labels per stream, by stream index.
-    pub stream_labels: Vec<Labels>,
+    /// `readings_in` of each stream, by stream index (resolved once).
+    pub readings_in: Vec<Counter>,
     /// Topic per stream index.
     pub topics: Vec<String>,
     /// The partitions this member owns (kept by the rebalance callbacks).
@@ -148,7 +149,7 @@ impl SourceStage {
                         let ts = m.timestamp().to_millis();
                         match s.decoder.decode(topic, m.key(), m.payload()) {
                             Ok(d) => {
-                                s.metrics.readings_in.get_or_create(&s.stream_labels[d.stream]).inc_by(d.readings.len() as u64);
+                                s.readings_in[d.stream].inc_by(d.readings.len() as u64);
                                 batch.readings.extend(d.readings.into_iter().map(|reading| Sourced {
                                     stream: d.stream,
                                     partition,

@@ -28,6 +28,7 @@ pub mod swap;
 
 use crate::config::Config;
 use crate::decode::Decoder;
+use crate::engine::Engine;
 use crate::model::registry::Registry;
 use crate::serve::dead_letters::DeadLetters;
 use crate::serve::engine_stage::EngineStage;
@@ -90,102 +91,21 @@ pub async fn serve<F: std::future::Future<Output = ()>>(
     let health = Arc::new(Health::default());
 
     // Models first: without them nothing can be scored.
-    let registry = Registry::new(&cfg.model.registry);
-    let mut engines = Vec::new();
-    for stream in &cfg.streams {
-        let engine = crate::serve::swap::checked_engine(&registry, &cfg, stream, None)?;
-        let version = &engine.model().version;
-        metrics
-            .model_version
-            .get_or_create(&labels(&[("stream", &stream.name), ("version", version)]))
-            .set(1);
-        tracing::info!(stream = %stream.name, model = %version, "model loaded");
-        engines.push(engine);
-    }
+    let engines = load_engines(&cfg, &metrics)?;
     health.models_loaded.store(true, Ordering::Relaxed);
 
     let writer = Writer::new(&cfg.influxdb, Arc::clone(&metrics), Arc::clone(&health))?;
-    {
-        // Say at once when InfluxDB will refuse the writes (wrong API, database, token); the
-        // sink keeps retrying either way, so a database that comes up later is fine.
-        let (influx, health) = (cfg.influxdb.clone(), Arc::clone(&health));
-        tokio::spawn(async move {
-            match crate::influx::probe(&influx).await {
-                Ok(s) => tracing::info!("InfluxDB probe: {s}"),
-                Err(e) => {
-                    if !e.starts_with("cannot reach") {
-                        health.set_sink_problem(&e);
-                    }
-                    tracing::error!("InfluxDB probe: {e}");
-                }
-            }
-        });
-    }
-    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
-        .await
-        .with_context(|| format!("http.listen: cannot listen on {}", cfg.http.listen))?;
-    tracing::info!(listen = %cfg.http.listen, "HTTP endpoint up (/metrics, /health/live, /health/ready)");
+    probe_influx(&cfg, &health);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (abort_tx, abort_rx) = watch::channel(false);
-    let http = {
-        let app = crate::telemetry::router(Telemetry {
-            metrics: Arc::clone(&metrics),
-            health: Arc::clone(&health),
-        });
-        let mut abort = abort_rx.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = abort.wait_for(|a| *a).await;
-                })
-                .await;
-        })
-    };
+    let http = serve_http(&cfg, &metrics, &health, abort_rx.clone()).await?;
 
-    let local = DirStore::new(&cfg.state.dir, cfg.state.keep);
-    let store = match cfg.state.store {
-        crate::config::StoreKind::Dir => Store::Dir(local),
-        crate::config::StoreKind::Kafka => {
-            crate::kafka::ensure_changelog_topics(&cfg)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            Store::Kafka(Arc::new(
-                KafkaStore::new(
-                    &crate::kafka::client_config(&cfg, &[]),
-                    &cfg.state.changelog_topic,
-                    &cfg.kafka.group_id,
-                    local,
-                    cfg.state.keep,
-                )
-                .context("cannot create the checkpoint store's Kafka clients")?,
-            ))
-        }
-    };
+    let store = open_store(&cfg).await?;
     let checkpoints_in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let assignment = Arc::new(Assignment::default());
     let (engine_tx, engine_rx) = mpsc::channel::<ToEngine>(2);
     let (sink_tx, sink_rx) = mpsc::channel::<ToSink>(cfg.influxdb.queue_batches);
-    let rebalancer = Arc::new(Rebalancer {
-        store: store.clone(),
-        group: cfg.kafka.group_id.clone(),
-        streams: cfg
-            .streams
-            .iter()
-            .map(|s| StreamState {
-                name: s.name.clone(),
-                topic: s.topic.clone(),
-            })
-            .collect(),
-        engine: std::sync::Mutex::new(Some(engine_tx.clone())),
-        runtime: tokio::runtime::Handle::current(),
-        callback_timeout: cfg
-            .service
-            .shutdown_timeout
-            .get()
-            .min(cfg.kafka.max_poll_interval() / 2),
-        max_catch_up: cfg.state.max_catch_up,
-        assignment: Arc::clone(&assignment),
-    });
+    let rebalancer = rebalancer(&cfg, &store, engine_tx.clone(), &assignment);
     tracing::info!(store = %store.describe(), interval_s = cfg.state.checkpoint_interval.get().as_secs_f64(), "device state checkpoints");
     let consumer = crate::serve::source::consumer(
         &cfg,
@@ -205,29 +125,7 @@ pub async fn serve<F: std::future::Future<Output = ()>>(
         cfg.engine.max_future.as_nanos(),
     );
 
-    // A periodic checkpoint is due even when no readings arrive (the tail of a stream must
-    // be checkpointed for its offsets to be committed); and the engine stage's other
-    // housekeeping (the maintenance and labels files, the active-alarm gauges, swaps) runs
-    // at least once a second.
-    let ticker = {
-        let tx = engine_tx.clone();
-        let every = cfg
-            .state
-            .checkpoint_interval
-            .get()
-            .min(std::time::Duration::from_secs(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                // When the queue is full the stage is busy and checks the time anyway.
-                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(ToEngine::Tick) {
-                    return;
-                }
-            }
-        })
-    };
+    let ticker = spawn_ticker(&cfg, engine_tx.clone());
     // New models (retrain, promote, rollback) are noticed, loaded and checked here and swapped
     // in by the engine stage without a restart (crate::serve::swap).
     let models = tokio::spawn(crate::serve::swap::watch_models(
@@ -332,13 +230,7 @@ pub async fn serve<F: std::future::Future<Output = ()>>(
     if shutdown.exit_if_stuck {
         hard_deadline(deadline + SHUTDOWN_GRACE);
     }
-    let abort_timer = tokio::spawn(async move {
-        tokio::time::sleep(deadline).await;
-        tracing::error!(
-            "shutdown deadline reached; abandoning unwritten points (their offsets stay uncommitted)"
-        );
-        let _ = abort_tx.send(true);
-    });
+    let abort_timer = abort_after(deadline, abort_tx);
     if !source_done {
         let _ = source.await;
     }
@@ -358,15 +250,172 @@ pub async fn serve<F: std::future::Future<Output = ()>>(
     // The sink is gone, and with it the progress channel's sender: every offset it reported
     // is stored once this returns.
     let _ = offsets_stored.await;
-    // Offsets stored so far belong to written points only, so they are committed even when
-    // a stage failed; what was not written stays uncommitted. The commit waits at most until
-    // the deadline (a broker that is gone would hold it for librdkafka's timeouts).
-    let committer = Arc::clone(&consumer);
-    let commit =
-        tokio::task::spawn_blocking(move || committer.commit_consumer_state(CommitMode::Sync));
+    // What was stored is committed, within what is left of the deadline.
     let left = deadline
         .saturating_sub(stopping_since.elapsed())
         .max(Duration::from_secs(1));
+    commit_final(&consumer, left).await;
+    let clean = sink_ok && engine_ok && !unexpected;
+    abort_timer.abort();
+    http.abort();
+    drop(consumer);
+    tracing::info!(clean, "stopped");
+    Ok(clean)
+}
+
+/// The rebalance callbacks' side of the pipeline: they restore and checkpoint partitions
+/// through the engine stage, within half of `max.poll.interval.ms`.
+fn rebalancer(
+    cfg: &Config,
+    store: &Store,
+    engine_tx: mpsc::Sender<ToEngine>,
+    assignment: &Arc<Assignment>,
+) -> Arc<Rebalancer> {
+    Arc::new(Rebalancer {
+        store: store.clone(),
+        group: cfg.kafka.group_id.clone(),
+        streams: cfg
+            .streams
+            .iter()
+            .map(|s| StreamState {
+                name: s.name.clone(),
+                topic: s.topic.clone(),
+            })
+            .collect(),
+        engine: std::sync::Mutex::new(Some(engine_tx)),
+        runtime: tokio::runtime::Handle::current(),
+        callback_timeout: cfg
+            .service
+            .shutdown_timeout
+            .get()
+            .min(cfg.kafka.max_poll_interval() / 2),
+        max_catch_up: cfg.state.max_catch_up,
+        assignment: Arc::clone(assignment),
+    })
+}
+
+/// Past the shutdown deadline the stages give up: their unwritten points stay uncommitted.
+fn abort_after(deadline: Duration, abort: watch::Sender<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(deadline).await;
+        tracing::error!(
+            "shutdown deadline reached; abandoning unwritten points (their offsets stay uncommitted)"
+        );
+        let _ = abort.send(true);
+    })
+}
+
+/// Each stream's engine with the registry's current model, checked.
+fn load_engines(cfg: &Config, metrics: &Metrics) -> anyhow::Result<Vec<Engine>> {
+    let registry = Registry::new(&cfg.model.registry);
+    let mut engines = Vec::new();
+    for stream in &cfg.streams {
+        let engine = crate::serve::swap::checked_engine(&registry, cfg, stream, None)?;
+        let version = &engine.model().version;
+        metrics
+            .model_version
+            .get_or_create(&labels(&[("stream", &stream.name), ("version", version)]))
+            .set(1);
+        tracing::info!(stream = %stream.name, model = %version, "model loaded");
+        engines.push(engine);
+    }
+    Ok(engines)
+}
+
+/// Says at once when InfluxDB will refuse the writes (wrong API, database, token); the sink
+/// keeps retrying either way, so a database that comes up later is fine.
+fn probe_influx(cfg: &Config, health: &Arc<Health>) {
+    let (influx, health) = (cfg.influxdb.clone(), Arc::clone(health));
+    tokio::spawn(async move {
+        match crate::influx::probe(&influx).await {
+            Ok(s) => tracing::info!("InfluxDB probe: {s}"),
+            Err(e) => {
+                if !e.starts_with("cannot reach") {
+                    health.set_sink_problem(&e);
+                }
+                tracing::error!("InfluxDB probe: {e}");
+            }
+        }
+    });
+}
+
+/// The checkpoint store `state.store` names (creating the changelog topics it needs).
+async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    let local = DirStore::new(&cfg.state.dir, cfg.state.keep);
+    Ok(match cfg.state.store {
+        crate::config::StoreKind::Dir => Store::Dir(local),
+        crate::config::StoreKind::Kafka => {
+            crate::kafka::ensure_changelog_topics(cfg)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            Store::Kafka(Arc::new(
+                KafkaStore::new(
+                    &crate::kafka::client_config(cfg, &[]),
+                    &cfg.state.changelog_topic,
+                    &cfg.kafka.group_id,
+                    local,
+                    cfg.state.keep,
+                )
+                .context("cannot create the checkpoint store's Kafka clients")?,
+            ))
+        }
+    })
+}
+
+/// A periodic checkpoint is due even when no readings arrive (the tail of a stream must be
+/// checkpointed for its offsets to be committed); and the engine stage's other housekeeping
+/// (the maintenance and labels files, the active-alarm gauges, swaps) runs at least once a
+/// second. Ends when the engine stage is gone.
+fn spawn_ticker(cfg: &Config, tx: mpsc::Sender<ToEngine>) -> tokio::task::JoinHandle<()> {
+    let every = cfg
+        .state
+        .checkpoint_interval
+        .get()
+        .min(std::time::Duration::from_secs(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // When the queue is full the stage is busy and checks the time anyway.
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(ToEngine::Tick) {
+                return;
+            }
+        }
+    })
+}
+
+/// `/metrics` and the health endpoints on `http.listen`, until `abort` is set.
+async fn serve_http(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    mut abort: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+        .await
+        .with_context(|| format!("http.listen: cannot listen on {}", cfg.http.listen))?;
+    tracing::info!(listen = %cfg.http.listen, "HTTP endpoint up (/metrics, /health/live, /health/ready)");
+    let app = crate::telemetry::router(Telemetry {
+        metrics: Arc::clone(metrics),
+        health: Arc::clone(health),
+    });
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = abort.wait_for(|a| *a).await;
+            })
+            .await;
+    }))
+}
+
+/// Commits the stored offsets, waiting at most `left` (a broker that is gone would hold the
+/// commit for librdkafka's timeouts). Offsets stored so far belong to written points only, so
+/// they are committed even when a stage failed; what was not written stays uncommitted.
+async fn commit_final(consumer: &Arc<crate::serve::source::Consumer>, left: Duration) {
+    let committer = Arc::clone(consumer);
+    let commit =
+        tokio::task::spawn_blocking(move || committer.commit_consumer_state(CommitMode::Sync));
     match tokio::time::timeout(left, commit).await {
         Ok(Ok(Ok(()))) => tracing::info!("offsets committed"),
         Ok(Ok(Err(rdkafka::error::KafkaError::ConsumerCommit(
@@ -382,12 +431,6 @@ pub async fn serve<F: std::future::Future<Output = ()>>(
             "final commit did not finish by the shutdown deadline; the uncommitted tail will be re-read"
         ),
     }
-    let clean = sink_ok && engine_ok && !unexpected;
-    abort_timer.abort();
-    http.abort();
-    drop(consumer);
-    tracing::info!(clean, "stopped");
-    Ok(clean)
 }
 
 /// Past `service.shutdown_timeout` the stages give up (their unwritten points stay

@@ -17,6 +17,8 @@
 //! [`BiLstm`], the bidirectional variant, is the kernel for the coming "BiLSTM confirmation"
 //! (lagged re-scoring); the streaming engine does not run it yet, only the tests do.
 
+use super::error::ModelError;
+
 /// Columns per packed weight panel.
 pub const NR: usize = 32;
 /// Row padding of every batch matrix; every micro-kernel's row count divides it.
@@ -540,16 +542,18 @@ impl LstmStack {
     }
 
     /// Stacks layers; each layer's input width must equal the previous layer's hidden width.
-    pub fn new(layers: Vec<LstmLayer>) -> Result<Self, String> {
+    pub fn new(layers: Vec<LstmLayer>) -> Result<Self, ModelError> {
         if layers.is_empty() {
-            return Err("an LSTM stack needs at least one layer".into());
+            return Err(ModelError::Shape(
+                "an LSTM stack needs at least one layer".into(),
+            ));
         }
         for pair in layers.windows(2) {
             if pair[1].input != pair[0].hidden {
-                return Err(format!(
+                return Err(ModelError::Shape(format!(
                     "layer input width {} does not match previous hidden width {}",
                     pair[1].input, pair[0].hidden
-                ));
+                )));
             }
         }
         Ok(Self { layers })
@@ -685,18 +689,22 @@ pub struct BiLstm {
 
 impl BiLstm {
     /// Layers as (forward, reverse) pairs; layer `l > 0` must take `2 × hidden` inputs.
-    pub fn new(layers: Vec<(LstmLayer, LstmLayer)>) -> Result<Self, String> {
+    pub fn new(layers: Vec<(LstmLayer, LstmLayer)>) -> Result<Self, ModelError> {
         if layers.is_empty() {
-            return Err("a BiLSTM needs at least one layer".into());
+            return Err(ModelError::Shape(
+                "a BiLSTM needs at least one layer".into(),
+            ));
         }
         for (l, (fwd, rev)) in layers.iter().enumerate() {
             if fwd.input != rev.input || fwd.hidden != rev.hidden {
-                return Err(format!("layer {l}: forward and reverse shapes differ"));
+                return Err(ModelError::Shape(format!(
+                    "layer {l}: forward and reverse shapes differ"
+                )));
             }
             if l > 0 && fwd.input != 2 * layers[l - 1].0.hidden {
-                return Err(format!(
+                return Err(ModelError::Shape(format!(
                     "layer {l}: input width must be twice the previous hidden width"
-                ));
+                )));
             }
         }
         Ok(Self { layers })

@@ -16,6 +16,7 @@
 
 pub mod calibrate;
 pub mod detect;
+pub mod error;
 pub mod kernel;
 pub mod maintenance;
 pub mod score;
@@ -26,6 +27,7 @@ pub mod testing;
 
 use crate::decode::Reading;
 use detect::{AlarmPolicy, AlarmState, Calibration, DetectSettings, Deviation, Edge};
+pub use error::ModelError;
 use kernel::{Isa, LstmStack, PackedMatrix, Workspace};
 use score::{Likelihood, ScoreStats};
 use std::collections::HashMap;
@@ -112,45 +114,49 @@ impl InferenceModel {
     }
 
     /// Checks that the pieces fit together.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ModelError> {
         let f = self.features.len();
         if let Some(c) = &self.calibration
             && (c.forecast.len() != f || c.deviation.len() != f)
         {
-            return Err(format!(
+            return Err(ModelError::Calibration(format!(
                 "anomaly calibration has {} and {} tables for {f} features",
                 c.forecast.len(),
                 c.deviation.len()
-            ));
+            )));
         }
         if let Some(j) = self.calibration.as_ref().and_then(|c| c.joint.as_ref())
             && (j.precision.len() != f * f || j.precision.iter().any(|v| !v.is_finite()))
         {
-            return Err(format!(
+            return Err(ModelError::Calibration(format!(
                 "the joint deviation's precision matrix has {} entries for {f} features (want {}, all finite)",
                 j.precision.len(),
                 f * f
-            ));
+            )));
         }
         if f == 0 || self.mean.len() != f || self.std.len() != f {
-            return Err("normalisation statistics do not match the features".into());
+            return Err(ModelError::Normalisation(
+                "normalisation statistics do not match the features".into(),
+            ));
         }
         if self.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
             || self.mean.iter().any(|m| !m.is_finite())
         {
-            return Err("normalisation statistics must be finite with positive deviations".into());
+            return Err(ModelError::Normalisation(
+                "normalisation statistics must be finite with positive deviations".into(),
+            ));
         }
         if self.stack.input() != f {
-            return Err(format!(
+            return Err(ModelError::Shape(format!(
                 "LSTM input width {} != {} features",
                 self.stack.input(),
                 f
-            ));
+            )));
         }
         if self.head.k() != self.stack.hidden() || self.head.n() != 2 * self.horizon * f {
-            return Err(
+            return Err(ModelError::Shape(
                 "forecast head shape does not match hidden width, horizon and features".into(),
-            );
+            ));
         }
         Ok(())
     }
@@ -533,7 +539,7 @@ pub struct Engine {
 
 impl Engine {
     /// An engine with no devices yet.
-    pub fn new(model: Arc<InferenceModel>, settings: EngineSettings) -> Result<Self, String> {
+    pub fn new(model: Arc<InferenceModel>, settings: EngineSettings) -> Result<Self, ModelError> {
         model.validate()?;
 
         let state_len = model.stack.state_len();

@@ -673,7 +673,7 @@ fn evaluate(
     verdicts: &crate::labels::Verdicts,
 ) -> Result<Metrics, TrainError> {
     let nf = std.len();
-    let mut engine = Engine::new(model, settings).map_err(TrainError::Model)?;
+    let mut engine = Engine::new(model, settings).map_err(|e| TrainError::Model(e.into()))?;
     let longest = series.iter().map(|s| s.readings.len()).max().unwrap_or(0);
     let mut out = BatchOutput::default();
     let (mut abs, mut sq, mut naive_abs, mut inside, mut n) = (0.0f64, 0.0f64, 0.0f64, 0u64, 0u64);

@@ -33,15 +33,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-/// Why a model was refused.
+/// Why a model was refused; each says what is wrong, naming the version and the file.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{message}")]
-pub struct Rejected {
-    /// `load` (missing or unreadable files), `schema` (features or horizon do not fit the
-    /// stream) or `weights` (non-finite or inconsistent).
-    pub reason: &'static str,
-    /// What is wrong, naming the version and the file.
-    pub message: String,
+pub enum Rejected {
+    /// Missing or unreadable files.
+    #[error("{0}")]
+    Load(String),
+    /// Its features or horizon do not fit the stream as configured.
+    #[error("{0}")]
+    Schema(String),
+    /// Non-finite or inconsistent weights.
+    #[error("{0}")]
+    Weights(String),
+}
+
+impl Rejected {
+    /// The `reason` label of `sensorcast_models_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejected::Load(_) => "load",
+            Rejected::Schema(_) => "schema",
+            Rejected::Weights(_) => "weights",
+        }
+    }
 }
 
 /// Loads a version of a stream's model (the current one for `None`) and checks that it can
@@ -53,44 +67,36 @@ pub fn checked_engine(
     version: Option<&str>,
 ) -> Result<Engine, Rejected> {
     let what = version.map_or_else(|| "the current model".to_string(), |v| format!("model {v}"));
-    let loaded = registry.load(&stream.name, version).map_err(|e| Rejected {
-        reason: match e {
-            RegistryError::Weights { .. } => "weights",
-            _ => "load",
-        },
-        message: format!("stream {:?}: cannot load {what}: {e}", stream.name),
+    let loaded = registry.load(&stream.name, version).map_err(|e| {
+        let message = format!("stream {:?}: cannot load {what}: {e}", stream.name);
+        match e {
+            RegistryError::Weights { .. } => Rejected::Weights(message),
+            _ => Rejected::Load(message),
+        }
     })?;
     let v = &loaded.meta.version;
     if loaded.meta.features != stream.features {
-        return Err(Rejected {
-            reason: "schema",
-            message: format!(
-                "stream {:?}: model {v} was trained on features {:?}, the config lists {:?}",
-                stream.name, loaded.meta.features, stream.features
-            ),
-        });
+        return Err(Rejected::Schema(format!(
+            "stream {:?}: model {v} was trained on features {:?}, the config lists {:?}",
+            stream.name, loaded.meta.features, stream.features
+        )));
     }
     if let Horizons::Steps(steps) = &cfg.output_for(stream).horizons
         && let Some(&s) = steps
             .iter()
             .find(|&&s| s as usize > loaded.inference.horizon)
     {
-        return Err(Rejected {
-            reason: "schema",
-            message: format!(
-                "stream {:?}: model {v} forecasts {} steps, output.horizons asks for step {s}",
-                stream.name, loaded.inference.horizon
-            ),
-        });
+        return Err(Rejected::Schema(format!(
+            "stream {:?}: model {v} forecasts {} steps, output.horizons asks for step {s}",
+            stream.name, loaded.inference.horizon
+        )));
     }
     let settings = EngineSettings::from_config(cfg, stream);
     if let Some(problem) = loaded.inference.calibration_problem(&settings) {
         tracing::warn!(stream = %stream.name, model = %v, "{problem}");
     }
-    Engine::new(Arc::new(loaded.inference), settings).map_err(|e| Rejected {
-        reason: "weights",
-        message: format!("stream {:?}: model {v}: {e}", stream.name),
-    })
+    Engine::new(Arc::new(loaded.inference), settings)
+        .map_err(|e| Rejected::Weights(format!("stream {:?}: model {v}: {e}", stream.name)))
 }
 
 /// A swap in progress on one stream: the engine of the model being replaced and which devices
@@ -234,10 +240,9 @@ pub async fn watch_models(
             let checked =
                 tokio::task::spawn_blocking(move || checked_engine(&r, &c, &s, Some(&v))).await;
             let checked = checked.unwrap_or_else(|e| {
-                Err(Rejected {
-                    reason: "load",
-                    message: format!("loading model {current} failed: {e}"),
-                })
+                Err(Rejected::Load(format!(
+                    "loading model {current} failed: {e}"
+                )))
             });
             match checked {
                 Ok(engine) => {
@@ -258,9 +263,9 @@ pub async fn watch_models(
                 Err(r) => {
                     metrics
                         .models_rejected
-                        .get_or_create(&labels(&[("stream", &stream.name), ("reason", r.reason)]))
+                        .get_or_create(&labels(&[("stream", &stream.name), ("reason", r.reason())]))
                         .inc();
-                    tracing::error!(stream = %stream.name, version = %current, reason = %r.reason, "new model refused; {} keeps serving: {}", in_use[i], r.message);
+                    tracing::error!(stream = %stream.name, version = %current, reason = %r.reason(), "new model refused; {} keeps serving: {r}", in_use[i]);
                     rejected[i] = Some(current);
                 }
             }

@@ -1,0 +1,21 @@
+//! Why a model cannot run in the engine: its pieces do not fit together.
+
+/// A model the engine refuses, and why (the message names the pieces that do not fit).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    /// Layer, head or input widths that do not match each other or the features.
+    #[error("{0}")]
+    Shape(String),
+    /// Normalisation statistics that are missing, not finite or not positive.
+    #[error("{0}")]
+    Normalisation(String),
+    /// Anomaly calibration tables that do not match the features.
+    #[error("{0}")]
+    Calibration(String),
+}
+
+impl From<ModelError> for String {
+    fn from(e: ModelError) -> String {
+        e.to_string()
+    }
+}

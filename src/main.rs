@@ -540,7 +540,7 @@ fn train(args: TrainArgs, tty: bool) -> anyhow::Result<ExitCode> {
     let (cfg, stream) = setup(&config, stream.as_deref())?;
     match source {
         HistorySource::File => {
-            sensorcast::cli::run_train(&cfg, &stream, &input, strict, tty)?;
+            sensorcast::commands::run_train(&cfg, &stream, &input, strict, tty)?;
         }
         HistorySource::Influxdb | HistorySource::Kafka => {
             anyhow::ensure!(input.is_empty(), "--input is for --source file");
@@ -552,9 +552,11 @@ fn train(args: TrainArgs, tty: bool) -> anyhow::Result<ExitCode> {
             let from = time_arg(&since, to, "--since")?;
             anyhow::ensure!(from < to, "--since must be before --until");
             if source == HistorySource::Kafka {
-                sensorcast::cli::run_train_from_kafka(&cfg, &stream, from, to, strict, tty)?;
+                sensorcast::commands::run_train_from_kafka(&cfg, &stream, from, to, strict, tty)?;
             } else {
-                sensorcast::cli::run_train_from_influxdb(&cfg, &stream, from, to, strict, tty)?;
+                sensorcast::commands::run_train_from_influxdb(
+                    &cfg, &stream, from, to, strict, tty,
+                )?;
             }
         }
     }
@@ -580,7 +582,7 @@ fn retrain(args: RetrainArgs, tty: bool) -> anyhow::Result<ExitCode> {
         Some(u) => time_arg(u, now, "--until")?,
         None => now,
     };
-    let decision = sensorcast::cli::run_retrain(&cfg, &stream, to, tty, false)?;
+    let decision = sensorcast::commands::run_retrain(&cfg, &stream, to, tty, false)?;
     if let Some(path) = report_to {
         std::fs::write(&path, serde_json::to_string(&decision)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -614,7 +616,7 @@ fn label(args: LabelArgs) -> anyhow::Result<ExitCode> {
         note,
         recorded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
-    println!("{}", sensorcast::cli::run_label(&cfg, label)?);
+    println!("{}", sensorcast::commands::run_label(&cfg, label)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -628,7 +630,8 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         strict,
     } = args;
     let (cfg, stream) = setup(&config, stream.as_deref())?;
-    let s = sensorcast::cli::run_replay(&cfg, &stream, &input, &output, model.as_deref(), strict)?;
+    let s =
+        sensorcast::commands::run_replay(&cfg, &stream, &input, &output, model.as_deref(), strict)?;
     println!(
         "replayed {} readings of {} devices: {} stepped, {} skipped lines, {} anomalies, {} points written to {} ({:.0} events/s in the engine)",
         s.readings,
@@ -798,7 +801,7 @@ fn models(args: ModelsArgs) -> anyhow::Result<ExitCode> {
 fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     let CheckConfigArgs { config, probe } = args;
     init_logging(None);
-    let text = match sensorcast::cli::check_config(config.as_deref()) {
+    let text = match sensorcast::commands::check_config(config.as_deref()) {
         Ok(text) => text,
         Err(e) => {
             eprintln!("error: {e}");
@@ -810,7 +813,7 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cfg = Config::load(config.as_deref())?;
-    let (report, code) = match sensorcast::cli::probe(&cfg) {
+    let (report, code) = match sensorcast::commands::probe(&cfg) {
         Ok(r) => (r, ExitCode::SUCCESS),
         Err(r) => (r, ExitCode::from(1)),
     };
@@ -879,7 +882,7 @@ fn evaluate_labelled(args: LabelledArgs) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(path.exists(), "--labels {}: no such file", path.display());
         cfg.anomaly.labels_file = path.to_string_lossy().into_owned();
     }
-    let verdicts = sensorcast::cli::read_verdicts(&cfg, &stream.name)?;
+    let verdicts = sensorcast::commands::read_verdicts(&cfg, &stream.name)?;
     let report = sensorcast::tools::evaluate::run_labelled(
         &cfg,
         &stream,

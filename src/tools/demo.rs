@@ -4,7 +4,7 @@
 //! replays the whole series through the streaming engine, writes line protocol and an SVG
 //! chart, and scores detection against the known faults.
 
-use crate::cli::{OutputKind, replay_readings};
+use crate::commands::{OutputKind, replay_readings};
 use crate::config::{Config, HumanDuration, ModelConfig, StreamConfig, TrainConfig};
 use crate::engine::Outcome;
 use crate::engine::detect::Edge;
@@ -167,7 +167,7 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         history.len()
     );
     let t0 = std::time::Instant::now();
-    let mut progress = crate::cli::TrainingProgress::new(show_progress);
+    let mut progress = crate::commands::TrainingProgress::new(show_progress);
     let trained = train(
         &cfg,
         &stream,
@@ -181,7 +181,7 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
     let mut meta = trained.meta;
     registry.publish_new(&mut meta, &trained.model)?;
     let loaded = registry.load(&stream.name, None)?;
-    eprintln!("{}", crate::cli::validation_report(&loaded.meta));
+    eprintln!("{}", crate::commands::validation_report(&loaded.meta));
 
     // Replay everything, remembering what the chart and the scoring need.
     let n = fleet.readings.len();

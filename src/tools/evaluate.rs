@@ -665,7 +665,7 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
     let registry = Registry::new(&cfg.model.registry);
     let meta = match &opts.model {
         None => {
-            let mut progress = crate::cli::TrainingProgress::new(show_progress);
+            let mut progress = crate::commands::TrainingProgress::new(show_progress);
             let trained = crate::model::train::train(
                 &cfg,
                 &stream,
@@ -1096,7 +1096,7 @@ pub fn run_labelled(
     out: Option<&Path>,
     version: Option<&str>,
 ) -> anyhow::Result<LabelledReport> {
-    let loaded = crate::cli::load_model(cfg, stream, version)?;
+    let loaded = crate::commands::load_model(cfg, stream, version)?;
     let mut series = read_labelled_csv(input, &stream.features, verdicts.is_empty())?;
     let verdict_rows = apply_verdicts(&mut series, verdicts);
     let model = Arc::new(loaded.inference);

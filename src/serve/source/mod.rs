@@ -5,7 +5,7 @@
 //! `enable.auto.offset.store=false`, and an offset is stored only once a checkpoint at or past
 //! it is persisted — which the sink persists only once everything derived from the messages
 //! before it is written. The sink reports each persisted checkpoint's offsets back
-//! ([`stored`]); this module alone stores offsets and commits. A message that does not decode
+//! ([`store_persisted`]); this module alone stores offsets and commits. A message that does not decode
 //! is dead-lettered ([`crate::serve::dead_letters`], §3.4) and its offset then counts as done.
 //!
 //! Keeps §3.3 across rebalances ([`rebalance`]): before partitions are given up, everything

@@ -1,0 +1,259 @@
+//! `sensorcast train`: from files, InfluxDB or Kafka, published to the registry with its
+//! validation report.
+
+use super::*;
+
+/// `sensorcast train`: trains and publishes; returns the published metadata.
+pub fn run_train(
+    cfg: &Config,
+    stream: &StreamConfig,
+    inputs: &[PathBuf],
+    strict: bool,
+    show_progress: bool,
+) -> anyhow::Result<ModelMeta> {
+    let schema = Schema::from_stream(stream);
+    let data = read_inputs(inputs, &schema)?;
+    report_issues(&data.issues, strict, 20)?;
+    if data.readings.is_empty() {
+        bail!(
+            "no valid readings in {}",
+            inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let input_names = inputs.iter().map(|p| p.display().to_string()).collect();
+    train_and_publish(cfg, stream, &data.readings, input_names, show_progress)
+}
+
+/// `sensorcast train --source influxdb`: the stream's readings between `from` and `to` (ns),
+/// read back from InfluxDB; trains and publishes.
+pub fn run_train_from_influxdb(
+    cfg: &Config,
+    stream: &StreamConfig,
+    from: i64,
+    to: i64,
+    strict: bool,
+    show_progress: bool,
+) -> anyhow::Result<ModelMeta> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let h = rt.block_on(crate::model::history::from_influxdb(cfg, stream, from, to))?;
+    train_on_history(cfg, stream, h, strict, show_progress)
+}
+
+/// `sensorcast train --source kafka`: the stream's topic between `from` and `to` (ns).
+pub fn run_train_from_kafka(
+    cfg: &Config,
+    stream: &StreamConfig,
+    from: i64,
+    to: i64,
+    strict: bool,
+    show_progress: bool,
+) -> anyhow::Result<ModelMeta> {
+    let h = crate::model::history::from_kafka(cfg, stream, from, to)?;
+    train_on_history(cfg, stream, h, strict, show_progress)
+}
+
+fn train_on_history(
+    cfg: &Config,
+    stream: &StreamConfig,
+    h: crate::model::history::History,
+    strict: bool,
+    show_progress: bool,
+) -> anyhow::Result<ModelMeta> {
+    for s in &h.skipped {
+        eprintln!("warning: {s}");
+    }
+    if h.skipped_total > h.skipped.len() {
+        eprintln!(
+            "warning: … and {} more skipped rows",
+            h.skipped_total - h.skipped.len()
+        );
+    }
+    if strict && h.skipped_total > 0 {
+        bail!("{} rows skipped (--strict)", h.skipped_total);
+    }
+    if h.readings.is_empty() {
+        bail!(
+            "no readings of stream {:?} in {} (for InfluxDB, train.history_measurement, history_device_tag and history_stream_tag say where to look)",
+            stream.name,
+            h.source
+        );
+    }
+    train_and_publish(cfg, stream, &h.readings, vec![h.source], show_progress)
+}
+
+fn train_and_publish(
+    cfg: &Config,
+    stream: &StreamConfig,
+    readings: &[Reading],
+    input_names: Vec<String>,
+    show_progress: bool,
+) -> anyhow::Result<ModelMeta> {
+    eprintln!(
+        "training stream {:?} on {} readings of {} devices (hidden {}, layers {}, horizon {}, window {})",
+        stream.name,
+        readings.len(),
+        readings
+            .iter()
+            .map(|r| r.device.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        cfg.model.hidden,
+        cfg.model.layers,
+        cfg.model.horizon,
+        cfg.train.window
+    );
+    let mut progress = TrainingProgress::new(show_progress);
+    let Trained { mut meta, model } = train(cfg, stream, readings, input_names, &mut |e| {
+        progress.update(e)
+    })?;
+    progress.finish();
+    let dir = Registry::new(&cfg.model.registry)
+        .publish_new(&mut meta, &model)
+        .context("failed to publish the model")?;
+    println!("{}", validation_report(&meta));
+    if let Some(w) = meta.training.windows_per_s() {
+        println!(
+            "trained {} windows × {} epochs in {:.1} s: {w:.0} windows/s",
+            meta.training.train_windows,
+            meta.training.epochs,
+            meta.training.seconds.unwrap_or(0.0)
+        );
+    }
+    println!("published {} (now current)", dir.display());
+    Ok(meta)
+}
+
+/// A progress bar with the running loss (drawn on stderr when `show` is set) that also logs
+/// each finished epoch at debug level.
+pub struct TrainingProgress {
+    bar: indicatif::ProgressBar,
+    best: String,
+}
+
+impl TrainingProgress {
+    /// A new bar; hidden unless `show`.
+    pub fn new(show: bool) -> Self {
+        let bar = if show {
+            indicatif::ProgressBar::new(0)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Self {
+            bar,
+            best: String::new(),
+        }
+    }
+
+    /// Takes one event from `train`.
+    pub fn update(&mut self, e: ProgressEvent) {
+        match e {
+            ProgressEvent::Start { total_steps } => self.bar.set_length(total_steps),
+            ProgressEvent::Step { epoch, loss } => {
+                self.bar.inc(1);
+                self.bar
+                    .set_message(format!("epoch {epoch} loss {loss:.4} {}", self.best));
+            }
+            ProgressEvent::Epoch {
+                epoch,
+                train_loss,
+                validation_loss,
+                best,
+            } => {
+                if best {
+                    self.best = format!("(best validation {validation_loss:.4} at epoch {epoch})");
+                }
+                tracing::debug!(epoch, train_loss, validation_loss, best, "epoch finished");
+            }
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// The validation report printed after training.
+pub fn validation_report(meta: &ModelMeta) -> String {
+    let v = &meta.validation;
+    let t = &meta.training;
+    let mut s = format!(
+        "validation report — stream {}, {} devices, {} readings ({} .. {})\n  epochs run {} (best {}), train windows {}, validation windows {}\n  MAE  {:.4} (normalised units)\n  RMSE {:.4} (normalised units)\n  MASE {:.4} vs naive last value (by horizon: {})\n  90% band coverage {:.1}% over {} forecast values\n  MAE by feature:",
+        meta.stream,
+        t.devices,
+        t.readings,
+        t.from,
+        t.to,
+        t.epochs,
+        t.best_epoch,
+        t.train_windows,
+        t.validation_windows,
+        v.mae,
+        v.rmse,
+        v.mase,
+        v.mase_by_horizon
+            .iter()
+            .map(|m| format!("{m:.3}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        v.coverage_90 * 100.0,
+        v.points
+    );
+    for (f, mae) in meta.features.iter().zip(&v.mae_by_feature) {
+        s.push_str(&format!(" {f}={mae:.4}"));
+    }
+    s.push_str(&tails_report(meta.anomaly.as_ref()));
+    s
+}
+
+/// What the anomaly thresholds rest on: per piece of evidence, the fewest normal readings
+/// behind one feature's tail, and how many of them the fitted deep tail rests on.
+fn tails_report(calibration: Option<&crate::engine::detect::Calibration>) -> String {
+    use crate::engine::detect::TailTable;
+    let Some(c) = calibration else {
+        return "\n  anomaly thresholds: not measured (too few readings); Gaussian tails assumed"
+            .into();
+    };
+    let piece = |name: &str, tables: &[&TailTable]| {
+        let samples = tables.iter().map(|t| t.samples).min().unwrap_or(0);
+        let deep = tables
+            .iter()
+            .map(|t| t.gpd.as_ref().map_or(0, |g| g.exceedances))
+            .min()
+            .unwrap_or(0);
+        if deep > 0 {
+            format!("{name} {samples} ({deep} in the deep tail)")
+        } else {
+            format!("{name} {samples} (no deep tail: too few)")
+        }
+    };
+    fn refs(v: &[TailTable]) -> Vec<&TailTable> {
+        v.iter().collect()
+    }
+    let mut parts = vec![
+        piece("forecast", &refs(&c.forecast)),
+        piece("drift", &refs(&c.drift)),
+        piece("deviation", &refs(&c.deviation)),
+    ];
+    match &c.joint {
+        Some(j) => parts.push(piece("joint", &[&j.tail])),
+        None => parts.push("joint: not measured".into()),
+    }
+    format!(
+        "\n  anomaly thresholds rest on (normal readings per feature's tail): {}",
+        parts.join(", ")
+    )
+}

@@ -1804,50 +1804,38 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
 /// re-warmed into the new one as in a live swap: no device starts cold.
 #[test]
 fn a_restart_onto_a_new_model_brings_device_state_back_and_re_warms_it() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let influx = Influx::start();
-    let (topic, group) = (unique("reswap"), unique("g-reswap"));
-    create_topics(&brokers, &[(&topic, 2)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
-    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
-    add_keys(&cfg, "[model]", "swap_warmup = 15");
-    let current = || current_model(dir.path());
+    let pumps = Pumps::with_partitions("reswap", 2, |_| String::new());
+    add_keys(&pumps.cfg, "[model]", "swap_warmup = 15");
+    let current = || pumps.current();
     let v1 = current();
     let t0 = chrono::Utc::now();
     let at = |s: i64| (t0 + chrono::Duration::seconds(s)).to_rfc3339();
     let devices = 6;
-    simulate(&brokers, &topic, "json", devices, 150, &at(-100));
-    let serve = Serve::start(&cfg, dir.path(), port);
+    simulate(
+        &pumps.brokers,
+        &pumps.topic,
+        "json",
+        devices,
+        150,
+        &at(-100),
+    );
+    let serve = pumps.serve();
     wait_until("phase 1 written", Duration::from_secs(60), || {
-        influx.count("anomaly", "score") >= devices * 150
+        pumps.influx.count("anomaly", "score") >= devices * 150
     });
     assert_eq!(serve.terminate(), 0);
     // A new model while serve is down.
-    let history = dir.path().join("history.jsonl");
-    let o = Command::new(BIN)
-        .args(["train", "--config"])
-        .arg(&cfg)
-        .args(["--input", history.to_str().expect("utf-8")])
-        .env("SENSORCAST__TRAIN__SEED", "7")
-        .output()
-        .expect("train");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v2 = current();
+    let v2 = pumps.train();
     assert_ne!(v1, v2);
-    let serve = Serve::start(&cfg, dir.path(), port);
-    simulate(&brokers, &topic, "json", devices, 60, &at(-10));
+    let serve = pumps.serve();
+    simulate(&pumps.brokers, &pumps.topic, "json", devices, 60, &at(-10));
     wait_until("phase 2 written", Duration::from_secs(60), || {
-        influx.count("anomaly", "score") >= devices * 210
+        pumps.influx.count("anomaly", "score") >= devices * 210
     });
     let log = serve.log_text();
     assert!(log.contains("checkpoint of another model version"), "{log}");
     assert!(!log.contains("no usable checkpoint"), "{log}");
-    for (device, points) in &anomaly_models(&influx) {
+    for (device, points) in &anomaly_models(&pumps.influx) {
         assert_eq!(points.len(), 210, "{device}");
         let r = runs(points);
         assert_eq!(
@@ -1876,32 +1864,16 @@ fn a_restart_onto_a_new_model_brings_device_state_back_and_re_warms_it() {
 /// cold, counted as skipped for `reason="model"`, and serving goes on.
 #[test]
 fn a_restore_into_another_version_falls_back_past_damage_and_starts_cold_without_its_model() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let influx = Influx::start();
-    let (topic, group) = (unique("refall"), unique("g-refall"));
-    create_topics(&brokers, &[(&topic, 2)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
-    let (cfg, port) = setup(dir.path(), &brokers, &influx, &group, &streams, "");
-    add_keys(&cfg, "[model]", "swap_warmup = 15");
-    let current = || current_model(dir.path());
-    let train = || {
-        let history = dir.path().join("history.jsonl");
-        let o = Command::new(BIN)
-            .args(["train", "--config"])
-            .arg(&cfg)
-            .args(["--input", history.to_str().expect("utf-8")])
-            .env("SENSORCAST__TRAIN__SEED", "7")
-            .output()
-            .expect("train");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        current()
-    };
-    let partitions = dir.path().join("state").join(&group).join("pumps");
+    let pumps = Pumps::with_partitions("refall", 2, |_| String::new());
+    add_keys(&pumps.cfg, "[model]", "swap_warmup = 15");
+    let current = || pumps.current();
+    let train = || pumps.train();
+    let partitions = pumps
+        .dir
+        .path()
+        .join("state")
+        .join(&pumps.group)
+        .join("pumps");
     // The newest checkpoint of each partition, damaged in its middle (a flipped byte).
     let damage_newest = || {
         let mut damaged = 0;
@@ -1933,25 +1905,32 @@ fn a_restore_into_another_version_falls_back_past_damage_and_starts_cold_without
     let devices = 6;
     // Phase 1 in two parts more than a checkpoint interval apart, so that every partition
     // has two checkpoints (one is taken only when readings arrived since the last).
-    simulate(&brokers, &topic, "json", devices, 100, &at(-250));
-    let serve = Serve::start(&cfg, dir.path(), port);
+    simulate(
+        &pumps.brokers,
+        &pumps.topic,
+        "json",
+        devices,
+        100,
+        &at(-250),
+    );
+    let serve = pumps.serve();
     wait_until("phase 1a written", Duration::from_secs(60), || {
-        influx.count("anomaly", "score") >= devices * 100
+        pumps.influx.count("anomaly", "score") >= devices * 100
     });
     std::thread::sleep(Duration::from_millis(2500));
-    simulate(&brokers, &topic, "json", devices, 50, &at(-200));
+    simulate(&pumps.brokers, &pumps.topic, "json", devices, 50, &at(-200));
     wait_until("phase 1 written", Duration::from_secs(60), || {
-        influx.count("anomaly", "score") >= devices * 150
+        pumps.influx.count("anomaly", "score") >= devices * 150
     });
     assert_eq!(serve.terminate(), 0);
     let v2 = train();
     assert_ne!(v1, v2);
     assert_eq!(damage_newest(), 2);
 
-    let serve = Serve::start(&cfg, dir.path(), port);
-    simulate(&brokers, &topic, "json", devices, 60, &at(-100));
+    let serve = pumps.serve();
+    simulate(&pumps.brokers, &pumps.topic, "json", devices, 60, &at(-100));
     wait_until("phase 2 written", Duration::from_secs(60), || {
-        influx.count("anomaly", "score") >= devices * 210
+        pumps.influx.count("anomaly", "score") >= devices * 210
     });
     wait_until("the re-warm ends", Duration::from_secs(30), || {
         serve
@@ -1972,7 +1951,7 @@ fn a_restore_into_another_version_falls_back_past_damage_and_starts_cold_without
         serve.metric("sensorcast_checkpoints_skipped_total{reason=\"damaged\"}"),
         2.0
     );
-    for (device, points) in &anomaly_models(&influx) {
+    for (device, points) in &anomaly_models(&pumps.influx) {
         assert_eq!(points.len(), 210, "{device}: one point per reading");
         let r = runs(points);
         assert_eq!(
@@ -1996,11 +1975,12 @@ fn a_restore_into_another_version_falls_back_past_damage_and_starts_cold_without
     // A third version is published and v2, which the checkpoints name, is lost.
     let v3 = train();
     assert!(v3 != v2 && v3 != v1);
-    std::fs::remove_dir_all(dir.path().join("models").join("pumps").join(&v2)).expect("remove v2");
-    let serve = Serve::start(&cfg, dir.path(), port);
-    simulate(&brokers, &topic, "json", devices, 30, &at(-20));
+    std::fs::remove_dir_all(pumps.dir.path().join("models").join("pumps").join(&v2))
+        .expect("remove v2");
+    let serve = pumps.serve();
+    simulate(&pumps.brokers, &pumps.topic, "json", devices, 30, &at(-20));
     wait_until("phase 3 written", Duration::from_secs(60), || {
-        influx.count("anomaly", "score") >= devices * 240
+        pumps.influx.count("anomaly", "score") >= devices * 240
     });
     let log = serve.log_text();
     assert!(
@@ -2010,7 +1990,7 @@ fn a_restore_into_another_version_falls_back_past_damage_and_starts_cold_without
         "{log}"
     );
     assert!(serve.metric("sensorcast_checkpoints_skipped_total{reason=\"model\"}") >= 1.0);
-    for (device, points) in &anomaly_models(&influx) {
+    for (device, points) in &anomaly_models(&pumps.influx) {
         assert_eq!(points.len(), 240, "{device}: one point per reading");
         assert_eq!(
             runs(points).last().map(|(_, m)| m.as_str()),
@@ -2537,11 +2517,20 @@ struct Pumps {
 
 impl Pumps {
     fn new(name: &str, extra: impl FnOnce(&std::path::Path) -> String) -> Self {
+        Self::with_partitions(name, 1, extra)
+    }
+
+    /// [`Pumps::new`] on a topic of `partitions` partitions.
+    fn with_partitions(
+        name: &str,
+        partitions: i32,
+        extra: impl FnOnce(&std::path::Path) -> String,
+    ) -> Self {
         let brokers = brokers();
         let dir = tempfile::tempdir().expect("tempdir");
         let influx = Influx::start();
         let (topic, group) = (unique(name), unique(&format!("g-{name}")));
-        create_topics(&brokers, &[(&topic, 1)]);
+        create_topics(&brokers, &[(&topic, partitions)]);
         let streams = [Stream {
             name: "pumps",
             topic: &topic,
@@ -2558,6 +2547,26 @@ impl Pumps {
             cfg,
             port,
         }
+    }
+
+    /// The stream's current model version.
+    fn current(&self) -> String {
+        current_model(self.dir.path())
+    }
+
+    /// Trains a new model of the stream on the scenario's history (seed 7) and publishes it;
+    /// returns its version.
+    fn train(&self) -> String {
+        let history = self.dir.path().join("history.jsonl");
+        let o = Command::new(BIN)
+            .args(["train", "--config"])
+            .arg(&self.cfg)
+            .args(["--input", history.to_str().expect("utf-8")])
+            .env("SENSORCAST__TRAIN__SEED", "7")
+            .output()
+            .expect("train");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        self.current()
     }
 
     /// `serve` on the scenario's config, ready.

@@ -66,3 +66,41 @@ pub fn probe(cfg: &Config) -> Result<String, String> {
     }
     if ok { Ok(out) } else { Err(out) }
 }
+
+#[derive(clap::Args, Debug)]
+pub struct CheckConfigArgs {
+    /// Config file (TOML); defaults and environment only when left out.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Also check that InfluxDB takes writes as configured (an empty write) and that the
+    /// Kafka brokers answer with the streams' topics; exit 1 if not.
+    #[arg(long)]
+    probe: bool,
+}
+
+pub fn run(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
+    let CheckConfigArgs { config, probe } = args;
+    init_logging(None);
+    let text = match crate::commands::check_config(config.as_deref()) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    print!("{text}");
+    if !probe {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = Config::load(config.as_deref())?;
+    let (report, code) = match crate::commands::probe(&cfg) {
+        Ok(r) => (r, ExitCode::SUCCESS),
+        Err(r) => (r, ExitCode::from(1)),
+    };
+    // As comments, so that the output stays a valid config.
+    println!("\n# probe");
+    for line in report.lines() {
+        println!("# {line}");
+    }
+    Ok(code)
+}

@@ -56,3 +56,66 @@ pub fn run_label(cfg: &Config, mut label: crate::labels::Label) -> anyhow::Resul
         label.verdict.as_str()
     ))
 }
+
+#[derive(clap::Args, Debug)]
+pub struct LabelArgs {
+    /// Config file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Stream (may be left out when the config has one stream).
+    #[arg(long)]
+    stream: Option<String>,
+    /// The device.
+    #[arg(long)]
+    device: String,
+    /// The alarm's start (its `anomaly_event` point's time, the `start` field): RFC 3339
+    /// or an integer epoch.
+    #[arg(long)]
+    at: String,
+    /// What was found.
+    #[arg(long, value_enum)]
+    verdict: crate::labels::Verdict,
+    /// The alarm's kind.
+    #[arg(long, default_value = "anomaly", value_parser = crate::labels::KINDS)]
+    kind: String,
+    /// The alarm's last reading. Default: looked up in InfluxDB (the event's `end`;
+    /// none while the alarm is active), which also checks that the alarm exists.
+    #[arg(long)]
+    until: Option<String>,
+    /// Who labels it (default: $USER).
+    #[arg(long)]
+    by: Option<String>,
+    /// Why, in words.
+    #[arg(long, default_value = "")]
+    note: String,
+}
+
+pub fn run(args: LabelArgs) -> anyhow::Result<ExitCode> {
+    let LabelArgs {
+        config,
+        stream,
+        device,
+        at,
+        verdict,
+        kind,
+        until,
+        by,
+        note,
+    } = args;
+    let (cfg, stream) = setup(&config, stream.as_deref())?;
+    let label = crate::labels::Label {
+        stream: stream.name.clone(),
+        device,
+        kind,
+        at,
+        until,
+        verdict,
+        by: by
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_default(),
+        note,
+        recorded_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    println!("{}", crate::commands::run_label(&cfg, label)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -257,3 +257,74 @@ fn tails_report(calibration: Option<&crate::engine::detect::Calibration>) -> Str
         parts.join(", ")
     )
 }
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Config file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Where the history comes from.
+    #[arg(long, value_enum, default_value = "file")]
+    source: HistorySource,
+    /// Input files (`--source file`): JSON lines, CSV (`device,ts,<feature>...`) or line
+    /// protocol.
+    #[arg(long, num_args = 1.., required_if_eq("source", "file"))]
+    input: Vec<PathBuf>,
+    /// Start of the history window (`--source influxdb|kafka`): a duration back from `--until`
+    /// (e.g. `30d`) or an RFC 3339 time.
+    #[arg(long, default_value = "30d")]
+    since: String,
+    /// End of the history window (`--source influxdb`): RFC 3339, default now.
+    #[arg(long)]
+    until: Option<String>,
+    /// Stream to train (may be left out when the config has one stream).
+    #[arg(long)]
+    stream: Option<String>,
+    /// Fail on the first bad input line instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HistorySource {
+    /// `--input` files.
+    File,
+    /// InfluxDB (the `[influxdb]` connection; `train.history_*` say which measurement).
+    Influxdb,
+    /// The stream's Kafka topic (`[kafka]`), from the offsets of `--since` to `--until`.
+    Kafka,
+}
+
+pub fn run(args: TrainArgs, tty: bool) -> anyhow::Result<ExitCode> {
+    let TrainArgs {
+        config,
+        source,
+        input,
+        since,
+        until,
+        stream,
+        strict,
+    } = args;
+    let (cfg, stream) = setup(&config, stream.as_deref())?;
+    match source {
+        HistorySource::File => {
+            crate::commands::run_train(&cfg, &stream, &input, strict, tty)?;
+        }
+        HistorySource::Influxdb | HistorySource::Kafka => {
+            anyhow::ensure!(input.is_empty(), "--input is for --source file");
+            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            let to = match &until {
+                Some(u) => time_arg(u, now, "--until")?,
+                None => now,
+            };
+            let from = time_arg(&since, to, "--since")?;
+            anyhow::ensure!(from < to, "--since must be before --until");
+            if source == HistorySource::Kafka {
+                crate::commands::run_train_from_kafka(&cfg, &stream, from, to, strict, tty)?;
+            } else {
+                crate::commands::run_train_from_influxdb(&cfg, &stream, from, to, strict, tty)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -129,6 +129,205 @@ fn split_at(n: usize, validation_fraction: f64) -> usize {
     ((n as f64) * (1.0 - validation_fraction)).floor() as usize
 }
 
+/// What training found: the best model by validation loss, and how it got there.
+struct Fitted {
+    best_loss: f64,
+    best_epoch: usize,
+    best_model: Forecaster,
+    epochs_run: usize,
+    seconds: f64,
+}
+
+/// Trains with Adam on the Gaussian negative log-likelihood, shuffling the training windows
+/// each epoch (seeded), and keeps the model of the best validation loss; stops after
+/// `train.patience` epochs without improvement.
+fn fit(
+    arch: &Architecture,
+    window: usize,
+    series: &[Series<'_>],
+    train_w: &mut [Window],
+    valid_w: &[Window],
+    tc: &crate::config::TrainConfig,
+    progress: Progress<'_>,
+) -> Result<Fitted, TrainError> {
+    let (horizon, nf) = (arch.horizon, arch.input);
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let mut model = Forecaster::seeded(arch, &ad, tc.seed);
+    let mut optim = AdamConfig::new()
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+        .init();
+    let burn_in = window / 4;
+    let batches = train_w.len().div_ceil(tc.batch_size);
+    progress(ProgressEvent::Start {
+        total_steps: (batches * tc.epochs) as u64,
+    });
+    let mut rng = ChaCha8Rng::seed_from_u64(tc.seed);
+    let mut best: Option<(f64, usize, Forecaster)> = None;
+    let mut stale_epochs = 0;
+    let mut epochs_run = 0;
+    let started = std::time::Instant::now();
+    for epoch in 1..=tc.epochs {
+        epochs_run = epoch;
+        train_w.shuffle(&mut rng);
+        let mut total = 0.0;
+        for (b, chunk) in train_w.chunks(tc.batch_size).enumerate() {
+            let (x, y) = batch_tensors(series, chunk, window, horizon, nf, &ad);
+            let out = model.forward(x).narrow(1, burn_in, window - burn_in);
+            let loss = gaussian_nll(out, y.narrow(1, burn_in, window - burn_in));
+            let value: f32 = loss.clone().into_scalar();
+            total += value as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(tc.learning_rate, model, grads);
+            progress(ProgressEvent::Step {
+                epoch,
+                loss: total / (b + 1) as f64,
+            });
+        }
+        let valid_model = model.valid();
+        let vloss = validation_loss(
+            &valid_model,
+            series,
+            valid_w,
+            window,
+            horizon,
+            nf,
+            burn_in,
+            &device,
+        )?;
+        let improved = best.as_ref().is_none_or(|(l, _, _)| vloss < *l - 1e-4);
+        progress(ProgressEvent::Epoch {
+            epoch,
+            train_loss: total / batches as f64,
+            validation_loss: vloss,
+            best: improved,
+        });
+        if improved {
+            best = Some((vloss, epoch, valid_model));
+            stale_epochs = 0;
+        } else {
+            stale_epochs += 1;
+            if stale_epochs >= tc.patience {
+                break;
+            }
+        }
+    }
+    let (best_loss, best_epoch, best_model) =
+        best.ok_or_else(|| TrainError::Model("no epoch finished".into()))?;
+    Ok(Fitted {
+        best_loss,
+        best_epoch,
+        best_model,
+        epochs_run,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A training or validation window: its device (index into the series) and first reading.
+type Window = (usize, usize);
+
+/// Each feature's mean and standard deviation over the training parts (`split_of(n)` of a
+/// device's `n` readings); a feature that does not move gets a deviation of 1.
+fn normalisation(
+    by_device: &BTreeMap<&str, Vec<&Reading>>,
+    split_of: impl Fn(usize) -> usize,
+    nf: usize,
+) -> Result<(Vec<f32>, Vec<f32>), TrainError> {
+    let (mut sum, mut sum_sq, mut count) = (vec![0.0f64; nf], vec![0.0f64; nf], 0usize);
+    for rs in by_device.values() {
+        for r in &rs[..split_of(rs.len())] {
+            for f in 0..nf {
+                let v = r.values[f] as f64;
+                sum[f] += v;
+                sum_sq[f] += v * v;
+            }
+            count += 1;
+        }
+    }
+    if count == 0 {
+        return Err(TrainError::NotEnoughData(
+            "no readings in the training part".into(),
+        ));
+    }
+    let mean: Vec<f32> = sum.iter().map(|s| (s / count as f64) as f32).collect();
+    let std: Vec<f32> = (0..nf)
+        .map(|f| {
+            let m = sum[f] / count as f64;
+            let var = (sum_sq[f] / count as f64 - m * m).max(0.0);
+            let sd = var.sqrt();
+            if sd > 1e-6 * m.abs().max(1.0) {
+                sd as f32
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    Ok((mean, std))
+}
+
+/// The training and validation windows, `(device, start)`, that fit `window + horizon`
+/// consecutive readings without crossing a gap the engine treats as a reset.
+fn windows(
+    series: &[Series<'_>],
+    plan: &Plan,
+    horizon: usize,
+    stride: usize,
+    max_gap: i64,
+) -> Result<(Vec<Window>, Vec<Window>), TrainError> {
+    let window = plan.window;
+    // Windows never cross a gap that the engine would treat as a reset.
+    let span = window + horizon;
+    let windows_in =
+        |s: &Series<'_>, d: usize, lo: usize, hi: usize, out: &mut Vec<(usize, usize)>| {
+            let mut seg_start = lo;
+            for i in lo..=hi {
+                let boundary =
+                    i == hi || (i > lo && s.readings[i].ts - s.readings[i - 1].ts > max_gap);
+                if boundary {
+                    let seg_end = i;
+                    let mut start = seg_start;
+                    while start + span <= seg_end {
+                        out.push((d, start));
+                        start += stride;
+                    }
+                    seg_start = i;
+                }
+            }
+        };
+    let (mut train_w, mut valid_w) = (Vec::new(), Vec::new());
+    for (d, s) in series.iter().enumerate() {
+        let before = train_w.len();
+        windows_in(s, d, 0, s.split, &mut train_w);
+        if plan.validation_on_tail {
+            // The device's training windows that reach into its last part, or its last one.
+            let own = &train_w[before..];
+            let tail = own
+                .iter()
+                .filter(|&&(_, start)| start + span > s.scored_from);
+            if tail.clone().next().is_some() {
+                valid_w.extend(tail);
+            } else {
+                valid_w.extend(own.last());
+            }
+        } else {
+            windows_in(s, d, s.split, s.readings.len(), &mut valid_w);
+        }
+    }
+    // The plan leaves room for a window on both sides; these only guard against a mismatch.
+    if train_w.is_empty() {
+        return Err(TrainError::NotEnoughData(format!(
+            "no device has {span} consecutive readings (window {window} + model.horizon {horizon}) in its training part"
+        )));
+    }
+    if valid_w.is_empty() {
+        return Err(TrainError::NotEnoughData(format!(
+            "no device has {span} consecutive readings (window {window} + model.horizon {horizon}) in its validation part (the last {:.0}% of its history)",
+            plan.validation_fraction * 100.0
+        )));
+    }
+    Ok((train_w, valid_w))
+}
+
 /// Longest run of `ts` with no step longer than `max_gap` (a gap the engine treats as a reset,
 /// which no window crosses).
 fn longest_run(ts: &[i64], max_gap: i64) -> usize {
@@ -328,35 +527,7 @@ pub fn train(
         }
     };
     // Normalisation from the training parts only.
-    let (mut sum, mut sum_sq, mut count) = (vec![0.0f64; nf], vec![0.0f64; nf], 0usize);
-    for rs in by_device.values() {
-        for r in &rs[..split_of(rs.len())] {
-            for f in 0..nf {
-                let v = r.values[f] as f64;
-                sum[f] += v;
-                sum_sq[f] += v * v;
-            }
-            count += 1;
-        }
-    }
-    if count == 0 {
-        return Err(TrainError::NotEnoughData(
-            "no readings in the training part".into(),
-        ));
-    }
-    let mean: Vec<f32> = sum.iter().map(|s| (s / count as f64) as f32).collect();
-    let std: Vec<f32> = (0..nf)
-        .map(|f| {
-            let m = sum[f] / count as f64;
-            let var = (sum_sq[f] / count as f64 - m * m).max(0.0);
-            let sd = var.sqrt();
-            if sd > 1e-6 * m.abs().max(1.0) {
-                sd as f32
-            } else {
-                1.0
-            }
-        })
-        .collect();
+    let (mean, std) = normalisation(&by_device, split_of, nf)?;
     let series: Vec<Series<'_>> = by_device
         .values()
         .map(|rs| {
@@ -372,124 +543,23 @@ pub fn train(
             }
         })
         .collect();
-    // Windows never cross a gap that the engine would treat as a reset.
-    let max_gap = cfg.engine.max_gap.as_nanos();
-    let span = window + horizon;
-    let windows_in =
-        |s: &Series<'_>, d: usize, lo: usize, hi: usize, out: &mut Vec<(usize, usize)>| {
-            let mut seg_start = lo;
-            for i in lo..=hi {
-                let boundary =
-                    i == hi || (i > lo && s.readings[i].ts - s.readings[i - 1].ts > max_gap);
-                if boundary {
-                    let seg_end = i;
-                    let mut start = seg_start;
-                    while start + span <= seg_end {
-                        out.push((d, start));
-                        start += tc.stride;
-                    }
-                    seg_start = i;
-                }
-            }
-        };
-    let (mut train_w, mut valid_w) = (Vec::new(), Vec::new());
-    for (d, s) in series.iter().enumerate() {
-        let before = train_w.len();
-        windows_in(s, d, 0, s.split, &mut train_w);
-        if plan.validation_on_tail {
-            // The device's training windows that reach into its last part, or its last one.
-            let own = &train_w[before..];
-            let tail = own
-                .iter()
-                .filter(|&&(_, start)| start + span > s.scored_from);
-            if tail.clone().next().is_some() {
-                valid_w.extend(tail);
-            } else {
-                valid_w.extend(own.last());
-            }
-        } else {
-            windows_in(s, d, s.split, s.readings.len(), &mut valid_w);
-        }
-    }
-    // The plan leaves room for a window on both sides; these only guard against a mismatch.
-    if train_w.is_empty() {
-        return Err(TrainError::NotEnoughData(format!(
-            "no device has {span} consecutive readings (window {window} + model.horizon {horizon}) in its training part"
-        )));
-    }
-    if valid_w.is_empty() {
-        return Err(TrainError::NotEnoughData(format!(
-            "no device has {span} consecutive readings (window {window} + model.horizon {horizon}) in its validation part (the last {:.0}% of its history)",
-            plan.validation_fraction * 100.0
-        )));
-    }
+    let (mut train_w, mut valid_w) = windows(
+        &series,
+        &plan,
+        horizon,
+        tc.stride,
+        cfg.engine.max_gap.as_nanos(),
+    )?;
     subsample(&mut train_w, tc.max_windows);
     subsample(&mut valid_w, tc.max_windows.div_ceil(4));
 
-    let device = Device::flex();
-    let ad = device.clone().autodiff();
-    let mut model = Forecaster::seeded(&arch, &ad, tc.seed);
-    let mut optim = AdamConfig::new()
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
-        .init();
-    let burn_in = window / 4;
-    let batches = train_w.len().div_ceil(tc.batch_size);
-    progress(ProgressEvent::Start {
-        total_steps: (batches * tc.epochs) as u64,
-    });
-    let mut rng = ChaCha8Rng::seed_from_u64(tc.seed);
-    let mut best: Option<(f64, usize, Forecaster)> = None;
-    let mut stale_epochs = 0;
-    let mut epochs_run = 0;
-    let started = std::time::Instant::now();
-    for epoch in 1..=tc.epochs {
-        epochs_run = epoch;
-        train_w.shuffle(&mut rng);
-        let mut total = 0.0;
-        for (b, chunk) in train_w.chunks(tc.batch_size).enumerate() {
-            let (x, y) = batch_tensors(&series, chunk, window, horizon, nf, &ad);
-            let out = model.forward(x).narrow(1, burn_in, window - burn_in);
-            let loss = gaussian_nll(out, y.narrow(1, burn_in, window - burn_in));
-            let value: f32 = loss.clone().into_scalar();
-            total += value as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(tc.learning_rate, model, grads);
-            progress(ProgressEvent::Step {
-                epoch,
-                loss: total / (b + 1) as f64,
-            });
-        }
-        let valid_model = model.valid();
-        let vloss = validation_loss(
-            &valid_model,
-            &series,
-            &valid_w,
-            window,
-            horizon,
-            nf,
-            burn_in,
-            &device,
-        )?;
-        let improved = best.as_ref().is_none_or(|(l, _, _)| vloss < *l - 1e-4);
-        progress(ProgressEvent::Epoch {
-            epoch,
-            train_loss: total / batches as f64,
-            validation_loss: vloss,
-            best: improved,
-        });
-        if improved {
-            best = Some((vloss, epoch, valid_model));
-            stale_epochs = 0;
-        } else {
-            stale_epochs += 1;
-            if stale_epochs >= tc.patience {
-                break;
-            }
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let (best_loss, best_epoch, best_model) =
-        best.ok_or_else(|| TrainError::Model("no epoch finished".into()))?;
+    let Fitted {
+        best_loss,
+        best_epoch,
+        best_model,
+        epochs_run,
+        seconds,
+    } = fit(&arch, window, &series, &mut train_w, &valid_w, tc, progress)?;
     let inference = best_model
         .export(&arch, "candidate", &stream.features, &mean, &std)
         .map_err(TrainError::Model)?;

@@ -1,7 +1,9 @@
 //! What the stages of `serve` hand each other (docs/ARCHITECTURE.md §2).
 //!
 //! ```text
-//! source ──ToEngine──► engine stage ──ToSink──► sink ──► store offsets, persist checkpoints
+//! source ──ToEngine──► engine stage ──ToSink──► sink ──► persist checkpoints
+//!   ▲                                                  │
+//!   └──────────── Offsets of persisted checkpoints ◄───┘  (the source stores them)
 //! ```
 //!
 //! Everything travels in order through bounded channels, so a checkpoint that follows a

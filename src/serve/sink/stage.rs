@@ -194,9 +194,8 @@ async fn persist(
     health: Arc<Health>,
 ) {
     use std::sync::atomic::Ordering;
-    type Key = PartitionKey;
     let key = |c: &Checkpoint| PartitionKey::new(&c.header.topic, c.header.partition);
-    let mut aside: HashMap<Key, (Checkpoint, Vec<DeadLetterAck>)> = HashMap::new();
+    let mut aside: HashMap<PartitionKey, (Checkpoint, Vec<DeadLetterAck>)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let write = |checkpoints: Vec<Checkpoint>| write_checkpoints(&store, &metrics, checkpoints);
     // A closed channel means the source has stopped storing offsets (shutdown): what is
@@ -216,7 +215,7 @@ async fn persist(
                 None => break,
             },
             _ = tick.tick(), if !aside.is_empty() => {
-                let ready: Vec<Key> = aside
+                let ready: Vec<PartitionKey> = aside
                     .iter()
                     .filter(|(_, (_, acks))| acks.iter().all(DeadLetterAck::settled))
                     .map(|(k, _)| k.clone())
@@ -264,9 +263,8 @@ async fn persist(
             Some(done) if ok => {
                 let _ = done.send(offsets);
             }
-            // A revoke's set that failed: what was written still counts.
-            Some(_) => report(offsets).await,
-            None => report(offsets).await,
+            // Periodic, or a revoke's set that failed: what was written still counts.
+            _ => report(offsets).await,
         }
         if periodic {
             // Written, set aside or failed, the engine stage may take the next one (a failed

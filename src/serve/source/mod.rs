@@ -75,12 +75,20 @@ pub fn consumer(
 /// rebalancer stores them itself before the partitions go.
 pub async fn store_persisted(mut persisted: mpsc::Receiver<Offsets>, consumer: Arc<Consumer>) {
     while let Some(offsets) = persisted.recv().await {
-        store_offsets(&*consumer, &offsets);
+        if let Err(e) = store_offsets(&*consumer, &offsets) {
+            // After a rebalance the partition may belong to another member, which re-reads
+            // from its checkpoint: outputs are rewritten with the same timestamps, tags and
+            // values (§3.2, §3.3).
+            tracing::debug!(error = %e, "cannot store offsets (partition revoked?)");
+        }
     }
 }
 
-/// Stores offsets for the next commit (each the last done; Kafka stores the next to read).
-pub(crate) fn store_offsets<C>(consumer: &C, offsets: &Offsets)
+/// Stores each partition's next offset for the next commit.
+pub(crate) fn store_offsets<C>(
+    consumer: &C,
+    offsets: &Offsets,
+) -> Result<(), rdkafka::error::KafkaError>
 where
     C: rdkafka::consumer::Consumer<SourceContext> + ?Sized,
 {
@@ -92,12 +100,7 @@ where
         }
     }
     if tpl.count() == 0 {
-        return;
+        return Ok(());
     }
-    if let Err(e) = consumer.store_offsets(&tpl) {
-        // After a rebalance the partition may belong to another member, which re-reads from
-        // its checkpoint: outputs are rewritten with the same timestamps, tags and values
-        // (§3.2, §3.3).
-        tracing::debug!(error = %e, "cannot store offsets (partition revoked?)");
-    }
+    consumer.store_offsets(&tpl)
 }

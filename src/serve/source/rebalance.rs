@@ -257,8 +257,8 @@ impl Rebalancer {
         tpl: &mut TopicPartitionList,
         metrics: &Metrics,
         health: &Health,
-    ) -> Vec<(PartitionKey, NextOffset)> {
-        let mut behind = Vec::new();
+    ) -> Offsets {
+        let mut behind = Offsets::default();
         if self.engine().is_none() {
             return behind;
         }
@@ -294,7 +294,7 @@ impl Rebalancer {
                     continue;
                 }
                 if facts.committed.is_some() && committed.is_none_or(|c| c < offset) {
-                    behind.push((key, offset));
+                    behind.advance(&key.topic, key.partition, offset);
                 }
             }
         }
@@ -412,20 +412,20 @@ impl Rebalancer {
     /// moves a committed offset back.
     fn store_restored<C: rdkafka::consumer::Consumer<SourceContext>>(
         consumer: &C,
-        behind: &[(PartitionKey, NextOffset)],
+        behind: &Offsets,
     ) {
         if behind.is_empty() {
             return;
         }
-        let mut offsets = Offsets::default();
-        for (key, next) in behind {
-            offsets.advance(&key.topic, key.partition, *next);
+        match super::store_offsets(consumer, behind) {
+            Ok(()) => tracing::info!(
+                partitions = behind.iter().count(),
+                "committed offsets behind the restored checkpoints moved up to them"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store the restored checkpoints' offsets")
+            }
         }
-        super::store_offsets(consumer, &offsets);
-        tracing::info!(
-            partitions = behind.len(),
-            "committed offsets behind the restored checkpoints moved up to them"
-        );
     }
 
     /// Before partitions go: everything taken from them is stepped, written and
@@ -468,7 +468,9 @@ impl Rebalancer {
             match tokio::time::timeout_at(deadline, done_rx).await {
                 Ok(Ok(offsets)) => {
                     // Persisted: their offsets go into the commit below.
-                    super::store_offsets(consumer, &offsets);
+                    if let Err(e) = super::store_offsets(consumer, &offsets) {
+                        tracing::warn!(error = %e, "cannot store the revoked partitions' offsets");
+                    }
                     true
                 }
                 _ => false,
@@ -542,7 +544,7 @@ impl ConsumerContext for SourceContext {
         );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut behind = Vec::new();
+                let mut behind = Offsets::default();
                 if let Some(r) = &self.rebalancer {
                     behind = r.on_assign(consumer, tpl, &self.metrics, &self.health);
                     r.assignment.update(|owned| {

@@ -40,7 +40,7 @@ pub struct SkabArgs {
     model: Option<String>,
     /// Judge on one piece of evidence only, to measure each one's contribution.
     #[arg(long, value_enum)]
-    evidence: Option<EvidenceArg>,
+    evidence: Option<crate::config::Evidence>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -65,16 +65,6 @@ pub struct LabelledArgs {
     /// Folder for one chart per device.
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum EvidenceArg {
-    Default,
-    All,
-    Forecast,
-    Drift,
-    Deviation,
-    Joint,
 }
 
 pub fn skab(args: SkabArgs, tty: bool) -> anyhow::Result<ExitCode> {
@@ -103,14 +93,7 @@ pub fn skab(args: SkabArgs, tty: bool) -> anyhow::Result<ExitCode> {
         sweep,
         charts: !no_charts,
         model,
-        evidence: evidence.map(|e| match e {
-            EvidenceArg::Default => crate::config::Evidence::Default,
-            EvidenceArg::All => crate::config::Evidence::All,
-            EvidenceArg::Forecast => crate::config::Evidence::Forecast,
-            EvidenceArg::Drift => crate::config::Evidence::Drift,
-            EvidenceArg::Deviation => crate::config::Evidence::Deviation,
-            EvidenceArg::Joint => crate::config::Evidence::Joint,
-        }),
+        evidence,
     };
     let report = crate::tools::evaluate::run_skab(&opts, tty)?;
     println!("{report}");

@@ -12,7 +12,7 @@ pub struct SimulateArgs {
     readings: usize,
     /// Payload format.
     #[arg(long, value_enum, default_value = "json")]
-    format: SimFormat,
+    format: crate::config::Format,
     /// Faults to inject.
     #[arg(long, default_value_t = 0)]
     faults: usize,
@@ -48,12 +48,6 @@ pub struct SimulateArgs {
     /// `batch.num.messages=1`.
     #[arg(long = "producer-property", value_parser = key_value)]
     producer_properties: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum SimFormat {
-    Json,
-    Line,
 }
 
 /// `KEY=VALUE`.
@@ -105,10 +99,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             seed,
             ..crate::synth::FleetSpec::default()
         },
-        format: match format {
-            SimFormat::Json => crate::config::Format::Json,
-            SimFormat::Line => crate::config::Format::Line,
-        },
+        format,
         measurement,
         target,
         rate,

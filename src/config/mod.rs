@@ -556,8 +556,8 @@ pub enum StoreKind {
     Kafka,
 }
 
-/// Input payload format of a stream.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+/// Input payload format of a stream (also `simulate --format`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// `{"device":…,"ts":…,"values":{…}}`
@@ -566,8 +566,8 @@ pub enum Format {
     Line,
 }
 
-/// Which evidence a reading is judged on.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+/// Which evidence a reading is judged on (also `evaluate skab --evidence`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Evidence {
     /// Forecast surprise, deviation and joint deviation (the strongest wins). The residual

@@ -1806,32 +1806,20 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
 fn a_restart_onto_a_new_model_brings_device_state_back_and_re_warms_it() {
     let pumps = Pumps::with_partitions("reswap", 2, |_| String::new());
     add_keys(&pumps.cfg, "[model]", "swap_warmup = 15");
-    let current = || pumps.current();
-    let v1 = current();
+    let v1 = pumps.current();
     let t0 = chrono::Utc::now();
     let at = |s: i64| (t0 + chrono::Duration::seconds(s)).to_rfc3339();
     let devices = 6;
-    simulate(
-        &pumps.brokers,
-        &pumps.topic,
-        "json",
-        devices,
-        150,
-        &at(-100),
-    );
+    pumps.simulate(devices, 150, &at(-100));
     let serve = pumps.serve();
-    wait_until("phase 1 written", Duration::from_secs(60), || {
-        pumps.influx.count("anomaly", "score") >= devices * 150
-    });
+    pumps.wait_scored("phase 1 written", devices * 150);
     assert_eq!(serve.terminate(), 0);
     // A new model while serve is down.
     let v2 = pumps.train();
     assert_ne!(v1, v2);
     let serve = pumps.serve();
-    simulate(&pumps.brokers, &pumps.topic, "json", devices, 60, &at(-10));
-    wait_until("phase 2 written", Duration::from_secs(60), || {
-        pumps.influx.count("anomaly", "score") >= devices * 210
-    });
+    pumps.simulate(devices, 60, &at(-10));
+    pumps.wait_scored("phase 2 written", devices * 210);
     let log = serve.log_text();
     assert!(log.contains("checkpoint of another model version"), "{log}");
     assert!(!log.contains("no usable checkpoint"), "{log}");
@@ -1866,8 +1854,6 @@ fn a_restart_onto_a_new_model_brings_device_state_back_and_re_warms_it() {
 fn a_restore_into_another_version_falls_back_past_damage_and_starts_cold_without_its_model() {
     let pumps = Pumps::with_partitions("refall", 2, |_| String::new());
     add_keys(&pumps.cfg, "[model]", "swap_warmup = 15");
-    let current = || pumps.current();
-    let train = || pumps.train();
     let partitions = pumps
         .dir
         .path()
@@ -1899,39 +1885,26 @@ fn a_restore_into_another_version_falls_back_past_damage_and_starts_cold_without
         }
         damaged
     };
-    let v1 = current();
+    let v1 = pumps.current();
     let t0 = chrono::Utc::now();
     let at = |s: i64| (t0 + chrono::Duration::seconds(s)).to_rfc3339();
     let devices = 6;
     // Phase 1 in two parts more than a checkpoint interval apart, so that every partition
     // has two checkpoints (one is taken only when readings arrived since the last).
-    simulate(
-        &pumps.brokers,
-        &pumps.topic,
-        "json",
-        devices,
-        100,
-        &at(-250),
-    );
+    pumps.simulate(devices, 100, &at(-250));
     let serve = pumps.serve();
-    wait_until("phase 1a written", Duration::from_secs(60), || {
-        pumps.influx.count("anomaly", "score") >= devices * 100
-    });
+    pumps.wait_scored("phase 1a written", devices * 100);
     std::thread::sleep(Duration::from_millis(2500));
-    simulate(&pumps.brokers, &pumps.topic, "json", devices, 50, &at(-200));
-    wait_until("phase 1 written", Duration::from_secs(60), || {
-        pumps.influx.count("anomaly", "score") >= devices * 150
-    });
+    pumps.simulate(devices, 50, &at(-200));
+    pumps.wait_scored("phase 1 written", devices * 150);
     assert_eq!(serve.terminate(), 0);
-    let v2 = train();
+    let v2 = pumps.train();
     assert_ne!(v1, v2);
     assert_eq!(damage_newest(), 2);
 
     let serve = pumps.serve();
-    simulate(&pumps.brokers, &pumps.topic, "json", devices, 60, &at(-100));
-    wait_until("phase 2 written", Duration::from_secs(60), || {
-        pumps.influx.count("anomaly", "score") >= devices * 210
-    });
+    pumps.simulate(devices, 60, &at(-100));
+    pumps.wait_scored("phase 2 written", devices * 210);
     wait_until("the re-warm ends", Duration::from_secs(30), || {
         serve
             .log_text()
@@ -1973,15 +1946,13 @@ fn a_restore_into_another_version_falls_back_past_damage_and_starts_cold_without
     assert_eq!(serve.terminate(), 0);
 
     // A third version is published and v2, which the checkpoints name, is lost.
-    let v3 = train();
+    let v3 = pumps.train();
     assert!(v3 != v2 && v3 != v1);
     std::fs::remove_dir_all(pumps.dir.path().join("models").join("pumps").join(&v2))
         .expect("remove v2");
     let serve = pumps.serve();
-    simulate(&pumps.brokers, &pumps.topic, "json", devices, 30, &at(-20));
-    wait_until("phase 3 written", Duration::from_secs(60), || {
-        pumps.influx.count("anomaly", "score") >= devices * 240
-    });
+    pumps.simulate(devices, 30, &at(-20));
+    pumps.wait_scored("phase 3 written", devices * 240);
     let log = serve.log_text();
     assert!(
         log.contains(&format!(
@@ -2567,6 +2538,19 @@ impl Pumps {
             .expect("train");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         self.current()
+    }
+
+    /// `devices` pumps' simulated readings (`sensorcast simulate`, JSON, one a second, the
+    /// last at `end`) produced to the scenario's topic.
+    fn simulate(&self, devices: usize, readings: usize, end: &str) {
+        simulate(&self.brokers, &self.topic, "json", devices, readings, end);
+    }
+
+    /// Waits (up to 60 s) until InfluxDB holds `n` anomaly points.
+    fn wait_scored(&self, what: &str, n: usize) {
+        wait_until(what, Duration::from_secs(60), || {
+            self.influx.count("anomaly", "score") >= n
+        });
     }
 
     /// `serve` on the scenario's config, ready.

@@ -1458,11 +1458,8 @@ mod tests {
     fn engine(isa: Isa) -> Engine {
         let spec = Shape {
             features: 4,
-
             hidden: 24,
-
             layers: 2,
-
             horizon: 3,
         };
         let mut s = settings();

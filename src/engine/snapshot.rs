@@ -627,11 +627,8 @@ mod tests {
     fn engine() -> Engine {
         let spec = Shape {
             features: 4,
-
             hidden: 16,
-
             layers: 2,
-
             horizon: 3,
         };
         let mut s = settings();

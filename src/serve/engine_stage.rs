@@ -1058,11 +1058,8 @@ mod tests {
     fn stage(dir: &std::path::Path, ttl: HumanDuration) -> EngineStage {
         let spec = Shape {
             features: 3,
-
             hidden: 16,
-
             layers: 1,
-
             horizon: 2,
         };
         let model = Arc::new(synthetic_model(spec));

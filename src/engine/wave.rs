@@ -1,0 +1,703 @@
+//! One wave of a batch: at most one reading per device ([`Engine::process`] cuts the batch
+//! into waves), stepped together.
+//!
+//! The phases, in order:
+//!
+//! 1. **normalise**: the readings into model units, clamped, as the rows of `x`;
+//! 2. **gather**: each device's hidden and cell state into the rows of `h` and `c`, per layer
+//!    a `rows × hidden` block (zeros for a device that starts cold);
+//! 3. **step**: the LSTM stack over all rows at once ([`kernel`]);
+//! 4. **head**: the top layer's new hidden state through the forecast head, all rows at once;
+//! 5. **score**, row by row: the forecast and drift evidence (the reading against the forecasts
+//!    made for it), the deviation evidence (the reading against the device's own normal),
+//!    their combination, explanation and the alarm policy; then the new forecasts are kept and
+//!    the new state is scattered back to the device.
+//!
+//! Every row is computed from its own device's state alone, so any batching gives the same
+//! bits (§3.6).
+
+use super::*;
+use crate::config::Evidence;
+
+/// Per-reading scratch of the scoring, one value per feature in each, reused across readings.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    /// The largest standardised residual of each feature (signed); then its signed square.
+    z: Vec<f64>,
+    /// The one-step standardised residual of each feature (signed), the drift's input.
+    znear: Vec<f64>,
+    /// The drift statistic of each feature (signed square).
+    qdrift: Vec<f64>,
+    /// The squared standardised departure from the device's normal (signed).
+    parts: Vec<f64>,
+    /// The standardised departure (signed), the joint deviation's input.
+    zjoint: Vec<f64>,
+    /// Per-feature surprisals of each piece of evidence.
+    s_fc: Vec<f64>,
+    s_dr: Vec<f64>,
+    s_dev: Vec<f64>,
+    s_joint: Vec<f64>,
+}
+
+impl Scratch {
+    fn reset(&mut self, nf: usize) {
+        for v in [
+            &mut self.z,
+            &mut self.znear,
+            &mut self.qdrift,
+            &mut self.parts,
+            &mut self.s_fc,
+            &mut self.s_dr,
+            &mut self.s_dev,
+            &mut self.s_joint,
+        ] {
+            v.clear();
+            v.resize(nf, 0.0);
+        }
+    }
+}
+
+/// One reading's place in the wave and in its device's history.
+struct Row {
+    /// Its row in the wave's blocks.
+    r: usize,
+    /// Its index in the batch.
+    index: usize,
+    slot: usize,
+    /// The device starts cold with this reading.
+    reset: bool,
+    step_ns: i64,
+    ts: i64,
+    /// Readings the device's LSTM state has taken in before this one (0: cold).
+    step: usize,
+    /// Past the warm-up: the reading is judged, and teaches the calibration.
+    warm: bool,
+    /// In a maintenance window: the reading neither raises nor clears an alarm, nor teaches.
+    maintenance: bool,
+    /// Start of the device's horizon-H ring entry that falls due with this reading.
+    ring: usize,
+}
+
+/// What the forecasts made for a reading say of it.
+#[derive(Debug, Default)]
+struct ForecastEvidence {
+    /// Score from the largest standardised residual (0 without a forecast).
+    score: f64,
+    /// The device's smoothed likelihood of that score (0 before warm).
+    likelihood: f64,
+    /// Largest squared standardised residual (once warm).
+    stat: Option<f64>,
+    /// p-value of the forecast residuals (once warm).
+    p: Option<f64>,
+    /// p-value of the drift of the one-step residuals (once warm).
+    p_drift: Option<f64>,
+}
+
+/// What the device's own normal says of a reading.
+#[derive(Debug, Default)]
+struct DeviationEvidence {
+    /// Largest squared standardised departure (once learnt).
+    stat: Option<f64>,
+    /// p-value of the departures (once learnt).
+    p: Option<f64>,
+    /// Joint distance of the departures (once learnt, with a joint calibration).
+    joint_stat: Option<f64>,
+    /// p-value of the joint distance.
+    p_joint: Option<f64>,
+}
+
+/// The pieces of evidence that count, in a fixed order.
+#[derive(Debug, Clone, Copy)]
+struct Chosen {
+    forecast: Option<f64>,
+    drift: Option<f64>,
+    deviation: Option<f64>,
+    joint: Option<f64>,
+}
+
+impl Chosen {
+    /// The pieces the configured [`Evidence`] combines; the others are measured (and recorded
+    /// for calibration) but do not count.
+    fn of(evidence: Evidence, fe: &ForecastEvidence, de: &DeviationEvidence) -> Self {
+        let (forecast, drift, deviation, joint) = match evidence {
+            Evidence::Default => (fe.p, None, de.p, de.p_joint),
+            Evidence::All => (fe.p, fe.p_drift, de.p, de.p_joint),
+            Evidence::Forecast => (fe.p, None, None, None),
+            Evidence::Drift => (None, fe.p_drift, None, None),
+            Evidence::Deviation => (None, None, de.p, None),
+            Evidence::Joint => (None, None, None, de.p_joint),
+        };
+        Self {
+            forecast,
+            drift,
+            deviation,
+            joint,
+        }
+    }
+}
+
+/// The judgement of one reading.
+#[derive(Debug)]
+struct Verdict {
+    /// The combined p-value.
+    p: f64,
+    over_line: bool,
+    top_feature: usize,
+    edge: Edge,
+    is_anomaly: bool,
+    peak: f32,
+}
+
+/// Standardises reading `x` against one forecast of it (`mean`, `sigma`, and the device's
+/// calibration `calib`): keeps each feature's residual in `near` where given, its largest
+/// residual so far in `z`, and returns the largest |z|. With `learn` (the calibration's
+/// weight), folds the squared residual into `calib`, capped at 5σ so that a fault does not
+/// teach the device that faults are normal.
+fn judge(
+    (x, mean, sigma): (&[f32], &[f32], &[f32]),
+    calib: &mut [f32],
+    learn: Option<f32>,
+    z: &mut [f64],
+    mut near: Option<&mut [f64]>,
+) -> f64 {
+    let mut worst = 0.0f64;
+    for f in 0..x.len() {
+        let zf = (x[f] - mean[f]) / (sigma[f] * calib[f].sqrt());
+        let az = zf.abs() as f64;
+        worst = worst.max(az);
+        if az > z[f].abs() {
+            z[f] = zf as f64;
+        }
+        if let Some(near) = near.as_deref_mut() {
+            near[f] = zf as f64;
+        }
+        if let Some(alpha) = learn {
+            let z2 = (zf * zf * calib[f]).min(CALIBRATION_CAP);
+            calib[f] = (calib[f] + alpha * (z2 - calib[f])).clamp(CALIBRATION_MIN, CALIBRATION_MAX);
+        }
+    }
+    worst
+}
+
+impl Engine {
+    /// Steps and scores one wave (`items`, at most one per device, of `batch`) into `out`.
+    pub(super) fn run_wave(&mut self, batch: &[Reading], items: &[Item], out: &mut BatchOutput) {
+        let model = Arc::clone(&self.model);
+        let rows = items.len();
+        self.normalise(&model, batch, items);
+        self.gather(items);
+        model.stack.step(
+            self.isa,
+            &mut self.ws,
+            rows,
+            &self.x,
+            &mut self.h,
+            &mut self.c,
+        );
+        self.head(&model, rows);
+        for (r, it) in items.iter().enumerate() {
+            let row = self.row(&model, &batch[it.index], r, it);
+            self.score_row(&model, &batch[it.index], &row, rows, out);
+        }
+    }
+
+    /// The readings in model units, one row each, clamped so that an absurd but finite value
+    /// cannot overflow the state.
+    fn normalise(&mut self, model: &InferenceModel, batch: &[Reading], items: &[Item]) {
+        let nf = model.features.len();
+        let lim = self.settings.max_abs_z;
+        self.x.clear();
+        for it in items {
+            let values = &batch[it.index].values[..nf];
+            for ((v, mean), std) in values.iter().zip(&model.mean).zip(&model.std) {
+                let z = (v - mean) / std;
+                if z.abs() > lim {
+                    self.counters.clamped += 1;
+                }
+                self.x.push(z.clamp(-lim, lim));
+            }
+        }
+    }
+
+    /// The devices' states into per-layer `rows × hidden` blocks of `h` and `c`.
+    fn gather(&mut self, items: &[Item]) {
+        let (rows, s_len) = (items.len(), self.state_len);
+        self.h.clear();
+        self.h.resize(rows * s_len, 0.0);
+        self.c.clear();
+        self.c.resize(rows * s_len, 0.0);
+        let mut off = 0;
+        for layer in self.model.stack.layers() {
+            let hl = layer.hidden();
+            for (r, it) in items.iter().enumerate() {
+                if it.reset {
+                    continue;
+                }
+                let src = it.slot * s_len + off;
+                let dst = rows * off + r * hl;
+                self.h[dst..dst + hl].copy_from_slice(&self.slots.h[src..src + hl]);
+                self.c[dst..dst + hl].copy_from_slice(&self.slots.c[src..src + hl]);
+            }
+            off += hl;
+        }
+    }
+
+    /// The forecast head on the top layer's new hidden state, into `head_out`.
+    fn head(&mut self, model: &InferenceModel, rows: usize) {
+        let top = model.stack.hidden();
+        let padded = kernel::padded_rows(rows);
+        let top_block = rows * (self.state_len - top);
+        self.head_in.clear();
+        self.head_in
+            .extend_from_slice(&self.h[top_block..top_block + rows * top]);
+        self.head_in.resize(padded * top, 0.0);
+        self.head_out.resize(padded * model.head.n_pad(), 0.0);
+        kernel::gemm_bias(
+            self.isa,
+            &self.head_in,
+            padded,
+            &model.head,
+            &mut self.head_out,
+        );
+    }
+
+    fn row(&self, model: &InferenceModel, reading: &Reading, r: usize, it: &Item) -> Row {
+        let maintenance = !self.settings.maintenance.is_empty()
+            && self
+                .settings
+                .maintenance
+                .covers(&reading.device, reading.ts);
+        let step = if it.reset {
+            0
+        } else {
+            self.slots.count[it.slot] as usize
+        };
+        let (hz, nf) = (model.horizon, model.features.len());
+        Row {
+            r,
+            index: it.index,
+            slot: it.slot,
+            reset: it.reset,
+            step_ns: it.step_ns,
+            ts: reading.ts,
+            step,
+            warm: step >= self.settings.warmup as usize,
+            maintenance,
+            ring: (it.slot * hz + step % hz) * nf,
+        }
+    }
+
+    /// Scores one row of the stepped wave and moves its device on.
+    fn score_row(
+        &mut self,
+        model: &InferenceModel,
+        reading: &Reading,
+        row: &Row,
+        rows: usize,
+        out: &mut BatchOutput,
+    ) {
+        let (nf, slot) = (model.features.len(), row.slot);
+        self.scratch.reset(nf);
+        let fe = self.forecast_evidence(model, row);
+        if row.reset {
+            self.slots.drift[slot * nf..(slot + 1) * nf].fill(0.0);
+        }
+        // Deviation from the device's own normal (not reset by gaps: it is the device's
+        // normal, not the LSTM's memory).
+        let seen = self.slots.seen[slot];
+        let de = self.deviation_evidence(model, row, seen);
+        self.record_evidence(nf, row, &fe, &de, out);
+        let chosen = Chosen::of(self.settings.detect.evidence, &fe, &de);
+        // The settle rule compares how far the device is from its normal: the joint
+        // distance, or the largest standardised departure, in the statistic's own units
+        // (an onset's forecast surprise is no yardstick for how far the level moved, and
+        // a p-value's logarithm depends on the shape of the fitted tail). 0 while the
+        // device learns: no settling then.
+        let level = de.joint_stat.or(de.stat).unwrap_or(0.0);
+        let verdict = self.decide(nf, row, seen, chosen, level, out);
+        if seen > 0 {
+            let healthy = if row.maintenance {
+                0.0
+            } else {
+                let rate = self.slots.rate[slot] as f64;
+                let clear = self.settings.detect.clear_factor;
+                detect::health_weight(verdict.is_anomaly, verdict.p, rate, clear)
+            };
+            let x = &self.x[row.r * nf..(row.r + 1) * nf];
+            Deviation {
+                state: &mut self.slots.dev[slot * 3 * nf..(slot + 1) * 3 * nf],
+            }
+            .adapt(
+                &self.settings.detect,
+                self.settings.warmup,
+                seen,
+                x,
+                healthy,
+            );
+        }
+        self.slots.seen[slot] = seen.saturating_add(1);
+        let (stuck_edge, stuck_features) = step_stuck(
+            &self.stuck_policy,
+            &mut self.slots,
+            &mut self.counters,
+            (slot, reading, row.step_ns, row.maintenance),
+        );
+        self.keep_forecasts(model, row, out);
+        self.scatter(row, rows);
+        self.counters.stepped += 1;
+        let score = 1.0 - verdict.p;
+        let s_len = self.state_len;
+        let finite = score.is_finite()
+            && fe.likelihood.is_finite()
+            && out.forecast(row.index).iter().all(|v| v.is_finite())
+            && self.slots.h[slot * s_len..(slot + 1) * s_len]
+                .iter()
+                .chain(&self.slots.c[slot * s_len..(slot + 1) * s_len])
+                .all(|v| v.is_finite());
+        if !finite {
+            // Never write NaN/inf, never carry it on: the device starts over.
+            self.counters.poisoned += 1;
+            self.reset_slot(slot);
+            out.outcomes[row.index] = Outcome::Reset;
+            return;
+        }
+        out.outcomes[row.index] = Outcome::Scored(Scored {
+            score,
+            surprisal: -verdict.p.max(f64::MIN_POSITIVE).ln(),
+            forecast_score: fe.score,
+            deviation_score: chosen.deviation.map_or(0.0, |q| 1.0 - q),
+            likelihood: fe.likelihood,
+            over_line: verdict.over_line,
+            is_anomaly: verdict.is_anomaly,
+            edge: verdict.edge,
+            peak: verdict.peak,
+            forecast_stat: fe.stat,
+            deviation_stat: de.stat,
+            top_feature: verdict.top_feature,
+            step_ns: row.step_ns,
+            cold: row.reset,
+            maintenance: row.maintenance,
+            stuck_edge,
+            stuck_features,
+        });
+    }
+
+    /// The forecast evidence of a reading (how far it falls from the one-step and horizon-H
+    /// forecasts made for it) and the drift evidence (a short average of the signed one-step
+    /// residuals: a forecaster follows a slow drift a step behind, so its residuals lean one
+    /// way for as long as the drift lasts). Updates the device's residual calibration,
+    /// likelihood and drift; leaves the per-feature statistics in the scratch.
+    fn forecast_evidence(&mut self, model: &InferenceModel, row: &Row) -> ForecastEvidence {
+        let mut fe = ForecastEvidence::default();
+        if row.step == 0 {
+            return fe;
+        }
+        let (nf, hz) = (model.features.len(), model.horizon);
+        let x = &self.x[row.r * nf..(row.r + 1) * nf];
+        let learn = (row.warm && !row.maintenance).then_some(self.settings.calibration_alpha);
+        let near = row.slot * nf..(row.slot + 1) * nf;
+        let (sl, sc) = (&mut self.slots, &mut self.scratch);
+        let mut worst = judge(
+            (x, &sl.pred_mean[near.clone()], &sl.pred_sigma[near.clone()]),
+            &mut sl.calib[near.clone()],
+            learn,
+            &mut sc.z,
+            Some(&mut sc.znear),
+        );
+        let mut judged = nf;
+        if hz > 1 && row.step >= hz {
+            let far = row.ring..row.ring + nf;
+            worst = worst.max(judge(
+                (x, &sl.far_mean[far.clone()], &sl.far_sigma[far]),
+                &mut sl.calib_far[near.clone()],
+                learn,
+                &mut sc.z,
+                None,
+            ));
+            judged += nf;
+        }
+        fe.score = score::score_from_max_z(worst, judged);
+        if !row.warm {
+            return fe;
+        }
+        fe.likelihood = self
+            .settings
+            .likelihood
+            .update(&mut sl.stats[row.slot], fe.score);
+        fe.stat = Some(worst * worst);
+        for z in sc.z.iter_mut() {
+            *z = (*z * *z).copysign(*z);
+        }
+        let calibration = model.calibration.as_ref();
+        fe.p = Some(detect::feature_surprisals(
+            calibration.map(|c| c.forecast.as_slice()),
+            &sc.z,
+            &mut sc.s_fc,
+        ));
+        let lr = self.settings.detect.drift_smoothing;
+        let norm = lr / (2.0 - lr);
+        for ((r, z), q) in sl.drift[near].iter_mut().zip(&sc.znear).zip(&mut sc.qdrift) {
+            let v = lr * z + (1.0 - lr) * *r as f64;
+            *r = v as f32;
+            *q = (v * v / norm).copysign(v);
+        }
+        fe.p_drift = Some(detect::feature_surprisals(
+            calibration.map(|c| c.drift.as_slice()),
+            &sc.qdrift,
+            &mut sc.s_dr,
+        ));
+        fe
+    }
+
+    /// The deviation evidence of a reading: its departure from the device's own normal
+    /// (`seen`: the readings the device had before), and the joint distance of the departures
+    /// where the model has a joint calibration. Folds the reading into the device's smoothed
+    /// departure; leaves the per-feature departures in the scratch.
+    fn deviation_evidence(
+        &mut self,
+        model: &InferenceModel,
+        row: &Row,
+        seen: u32,
+    ) -> DeviationEvidence {
+        let nf = model.features.len();
+        let x = &self.x[row.r * nf..(row.r + 1) * nf];
+        let mut dev = Deviation {
+            state: &mut self.slots.dev[row.slot * 3 * nf..(row.slot + 1) * 3 * nf],
+        };
+        let mut de = DeviationEvidence::default();
+        if seen == 0 {
+            dev.start(x);
+            return de;
+        }
+        let sc = &mut self.scratch;
+        de.stat = dev
+            .observe(
+                &self.settings.detect,
+                self.settings.warmup,
+                seen,
+                x,
+                &mut sc.parts,
+            )
+            .stat;
+        if de.stat.is_none() {
+            return de;
+        }
+        let calibration = model.calibration.as_ref();
+        de.p = Some(detect::feature_surprisals(
+            calibration.map(|c| c.deviation.as_slice()),
+            &sc.parts,
+            &mut sc.s_dev,
+        ));
+        if let Some(joint) = calibration.and_then(|c| c.joint.as_ref()) {
+            sc.zjoint.clear();
+            sc.zjoint
+                .extend(sc.parts.iter().map(|q| q.abs().sqrt().copysign(*q)));
+            let d = joint.parts(&sc.zjoint, &mut sc.s_joint);
+            de.joint_stat = Some(d);
+            de.p_joint = Some(joint.tail.survival(d));
+        }
+        de
+    }
+
+    /// The evidence itself, for calibration in training (NaN: not available).
+    fn record_evidence(
+        &self,
+        nf: usize,
+        row: &Row,
+        fe: &ForecastEvidence,
+        de: &DeviationEvidence,
+        out: &mut BatchOutput,
+    ) {
+        let sc = &self.scratch;
+        let ev = &mut out.evidence[row.index * 3 * nf..(row.index + 1) * 3 * nf];
+        for f in 0..nf {
+            let (fc, dr) = if fe.p.is_some() {
+                (sc.z[f].abs() as f32, sc.qdrift[f].abs() as f32)
+            } else {
+                (f32::NAN, f32::NAN)
+            };
+            ev[f] = fc;
+            ev[nf + f] = dr;
+            ev[2 * nf + f] = if de.p.is_some() {
+                sc.parts[f] as f32
+            } else {
+                f32::NAN
+            };
+        }
+    }
+
+    /// Combines the chosen evidence into the reading's p-value, explains it, and steps the
+    /// device's alarm (`level`: how far the device is from its normal, for the settle rule).
+    fn decide(
+        &mut self,
+        nf: usize,
+        row: &Row,
+        seen: u32,
+        chosen: Chosen,
+        level: f64,
+        out: &mut BatchOutput,
+    ) -> Verdict {
+        let slot = row.slot;
+        let set = &self.settings.detect;
+        let p = detect::combine(&[
+            chosen.forecast,
+            chosen.drift,
+            chosen.deviation,
+            chosen.joint,
+        ]);
+        let rate = self.slots.rate[slot] as f64;
+        let over_line = p <= rate;
+        let quiet = p > rate * set.clear_factor;
+        let contrib = &mut out.contributions[row.index * nf..(row.index + 1) * nf];
+        let top_feature = self.explain(chosen, contrib);
+        let policy = AlarmPolicy {
+            min_duration: set.min_duration,
+            cooldown: set.cooldown,
+            settle_fraction: set.settle_fraction,
+            max_alarm: set.max_alarm,
+        };
+        let alarm = &mut self.slots.alarm[slot];
+        let was_active = alarm.active;
+        // In maintenance a reading neither raises nor clears: an alarm is held.
+        let judgement = if row.maintenance {
+            detect::Judgement::new(false, false, false)
+        } else {
+            detect::Judgement::new(over_line, p <= rate * rate, quiet)
+        };
+        let edge = policy.step(alarm, row.ts, judgement, (1.0 - p) as f32, level);
+        let (peak, is_anomaly) = (alarm.peak, alarm.active);
+        match edge {
+            Edge::Raised { .. } => self.counters.alarms_raised += 1,
+            Edge::Cleared { .. } => {
+                self.counters.alarms_cleared += 1;
+                if !quiet && seen > 0 {
+                    // Cleared because the condition settled, not because the device came
+                    // back: where it settled is its normal from now on.
+                    Deviation {
+                        state: &mut self.slots.dev[slot * 3 * nf..(slot + 1) * 3 * nf],
+                    }
+                    .rebase();
+                }
+            }
+            Edge::None => {}
+        }
+        let contrib = &out.contributions[row.index * nf..(row.index + 1) * nf];
+        let ev_sum = &mut self.slots.event_sum[slot * nf..(slot + 1) * nf];
+        let ev_out = &mut out.event_contributions[row.index * nf..(row.index + 1) * nf];
+        event_contributions(edge, was_active && !quiet, contrib, ev_sum, ev_out);
+        Verdict {
+            p,
+            over_line,
+            top_feature,
+            edge,
+            is_anomaly,
+            peak,
+        }
+    }
+
+    /// Each feature's share of the strongest piece of evidence, signed by its direction,
+    /// into `contrib`; returns the feature with the largest share (the lowest index on ties).
+    fn explain(&self, chosen: Chosen, contrib: &mut [f32]) -> usize {
+        let sc = &self.scratch;
+        let strongest = [
+            (chosen.forecast, &sc.s_fc, &sc.z),
+            (chosen.drift, &sc.s_dr, &sc.qdrift),
+            (chosen.deviation, &sc.s_dev, &sc.parts),
+            (chosen.joint, &sc.s_joint, &sc.parts),
+        ]
+        .into_iter()
+        .filter_map(|(p, pf, dir)| p.map(|p| (p, pf, dir)))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some((_, pf, dir)) = strongest {
+            detect::explain(pf, dir, contrib);
+        }
+        (0..contrib.len())
+            .max_by(|&a, &b| {
+                contrib[a]
+                    .abs()
+                    .total_cmp(&contrib[b].abs())
+                    .then(b.cmp(&a))
+            })
+            .unwrap_or(0)
+    }
+
+    /// Keeps the one-step and horizon-H forecasts for scoring the readings to come, and
+    /// writes the forecast with its 90 % band into `out`.
+    fn keep_forecasts(&mut self, model: &InferenceModel, row: &Row, out: &mut BatchOutput) {
+        let (nf, slot, ring) = (model.features.len(), row.slot, row.ring);
+        let hf = model.horizon * nf;
+        let stride = model.head.n_pad();
+        let head = &self.head_out[row.r * stride..row.r * stride + 2 * hf];
+        let far = (model.horizon - 1) * nf;
+        let sl = &mut self.slots;
+        for f in 0..nf {
+            sl.pred_mean[slot * nf + f] = head[f];
+            sl.pred_sigma[slot * nf + f] = sigma_of(head[hf + f]);
+            sl.far_mean[ring + f] = head[far + f];
+            sl.far_sigma[ring + f] = sigma_of(head[hf + far + f]);
+        }
+        let fc = &mut out.forecasts[row.index * out.per..(row.index + 1) * out.per];
+        let calib = &sl.calib[slot * nf..(slot + 1) * nf];
+        for k in 0..hf {
+            let f = k % nf;
+            let yhat = head[k] * model.std[f] + model.mean[f];
+            let half = Z90 * sigma_of(head[hf + k]) * calib[f].sqrt() * model.std[f];
+            fc[3 * k] = yhat;
+            fc[3 * k + 1] = yhat - half;
+            fc[3 * k + 2] = yhat + half;
+        }
+    }
+
+    /// The row's new state back to its device (of a wave of `rows`), one reading on.
+    fn scatter(&mut self, row: &Row, rows: usize) {
+        let s_len = self.state_len;
+        let mut off = 0;
+        for layer in self.model.stack.layers() {
+            let hl = layer.hidden();
+            let dst = row.slot * s_len + off;
+            let src = rows * off + row.r * hl;
+            self.slots.h[dst..dst + hl].copy_from_slice(&self.h[src..src + hl]);
+            self.slots.c[dst..dst + hl].copy_from_slice(&self.c[src..src + hl]);
+            off += hl;
+        }
+        let count = &mut self.slots.count[row.slot];
+        *count = if row.reset {
+            1
+        } else {
+            count.saturating_add(1)
+        };
+    }
+}
+
+/// An alarm event's explanation: the contributions summed over the alarm while it lasts
+/// (`summing`: active and not quiet), written out normalised when it clears, and the raising
+/// reading's own when it is raised.
+fn event_contributions(
+    edge: Edge,
+    summing: bool,
+    contrib: &[f32],
+    sum: &mut [f32],
+    out: &mut [f32],
+) {
+    match edge {
+        Edge::Raised { .. } => {
+            sum.copy_from_slice(contrib);
+            out.copy_from_slice(contrib);
+        }
+        Edge::Cleared { .. } => {
+            let total: f32 = sum.iter().map(|v| v.abs()).sum();
+            if total > 0.0 {
+                for (o, s) in out.iter_mut().zip(sum.iter()) {
+                    *o = s / total;
+                }
+            }
+            sum.fill(0.0);
+        }
+        Edge::None if summing => {
+            for (s, c) in sum.iter_mut().zip(contrib) {
+                *s += c;
+            }
+        }
+        Edge::None => {}
+    }
+}

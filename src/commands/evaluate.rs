@@ -117,7 +117,7 @@ pub fn labelled(args: LabelledArgs) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(path.exists(), "--labels {}: no such file", path.display());
         cfg.anomaly.labels_file = path.to_string_lossy().into_owned();
     }
-    let verdicts = crate::commands::read_verdicts(&cfg, &stream.name)?;
+    let verdicts = crate::model::retrain::read_verdicts(&cfg, &stream.name)?;
     let report = crate::tools::evaluate::run_labelled(
         &cfg,
         &stream,

@@ -20,7 +20,6 @@ pub use check_config::{check_config, probe};
 pub use inputs::{InputIssue, Inputs, read_inputs, report_issues};
 pub use label::run_label;
 pub use replay::{OutputKind, ReplaySummary, load_model, replay_readings, run_replay};
-pub use retrain::{read_verdicts, run_retrain};
 pub use train::{
     TrainingProgress, run_train, run_train_from_influxdb, run_train_from_kafka, validation_report,
 };

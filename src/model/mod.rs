@@ -7,6 +7,7 @@
 
 pub mod history;
 pub mod registry;
+pub mod retrain;
 pub mod train;
 
 use crate::engine::kernel::{GateWeights, LstmLayer, LstmStack, PackedMatrix};

@@ -32,7 +32,7 @@ pub enum DecodeError {
     InvalidJson(String),
     /// Not valid line protocol.
     #[error("invalid line protocol: {0}")]
-    InvalidLineProtocol(String),
+    InvalidLineProtocol(#[from] LineProtocolError),
     /// Not a valid CSV record.
     #[error("invalid CSV: {0}")]
     InvalidCsv(String),
@@ -269,10 +269,9 @@ impl Schema {
     /// `measurement,device=pump-7 vibration=0.12,temp=71.3 1795748248000000000`
     /// (timestamp in nanoseconds). The device comes from the `device_key` tag, else `key`.
     pub fn decode_line(&self, key: Option<&str>, line: &[u8]) -> Result<Reading, DecodeError> {
-        let text = std::str::from_utf8(line)
-            .map_err(|_| DecodeError::InvalidLineProtocol("not UTF-8".into()))?;
+        let text = std::str::from_utf8(line).map_err(|_| LineProtocolError::NotUtf8)?;
         let line = text.trim_end_matches(['\n', '\r']);
-        let lp = parse_line_protocol(line).map_err(DecodeError::InvalidLineProtocol)?;
+        let lp = parse_line_protocol(line)?;
         let device = lp
             .tags
             .iter()
@@ -371,40 +370,92 @@ fn take_escaped<'a>(s: &'a str, stops: &[char]) -> (String, &'a str) {
     (out, "")
 }
 
+/// What is wrong with a line of line protocol.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LineProtocolError {
+    /// The bytes are not UTF-8.
+    #[error("not UTF-8")]
+    NotUtf8,
+    /// Blank.
+    #[error("empty line")]
+    Empty,
+    /// It starts with a comma or space.
+    #[error("missing measurement")]
+    NoMeasurement,
+    /// A tag without `=`.
+    #[error("tag {0:?} has no '='")]
+    TagWithoutValue(String),
+    /// A tag with an empty key or value.
+    #[error("empty tag key or value near {0:?}")]
+    EmptyTag(String),
+    /// Nothing after the measurement and tags.
+    #[error("missing fields")]
+    NoFields,
+    /// A field without `=`.
+    #[error("field {0:?} has no '='")]
+    FieldWithoutValue(String),
+    /// A field with an empty key.
+    #[error("empty field key")]
+    EmptyFieldKey,
+    /// A string field without its closing quote.
+    #[error("field {0:?}: unterminated string")]
+    UnterminatedString(String),
+    /// A field value that is not a number, boolean or string.
+    #[error("field {field:?}: {raw:?} is not a number, boolean or string")]
+    NotAValue {
+        /// The field.
+        field: String,
+        /// Its value as written.
+        raw: String,
+    },
+    /// A field marked integer (`i`, `u`) that is not one.
+    #[error("field {field:?}: {raw:?} is not an integer")]
+    NotAnInteger {
+        /// The field.
+        field: String,
+        /// Its value as written.
+        raw: String,
+    },
+    /// A timestamp that is not an integer.
+    #[error("timestamp {0:?} is not an integer")]
+    BadTimestamp(String),
+}
+
 /// Parses one line of InfluxDB line protocol.
-pub fn parse_line_protocol(line: &str) -> Result<LineProtocol, String> {
+pub fn parse_line_protocol(line: &str) -> Result<LineProtocol, LineProtocolError> {
+    use LineProtocolError as E;
     if line.trim().is_empty() {
-        return Err("empty line".into());
+        return Err(E::Empty);
     }
     let (measurement, mut rest) = take_escaped(line, &[',', ' ']);
     if measurement.is_empty() {
-        return Err("missing measurement".into());
+        return Err(E::NoMeasurement);
     }
     let mut tags = Vec::new();
     while let Some(r) = rest.strip_prefix(',') {
         let (k, r) = take_escaped(r, &['=', ',', ' ']);
         let r = r
             .strip_prefix('=')
-            .ok_or_else(|| format!("tag {k:?} has no '='"))?;
+            .ok_or_else(|| E::TagWithoutValue(k.clone()))?;
         let (v, r) = take_escaped(r, &[',', ' ']);
         if k.is_empty() || v.is_empty() {
-            return Err(format!("empty tag key or value near {k:?}"));
+            return Err(E::EmptyTag(k));
         }
         tags.push((k, v));
         rest = r;
     }
     let mut rest = rest
         .strip_prefix(' ')
-        .ok_or("missing fields")?
+        .ok_or(E::NoFields)?
         .trim_start_matches(' ');
     let mut fields = Vec::new();
     loop {
         let (k, r) = take_escaped(rest, &['=', ',', ' ']);
         let r = r
             .strip_prefix('=')
-            .ok_or_else(|| format!("field {k:?} has no '='"))?;
+            .ok_or_else(|| E::FieldWithoutValue(k.clone()))?;
         if k.is_empty() {
-            return Err("empty field key".into());
+            return Err(E::EmptyFieldKey);
         }
         let (value, r) = if let Some(q) = r.strip_prefix('"') {
             let mut s = String::new();
@@ -424,7 +475,7 @@ pub fn parse_line_protocol(line: &str) -> Result<LineProtocol, String> {
                     c => s.push(c),
                 }
             }
-            let end = end.ok_or_else(|| format!("field {k:?}: unterminated string"))?;
+            let end = end.ok_or_else(|| E::UnterminatedString(k.clone()))?;
             (LpValue::Str(s), &q[end + 1..])
         } else {
             let end = r.find([',', ' ']).unwrap_or(r.len());
@@ -434,14 +485,18 @@ pub fn parse_line_protocol(line: &str) -> Result<LineProtocol, String> {
                 "f" | "F" | "false" | "False" | "FALSE" => LpValue::Bool(false),
                 _ => {
                     let num = raw.strip_suffix(['i', 'u']).unwrap_or(raw);
-                    let x: f64 = num.parse().map_err(|_| {
-                        format!("field {k:?}: {raw:?} is not a number, boolean or string")
+                    let x: f64 = num.parse().map_err(|_| E::NotAValue {
+                        field: k.clone(),
+                        raw: raw.to_string(),
                     })?;
                     if raw.ends_with(['i', 'u'])
                         && num.parse::<i64>().is_err()
                         && num.parse::<u64>().is_err()
                     {
-                        return Err(format!("field {k:?}: {raw:?} is not an integer"));
+                        return Err(E::NotAnInteger {
+                            field: k,
+                            raw: raw.to_string(),
+                        });
                     }
                     LpValue::Number(x)
                 }
@@ -463,7 +518,7 @@ pub fn parse_line_protocol(line: &str) -> Result<LineProtocol, String> {
         Some(
             ts_text
                 .parse::<i64>()
-                .map_err(|_| format!("timestamp {ts_text:?} is not an integer"))?,
+                .map_err(|_| E::BadTimestamp(ts_text.to_string()))?,
         )
     };
     Ok(LineProtocol {

@@ -139,8 +139,8 @@ impl Target {
 /// Checks that InfluxDB takes writes where and as configured, without writing anything: an
 /// empty write request (servers check the path, credentials and database or bucket before
 /// the body). `Ok` says what answered; `Err` says what is wrong and what to do.
-pub async fn probe(cfg: &InfluxConfig) -> Result<String, String> {
-    let target = Target::new(cfg).map_err(|e| e.to_string())?;
+pub async fn probe(cfg: &InfluxConfig) -> Result<String, ProbeError> {
+    let target = Target::new(cfg)?;
     let mut req = target
         .client
         .post(target.url.clone())
@@ -158,10 +158,10 @@ pub async fn probe(cfg: &InfluxConfig) -> Result<String, String> {
             why = format!("{why}: {s}");
             src = s.source();
         }
-        format!(
-            "cannot reach InfluxDB at {}: {why}",
-            crate::config::redact_url(&cfg.url)
-        )
+        ProbeError::Unreachable {
+            url: crate::config::redact_url(&cfg.url),
+            why,
+        }
     })?;
     let status = resp.status().as_u16();
     let version = resp
@@ -184,8 +184,27 @@ pub async fn probe(cfg: &InfluxConfig) -> Result<String, String> {
         400 => Ok(format!(
             "{version} answers {path} (400 to an empty write, after accepting the credentials and bucket)"
         )),
-        _ => Err(refusal(cfg, status, &body)),
+        _ => Err(ProbeError::Refused(refusal(cfg, status, &body))),
     }
+}
+
+/// Why InfluxDB will not take the writes as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The target cannot be built from the configuration.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// No answer (the server may come up later: the sink keeps retrying).
+    #[error("cannot reach InfluxDB at {url}: {why}")]
+    Unreachable {
+        /// The URL, credentials redacted.
+        url: String,
+        /// Why, with its causes.
+        why: String,
+    },
+    /// It answers, and refuses the writes ([`refusal`]: why, and what to do).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Why InfluxDB refuses every write, told apart from the status and the body, with what to

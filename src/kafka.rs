@@ -45,7 +45,7 @@ pub async fn ensure_dead_letter_topic(cfg: &Config, health: &Health) {
 /// Creates each stream's changelog topic (`state.store = "kafka"`) if it is missing:
 /// compacted, with as many partitions as the stream's topic (one if that does not exist yet;
 /// input partitions then share changelog partitions).
-pub async fn ensure_changelog_topics(cfg: &Config) -> Result<(), String> {
+pub async fn ensure_changelog_topics(cfg: &Config) -> Result<(), AdminError> {
     for s in &cfg.streams {
         let topic = crate::config::changelog_topic(
             &cfg.state.changelog_topic,
@@ -57,26 +57,53 @@ pub async fn ensure_changelog_topics(cfg: &Config) -> Result<(), String> {
             Ok(true) => tracing::info!(topic, partitions, "changelog topic created"),
             Ok(false) => tracing::debug!(topic, "changelog topic exists"),
             Err(e) => {
-                return Err(format!(
-                    "changelog topic {topic} (state.changelog_topic) does not exist and cannot be created: {e}"
-                ));
+                return Err(AdminError::Changelog {
+                    topic,
+                    source: Box::new(e),
+                });
             }
         }
     }
     Ok(())
 }
 
+/// Why a topic could not be created or deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// librdkafka refused the admin client's configuration.
+    #[error("cannot create a Kafka admin client: {0}")]
+    Client(#[source] rdkafka::error::KafkaError),
+    /// The request failed (no broker answered in time, or it was refused).
+    #[error("{0}")]
+    Request(#[source] rdkafka::error::KafkaError),
+    /// The broker refused the topic.
+    #[error("{0}")]
+    Refused(rdkafka::types::RDKafkaErrorCode),
+    /// The broker's answer named no topic.
+    #[error("the broker did not answer")]
+    NoAnswer,
+    /// A stream's changelog topic is missing and cannot be created.
+    #[error(
+        "changelog topic {topic} (state.changelog_topic) does not exist and cannot be created: {source}"
+    )]
+    Changelog {
+        /// The topic.
+        topic: String,
+        /// Why.
+        source: Box<AdminError>,
+    },
+}
+
 fn admin(
     cfg: &Config,
-) -> Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, String> {
+) -> Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, AdminError> {
     let mut c = client_config(cfg, &[]);
     // Asking for a missing topic's metadata from a producer-type client (an admin client is
     // one) makes a broker with auto.create.topics.enable (Apache Kafka's default) create it,
     // with the broker's default partition count and no compaction: the changelog topic would
     // then be a plain topic of one partition, whose checkpoints retention deletes.
     c.set("allow.auto.create.topics", "false");
-    c.create()
-        .map_err(|e| format!("cannot create a Kafka admin client: {e}"))
+    c.create().map_err(AdminError::Client)
 }
 
 /// A client context that keeps librdkafka's last error (the probe reports why it got no
@@ -199,7 +226,7 @@ pub async fn delete_topic(cfg: &Config, topic: &str) {
             .delete_topics(&[topic], &opts)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(AdminError::Request),
         Err(e) => Err(e),
     };
     if let Err(e) = result {
@@ -213,7 +240,7 @@ pub async fn create_topic(
     topic: &str,
     partitions: i32,
     config: &[(&str, &str)],
-) -> Result<bool, String> {
+) -> Result<bool, AdminError> {
     use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
     if topic_partitions(cfg, topic).is_some() {
         return Ok(false);
@@ -232,9 +259,9 @@ pub async fn create_topic(
         Ok(results) => match results.into_iter().next() {
             Some(Ok(_)) => Ok(true),
             Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => Ok(false),
-            Some(Err((_, e))) => Err(e.to_string()),
-            None => Err("the broker did not answer".into()),
+            Some(Err((_, e))) => Err(AdminError::Refused(e)),
+            None => Err(AdminError::NoAnswer),
         },
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(AdminError::Request(e)),
     }
 }

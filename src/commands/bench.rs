@@ -4,9 +4,7 @@ use super::*;
 
 pub fn run(spec: BenchSpec) -> anyhow::Result<ExitCode> {
     init_logging(None);
-    let r = crate::tools::bench::run(&spec)
-        .map_err(anyhow::Error::msg)
-        .context("benchmark failed")?;
+    let r = crate::tools::bench::run(&spec).context("benchmark failed")?;
     let BenchSpec {
         devices,
         steps,

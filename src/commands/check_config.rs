@@ -43,13 +43,21 @@ pub fn check_config(path: Option<&Path>) -> Result<String, crate::config::Config
     Ok(out)
 }
 
+/// What `check-config --probe` found: one line per check.
+#[derive(Debug)]
+pub struct ProbeReport {
+    /// The lines, each starting `ok` or `FAIL`.
+    pub lines: String,
+    /// Every check passed.
+    pub ok: bool,
+}
+
 /// `sensorcast check-config --probe`: whether InfluxDB takes writes as configured and the
-/// Kafka brokers answer with the streams' topics. One line per check; `Err` if any failed.
-pub fn probe(cfg: &Config) -> Result<String, String> {
+/// Kafka brokers answer with the streams' topics.
+pub fn probe(cfg: &Config) -> anyhow::Result<ProbeReport> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     let mut out = String::new();
     let mut ok = true;
     match rt.block_on(crate::influx::probe(&cfg.influxdb)) {
@@ -64,7 +72,7 @@ pub fn probe(cfg: &Config) -> Result<String, String> {
         out.push_str(&line);
         out.push('\n');
     }
-    if ok { Ok(out) } else { Err(out) }
+    Ok(ProbeReport { lines: out, ok })
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,14 +101,15 @@ pub fn run(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cfg = Config::load(config.as_deref())?;
-    let (report, code) = match crate::commands::probe(&cfg) {
-        Ok(r) => (r, ExitCode::SUCCESS),
-        Err(r) => (r, ExitCode::from(1)),
-    };
+    let report = crate::commands::probe(&cfg)?;
     // As comments, so that the output stays a valid config.
     println!("\n# probe");
-    for line in report.lines() {
+    for line in report.lines.lines() {
         println!("# {line}");
     }
-    Ok(code)
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

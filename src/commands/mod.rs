@@ -50,7 +50,7 @@ pub(crate) fn setup(
 ) -> anyhow::Result<(Config, StreamConfig)> {
     let cfg = Config::load(Some(path))?;
     init_logging(Some(&cfg));
-    let stream = cfg.stream(stream).map_err(anyhow::Error::msg)?.clone();
+    let stream = cfg.stream(stream)?.clone();
     Ok((cfg, stream))
 }
 

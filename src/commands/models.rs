@@ -59,7 +59,7 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
     );
     let stream = match (stream, &config) {
         (Some(s), _) => s,
-        (None, Some(_)) => cfg.stream(None).map_err(anyhow::Error::msg)?.name.clone(),
+        (None, Some(_)) => cfg.stream(None)?.name.clone(),
         (None, None) => {
             let streams = reg.streams();
             match streams.as_slice() {

@@ -69,8 +69,7 @@ pub fn replay_readings(
     let mut engine = Engine::new(Arc::clone(&model), settings)
         .map_err(|e| anyhow::anyhow!("model {}: {e}", model.version))?;
     // The maintenance file's windows too, as serve applies them.
-    let windows = crate::engine::maintenance::WindowSource::now(cfg, &stream.name)
-        .map_err(anyhow::Error::msg)?;
+    let windows = crate::engine::maintenance::WindowSource::now(cfg, &stream.name)?;
     engine.set_maintenance(Arc::new(windows));
     let output = cfg.output_for(stream);
     let fmt = PointFormat::new(

@@ -159,8 +159,7 @@ pub fn bench(args: StateBenchArgs) -> anyhow::Result<ExitCode> {
                     &topic,
                     partitions as i32,
                     &[("cleanup.policy", "compact")],
-                ))
-                .map_err(anyhow::Error::msg)?;
+                ))?;
                 let store = crate::state::KafkaStore::new(
                     &crate::kafka::client_config(cfg, &[]),
                     &topic,

@@ -92,15 +92,58 @@ struct WindowFile {
     maintenance: Vec<MaintenanceWindow>,
 }
 
+/// Why a file of maintenance windows cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MaintenanceFileError {
+    /// The file cannot be read.
+    #[error("{}: cannot read the maintenance file: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is not TOML of `[[maintenance]]` entries (the parser's message names the line).
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// An entry's times are not usable.
+    #[error("{}: maintenance[{entry}].{key}: {message}", path.display())]
+    Entry {
+        /// The file.
+        path: PathBuf,
+        /// The entry's index.
+        entry: usize,
+        /// The entry's key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
 /// Reads a file of windows (`anomaly.maintenance_file`: `[[maintenance]]` entries). Errors
 /// name the file, the entry and what is wrong.
-pub fn read_maintenance_file(path: &Path) -> Result<Vec<MaintenanceWindow>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the maintenance file: {e}", path.display()))?;
-    let file: WindowFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    for (i, w) in file.maintenance.iter().enumerate() {
+pub fn read_maintenance_file(path: &Path) -> Result<Vec<MaintenanceWindow>, MaintenanceFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| MaintenanceFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file: WindowFile = toml::from_str(&text).map_err(|e| MaintenanceFileError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    for (entry, w) in file.maintenance.iter().enumerate() {
         w.span()
-            .map_err(|(key, e)| format!("{}: maintenance[{i}].{key}: {e}", path.display()))?;
+            .map_err(|(key, message)| MaintenanceFileError::Entry {
+                path: path.to_path_buf(),
+                entry,
+                key,
+                message,
+            })?;
     }
     Ok(file.maintenance)
 }
@@ -936,6 +979,22 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Why a command cannot tell which stream it is for.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamChoiceError {
+    /// No stream has the name given.
+    #[error("no stream named {name:?} in the config (streams: {})", known.join(", "))]
+    Unknown {
+        /// The name given.
+        name: String,
+        /// The config's streams.
+        known: Vec<String>,
+    },
+    /// None was named and the config has several.
+    #[error("the config has several streams: choose one with --stream NAME")]
+    Several,
+}
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -1360,7 +1419,7 @@ impl Config {
         if !a.maintenance_file.is_empty()
             && let Err(e) = read_maintenance_file(Path::new(&a.maintenance_file))
         {
-            bad("anomaly.maintenance_file".into(), e);
+            bad("anomaly.maintenance_file".into(), e.to_string());
         }
         for (k, v) in [
             ("anomaly.stuck_min_readings", a.stuck_min_readings),
@@ -1641,17 +1700,16 @@ impl Config {
     }
 
     /// The stream called `name`, or the only stream when `name` is `None`.
-    pub fn stream(&self, name: Option<&str>) -> Result<&StreamConfig, String> {
+    pub fn stream(&self, name: Option<&str>) -> Result<&StreamConfig, StreamChoiceError> {
         match name {
             Some(n) => self.streams.iter().find(|s| s.name == n).ok_or_else(|| {
-                let known: Vec<_> = self.streams.iter().map(|s| s.name.as_str()).collect();
-                format!(
-                    "no stream named {n:?} in the config (streams: {})",
-                    known.join(", ")
-                )
+                StreamChoiceError::Unknown {
+                    name: n.to_string(),
+                    known: self.streams.iter().map(|s| s.name.clone()).collect(),
+                }
             }),
             None if self.streams.len() == 1 => Ok(&self.streams[0]),
-            None => Err("the config has several streams: choose one with --stream NAME".into()),
+            None => Err(StreamChoiceError::Several),
         }
     }
 
@@ -1815,14 +1873,18 @@ mod tests {
             "[[maintenance]]\nfrom = \"2026-12-05T08:00:00Z\"\nuntil = \"2026-12-05T07:00:00Z\"\n",
         )
         .expect("write");
-        let e = read_maintenance_file(&path).expect_err("until before from");
+        let e = read_maintenance_file(&path)
+            .expect_err("until before from")
+            .to_string();
         assert!(e.contains("m.toml: maintenance[0].until"), "{e}");
         std::fs::write(
             &path,
             "[[maintenance]]\nfrom = \"soon\"\nuntil = \"later\"\n",
         )
         .expect("write");
-        let e = read_maintenance_file(&path).expect_err("not times");
+        let e = read_maintenance_file(&path)
+            .expect_err("not times")
+            .to_string();
         assert!(e.contains("maintenance[0].from"), "{e}");
     }
 
@@ -2044,7 +2106,12 @@ mod tests {
         .expect("loads");
         assert!(cfg.stream(None).is_err());
         assert_eq!(cfg.stream(Some("b")).expect("b").features, ["y"]);
-        assert!(cfg.stream(Some("c")).unwrap_err().contains("\"c\""));
+        assert!(
+            cfg.stream(Some("c"))
+                .unwrap_err()
+                .to_string()
+                .contains("\"c\"")
+        );
     }
 
     #[test]

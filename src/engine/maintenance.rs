@@ -73,7 +73,10 @@ impl WindowSource {
     }
 
     /// The windows of stream `name`, config and file, as they are now (`replay`).
-    pub fn now(cfg: &crate::config::Config, name: &str) -> Result<Maintenance, String> {
+    pub fn now(
+        cfg: &crate::config::Config,
+        name: &str,
+    ) -> Result<Maintenance, crate::config::MaintenanceFileError> {
         let mut windows = cfg.maintenance.clone();
         if !cfg.anomaly.maintenance_file.is_empty() {
             windows.extend(crate::config::read_maintenance_file(std::path::Path::new(

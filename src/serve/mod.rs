@@ -330,8 +330,8 @@ fn probe_influx(cfg: &Config, health: &Arc<Health>) {
         match crate::influx::probe(&influx).await {
             Ok(s) => tracing::info!("InfluxDB probe: {s}"),
             Err(e) => {
-                if !e.starts_with("cannot reach") {
-                    health.set_sink_problem(&e);
+                if !matches!(e, crate::influx::ProbeError::Unreachable { .. }) {
+                    health.set_sink_problem(&e.to_string());
                 }
                 tracing::error!("InfluxDB probe: {e}");
             }
@@ -345,9 +345,7 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     Ok(match cfg.state.store {
         crate::config::StoreKind::Dir => Store::Dir(local),
         crate::config::StoreKind::Kafka => {
-            crate::kafka::ensure_changelog_topics(cfg)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            crate::kafka::ensure_changelog_topics(cfg).await?;
             Store::Kafka(Arc::new(
                 KafkaStore::new(
                     &crate::kafka::client_config(cfg, &[]),

@@ -77,8 +77,19 @@ pub struct BenchResult {
     pub isa: crate::engine::kernel::Isa,
 }
 
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The synthetic model does not fit the engine.
+    #[error(transparent)]
+    Model(#[from] crate::engine::ModelError),
+    /// A batch does not fit the model.
+    #[error(transparent)]
+    Batch(#[from] crate::engine::ShapeError),
+}
+
 /// Runs the benchmark.
-pub fn run(spec: &BenchSpec) -> Result<BenchResult, String> {
+pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
     let model = Arc::new(synthetic_model(spec.shape()));
     let readings = synthetic_readings(spec.devices, spec.steps, spec.features);
     let settings = settings();
@@ -89,7 +100,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, String> {
     let rss0 = rss_bytes();
     let start = Instant::now();
     for chunk in readings.chunks(spec.batch.max(1)) {
-        engine.process(chunk, &mut out).map_err(|e| e.to_string())?;
+        engine.process(chunk, &mut out)?;
         scored += out
             .outcomes
             .iter()

@@ -481,7 +481,12 @@ mod tests {
         .await
         .expect_err("unknown issuer");
         assert!(
-            err.contains("cannot reach InfluxDB") && err.to_lowercase().contains("certificate"),
+            matches!(&err, crate::influx::ProbeError::Unreachable { why, .. }
+                if why.to_lowercase().contains("certificate")),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with("cannot reach InfluxDB"),
             "{err}"
         );
         assert!(probe(&cfg).await.is_ok());

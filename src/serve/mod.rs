@@ -36,7 +36,7 @@ use crate::serve::pipeline::{ToEngine, ToSink};
 use crate::serve::sink::Writer;
 use crate::serve::sink::stage::SinkStage;
 use crate::serve::source::stage::SourceStage;
-use crate::serve::source::{Assignment, Rebalancer, StreamState};
+use crate::serve::source::{Assignment, Consumer, Rebalancer, StreamState};
 use crate::state::{DirStore, KafkaStore, Store};
 use crate::telemetry::{Health, Metrics, Telemetry, labels};
 use anyhow::Context;
@@ -96,122 +96,26 @@ pub async fn serve<F: std::future::Future<Output = ()>>(
 
     let writer = Writer::new(&cfg.influxdb, Arc::clone(&metrics), Arc::clone(&health))?;
     probe_influx(&cfg, &health);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (abort_tx, abort_rx) = watch::channel(false);
-    let http = serve_http(&cfg, &metrics, &health, abort_rx.clone()).await?;
-
-    let store = open_store(&cfg).await?;
-    let checkpoints_in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let assignment = Arc::new(Assignment::default());
-    let (engine_tx, engine_rx) = mpsc::channel::<ToEngine>(2);
-    let (sink_tx, sink_rx) = mpsc::channel::<ToSink>(cfg.influxdb.queue_batches);
-    let rebalancer = rebalancer(&cfg, &store, engine_tx.clone(), &assignment);
-    tracing::info!(store = %store.describe(), interval_s = cfg.state.checkpoint_interval.get().as_secs_f64(), "device state checkpoints");
-    let consumer = crate::serve::source::consumer(
-        &cfg,
-        Arc::clone(&metrics),
-        Arc::clone(&health),
-        Some(Arc::clone(&rebalancer)),
-    )
-    .context("cannot create the Kafka consumer")?;
-    crate::kafka::ensure_dead_letter_topic(&cfg, &health).await;
-    let dead_letters = DeadLetters::new(&cfg, Arc::clone(&metrics), Arc::clone(&health))
-        .context("cannot create the dead-letter producer")?;
-    // Points InfluxDB refuses for good go to the same dead-letter topic.
-    let writer = writer.with_dead_letters(dead_letters.clone());
-    let decoder = Decoder::new(
-        &cfg.streams,
-        cfg.kafka.max_payload_bytes,
-        cfg.engine.max_future.as_nanos(),
-    );
-
-    let ticker = spawn_ticker(&cfg, engine_tx.clone());
-    // New models (retrain, promote, rollback) are noticed, loaded and checked here and swapped
-    // in by the engine stage without a restart (crate::serve::swap).
-    let models = tokio::spawn(crate::serve::swap::watch_models(
-        cfg.clone(),
-        engines.iter().map(|e| e.model().version.clone()).collect(),
-        engine_tx.clone(),
-        Arc::clone(&metrics),
-        stop_rx.clone(),
-    ));
-    // `[retrain] every`: retraining in child processes (a retrain under way when the service
-    // stops is killed, and nothing half-published).
-    let _retrainer = crate::serve::swap::spawn_retrainer(
-        cfg.clone(),
-        config_path,
-        Arc::clone(&metrics),
-        stop_rx.clone(),
-    )
-    .context("cannot start the retrain thread")?;
-    let source = tokio::spawn(
-        SourceStage {
-            consumer: Arc::clone(&consumer),
-            decoder,
-            dead_letters,
-            tx: engine_tx,
-            max_batch: cfg.engine.max_batch,
-            linger: cfg.engine.max_linger.get(),
-            stop: stop_rx,
-            give_up: abort_rx.clone(),
-            metrics: Arc::clone(&metrics),
-            readings_in: cfg
-                .streams
-                .iter()
-                .map(|st| metrics.for_stream(&st.name).readings_in)
-                .collect(),
-            topics: cfg.streams.iter().map(|s| s.topic.clone()).collect(),
-            assignment,
-        }
-        .run(),
-    );
-    let engine = {
-        let stage = EngineStage::new(
-            &cfg,
-            engines,
-            Arc::clone(&metrics),
-            store.clone(),
-            Arc::clone(&checkpoints_in_flight),
-        );
-        std::thread::Builder::new()
-            .name("sensorcast-engine".into())
-            .spawn(move || stage.run(engine_rx, sink_tx))
-            .context("cannot start the engine thread")?
+    let (stop_tx, stop) = watch::channel(false);
+    let (abort_tx, abort) = watch::channel(false);
+    let http = serve_http(&cfg, &metrics, &health, abort.clone()).await?;
+    let shared = Shared {
+        metrics,
+        health,
+        stop,
+        abort,
     };
-    // The sink reports the offsets of each persisted checkpoint back; the source stores them
-    // for commit (the sink never touches the consumer).
-    let (persisted_tx, persisted_rx) = mpsc::channel(64);
-    let offsets_stored = tokio::spawn(crate::serve::source::store_persisted(
-        persisted_rx,
-        Arc::clone(&consumer),
-    ));
-    let sink = tokio::spawn(
-        SinkStage {
-            rx: sink_rx,
-            writer,
-            persisted: persisted_tx,
-            store,
-            flush_bytes: cfg.influxdb.batch_bytes,
-            flush_interval: cfg.influxdb.flush_interval.get(),
-            concurrency: cfg.influxdb.concurrency,
-            abort: abort_rx.clone(),
-            metrics: Arc::clone(&metrics),
-            checkpoints_in_flight,
-            health: Arc::clone(&health),
-        }
-        .run(),
-    );
+    let mut running = start(&cfg, config_path, engines, writer, &shared).await?;
 
     // Run until a signal — or until a stage stops on its own, which is a failure.
-    let (mut source, mut sink) = (source, sink);
     let (mut source_done, mut sink_done) = (false, None);
     let unexpected = tokio::select! {
         _ = shutdown.requested => false,
-        _ = &mut source => {
+        _ = &mut running.source => {
             source_done = true;
             true
         }
-        r = &mut sink => {
+        r = &mut running.sink => {
             sink_done = Some(r.unwrap_or(false));
             true
         }
@@ -223,7 +127,7 @@ pub async fn serve<F: std::future::Future<Output = ()>>(
         deadline_s = cfg.service.shutdown_timeout.get().as_secs_f64(),
         "shutting down: stop consuming, drain, flush, commit"
     );
-    health.stopping.store(true, Ordering::Relaxed);
+    shared.health.stopping.store(true, Ordering::Relaxed);
     let stopping_since = std::time::Instant::now();
     let _ = stop_tx.send(true);
     let deadline = cfg.service.shutdown_timeout.get();
@@ -231,36 +135,192 @@ pub async fn serve<F: std::future::Future<Output = ()>>(
         hard_deadline(deadline + SHUTDOWN_GRACE);
     }
     let abort_timer = abort_after(deadline, abort_tx);
-    if !source_done {
-        let _ = source.await;
-    }
-    // From here on rebalances move no state: the engine stage drains, takes its last
-    // checkpoints and stops once the source's sender is gone too.
-    ticker.abort();
-    let _ = ticker.await;
-    let _ = models.await;
-    rebalancer.detach();
-    let engine_ok = tokio::task::spawn_blocking(move || engine.join().is_ok())
-        .await
-        .unwrap_or(false);
-    let sink_ok = match sink_done {
-        Some(ok) => ok,
-        None => sink.await.unwrap_or(false),
-    };
-    // The sink is gone, and with it the progress channel's sender: every offset it reported
-    // is stored once this returns.
-    let _ = offsets_stored.await;
-    // What was stored is committed, within what is left of the deadline.
-    let left = deadline
-        .saturating_sub(stopping_since.elapsed())
-        .max(Duration::from_secs(1));
-    commit_final(&consumer, left).await;
-    let clean = sink_ok && engine_ok && !unexpected;
+    let drained = running
+        .drain((source_done, sink_done), deadline, stopping_since)
+        .await;
+    let clean = drained && !unexpected;
     abort_timer.abort();
     http.abort();
-    drop(consumer);
     tracing::info!(clean, "stopped");
     Ok(clean)
+}
+
+/// What the stages share: telemetry, and the signals to stop consuming and to give up.
+#[derive(Clone)]
+struct Shared {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: watch::Receiver<bool>,
+    abort: watch::Receiver<bool>,
+}
+
+/// The pipeline, running: its stages and the tasks beside them.
+struct Running {
+    consumer: Arc<Consumer>,
+    rebalancer: Arc<Rebalancer>,
+    source: tokio::task::JoinHandle<()>,
+    engine: std::thread::JoinHandle<()>,
+    sink: tokio::task::JoinHandle<bool>,
+    /// Stores the offsets the sink reports persisted.
+    offsets_stored: tokio::task::JoinHandle<()>,
+    ticker: tokio::task::JoinHandle<()>,
+    models: tokio::task::JoinHandle<()>,
+    /// Ends with the process (a retrain under way is killed when the service stops).
+    _retrainer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Opens the checkpoint store and the Kafka clients and starts the stages: source → engine
+/// → sink, with the ticker, the model watcher and the retrainer beside them.
+async fn start(
+    cfg: &Config,
+    config_path: std::path::PathBuf,
+    engines: Vec<Engine>,
+    writer: Writer,
+    shared: &Shared,
+) -> anyhow::Result<Running> {
+    let store = open_store(cfg).await?;
+    let assignment = Arc::new(Assignment::default());
+    let (engine_tx, engine_rx) = mpsc::channel::<ToEngine>(2);
+    let (sink_tx, sink_rx) = mpsc::channel::<ToSink>(cfg.influxdb.queue_batches);
+    let rebalancer = rebalancer(cfg, &store, engine_tx.clone(), &assignment);
+    tracing::info!(store = %store.describe(), interval_s = cfg.state.checkpoint_interval.get().as_secs_f64(), "device state checkpoints");
+    let consumer = crate::serve::source::consumer(
+        cfg,
+        Arc::clone(&shared.metrics),
+        Arc::clone(&shared.health),
+        Some(Arc::clone(&rebalancer)),
+    )
+    .context("cannot create the Kafka consumer")?;
+    crate::kafka::ensure_dead_letter_topic(cfg, &shared.health).await;
+    let dead_letters =
+        DeadLetters::new(cfg, Arc::clone(&shared.metrics), Arc::clone(&shared.health))
+            .context("cannot create the dead-letter producer")?;
+    // Points InfluxDB refuses for good go to the same dead-letter topic.
+    let writer = writer.with_dead_letters(dead_letters.clone());
+    let ticker = spawn_ticker(cfg, engine_tx.clone());
+    // New models (retrain, promote, rollback) are noticed, loaded and checked here and swapped
+    // in by the engine stage without a restart (crate::serve::swap).
+    let models = tokio::spawn(crate::serve::swap::watch_models(
+        cfg.clone(),
+        engines.iter().map(|e| e.model().version.clone()).collect(),
+        engine_tx.clone(),
+        Arc::clone(&shared.metrics),
+        shared.stop.clone(),
+    ));
+    // `[retrain] every`: retraining in child processes (a retrain under way when the service
+    // stops is killed, and nothing half-published).
+    let retrainer = crate::serve::swap::spawn_retrainer(
+        cfg.clone(),
+        config_path,
+        Arc::clone(&shared.metrics),
+        shared.stop.clone(),
+    )
+    .context("cannot start the retrain thread")?;
+    let source = SourceStage {
+        consumer: Arc::clone(&consumer),
+        decoder: Decoder::new(
+            &cfg.streams,
+            cfg.kafka.max_payload_bytes,
+            cfg.engine.max_future.as_nanos(),
+        ),
+        dead_letters,
+        tx: engine_tx,
+        max_batch: cfg.engine.max_batch,
+        linger: cfg.engine.max_linger.get(),
+        stop: shared.stop.clone(),
+        give_up: shared.abort.clone(),
+        metrics: Arc::clone(&shared.metrics),
+        readings_in: cfg
+            .streams
+            .iter()
+            .map(|st| shared.metrics.for_stream(&st.name).readings_in)
+            .collect(),
+        topics: cfg.streams.iter().map(|s| s.topic.clone()).collect(),
+        assignment,
+    };
+    let checkpoints_in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stage = EngineStage::new(
+        cfg,
+        engines,
+        Arc::clone(&shared.metrics),
+        store.clone(),
+        Arc::clone(&checkpoints_in_flight),
+    );
+    let engine = std::thread::Builder::new()
+        .name("sensorcast-engine".into())
+        .spawn(move || stage.run(engine_rx, sink_tx))
+        .context("cannot start the engine thread")?;
+    // The sink reports the offsets of each persisted checkpoint back; the source stores them
+    // for commit (the sink never touches the consumer).
+    let (persisted_tx, persisted_rx) = mpsc::channel(64);
+    let offsets_stored = tokio::spawn(crate::serve::source::store_persisted(
+        persisted_rx,
+        Arc::clone(&consumer),
+    ));
+    let sink = SinkStage {
+        rx: sink_rx,
+        writer,
+        persisted: persisted_tx,
+        store,
+        flush_bytes: cfg.influxdb.batch_bytes,
+        flush_interval: cfg.influxdb.flush_interval.get(),
+        concurrency: cfg.influxdb.concurrency,
+        abort: shared.abort.clone(),
+        metrics: Arc::clone(&shared.metrics),
+        checkpoints_in_flight,
+        health: Arc::clone(&shared.health),
+    };
+    Ok(Running {
+        consumer,
+        rebalancer,
+        source: tokio::spawn(source.run()),
+        engine,
+        sink: tokio::spawn(sink.run()),
+        offsets_stored,
+        ticker,
+        models,
+        _retrainer: retrainer,
+    })
+}
+
+impl Running {
+    /// Waits for the stages to drain, in order (the stop signal has been sent; `done` says
+    /// whether the source has ended and the sink's result if it has), stores the offsets
+    /// the sink reported and commits them within what is left of `deadline`. True when
+    /// every stage ended cleanly.
+    async fn drain(
+        self,
+        (source_done, sink_done): (bool, Option<bool>),
+        deadline: Duration,
+        stopping_since: std::time::Instant,
+    ) -> bool {
+        if !source_done {
+            let _ = self.source.await;
+        }
+        // From here on rebalances move no state: the engine stage drains, takes its last
+        // checkpoints and stops once the source's sender is gone too.
+        self.ticker.abort();
+        let _ = self.ticker.await;
+        let _ = self.models.await;
+        self.rebalancer.detach();
+        let engine = self.engine;
+        let engine_ok = tokio::task::spawn_blocking(move || engine.join().is_ok())
+            .await
+            .unwrap_or(false);
+        let sink_ok = match sink_done {
+            Some(ok) => ok,
+            None => self.sink.await.unwrap_or(false),
+        };
+        // The sink is gone, and with it the progress channel's sender: every offset it
+        // reported is stored once this returns.
+        let _ = self.offsets_stored.await;
+        // What was stored is committed, within what is left of the deadline.
+        let left = deadline
+            .saturating_sub(stopping_since.elapsed())
+            .max(Duration::from_secs(1));
+        commit_final(&self.consumer, left).await;
+        sink_ok && engine_ok
+    }
 }
 
 /// The rebalance callbacks' side of the pipeline: they restore and checkpoint partitions

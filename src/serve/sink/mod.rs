@@ -146,6 +146,7 @@ impl Writer {
             if chunk.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            // Backoff grows per chunk, never across chunks.
             let mut attempt = 0u32;
             loop {
                 // A request in flight is given up at shutdown's deadline, not at the end of
@@ -160,129 +161,157 @@ impl Writer {
                         break;
                     }
                     Attempt::Partial { dropped, text } => {
-                        // The rejected points cannot be written later either, so retrying
-                        // would stall the partition forever: count them and move on.
-                        let lines = line_count(&chunk) as u64;
-                        let outcome = match dropped {
-                            Some(n) => {
-                                let n = n.min(lines);
-                                self.metrics.sink_rejected_points.inc_by(n);
-                                report.written += lines - n;
-                                report.rejected += n;
-                                "reported"
-                            }
-                            None => {
-                                report.unknown += lines;
-                                "unknown"
-                            }
-                        };
-                        self.metrics
-                            .sink_partial_writes
-                            .get_or_create(&labels(&[("count", outcome)]))
-                            .inc();
-                        if let Some(suppressed) =
-                            self.log_limit.check("partial", Duration::from_secs(10))
-                        {
-                            match dropped {
-                                Some(n) => {
-                                    tracing::error!(status = 422, lines, rejected = n.min(lines), response = %text, suppressed, "InfluxDB rejected points of a batch for good (e.g. outside retention); the rest are written")
-                                }
-                                None => {
-                                    tracing::error!(status = 422, lines, response = %text, suppressed, "InfluxDB accepted a batch only in part without saying how many points it rejected; not retried")
-                                }
-                            }
-                        }
+                        self.partly_written(&chunk, dropped, &text, &mut report);
                         break;
                     }
                     Attempt::Split(status, text) => {
-                        let lines = line_count(&chunk);
-                        let systemic =
-                            self.rejected_in_a_row.load(Ordering::Relaxed) >= SYSTEMIC_REJECTIONS;
-                        if lines <= 1 && systemic {
-                            // Our own points, rejected one by one for this long: the server or
-                            // a proxy in front of it refuses everything. Do not drop data for
-                            // that; report not ready and retry slowly instead.
-                            self.health.set_sink_problem(&format!(
-                                "InfluxDB rejects every point ({status}: {text})"
-                            ));
-                            if let Some(suppressed) =
-                                self.log_limit.check("systemic", Duration::from_secs(60))
-                            {
-                                tracing::error!(status, response = %text, suppressed, "every point is being rejected; not ready, retrying instead of dropping");
-                            }
-                            self.metrics
-                                .sink_retries
-                                .get_or_create(&labels(&[("cause", "rejecting_all")]))
-                                .inc();
-                            tokio::select! {
-                                _ = tokio::time::sleep(self.cfg.auth_retry_interval.get()) => {}
-                                _ = abort.wait_for(|a| *a) => return Err(SinkError::Aborted),
-                            }
-                            pending.push(chunk);
-                        } else if lines <= 1 {
-                            self.rejected_in_a_row.fetch_add(1, Ordering::Relaxed);
-                            self.metrics.sink_rejected_points.inc();
-                            report.rejected += 1;
-                            let line = chunk.trim_ascii_end();
-                            let ack = self
-                                .dead_letters
-                                .as_ref()
-                                .and_then(|d| d.send_refused(line, status, &text));
-                            let kept = ack.is_some();
-                            if let Some(ack) = ack {
-                                self.refused
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .push(ack);
-                            }
-                            if let Some(suppressed) =
-                                self.log_limit.check("rejected", Duration::from_secs(10))
-                            {
-                                let fate = if kept {
-                                    "sent to the dead-letter topic"
-                                } else {
-                                    "dropped (no kafka.dead_letter_topic)"
-                                };
-                                tracing::error!(status, response = %text, line = %String::from_utf8_lossy(line), suppressed, "InfluxDB rejected a point; {fate}");
-                            }
-                        } else {
+                        if line_count(&chunk) > 1 {
                             let (first, second) = split_lines(&chunk);
                             // Last pushed is written first: keep the original order.
                             pending.push(second);
                             pending.push(first);
+                        } else if self.rejected_in_a_row.load(Ordering::Relaxed)
+                            >= SYSTEMIC_REJECTIONS
+                        {
+                            self.rejecting_all(status, &text, abort).await?;
+                            pending.push(chunk);
+                        } else {
+                            self.rejected(&chunk, status, &text, &mut report);
                         }
                         break;
                     }
                     Attempt::Retry(delay, cause) => {
-                        self.metrics
-                            .sink_retries
-                            .get_or_create(&labels(&[("cause", cause)]))
-                            .inc();
                         attempt += 1;
-                        if let Some(suppressed) =
-                            self.log_limit.check(cause, Duration::from_secs(10))
-                        {
-                            tracing::warn!(
-                                cause,
-                                attempt,
-                                retry_in_ms = delay.as_millis() as u64,
-                                suppressed,
-                                "InfluxDB write failed; retrying"
-                            );
-                        }
-                        if *abort.borrow() {
-                            return Err(SinkError::Aborted);
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = abort.wait_for(|a| *a) => return Err(SinkError::Aborted),
-                        }
+                        self.retry_after(delay, cause, attempt, abort).await?;
                     }
                 }
             }
-            // Backoff grows per chunk, never across chunks.
         }
         Ok(report)
+    }
+
+    /// A chunk InfluxDB accepted in part (422): the rejected points cannot be written later
+    /// either, so retrying would stall the partition forever: they are counted (`dropped`,
+    /// where the server says how many) and the write moves on.
+    fn partly_written(
+        &self,
+        chunk: &[u8],
+        dropped: Option<u64>,
+        text: &str,
+        report: &mut WriteReport,
+    ) {
+        let lines = line_count(chunk) as u64;
+        let outcome = match dropped {
+            Some(n) => {
+                let n = n.min(lines);
+                self.metrics.sink_rejected_points.inc_by(n);
+                report.written += lines - n;
+                report.rejected += n;
+                "reported"
+            }
+            None => {
+                report.unknown += lines;
+                "unknown"
+            }
+        };
+        self.metrics
+            .sink_partial_writes
+            .get_or_create(&labels(&[("count", outcome)]))
+            .inc();
+        if let Some(suppressed) = self.log_limit.check("partial", Duration::from_secs(10)) {
+            match dropped {
+                Some(n) => {
+                    tracing::error!(status = 422, lines, rejected = n.min(lines), response = %text, suppressed, "InfluxDB rejected points of a batch for good (e.g. outside retention); the rest are written")
+                }
+                None => {
+                    tracing::error!(status = 422, lines, response = %text, suppressed, "InfluxDB accepted a batch only in part without saying how many points it rejected; not retried")
+                }
+            }
+        }
+    }
+
+    /// Our own points, rejected one by one for this long: the server or a proxy in front of
+    /// it refuses everything. Data is not dropped for that: the service reports not ready and
+    /// the point is retried slowly instead.
+    async fn rejecting_all(
+        &self,
+        status: u16,
+        text: &str,
+        abort: &mut watch::Receiver<bool>,
+    ) -> Result<(), SinkError> {
+        self.health
+            .set_sink_problem(&format!("InfluxDB rejects every point ({status}: {text})"));
+        if let Some(suppressed) = self.log_limit.check("systemic", Duration::from_secs(60)) {
+            tracing::error!(status, response = %text, suppressed, "every point is being rejected; not ready, retrying instead of dropping");
+        }
+        self.metrics
+            .sink_retries
+            .get_or_create(&labels(&[("cause", "rejecting_all")]))
+            .inc();
+        tokio::select! {
+            _ = tokio::time::sleep(self.cfg.auth_retry_interval.get()) => Ok(()),
+            _ = abort.wait_for(|a| *a) => Err(SinkError::Aborted),
+        }
+    }
+
+    /// One point InfluxDB rejects for good: sent to the dead-letter topic where there is one
+    /// (its delivery then holds checkpoints back, [`Writer::take_refused`]), else dropped;
+    /// counted either way.
+    fn rejected(&self, chunk: &[u8], status: u16, text: &str, report: &mut WriteReport) {
+        self.rejected_in_a_row.fetch_add(1, Ordering::Relaxed);
+        self.metrics.sink_rejected_points.inc();
+        report.rejected += 1;
+        let line = chunk.trim_ascii_end();
+        let ack = self
+            .dead_letters
+            .as_ref()
+            .and_then(|d| d.send_refused(line, status, text));
+        let kept = ack.is_some();
+        if let Some(ack) = ack {
+            self.refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(ack);
+        }
+        if let Some(suppressed) = self.log_limit.check("rejected", Duration::from_secs(10)) {
+            let fate = if kept {
+                "sent to the dead-letter topic"
+            } else {
+                "dropped (no kafka.dead_letter_topic)"
+            };
+            tracing::error!(status, response = %text, line = %String::from_utf8_lossy(line), suppressed, "InfluxDB rejected a point; {fate}");
+        }
+    }
+
+    /// Counts and logs a failed attempt (the `attempt`-th of this chunk), then waits `delay`
+    /// unless the write is aborted first.
+    async fn retry_after(
+        &self,
+        delay: Duration,
+        cause: &'static str,
+        attempt: u32,
+        abort: &mut watch::Receiver<bool>,
+    ) -> Result<(), SinkError> {
+        self.metrics
+            .sink_retries
+            .get_or_create(&labels(&[("cause", cause)]))
+            .inc();
+        if let Some(suppressed) = self.log_limit.check(cause, Duration::from_secs(10)) {
+            tracing::warn!(
+                cause,
+                attempt,
+                retry_in_ms = delay.as_millis() as u64,
+                suppressed,
+                "InfluxDB write failed; retrying"
+            );
+        }
+        if *abort.borrow() {
+            return Err(SinkError::Aborted);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = abort.wait_for(|a| *a) => Err(SinkError::Aborted),
+        }
     }
 
     fn backoff(&self, attempt: u32) -> Duration {

@@ -52,22 +52,7 @@ impl SourceStage {
     /// Runs until stopped (or the engine stage is gone).
     pub async fn run(mut self) {
         let s = &mut self;
-        let mut batch = InBatch::default();
-        let mut first_at: Option<Instant> = None;
-        let mut stopping = false;
-        let mut paused = false;
-        // Since when a batch due to go has found the engine's queue full.
-        let mut blocked_since: Option<Instant> = None;
-        // A copy of the assignment, refreshed when a rebalance changes it, so that checking
-        // a message's partition takes neither a lock nor an allocation.
-        let mut generation = s.assignment.generation();
-        let mut owned = s.assignment.owned();
-        // What the rebalance callbacks left for the engine stage (restores, topic ids, a
-        // revoke that could not be sent in time): sent before any batch.
-        let mut controls = s.assignment.take_pending();
-        let owns = |owned: &[PartitionKey], t: &str, p: i32| owned.iter().any(|k| k.is(t, p));
-        // Partitions a message has come from since the last rebalance (for a debug line).
-        let mut first_seen: Vec<PartitionKey> = Vec::new();
+        let mut st = Filling::new(&s.assignment);
         let idle = tokio::time::sleep(IDLE_CHECK);
         tokio::pin!(idle);
         let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -75,97 +60,54 @@ impl SourceStage {
         let errors = RateLimit::default();
         let mut give_up = s.give_up.clone();
         loop {
-            if s.assignment.generation() != generation {
-                // A rebalance ran (inside the consumer's poll): keep only what this member
-                // still owns.
-                generation = s.assignment.generation();
-                owned = s.assignment.owned();
-                controls.extend(s.assignment.take_pending());
-                first_seen.clear();
-                batch.retain_partitions(|t, p| owns(&owned, t, p), &s.topics);
-                if batch.readings.is_empty() && batch.offsets.is_empty() {
-                    batch = InBatch::default();
-                    first_at = None;
-                }
+            if s.assignment.generation() != st.generation {
+                st.follow_rebalance(&s.assignment, &s.topics);
             }
-            let due = first_at.map(|t| t + s.linger);
-            let full = batch.messages >= s.max_batch || batch.readings.len() >= s.max_batch;
-            let flush = !batch.readings.is_empty() || batch.messages > 0;
-            let flush = flush && (stopping || full || due.is_some_and(|d| Instant::now() >= d));
+            let due = st.first_at.map(|t| t + s.linger);
+            let full = st.batch.messages >= s.max_batch || st.batch.readings.len() >= s.max_batch;
+            let flush = !st.batch.readings.is_empty() || st.batch.messages > 0;
+            let flush = flush && (st.stopping || full || due.is_some_and(|d| Instant::now() >= d));
             // A full batch takes no more messages: it waits for room in the engine's queue,
             // and if none comes within PAUSE_AFTER the partitions are paused and polling goes
             // on (librdkafka drops what it had prefetched for them and fetches it again on
             // resume). Only what it had already handed over when the pause landed can join.
             // (Pausing at once would cost a re-fetch per batch whenever the sink is the
             // bottleneck, as in every backlog.)
-            let take = !stopping && (!full || paused);
+            let take = !st.stopping && (!full || st.paused);
             if flush {
-                blocked_since.get_or_insert_with(Instant::now);
-            } else if paused {
+                st.blocked_since.get_or_insert_with(Instant::now);
+            } else if st.paused {
                 // Nothing waits any more (a rebalance took the batch's partitions away).
                 set_paused(&s.consumer, &s.metrics, false);
-                paused = false;
+                st.paused = false;
             }
-            if stopping && !flush {
+            if st.stopping && !flush {
                 break;
             }
             let sleep_to = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
-                _ = wait_true(&mut s.stop), if !stopping => {
-                    stopping = true;
+                _ = wait_true(&mut s.stop), if !st.stopping => {
+                    st.stopping = true;
                 }
                 _ = wait_true(&mut give_up) => break,
-                permit = s.tx.reserve(), if flush || !controls.is_empty() => {
+                permit = s.tx.reserve(), if flush || !st.controls.is_empty() => {
                     let Ok(permit) = permit else { break };
-                    if let Some(control) = controls.pop_front() {
+                    if let Some(control) = st.controls.pop_front() {
                         permit.send(control);
                         continue;
                     }
-                    permit.send(ToEngine::Batch(std::mem::take(&mut batch)));
-                    first_at = None;
-                    blocked_since = None;
-                    if paused {
+                    permit.send(ToEngine::Batch(std::mem::take(&mut st.batch)));
+                    st.first_at = None;
+                    st.blocked_since = None;
+                    if st.paused {
                         set_paused(&s.consumer, &s.metrics, false);
-                        paused = false;
+                        st.paused = false;
                     }
                 }
                 // Owned: the dead letter outlives the borrow.
                 msg = async { s.consumer.recv().await.map(|m| m.detach()) }, if take => match msg {
-                    Ok(m) => {
-                        let topic = m.topic();
-                        let (partition, offset) = (m.partition(), m.offset());
-                        if s.assignment.generation() != generation {
-                            owned = s.assignment.owned();
-                        }
-                        if !owns(&owned, topic, partition) {
-                            // Fetched before a revoke: the partition's new owner reads it.
-                            continue;
-                        }
-                        if !first_seen.iter().any(|k| k.is(topic, partition)) {
-                            first_seen.push(PartitionKey::new(topic, partition));
-                            tracing::debug!(topic, partition, offset, "first message of the partition since its assignment");
-                        }
-                        let ts = m.timestamp().to_millis();
-                        match s.decoder.decode(topic, m.key(), m.payload()) {
-                            Ok(d) => {
-                                s.readings_in[d.stream].inc_by(d.readings.len() as u64);
-                                batch.readings.extend(d.readings.into_iter().map(|reading| Sourced {
-                                    stream: d.stream,
-                                    partition,
-                                    offset,
-                                    reading,
-                                }));
-                                if let Some(ts) = ts {
-                                    batch.msg_ts.push(ts);
-                                }
-                            }
-                            Err(why) => batch.dead_letters.extend(s.dead_letters.send(&m, &why)),
-                        }
-                        batch.offsets.note_message(m.topic(), partition, offset);
-                        batch.messages += 1;
-                        first_at.get_or_insert_with(Instant::now);
-                    }
+                    Ok(m) => st.take(m, (&s.assignment, &s.decoder, &s.dead_letters, &s.readings_in)),
                     Err(e) => {
                         if let Some(suppressed) = errors.check("consumer", Duration::from_secs(10)) {
                             tracing::warn!(error = %e, suppressed, "Kafka consumer error");
@@ -176,25 +118,136 @@ impl SourceStage {
                     // The engine queue has been full for PAUSE_AFTER: pause fetching (and
                     // re-pause after a rebalance, which may assign partitions not paused yet)
                     // but keep polling, so the group does not evict us.
-                    if paused || blocked_since.is_some_and(|t| t.elapsed() >= PAUSE_AFTER) {
-                        if !paused {
+                    if st.paused || st.blocked_since.is_some_and(|t| t.elapsed() >= PAUSE_AFTER) {
+                        if !st.paused {
                             tracing::info!("output queue full: pausing consumption");
                         }
                         set_paused(&s.consumer, &s.metrics, true);
-                        paused = true;
+                        st.paused = true;
                     }
                 }
                 _ = tokio::time::sleep_until(sleep_to.into()), if !flush && due.is_some() => {}
                 // No batch open: look again for what a rebalance left (the callbacks run inside
                 // the consumer's poll, which wakes nobody here), so that the restores of an
                 // idle partition's devices do not wait for its next message.
-                _ = &mut idle, if due.is_none() && controls.is_empty() => {
+                _ = &mut idle, if due.is_none() && st.controls.is_empty() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + IDLE_CHECK);
                 }
             }
         }
-        if paused {
+        if st.paused {
             set_paused(&s.consumer, &s.metrics, false);
+        }
+    }
+}
+
+/// The source loop's state between polls: the batch being filled, and what the loop knows
+/// of the assignment.
+struct Filling {
+    batch: InBatch,
+    /// When the batch's first message came.
+    first_at: Option<Instant>,
+    stopping: bool,
+    paused: bool,
+    /// Since when a batch due to go has found the engine's queue full.
+    blocked_since: Option<Instant>,
+    /// A copy of the assignment, refreshed when a rebalance changes it, so that checking a
+    /// message's partition takes neither a lock nor an allocation.
+    generation: u64,
+    owned: Vec<PartitionKey>,
+    /// What the rebalance callbacks left for the engine stage (restores, topic ids, a revoke
+    /// that could not be sent in time): sent before any batch.
+    controls: std::collections::VecDeque<ToEngine>,
+    /// Partitions a message has come from since the last rebalance (for a debug line).
+    first_seen: Vec<PartitionKey>,
+}
+
+impl Filling {
+    fn new(assignment: &Assignment) -> Self {
+        Self {
+            batch: InBatch::default(),
+            first_at: None,
+            stopping: false,
+            paused: false,
+            blocked_since: None,
+            generation: assignment.generation(),
+            owned: assignment.owned(),
+            controls: assignment.take_pending(),
+            first_seen: Vec::new(),
+        }
+    }
+
+    /// Decodes a message of an owned partition into the batch (or its dead letter); a
+    /// message fetched before a revoke is left to the partition's new owner.
+    fn take(
+        &mut self,
+        m: rdkafka::message::OwnedMessage,
+        (assignment, decoder, dead_letters, readings_in): (
+            &Assignment,
+            &Decoder,
+            &DeadLetters,
+            &[Counter],
+        ),
+    ) {
+        let st = self;
+        let topic = m.topic();
+        let (partition, offset) = (m.partition(), m.offset());
+        if assignment.generation() != st.generation {
+            st.owned = assignment.owned();
+        }
+        if !st.owns(topic, partition) {
+            return;
+        }
+        if !st.first_seen.iter().any(|k| k.is(topic, partition)) {
+            st.first_seen.push(PartitionKey::new(topic, partition));
+            tracing::debug!(
+                topic,
+                partition,
+                offset,
+                "first message of the partition since its assignment"
+            );
+        }
+        let batch = &mut st.batch;
+        let ts = m.timestamp().to_millis();
+        match decoder.decode(topic, m.key(), m.payload()) {
+            Ok(d) => {
+                readings_in[d.stream].inc_by(d.readings.len() as u64);
+                batch
+                    .readings
+                    .extend(d.readings.into_iter().map(|reading| Sourced {
+                        stream: d.stream,
+                        partition,
+                        offset,
+                        reading,
+                    }));
+                if let Some(ts) = ts {
+                    batch.msg_ts.push(ts);
+                }
+            }
+            Err(why) => batch.dead_letters.extend(dead_letters.send(&m, &why)),
+        }
+        batch.offsets.note_message(m.topic(), partition, offset);
+        batch.messages += 1;
+        st.first_at.get_or_insert_with(Instant::now);
+    }
+
+    fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.owned.iter().any(|k| k.is(topic, partition))
+    }
+
+    /// A rebalance ran (inside the consumer's poll): keeps only what this member still owns,
+    /// and takes what the callbacks left for the engine stage.
+    fn follow_rebalance(&mut self, assignment: &Assignment, topics: &[String]) {
+        self.generation = assignment.generation();
+        self.owned = assignment.owned();
+        self.controls.extend(assignment.take_pending());
+        self.first_seen.clear();
+        let owned = &self.owned;
+        self.batch
+            .retain_partitions(|t, p| owned.iter().any(|k| k.is(t, p)), topics);
+        if self.batch.readings.is_empty() && self.batch.offsets.is_empty() {
+            self.batch = InBatch::default();
+            self.first_at = None;
         }
     }
 }

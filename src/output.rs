@@ -632,6 +632,121 @@ mod tests {
         );
     }
 
+    /// Every kind of point, byte for byte: a change to how points are written shows here as
+    /// a change made on purpose.
+    #[test]
+    fn line_protocol_bytes_stay_as_they_are() {
+        use crate::config::{HorizonSet, Horizons};
+        let features = vec!["temp".to_string(), "vib ration".to_string()];
+        let reading = Reading {
+            device: "pump 7,a=b".into(),
+            ts: 1_000_000_000_000_000_000,
+            values: vec![1.5, -2.0],
+        };
+        let forecasts = || (0..12).map(|i| i as f32 * 0.5 - 1.0).collect::<Vec<f32>>();
+        let mut out = String::new();
+        // Everything written, in maintenance, with both alarms raised.
+        let every = OutputConfig {
+            horizons: Horizons::Named(HorizonSet::All),
+            ..OutputConfig::default()
+        };
+        let fmt = PointFormat::new("pumps", "v1", &features, 2, &every);
+        let mut s = scored(Edge::Raised {
+            start: 999_999_940_000_000_000,
+        });
+        s.maintenance = true;
+        s.stuck_edge = Edge::Raised {
+            start: 999_999_880_000_000_000,
+        };
+        s.stuck_features = 0b11;
+        let batch = BatchOutput::assembled(
+            vec![Outcome::Scored(s)],
+            forecasts(),
+            vec![0.25, -0.75],
+            vec![0.5, -0.125],
+        );
+        let raised = fmt.write_line_protocol(&mut out, &reading, &batch, 0);
+        // Both alarms cleared, no model version, the basic fields, no band, the last step.
+        let basic = OutputConfig {
+            readings: false,
+            horizons: Horizons::Named(HorizonSet::Last),
+            band: false,
+            forecast_every: 1,
+            anomaly: AnomalyFields::Basic,
+        };
+        let plain = PointFormat::new("pumps", "", &features, 2, &basic);
+        s.maintenance = false;
+        s.edge = Edge::Cleared {
+            start: 999_999_940_000_000_000,
+            end: 1_000_000_000_000_000_000,
+        };
+        s.stuck_edge = Edge::Cleared {
+            start: 999_999_880_000_000_000,
+            end: 1_000_000_000_000_000_000,
+        };
+        let batch = BatchOutput::assembled(
+            vec![Outcome::Scored(s)],
+            forecasts(),
+            vec![0.25, -0.75],
+            vec![0.5, -0.125],
+        );
+        let cleared = plain.write_line_protocol(&mut out, &reading, &batch, 0);
+        // Nothing explained (every contribution 0): no top field.
+        let batch = BatchOutput::assembled(
+            vec![Outcome::Scored(scored(Edge::None))],
+            forecasts(),
+            vec![0.0, 0.0],
+            vec![0.0, 0.0],
+        );
+        let unexplained = fmt.write_line_protocol(&mut out, &reading, &batch, 0);
+        // Not stepped: nothing.
+        let batch = BatchOutput::assembled(
+            vec![Outcome::Stale { last_ts: 0 }],
+            forecasts(),
+            vec![0.0, 0.0],
+            vec![0.0, 0.0],
+        );
+        let stale = fmt.write_line_protocol(&mut out, &reading, &batch, 0);
+        let silent = fmt.write_silent_event(
+            &mut out,
+            &SilentEvent {
+                reading: 0,
+                device: "pump 7,a=b".into(),
+                edge: Edge::Cleared {
+                    start: 999_999_000_000_000_000,
+                    end: 1_000_000_000_000_000_000,
+                },
+            },
+        );
+        assert_eq!(
+            (raised, cleared, unexplained, stale, silent),
+            (8, 5, 6, 0, 1)
+        );
+        let expected = [
+            r#"reading,stream=pumps,device=pump\ 7\,a\=b temp=1.5,vib\ ration=-2.0 1000000000000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=temp,horizon=1 yhat=-1.0,yhat_lower=-0.5,yhat_upper=0.0,model="v1" 1000000060000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=vib\ ration,horizon=1 yhat=0.5,yhat_lower=1.0,yhat_upper=1.5,model="v1" 1000000060000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=temp,horizon=2 yhat=2.0,yhat_lower=2.5,yhat_upper=3.0,model="v1" 1000000120000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=vib\ ration,horizon=2 yhat=3.5,yhat_lower=4.0,yhat_upper=4.5,model="v1" 1000000120000000000"#,
+            r#"anomaly,stream=pumps,device=pump\ 7\,a\=b score=0.5,forecast_score=0.4,deviation_score=0.3,likelihood=0.25,over_line=true,is_anomaly=true,maintenance=true,top_field="vib ration",contrib_temp=0.25,contrib_vib\ ration=-0.75,model="v1" 1000000000000000000"#,
+            r#"anomaly_event,stream=pumps,device=pump\ 7\,a\=b,kind=anomaly active=true,start=999999940000000000i,peak_score=0.99,top_fields="temp high, vib ration low",contrib_temp=0.5,contrib_vib\ ration=-0.125,model="v1" 999999940000000000"#,
+            r#"anomaly_event,stream=pumps,device=pump\ 7\,a\=b,kind=stuck active=true,start=999999880000000000i,top_fields="temp flat, vib ration flat",model="v1" 999999880000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=temp,horizon=2 yhat=2.0 1000000120000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=vib\ ration,horizon=2 yhat=3.5 1000000120000000000"#,
+            r#"anomaly,stream=pumps,device=pump\ 7\,a\=b score=0.5,likelihood=0.25,is_anomaly=true,top_field="vib ration" 1000000000000000000"#,
+            r#"anomaly_event,stream=pumps,device=pump\ 7\,a\=b,kind=anomaly active=false,start=999999940000000000i,end=1000000000000000000i,duration_s=60.0,peak_score=0.99,top_fields="temp high, vib ration low",contrib_temp=0.5,contrib_vib\ ration=-0.125 999999940000000000"#,
+            r#"anomaly_event,stream=pumps,device=pump\ 7\,a\=b,kind=stuck active=false,start=999999880000000000i,end=1000000000000000000i,duration_s=120.0,top_fields="temp flat, vib ration flat" 999999880000000000"#,
+            r#"reading,stream=pumps,device=pump\ 7\,a\=b temp=1.5,vib\ ration=-2.0 1000000000000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=temp,horizon=1 yhat=-1.0,yhat_lower=-0.5,yhat_upper=0.0,model="v1" 1000000060000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=vib\ ration,horizon=1 yhat=0.5,yhat_lower=1.0,yhat_upper=1.5,model="v1" 1000000060000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=temp,horizon=2 yhat=2.0,yhat_lower=2.5,yhat_upper=3.0,model="v1" 1000000120000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=vib\ ration,horizon=2 yhat=3.5,yhat_lower=4.0,yhat_upper=4.5,model="v1" 1000000120000000000"#,
+            r#"anomaly,stream=pumps,device=pump\ 7\,a\=b score=0.5,forecast_score=0.4,deviation_score=0.3,likelihood=0.25,over_line=true,is_anomaly=true,top_field="",contrib_temp=0.0,contrib_vib\ ration=0.0,model="v1" 1000000000000000000"#,
+            r#"anomaly_event,stream=pumps,device=pump\ 7\,a\=b,kind=silent active=false,start=999999000000000000i,end=1000000000000000000i,duration_s=1000.0,top_fields="",model="v1" 999999000000000000"#,
+        ];
+        assert_eq!(out, format!("{}\n", expected.join("\n")));
+    }
+
     #[test]
     fn output_controls_pick_steps_band_fields_readings_and_thin_forecasts() {
         use crate::config::{HorizonSet, Horizons};

@@ -1323,6 +1323,135 @@ mod tests {
         assert_eq!(c.normal_peak, 2.0, "row 1 is not scored");
     }
 
+    /// The printed SKAB report, byte for byte: ranked inside the leaderboard with a sweep and
+    /// every kind of per-file delay, and ranked last without a sweep.
+    #[test]
+    fn the_skab_report_reads_as_it_did() {
+        let events = EventStats {
+            events: 4,
+            detected: 3,
+            delays_readings: vec![5, 2, 9],
+            delays_secs: vec![5.0, 2.0, 9.0],
+            false_alarm_events: 2,
+            false_alarm_rows: 6,
+            normal_device_days: 0.5,
+        };
+        let counts = PointCounts {
+            tp: 30,
+            fp: 10,
+            fn_: 20,
+            tn: 140,
+        };
+        let file = |name: &str, delay: Option<usize>, longest_over: usize| FileResult {
+            name: name.into(),
+            counts: PointCounts {
+                tp: 10,
+                fp: 3,
+                fn_: 7,
+                tn: 50,
+            },
+            delay,
+            false_alarm_events: 1,
+            closest: Closest {
+                peak_surprisal: 4.25,
+                longest_over,
+                normal_peak: 3.5,
+            },
+        };
+        let mut report = SkabReport {
+            rate: 0.001,
+            budget: 604.8,
+            counts,
+            events: events.clone(),
+            per_file: vec![
+                file("valve1/0", Some(4), 0),
+                file("valve1/1", None, 3),
+                file("other/2", None, 0),
+            ],
+            anomaly_free_alarms: (3, 0.25),
+            average_precision: (Some(0.61), None),
+            sweep: vec![SweepRow {
+                rate: 0.01,
+                counts,
+                events,
+            }],
+            model: ("20260101T000000Z".into(), 0.8125),
+            train_secs: 12.34,
+        };
+        let ranked = report.to_string();
+        report.counts = PointCounts::default();
+        report.sweep.clear();
+        report.per_file.truncate(1);
+        let last = report.to_string();
+        let ranked_expected = [
+            "model 20260101T000000Z (validation MASE 0.812), trained in 12.3s",
+            "",
+            "SKAB outlier detection, pooled over 200 test rows of 3 files (false_alarm_rate = 0.001):",
+            "| algorithm | F1 | FAR % | MAR % |",
+            "|---|---|---|---|",
+            "| Conv-AE | 0.78 | 13.55 | 28.02 |",
+            "| MSET | 0.78 | 39.73 | 14.13 |",
+            "| T-squared+Q (PCA) | 0.76 | 26.62 | 24.92 |",
+            "| LSTM-AE | 0.74 | 29.96 | 25.92 |",
+            "| **sensorcast (causal, streaming)** | **0.67** | **6.67** | **40.00** |",
+            "| T-squared | 0.66 | 19.21 | 42.60 |",
+            "| LSTM-VAE | 0.56 | 9.13 | 55.03 |",
+            "| Vanilla LSTM | 0.54 | 12.54 | 59.53 |",
+            "| MSCRED | 0.36 | 49.94 | 69.88 |",
+            "| Vanilla AE | 0.39 | 2.59 | 75.15 |",
+            "| Isolation forest | 0.29 | 2.56 | 82.89 |",
+            "",
+            "events: 3/4 detected; median detection delay 5 readings; false-alarm events 2 (4.00 per device-day of normal test rows)",
+            "of the 10 false positive rows, 6 lie in alarms that overlap no fault: withdrawing all of them (the most that confirming alarms with later readings could do) would give F1 0.714, FAR 2.67 %",
+            "anomaly-free.csv (training data, streamed whole): 3 alarm events in 0.250 device-days (12.00 per device-day)",
+            "the knob in operator units: false_alarm_rate 1.000e-3 allows at most 604.8 false alarm events per device-week at this interval (anomaly.alarm_budget); measured 28.0 per device-week on normal test rows, 84.0 on anomaly-free.csv",
+            "ranking test rows (area under the precision–recall curve; a random ranking scores 0.250): score 0.610, surprisal −ln p -",
+            "",
+            "sensitivity (anomaly.false_alarm_rate):",
+            "| false_alarm_rate | F1 | FAR % | MAR % | events detected | false-alarm events | F1, FAR % without them |",
+            "|---|---|---|---|---|---|---|",
+            "| 0.01 | 0.667 | 6.67 | 40.00 | 3/4 | 2 | 0.714, 2.67 |",
+            "",
+            "per file:",
+            "| file | test rows | anomalous | TP | FP | FN | F1 | delay (readings) | false-alarm events |",
+            "|---|---|---|---|---|---|---|---|---|",
+            "| valve1/0 | 70 | 17 | 10 | 3 | 7 | 0.67 | 4 | 1 |",
+            "| valve1/1 | 70 | 17 | 10 | 3 | 7 | 0.67 | missed: over the line for 3 readings in a row at most | 1 |",
+            "| other/2 | 70 | 17 | 10 | 3 | 7 | 0.67 | missed: never over the line (deepest −ln p 4.2; the line 6.9; its normal rows 3.5) | 1 |",
+        ];
+        assert_eq!(ranked, format!("{}\n", ranked_expected.join("\n")));
+        let last_expected = [
+            "model 20260101T000000Z (validation MASE 0.812), trained in 12.3s",
+            "",
+            "SKAB outlier detection, pooled over 0 test rows of 1 files (false_alarm_rate = 0.001):",
+            "| algorithm | F1 | FAR % | MAR % |",
+            "|---|---|---|---|",
+            "| Conv-AE | 0.78 | 13.55 | 28.02 |",
+            "| MSET | 0.78 | 39.73 | 14.13 |",
+            "| T-squared+Q (PCA) | 0.76 | 26.62 | 24.92 |",
+            "| LSTM-AE | 0.74 | 29.96 | 25.92 |",
+            "| T-squared | 0.66 | 19.21 | 42.60 |",
+            "| LSTM-VAE | 0.56 | 9.13 | 55.03 |",
+            "| Vanilla LSTM | 0.54 | 12.54 | 59.53 |",
+            "| MSCRED | 0.36 | 49.94 | 69.88 |",
+            "| Vanilla AE | 0.39 | 2.59 | 75.15 |",
+            "| Isolation forest | 0.29 | 2.56 | 82.89 |",
+            "| **sensorcast (causal, streaming)** | **0.00** | **0.00** | **0.00** |",
+            "",
+            "events: 3/4 detected; median detection delay 5 readings; false-alarm events 2 (4.00 per device-day of normal test rows)",
+            "of the 0 false positive rows, 0 lie in alarms that overlap no fault: withdrawing all of them (the most that confirming alarms with later readings could do) would give F1 0.000, FAR 0.00 %",
+            "anomaly-free.csv (training data, streamed whole): 3 alarm events in 0.250 device-days (12.00 per device-day)",
+            "the knob in operator units: false_alarm_rate 1.000e-3 allows at most 604.8 false alarm events per device-week at this interval (anomaly.alarm_budget); measured 28.0 per device-week on normal test rows, 84.0 on anomaly-free.csv",
+            "ranking test rows (area under the precision–recall curve; a random ranking scores 0.000): score 0.610, surprisal −ln p -",
+            "",
+            "per file:",
+            "| file | test rows | anomalous | TP | FP | FN | F1 | delay (readings) | false-alarm events |",
+            "|---|---|---|---|---|---|---|---|---|",
+            "| valve1/0 | 70 | 17 | 10 | 3 | 7 | 0.67 | 4 | 1 |",
+        ];
+        assert_eq!(last, format!("{}\n", last_expected.join("\n")));
+    }
+
     #[test]
     fn labelled_csv_errors_name_file_line_and_column() {
         let dir = tempfile::tempdir().expect("tempdir");

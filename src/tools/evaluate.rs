@@ -16,7 +16,7 @@
 use crate::config::{Config, HumanDuration, StreamConfig};
 use crate::decode::Reading;
 use crate::engine::{BatchOutput, Engine, EngineSettings, InferenceModel, Outcome};
-use crate::model::registry::Registry;
+use crate::model::registry::{ModelMeta, Registry};
 use crate::time::parse_ts_text;
 use anyhow::{Context, bail};
 use std::fmt::Write as _;
@@ -631,28 +631,8 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
     let skab = load_skab(&opts.data)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("failed to create {}", opts.out.display()))?;
-    let mut cfg = match &opts.config {
-        Some(p) => Config::load(Some(p))?,
-        None => skab_config(&skab.features, &opts.out, 42)?,
-    };
-    if let Some(seed) = opts.seed {
-        cfg.train.seed = seed;
-    }
-    let stream = cfg.streams[0].clone();
-    if stream.features != skab.features {
-        bail!(
-            "streams[0].features {:?} must be SKAB's sensors {:?}",
-            stream.features,
-            skab.features
-        );
-    }
-    // Training data: the training part of every experiment and the anomaly-free file.
-    let mut history: Vec<Reading> = skab
-        .experiments
-        .iter()
-        .flat_map(|s| s.readings[..SKAB_TRAIN_ROWS].iter().cloned())
-        .collect();
-    history.extend(skab.anomaly_free.readings.iter().cloned());
+    let (mut cfg, stream) = skab_stream(opts, &skab)?;
+    let history = skab_training_rows(&skab);
     eprintln!(
         "evaluate: training on {} rows ({} experiment training parts of {SKAB_TRAIN_ROWS} rows and anomaly-free.csv)…",
         history.len(),
@@ -664,42 +644,8 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
     let t0 = std::time::Instant::now();
     let registry = Registry::new(&cfg.model.registry);
     let meta = match &opts.model {
-        None => {
-            let mut progress = crate::commands::TrainingProgress::new(show_progress);
-            let trained = crate::model::train::train(
-                &cfg,
-                &stream,
-                &history,
-                vec!["SKAB training parts".into(), "anomaly-free.csv".into()],
-                &mut |e| progress.update(e),
-            )?;
-            progress.finish();
-            let mut meta = trained.meta;
-            registry.publish_new(&mut meta, &trained.model)?;
-            meta
-        }
-        Some(v) => {
-            let mut meta = registry.meta(&stream.name, v)?;
-            let loaded = registry.load(&stream.name, Some(v))?;
-            let mut by_device: std::collections::BTreeMap<&str, Vec<&Reading>> = Default::default();
-            for r in &history {
-                by_device.entry(r.device.as_str()).or_default().push(r);
-            }
-            // Held out as in training: each device's most recent part.
-            let keep = 1.0 - cfg.train.validation_fraction;
-            let devices: Vec<(&[&Reading], usize)> = by_device
-                .values()
-                .map(|v| (v.as_slice(), (v.len() as f64 * keep) as usize))
-                .collect();
-            meta.anomaly = crate::engine::calibrate::calibrate(
-                Arc::new(loaded.inference),
-                EngineSettings::from_config(&cfg, &stream),
-                &devices,
-            )
-            .map_err(anyhow::Error::msg)?;
-            eprintln!("evaluate: reusing model {v}, anomaly thresholds measured again");
-            meta
-        }
+        None => train_skab_model(&cfg, &stream, &history, &registry, show_progress)?,
+        Some(v) => remeasure_skab_model(&cfg, &stream, &history, &registry, v)?,
     };
     let train_secs = t0.elapsed().as_secs_f64();
     let mut loaded = registry.load(&stream.name, Some(&meta.version))?;
@@ -711,76 +657,14 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
     let results = stream_series(Arc::clone(&model), settings.clone(), &skab.experiments)?;
     let counts = point_counts(&skab.experiments, &results);
     let events = event_stats(&skab.experiments, &results);
-    let per_file = skab
-        .experiments
-        .iter()
-        .zip(&results)
-        .map(|(s, r)| {
-            let one = std::slice::from_ref(s);
-            let rr = std::slice::from_ref(r);
-            let e = event_stats(one, rr);
-            FileResult {
-                name: s.device.clone(),
-                counts: point_counts(one, rr),
-                delay: e.delays_readings.first().copied(),
-                false_alarm_events: e.false_alarm_events,
-                closest: Closest::of(s, r),
-            }
-        })
-        .collect();
-    // Normal operation: the anomaly-free file streamed whole (it is training data, so this
-    // is an in-sample figure) — alarms raised per device-day.
-    let mut free = skab.anomaly_free.clone();
-    free.scored_from = 0;
-    let free_results = stream_series(
-        Arc::clone(&model),
-        settings.clone(),
-        std::slice::from_ref(&free),
-    )?;
-    let free_events = event_stats(std::slice::from_ref(&free), &free_results);
-    let mut sweep = Vec::new();
-    for &r in &opts.sweep {
-        let mut s = settings.clone();
-        s.detect.false_alarm_rate = r;
-        let res = stream_series(Arc::clone(&model), s, &skab.experiments)?;
-        sweep.push(SweepRow {
-            rate: r,
-            counts: point_counts(&skab.experiments, &res),
-            events: event_stats(&skab.experiments, &res),
-        });
-    }
+    let per_file = per_file_results(&skab.experiments, &results);
+    let free_events = anomaly_free_events(&model, &settings, &skab.anomaly_free)?;
+    let sweep = sweep_rates(&model, &settings, &skab.experiments, &opts.sweep)?;
     if !sweep.is_empty() {
-        let mut points: Vec<(f64, f64, f64, f64)> = sweep
-            .iter()
-            .map(|r| (r.rate, r.counts.f1(), r.counts.far(), r.counts.mar()))
-            .collect();
-        if !points.iter().any(|p| p.0 == rate) {
-            points.push((rate, counts.f1(), counts.far(), counts.mar()));
-        }
-        crate::tools::chart::draw_tradeoff(
-            &opts.out.join("tradeoff.svg"),
-            "SKAB: F1, FAR and MAR against the sensitivity knob (grey: default)",
-            &points,
-            rate,
-        )?;
+        draw_tradeoff_chart(&opts.out, &sweep, rate, &counts)?;
     }
     if opts.charts {
-        let dir = opts.out.join("charts");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("failed to create {}", dir.display()))?;
-        for (s, r) in skab.experiments.iter().zip(&results) {
-            let name = s.device.replace('/', "_");
-            crate::tools::chart::draw_labelled(
-                &dir.join(format!("{name}.svg")),
-                &format!(
-                    "SKAB {} — sensors (normalised), score, labels and alarms",
-                    s.device
-                ),
-                &chart_input(s, r),
-                &model,
-                rate,
-            )?;
-        }
+        draw_file_charts(&opts.out, &skab.experiments, &results, &model, rate)?;
     }
     Ok(SkabReport {
         rate,
@@ -800,6 +684,200 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
         model: (meta.version.clone(), meta.validation.mase),
         train_secs,
     })
+}
+
+/// The configuration `evaluate skab` runs with ([`SkabOptions::config`] or [`skab_config`],
+/// with the seed of the options) and its first stream, which must have SKAB's sensors as its
+/// features.
+fn skab_stream(opts: &SkabOptions, skab: &Skab) -> anyhow::Result<(Config, StreamConfig)> {
+    let mut cfg = match &opts.config {
+        Some(p) => Config::load(Some(p))?,
+        None => skab_config(&skab.features, &opts.out, 42)?,
+    };
+    if let Some(seed) = opts.seed {
+        cfg.train.seed = seed;
+    }
+    let stream = cfg.streams[0].clone();
+    if stream.features != skab.features {
+        bail!(
+            "streams[0].features {:?} must be SKAB's sensors {:?}",
+            stream.features,
+            skab.features
+        );
+    }
+    Ok((cfg, stream))
+}
+
+/// The training data: the training part of every experiment and the anomaly-free file.
+fn skab_training_rows(skab: &Skab) -> Vec<Reading> {
+    let mut history: Vec<Reading> = skab
+        .experiments
+        .iter()
+        .flat_map(|s| s.readings[..SKAB_TRAIN_ROWS].iter().cloned())
+        .collect();
+    history.extend(skab.anomaly_free.readings.iter().cloned());
+    history
+}
+
+/// Trains a model on `history` and publishes it as a new version in `registry`.
+fn train_skab_model(
+    cfg: &Config,
+    stream: &StreamConfig,
+    history: &[Reading],
+    registry: &Registry,
+    show_progress: bool,
+) -> anyhow::Result<ModelMeta> {
+    let mut progress = crate::commands::TrainingProgress::new(show_progress);
+    let trained = crate::model::train::train(
+        cfg,
+        stream,
+        history,
+        vec!["SKAB training parts".into(), "anomaly-free.csv".into()],
+        &mut |e| progress.update(e),
+    )?;
+    progress.finish();
+    let mut meta = trained.meta;
+    registry.publish_new(&mut meta, &trained.model)?;
+    Ok(meta)
+}
+
+/// The metadata of version `v` already in `registry`, its anomaly thresholds measured again
+/// on the held-out part of `history` with the current detector settings (not published).
+fn remeasure_skab_model(
+    cfg: &Config,
+    stream: &StreamConfig,
+    history: &[Reading],
+    registry: &Registry,
+    v: &str,
+) -> anyhow::Result<ModelMeta> {
+    let mut meta = registry.meta(&stream.name, v)?;
+    let loaded = registry.load(&stream.name, Some(v))?;
+    let mut by_device: std::collections::BTreeMap<&str, Vec<&Reading>> = Default::default();
+    for r in history {
+        by_device.entry(r.device.as_str()).or_default().push(r);
+    }
+    // Held out as in training: each device's most recent part.
+    let keep = 1.0 - cfg.train.validation_fraction;
+    let devices: Vec<(&[&Reading], usize)> = by_device
+        .values()
+        .map(|v| (v.as_slice(), (v.len() as f64 * keep) as usize))
+        .collect();
+    meta.anomaly = crate::engine::calibrate::calibrate(
+        Arc::new(loaded.inference),
+        EngineSettings::from_config(cfg, stream),
+        &devices,
+    )
+    .map_err(anyhow::Error::msg)?;
+    eprintln!("evaluate: reusing model {v}, anomaly thresholds measured again");
+    Ok(meta)
+}
+
+/// Each experiment file's own counts, detection delay, false-alarm events and how near its
+/// fault came to an alarm.
+fn per_file_results(experiments: &[LabelledSeries], results: &[Vec<RowResult>]) -> Vec<FileResult> {
+    experiments
+        .iter()
+        .zip(results)
+        .map(|(s, r)| {
+            let one = std::slice::from_ref(s);
+            let rr = std::slice::from_ref(r);
+            let e = event_stats(one, rr);
+            FileResult {
+                name: s.device.clone(),
+                counts: point_counts(one, rr),
+                delay: e.delays_readings.first().copied(),
+                false_alarm_events: e.false_alarm_events,
+                closest: Closest::of(s, r),
+            }
+        })
+        .collect()
+}
+
+/// Normal operation: the anomaly-free file streamed whole (it is training data, so this is an
+/// in-sample figure), for the alarms it raises per device-day.
+fn anomaly_free_events(
+    model: &Arc<InferenceModel>,
+    settings: &EngineSettings,
+    anomaly_free: &LabelledSeries,
+) -> anyhow::Result<EventStats> {
+    let mut free = anomaly_free.clone();
+    free.scored_from = 0;
+    let free_results = stream_series(
+        Arc::clone(model),
+        settings.clone(),
+        std::slice::from_ref(&free),
+    )?;
+    Ok(event_stats(std::slice::from_ref(&free), &free_results))
+}
+
+/// The experiments streamed again at each of `rates` (the trade-off table).
+fn sweep_rates(
+    model: &Arc<InferenceModel>,
+    settings: &EngineSettings,
+    experiments: &[LabelledSeries],
+    rates: &[f64],
+) -> anyhow::Result<Vec<SweepRow>> {
+    let mut sweep = Vec::new();
+    for &r in rates {
+        let mut s = settings.clone();
+        s.detect.false_alarm_rate = r;
+        let res = stream_series(Arc::clone(model), s, experiments)?;
+        sweep.push(SweepRow {
+            rate: r,
+            counts: point_counts(experiments, &res),
+            events: event_stats(experiments, &res),
+        });
+    }
+    Ok(sweep)
+}
+
+/// Draws `<out>/tradeoff.svg`: F1, FAR and MAR at each rate of the sweep and at the default
+/// `rate` (`counts`).
+fn draw_tradeoff_chart(
+    out: &Path,
+    sweep: &[SweepRow],
+    rate: f64,
+    counts: &PointCounts,
+) -> anyhow::Result<()> {
+    let mut points: Vec<(f64, f64, f64, f64)> = sweep
+        .iter()
+        .map(|r| (r.rate, r.counts.f1(), r.counts.far(), r.counts.mar()))
+        .collect();
+    if !points.iter().any(|p| p.0 == rate) {
+        points.push((rate, counts.f1(), counts.far(), counts.mar()));
+    }
+    crate::tools::chart::draw_tradeoff(
+        &out.join("tradeoff.svg"),
+        "SKAB: F1, FAR and MAR against the sensitivity knob (grey: default)",
+        &points,
+        rate,
+    )
+}
+
+/// Draws a chart per experiment file into `<out>/charts`.
+fn draw_file_charts(
+    out: &Path,
+    experiments: &[LabelledSeries],
+    results: &[Vec<RowResult>],
+    model: &InferenceModel,
+    rate: f64,
+) -> anyhow::Result<()> {
+    let dir = out.join("charts");
+    std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    for (s, r) in experiments.iter().zip(results) {
+        let name = s.device.replace('/', "_");
+        crate::tools::chart::draw_labelled(
+            &dir.join(format!("{name}.svg")),
+            &format!(
+                "SKAB {} — sensors (normalised), score, labels and alarms",
+                s.device
+            ),
+            &chart_input(s, r),
+            model,
+            rate,
+        )?;
+    }
+    Ok(())
 }
 
 impl std::fmt::Display for SkabReport {

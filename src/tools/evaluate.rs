@@ -882,6 +882,16 @@ fn draw_file_charts(
 
 impl std::fmt::Display for SkabReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.write_leaderboard(f)?;
+        self.write_findings(f)?;
+        self.write_sweep(f)?;
+        self.write_per_file(f)
+    }
+}
+
+impl SkabReport {
+    /// Writes the model line and the pooled results ranked in the published leaderboard.
+    fn write_leaderboard(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
             "model {} (validation MASE {:.3}), trained in {:.1}s",
@@ -914,7 +924,13 @@ impl std::fmt::Display for SkabReport {
         if !placed {
             writeln!(f, "{ours}")?;
         }
-        writeln!(f)?;
+        writeln!(f)
+    }
+
+    /// Writes the lines after the leaderboard: events and their delay, what withdrawing false
+    /// alarms could give, alarms on the anomaly-free file, the knob in operator units and the
+    /// ranking's quality.
+    fn write_findings(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let e = &self.events;
         writeln!(
             f,
@@ -960,32 +976,42 @@ impl std::fmt::Display for SkabReport {
                     as f64,
             ap(self.average_precision.0),
             ap(self.average_precision.1)
+        )
+    }
+
+    /// Writes the trade-off table of the sweep (nothing without one).
+    fn write_sweep(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.sweep.is_empty() {
+            return Ok(());
+        }
+        writeln!(f)?;
+        writeln!(f, "sensitivity (anomaly.false_alarm_rate):")?;
+        writeln!(
+            f,
+            "| false_alarm_rate | F1 | FAR % | MAR % | events detected | false-alarm events | F1, FAR % without them |"
         )?;
-        if !self.sweep.is_empty() {
-            writeln!(f)?;
-            writeln!(f, "sensitivity (anomaly.false_alarm_rate):")?;
+        writeln!(f, "|---|---|---|---|---|---|---|")?;
+        for r in &self.sweep {
+            let w = r.counts.without_false_alarm_events(&r.events);
             writeln!(
                 f,
-                "| false_alarm_rate | F1 | FAR % | MAR % | events detected | false-alarm events | F1, FAR % without them |"
+                "| {} | {:.3} | {:.2} | {:.2} | {}/{} | {} | {:.3}, {:.2} |",
+                r.rate,
+                r.counts.f1(),
+                r.counts.far(),
+                r.counts.mar(),
+                r.events.detected,
+                r.events.events,
+                r.events.false_alarm_events,
+                w.f1(),
+                w.far()
             )?;
-            writeln!(f, "|---|---|---|---|---|---|---|")?;
-            for r in &self.sweep {
-                let w = r.counts.without_false_alarm_events(&r.events);
-                writeln!(
-                    f,
-                    "| {} | {:.3} | {:.2} | {:.2} | {}/{} | {} | {:.3}, {:.2} |",
-                    r.rate,
-                    r.counts.f1(),
-                    r.counts.far(),
-                    r.counts.mar(),
-                    r.events.detected,
-                    r.events.events,
-                    r.events.false_alarm_events,
-                    w.f1(),
-                    w.far()
-                )?;
-            }
         }
+        Ok(())
+    }
+
+    /// Writes the table of each file's results, and why a missed fault was missed.
+    fn write_per_file(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f)?;
         writeln!(f, "per file:")?;
         writeln!(

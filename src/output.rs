@@ -9,7 +9,7 @@ use crate::config::{AnomalyFields, OutputConfig};
 use crate::decode::Reading;
 use crate::engine::detect::Edge;
 use crate::engine::silent::SilentEvent;
-use crate::engine::{BatchOutput, Outcome};
+use crate::engine::{BatchOutput, Outcome, Scored};
 use std::fmt::Write as _;
 
 /// Writes a tag key or value with line-protocol escaping (comma, equals sign, space).
@@ -215,65 +215,104 @@ impl<'a> PointFormat<'a> {
             return 0;
         };
         let mut points = 0;
-        let nf = self.features.len();
-        // `,stream=S,device=D`, escaped once for every point of the reading.
-        let mut series = String::with_capacity(self.stream_tag.len() + reading.device.len() + 12);
-        series.push_str(&self.stream_tag);
-        series.push_str(",device=");
-        push_tag(&mut series, &reading.device);
+        let series = self.series(&reading.device);
         let mut ts = itoa::Buffer::new();
         let ts = ts.format(reading.ts);
         if self.output.readings {
-            out.push_str("reading");
-            out.push_str(&series);
-            for (f, (key, v)) in self.reading_keys.iter().zip(&reading.values).enumerate() {
-                out.push(if f == 0 { ' ' } else { ',' });
-                out.push_str(key);
-                push_f32(out, *v);
-            }
-            out.push(' ');
-            out.push_str(ts);
-            out.push('\n');
+            self.write_reading(out, &series, reading, ts);
             points += 1;
         }
         if self.forecasts_due(reading.ts, scored.step_ns) {
-            let forecast = batch.forecast(i);
-            for h in 0..self.horizon {
-                if !self.output.horizons.includes(h + 1, self.horizon) {
-                    continue;
+            points +=
+                self.write_forecasts(out, &series, reading.ts, scored.step_ns, batch.forecast(i));
+        }
+        self.write_anomaly(out, &series, scored, batch.contributions(i), ts);
+        points += 1;
+        points + self.write_alarm_edges(out, &series, scored, batch, i)
+    }
+
+    /// `,stream=S,device=D`: the tags every point of a device starts with, escaped once.
+    fn series(&self, device: &str) -> String {
+        let mut series = String::with_capacity(self.stream_tag.len() + device.len() + 12);
+        series.push_str(&self.stream_tag);
+        series.push_str(",device=");
+        push_tag(&mut series, device);
+        series
+    }
+
+    /// Appends the `reading` point: the reading's values, one field per feature, at `ts`.
+    fn write_reading(&self, out: &mut String, series: &str, reading: &Reading, ts: &str) {
+        out.push_str("reading");
+        out.push_str(series);
+        for (f, (key, v)) in self.reading_keys.iter().zip(&reading.values).enumerate() {
+            out.push(if f == 0 { ' ' } else { ',' });
+            out.push_str(key);
+            push_f32(out, *v);
+        }
+        out.push(' ');
+        out.push_str(ts);
+        out.push('\n');
+    }
+
+    /// Appends a `forecast` point per written step and feature of a reading at `ts`, each at
+    /// the time it forecasts (`step_ns` apart); returns how many.
+    fn write_forecasts(
+        &self,
+        out: &mut String,
+        series: &str,
+        ts: i64,
+        step_ns: i64,
+        forecast: &[f32],
+    ) -> usize {
+        let nf = self.features.len();
+        let mut points = 0;
+        for h in 0..self.horizon {
+            if !self.output.horizons.includes(h + 1, self.horizon) {
+                continue;
+            }
+            let target = ts.saturating_add((h as i64 + 1).saturating_mul(step_ns));
+            let mut step = itoa::Buffer::new();
+            let step = step.format(h + 1);
+            let mut target_buf = itoa::Buffer::new();
+            let target = target_buf.format(target);
+            for (f, field_tag) in self.field_tags.iter().enumerate() {
+                let k = (h * nf + f) * 3;
+                out.push_str("forecast");
+                out.push_str(series);
+                out.push_str(field_tag);
+                out.push_str(step);
+                out.push_str(" yhat=");
+                push_f32(out, forecast[k]);
+                if self.output.band {
+                    out.push_str(",yhat_lower=");
+                    push_f32(out, forecast[k + 1]);
+                    out.push_str(",yhat_upper=");
+                    push_f32(out, forecast[k + 2]);
                 }
-                let target = reading
-                    .ts
-                    .saturating_add((h as i64 + 1).saturating_mul(scored.step_ns));
-                let mut step = itoa::Buffer::new();
-                let step = step.format(h + 1);
-                let mut target_buf = itoa::Buffer::new();
-                let target = target_buf.format(target);
-                for (f, field_tag) in self.field_tags.iter().enumerate() {
-                    let k = (h * nf + f) * 3;
-                    out.push_str("forecast");
-                    out.push_str(&series);
-                    out.push_str(field_tag);
-                    out.push_str(step);
-                    out.push_str(" yhat=");
-                    push_f32(out, forecast[k]);
-                    if self.output.band {
-                        out.push_str(",yhat_lower=");
-                        push_f32(out, forecast[k + 1]);
-                        out.push_str(",yhat_upper=");
-                        push_f32(out, forecast[k + 2]);
-                    }
-                    out.push_str(&self.model_field);
-                    out.push(' ');
-                    out.push_str(target);
-                    out.push('\n');
-                    points += 1;
-                }
+                out.push_str(&self.model_field);
+                out.push(' ');
+                out.push_str(target);
+                out.push('\n');
+                points += 1;
             }
         }
+        points
+    }
+
+    /// Appends the `anomaly` point of a reading at `ts`: its score, the fields
+    /// `output.anomaly` asks for, and the feature that contributed most (empty when nothing
+    /// was explained, every contribution 0).
+    fn write_anomaly(
+        &self,
+        out: &mut String,
+        series: &str,
+        scored: &Scored,
+        contrib: &[f32],
+        ts: &str,
+    ) {
+        let all = self.output.anomaly == AnomalyFields::All;
         out.push_str("anomaly");
-        out.push_str(&series);
-        let contrib = batch.contributions(i);
+        out.push_str(series);
         let explained = contrib.iter().any(|c| *c != 0.0);
         let top = if explained {
             self.features[scored.top_feature].as_str()
@@ -282,7 +321,7 @@ impl<'a> PointFormat<'a> {
         };
         out.push_str(" score=");
         push_f64(out, scored.score);
-        if self.output.anomaly == AnomalyFields::All {
+        if all {
             out.push_str(",forecast_score=");
             push_f64(out, scored.forecast_score);
             out.push_str(",deviation_score=");
@@ -290,7 +329,7 @@ impl<'a> PointFormat<'a> {
         }
         out.push_str(",likelihood=");
         push_f64(out, scored.likelihood);
-        if self.output.anomaly == AnomalyFields::All {
+        if all {
             out.push_str(",over_line=");
             push_bool(out, scored.over_line);
         }
@@ -301,7 +340,7 @@ impl<'a> PointFormat<'a> {
         }
         out.push_str(",top_field=");
         push_str_field(out, top);
-        if self.output.anomaly == AnomalyFields::All {
+        if all {
             for (key, c) in self.contrib_keys.iter().zip(contrib) {
                 out.push_str(key);
                 push_f32(out, *c);
@@ -311,7 +350,19 @@ impl<'a> PointFormat<'a> {
         out.push(' ');
         out.push_str(ts);
         out.push('\n');
-        points += 1;
+    }
+
+    /// Appends an `anomaly_event` point for each alarm reading `i` of `batch` raised or
+    /// cleared (the detector's, then the stuck sensor's); returns how many.
+    fn write_alarm_edges(
+        &self,
+        out: &mut String,
+        series: &str,
+        scored: &Scored,
+        batch: &BatchOutput,
+        i: usize,
+    ) -> usize {
+        let mut points = 0;
         if scored.edge != Edge::None {
             let contrib = batch.event_contributions(i);
             let event = Event {
@@ -321,7 +372,7 @@ impl<'a> PointFormat<'a> {
                 top_fields: &self.explain(contrib, 3),
                 contributions: contrib,
             };
-            self.write_event(out, &series, &event);
+            self.write_event(out, series, &event);
             points += 1;
         }
         if scored.stuck_edge != Edge::None {
@@ -332,7 +383,7 @@ impl<'a> PointFormat<'a> {
                 top_fields: &self.flat_fields(scored.stuck_features),
                 contributions: &[],
             };
-            self.write_event(out, &series, &event);
+            self.write_event(out, series, &event);
             points += 1;
         }
         points
@@ -378,10 +429,7 @@ impl<'a> PointFormat<'a> {
     /// Appends the `anomaly_event` point (`kind=silent`) of a silent device's alarm edge;
     /// returns the points written (1).
     pub fn write_silent_event(&self, out: &mut String, e: &SilentEvent) -> usize {
-        let mut series = String::with_capacity(self.stream_tag.len() + e.device.len() + 12);
-        series.push_str(&self.stream_tag);
-        series.push_str(",device=");
-        push_tag(&mut series, &e.device);
+        let series = self.series(&e.device);
         let event = Event {
             kind: "silent",
             edge: e.edge,
@@ -529,7 +577,6 @@ struct Event<'a> {
 mod tests {
     use super::*;
     use crate::decode::{Schema, parse_line_protocol};
-    use crate::engine::Scored;
 
     fn scored(edge: Edge) -> Scored {
         Scored {
@@ -630,6 +677,121 @@ mod tests {
             schema.decode_line(None, lines[4].as_bytes()).is_err(),
             "booleans are not features"
         );
+    }
+
+    /// Every kind of point, byte for byte: a change to how points are written shows here as
+    /// a change made on purpose.
+    #[test]
+    fn line_protocol_bytes_stay_as_they_are() {
+        use crate::config::{HorizonSet, Horizons};
+        let features = vec!["temp".to_string(), "vib ration".to_string()];
+        let reading = Reading {
+            device: "pump 7,a=b".into(),
+            ts: 1_000_000_000_000_000_000,
+            values: vec![1.5, -2.0],
+        };
+        let forecasts = || (0..12).map(|i| i as f32 * 0.5 - 1.0).collect::<Vec<f32>>();
+        let mut out = String::new();
+        // Everything written, in maintenance, with both alarms raised.
+        let every = OutputConfig {
+            horizons: Horizons::Named(HorizonSet::All),
+            ..OutputConfig::default()
+        };
+        let fmt = PointFormat::new("pumps", "v1", &features, 2, &every);
+        let mut s = scored(Edge::Raised {
+            start: 999_999_940_000_000_000,
+        });
+        s.maintenance = true;
+        s.stuck_edge = Edge::Raised {
+            start: 999_999_880_000_000_000,
+        };
+        s.stuck_features = 0b11;
+        let batch = BatchOutput::assembled(
+            vec![Outcome::Scored(s)],
+            forecasts(),
+            vec![0.25, -0.75],
+            vec![0.5, -0.125],
+        );
+        let raised = fmt.write_line_protocol(&mut out, &reading, &batch, 0);
+        // Both alarms cleared, no model version, the basic fields, no band, the last step.
+        let basic = OutputConfig {
+            readings: false,
+            horizons: Horizons::Named(HorizonSet::Last),
+            band: false,
+            forecast_every: 1,
+            anomaly: AnomalyFields::Basic,
+        };
+        let plain = PointFormat::new("pumps", "", &features, 2, &basic);
+        s.maintenance = false;
+        s.edge = Edge::Cleared {
+            start: 999_999_940_000_000_000,
+            end: 1_000_000_000_000_000_000,
+        };
+        s.stuck_edge = Edge::Cleared {
+            start: 999_999_880_000_000_000,
+            end: 1_000_000_000_000_000_000,
+        };
+        let batch = BatchOutput::assembled(
+            vec![Outcome::Scored(s)],
+            forecasts(),
+            vec![0.25, -0.75],
+            vec![0.5, -0.125],
+        );
+        let cleared = plain.write_line_protocol(&mut out, &reading, &batch, 0);
+        // Nothing explained (every contribution 0): no top field.
+        let batch = BatchOutput::assembled(
+            vec![Outcome::Scored(scored(Edge::None))],
+            forecasts(),
+            vec![0.0, 0.0],
+            vec![0.0, 0.0],
+        );
+        let unexplained = fmt.write_line_protocol(&mut out, &reading, &batch, 0);
+        // Not stepped: nothing.
+        let batch = BatchOutput::assembled(
+            vec![Outcome::Stale { last_ts: 0 }],
+            forecasts(),
+            vec![0.0, 0.0],
+            vec![0.0, 0.0],
+        );
+        let stale = fmt.write_line_protocol(&mut out, &reading, &batch, 0);
+        let silent = fmt.write_silent_event(
+            &mut out,
+            &SilentEvent {
+                reading: 0,
+                device: "pump 7,a=b".into(),
+                edge: Edge::Cleared {
+                    start: 999_999_000_000_000_000,
+                    end: 1_000_000_000_000_000_000,
+                },
+            },
+        );
+        assert_eq!(
+            (raised, cleared, unexplained, stale, silent),
+            (8, 5, 6, 0, 1)
+        );
+        let expected = [
+            r#"reading,stream=pumps,device=pump\ 7\,a\=b temp=1.5,vib\ ration=-2.0 1000000000000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=temp,horizon=1 yhat=-1.0,yhat_lower=-0.5,yhat_upper=0.0,model="v1" 1000000060000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=vib\ ration,horizon=1 yhat=0.5,yhat_lower=1.0,yhat_upper=1.5,model="v1" 1000000060000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=temp,horizon=2 yhat=2.0,yhat_lower=2.5,yhat_upper=3.0,model="v1" 1000000120000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=vib\ ration,horizon=2 yhat=3.5,yhat_lower=4.0,yhat_upper=4.5,model="v1" 1000000120000000000"#,
+            r#"anomaly,stream=pumps,device=pump\ 7\,a\=b score=0.5,forecast_score=0.4,deviation_score=0.3,likelihood=0.25,over_line=true,is_anomaly=true,maintenance=true,top_field="vib ration",contrib_temp=0.25,contrib_vib\ ration=-0.75,model="v1" 1000000000000000000"#,
+            r#"anomaly_event,stream=pumps,device=pump\ 7\,a\=b,kind=anomaly active=true,start=999999940000000000i,peak_score=0.99,top_fields="temp high, vib ration low",contrib_temp=0.5,contrib_vib\ ration=-0.125,model="v1" 999999940000000000"#,
+            r#"anomaly_event,stream=pumps,device=pump\ 7\,a\=b,kind=stuck active=true,start=999999880000000000i,top_fields="temp flat, vib ration flat",model="v1" 999999880000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=temp,horizon=2 yhat=2.0 1000000120000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=vib\ ration,horizon=2 yhat=3.5 1000000120000000000"#,
+            r#"anomaly,stream=pumps,device=pump\ 7\,a\=b score=0.5,likelihood=0.25,is_anomaly=true,top_field="vib ration" 1000000000000000000"#,
+            r#"anomaly_event,stream=pumps,device=pump\ 7\,a\=b,kind=anomaly active=false,start=999999940000000000i,end=1000000000000000000i,duration_s=60.0,peak_score=0.99,top_fields="temp high, vib ration low",contrib_temp=0.5,contrib_vib\ ration=-0.125 999999940000000000"#,
+            r#"anomaly_event,stream=pumps,device=pump\ 7\,a\=b,kind=stuck active=false,start=999999880000000000i,end=1000000000000000000i,duration_s=120.0,top_fields="temp flat, vib ration flat" 999999880000000000"#,
+            r#"reading,stream=pumps,device=pump\ 7\,a\=b temp=1.5,vib\ ration=-2.0 1000000000000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=temp,horizon=1 yhat=-1.0,yhat_lower=-0.5,yhat_upper=0.0,model="v1" 1000000060000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=vib\ ration,horizon=1 yhat=0.5,yhat_lower=1.0,yhat_upper=1.5,model="v1" 1000000060000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=temp,horizon=2 yhat=2.0,yhat_lower=2.5,yhat_upper=3.0,model="v1" 1000000120000000000"#,
+            r#"forecast,stream=pumps,device=pump\ 7\,a\=b,field=vib\ ration,horizon=2 yhat=3.5,yhat_lower=4.0,yhat_upper=4.5,model="v1" 1000000120000000000"#,
+            r#"anomaly,stream=pumps,device=pump\ 7\,a\=b score=0.5,forecast_score=0.4,deviation_score=0.3,likelihood=0.25,over_line=true,is_anomaly=true,top_field="",contrib_temp=0.0,contrib_vib\ ration=0.0,model="v1" 1000000000000000000"#,
+            r#"anomaly_event,stream=pumps,device=pump\ 7\,a\=b,kind=silent active=false,start=999999000000000000i,end=1000000000000000000i,duration_s=1000.0,top_fields="",model="v1" 999999000000000000"#,
+        ];
+        assert_eq!(out, format!("{}\n", expected.join("\n")));
     }
 
     #[test]

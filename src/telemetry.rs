@@ -173,189 +173,235 @@ impl Metrics {
             retrain_running: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("readings", "Readings decoded", m.readings_in.clone());
+        // In this order in the exposition.
+        m.register_throughput(&mut registry);
+        m.register_sink(&mut registry);
+        m.register_pipeline(&mut registry);
+        m.register_alarms(&mut registry);
+        m.register_serving_state(&mut registry);
+        m.register_checkpoints(&mut registry);
+        m.register_device_guards(&mut registry);
+        m.register_models(&mut registry);
+        Self { registry, ..m }
+    }
+
+    /// Registers the counts of readings in, points out and messages that could not be decoded.
+    fn register_throughput(&self, registry: &mut Registry) {
+        registry.register("readings", "Readings decoded", self.readings_in.clone());
         registry.register(
             "readings_stale",
             "Readings with a duplicate or older timestamp, not stepped",
-            m.readings_stale.clone(),
+            self.readings_stale.clone(),
         );
         registry.register(
             "points_written",
             "Output points acknowledged by InfluxDB",
-            m.points_written.clone(),
+            self.points_written.clone(),
         );
         registry.register(
             "dead_letters",
             "Messages that could not be decoded, by reason",
-            m.dead_letters.clone(),
+            self.dead_letters.clone(),
         );
+    }
+
+    /// Registers the sink's metrics: retried and rejected writes, partial writes and write
+    /// latency.
+    fn register_sink(&self, registry: &mut Registry) {
         registry.register(
             "sink_retries",
             "Failed write attempts that were retried, by cause",
-            m.sink_retries.clone(),
+            self.sink_retries.clone(),
         );
         registry.register(
             "sink_rejected_points",
             "Points InfluxDB rejected for good, dropped: single lines refused with 400, and the count a 422 partial write reported (dropped=N)",
-            m.sink_rejected_points.clone(),
+            self.sink_rejected_points.clone(),
         );
         registry.register(
             "sink_partial_writes",
             "Write requests InfluxDB accepted only in part (422), not retried; count=reported: the response said how many points it rejected (added to sink_rejected_points); count=unknown: it did not, so anywhere from one point to the whole request was rejected",
-            m.sink_partial_writes.clone(),
+            self.sink_partial_writes.clone(),
         );
         registry.register(
             "sink_write_seconds",
             "Duration of successful write requests",
-            m.sink_latency.clone(),
+            self.sink_latency.clone(),
         );
+    }
+
+    /// Registers how the pipeline keeps up: batch size, end-to-end latency, consumer lag and
+    /// devices tracked.
+    fn register_pipeline(&self, registry: &mut Registry) {
         registry.register(
             "batch_readings",
             "Readings per engine micro-batch",
-            m.batch_size.clone(),
+            self.batch_size.clone(),
         );
         registry.register(
             "end_to_end_seconds",
             "From a message's Kafka timestamp to its outputs being written",
-            m.end_to_end_latency.clone(),
+            self.end_to_end_latency.clone(),
         );
         registry.register(
             "consumer_lag",
             "Messages behind the partition's high watermark",
-            m.consumer_lag.clone(),
+            self.consumer_lag.clone(),
         );
-        registry.register("devices", "Devices tracked", m.devices.clone());
+        registry.register("devices", "Devices tracked", self.devices.clone());
+    }
+
+    /// Registers the alarms raised and active now: anomaly, stuck-sensor and silent-device.
+    fn register_alarms(&self, registry: &mut Registry) {
         registry.register(
             "alarms_raised",
             "Anomaly alarms raised (alarm policy: minimum duration, cool-down)",
-            m.alarms_raised.clone(),
+            self.alarms_raised.clone(),
         );
         registry.register(
             "alarms_active",
             "Devices with an anomaly alarm raised now",
-            m.alarms_active.clone(),
+            self.alarms_active.clone(),
         );
         registry.register(
             "stuck_alarms_raised",
             "Stuck-sensor alarms raised (a feature flat far longer than in training)",
-            m.stuck_raised.clone(),
+            self.stuck_raised.clone(),
         );
         registry.register(
             "stuck_alarms_active",
             "Devices with a stuck-sensor alarm raised now",
-            m.stuck_active.clone(),
+            self.stuck_active.clone(),
         );
         registry.register(
             "silent_alarms_raised",
             "Silent-device alarms raised (no reading while its partition went on)",
-            m.silent_raised.clone(),
+            self.silent_raised.clone(),
         );
         registry.register(
             "silent_alarms_active",
             "Devices with a silent-device alarm raised now",
-            m.silent_active.clone(),
+            self.silent_active.clone(),
         );
+    }
+
+    /// Registers the gauges of what serves now: the model version in use, and whether
+    /// consumption is paused for backpressure.
+    fn register_serving_state(&self, registry: &mut Registry) {
         registry.register(
             "model_version",
             "1 for the model version in use",
-            m.model_version.clone(),
+            self.model_version.clone(),
         );
         registry.register(
             "paused",
             "1 while consumption is paused for backpressure",
-            m.paused.clone(),
+            self.paused.clone(),
         );
+    }
+
+    /// Registers the checkpoints written, failed and passed over on restore, the devices
+    /// restored, and the partitions assigned and revoked.
+    fn register_checkpoints(&self, registry: &mut Registry) {
         registry.register(
             "checkpoints_written",
             "Partition checkpoints of device state persisted",
-            m.checkpoints_written.clone(),
+            self.checkpoints_written.clone(),
         );
         registry.register(
             "checkpoint_bytes",
             "Bytes of partition checkpoints persisted",
-            m.checkpoint_bytes.clone(),
+            self.checkpoint_bytes.clone(),
         );
         registry.register(
             "checkpoint_failures",
             "Partition checkpoints that could not be written",
-            m.checkpoint_failures.clone(),
+            self.checkpoint_failures.clone(),
         );
         registry.register(
             "checkpoint_seconds",
             "Time to persist one set of partition checkpoints",
-            m.checkpoint_seconds.clone(),
+            self.checkpoint_seconds.clone(),
         );
         registry.register(
             "checkpoints_skipped",
             "Checkpoints passed over on restore (damaged, unreadable, unavailable, format_version, mismatch, records, model)",
-            m.checkpoints_skipped.clone(),
+            self.checkpoints_skipped.clone(),
         );
         registry.register(
             "devices_restored",
             "Devices whose state was restored from a checkpoint",
-            m.devices_restored.clone(),
+            self.devices_restored.clone(),
         );
         registry.register(
             "partitions_assigned",
             "Partitions assigned to this instance, by how their devices started (checkpoint or cold)",
-            m.partitions_assigned.clone(),
+            self.partitions_assigned.clone(),
         );
         registry.register(
             "partitions_revoked",
             "Partitions revoked from this instance (checkpointed, then their devices forgotten)",
-            m.partitions_revoked.clone(),
+            self.partitions_revoked.clone(),
         );
+    }
+
+    /// Registers what the engine does to guard itself: readings clamped, devices reset,
+    /// readings refused and devices parked.
+    fn register_device_guards(&self, registry: &mut Registry) {
         registry.register(
             "readings_clamped",
             "Feature values clamped to plus or minus engine.max_abs_z standard deviations",
-            m.readings_clamped.clone(),
+            self.readings_clamped.clone(),
         );
         registry.register(
             "devices_reset",
             "Devices reset to a cold start because a reading would have made their state non-finite",
-            m.devices_reset.clone(),
+            self.devices_reset.clone(),
         );
         registry.register(
             "readings_refused",
             "Readings of new devices not scored because the device table was full (engine.max_devices)",
-            m.readings_refused.clone(),
+            self.readings_refused.clone(),
         );
         registry.register(
             "devices_parked",
             "Devices idle for engine.device_ttl, their state parked on disk until they return",
-            m.devices_parked.clone(),
+            self.devices_parked.clone(),
         );
+    }
+
+    /// Registers model swaps, rejected models and retrains run inside `serve`.
+    fn register_models(&self, registry: &mut Registry) {
         registry.register(
             "model_swaps",
             "Model swaps started while serving (a new current version, or a checkpoint of another version restored)",
-            m.model_swaps.clone(),
+            self.model_swaps.clone(),
         );
         registry.register(
             "models_rejected",
             "New models refused while serving (load, schema, weights); the model in use keeps serving",
-            m.models_rejected.clone(),
+            self.models_rejected.clone(),
         );
         registry.register(
             "swap_pending",
             "Devices still written by the previous model while a swap re-warms them in the new one",
-            m.swap_pending.clone(),
+            self.swap_pending.clone(),
         );
         registry.register(
             "swap_unwarmed",
             "Devices switched at model.swap_timeout before model.swap_warmup readings in the new model",
-            m.swap_unwarmed.clone(),
+            self.swap_unwarmed.clone(),
         );
         registry.register(
             "retrains",
             "Retrains run inside serve (retrain.every), by outcome: published, kept, failed",
-            m.retrains.clone(),
+            self.retrains.clone(),
         );
         registry.register(
             "retrain_running",
             "1 while a retrain runs inside serve",
-            m.retrain_running.clone(),
+            self.retrain_running.clone(),
         );
-        Self { registry, ..m }
     }
 
     /// The Prometheus text exposition.
@@ -683,6 +729,113 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sensorcast_points_written_total 5"), "{text}");
+    }
+
+    /// The exposition's families in order, with their help texts and types (bucket lines
+    /// counted, not listed): what dashboards and alerts are built on.
+    #[test]
+    fn the_exposition_keeps_every_family_name_help_and_type() {
+        let text = Metrics::new().render();
+        let described: Vec<&str> = text.lines().filter(|l| !l.contains("_bucket{")).collect();
+        let buckets = text.lines().filter(|l| l.contains("_bucket{")).count();
+        let expected = [
+            "# HELP sensorcast_readings Readings decoded.",
+            "# TYPE sensorcast_readings counter",
+            "# HELP sensorcast_readings_stale Readings with a duplicate or older timestamp, not stepped.",
+            "# TYPE sensorcast_readings_stale counter",
+            "# HELP sensorcast_points_written Output points acknowledged by InfluxDB.",
+            "# TYPE sensorcast_points_written counter",
+            "sensorcast_points_written_total 0",
+            "# HELP sensorcast_dead_letters Messages that could not be decoded, by reason.",
+            "# TYPE sensorcast_dead_letters counter",
+            "# HELP sensorcast_sink_retries Failed write attempts that were retried, by cause.",
+            "# TYPE sensorcast_sink_retries counter",
+            "# HELP sensorcast_sink_rejected_points Points InfluxDB rejected for good, dropped: single lines refused with 400, and the count a 422 partial write reported (dropped=N).",
+            "# TYPE sensorcast_sink_rejected_points counter",
+            "sensorcast_sink_rejected_points_total 0",
+            "# HELP sensorcast_sink_partial_writes Write requests InfluxDB accepted only in part (422), not retried; count=reported: the response said how many points it rejected (added to sink_rejected_points); count=unknown: it did not, so anywhere from one point to the whole request was rejected.",
+            "# TYPE sensorcast_sink_partial_writes counter",
+            "# HELP sensorcast_sink_write_seconds Duration of successful write requests.",
+            "# TYPE sensorcast_sink_write_seconds histogram",
+            "sensorcast_sink_write_seconds_sum 0.0",
+            "sensorcast_sink_write_seconds_count 0",
+            "# HELP sensorcast_batch_readings Readings per engine micro-batch.",
+            "# TYPE sensorcast_batch_readings histogram",
+            "sensorcast_batch_readings_sum 0.0",
+            "sensorcast_batch_readings_count 0",
+            "# HELP sensorcast_end_to_end_seconds From a message's Kafka timestamp to its outputs being written.",
+            "# TYPE sensorcast_end_to_end_seconds histogram",
+            "sensorcast_end_to_end_seconds_sum 0.0",
+            "sensorcast_end_to_end_seconds_count 0",
+            "# HELP sensorcast_consumer_lag Messages behind the partition's high watermark.",
+            "# TYPE sensorcast_consumer_lag gauge",
+            "# HELP sensorcast_devices Devices tracked.",
+            "# TYPE sensorcast_devices gauge",
+            "# HELP sensorcast_alarms_raised Anomaly alarms raised (alarm policy: minimum duration, cool-down).",
+            "# TYPE sensorcast_alarms_raised counter",
+            "# HELP sensorcast_alarms_active Devices with an anomaly alarm raised now.",
+            "# TYPE sensorcast_alarms_active gauge",
+            "# HELP sensorcast_stuck_alarms_raised Stuck-sensor alarms raised (a feature flat far longer than in training).",
+            "# TYPE sensorcast_stuck_alarms_raised counter",
+            "# HELP sensorcast_stuck_alarms_active Devices with a stuck-sensor alarm raised now.",
+            "# TYPE sensorcast_stuck_alarms_active gauge",
+            "# HELP sensorcast_silent_alarms_raised Silent-device alarms raised (no reading while its partition went on).",
+            "# TYPE sensorcast_silent_alarms_raised counter",
+            "# HELP sensorcast_silent_alarms_active Devices with a silent-device alarm raised now.",
+            "# TYPE sensorcast_silent_alarms_active gauge",
+            "# HELP sensorcast_model_version 1 for the model version in use.",
+            "# TYPE sensorcast_model_version gauge",
+            "# HELP sensorcast_paused 1 while consumption is paused for backpressure.",
+            "# TYPE sensorcast_paused gauge",
+            "sensorcast_paused 0",
+            "# HELP sensorcast_checkpoints_written Partition checkpoints of device state persisted.",
+            "# TYPE sensorcast_checkpoints_written counter",
+            "# HELP sensorcast_checkpoint_bytes Bytes of partition checkpoints persisted.",
+            "# TYPE sensorcast_checkpoint_bytes counter",
+            "# HELP sensorcast_checkpoint_failures Partition checkpoints that could not be written.",
+            "# TYPE sensorcast_checkpoint_failures counter",
+            "sensorcast_checkpoint_failures_total 0",
+            "# HELP sensorcast_checkpoint_seconds Time to persist one set of partition checkpoints.",
+            "# TYPE sensorcast_checkpoint_seconds histogram",
+            "sensorcast_checkpoint_seconds_sum 0.0",
+            "sensorcast_checkpoint_seconds_count 0",
+            "# HELP sensorcast_checkpoints_skipped Checkpoints passed over on restore (damaged, unreadable, unavailable, format_version, mismatch, records, model).",
+            "# TYPE sensorcast_checkpoints_skipped counter",
+            "# HELP sensorcast_devices_restored Devices whose state was restored from a checkpoint.",
+            "# TYPE sensorcast_devices_restored counter",
+            "# HELP sensorcast_partitions_assigned Partitions assigned to this instance, by how their devices started (checkpoint or cold).",
+            "# TYPE sensorcast_partitions_assigned counter",
+            "# HELP sensorcast_partitions_revoked Partitions revoked from this instance (checkpointed, then their devices forgotten).",
+            "# TYPE sensorcast_partitions_revoked counter",
+            "# HELP sensorcast_readings_clamped Feature values clamped to plus or minus engine.max_abs_z standard deviations.",
+            "# TYPE sensorcast_readings_clamped counter",
+            "# HELP sensorcast_devices_reset Devices reset to a cold start because a reading would have made their state non-finite.",
+            "# TYPE sensorcast_devices_reset counter",
+            "# HELP sensorcast_readings_refused Readings of new devices not scored because the device table was full (engine.max_devices).",
+            "# TYPE sensorcast_readings_refused counter",
+            "# HELP sensorcast_devices_parked Devices idle for engine.device_ttl, their state parked on disk until they return.",
+            "# TYPE sensorcast_devices_parked gauge",
+            "# HELP sensorcast_model_swaps Model swaps started while serving (a new current version, or a checkpoint of another version restored).",
+            "# TYPE sensorcast_model_swaps counter",
+            "# HELP sensorcast_models_rejected New models refused while serving (load, schema, weights); the model in use keeps serving.",
+            "# TYPE sensorcast_models_rejected counter",
+            "# HELP sensorcast_swap_pending Devices still written by the previous model while a swap re-warms them in the new one.",
+            "# TYPE sensorcast_swap_pending gauge",
+            "# HELP sensorcast_swap_unwarmed Devices switched at model.swap_timeout before model.swap_warmup readings in the new model.",
+            "# TYPE sensorcast_swap_unwarmed counter",
+            "# HELP sensorcast_retrains Retrains run inside serve (retrain.every), by outcome: published, kept, failed.",
+            "# TYPE sensorcast_retrains counter",
+            "# HELP sensorcast_retrain_running 1 while a retrain runs inside serve.",
+            "# TYPE sensorcast_retrain_running gauge",
+            "sensorcast_retrain_running 0",
+            "# EOF",
+        ];
+        assert_eq!(described, expected);
+        assert_eq!(
+            buckets,
+            16 + 14 + 108 + 16 + 4,
+            "the buckets and their +Inf lines"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@
 use crate::config::{Config, HumanDuration, StreamConfig};
 use crate::decode::Reading;
 use crate::engine::{BatchOutput, Engine, EngineSettings, InferenceModel, Outcome};
-use crate::model::registry::Registry;
+use crate::model::registry::{ModelMeta, Registry};
 use crate::time::parse_ts_text;
 use anyhow::{Context, bail};
 use std::fmt::Write as _;
@@ -631,28 +631,8 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
     let skab = load_skab(&opts.data)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("failed to create {}", opts.out.display()))?;
-    let mut cfg = match &opts.config {
-        Some(p) => Config::load(Some(p))?,
-        None => skab_config(&skab.features, &opts.out, 42)?,
-    };
-    if let Some(seed) = opts.seed {
-        cfg.train.seed = seed;
-    }
-    let stream = cfg.streams[0].clone();
-    if stream.features != skab.features {
-        bail!(
-            "streams[0].features {:?} must be SKAB's sensors {:?}",
-            stream.features,
-            skab.features
-        );
-    }
-    // Training data: the training part of every experiment and the anomaly-free file.
-    let mut history: Vec<Reading> = skab
-        .experiments
-        .iter()
-        .flat_map(|s| s.readings[..SKAB_TRAIN_ROWS].iter().cloned())
-        .collect();
-    history.extend(skab.anomaly_free.readings.iter().cloned());
+    let (mut cfg, stream) = skab_stream(opts, &skab)?;
+    let history = skab_training_rows(&skab);
     eprintln!(
         "evaluate: training on {} rows ({} experiment training parts of {SKAB_TRAIN_ROWS} rows and anomaly-free.csv)…",
         history.len(),
@@ -664,42 +644,8 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
     let t0 = std::time::Instant::now();
     let registry = Registry::new(&cfg.model.registry);
     let meta = match &opts.model {
-        None => {
-            let mut progress = crate::commands::TrainingProgress::new(show_progress);
-            let trained = crate::model::train::train(
-                &cfg,
-                &stream,
-                &history,
-                vec!["SKAB training parts".into(), "anomaly-free.csv".into()],
-                &mut |e| progress.update(e),
-            )?;
-            progress.finish();
-            let mut meta = trained.meta;
-            registry.publish_new(&mut meta, &trained.model)?;
-            meta
-        }
-        Some(v) => {
-            let mut meta = registry.meta(&stream.name, v)?;
-            let loaded = registry.load(&stream.name, Some(v))?;
-            let mut by_device: std::collections::BTreeMap<&str, Vec<&Reading>> = Default::default();
-            for r in &history {
-                by_device.entry(r.device.as_str()).or_default().push(r);
-            }
-            // Held out as in training: each device's most recent part.
-            let keep = 1.0 - cfg.train.validation_fraction;
-            let devices: Vec<(&[&Reading], usize)> = by_device
-                .values()
-                .map(|v| (v.as_slice(), (v.len() as f64 * keep) as usize))
-                .collect();
-            meta.anomaly = crate::engine::calibrate::calibrate(
-                Arc::new(loaded.inference),
-                EngineSettings::from_config(&cfg, &stream),
-                &devices,
-            )
-            .map_err(anyhow::Error::msg)?;
-            eprintln!("evaluate: reusing model {v}, anomaly thresholds measured again");
-            meta
-        }
+        None => train_skab_model(&cfg, &stream, &history, &registry, show_progress)?,
+        Some(v) => remeasure_skab_model(&cfg, &stream, &history, &registry, v)?,
     };
     let train_secs = t0.elapsed().as_secs_f64();
     let mut loaded = registry.load(&stream.name, Some(&meta.version))?;
@@ -711,76 +657,14 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
     let results = stream_series(Arc::clone(&model), settings.clone(), &skab.experiments)?;
     let counts = point_counts(&skab.experiments, &results);
     let events = event_stats(&skab.experiments, &results);
-    let per_file = skab
-        .experiments
-        .iter()
-        .zip(&results)
-        .map(|(s, r)| {
-            let one = std::slice::from_ref(s);
-            let rr = std::slice::from_ref(r);
-            let e = event_stats(one, rr);
-            FileResult {
-                name: s.device.clone(),
-                counts: point_counts(one, rr),
-                delay: e.delays_readings.first().copied(),
-                false_alarm_events: e.false_alarm_events,
-                closest: Closest::of(s, r),
-            }
-        })
-        .collect();
-    // Normal operation: the anomaly-free file streamed whole (it is training data, so this
-    // is an in-sample figure) — alarms raised per device-day.
-    let mut free = skab.anomaly_free.clone();
-    free.scored_from = 0;
-    let free_results = stream_series(
-        Arc::clone(&model),
-        settings.clone(),
-        std::slice::from_ref(&free),
-    )?;
-    let free_events = event_stats(std::slice::from_ref(&free), &free_results);
-    let mut sweep = Vec::new();
-    for &r in &opts.sweep {
-        let mut s = settings.clone();
-        s.detect.false_alarm_rate = r;
-        let res = stream_series(Arc::clone(&model), s, &skab.experiments)?;
-        sweep.push(SweepRow {
-            rate: r,
-            counts: point_counts(&skab.experiments, &res),
-            events: event_stats(&skab.experiments, &res),
-        });
-    }
+    let per_file = per_file_results(&skab.experiments, &results);
+    let free_events = anomaly_free_events(&model, &settings, &skab.anomaly_free)?;
+    let sweep = sweep_rates(&model, &settings, &skab.experiments, &opts.sweep)?;
     if !sweep.is_empty() {
-        let mut points: Vec<(f64, f64, f64, f64)> = sweep
-            .iter()
-            .map(|r| (r.rate, r.counts.f1(), r.counts.far(), r.counts.mar()))
-            .collect();
-        if !points.iter().any(|p| p.0 == rate) {
-            points.push((rate, counts.f1(), counts.far(), counts.mar()));
-        }
-        crate::tools::chart::draw_tradeoff(
-            &opts.out.join("tradeoff.svg"),
-            "SKAB: F1, FAR and MAR against the sensitivity knob (grey: default)",
-            &points,
-            rate,
-        )?;
+        draw_tradeoff_chart(&opts.out, &sweep, rate, &counts)?;
     }
     if opts.charts {
-        let dir = opts.out.join("charts");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("failed to create {}", dir.display()))?;
-        for (s, r) in skab.experiments.iter().zip(&results) {
-            let name = s.device.replace('/', "_");
-            crate::tools::chart::draw_labelled(
-                &dir.join(format!("{name}.svg")),
-                &format!(
-                    "SKAB {} — sensors (normalised), score, labels and alarms",
-                    s.device
-                ),
-                &chart_input(s, r),
-                &model,
-                rate,
-            )?;
-        }
+        draw_file_charts(&opts.out, &skab.experiments, &results, &model, rate)?;
     }
     Ok(SkabReport {
         rate,
@@ -802,8 +686,212 @@ pub fn run_skab(opts: &SkabOptions, show_progress: bool) -> anyhow::Result<SkabR
     })
 }
 
+/// The configuration `evaluate skab` runs with ([`SkabOptions::config`] or [`skab_config`],
+/// with the seed of the options) and its first stream, which must have SKAB's sensors as its
+/// features.
+fn skab_stream(opts: &SkabOptions, skab: &Skab) -> anyhow::Result<(Config, StreamConfig)> {
+    let mut cfg = match &opts.config {
+        Some(p) => Config::load(Some(p))?,
+        None => skab_config(&skab.features, &opts.out, 42)?,
+    };
+    if let Some(seed) = opts.seed {
+        cfg.train.seed = seed;
+    }
+    let stream = cfg.streams[0].clone();
+    if stream.features != skab.features {
+        bail!(
+            "streams[0].features {:?} must be SKAB's sensors {:?}",
+            stream.features,
+            skab.features
+        );
+    }
+    Ok((cfg, stream))
+}
+
+/// The training data: the training part of every experiment and the anomaly-free file.
+fn skab_training_rows(skab: &Skab) -> Vec<Reading> {
+    let mut history: Vec<Reading> = skab
+        .experiments
+        .iter()
+        .flat_map(|s| s.readings[..SKAB_TRAIN_ROWS].iter().cloned())
+        .collect();
+    history.extend(skab.anomaly_free.readings.iter().cloned());
+    history
+}
+
+/// Trains a model on `history` and publishes it as a new version in `registry`.
+fn train_skab_model(
+    cfg: &Config,
+    stream: &StreamConfig,
+    history: &[Reading],
+    registry: &Registry,
+    show_progress: bool,
+) -> anyhow::Result<ModelMeta> {
+    let mut progress = crate::commands::TrainingProgress::new(show_progress);
+    let trained = crate::model::train::train(
+        cfg,
+        stream,
+        history,
+        vec!["SKAB training parts".into(), "anomaly-free.csv".into()],
+        &mut |e| progress.update(e),
+    )?;
+    progress.finish();
+    let mut meta = trained.meta;
+    registry.publish_new(&mut meta, &trained.model)?;
+    Ok(meta)
+}
+
+/// The metadata of version `v` already in `registry`, its anomaly thresholds measured again
+/// on the held-out part of `history` with the current detector settings (not published).
+fn remeasure_skab_model(
+    cfg: &Config,
+    stream: &StreamConfig,
+    history: &[Reading],
+    registry: &Registry,
+    v: &str,
+) -> anyhow::Result<ModelMeta> {
+    let mut meta = registry.meta(&stream.name, v)?;
+    let loaded = registry.load(&stream.name, Some(v))?;
+    let mut by_device: std::collections::BTreeMap<&str, Vec<&Reading>> = Default::default();
+    for r in history {
+        by_device.entry(r.device.as_str()).or_default().push(r);
+    }
+    // Held out as in training: each device's most recent part.
+    let keep = 1.0 - cfg.train.validation_fraction;
+    let devices: Vec<(&[&Reading], usize)> = by_device
+        .values()
+        .map(|v| (v.as_slice(), (v.len() as f64 * keep) as usize))
+        .collect();
+    meta.anomaly = crate::engine::calibrate::calibrate(
+        Arc::new(loaded.inference),
+        EngineSettings::from_config(cfg, stream),
+        &devices,
+    )
+    .map_err(anyhow::Error::msg)?;
+    eprintln!("evaluate: reusing model {v}, anomaly thresholds measured again");
+    Ok(meta)
+}
+
+/// Each experiment file's own counts, detection delay, false-alarm events and how near its
+/// fault came to an alarm.
+fn per_file_results(experiments: &[LabelledSeries], results: &[Vec<RowResult>]) -> Vec<FileResult> {
+    experiments
+        .iter()
+        .zip(results)
+        .map(|(s, r)| {
+            let one = std::slice::from_ref(s);
+            let rr = std::slice::from_ref(r);
+            let e = event_stats(one, rr);
+            FileResult {
+                name: s.device.clone(),
+                counts: point_counts(one, rr),
+                delay: e.delays_readings.first().copied(),
+                false_alarm_events: e.false_alarm_events,
+                closest: Closest::of(s, r),
+            }
+        })
+        .collect()
+}
+
+/// Normal operation: the anomaly-free file streamed whole (it is training data, so this is an
+/// in-sample figure), for the alarms it raises per device-day.
+fn anomaly_free_events(
+    model: &Arc<InferenceModel>,
+    settings: &EngineSettings,
+    anomaly_free: &LabelledSeries,
+) -> anyhow::Result<EventStats> {
+    let mut free = anomaly_free.clone();
+    free.scored_from = 0;
+    let free_results = stream_series(
+        Arc::clone(model),
+        settings.clone(),
+        std::slice::from_ref(&free),
+    )?;
+    Ok(event_stats(std::slice::from_ref(&free), &free_results))
+}
+
+/// The experiments streamed again at each of `rates` (the trade-off table).
+fn sweep_rates(
+    model: &Arc<InferenceModel>,
+    settings: &EngineSettings,
+    experiments: &[LabelledSeries],
+    rates: &[f64],
+) -> anyhow::Result<Vec<SweepRow>> {
+    let mut sweep = Vec::new();
+    for &r in rates {
+        let mut s = settings.clone();
+        s.detect.false_alarm_rate = r;
+        let res = stream_series(Arc::clone(model), s, experiments)?;
+        sweep.push(SweepRow {
+            rate: r,
+            counts: point_counts(experiments, &res),
+            events: event_stats(experiments, &res),
+        });
+    }
+    Ok(sweep)
+}
+
+/// Draws `<out>/tradeoff.svg`: F1, FAR and MAR at each rate of the sweep and at the default
+/// `rate` (`counts`).
+fn draw_tradeoff_chart(
+    out: &Path,
+    sweep: &[SweepRow],
+    rate: f64,
+    counts: &PointCounts,
+) -> anyhow::Result<()> {
+    let mut points: Vec<(f64, f64, f64, f64)> = sweep
+        .iter()
+        .map(|r| (r.rate, r.counts.f1(), r.counts.far(), r.counts.mar()))
+        .collect();
+    if !points.iter().any(|p| p.0 == rate) {
+        points.push((rate, counts.f1(), counts.far(), counts.mar()));
+    }
+    crate::tools::chart::draw_tradeoff(
+        &out.join("tradeoff.svg"),
+        "SKAB: F1, FAR and MAR against the sensitivity knob (grey: default)",
+        &points,
+        rate,
+    )
+}
+
+/// Draws a chart per experiment file into `<out>/charts`.
+fn draw_file_charts(
+    out: &Path,
+    experiments: &[LabelledSeries],
+    results: &[Vec<RowResult>],
+    model: &InferenceModel,
+    rate: f64,
+) -> anyhow::Result<()> {
+    let dir = out.join("charts");
+    std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    for (s, r) in experiments.iter().zip(results) {
+        let name = s.device.replace('/', "_");
+        crate::tools::chart::draw_labelled(
+            &dir.join(format!("{name}.svg")),
+            &format!(
+                "SKAB {} — sensors (normalised), score, labels and alarms",
+                s.device
+            ),
+            &chart_input(s, r),
+            model,
+            rate,
+        )?;
+    }
+    Ok(())
+}
+
 impl std::fmt::Display for SkabReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.write_leaderboard(f)?;
+        self.write_findings(f)?;
+        self.write_sweep(f)?;
+        self.write_per_file(f)
+    }
+}
+
+impl SkabReport {
+    /// Writes the model line and the pooled results ranked in the published leaderboard.
+    fn write_leaderboard(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
             "model {} (validation MASE {:.3}), trained in {:.1}s",
@@ -836,7 +924,13 @@ impl std::fmt::Display for SkabReport {
         if !placed {
             writeln!(f, "{ours}")?;
         }
-        writeln!(f)?;
+        writeln!(f)
+    }
+
+    /// Writes the lines after the leaderboard: events and their delay, what withdrawing false
+    /// alarms could give, alarms on the anomaly-free file, the knob in operator units and the
+    /// ranking's quality.
+    fn write_findings(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let e = &self.events;
         writeln!(
             f,
@@ -882,32 +976,42 @@ impl std::fmt::Display for SkabReport {
                     as f64,
             ap(self.average_precision.0),
             ap(self.average_precision.1)
+        )
+    }
+
+    /// Writes the trade-off table of the sweep (nothing without one).
+    fn write_sweep(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.sweep.is_empty() {
+            return Ok(());
+        }
+        writeln!(f)?;
+        writeln!(f, "sensitivity (anomaly.false_alarm_rate):")?;
+        writeln!(
+            f,
+            "| false_alarm_rate | F1 | FAR % | MAR % | events detected | false-alarm events | F1, FAR % without them |"
         )?;
-        if !self.sweep.is_empty() {
-            writeln!(f)?;
-            writeln!(f, "sensitivity (anomaly.false_alarm_rate):")?;
+        writeln!(f, "|---|---|---|---|---|---|---|")?;
+        for r in &self.sweep {
+            let w = r.counts.without_false_alarm_events(&r.events);
             writeln!(
                 f,
-                "| false_alarm_rate | F1 | FAR % | MAR % | events detected | false-alarm events | F1, FAR % without them |"
+                "| {} | {:.3} | {:.2} | {:.2} | {}/{} | {} | {:.3}, {:.2} |",
+                r.rate,
+                r.counts.f1(),
+                r.counts.far(),
+                r.counts.mar(),
+                r.events.detected,
+                r.events.events,
+                r.events.false_alarm_events,
+                w.f1(),
+                w.far()
             )?;
-            writeln!(f, "|---|---|---|---|---|---|---|")?;
-            for r in &self.sweep {
-                let w = r.counts.without_false_alarm_events(&r.events);
-                writeln!(
-                    f,
-                    "| {} | {:.3} | {:.2} | {:.2} | {}/{} | {} | {:.3}, {:.2} |",
-                    r.rate,
-                    r.counts.f1(),
-                    r.counts.far(),
-                    r.counts.mar(),
-                    r.events.detected,
-                    r.events.events,
-                    r.events.false_alarm_events,
-                    w.f1(),
-                    w.far()
-                )?;
-            }
         }
+        Ok(())
+    }
+
+    /// Writes the table of each file's results, and why a missed fault was missed.
+    fn write_per_file(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f)?;
         writeln!(f, "per file:")?;
         writeln!(
@@ -1321,6 +1425,135 @@ mod tests {
         assert_eq!(c.peak_surprisal, 5.0);
         assert_eq!(c.longest_over, 2, "rows 4 and 5; row 6 breaks the run");
         assert_eq!(c.normal_peak, 2.0, "row 1 is not scored");
+    }
+
+    /// The printed SKAB report, byte for byte: ranked inside the leaderboard with a sweep and
+    /// every kind of per-file delay, and ranked last without a sweep.
+    #[test]
+    fn the_skab_report_reads_as_it_did() {
+        let events = EventStats {
+            events: 4,
+            detected: 3,
+            delays_readings: vec![5, 2, 9],
+            delays_secs: vec![5.0, 2.0, 9.0],
+            false_alarm_events: 2,
+            false_alarm_rows: 6,
+            normal_device_days: 0.5,
+        };
+        let counts = PointCounts {
+            tp: 30,
+            fp: 10,
+            fn_: 20,
+            tn: 140,
+        };
+        let file = |name: &str, delay: Option<usize>, longest_over: usize| FileResult {
+            name: name.into(),
+            counts: PointCounts {
+                tp: 10,
+                fp: 3,
+                fn_: 7,
+                tn: 50,
+            },
+            delay,
+            false_alarm_events: 1,
+            closest: Closest {
+                peak_surprisal: 4.25,
+                longest_over,
+                normal_peak: 3.5,
+            },
+        };
+        let mut report = SkabReport {
+            rate: 0.001,
+            budget: 604.8,
+            counts,
+            events: events.clone(),
+            per_file: vec![
+                file("valve1/0", Some(4), 0),
+                file("valve1/1", None, 3),
+                file("other/2", None, 0),
+            ],
+            anomaly_free_alarms: (3, 0.25),
+            average_precision: (Some(0.61), None),
+            sweep: vec![SweepRow {
+                rate: 0.01,
+                counts,
+                events,
+            }],
+            model: ("20260101T000000Z".into(), 0.8125),
+            train_secs: 12.34,
+        };
+        let ranked = report.to_string();
+        report.counts = PointCounts::default();
+        report.sweep.clear();
+        report.per_file.truncate(1);
+        let last = report.to_string();
+        let ranked_expected = [
+            "model 20260101T000000Z (validation MASE 0.812), trained in 12.3s",
+            "",
+            "SKAB outlier detection, pooled over 200 test rows of 3 files (false_alarm_rate = 0.001):",
+            "| algorithm | F1 | FAR % | MAR % |",
+            "|---|---|---|---|",
+            "| Conv-AE | 0.78 | 13.55 | 28.02 |",
+            "| MSET | 0.78 | 39.73 | 14.13 |",
+            "| T-squared+Q (PCA) | 0.76 | 26.62 | 24.92 |",
+            "| LSTM-AE | 0.74 | 29.96 | 25.92 |",
+            "| **sensorcast (causal, streaming)** | **0.67** | **6.67** | **40.00** |",
+            "| T-squared | 0.66 | 19.21 | 42.60 |",
+            "| LSTM-VAE | 0.56 | 9.13 | 55.03 |",
+            "| Vanilla LSTM | 0.54 | 12.54 | 59.53 |",
+            "| MSCRED | 0.36 | 49.94 | 69.88 |",
+            "| Vanilla AE | 0.39 | 2.59 | 75.15 |",
+            "| Isolation forest | 0.29 | 2.56 | 82.89 |",
+            "",
+            "events: 3/4 detected; median detection delay 5 readings; false-alarm events 2 (4.00 per device-day of normal test rows)",
+            "of the 10 false positive rows, 6 lie in alarms that overlap no fault: withdrawing all of them (the most that confirming alarms with later readings could do) would give F1 0.714, FAR 2.67 %",
+            "anomaly-free.csv (training data, streamed whole): 3 alarm events in 0.250 device-days (12.00 per device-day)",
+            "the knob in operator units: false_alarm_rate 1.000e-3 allows at most 604.8 false alarm events per device-week at this interval (anomaly.alarm_budget); measured 28.0 per device-week on normal test rows, 84.0 on anomaly-free.csv",
+            "ranking test rows (area under the precision–recall curve; a random ranking scores 0.250): score 0.610, surprisal −ln p -",
+            "",
+            "sensitivity (anomaly.false_alarm_rate):",
+            "| false_alarm_rate | F1 | FAR % | MAR % | events detected | false-alarm events | F1, FAR % without them |",
+            "|---|---|---|---|---|---|---|",
+            "| 0.01 | 0.667 | 6.67 | 40.00 | 3/4 | 2 | 0.714, 2.67 |",
+            "",
+            "per file:",
+            "| file | test rows | anomalous | TP | FP | FN | F1 | delay (readings) | false-alarm events |",
+            "|---|---|---|---|---|---|---|---|---|",
+            "| valve1/0 | 70 | 17 | 10 | 3 | 7 | 0.67 | 4 | 1 |",
+            "| valve1/1 | 70 | 17 | 10 | 3 | 7 | 0.67 | missed: over the line for 3 readings in a row at most | 1 |",
+            "| other/2 | 70 | 17 | 10 | 3 | 7 | 0.67 | missed: never over the line (deepest −ln p 4.2; the line 6.9; its normal rows 3.5) | 1 |",
+        ];
+        assert_eq!(ranked, format!("{}\n", ranked_expected.join("\n")));
+        let last_expected = [
+            "model 20260101T000000Z (validation MASE 0.812), trained in 12.3s",
+            "",
+            "SKAB outlier detection, pooled over 0 test rows of 1 files (false_alarm_rate = 0.001):",
+            "| algorithm | F1 | FAR % | MAR % |",
+            "|---|---|---|---|",
+            "| Conv-AE | 0.78 | 13.55 | 28.02 |",
+            "| MSET | 0.78 | 39.73 | 14.13 |",
+            "| T-squared+Q (PCA) | 0.76 | 26.62 | 24.92 |",
+            "| LSTM-AE | 0.74 | 29.96 | 25.92 |",
+            "| T-squared | 0.66 | 19.21 | 42.60 |",
+            "| LSTM-VAE | 0.56 | 9.13 | 55.03 |",
+            "| Vanilla LSTM | 0.54 | 12.54 | 59.53 |",
+            "| MSCRED | 0.36 | 49.94 | 69.88 |",
+            "| Vanilla AE | 0.39 | 2.59 | 75.15 |",
+            "| Isolation forest | 0.29 | 2.56 | 82.89 |",
+            "| **sensorcast (causal, streaming)** | **0.00** | **0.00** | **0.00** |",
+            "",
+            "events: 3/4 detected; median detection delay 5 readings; false-alarm events 2 (4.00 per device-day of normal test rows)",
+            "of the 0 false positive rows, 0 lie in alarms that overlap no fault: withdrawing all of them (the most that confirming alarms with later readings could do) would give F1 0.000, FAR 0.00 %",
+            "anomaly-free.csv (training data, streamed whole): 3 alarm events in 0.250 device-days (12.00 per device-day)",
+            "the knob in operator units: false_alarm_rate 1.000e-3 allows at most 604.8 false alarm events per device-week at this interval (anomaly.alarm_budget); measured 28.0 per device-week on normal test rows, 84.0 on anomaly-free.csv",
+            "ranking test rows (area under the precision–recall curve; a random ranking scores 0.000): score 0.610, surprisal −ln p -",
+            "",
+            "per file:",
+            "| file | test rows | anomalous | TP | FP | FN | F1 | delay (readings) | false-alarm events |",
+            "|---|---|---|---|---|---|---|---|---|",
+            "| valve1/0 | 70 | 17 | 10 | 3 | 7 | 0.67 | 4 | 1 |",
+        ];
+        assert_eq!(last, format!("{}\n", last_expected.join("\n")));
     }
 
     #[test]

@@ -13,9 +13,10 @@
 //! window used is recorded in the model's metadata. Training fails only when no device has
 //! [`MIN_WINDOW`] + `model.horizon` consecutive readings.
 
-use crate::config::{Config, HumanDuration, StreamConfig};
+use crate::config::{Config, HumanDuration, StreamConfig, TrainConfig};
 use crate::decode::Reading;
-use crate::engine::{BatchOutput, Engine, EngineSettings, Outcome};
+use crate::engine::detect::Calibration;
+use crate::engine::{BatchOutput, Engine, EngineSettings, InferenceModel, Outcome};
 use crate::model::registry::{Metrics, ModelMeta, TrainingInfo};
 use crate::model::{Architecture, Forecaster, gaussian_nll, to_vec};
 use crate::time::format_ts;
@@ -491,6 +492,84 @@ pub fn train(
         horizon: cfg.model.horizon,
     };
     let horizon = arch.horizon;
+    let Prepared {
+        plan,
+        mean,
+        std,
+        series,
+    } = prepare(cfg, stream, readings, horizon)?;
+    let window = plan.window;
+    let (mut train_w, mut valid_w) = windows(
+        &series,
+        &plan,
+        horizon,
+        tc.stride,
+        cfg.engine.max_gap.as_nanos(),
+    )?;
+    subsample(&mut train_w, tc.max_windows);
+    subsample(&mut valid_w, tc.max_windows.div_ceil(4));
+
+    let fitted = fit(&arch, window, &series, &mut train_w, &valid_w, tc, progress)?;
+    let inference = fitted
+        .best_model
+        .export(&arch, "candidate", &stream.features, &mean, &std)
+        .map_err(TrainError::Model)?;
+    let (validation, anomaly) = validate(cfg, stream, inference, &series, (&std, horizon))?;
+    let training = training_info(
+        &series,
+        tc,
+        window,
+        &fitted,
+        (train_w.len(), valid_w.len()),
+        inputs,
+    );
+    let meta = ModelMeta {
+        format: 1,
+        version: String::new(),
+        stream: stream.name.clone(),
+        created_at: String::new(),
+        features: stream.features.clone(),
+        mean,
+        std,
+        architecture: arch,
+        training,
+        validation,
+        anomaly,
+        longest_flat_ns: Some(crate::engine::stuck::longest_flat(
+            &series
+                .iter()
+                .map(|s| s.readings.as_slice())
+                .collect::<Vec<_>>(),
+            nf,
+        )),
+        decision: None,
+    };
+    Ok(Trained {
+        meta,
+        model: fitted.best_model,
+    })
+}
+
+/// The history cut for training: the plan, the normalisation (from the training parts) and
+/// each device's series.
+struct Prepared<'a> {
+    plan: Plan,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    series: Vec<Series<'a>>,
+}
+
+/// Groups `readings` by device (in name order) after checking each has the stream's
+/// features, plans the cut (logging each way it differs from the configuration) and
+/// normalises each device's series by the training parts.
+fn prepare<'a>(
+    cfg: &Config,
+    stream: &StreamConfig,
+    readings: &'a [Reading],
+    horizon: usize,
+) -> Result<Prepared<'a>, TrainError> {
+    let tc = &cfg.train;
+    let nf = stream.features.len();
     let mut by_device: BTreeMap<&str, Vec<&Reading>> = BTreeMap::new();
     for r in readings {
         if r.values.len() != nf {
@@ -517,7 +596,6 @@ pub fn train(
     for warning in &plan.warnings {
         tracing::warn!(stream = %stream.name, "{warning}");
     }
-    let window = plan.window;
     let scored_from = |n: usize| split_at(n, plan.validation_fraction);
     let split_of = |n: usize| {
         if plan.validation_on_tail {
@@ -543,33 +621,31 @@ pub fn train(
             }
         })
         .collect();
-    let (mut train_w, mut valid_w) = windows(
-        &series,
-        &plan,
-        horizon,
-        tc.stride,
-        cfg.engine.max_gap.as_nanos(),
-    )?;
-    subsample(&mut train_w, tc.max_windows);
-    subsample(&mut valid_w, tc.max_windows.div_ceil(4));
+    Ok(Prepared {
+        plan,
+        mean,
+        std,
+        series,
+    })
+}
 
-    let Fitted {
-        best_loss,
-        best_epoch,
-        best_model,
-        epochs_run,
-        seconds,
-    } = fit(&arch, window, &series, &mut train_w, &valid_w, tc, progress)?;
-    let inference = best_model
-        .export(&arch, "candidate", &stream.features, &mean, &std)
-        .map_err(TrainError::Model)?;
+/// Measures `inference` the way the service will run it: the validation report over each
+/// device's history, and the sensitivity knob's thresholds (tails of the anomaly evidence on
+/// this history; `None`, with a warning, when there are too few readings).
+fn validate(
+    cfg: &Config,
+    stream: &StreamConfig,
+    inference: InferenceModel,
+    series: &[Series<'_>],
+    (std, horizon): (&[f32], usize),
+) -> Result<(Metrics, Option<Calibration>), TrainError> {
     let settings = EngineSettings::from_config(cfg, stream);
     let inference = Arc::new(inference);
     let validation = evaluate(
         Arc::clone(&inference),
         settings.clone(),
-        &series,
-        (&std, horizon),
+        series,
+        (std, horizon),
         &crate::labels::Verdicts::default(),
     )?;
     // Thresholds of the sensitivity knob: tails of the anomaly evidence on this history.
@@ -584,6 +660,19 @@ pub fn train(
             "too few readings to measure the anomaly thresholds on this history; Gaussian tails are assumed"
         );
     }
+    Ok((validation, anomaly))
+}
+
+/// What the model's metadata says of how it was trained: the span of `series`, the windows
+/// (`train`, `validation`) and epochs, and the settings used.
+fn training_info(
+    series: &[Series<'_>],
+    tc: &TrainConfig,
+    window: usize,
+    fitted: &Fitted,
+    (train_windows, validation_windows): (usize, usize),
+    inputs: Vec<String>,
+) -> TrainingInfo {
     let first = series
         .iter()
         .map(|s| s.readings[0].ts)
@@ -594,46 +683,22 @@ pub fn train(
         .filter_map(|s| s.readings.last().map(|r| r.ts))
         .max()
         .unwrap_or_default();
-    let meta = ModelMeta {
-        format: 1,
-        version: String::new(),
-        stream: stream.name.clone(),
-        created_at: String::new(),
-        features: stream.features.clone(),
-        mean,
-        std,
-        architecture: arch,
-        training: TrainingInfo {
-            from: format_ts(first),
-            to: format_ts(last),
-            devices: series.len(),
-            readings: series.iter().map(|s| s.readings.len()).sum(),
-            train_windows: train_w.len(),
-            validation_windows: valid_w.len(),
-            epochs: epochs_run,
-            best_epoch,
-            best_validation_loss: best_loss,
-            seed: tc.seed,
-            window,
-            learning_rate: tc.learning_rate,
-            inputs,
-            seconds: Some(seconds),
-        },
-        validation,
-        anomaly,
-        longest_flat_ns: Some(crate::engine::stuck::longest_flat(
-            &series
-                .iter()
-                .map(|s| s.readings.as_slice())
-                .collect::<Vec<_>>(),
-            nf,
-        )),
-        decision: None,
-    };
-    Ok(Trained {
-        meta,
-        model: best_model,
-    })
+    TrainingInfo {
+        from: format_ts(first),
+        to: format_ts(last),
+        devices: series.len(),
+        readings: series.iter().map(|s| s.readings.len()).sum(),
+        train_windows,
+        validation_windows,
+        epochs: fitted.epochs_run,
+        best_epoch: fitted.best_epoch,
+        best_validation_loss: fitted.best_loss,
+        seed: tc.seed,
+        window,
+        learning_rate: tc.learning_rate,
+        inputs,
+        seconds: Some(fitted.seconds),
+    }
 }
 
 /// Keeps at most `max` items, evenly spaced, in their current order.

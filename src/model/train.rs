@@ -353,13 +353,55 @@ fn plan(
     validation_fraction: f64,
     max_gap: HumanDuration,
 ) -> Result<Plan, TrainError> {
-    let gap = max_gap.as_nanos();
-    let min_window = window.min(MIN_WINDOW);
-    let (longest, who) = devices
-        .iter()
-        .map(|(d, ts)| (longest_run(ts, gap), *d))
-        .fold((0, ""), |best, x| if x.0 > best.0 { x } else { best });
-    if longest < min_window + horizon {
+    let planner = Planner {
+        devices,
+        window,
+        horizon,
+        fraction: validation_fraction,
+        max_gap,
+        min_window: window.min(MIN_WINDOW),
+    };
+    let longest = planner.longest();
+    if longest.0 < planner.min_window + horizon {
+        return Err(planner.too_short(longest));
+    }
+    let parts = planner.parts(validation_fraction);
+    Ok(planner
+        .as_configured(parts)
+        .or_else(|| planner.moved(parts))
+        .unwrap_or_else(|| planner.on_tail(longest)))
+}
+
+/// What `plan` weighs: each device's timestamps and the configured cut.
+struct Planner<'a> {
+    /// Name and timestamps (in order) of each device.
+    devices: &'a [(&'a str, Vec<i64>)],
+    /// `train.window`.
+    window: usize,
+    /// `model.horizon`.
+    horizon: usize,
+    /// `train.validation_fraction`.
+    fraction: f64,
+    /// `engine.max_gap`: no window crosses a longer gap.
+    max_gap: HumanDuration,
+    /// Shortest window `window` may be shrunk to.
+    min_window: usize,
+}
+
+impl Planner<'_> {
+    /// The longest run of any device and whose it is (`""` when there are no devices).
+    fn longest(&self) -> (usize, &str) {
+        let gap = self.max_gap.as_nanos();
+        self.devices
+            .iter()
+            .map(|(d, ts)| (longest_run(ts, gap), *d))
+            .fold((0, ""), |best, x| if x.0 > best.0 { x } else { best })
+    }
+
+    /// The error when the longest run, `longest` readings of device `who`, is too short for
+    /// even the shortest window.
+    fn too_short(&self, (longest, who): (usize, &str)) -> TrainError {
+        let (window, horizon, min_window) = (self.window, self.horizon, self.min_window);
         let what = if window > min_window {
             format!(
                 "a window of {min_window}, the shortest train.window {window} is shrunk to, + model.horizon {horizon}"
@@ -372,82 +414,107 @@ fn plan(
         } else {
             format!("the longest device, {who:?}, has {longest}")
         };
-        return Err(TrainError::NotEnoughData(format!(
-            "training needs at least {} consecutive readings of one device ({what}) with no gap longer than engine.max_gap ({max_gap}); {has}",
-            min_window + horizon
-        )));
+        TrainError::NotEnoughData(format!(
+            "training needs at least {} consecutive readings of one device ({what}) with no gap longer than engine.max_gap ({}); {has}",
+            min_window + horizon,
+            self.max_gap
+        ))
     }
-    // Longest runs in the training and the validation parts when `f` of each device's history
-    // is held out.
-    let parts = |f: f64| {
-        devices.iter().fold((0, 0), |(t, v), (_, ts)| {
+
+    /// Longest runs in the training and the validation parts when `f` of each device's history
+    /// is held out.
+    fn parts(&self, f: f64) -> (usize, usize) {
+        let gap = self.max_gap.as_nanos();
+        self.devices.iter().fold((0, 0), |(t, v), (_, ts)| {
             let split = split_at(ts.len(), f);
             (
                 t.max(longest_run(&ts[..split], gap)),
                 v.max(longest_run(&ts[split..], gap)),
             )
         })
-    };
-    let percent = |f: f64| format!("{:.0}%", f * 100.0);
-    let mut warnings = Vec::new();
-    let shrunk = |w: usize, why: String, warnings: &mut Vec<String>| {
-        if w < window {
-            warnings.push(format!(
+    }
+
+    /// Room for a window (the horizon taken off) in parts of at most `t` and `v` consecutive
+    /// readings, if there is room for the shortest one.
+    fn room(&self, (t, v): (usize, usize)) -> Option<usize> {
+        let room = t.min(v).saturating_sub(self.horizon);
+        (room >= self.min_window).then_some(room)
+    }
+
+    /// The warning that the configured window is shrunk to `w`, because `why`, if it is.
+    fn shrunk(&self, w: usize, why: String) -> Option<String> {
+        let (window, horizon) = (self.window, self.horizon);
+        (w < window).then(|| {
+            format!(
                 "train.window {window} does not fit this history: {why}; using windows of {w} readings (+ model.horizon {horizon})"
-            ));
-        }
-    };
-    let (t, v) = parts(validation_fraction);
-    let room = t.min(v).saturating_sub(horizon);
-    if room >= min_window {
-        let w = window.min(room);
+            )
+        })
+    }
+
+    /// The configured validation fraction, whose parts hold at most `t` and `v` consecutive
+    /// readings, if they have room for a window (shrunk to fit if need be).
+    fn as_configured(&self, (t, v): (usize, usize)) -> Option<Plan> {
+        let room = self.room((t, v))?;
+        let w = self.window.min(room);
         let why = if v <= t {
             format!(
-                "the validation part (the most recent {} of each device's history) holds at most {v} consecutive readings",
-                percent(validation_fraction)
+                "the validation part (the most recent {:.0}% of each device's history) holds at most {v} consecutive readings",
+                self.fraction * 100.0
             )
         } else {
             format!("the training part holds at most {t} consecutive readings")
         };
-        shrunk(w, why, &mut warnings);
-        return Ok(Plan {
+        Some(Plan {
             window: w,
-            validation_fraction,
+            validation_fraction: self.fraction,
             validation_on_tail: false,
-            warnings,
-        });
+            warnings: self.shrunk(w, why).into_iter().collect(),
+        })
     }
-    // Move the validation fraction, as little as will do, by steps of 0.01 (growing it first:
-    // usually the validation part is the short one).
-    let lo = VALIDATION_FRACTION_RANGE.0.min(validation_fraction);
-    let hi = VALIDATION_FRACTION_RANGE.1.max(validation_fraction);
-    for k in 1..=100 {
-        for f in [
-            validation_fraction + k as f64 * 0.01,
-            validation_fraction - k as f64 * 0.01,
-        ] {
-            let f = (f * 1e4).round() / 1e4;
-            if f < lo || f > hi {
-                continue;
-            }
-            let (t2, v2) = parts(f);
-            let room = t2.min(v2).saturating_sub(horizon);
-            if room >= min_window {
+
+    /// The range the validation fraction may be moved within: [`VALIDATION_FRACTION_RANGE`],
+    /// widened to take in the configured one.
+    fn fraction_range(&self) -> (f64, f64) {
+        (
+            VALIDATION_FRACTION_RANGE.0.min(self.fraction),
+            VALIDATION_FRACTION_RANGE.1.max(self.fraction),
+        )
+    }
+
+    /// The validation fraction moved as little as will do, by steps of 0.01 (growing it first:
+    /// usually the validation part is the short one), if some fraction in range leaves room
+    /// for a window on both sides; `(t, v)` are the configured fraction's parts.
+    fn moved(&self, (t, v): (usize, usize)) -> Option<Plan> {
+        let (validation_fraction, horizon, min_window) =
+            (self.fraction, self.horizon, self.min_window);
+        let (lo, hi) = self.fraction_range();
+        for k in 1..=100 {
+            for f in [
+                validation_fraction + k as f64 * 0.01,
+                validation_fraction - k as f64 * 0.01,
+            ] {
+                let f = (f * 1e4).round() / 1e4;
+                if f < lo || f > hi {
+                    continue;
+                }
+                let (t2, v2) = self.parts(f);
+                let Some(room) = self.room((t2, v2)) else {
+                    continue;
+                };
                 let short = if v <= t {
                     format!("validation part holds at most {v}")
                 } else {
                     format!("training part holds at most {t}")
                 };
-                warnings.push(format!(
+                let mut warnings = vec![format!(
                     "train.validation_fraction {validation_fraction} leaves too short a split of this history: the {short} consecutive readings, fewer than a window of {min_window} + model.horizon {horizon}; using train.validation_fraction {f} instead (at most {t2} consecutive training and {v2} validation readings)"
-                ));
-                let w = window.min(room);
-                shrunk(
+                )];
+                let w = self.window.min(room);
+                warnings.extend(self.shrunk(
                     w,
                     format!("with train.validation_fraction {f}, there is room for {w} at most"),
-                    &mut warnings,
-                );
-                return Ok(Plan {
+                ));
+                return Some(Plan {
                     window: w,
                     validation_fraction: f,
                     validation_on_tail: false,
@@ -455,23 +522,29 @@ fn plan(
                 });
             }
         }
+        None
     }
-    warnings.push(format!(
-        "this history is too short for separate training and validation parts (no train.validation_fraction in {lo}..={hi} leaves {} consecutive readings on both sides); validating on the tail of the training windows: the validation loss and report measure readings the model was trained on",
-        min_window + horizon
-    ));
-    let w = window.min(longest - horizon);
-    shrunk(
-        w,
-        format!("the longest device, {who:?}, has {longest} consecutive readings"),
-        &mut warnings,
-    );
-    Ok(Plan {
-        window: w,
-        validation_fraction,
-        validation_on_tail: true,
-        warnings,
-    })
+
+    /// Validation on the tail of the training windows, when no split leaves room for a window
+    /// on both sides; the window fits the longest run, `longest` readings of device `who`.
+    fn on_tail(&self, (longest, who): (usize, &str)) -> Plan {
+        let (lo, hi) = self.fraction_range();
+        let mut warnings = vec![format!(
+            "this history is too short for separate training and validation parts (no train.validation_fraction in {lo}..={hi} leaves {} consecutive readings on both sides); validating on the tail of the training windows: the validation loss and report measure readings the model was trained on",
+            self.min_window + self.horizon
+        )];
+        let w = self.window.min(longest - self.horizon);
+        warnings.extend(self.shrunk(
+            w,
+            format!("the longest device, {who:?}, has {longest} consecutive readings"),
+        ));
+        Plan {
+            window: w,
+            validation_fraction: self.fraction,
+            validation_on_tail: true,
+            warnings,
+        }
+    }
 }
 
 /// Trains a model for `stream` on `readings` (each device's readings in time order, no

@@ -240,11 +240,7 @@ pub async fn from_influxdb(
         }
         start = end;
     }
-    for (_, mut rs) in by_device {
-        rs.sort_by_key(|r| r.ts);
-        rs.dedup_by_key(|r| r.ts);
-        history.readings.extend(rs);
-    }
+    history.extend_by_device(by_device);
     Ok(history)
 }
 

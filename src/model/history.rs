@@ -8,7 +8,12 @@
 use crate::config::{Config, StreamConfig};
 use crate::decode::Reading;
 use crate::time::format_ts;
-use std::collections::BTreeMap;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
 
 /// What was read.
 #[derive(Debug, Default)]
@@ -21,6 +26,18 @@ pub struct History {
     pub skipped_total: usize,
     /// Where they came from, for the model's metadata.
     pub source: String,
+}
+
+impl History {
+    /// Appends the readings of `by_device`, device by device in name order, each device's in
+    /// time order with all but the first reading of a time dropped.
+    fn extend_by_device(&mut self, by_device: BTreeMap<String, Vec<Reading>>) {
+        for (_, mut rs) in by_device {
+            rs.sort_by_key(|r| r.ts);
+            rs.dedup_by_key(|r| r.ts);
+            self.readings.extend(rs);
+        }
+    }
 }
 
 /// `"` and `\` escaped for an InfluxQL double-quoted identifier.
@@ -223,11 +240,7 @@ pub async fn from_influxdb(
         }
         start = end;
     }
-    for (_, mut rs) in by_device {
-        rs.sort_by_key(|r| r.ts);
-        rs.dedup_by_key(|r| r.ts);
-        history.readings.extend(rs);
-    }
+    history.extend_by_device(by_device);
     Ok(history)
 }
 
@@ -243,55 +256,10 @@ pub fn from_kafka(
     from: i64,
     to: i64,
 ) -> anyhow::Result<History> {
-    use anyhow::Context;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::error::KafkaError;
-    use rdkafka::message::Message;
-    use rdkafka::{Offset, TopicPartitionList};
-    use std::time::{Duration, Instant};
     let timeout = Duration::from_secs(30);
-    let consumer: BaseConsumer = crate::kafka::client_config(
-        cfg,
-        &[
-            ("group.id", format!("{}.history", cfg.kafka.group_id)),
-            ("enable.auto.commit", "false".into()),
-            ("enable.auto.offset.store", "false".into()),
-            ("enable.partition.eof", "true".into()),
-            ("auto.offset.reset", "earliest".into()),
-        ],
-    )
-    .create()
-    .context("cannot create a Kafka consumer")?;
+    let consumer = history_consumer(cfg)?;
     let topic = stream.topic.as_str();
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .with_context(|| format!("cannot read the metadata of topic {topic:?}"))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    anyhow::ensure!(!partitions.is_empty(), "topic {topic:?} does not exist");
-    let (from_ms, to_ms) = (from.div_euclid(1_000_000), to.div_euclid(1_000_000));
-    let mut query = TopicPartitionList::new();
-    for &p in &partitions {
-        query.add_partition_offset(topic, p, Offset::Offset(from_ms))?;
-    }
-    let starts = consumer
-        .offsets_for_times(query, timeout)
-        .with_context(|| format!("the brokers cannot tell the offsets of {topic:?} for a time"))?;
-    let mut assign = TopicPartitionList::new();
-    let mut open = std::collections::HashSet::new();
-    for e in starts.elements() {
-        if let Offset::Offset(o) = e.offset() {
-            let (_, high) = consumer.fetch_watermarks(topic, e.partition(), timeout)?;
-            if o < high {
-                assign.add_partition_offset(topic, e.partition(), Offset::Offset(o))?;
-                open.insert(e.partition());
-            }
-        }
-    }
+    let (assign, open) = start_offsets(&consumer, topic, from, timeout)?;
     let decoder = crate::decode::Decoder::new(
         std::slice::from_ref(stream),
         cfg.kafka.max_payload_bytes,
@@ -306,64 +274,150 @@ pub fn from_kafka(
         ),
         ..History::default()
     };
-    let mut by_device: BTreeMap<String, Vec<Reading>> = BTreeMap::new();
     if !open.is_empty() {
         consumer.assign(&assign)?;
     }
-    let mut last_progress = Instant::now();
-    while !open.is_empty() {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                last_progress = Instant::now();
-                let p = m.partition();
-                if !open.contains(&p) {
-                    continue;
-                }
-                if m.timestamp().to_millis().is_some_and(|t| t >= to_ms) {
-                    open.remove(&p);
-                    continue;
-                }
-                match decoder.decode(topic, m.key(), m.payload()) {
-                    Ok(d) => {
-                        for r in d.readings {
-                            by_device.entry(r.device.clone()).or_default().push(r);
-                        }
-                    }
-                    Err(e) => {
-                        history.skipped_total += 1;
-                        if history.skipped.len() < 20 {
-                            history.skipped.push(format!(
-                                "{topic}/{p}@{}: {} ({})",
-                                m.offset(),
-                                e.message,
-                                e.reason
-                            ));
-                        }
-                    }
-                }
+    let partitions = Partitions {
+        consumer: &consumer,
+        topic,
+        timeout,
+    };
+    let by_device = partitions.read(&decoder, open, to.div_euclid(1_000_000), &mut history)?;
+    history.extend_by_device(by_device);
+    Ok(history)
+}
+
+/// A Kafka consumer for reading history: its own group (`<kafka.group_id>.history`), no
+/// offsets committed or stored, and an end-of-partition event at each partition's end.
+fn history_consumer(cfg: &Config) -> anyhow::Result<BaseConsumer> {
+    use anyhow::Context;
+    crate::kafka::client_config(
+        cfg,
+        &[
+            ("group.id", format!("{}.history", cfg.kafka.group_id)),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("enable.partition.eof", "true".into()),
+            ("auto.offset.reset", "earliest".into()),
+        ],
+    )
+    .create()
+    .context("cannot create a Kafka consumer")
+}
+
+/// Where to start reading each partition of `topic`: the offset of its first message stamped
+/// at or after `from` (ns), for the partitions that have one. Returns the assignment and the
+/// partitions in it.
+fn start_offsets(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from: i64,
+    timeout: Duration,
+) -> anyhow::Result<(TopicPartitionList, HashSet<i32>)> {
+    use anyhow::Context;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("cannot read the metadata of topic {topic:?}"))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    anyhow::ensure!(!partitions.is_empty(), "topic {topic:?} does not exist");
+    let mut query = TopicPartitionList::new();
+    for &p in &partitions {
+        query.add_partition_offset(topic, p, Offset::Offset(from.div_euclid(1_000_000)))?;
+    }
+    let starts = consumer
+        .offsets_for_times(query, timeout)
+        .with_context(|| format!("the brokers cannot tell the offsets of {topic:?} for a time"))?;
+    let mut assign = TopicPartitionList::new();
+    let mut open = HashSet::new();
+    for e in starts.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            let (_, high) = consumer.fetch_watermarks(topic, e.partition(), timeout)?;
+            if o < high {
+                assign.add_partition_offset(topic, e.partition(), Offset::Offset(o))?;
+                open.insert(e.partition());
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                open.remove(&p);
-            }
-            Some(Err(e)) if last_progress.elapsed() > timeout => {
-                anyhow::bail!("reading {topic:?}: {e}");
-            }
-            Some(Err(_)) => {}
-            None if last_progress.elapsed() > timeout => {
-                anyhow::bail!(
-                    "reading {topic:?} made no progress for {} s",
-                    timeout.as_secs()
-                );
-            }
-            None => {}
         }
     }
-    for (_, mut rs) in by_device {
-        rs.sort_by_key(|r| r.ts);
-        rs.dedup_by_key(|r| r.ts);
-        history.readings.extend(rs);
+    Ok((assign, open))
+}
+
+/// The assigned partitions of a topic, read by a history consumer.
+struct Partitions<'a> {
+    consumer: &'a BaseConsumer,
+    topic: &'a str,
+    /// How long reading may make no progress.
+    timeout: Duration,
+}
+
+impl Partitions<'_> {
+    /// Reads until none of the `open` partitions is left: a partition closes at its end or at
+    /// its first message stamped at or after `to_ms` (ms). Returns the readings decoded, by
+    /// device; messages that do not decode are counted (the first few described) in
+    /// `history`'s skipped ones.
+    fn read(
+        &self,
+        decoder: &crate::decode::Decoder,
+        mut open: HashSet<i32>,
+        to_ms: i64,
+        history: &mut History,
+    ) -> anyhow::Result<BTreeMap<String, Vec<Reading>>> {
+        let (topic, timeout) = (self.topic, self.timeout);
+        let mut by_device: BTreeMap<String, Vec<Reading>> = BTreeMap::new();
+        let mut last_progress = Instant::now();
+        while !open.is_empty() {
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last_progress = Instant::now();
+                    let p = m.partition();
+                    if !open.contains(&p) {
+                        continue;
+                    }
+                    if m.timestamp().to_millis().is_some_and(|t| t >= to_ms) {
+                        open.remove(&p);
+                        continue;
+                    }
+                    match decoder.decode(topic, m.key(), m.payload()) {
+                        Ok(d) => {
+                            for r in d.readings {
+                                by_device.entry(r.device.clone()).or_default().push(r);
+                            }
+                        }
+                        Err(e) => {
+                            history.skipped_total += 1;
+                            if history.skipped.len() < 20 {
+                                history.skipped.push(format!(
+                                    "{topic}/{p}@{}: {} ({})",
+                                    m.offset(),
+                                    e.message,
+                                    e.reason
+                                ));
+                            }
+                        }
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    open.remove(&p);
+                }
+                Some(Err(e)) if last_progress.elapsed() > timeout => {
+                    anyhow::bail!("reading {topic:?}: {e}");
+                }
+                Some(Err(_)) => {}
+                None if last_progress.elapsed() > timeout => {
+                    anyhow::bail!(
+                        "reading {topic:?} made no progress for {} s",
+                        timeout.as_secs()
+                    );
+                }
+                None => {}
+            }
+        }
+        Ok(by_device)
     }
-    Ok(history)
 }
 
 #[cfg(test)]

@@ -13,9 +13,10 @@
 //! window used is recorded in the model's metadata. Training fails only when no device has
 //! [`MIN_WINDOW`] + `model.horizon` consecutive readings.
 
-use crate::config::{Config, HumanDuration, StreamConfig};
+use crate::config::{Config, HumanDuration, StreamConfig, TrainConfig};
 use crate::decode::Reading;
-use crate::engine::{BatchOutput, Engine, EngineSettings, Outcome};
+use crate::engine::detect::Calibration;
+use crate::engine::{BatchOutput, Engine, EngineSettings, InferenceModel, Outcome};
 use crate::model::registry::{Metrics, ModelMeta, TrainingInfo};
 use crate::model::{Architecture, Forecaster, gaussian_nll, to_vec};
 use crate::time::format_ts;
@@ -352,13 +353,55 @@ fn plan(
     validation_fraction: f64,
     max_gap: HumanDuration,
 ) -> Result<Plan, TrainError> {
-    let gap = max_gap.as_nanos();
-    let min_window = window.min(MIN_WINDOW);
-    let (longest, who) = devices
-        .iter()
-        .map(|(d, ts)| (longest_run(ts, gap), *d))
-        .fold((0, ""), |best, x| if x.0 > best.0 { x } else { best });
-    if longest < min_window + horizon {
+    let planner = Planner {
+        devices,
+        window,
+        horizon,
+        fraction: validation_fraction,
+        max_gap,
+        min_window: window.min(MIN_WINDOW),
+    };
+    let longest = planner.longest();
+    if longest.0 < planner.min_window + horizon {
+        return Err(planner.too_short(longest));
+    }
+    let parts = planner.parts(validation_fraction);
+    Ok(planner
+        .as_configured(parts)
+        .or_else(|| planner.moved(parts))
+        .unwrap_or_else(|| planner.on_tail(longest)))
+}
+
+/// What `plan` weighs: each device's timestamps and the configured cut.
+struct Planner<'a> {
+    /// Name and timestamps (in order) of each device.
+    devices: &'a [(&'a str, Vec<i64>)],
+    /// `train.window`.
+    window: usize,
+    /// `model.horizon`.
+    horizon: usize,
+    /// `train.validation_fraction`.
+    fraction: f64,
+    /// `engine.max_gap`: no window crosses a longer gap.
+    max_gap: HumanDuration,
+    /// Shortest window `window` may be shrunk to.
+    min_window: usize,
+}
+
+impl Planner<'_> {
+    /// The longest run of any device and whose it is (`""` when there are no devices).
+    fn longest(&self) -> (usize, &str) {
+        let gap = self.max_gap.as_nanos();
+        self.devices
+            .iter()
+            .map(|(d, ts)| (longest_run(ts, gap), *d))
+            .fold((0, ""), |best, x| if x.0 > best.0 { x } else { best })
+    }
+
+    /// The error when the longest run, `longest` readings of device `who`, is too short for
+    /// even the shortest window.
+    fn too_short(&self, (longest, who): (usize, &str)) -> TrainError {
+        let (window, horizon, min_window) = (self.window, self.horizon, self.min_window);
         let what = if window > min_window {
             format!(
                 "a window of {min_window}, the shortest train.window {window} is shrunk to, + model.horizon {horizon}"
@@ -371,82 +414,107 @@ fn plan(
         } else {
             format!("the longest device, {who:?}, has {longest}")
         };
-        return Err(TrainError::NotEnoughData(format!(
-            "training needs at least {} consecutive readings of one device ({what}) with no gap longer than engine.max_gap ({max_gap}); {has}",
-            min_window + horizon
-        )));
+        TrainError::NotEnoughData(format!(
+            "training needs at least {} consecutive readings of one device ({what}) with no gap longer than engine.max_gap ({}); {has}",
+            min_window + horizon,
+            self.max_gap
+        ))
     }
-    // Longest runs in the training and the validation parts when `f` of each device's history
-    // is held out.
-    let parts = |f: f64| {
-        devices.iter().fold((0, 0), |(t, v), (_, ts)| {
+
+    /// Longest runs in the training and the validation parts when `f` of each device's history
+    /// is held out.
+    fn parts(&self, f: f64) -> (usize, usize) {
+        let gap = self.max_gap.as_nanos();
+        self.devices.iter().fold((0, 0), |(t, v), (_, ts)| {
             let split = split_at(ts.len(), f);
             (
                 t.max(longest_run(&ts[..split], gap)),
                 v.max(longest_run(&ts[split..], gap)),
             )
         })
-    };
-    let percent = |f: f64| format!("{:.0}%", f * 100.0);
-    let mut warnings = Vec::new();
-    let shrunk = |w: usize, why: String, warnings: &mut Vec<String>| {
-        if w < window {
-            warnings.push(format!(
+    }
+
+    /// Room for a window (the horizon taken off) in parts of at most `t` and `v` consecutive
+    /// readings, if there is room for the shortest one.
+    fn room(&self, (t, v): (usize, usize)) -> Option<usize> {
+        let room = t.min(v).saturating_sub(self.horizon);
+        (room >= self.min_window).then_some(room)
+    }
+
+    /// The warning that the configured window is shrunk to `w`, because `why`, if it is.
+    fn shrunk(&self, w: usize, why: String) -> Option<String> {
+        let (window, horizon) = (self.window, self.horizon);
+        (w < window).then(|| {
+            format!(
                 "train.window {window} does not fit this history: {why}; using windows of {w} readings (+ model.horizon {horizon})"
-            ));
-        }
-    };
-    let (t, v) = parts(validation_fraction);
-    let room = t.min(v).saturating_sub(horizon);
-    if room >= min_window {
-        let w = window.min(room);
+            )
+        })
+    }
+
+    /// The configured validation fraction, whose parts hold at most `t` and `v` consecutive
+    /// readings, if they have room for a window (shrunk to fit if need be).
+    fn as_configured(&self, (t, v): (usize, usize)) -> Option<Plan> {
+        let room = self.room((t, v))?;
+        let w = self.window.min(room);
         let why = if v <= t {
             format!(
-                "the validation part (the most recent {} of each device's history) holds at most {v} consecutive readings",
-                percent(validation_fraction)
+                "the validation part (the most recent {:.0}% of each device's history) holds at most {v} consecutive readings",
+                self.fraction * 100.0
             )
         } else {
             format!("the training part holds at most {t} consecutive readings")
         };
-        shrunk(w, why, &mut warnings);
-        return Ok(Plan {
+        Some(Plan {
             window: w,
-            validation_fraction,
+            validation_fraction: self.fraction,
             validation_on_tail: false,
-            warnings,
-        });
+            warnings: self.shrunk(w, why).into_iter().collect(),
+        })
     }
-    // Move the validation fraction, as little as will do, by steps of 0.01 (growing it first:
-    // usually the validation part is the short one).
-    let lo = VALIDATION_FRACTION_RANGE.0.min(validation_fraction);
-    let hi = VALIDATION_FRACTION_RANGE.1.max(validation_fraction);
-    for k in 1..=100 {
-        for f in [
-            validation_fraction + k as f64 * 0.01,
-            validation_fraction - k as f64 * 0.01,
-        ] {
-            let f = (f * 1e4).round() / 1e4;
-            if f < lo || f > hi {
-                continue;
-            }
-            let (t2, v2) = parts(f);
-            let room = t2.min(v2).saturating_sub(horizon);
-            if room >= min_window {
+
+    /// The range the validation fraction may be moved within: [`VALIDATION_FRACTION_RANGE`],
+    /// widened to take in the configured one.
+    fn fraction_range(&self) -> (f64, f64) {
+        (
+            VALIDATION_FRACTION_RANGE.0.min(self.fraction),
+            VALIDATION_FRACTION_RANGE.1.max(self.fraction),
+        )
+    }
+
+    /// The validation fraction moved as little as will do, by steps of 0.01 (growing it first:
+    /// usually the validation part is the short one), if some fraction in range leaves room
+    /// for a window on both sides; `(t, v)` are the configured fraction's parts.
+    fn moved(&self, (t, v): (usize, usize)) -> Option<Plan> {
+        let (validation_fraction, horizon, min_window) =
+            (self.fraction, self.horizon, self.min_window);
+        let (lo, hi) = self.fraction_range();
+        for k in 1..=100 {
+            for f in [
+                validation_fraction + k as f64 * 0.01,
+                validation_fraction - k as f64 * 0.01,
+            ] {
+                let f = (f * 1e4).round() / 1e4;
+                if f < lo || f > hi {
+                    continue;
+                }
+                let (t2, v2) = self.parts(f);
+                let Some(room) = self.room((t2, v2)) else {
+                    continue;
+                };
                 let short = if v <= t {
                     format!("validation part holds at most {v}")
                 } else {
                     format!("training part holds at most {t}")
                 };
-                warnings.push(format!(
+                let mut warnings = vec![format!(
                     "train.validation_fraction {validation_fraction} leaves too short a split of this history: the {short} consecutive readings, fewer than a window of {min_window} + model.horizon {horizon}; using train.validation_fraction {f} instead (at most {t2} consecutive training and {v2} validation readings)"
-                ));
-                let w = window.min(room);
-                shrunk(
+                )];
+                let w = self.window.min(room);
+                warnings.extend(self.shrunk(
                     w,
                     format!("with train.validation_fraction {f}, there is room for {w} at most"),
-                    &mut warnings,
-                );
-                return Ok(Plan {
+                ));
+                return Some(Plan {
                     window: w,
                     validation_fraction: f,
                     validation_on_tail: false,
@@ -454,23 +522,29 @@ fn plan(
                 });
             }
         }
+        None
     }
-    warnings.push(format!(
-        "this history is too short for separate training and validation parts (no train.validation_fraction in {lo}..={hi} leaves {} consecutive readings on both sides); validating on the tail of the training windows: the validation loss and report measure readings the model was trained on",
-        min_window + horizon
-    ));
-    let w = window.min(longest - horizon);
-    shrunk(
-        w,
-        format!("the longest device, {who:?}, has {longest} consecutive readings"),
-        &mut warnings,
-    );
-    Ok(Plan {
-        window: w,
-        validation_fraction,
-        validation_on_tail: true,
-        warnings,
-    })
+
+    /// Validation on the tail of the training windows, when no split leaves room for a window
+    /// on both sides; the window fits the longest run, `longest` readings of device `who`.
+    fn on_tail(&self, (longest, who): (usize, &str)) -> Plan {
+        let (lo, hi) = self.fraction_range();
+        let mut warnings = vec![format!(
+            "this history is too short for separate training and validation parts (no train.validation_fraction in {lo}..={hi} leaves {} consecutive readings on both sides); validating on the tail of the training windows: the validation loss and report measure readings the model was trained on",
+            self.min_window + self.horizon
+        )];
+        let w = self.window.min(longest - self.horizon);
+        warnings.extend(self.shrunk(
+            w,
+            format!("the longest device, {who:?}, has {longest} consecutive readings"),
+        ));
+        Plan {
+            window: w,
+            validation_fraction: self.fraction,
+            validation_on_tail: true,
+            warnings,
+        }
+    }
 }
 
 /// Trains a model for `stream` on `readings` (each device's readings in time order, no
@@ -491,6 +565,84 @@ pub fn train(
         horizon: cfg.model.horizon,
     };
     let horizon = arch.horizon;
+    let Prepared {
+        plan,
+        mean,
+        std,
+        series,
+    } = prepare(cfg, stream, readings, horizon)?;
+    let window = plan.window;
+    let (mut train_w, mut valid_w) = windows(
+        &series,
+        &plan,
+        horizon,
+        tc.stride,
+        cfg.engine.max_gap.as_nanos(),
+    )?;
+    subsample(&mut train_w, tc.max_windows);
+    subsample(&mut valid_w, tc.max_windows.div_ceil(4));
+
+    let fitted = fit(&arch, window, &series, &mut train_w, &valid_w, tc, progress)?;
+    let inference = fitted
+        .best_model
+        .export(&arch, "candidate", &stream.features, &mean, &std)
+        .map_err(TrainError::Model)?;
+    let (validation, anomaly) = validate(cfg, stream, inference, &series, (&std, horizon))?;
+    let training = training_info(
+        &series,
+        tc,
+        window,
+        &fitted,
+        (train_w.len(), valid_w.len()),
+        inputs,
+    );
+    let meta = ModelMeta {
+        format: 1,
+        version: String::new(),
+        stream: stream.name.clone(),
+        created_at: String::new(),
+        features: stream.features.clone(),
+        mean,
+        std,
+        architecture: arch,
+        training,
+        validation,
+        anomaly,
+        longest_flat_ns: Some(crate::engine::stuck::longest_flat(
+            &series
+                .iter()
+                .map(|s| s.readings.as_slice())
+                .collect::<Vec<_>>(),
+            nf,
+        )),
+        decision: None,
+    };
+    Ok(Trained {
+        meta,
+        model: fitted.best_model,
+    })
+}
+
+/// The history cut for training: the plan, the normalisation (from the training parts) and
+/// each device's series.
+struct Prepared<'a> {
+    plan: Plan,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    series: Vec<Series<'a>>,
+}
+
+/// Groups `readings` by device (in name order) after checking each has the stream's
+/// features, plans the cut (logging each way it differs from the configuration) and
+/// normalises each device's series by the training parts.
+fn prepare<'a>(
+    cfg: &Config,
+    stream: &StreamConfig,
+    readings: &'a [Reading],
+    horizon: usize,
+) -> Result<Prepared<'a>, TrainError> {
+    let tc = &cfg.train;
+    let nf = stream.features.len();
     let mut by_device: BTreeMap<&str, Vec<&Reading>> = BTreeMap::new();
     for r in readings {
         if r.values.len() != nf {
@@ -517,7 +669,6 @@ pub fn train(
     for warning in &plan.warnings {
         tracing::warn!(stream = %stream.name, "{warning}");
     }
-    let window = plan.window;
     let scored_from = |n: usize| split_at(n, plan.validation_fraction);
     let split_of = |n: usize| {
         if plan.validation_on_tail {
@@ -543,33 +694,31 @@ pub fn train(
             }
         })
         .collect();
-    let (mut train_w, mut valid_w) = windows(
-        &series,
-        &plan,
-        horizon,
-        tc.stride,
-        cfg.engine.max_gap.as_nanos(),
-    )?;
-    subsample(&mut train_w, tc.max_windows);
-    subsample(&mut valid_w, tc.max_windows.div_ceil(4));
+    Ok(Prepared {
+        plan,
+        mean,
+        std,
+        series,
+    })
+}
 
-    let Fitted {
-        best_loss,
-        best_epoch,
-        best_model,
-        epochs_run,
-        seconds,
-    } = fit(&arch, window, &series, &mut train_w, &valid_w, tc, progress)?;
-    let inference = best_model
-        .export(&arch, "candidate", &stream.features, &mean, &std)
-        .map_err(TrainError::Model)?;
+/// Measures `inference` the way the service will run it: the validation report over each
+/// device's history, and the sensitivity knob's thresholds (tails of the anomaly evidence on
+/// this history; `None`, with a warning, when there are too few readings).
+fn validate(
+    cfg: &Config,
+    stream: &StreamConfig,
+    inference: InferenceModel,
+    series: &[Series<'_>],
+    (std, horizon): (&[f32], usize),
+) -> Result<(Metrics, Option<Calibration>), TrainError> {
     let settings = EngineSettings::from_config(cfg, stream);
     let inference = Arc::new(inference);
     let validation = evaluate(
         Arc::clone(&inference),
         settings.clone(),
-        &series,
-        (&std, horizon),
+        series,
+        (std, horizon),
         &crate::labels::Verdicts::default(),
     )?;
     // Thresholds of the sensitivity knob: tails of the anomaly evidence on this history.
@@ -584,6 +733,19 @@ pub fn train(
             "too few readings to measure the anomaly thresholds on this history; Gaussian tails are assumed"
         );
     }
+    Ok((validation, anomaly))
+}
+
+/// What the model's metadata says of how it was trained: the span of `series`, the windows
+/// (`train`, `validation`) and epochs, and the settings used.
+fn training_info(
+    series: &[Series<'_>],
+    tc: &TrainConfig,
+    window: usize,
+    fitted: &Fitted,
+    (train_windows, validation_windows): (usize, usize),
+    inputs: Vec<String>,
+) -> TrainingInfo {
     let first = series
         .iter()
         .map(|s| s.readings[0].ts)
@@ -594,46 +756,22 @@ pub fn train(
         .filter_map(|s| s.readings.last().map(|r| r.ts))
         .max()
         .unwrap_or_default();
-    let meta = ModelMeta {
-        format: 1,
-        version: String::new(),
-        stream: stream.name.clone(),
-        created_at: String::new(),
-        features: stream.features.clone(),
-        mean,
-        std,
-        architecture: arch,
-        training: TrainingInfo {
-            from: format_ts(first),
-            to: format_ts(last),
-            devices: series.len(),
-            readings: series.iter().map(|s| s.readings.len()).sum(),
-            train_windows: train_w.len(),
-            validation_windows: valid_w.len(),
-            epochs: epochs_run,
-            best_epoch,
-            best_validation_loss: best_loss,
-            seed: tc.seed,
-            window,
-            learning_rate: tc.learning_rate,
-            inputs,
-            seconds: Some(seconds),
-        },
-        validation,
-        anomaly,
-        longest_flat_ns: Some(crate::engine::stuck::longest_flat(
-            &series
-                .iter()
-                .map(|s| s.readings.as_slice())
-                .collect::<Vec<_>>(),
-            nf,
-        )),
-        decision: None,
-    };
-    Ok(Trained {
-        meta,
-        model: best_model,
-    })
+    TrainingInfo {
+        from: format_ts(first),
+        to: format_ts(last),
+        devices: series.len(),
+        readings: series.iter().map(|s| s.readings.len()).sum(),
+        train_windows,
+        validation_windows,
+        epochs: fitted.epochs_run,
+        best_epoch: fitted.best_epoch,
+        best_validation_loss: fitted.best_loss,
+        seed: tc.seed,
+        window,
+        learning_rate: tc.learning_rate,
+        inputs,
+        seconds: Some(fitted.seconds),
+    }
 }
 
 /// Keeps at most `max` items, evenly spaced, in their current order.

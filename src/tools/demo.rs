@@ -6,10 +6,12 @@
 
 use crate::commands::{OutputKind, replay_readings};
 use crate::config::{Config, HumanDuration, ModelConfig, StreamConfig, TrainConfig};
-use crate::engine::Outcome;
+use crate::decode::Reading;
 use crate::engine::detect::Edge;
+use crate::engine::{BatchOutput, InferenceModel, Outcome};
 use crate::model::registry::Registry;
 use crate::model::train::train;
+use crate::output::PointFormat;
 use crate::synth::{FEATURES, Fault, Fleet, FleetSpec, device_name, generate};
 use anyhow::Context;
 use std::io::Write;
@@ -110,7 +112,30 @@ pub fn demo_config(base: Config, out: &Path, seed: u64) -> Config {
     }
 }
 
-/// Runs the demo.
+impl DemoSpec {
+    /// The fleet generator's settings for this demo.
+    fn fleet_spec(&self) -> FleetSpec {
+        FleetSpec {
+            devices: self.devices,
+            readings: self.readings,
+            faults: self.faults,
+            seed: self.seed,
+            ..FleetSpec::default()
+        }
+    }
+
+    /// Steps of each device's history the model trains on: the first half.
+    fn history_end(&self) -> usize {
+        self.readings / 2
+    }
+}
+
+/// An alarm event: device, start and end step (end `None` while still raised at the end),
+/// and what it says about why.
+type Alarm = (usize, usize, Option<usize>, String);
+
+/// Runs the demo: generates the fleet, trains on its first half, replays all of it through
+/// the engine, draws the chart and scores detection against the injected faults.
 pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> {
     std::fs::create_dir_all(&spec.out)
         .with_context(|| format!("failed to create {}", spec.out.display()))?;
@@ -118,15 +143,66 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
     let stream = cfg.streams[0].clone();
     std::fs::write(spec.out.join("demo.toml"), cfg.to_masked_toml())
         .context("failed to write demo.toml")?;
-    let fleet_spec = FleetSpec {
+    let fleet_spec = spec.fleet_spec();
+    let fleet = make_fleet(spec, &fleet_spec);
+    let history = write_inputs(spec, &fleet, &stream.features)?;
+    eprintln!(
+        "demo: {} devices × {} readings ({} features, 5-minute interval), {} faults injected in the second half",
+        spec.devices,
+        spec.readings,
+        FEATURES.len(),
+        fleet.faults.len()
+    );
+    let model = train_model(&cfg, &stream, &history, show_progress)?;
+    let chart_feature = chart_features(&fleet, spec.devices);
+    let replayed = replay(
+        &cfg,
+        &stream,
+        spec,
+        &fleet,
+        fleet_spec.interval_ns,
+        model.inference,
+        &chart_feature,
+    )?;
+    let scores = score(&fleet, spec, cfg.engine.warmup as usize, &replayed);
+    let interval_days = stream.interval.as_nanos() as f64 / 86_400e9;
+    crate::tools::chart::draw(
+        &spec.out.join("chart.svg"),
+        &fleet,
+        &replayed.forecast1,
+        &replayed.flagged,
+        &chart_feature,
+        spec.devices,
+    )?;
+    Ok(DemoSummary {
         devices: spec.devices,
-        readings: spec.readings,
-        faults: spec.faults,
-        seed: spec.seed,
-        ..FleetSpec::default()
-    };
-    let mut fleet = generate(&fleet_spec);
-    let history_end = spec.readings / 2;
+        readings: fleet.readings.len(),
+        events_per_s: replayed.events_per_s,
+        faults: fleet.faults.len(),
+        detected: scores
+            .per_fault
+            .iter()
+            .filter(|(_, d, _)| d.is_some())
+            .count(),
+        false_alarms: scores.false_alarms,
+        normal_device_days: scores.normal_readings as f64 * interval_days,
+        false_alarm_readings: scores.false_alarm_readings,
+        normal_readings: scores.normal_readings,
+        over_line_readings: scores.over_line_readings,
+        rate: stream.rate(&cfg.anomaly),
+        readings_per_day: 1.0 / interval_days,
+        alarms: replayed.alarms,
+        train_secs: model.train_secs,
+        mase: model.mase,
+        per_fault: scores.per_fault,
+    })
+}
+
+/// Generates the demo's fleet and, when `spec` asks for it, moves the operating point of its
+/// live part (see [`shift_operating_point`]).
+fn make_fleet(spec: &DemoSpec, fleet_spec: &FleetSpec) -> Fleet {
+    let mut fleet = generate(fleet_spec);
+    let history_end = spec.history_end();
     if spec.shift_sigmas != 0.0 {
         let ramp = (spec.shift_days * 86_400e9 / fleet_spec.interval_ns as f64).max(1.0);
         shift_operating_point(
@@ -141,6 +217,17 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
             spec.shift_sigmas, spec.shift_days
         );
     }
+    fleet
+}
+
+/// Writes the fleet's readings under `spec.out`: the first half, which the model trains on,
+/// to `history.jsonl` and all of them to `live.jsonl`. Returns the first half.
+fn write_inputs(
+    spec: &DemoSpec,
+    fleet: &Fleet,
+    features: &[String],
+) -> anyhow::Result<Vec<Reading>> {
+    let history_end = spec.history_end();
     let history: Vec<_> = fleet
         .readings
         .iter()
@@ -148,20 +235,29 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         .filter(|(_, s)| **s < history_end)
         .map(|(r, _)| r.clone())
         .collect();
-    write_jsonl(&spec.out.join("history.jsonl"), &history, &stream.features)?;
-    write_jsonl(
-        &spec.out.join("live.jsonl"),
-        &fleet.readings,
-        &stream.features,
-    )?;
+    write_jsonl(&spec.out.join("history.jsonl"), &history, features)?;
+    write_jsonl(&spec.out.join("live.jsonl"), &fleet.readings, features)?;
+    Ok(history)
+}
 
-    eprintln!(
-        "demo: {} devices × {} readings ({} features, 5-minute interval), {} faults injected in the second half",
-        spec.devices,
-        spec.readings,
-        FEATURES.len(),
-        fleet.faults.len()
-    );
+/// The demo's model, trained, published and loaded back.
+struct DemoModel {
+    /// Exported for the engine.
+    inference: InferenceModel,
+    /// Seconds spent training.
+    train_secs: f64,
+    /// Validation MASE.
+    mase: f64,
+}
+
+/// Trains a model on `history`, publishes it to the demo's registry, prints its validation
+/// report and loads it back for the replay.
+fn train_model(
+    cfg: &Config,
+    stream: &StreamConfig,
+    history: &[Reading],
+    show_progress: bool,
+) -> anyhow::Result<DemoModel> {
     eprintln!(
         "demo: training on the clean first half ({} readings)…",
         history.len()
@@ -169,9 +265,9 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
     let t0 = std::time::Instant::now();
     let mut progress = crate::commands::TrainingProgress::new(show_progress);
     let trained = train(
-        &cfg,
-        &stream,
-        &history,
+        cfg,
+        stream,
+        history,
         vec!["history.jsonl".into()],
         &mut |e| progress.update(e),
     )?;
@@ -182,17 +278,16 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
     registry.publish_new(&mut meta, &trained.model)?;
     let loaded = registry.load(&stream.name, None)?;
     eprintln!("{}", crate::commands::validation_report(&loaded.meta));
+    Ok(DemoModel {
+        inference: loaded.inference,
+        train_secs,
+        mase: meta.validation.mase,
+    })
+}
 
-    // Replay everything, remembering what the chart and the scoring need.
-    let n = fleet.readings.len();
-    let mut flagged = vec![false; n];
-    let mut over_line = vec![false; n];
-    let mut forecast1 = vec![[0.0f32; 3]; n];
-    let out_path = spec.out.join("forecasts.lp");
-    let file = std::fs::File::create(&out_path)
-        .with_context(|| format!("failed to create {}", out_path.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    let chart_feature: Vec<usize> = (0..spec.devices)
+/// The feature charted for each of `devices`: the one of its first fault, else the second.
+fn chart_features(fleet: &Fleet, devices: usize) -> Vec<usize> {
+    (0..devices)
         .map(|d| {
             fleet
                 .faults
@@ -201,59 +296,180 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
                 .map(|f| f.feature)
                 .unwrap_or(1)
         })
-        .collect();
-    // Readings are step by step, devices in order within a step.
-    let device_of = |i: usize| i % spec.devices.max(1);
-    let features = stream.features.clone();
-    let output = cfg.output_for(&stream);
-    let fmt =
-        crate::output::PointFormat::new(&stream.name, "", &features, cfg.model.horizon, &output);
-    let mut open: Vec<Option<(usize, String)>> = vec![None; spec.devices];
-    let interval_ns = fleet_spec.interval_ns;
-    let mut alarms = Vec::new();
+        .collect()
+}
+
+/// Device of reading `i`: readings are step by step, devices in order within a step.
+fn device_of(i: usize, devices: usize) -> usize {
+    i % devices.max(1)
+}
+
+/// What the replay left for the chart and the scoring.
+struct Replayed {
+    /// Per reading: an alarm was raised.
+    flagged: Vec<bool>,
+    /// Per reading: it was over the alarm line.
+    over_line: Vec<bool>,
+    /// Per reading: the one-step forecast (mean, low, high) of its device's charted feature.
+    forecast1: Vec<[f32; 3]>,
+    /// Alarm events in order of start step, then device.
+    alarms: Vec<Alarm>,
+    /// Engine throughput.
+    events_per_s: f64,
+}
+
+/// Replays the whole fleet through the engine with `model`, writing line protocol to
+/// `forecasts.lp` under `spec.out`; `interval_ns` is the time between a device's readings.
+fn replay(
+    cfg: &Config,
+    stream: &StreamConfig,
+    spec: &DemoSpec,
+    fleet: &Fleet,
+    interval_ns: i64,
+    model: InferenceModel,
+    chart_feature: &[usize],
+) -> anyhow::Result<Replayed> {
+    let out_path = spec.out.join("forecasts.lp");
+    let file = std::fs::File::create(&out_path)
+        .with_context(|| format!("failed to create {}", out_path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let output = cfg.output_for(stream);
+    let mut recorder = Recorder::new(
+        fleet,
+        spec.devices,
+        interval_ns,
+        chart_feature,
+        PointFormat::new(
+            &stream.name,
+            "",
+            &stream.features,
+            cfg.model.horizon,
+            &output,
+        ),
+    );
     let summary = replay_readings(
-        &cfg,
-        &stream,
-        Arc::new(loaded.inference),
+        cfg,
+        stream,
+        Arc::new(model),
         &fleet.readings,
         OutputKind::LineProtocol,
         &mut w,
-        &mut |i, out, j| {
-            let Outcome::Scored(s) = &out.outcomes[j] else {
-                return;
-            };
-            flagged[i] = s.is_anomaly;
-            over_line[i] = s.over_line;
-            let d = device_of(i);
-            let step = fleet.steps[i];
-            // A device's readings are `interval` apart: an edge's timestamp gives its step.
-            let ts = fleet.readings[i].ts;
-            let step_of = |t: i64| step.saturating_sub(((ts - t) / interval_ns.max(1)) as usize);
-            match s.edge {
-                Edge::Raised { start } => {
-                    open[d] = Some((step_of(start), fmt.explain(out.event_contributions(j), 2)));
-                }
-                Edge::Cleared { end, .. } => {
-                    if let Some((start, why)) = open[d].take() {
-                        alarms.push((d, start, Some(step_of(end)), why));
-                    }
-                }
-                Edge::None => {}
-            }
-            let f = chart_feature[d];
-            let fc = out.forecast(j);
-            forecast1[i] = [fc[f * 3], fc[f * 3 + 1], fc[f * 3 + 2]];
-        },
+        &mut |i, out, j| recorder.record(i, out, j),
     )?;
-    for (d, o) in open.into_iter().enumerate() {
-        if let Some((start, why)) = o {
-            alarms.push((d, start, None, why));
+    let replayed = recorder.finish(summary.engine_events_per_s);
+    w.flush()?;
+    Ok(replayed)
+}
+
+/// Records, reading by reading, what the chart and the scoring need from the replay.
+struct Recorder<'a> {
+    fleet: &'a Fleet,
+    devices: usize,
+    /// Time between a device's readings (ns).
+    interval_ns: i64,
+    chart_feature: &'a [usize],
+    /// Explains an alarm as the line protocol does.
+    fmt: PointFormat<'a>,
+    /// Per device: the start step and explanation of its alarm while raised.
+    open: Vec<Option<(usize, String)>>,
+    replayed: Replayed,
+}
+
+impl<'a> Recorder<'a> {
+    /// A recorder for the replay of `fleet`, nothing recorded yet.
+    fn new(
+        fleet: &'a Fleet,
+        devices: usize,
+        interval_ns: i64,
+        chart_feature: &'a [usize],
+        fmt: PointFormat<'a>,
+    ) -> Self {
+        let n = fleet.readings.len();
+        Recorder {
+            fleet,
+            devices,
+            interval_ns,
+            chart_feature,
+            fmt,
+            open: vec![None; devices],
+            replayed: Replayed {
+                flagged: vec![false; n],
+                over_line: vec![false; n],
+                forecast1: vec![[0.0f32; 3]; n],
+                alarms: Vec::new(),
+                events_per_s: 0.0,
+            },
         }
     }
-    alarms.sort_by_key(|a| (a.1, a.0));
-    w.flush()?;
 
-    // Score detection against the known faults.
+    /// Records reading `i`, the `j`th of the engine's output `out`: its flags, the alarm
+    /// edge it brings and the forecast of its device's charted feature.
+    fn record(&mut self, i: usize, out: &BatchOutput, j: usize) {
+        let Outcome::Scored(s) = &out.outcomes[j] else {
+            return;
+        };
+        let r = &mut self.replayed;
+        r.flagged[i] = s.is_anomaly;
+        r.over_line[i] = s.over_line;
+        let d = device_of(i, self.devices);
+        let step = self.fleet.steps[i];
+        // A device's readings are `interval` apart: an edge's timestamp gives its step.
+        let ts = self.fleet.readings[i].ts;
+        let interval_ns = self.interval_ns;
+        let step_of = |t: i64| step.saturating_sub(((ts - t) / interval_ns.max(1)) as usize);
+        match s.edge {
+            Edge::Raised { start } => {
+                self.open[d] = Some((
+                    step_of(start),
+                    self.fmt.explain(out.event_contributions(j), 2),
+                ));
+            }
+            Edge::Cleared { end, .. } => {
+                if let Some((start, why)) = self.open[d].take() {
+                    r.alarms.push((d, start, Some(step_of(end)), why));
+                }
+            }
+            Edge::None => {}
+        }
+        let f = self.chart_feature[d];
+        let fc = out.forecast(j);
+        r.forecast1[i] = [fc[f * 3], fc[f * 3 + 1], fc[f * 3 + 2]];
+    }
+
+    /// What was recorded, with the alarms still raised at the end closed as such and all
+    /// alarms sorted.
+    fn finish(self, events_per_s: f64) -> Replayed {
+        let mut replayed = self.replayed;
+        for (d, o) in self.open.into_iter().enumerate() {
+            if let Some((start, why)) = o {
+                replayed.alarms.push((d, start, None, why));
+            }
+        }
+        replayed.alarms.sort_by_key(|a| (a.1, a.0));
+        replayed.events_per_s = events_per_s;
+        replayed
+    }
+}
+
+/// How detection did against the known faults.
+struct Scores {
+    /// Per fault: the fault, its detection delay in readings (None if missed) and the share of
+    /// its readings under a raised alarm.
+    per_fault: Vec<(Fault, Option<usize>, f64)>,
+    /// Alarm events outside every fault window.
+    false_alarms: u64,
+    /// Readings flagged outside every fault window.
+    false_alarm_readings: u64,
+    /// Readings after the warm-up outside every fault window.
+    normal_readings: u64,
+    /// Normal readings over the alarm line.
+    over_line_readings: u64,
+}
+
+/// Scores what the replay flagged against `fleet`'s known faults; readings before `warmup`
+/// steps are not counted as normal ones.
+fn score(fleet: &Fleet, spec: &DemoSpec, warmup: usize, replayed: &Replayed) -> Scores {
+    let flagged = &replayed.flagged;
     let in_window = |d: usize, step: usize| {
         fleet
             .faults
@@ -272,14 +488,15 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
         per_fault.push((f.clone(), delay, held));
     }
     let (mut false_alarm_readings, mut normal, mut over_line_readings) = (0u64, 0u64, 0u64);
-    for (i, (&step, &flag)) in fleet.steps.iter().zip(&flagged).enumerate() {
-        if step >= cfg.engine.warmup as usize && !in_window(device_of(i), step) {
+    for (i, (&step, &flag)) in fleet.steps.iter().zip(flagged).enumerate() {
+        if step >= warmup && !in_window(device_of(i, spec.devices), step) {
             normal += 1;
             false_alarm_readings += flag as u64;
-            over_line_readings += over_line[i] as u64;
+            over_line_readings += replayed.over_line[i] as u64;
         }
     }
-    let false_alarms = alarms
+    let false_alarms = replayed
+        .alarms
         .iter()
         .filter(|(d, start, end, _)| {
             let end = end.unwrap_or(spec.readings);
@@ -290,34 +507,13 @@ pub fn run(spec: &DemoSpec, show_progress: bool) -> anyhow::Result<DemoSummary> 
             })
         })
         .count() as u64;
-    let interval_days = stream.interval.as_nanos() as f64 / 86_400e9;
-    let chart_path = spec.out.join("chart.svg");
-    crate::tools::chart::draw(
-        &chart_path,
-        &fleet,
-        &forecast1,
-        &flagged,
-        &chart_feature,
-        spec.devices,
-    )?;
-    Ok(DemoSummary {
-        devices: spec.devices,
-        readings: n,
-        events_per_s: summary.engine_events_per_s,
-        faults: fleet.faults.len(),
-        detected: per_fault.iter().filter(|(_, d, _)| d.is_some()).count(),
+    Scores {
+        per_fault,
         false_alarms,
-        normal_device_days: normal as f64 * interval_days,
         false_alarm_readings,
         normal_readings: normal,
         over_line_readings,
-        rate: stream.rate(&cfg.anomaly),
-        readings_per_day: 1.0 / interval_days,
-        alarms,
-        train_secs,
-        mase: meta.validation.mase,
-        per_fault,
-    })
+    }
 }
 
 /// Moves every device's operating point from step `from` on: each feature by `sigmas` of its

@@ -15,8 +15,9 @@
 //!    outside the pipeline: admin, probes, targets).
 //! 6. [`serve`]: the pipeline, one stage after another — source, engine stage, sink — with
 //!    model swaps and rebalances.
-//! 7. [`tools`] (demo, evaluations, benchmarks, simulator) and [`commands`] (the subcommands'
-//!    bodies), which only the binary uses.
+//! 7. [`tools`]: replay, demo, evaluations, benchmarks, the simulator, training's progress
+//!    and report.
+//! 8. [`commands`]: the subcommands' bodies, which only the binary uses.
 pub mod commands;
 pub mod config;
 pub mod decode;

@@ -28,7 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("influx", 4),
     ("serve", 5),
     ("tools", 6),
-    ("commands", 6),
+    ("commands", 7),
 ];
 
 /// Module path of every file under `src/` (`serve/sink` for `src/serve/sink/mod.rs`), with

@@ -19,21 +19,18 @@ pub mod train;
 pub use check_config::{check_config, probe};
 pub use inputs::{InputIssue, Inputs, read_inputs, report_issues};
 pub use label::run_label;
-pub use replay::{OutputKind, ReplaySummary, load_model, replay_readings, run_replay};
-pub use train::{
-    TrainingProgress, run_train, run_train_from_influxdb, run_train_from_kafka, validation_report,
-};
+pub use replay::run_replay;
+pub use train::{run_train, run_train_from_influxdb, run_train_from_kafka};
 
 use crate::config::{Config, StreamConfig};
 use crate::decode::{Reading, Schema, read_file};
-use crate::engine::detect::Edge;
-use crate::engine::{BatchOutput, Engine, EngineSettings, Outcome};
 use crate::model::registry::{ModelMeta, Registry};
-use crate::model::train::{ProgressEvent, Trained, train};
+use crate::model::train::{Trained, train};
 use crate::output::PointFormat;
 use crate::telemetry::init_logging;
 use crate::time::format_ts;
 use crate::tools::bench::BenchSpec;
+use crate::tools::training::{TrainingProgress, validation_report};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use std::collections::HashMap;

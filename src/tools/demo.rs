@@ -4,7 +4,6 @@
 //! replays the whole series through the streaming engine, writes line protocol and an SVG
 //! chart, and scores detection against the known faults.
 
-use crate::commands::{OutputKind, replay_readings};
 use crate::config::{Config, HumanDuration, ModelConfig, StreamConfig, TrainConfig};
 use crate::decode::Reading;
 use crate::engine::detect::Edge;
@@ -13,6 +12,7 @@ use crate::model::registry::Registry;
 use crate::model::train::train;
 use crate::output::PointFormat;
 use crate::synth::{FEATURES, Fault, Fleet, FleetSpec, device_name, generate};
+use crate::tools::replay::{OutputKind, replay_readings};
 use anyhow::Context;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -263,7 +263,7 @@ fn train_model(
         history.len()
     );
     let t0 = std::time::Instant::now();
-    let mut progress = crate::commands::TrainingProgress::new(show_progress);
+    let mut progress = crate::tools::training::TrainingProgress::new(show_progress);
     let trained = train(
         cfg,
         stream,
@@ -277,7 +277,10 @@ fn train_model(
     let mut meta = trained.meta;
     registry.publish_new(&mut meta, &trained.model)?;
     let loaded = registry.load(&stream.name, None)?;
-    eprintln!("{}", crate::commands::validation_report(&loaded.meta));
+    eprintln!(
+        "{}",
+        crate::tools::training::validation_report(&loaded.meta)
+    );
     Ok(DemoModel {
         inference: loaded.inference,
         train_secs,

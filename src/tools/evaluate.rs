@@ -727,7 +727,7 @@ fn train_skab_model(
     registry: &Registry,
     show_progress: bool,
 ) -> anyhow::Result<ModelMeta> {
-    let mut progress = crate::commands::TrainingProgress::new(show_progress);
+    let mut progress = crate::tools::training::TrainingProgress::new(show_progress);
     let trained = crate::model::train::train(
         cfg,
         stream,
@@ -1200,7 +1200,7 @@ pub fn run_labelled(
     out: Option<&Path>,
     version: Option<&str>,
 ) -> anyhow::Result<LabelledReport> {
-    let loaded = crate::commands::load_model(cfg, stream, version)?;
+    let loaded = crate::tools::replay::load_model(cfg, stream, version)?;
     let mut series = read_labelled_csv(input, &stream.features, verdicts.is_empty())?;
     let verdict_rows = apply_verdicts(&mut series, verdicts);
     let model = Arc::new(loaded.inference);

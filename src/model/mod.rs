@@ -88,13 +88,14 @@ impl Forecaster {
         features: &[String],
         mean: &[f32],
         std: &[f32],
-    ) -> Result<InferenceModel, String> {
+    ) -> Result<InferenceModel, ExportError> {
         let mut layers = Vec::with_capacity(self.lstms.len());
         for (l, lstm) in self.lstms.iter().enumerate() {
             let input = if l == 0 { arch.input } else { arch.hidden };
-            let forget = lstm.forget_gate.as_ref().ok_or_else(|| {
-                format!("layer {l} has no forget gate (coupled LSTMs are not supported)")
-            })?;
+            let forget = lstm
+                .forget_gate
+                .as_ref()
+                .ok_or(ExportError::NoForgetGate(l))?;
             let parts: Vec<GateParts> =
                 [&lstm.input_gate, forget, &lstm.cell_gate, &lstm.output_gate]
                     .into_iter()
@@ -103,9 +104,9 @@ impl Forecaster {
             let gates: [GateWeights<'_>; 4] = std::array::from_fn(|g| parts[g].borrow());
             layers.push(LstmLayer::from_gate_transforms(input, arch.hidden, gates));
         }
-        let head_w = to_vec(self.head.weight.val())?;
+        let head_w = to_vec(self.head.weight.val()).map_err(ExportError::Tensor)?;
         let head_b = match &self.head.bias {
-            Some(b) => to_vec(b.val())?,
+            Some(b) => to_vec(b.val()).map_err(ExportError::Tensor)?,
             None => vec![0.0; arch.head_width()],
         };
         let model = InferenceModel {
@@ -124,6 +125,20 @@ impl Forecaster {
     }
 }
 
+/// Why a trained model cannot be copied into the streaming kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A layer without its own forget gate.
+    #[error("layer {0} has no forget gate (coupled LSTMs are not supported)")]
+    NoForgetGate(usize),
+    /// burn could not hand over a tensor's values.
+    #[error("{0}")]
+    Tensor(String),
+    /// The weights do not make a usable streaming model.
+    #[error(transparent)]
+    Model(#[from] crate::engine::ModelError),
+}
+
 struct GateParts {
     wx: Vec<f32>,
     bx: Vec<f32>,
@@ -132,7 +147,7 @@ struct GateParts {
 }
 
 impl GateParts {
-    fn of(g: &GateController) -> Result<Self, String> {
+    fn of(g: &GateController) -> Result<Self, ExportError> {
         let hidden = g.hidden_transform.weight.val().dims()[1];
         let bias = |l: &Linear| -> Result<Vec<f32>, String> {
             match &l.bias {
@@ -140,12 +155,15 @@ impl GateParts {
                 None => Ok(vec![0.0; hidden]),
             }
         };
-        Ok(Self {
-            wx: to_vec(g.input_transform.weight.val())?,
-            bx: bias(&g.input_transform)?,
-            wh: to_vec(g.hidden_transform.weight.val())?,
-            bh: bias(&g.hidden_transform)?,
-        })
+        let parts = || -> Result<Self, String> {
+            Ok(Self {
+                wx: to_vec(g.input_transform.weight.val())?,
+                bx: bias(&g.input_transform)?,
+                wh: to_vec(g.hidden_transform.weight.val())?,
+                bh: bias(&g.hidden_transform)?,
+            })
+        };
+        parts().map_err(ExportError::Tensor)
     }
 
     fn borrow(&self) -> GateWeights<'_> {

@@ -630,9 +630,9 @@ impl Registry {
                 &meta.mean,
                 &meta.std,
             )
-            .map_err(|message| RegistryError::Weights {
+            .map_err(|e| RegistryError::Weights {
                 path: path.clone(),
-                message,
+                message: e.to_string(),
             })?;
         if let Some(problem) = inference.weights_problem() {
             return Err(RegistryError::Weights {

@@ -223,16 +223,13 @@ fn train_challenger(
         seconds: meta.training.seconds.unwrap_or(0.0),
         windows_per_s: meta.training.windows_per_s().unwrap_or(0.0),
     });
-    let mut challenger = trained
-        .model
-        .export(
-            &meta.architecture,
-            "challenger",
-            &meta.features,
-            &meta.mean,
-            &meta.std,
-        )
-        .map_err(anyhow::Error::msg)?;
+    let mut challenger = trained.model.export(
+        &meta.architecture,
+        "challenger",
+        &meta.features,
+        &meta.mean,
+        &meta.std,
+    )?;
     challenger.set_calibration(meta.anomaly.clone());
     challenger.longest_flat_ns = meta.longest_flat_ns.clone();
     Ok((trained, Arc::new(challenger)))

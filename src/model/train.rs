@@ -586,7 +586,7 @@ pub fn train(
     let inference = fitted
         .best_model
         .export(&arch, "candidate", &stream.features, &mean, &std)
-        .map_err(TrainError::Model)?;
+        .map_err(|e| TrainError::Model(e.to_string()))?;
     let (validation, anomaly) = validate(cfg, stream, inference, &series, (&std, horizon))?;
     let training = training_info(
         &series,

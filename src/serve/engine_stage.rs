@@ -398,10 +398,7 @@ impl EngineStage {
         let ranges = if swap.is_some() {
             distinct_runs(readings, self.max_batch)
         } else {
-            (0..readings.len())
-                .step_by(self.max_batch.max(1))
-                .map(|a| a..(a + self.max_batch).min(readings.len()))
-                .collect()
+            runs(readings.len(), self.max_batch)
         };
         for range in ranges {
             let start = range.start;
@@ -464,6 +461,13 @@ impl EngineStage {
             }
         }
         self.swaps[i] = swap;
+        self.publish_counters(i, stale);
+        true
+    }
+
+    /// Brings stream `i`'s metrics up to its engine's counters (`stale`: readings found stale
+    /// in this batch).
+    fn publish_counters(&self, i: usize, stale: u64) {
         let tracked = self.tracked(i);
         let engine = &self.engines[i];
         let m = &self.stream_metrics[i];
@@ -481,7 +485,6 @@ impl EngineStage {
         sync(&m.readings_refused, c.refused);
         sync(&m.stuck_raised, c.stuck_raised);
         sync(&m.silent_raised, c.silent_raised);
-        true
     }
 
     /// Sets the `*_alarms_active` gauges from the devices' alarm states, for each stream
@@ -1009,6 +1012,14 @@ impl EngineStage {
         }
         out
     }
+}
+
+/// `0..len` cut into runs of at most `max` (at least 1).
+fn runs(len: usize, max: usize) -> Vec<std::ops::Range<usize>> {
+    (0..len)
+        .step_by(max.max(1))
+        .map(|a| a..(a + max).min(len))
+        .collect()
 }
 
 /// Cuts `readings` into consecutive runs, each at most `max` long, in which no device

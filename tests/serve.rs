@@ -1274,35 +1274,21 @@ fn train_reads_back_the_history_serve_wrote_to_influxdb() {
 /// both scores.
 #[test]
 fn retrain_publishes_a_better_challenger_and_keeps_a_worse_one() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let influx = Influx::start();
-    let (topic, group) = (unique("retrain"), unique("g-retrain"));
-    create_topics(&brokers, &[(&topic, 2)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
-    let (cfg, port) = setup(
-        dir.path(),
-        &brokers,
-        &influx,
-        &group,
-        &streams,
-        // The MASE gate is what this test is about: on this small simulated fleet the share
-        // of holdout readings over the alarm line is noisy (2–6 %), and the over-line gate
-        // (at most 2 × the champion's) decided some runs on its own.
-        "\n[retrain]\nwindow = \"1h\"\nholdout = \"150s\"\nmargin = 0.02\nmax_over_line_ratio = 1000.0\n",
-    );
-    simulate(&brokers, &topic, "json", 8, 400, &now_rfc3339(-30));
-    let serve = Serve::start(&cfg, dir.path(), port);
+    // The MASE gate is what this test is about: on this small simulated fleet the share of
+    // holdout readings over the alarm line is noisy (2–6 %), and the over-line gate (at most
+    // 2 × the champion's) decided some runs on its own.
+    let pumps = Pumps::with_partitions("retrain", 2, |_| {
+        "\n[retrain]\nwindow = \"1h\"\nholdout = \"150s\"\nmargin = 0.02\nmax_over_line_ratio = 1000.0\n".into()
+    });
+    pumps.simulate(8, 400, &now_rfc3339(-30));
+    let serve = pumps.serve();
     wait_until("readings written", Duration::from_secs(60), || {
-        influx.count("reading", FEATURES[0]) >= 3200
+        pumps.influx.count("reading", FEATURES[0]) >= 3200
     });
     assert_eq!(serve.terminate(), 0);
-    let run = |args: &[&str], env: &[(&str, &str)]| with_config(&cfg, args, env);
-    let current = || current_model(dir.path());
+    let run = |args: &[&str], env: &[(&str, &str)]| with_config(&pumps.cfg, args, env);
+    let current = || pumps.current();
+    let dir = &pumps.dir;
     let weak = WEAK_TRAINING;
     // The champion: trained on the same history (holdout included) with the normal settings.
     let (ok, out, err) = run(&["train", "--source", "influxdb", "--since", "1h"], &[]);
@@ -1570,27 +1556,20 @@ fn runs(points: &[(i64, String, f64)]) -> Vec<(usize, String)> {
 /// while the model in use keeps serving.
 #[test]
 fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
-    let brokers = brokers();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let influx = Influx::start();
-    let (topic, group) = (unique("swap"), unique("g-swap"));
-    create_topics(&brokers, &[(&topic, 2)]);
-    let streams = [Stream {
-        name: "pumps",
-        topic: &topic,
-        format: "json",
-    }];
-    let (cfg, port) = setup(
-        dir.path(),
-        &brokers,
-        &influx,
-        &group,
-        &streams,
-        "\n[retrain]\nwindow = \"1h\"\nholdout = \"100s\"\nmargin = 0.0\nmax_over_line_ratio = 1000.0\n",
-    );
-    add_keys(&cfg, "[model]", "poll_interval = \"1s\"\nswap_warmup = 20");
+    let pumps = Pumps::with_partitions("swap", 2, |_| {
+        "\n[retrain]\nwindow = \"1h\"\nholdout = \"100s\"\nmargin = 0.0\nmax_over_line_ratio = 1000.0\n".into()
+    });
+    let Pumps {
+        brokers,
+        dir,
+        influx,
+        topic,
+        cfg,
+        ..
+    } = &pumps;
+    add_keys(cfg, "[model]", "poll_interval = \"1s\"\nswap_warmup = 20");
     let registry = dir.path().join("models/pumps");
-    let current = || current_model(dir.path());
+    let current = || pumps.current();
     let point_current_at = |v: &str| {
         let tmp = registry.join(".current.test");
         std::fs::write(&tmp, v).expect("write");
@@ -1613,7 +1592,7 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
     let (devices, per_device) = (8usize, [300usize, 100, 60]);
     let per_reading = 2 + HORIZON * FEATURES.len();
     simulate(&brokers, &topic, "json", devices, per_device[0], &at(-200));
-    let serve = Serve::start(&cfg, dir.path(), port);
+    let serve = pumps.serve();
     let written = |n: usize| {
         wait_until("points written", Duration::from_secs(90), || {
             influx.count("anomaly", "score") >= n

@@ -1576,7 +1576,7 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
         std::fs::rename(&tmp, registry.join("current")).expect("rename");
     };
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        let (ok, out, err) = with_config(&cfg, args, env);
+        let (ok, out, err) = with_config(cfg, args, env);
         assert!(ok, "{args:?}: {out}{err}");
         format!("{out}{err}")
     };
@@ -1591,7 +1591,7 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
     let at = |s: i64| (t0 + chrono::Duration::seconds(s)).to_rfc3339();
     let (devices, per_device) = (8usize, [300usize, 100, 60]);
     let per_reading = 2 + HORIZON * FEATURES.len();
-    simulate(&brokers, &topic, "json", devices, per_device[0], &at(-200));
+    simulate(brokers, topic, "json", devices, per_device[0], &at(-200));
     let serve = pumps.serve();
     let written = |n: usize| {
         wait_until("points written", Duration::from_secs(90), || {
@@ -1611,7 +1611,7 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
     wait_until("the swap starts", Duration::from_secs(30), || {
         serve.log_text().contains("model swap started")
     });
-    simulate(&brokers, &topic, "json", devices, per_device[1], &at(-60));
+    simulate(brokers, topic, "json", devices, per_device[1], &at(-60));
     written(devices * (per_device[0] + per_device[1]));
     wait_until("the swap ends", Duration::from_secs(30), || {
         serve
@@ -1633,7 +1633,7 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
         .filter(|l| l.starts_with("sensorcast_model_version{"))
         .count();
     assert_eq!(series, 1, "sensorcast_model_version series after a swap");
-    let by_device = anomaly_models(&influx);
+    let by_device = anomaly_models(influx);
     assert_eq!(by_device.len(), devices);
     for (device, points) in &by_device {
         assert_eq!(
@@ -1747,7 +1747,7 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
         serve.metric("sensorcast_model_swaps_total") >= 2.0
     });
     assert!(serve.log_text().contains("SIGHUP: checking the registry"));
-    simulate(&brokers, &topic, "json", devices, per_device[2], &at(0));
+    simulate(brokers, topic, "json", devices, per_device[2], &at(0));
     let total: usize = per_device.iter().sum();
     written(devices * total);
     wait_until("all points counted", Duration::from_secs(30), || {
@@ -1766,7 +1766,7 @@ fn serve_swaps_in_a_retrained_model_without_a_restart_and_loses_no_reading() {
         devices * total * per_reading + events + cleared,
         "every point written once, across three models"
     );
-    for (device, points) in &anomaly_models(&influx) {
+    for (device, points) in &anomaly_models(influx) {
         assert_eq!(points.len(), total, "{device}");
         let r = runs(points);
         assert_eq!(

@@ -178,7 +178,7 @@ pub fn bench(args: StateBenchArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let _ = std::fs::remove_dir_all(&tmp);
-        let r = r.map_err(anyhow::Error::msg)?;
+        let r = r?;
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         println!(
             "{:>9} {:>12} {:>9} {:>12.1} {:>10.1} {:>10.1} {:>11.1}",

@@ -20,7 +20,7 @@
 //! tails, whatever the model carried before).
 
 use super::detect::{Calibration, TailTable};
-use super::{BatchOutput, Engine, EngineSettings, InferenceModel, Outcome};
+use super::{BatchOutput, Engine, EngineSettings, InferenceModel, Outcome, RunError};
 use crate::decode::Reading;
 use std::sync::Arc;
 
@@ -33,7 +33,7 @@ pub fn calibrate(
     model: Arc<InferenceModel>,
     settings: EngineSettings,
     devices: &[(&[&Reading], usize)],
-) -> Result<Option<Calibration>, String> {
+) -> Result<Option<Calibration>, RunError> {
     let mut model = (*model).clone();
     model.set_calibration(None);
     let mut previous: Option<Calibration> = None;
@@ -86,7 +86,7 @@ fn measure(
     model: Arc<InferenceModel>,
     settings: EngineSettings,
     devices: &[(&[&Reading], usize)],
-) -> Result<Option<Calibration>, String> {
+) -> Result<Option<Calibration>, RunError> {
     let measured_with = settings.measured_with();
     let mut engine = Engine::new(model, settings)?;
     let longest = devices.iter().map(|d| d.0.len()).max().unwrap_or(0);
@@ -109,9 +109,7 @@ fn measure(
                 from.push(p >= *start);
             }
         }
-        engine
-            .process(&batch, &mut out)
-            .map_err(|e| e.to_string())?;
+        engine.process(&batch, &mut out)?;
         for (i, &held_out) in from.iter().enumerate() {
             if !matches!(out.outcomes[i], Outcome::Scored(_)) {
                 continue;

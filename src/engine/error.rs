@@ -14,6 +14,17 @@ pub enum ModelError {
     Calibration(String),
 }
 
+/// Why readings could not be run through a new engine.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The engine refused the model.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A batch does not fit the model.
+    #[error(transparent)]
+    Batch(#[from] super::ShapeError),
+}
+
 impl From<ModelError> for String {
     fn from(e: ModelError) -> String {
         e.to_string()

@@ -28,7 +28,7 @@ mod wave;
 
 use crate::decode::Reading;
 use detect::{AlarmPolicy, AlarmState, Calibration, DetectSettings, Deviation, Edge};
-pub use error::ModelError;
+pub use error::{ModelError, RunError};
 use kernel::{Isa, LstmStack, PackedMatrix, Workspace};
 use score::{Likelihood, ScoreStats};
 use std::collections::HashMap;

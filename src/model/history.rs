@@ -74,7 +74,7 @@ pub fn page_query(cfg: &Config, stream: &StreamConfig, from: i64, to: i64) -> St
 /// returns its answer, whose `results[0]` holds no error.
 pub async fn query(cfg: &Config, q: &str) -> anyhow::Result<serde_json::Value> {
     use anyhow::{Context, bail};
-    let target = crate::influx::Target::new(&cfg.influxdb).map_err(anyhow::Error::msg)?;
+    let target = crate::influx::Target::new(&cfg.influxdb)?;
     let shown = crate::config::redact_url(&cfg.influxdb.url);
     // The base URL without credentials (they are in the Authorization header), at /query.
     let mut url = target.base.clone();

@@ -104,9 +104,9 @@ impl Forecaster {
             let gates: [GateWeights<'_>; 4] = std::array::from_fn(|g| parts[g].borrow());
             layers.push(LstmLayer::from_gate_transforms(input, arch.hidden, gates));
         }
-        let head_w = to_vec(self.head.weight.val()).map_err(ExportError::Tensor)?;
+        let head_w = to_vec(self.head.weight.val())?;
         let head_b = match &self.head.bias {
-            Some(b) => to_vec(b.val()).map_err(ExportError::Tensor)?,
+            Some(b) => to_vec(b.val())?,
             None => vec![0.0; arch.head_width()],
         };
         let model = InferenceModel {
@@ -132,8 +132,8 @@ pub enum ExportError {
     #[error("layer {0} has no forget gate (coupled LSTMs are not supported)")]
     NoForgetGate(usize),
     /// burn could not hand over a tensor's values.
-    #[error("{0}")]
-    Tensor(String),
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
     /// The weights do not make a usable streaming model.
     #[error(transparent)]
     Model(#[from] crate::engine::ModelError),
@@ -149,21 +149,18 @@ struct GateParts {
 impl GateParts {
     fn of(g: &GateController) -> Result<Self, ExportError> {
         let hidden = g.hidden_transform.weight.val().dims()[1];
-        let bias = |l: &Linear| -> Result<Vec<f32>, String> {
+        let bias = |l: &Linear| -> Result<Vec<f32>, TensorError> {
             match &l.bias {
                 Some(b) => to_vec(b.val()),
                 None => Ok(vec![0.0; hidden]),
             }
         };
-        let parts = || -> Result<Self, String> {
-            Ok(Self {
-                wx: to_vec(g.input_transform.weight.val())?,
-                bx: bias(&g.input_transform)?,
-                wh: to_vec(g.hidden_transform.weight.val())?,
-                bh: bias(&g.hidden_transform)?,
-            })
-        };
-        parts().map_err(ExportError::Tensor)
+        Ok(Self {
+            wx: to_vec(g.input_transform.weight.val())?,
+            bx: bias(&g.input_transform)?,
+            wh: to_vec(g.hidden_transform.weight.val())?,
+            bh: bias(&g.hidden_transform)?,
+        })
     }
 
     fn borrow(&self) -> GateWeights<'_> {
@@ -176,11 +173,16 @@ impl GateParts {
     }
 }
 
+/// burn could not hand over a tensor's values as `f32` (its reason, as burn words it).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read tensor: {0}")]
+pub struct TensorError(String);
+
 /// A tensor's values as `f32`.
-pub fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, String> {
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, TensorError> {
     t.into_data()
         .try_into_vec::<f32>()
-        .map_err(|e| format!("cannot read tensor: {e:?}"))
+        .map_err(|e| TensorError(format!("{e:?}")))
 }
 
 /// Gaussian negative log-likelihood of `target` under the head's output `out`

@@ -727,7 +727,7 @@ fn validate(
         .map(|s| (s.readings.as_slice(), s.scored_from))
         .collect();
     let anomaly = crate::engine::calibrate::calibrate(inference, settings, &histories)
-        .map_err(TrainError::Model)?;
+        .map_err(|e| TrainError::Model(e.to_string()))?;
     if anomaly.is_none() {
         tracing::warn!(
             "too few readings to measure the anomaly thresholds on this history; Gaussian tails are assumed"
@@ -824,7 +824,7 @@ fn validation_loss(
         let (x, y) = batch_tensors(series, chunk, window, horizon, nf, device);
         let out = model.forward(x).narrow(1, burn_in, window - burn_in);
         let loss = gaussian_nll(out, y.narrow(1, burn_in, window - burn_in));
-        let v = to_vec(loss).map_err(TrainError::Model)?;
+        let v = to_vec(loss).map_err(|e| TrainError::Model(e.to_string()))?;
         total += v[0] as f64 * chunk.len() as f64;
         n += chunk.len();
     }

@@ -345,7 +345,7 @@ fn retrain_child(
     cfg: &Config,
     stream: &str,
     stop: &watch::Receiver<bool>,
-) -> Result<Option<crate::model::registry::Decision>, String> {
+) -> Result<Option<crate::model::registry::Decision>, RetrainFailed> {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -367,7 +367,10 @@ fn retrain_child(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        .map_err(|source| RetrainFailed::Start {
+            exe: exe.to_path_buf(),
+            source,
+        })?;
     let stderr = child.stderr.take();
     let name = stream.to_string();
     let relay = std::thread::spawn(move || {
@@ -390,20 +393,35 @@ fn retrain_child(
                 return Ok(None);
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(250)),
-            Err(e) => return Err(format!("cannot wait for the retrain process: {e}")),
+            Err(e) => return Err(RetrainFailed::Wait(e)),
         }
     };
     let _ = relay.join();
     if !status.success() {
-        return Err(format!(
-            "the retrain process ended with {status} (its log lines above say why)"
-        ));
+        return Err(RetrainFailed::Exit(status));
     }
-    let text = std::fs::read_to_string(&report.0)
-        .map_err(|e| format!("cannot read the retrain's decision: {e}"))?;
+    let text = std::fs::read_to_string(&report.0).map_err(RetrainFailed::ReadDecision)?;
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| format!("the retrain's decision does not parse: {e}"))
+        .map_err(RetrainFailed::ParseDecision)
+}
+
+/// Why a scheduled retrain's child process gave no decision.
+#[derive(Debug, thiserror::Error)]
+enum RetrainFailed {
+    #[error("cannot start {}: {source}", exe.display())]
+    Start {
+        exe: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot wait for the retrain process: {0}")]
+    Wait(std::io::Error),
+    #[error("the retrain process ended with {0} (its log lines above say why)")]
+    Exit(std::process::ExitStatus),
+    #[error("cannot read the retrain's decision: {0}")]
+    ReadDecision(std::io::Error),
+    #[error("the retrain's decision does not parse: {0}")]
+    ParseDecision(serde_json::Error),
 }
 
 /// The file a retrain child writes its decision to; removed when dropped.

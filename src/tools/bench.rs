@@ -77,19 +77,8 @@ pub struct BenchResult {
     pub isa: crate::engine::kernel::Isa,
 }
 
-/// Why the benchmark could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    /// The synthetic model does not fit the engine.
-    #[error(transparent)]
-    Model(#[from] crate::engine::ModelError),
-    /// A batch does not fit the model.
-    #[error(transparent)]
-    Batch(#[from] crate::engine::ShapeError),
-}
-
 /// Runs the benchmark.
-pub fn run(spec: &BenchSpec) -> Result<BenchResult, BenchError> {
+pub fn run(spec: &BenchSpec) -> Result<BenchResult, crate::engine::RunError> {
     let model = Arc::new(synthetic_model(spec.shape()));
     let readings = synthetic_readings(spec.devices, spec.steps, spec.features);
     let settings = settings();

@@ -766,8 +766,7 @@ fn remeasure_skab_model(
         Arc::new(loaded.inference),
         EngineSettings::from_config(cfg, stream),
         &devices,
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     eprintln!("evaluate: reusing model {v}, anomaly thresholds measured again");
     Ok(meta)
 }

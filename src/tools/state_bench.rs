@@ -29,6 +29,34 @@ pub struct StateBench {
     pub restore: Duration,
 }
 
+/// Why the state benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum StateBenchError {
+    /// The engine refused the synthetic model.
+    #[error(transparent)]
+    Model(#[from] crate::engine::ModelError),
+    /// A batch does not fit the model.
+    #[error(transparent)]
+    Batch(#[from] crate::engine::ShapeError),
+    /// A checkpoint could not be written.
+    #[error("cannot write a checkpoint: {0}")]
+    Write(#[from] std::io::Error),
+    /// A checkpoint could not be restored.
+    #[error(transparent)]
+    Restore(#[from] crate::engine::snapshot::RestoreError),
+    /// Fewer devices came back than were written.
+    #[error("{restored} of {devices} devices restored")]
+    Restored {
+        /// Devices restored.
+        restored: usize,
+        /// Devices written.
+        devices: usize,
+    },
+    /// A checkpoint just written is not found again.
+    #[error("partition {0}: checkpoint not found")]
+    NotFound(u32),
+}
+
 /// Measures checkpoints of `devices` devices spread over `partitions` partitions, writing
 /// them to `store` (under the group and stream `bench`).
 pub fn run(
@@ -36,7 +64,7 @@ pub fn run(
     devices: usize,
     partitions: u32,
     store: &Store,
-) -> Result<StateBench, String> {
+) -> Result<StateBench, StateBenchError> {
     let model = Arc::new(synthetic_model(shape.shape()));
     let mut engine = Engine::new(Arc::clone(&model), settings())?;
     let mut out = BatchOutput::default();
@@ -46,9 +74,7 @@ pub fn run(
         .map(|i| (i % devices) as u32 % partitions)
         .collect();
     for (chunk, s) in readings.chunks(shape.batch).zip(shards.chunks(shape.batch)) {
-        engine
-            .process_sharded(chunk, s, &mut out)
-            .map_err(|e| e.to_string())?;
+        engine.process_sharded(chunk, s, &mut out)?;
     }
     drop(readings);
     let t = Instant::now();
@@ -74,7 +100,7 @@ pub fn run(
             },
             records,
         };
-        bytes += store.write(&c).map_err(|e| e.to_string())?.1;
+        bytes += store.write(&c)?.1;
     }
     let write = t.elapsed();
     drop(engine);
@@ -92,18 +118,17 @@ pub fn run(
             topic_id: None,
             range: None,
         });
-        let (c, _) = loaded
-            .checkpoint
-            .ok_or_else(|| format!("partition {p}: checkpoint not found"))?;
+        let (c, _) = loaded.checkpoint.ok_or(StateBenchError::NotFound(p))?;
         load += t.elapsed();
         let t = Instant::now();
-        fresh
-            .restore(p, c.header.layout, &c.records)
-            .map_err(|e| e.to_string())?;
+        fresh.restore(p, c.header.layout, &c.records)?;
         restore += t.elapsed();
     }
     if fresh.devices() != devices {
-        return Err(format!("{} of {devices} devices restored", fresh.devices()));
+        return Err(StateBenchError::Restored {
+            restored: fresh.devices(),
+            devices,
+        });
     }
     Ok(StateBench {
         devices,

@@ -1,4 +1,4 @@
-//! Why a model cannot run in the engine: its pieces do not fit together.
+//! Why the engine refuses a model or a reading: its pieces do not fit together.
 
 /// A model the engine refuses, and why (the message names the pieces that do not fit).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -14,6 +14,22 @@ pub enum ModelError {
     Calibration(String),
 }
 
+/// A reading whose shape does not fit the model.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "reading {index} of the batch (device {device:?}) has {got} values, the model expects {want}"
+)]
+pub struct ShapeError {
+    /// Position in the batch.
+    pub index: usize,
+    /// Device.
+    pub device: String,
+    /// Values found.
+    pub got: usize,
+    /// Features expected.
+    pub want: usize,
+}
+
 /// Why readings could not be run through a new engine.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -22,7 +38,7 @@ pub enum RunError {
     Model(#[from] ModelError),
     /// A batch does not fit the model.
     #[error(transparent)]
-    Batch(#[from] super::ShapeError),
+    Batch(#[from] ShapeError),
 }
 
 impl From<ModelError> for String {

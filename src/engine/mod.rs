@@ -28,7 +28,7 @@ mod wave;
 
 use crate::decode::Reading;
 use detect::{AlarmPolicy, AlarmState, Calibration, DetectSettings, Deviation, Edge};
-pub use error::{ModelError, RunError};
+pub use error::{ModelError, RunError, ShapeError};
 use kernel::{Isa, LstmStack, PackedMatrix, Workspace};
 use score::{Likelihood, ScoreStats};
 use std::collections::HashMap;
@@ -429,22 +429,6 @@ impl ActiveAlarms {
             silent: self.silent + o.silent,
         }
     }
-}
-
-/// A reading whose shape does not fit the model.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "reading {index} of the batch (device {device:?}) has {got} values, the model expects {want}"
-)]
-pub struct ShapeError {
-    /// Position in the batch.
-    pub index: usize,
-    /// Device.
-    pub device: String,
-    /// Values found.
-    pub got: usize,
-    /// Features expected.
-    pub want: usize,
 }
 
 /// Per-device state in flat arrays, one slot per device.

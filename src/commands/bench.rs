@@ -27,5 +27,20 @@ pub fn run(spec: BenchSpec) -> anyhow::Result<ExitCode> {
     println!("events_per_s={:.0}", r.events_per_s);
     println!("state_bytes_per_device={}", r.state_bytes_per_device);
     println!("rss_bytes_per_device={}", r.rss_bytes_per_device);
+    let p = r.phases;
+    let share =
+        |d: std::time::Duration| 100.0 * d.as_secs_f64() / r.phases_of.as_secs_f64().max(1e-9);
+    let rest = r
+        .phases_of
+        .saturating_sub(p.gather + p.step + p.head + p.detect + p.finish);
+    println!(
+        "phases_pct gather={:.1} step={:.1} head={:.1} detect={:.1} finish={:.1} other={:.1}",
+        share(p.gather),
+        share(p.step),
+        share(p.head),
+        share(p.detect),
+        share(p.finish),
+        share(rest)
+    );
     Ok(ExitCode::SUCCESS)
 }

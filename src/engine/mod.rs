@@ -33,6 +33,7 @@ use kernel::{Isa, LstmStack, PackedMatrix, Workspace};
 use score::{Likelihood, ScoreStats};
 use std::collections::HashMap;
 use std::sync::Arc;
+pub use wave::PhaseTimes;
 
 /// z-value of the 90% central prediction band.
 pub const Z90: f32 = 1.644_853_6;
@@ -505,6 +506,10 @@ pub struct Engine {
     head_in: Vec<f32>,
     head_out: Vec<f32>,
     scratch: wave::Scratch,
+    // Scored rows of the wave under way, awaiting their forecasts and state.
+    judged: Vec<(wave::Row, wave::Judged)>,
+    // Time per phase, when measured.
+    phases: Option<PhaseTimes>,
     stuck_policy: stuck::StuckPolicy,
     watch: silent::Watch,
     // Per batch: silent-device alarms raised (reading index, its time, slot, start).
@@ -540,6 +545,8 @@ impl Engine {
             head_in: Vec::new(),
             head_out: Vec::new(),
             scratch: wave::Scratch::default(),
+            judged: Vec::new(),
+            phases: None,
             stuck_policy,
             watch: silent::Watch::new(settings.detect.silent_factor, settings.default_interval_ns),
             raised_silent: Vec::new(),
@@ -567,6 +574,17 @@ impl Engine {
     /// The model in use.
     pub fn model(&self) -> &Arc<InferenceModel> {
         &self.model
+    }
+
+    /// Measures where the time goes, by phase of the waves, from now on (a few clock reads
+    /// per wave; benchmarks, not the service).
+    pub fn time_phases(&mut self) {
+        self.phases.get_or_insert_with(PhaseTimes::default);
+    }
+
+    /// Time per phase since [`Engine::time_phases`] (`None` unless asked for).
+    pub fn phase_times(&self) -> Option<PhaseTimes> {
+        self.phases
     }
 
     /// Counters so far.

@@ -18,6 +18,7 @@
 
 use super::*;
 use crate::config::Evidence;
+use std::time::{Duration, Instant};
 
 /// Per-reading scratch of the scoring, one value per feature in each, reused across readings.
 #[derive(Debug, Default)]
@@ -58,7 +59,8 @@ impl Scratch {
 }
 
 /// One reading's place in the wave and in its device's history.
-struct Row {
+#[derive(Debug)]
+pub(super) struct Row {
     /// Its row in the wave's blocks.
     r: usize,
     /// Its index in the batch.
@@ -136,6 +138,58 @@ impl Chosen {
     }
 }
 
+/// What scoring found of one row, kept until its forecasts and state are (
+/// [`Engine::finish_row`]).
+#[derive(Debug)]
+pub(super) struct Judged {
+    fe: ForecastEvidence,
+    deviation_stat: Option<f64>,
+    /// The deviation's p-value, where it counts.
+    deviation: Option<f64>,
+    verdict: Verdict,
+    stuck_edge: Edge,
+    stuck_features: u64,
+}
+
+/// Where an engine's time went, by phase of its waves (measured only where asked for:
+/// [`Engine::time_phases`]; `sensorcast bench` prints it).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhaseTimes {
+    /// Normalising the readings and gathering their devices' LSTM state.
+    pub gather: Duration,
+    /// The LSTM step.
+    pub step: Duration,
+    /// The forecast head.
+    pub head: Duration,
+    /// Detection: the evidence, its combination and explanation, the alarm policy, stuck
+    /// sensors.
+    pub detect: Duration,
+    /// Keeping the forecasts (with their bands) and scattering the state back.
+    pub finish: Duration,
+}
+
+/// Laps of a wave's phases; reads no clock unless on.
+struct Clock(Option<Instant>);
+
+impl Clock {
+    fn start(on: bool) -> Self {
+        Self(on.then(Instant::now))
+    }
+
+    /// Time since the last lap (zero when off).
+    fn lap(&mut self) -> Duration {
+        match &mut self.0 {
+            Some(t) => {
+                let now = Instant::now();
+                let d = now - *t;
+                *t = now;
+                d
+            }
+            None => Duration::ZERO,
+        }
+    }
+}
+
 /// The judgement of one reading.
 #[derive(Debug)]
 struct Verdict {
@@ -184,8 +238,10 @@ impl Engine {
     pub(super) fn run_wave(&mut self, batch: &[Reading], items: &[Item], out: &mut BatchOutput) {
         let model = Arc::clone(&self.model);
         let rows = items.len();
+        let mut clock = Clock::start(self.phases.is_some());
         self.normalise(&model, batch, items);
         self.gather(items);
+        let gather = clock.lap();
         model.stack.step(
             self.isa,
             &mut self.ws,
@@ -194,10 +250,28 @@ impl Engine {
             &mut self.h,
             &mut self.c,
         );
+        let step = clock.lap();
         self.head(&model, rows);
+        let head = clock.lap();
+        self.judged.clear();
         for (r, it) in items.iter().enumerate() {
             let row = self.row(&model, &batch[it.index], r, it);
-            self.score_row(&model, &batch[it.index], &row, rows, out);
+            let judged = self.score_row(&model, &batch[it.index], &row, out);
+            self.judged.push((row, judged));
+        }
+        let detect = clock.lap();
+        let judged = std::mem::take(&mut self.judged);
+        for (row, j) in &judged {
+            self.finish_row(&model, row, j, rows, out);
+        }
+        self.judged = judged;
+        let finish = clock.lap();
+        if let Some(p) = self.phases.as_mut() {
+            p.gather += gather;
+            p.step += step;
+            p.head += head;
+            p.detect += detect;
+            p.finish += finish;
         }
     }
 
@@ -287,15 +361,16 @@ impl Engine {
         }
     }
 
-    /// Scores one row of the stepped wave and moves its device on.
+    /// Scores one row of the stepped wave: its evidence, verdict and alarms, with the
+    /// device's detection state moved on. Its forecasts and LSTM state are kept afterwards
+    /// ([`Engine::finish_row`]), once every row is scored.
     fn score_row(
         &mut self,
         model: &InferenceModel,
         reading: &Reading,
         row: &Row,
-        rows: usize,
         out: &mut BatchOutput,
-    ) {
+    ) -> Judged {
         let (nf, slot) = (model.features.len(), row.slot);
         self.scratch.reset(nf);
         let fe = self.forecast_evidence(model, row);
@@ -342,6 +417,28 @@ impl Engine {
             &mut self.counters,
             (slot, reading, row.step_ns, row.maintenance),
         );
+        Judged {
+            fe,
+            deviation_stat: de.stat,
+            deviation: chosen.deviation,
+            verdict,
+            stuck_edge,
+            stuck_features,
+        }
+    }
+
+    /// Keeps a scored row's forecasts and scatters its new LSTM state back to the device;
+    /// writes its outcome (a device whose state would turn non-finite starts over instead).
+    fn finish_row(
+        &mut self,
+        model: &InferenceModel,
+        row: &Row,
+        j: &Judged,
+        rows: usize,
+        out: &mut BatchOutput,
+    ) {
+        let slot = row.slot;
+        let Judged { fe, verdict, .. } = j;
         self.keep_forecasts(model, row, out);
         self.scatter(row, rows);
         self.counters.stepped += 1;
@@ -365,20 +462,20 @@ impl Engine {
             score,
             surprisal: -verdict.p.max(f64::MIN_POSITIVE).ln(),
             forecast_score: fe.score,
-            deviation_score: chosen.deviation.map_or(0.0, |q| 1.0 - q),
+            deviation_score: j.deviation.map_or(0.0, |q| 1.0 - q),
             likelihood: fe.likelihood,
             over_line: verdict.over_line,
             is_anomaly: verdict.is_anomaly,
             edge: verdict.edge,
             peak: verdict.peak,
             forecast_stat: fe.stat,
-            deviation_stat: de.stat,
+            deviation_stat: j.deviation_stat,
             top_feature: verdict.top_feature,
             step_ns: row.step_ns,
             cold: row.reset,
             maintenance: row.maintenance,
-            stuck_edge,
-            stuck_features,
+            stuck_edge: j.stuck_edge,
+            stuck_features: j.stuck_features,
         });
     }
 

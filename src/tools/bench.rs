@@ -75,6 +75,11 @@ pub struct BenchResult {
     pub elapsed: Duration,
     /// Instruction set used.
     pub isa: crate::engine::kernel::Isa,
+    /// Where the engine's time went, by phase of its waves (of a second run, measured: the
+    /// first is timed as a whole only).
+    pub phases: crate::engine::PhaseTimes,
+    /// That second run's time in the engine, phases and the rest (device look-up, waves).
+    pub phases_of: Duration,
 }
 
 /// Runs the benchmark.
@@ -98,6 +103,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, crate::engine::RunError> {
     }
     let elapsed = start.elapsed();
     let rss = rss_bytes().saturating_sub(rss0);
+    let (phases, phases_of) = phase_run(spec, &readings)?;
     Ok(BenchResult {
         events_per_s: scored as f64 / elapsed.as_secs_f64().max(1e-9),
         state_bytes_per_device: engine.state_heap_bytes() / spec.devices.max(1),
@@ -107,7 +113,26 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, crate::engine::RunError> {
         devices: engine.devices(),
         elapsed,
         isa: crate::engine::kernel::Isa::detect(),
+        phases,
+        phases_of,
     })
+}
+
+/// The same run on a fresh engine that measures its phases, so that the clock reads do not
+/// weigh on the figure above; returns the phases and the whole time in the engine.
+fn phase_run(
+    spec: &BenchSpec,
+    readings: &[crate::decode::Reading],
+) -> Result<(crate::engine::PhaseTimes, Duration), crate::engine::RunError> {
+    let mut engine = Engine::new(Arc::new(synthetic_model(spec.shape())), settings())?;
+    engine.time_phases();
+    let mut out = BatchOutput::default();
+    let start = Instant::now();
+    for chunk in readings.chunks(spec.batch.max(1)) {
+        engine.process(chunk, &mut out)?;
+    }
+    let all = start.elapsed();
+    Ok((engine.phase_times().unwrap_or_default(), all))
 }
 
 /// Resident memory of this process (`VmRSS`), 0 where `/proc` does not tell.

@@ -7,7 +7,7 @@
 # Runs `sensorcast bench` and scripts/bench_pytorch.py (PyTorch's batched nn.LSTMCell and a
 # linear head, one thread) alternately, ROUNDS times each, pinned to CPU 0 with taskset when
 # it is available, and prints every run, the best of each and their ratio. Shape (same for
-# both; override through the environment): DEVICES=10000 STEPS=50 HIDDEN=64 FEATURES=8
+# both; override through the environment): DEVICES=10000 STEPS=300 HIDDEN=64 FEATURES=8
 # LAYERS=1 HORIZON=3 BATCH=4096.
 #
 # PyTorch comes from PyPI into its own virtual environment, made on first use and reused:
@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rounds=${1:-3}
-shape=(--devices "${DEVICES:-10000}" --steps "${STEPS:-50}" --hidden "${HIDDEN:-64}"
+shape=(--devices "${DEVICES:-10000}" --steps "${STEPS:-300}" --hidden "${HIDDEN:-64}"
   --features "${FEATURES:-8}" --layers "${LAYERS:-1}" --horizon "${HORIZON:-3}"
   --batch "${BATCH:-4096}")
 venv=${PYTORCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sensorcast/pytorch-venv}
@@ -50,7 +50,7 @@ ours=()
 theirs=()
 for r in $(seq 1 "$rounds"); do
   out=$("${pin[@]}" "$bin" bench "${shape[@]}")
-  [ "$r" = 1 ] && echo "sensorcast: $(head -n1 <<<"$out")"
+  [ "$r" = 1 ] && echo "sensorcast: $(head -n1 <<<"$out"); $(grep -E '^(events|phases_pct)' <<<"$out" | tr '\n' ' ')"
   ours+=("$(value events_per_s <<<"$out")")
   out=$("${pin[@]}" "$venv/bin/python" scripts/bench_pytorch.py "${shape[@]}" --threads 1)
   [ "$r" = 1 ] && echo "pytorch:    $(head -n1 <<<"$out")"

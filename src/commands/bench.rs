@@ -24,6 +24,10 @@ pub fn run(spec: BenchSpec) -> anyhow::Result<ExitCode> {
         r.fully_scored,
         r.elapsed.as_secs_f64()
     );
+    println!(
+        "anomaly_thresholds={}",
+        if r.calibrated { "measured" } else { "gaussian" }
+    );
     println!("events_per_s={:.0}", r.events_per_s);
     println!("state_bytes_per_device={}", r.state_bytes_per_device);
     println!("rss_bytes_per_device={}", r.rss_bytes_per_device);

@@ -2,7 +2,7 @@
 //! per second and state bytes per device. Shared with the criterion benchmark.
 
 use crate::engine::testing::{Shape, settings, synthetic_model, synthetic_readings};
-use crate::engine::{BatchOutput, Engine, Outcome};
+use crate::engine::{BatchOutput, Engine, InferenceModel, Outcome};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,15 +80,17 @@ pub struct BenchResult {
     pub phases: crate::engine::PhaseTimes,
     /// That second run's time in the engine, phases and the rest (device look-up, waves).
     pub phases_of: Duration,
+    /// Whether the model scored with measured tail tables (else Gaussian tails).
+    pub calibrated: bool,
 }
 
 /// Runs the benchmark.
 pub fn run(spec: &BenchSpec) -> Result<BenchResult, crate::engine::RunError> {
-    let model = Arc::new(synthetic_model(spec.shape()));
+    let model = calibrated_model(spec)?;
     let readings = synthetic_readings(spec.devices, spec.steps, spec.features);
     let settings = settings();
     let learning = settings.warmup as usize + settings.detect.learning as usize;
-    let mut engine = Engine::new(model, settings)?;
+    let mut engine = Engine::new(Arc::clone(&model), settings)?;
     let mut out = BatchOutput::default();
     let mut scored = 0;
     let rss0 = rss_bytes();
@@ -103,7 +105,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, crate::engine::RunError> {
     }
     let elapsed = start.elapsed();
     let rss = rss_bytes().saturating_sub(rss0);
-    let (phases, phases_of) = phase_run(spec, &readings)?;
+    let (phases, phases_of) = phase_run(spec, &model, &readings)?;
     Ok(BenchResult {
         events_per_s: scored as f64 / elapsed.as_secs_f64().max(1e-9),
         state_bytes_per_device: engine.state_heap_bytes() / spec.devices.max(1),
@@ -115,6 +117,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, crate::engine::RunError> {
         isa: crate::engine::kernel::Isa::detect(),
         phases,
         phases_of,
+        calibrated: model.calibration.is_some(),
     })
 }
 
@@ -122,9 +125,10 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, crate::engine::RunError> {
 /// weigh on the figure above; returns the phases and the whole time in the engine.
 fn phase_run(
     spec: &BenchSpec,
+    model: &Arc<InferenceModel>,
     readings: &[crate::decode::Reading],
 ) -> Result<(crate::engine::PhaseTimes, Duration), crate::engine::RunError> {
-    let mut engine = Engine::new(Arc::new(synthetic_model(spec.shape())), settings())?;
+    let mut engine = Engine::new(Arc::clone(model), settings())?;
     engine.time_phases();
     let mut out = BatchOutput::default();
     let start = Instant::now();
@@ -133,6 +137,31 @@ fn phase_run(
     }
     let all = start.elapsed();
     Ok((engine.phase_times().unwrap_or_default(), all))
+}
+
+/// Devices and readings per device of the sample the benchmark's anomaly thresholds are
+/// measured on (past warm-up and learning for half of them).
+const CALIBRATION_SAMPLE: (usize, usize) = (500, 460);
+
+/// The synthetic model with anomaly thresholds measured on a sample of a synthetic fleet, as
+/// training measures a real model's: scoring then reads tail tables, as it does in
+/// production, instead of falling back to Gaussian tails.
+fn calibrated_model(spec: &BenchSpec) -> Result<Arc<InferenceModel>, crate::engine::RunError> {
+    let mut model = synthetic_model(spec.shape());
+    let (devices, steps) = CALIBRATION_SAMPLE;
+    let sample = synthetic_readings(devices, steps, spec.features);
+    // The generator interleaves devices step by step.
+    let by_device: Vec<Vec<&crate::decode::Reading>> = (0..devices)
+        .map(|d| (0..steps).map(|t| &sample[t * devices + d]).collect())
+        .collect();
+    let histories: Vec<(&[&crate::decode::Reading], usize)> = by_device
+        .iter()
+        .map(|r| (r.as_slice(), steps / 2))
+        .collect();
+    let calibration =
+        crate::engine::calibrate::calibrate(Arc::new(model.clone()), settings(), &histories)?;
+    model.set_calibration(calibration);
+    Ok(Arc::new(model))
 }
 
 /// Resident memory of this process (`VmRSS`), 0 where `/proc` does not tell.

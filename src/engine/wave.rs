@@ -138,8 +138,8 @@ impl Chosen {
     }
 }
 
-/// What scoring found of one row, kept until its forecasts and state are (
-/// [`Engine::finish_row`]).
+/// What scoring found of one row, kept until the row's forecasts and state are written
+/// ([`Engine::finish_row`]).
 #[derive(Debug)]
 pub(super) struct Judged {
     fe: ForecastEvidence,

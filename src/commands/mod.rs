@@ -20,7 +20,7 @@ pub use check_config::{check_config, probe};
 pub use inputs::{InputIssue, Inputs, read_inputs, report_issues};
 pub use label::run_label;
 pub use replay::run_replay;
-pub use train::{run_train, run_train_from_influxdb, run_train_from_kafka};
+pub use train::{run_train, run_train_from};
 
 use crate::config::{Config, StreamConfig};
 use crate::decode::{Reading, Schema, read_file};

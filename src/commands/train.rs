@@ -28,33 +28,17 @@ pub fn run_train(
     train_and_publish(cfg, stream, &data.readings, input_names, show_progress)
 }
 
-/// `sensorcast train --source influxdb`: the stream's readings between `from` and `to` (ns),
-/// read back from InfluxDB; trains and publishes.
-pub fn run_train_from_influxdb(
+/// `sensorcast train --source influxdb|kafka`: the stream's readings between `from` and `to`
+/// (ns), read back from InfluxDB or from the stream's topic; trains and publishes.
+pub fn run_train_from(
     cfg: &Config,
     stream: &StreamConfig,
-    from: i64,
-    to: i64,
+    source: crate::config::HistorySource,
+    (from, to): (i64, i64),
     strict: bool,
     show_progress: bool,
 ) -> anyhow::Result<ModelMeta> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let h = rt.block_on(crate::model::history::from_influxdb(cfg, stream, from, to))?;
-    train_on_history(cfg, stream, h, strict, show_progress)
-}
-
-/// `sensorcast train --source kafka`: the stream's topic between `from` and `to` (ns).
-pub fn run_train_from_kafka(
-    cfg: &Config,
-    stream: &StreamConfig,
-    from: i64,
-    to: i64,
-    strict: bool,
-    show_progress: bool,
-) -> anyhow::Result<ModelMeta> {
-    let h = crate::model::history::from_kafka(cfg, stream, from, to)?;
+    let h = crate::model::history::read(cfg, stream, source, from, to)?;
     train_on_history(cfg, stream, h, strict, show_progress)
 }
 
@@ -190,11 +174,12 @@ pub fn run(args: TrainArgs, tty: bool) -> anyhow::Result<ExitCode> {
             };
             let from = time_arg(&since, to, "--since")?;
             anyhow::ensure!(from < to, "--since must be before --until");
-            if source == HistorySource::Kafka {
-                crate::commands::run_train_from_kafka(&cfg, &stream, from, to, strict, tty)?;
+            let source = if source == HistorySource::Kafka {
+                crate::config::HistorySource::Kafka
             } else {
-                crate::commands::run_train_from_influxdb(&cfg, &stream, from, to, strict, tty)?;
-            }
+                crate::config::HistorySource::Influxdb
+            };
+            run_train_from(&cfg, &stream, source, (from, to), strict, tty)?;
         }
     }
     Ok(ExitCode::SUCCESS)

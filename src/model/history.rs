@@ -157,6 +157,25 @@ pub async fn alarm(
     }))
 }
 
+/// Reads `stream`'s readings between `from` and `to` (ns since the epoch) from `source`:
+/// InfluxDB ([`from_influxdb`], on a runtime of its own) or the stream's topic
+/// ([`from_kafka`]).
+pub fn read(
+    cfg: &Config,
+    stream: &StreamConfig,
+    source: crate::config::HistorySource,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<History> {
+    match source {
+        crate::config::HistorySource::Influxdb => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(from_influxdb(cfg, stream, from, to)),
+        crate::config::HistorySource::Kafka => from_kafka(cfg, stream, from, to),
+    }
+}
+
 /// Reads `stream`'s readings between `from` and `to` (ns since the epoch) from the InfluxDB of
 /// `cfg.influxdb`.
 pub async fn from_influxdb(

@@ -7,7 +7,7 @@
 //! its [`Decision`], which is also appended to the registry's `decisions.jsonl` and kept in
 //! the published model's metadata.
 
-use crate::config::{Config, HistorySource, StreamConfig};
+use crate::config::{Config, StreamConfig};
 use crate::decode::Reading;
 use crate::engine::InferenceModel;
 use crate::model::history::{self, History};
@@ -119,7 +119,8 @@ pub fn retrain(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let h = read_history(cfg, stream, to, &rt)?;
+    let from = to.saturating_sub(r.window.as_nanos());
+    let h = history::read(cfg, stream, r.source, from, to)?;
     if h.skipped_total > 0 {
         on(Notice::SkippedRows {
             count: h.skipped_total,
@@ -234,20 +235,6 @@ fn train_challenger(
     challenger.set_calibration(meta.anomaly.clone());
     challenger.longest_flat_ns = meta.longest_flat_ns.clone();
     Ok((trained, Arc::new(challenger)))
-}
-
-/// The stream's history over `retrain.window` up to `to`, from `retrain.source`.
-fn read_history(
-    cfg: &Config,
-    stream: &StreamConfig,
-    to: i64,
-    rt: &tokio::runtime::Runtime,
-) -> anyhow::Result<History> {
-    let from = to.saturating_sub(cfg.retrain.window.as_nanos());
-    Ok(match cfg.retrain.source {
-        HistorySource::Influxdb => rt.block_on(history::from_influxdb(cfg, stream, from, to))?,
-        HistorySource::Kafka => history::from_kafka(cfg, stream, from, to)?,
-    })
 }
 
 /// The history cut at the holdout.

@@ -118,6 +118,23 @@ impl TailTable {
         }
     }
 
+    /// Why the table cannot be read (`None`: it can): its levels must be probabilities going
+    /// down and its values finite, non-negative and not going down, one per level.
+    pub fn defect(&self) -> Option<&'static str> {
+        let (l, v) = (&self.levels, &self.values);
+        if l.len() != v.len() {
+            Some("has a different number of levels and values")
+        } else if l.iter().any(|p| !(*p > 0.0 && *p <= 1.0)) || l.windows(2).any(|w| w[1] >= w[0]) {
+            Some("has levels that are not probabilities going down")
+        } else if v.iter().any(|x| !(x.is_finite() && *x >= 0.0))
+            || v.windows(2).any(|w| w[1] < w[0])
+        {
+            Some("has values that are not finite, non-negative and non-decreasing")
+        } else {
+            None
+        }
+    }
+
     /// Surprisal −ln p of a statistic `x`, p the share of normal readings at least as extreme:
     /// interpolated linearly in surprisal between the table's levels (p log-linearly), from 0
     /// at `x = 0` to the first level, and extrapolated along the last two levels beyond the
@@ -142,15 +159,16 @@ impl TailTable {
                 self.level_surprisal(0) * (x / v[0])
             };
         }
-        for k in 1..v.len() {
-            if x <= v[k] {
-                let (s0, s1) = (self.level_surprisal(k - 1), self.level_surprisal(k));
-                let span = v[k] - v[k - 1];
-                if span <= 0.0 {
-                    return s1;
-                }
-                return s0 + (x - v[k - 1]) / span * (s1 - s0);
+        // The first level whose value is at least `x` (≥ 1 here): counted rather than searched
+        // for, without a branch per level ([`Self::defect`]: the values do not go down).
+        let k = v.iter().fold(0, |n, b| n + usize::from(*b < x));
+        if k <= last {
+            let (s0, s1) = (self.level_surprisal(k - 1), self.level_surprisal(k));
+            let span = v[k] - v[k - 1];
+            if span <= 0.0 {
+                return s1;
             }
+            return s0 + (x - v[k - 1]) / span * (s1 - s0);
         }
         let s_last = self.level_surprisal(last);
         let slope = if last > 0 && v[last] > v[last - 1] {
@@ -432,6 +450,27 @@ pub struct MeasuredWith {
 }
 
 impl Calibration {
+    /// Checks that every table can be read ([`TailTable::defect`]); the error names the first
+    /// that cannot.
+    pub fn check_tables(&self) -> Result<(), String> {
+        let pieces = [
+            ("forecast", &self.forecast),
+            ("drift", &self.drift),
+            ("deviation", &self.deviation),
+        ];
+        for (piece, tables) in pieces {
+            for (f, t) in tables.iter().enumerate() {
+                if let Some(why) = t.defect() {
+                    return Err(format!("the {piece} tail table of feature {f} {why}"));
+                }
+            }
+        }
+        match self.joint.as_ref().and_then(|j| j.tail.defect()) {
+            Some(why) => Err(format!("the joint deviation's tail table {why}")),
+            None => Ok(()),
+        }
+    }
+
     /// Prepares every table for fast lookups ([`TailTable::prepare`]).
     pub fn prepare(&mut self) {
         for t in self

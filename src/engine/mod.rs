@@ -119,13 +119,17 @@ impl InferenceModel {
     pub fn validate(&self) -> Result<(), ModelError> {
         let f = self.features.len();
         if let Some(c) = &self.calibration
-            && (c.forecast.len() != f || c.deviation.len() != f)
+            && (c.forecast.len() != f || c.drift.len() != f || c.deviation.len() != f)
         {
             return Err(ModelError::Calibration(format!(
-                "anomaly calibration has {} and {} tables for {f} features",
+                "anomaly calibration has {}, {} and {} forecast, drift and deviation tables for {f} features",
                 c.forecast.len(),
+                c.drift.len(),
                 c.deviation.len()
             )));
+        }
+        if let Some(c) = &self.calibration {
+            c.check_tables().map_err(ModelError::Calibration)?;
         }
         if let Some(j) = self.calibration.as_ref().and_then(|c| c.joint.as_ref())
             && (j.precision.len() != f * f || j.precision.iter().any(|v| !v.is_finite()))
@@ -1263,6 +1267,47 @@ mod tests {
         for (i, f) in seq.iter().enumerate() {
             assert_eq!(oa.forecast(i), f.as_slice());
         }
+    }
+
+    #[test]
+    fn a_model_whose_tail_tables_cannot_be_read_is_refused_by_name() {
+        let mut model = synthetic_model(Shape {
+            features: 2,
+            hidden: 4,
+            layers: 1,
+            horizon: 1,
+        });
+        let mut samples: Vec<f64> = (0..1000).map(|i| f64::from(i) / 100.0).collect();
+        let table = detect::TailTable::fit(&mut samples).expect("table");
+        let calibration = detect::Calibration {
+            forecast: vec![table.clone(), table.clone()],
+            drift: vec![table.clone(), table.clone()],
+            deviation: vec![table.clone(), table.clone()],
+            joint: None,
+            measured_with: settings().measured_with(),
+        };
+        let mut with = |damage: &dyn Fn(&mut detect::Calibration)| {
+            let mut c = calibration.clone();
+            damage(&mut c);
+            model.set_calibration(Some(c));
+            model.validate().err().map(|e| e.to_string())
+        };
+        assert_eq!(with(&|_| {}), None);
+        let short = with(&|c| {
+            c.drift.pop();
+        })
+        .expect("refused");
+        assert!(short.contains("2, 1 and 2 forecast, drift and deviation tables for 2 features"));
+        let unsorted = with(&|c| c.deviation[1].values.swap(1, 3)).expect("refused");
+        assert!(
+            unsorted.contains("the deviation tail table of feature 1 has values that are not"),
+            "{unsorted}"
+        );
+        let levels = with(&|c| c.forecast[0].levels[2] = 1.5).expect("refused");
+        assert!(
+            levels.contains("the forecast tail table of feature 0 has levels"),
+            "{levels}"
+        );
     }
 
     #[test]

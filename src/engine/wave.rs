@@ -38,6 +38,10 @@ pub(super) struct Scratch {
     s_dr: Vec<f64>,
     s_dev: Vec<f64>,
     s_joint: Vec<f64>,
+    /// The forecast σ of each value of the head (normalised units), for keeping forecasts.
+    sigma: Vec<f32>,
+    /// Each feature's √calibration and standard deviation, for the bands.
+    spread: Vec<(f32, f32)>,
 }
 
 impl Scratch {
@@ -446,11 +450,9 @@ impl Engine {
         let s_len = self.state_len;
         let finite = score.is_finite()
             && fe.likelihood.is_finite()
-            && out.forecast(row.index).iter().all(|v| v.is_finite())
-            && self.slots.h[slot * s_len..(slot + 1) * s_len]
-                .iter()
-                .chain(&self.slots.c[slot * s_len..(slot + 1) * s_len])
-                .all(|v| v.is_finite());
+            && all_finite(out.forecast(row.index))
+            && all_finite(&self.slots.h[slot * s_len..(slot + 1) * s_len])
+            && all_finite(&self.slots.c[slot * s_len..(slot + 1) * s_len]);
         if !finite {
             // Never write NaN/inf, never carry it on: the device starts over.
             self.counters.poisoned += 1;
@@ -726,22 +728,37 @@ impl Engine {
         let stride = model.head.n_pad();
         let head = &self.head_out[row.r * stride..row.r * stride + 2 * hf];
         let far = (model.horizon - 1) * nf;
+        let (sigma, spread) = (&mut self.scratch.sigma, &mut self.scratch.spread);
+        sigma.clear();
+        sigma.extend(head[hf..2 * hf].iter().map(|&lv| sigma_of(lv)));
         let sl = &mut self.slots;
-        for f in 0..nf {
-            sl.pred_mean[slot * nf + f] = head[f];
-            sl.pred_sigma[slot * nf + f] = sigma_of(head[hf + f]);
-            sl.far_mean[ring + f] = head[far + f];
-            sl.far_sigma[ring + f] = sigma_of(head[hf + far + f]);
-        }
+        let near = slot * nf..(slot + 1) * nf;
+        sl.pred_mean[near.clone()].copy_from_slice(&head[..nf]);
+        sl.pred_sigma[near.clone()].copy_from_slice(&sigma[..nf]);
+        sl.far_mean[ring..ring + nf].copy_from_slice(&head[far..far + nf]);
+        sl.far_sigma[ring..ring + nf].copy_from_slice(&sigma[far..far + nf]);
+        // Each feature's band per unit of forecast σ, the same at every step ahead.
+        spread.clear();
+        spread.extend(
+            sl.calib[near]
+                .iter()
+                .map(|c| c.sqrt())
+                .zip(&model.std)
+                .map(|(c, std)| (c, *std)),
+        );
         let fc = &mut out.forecasts[row.index * out.per..(row.index + 1) * out.per];
-        let calib = &sl.calib[slot * nf..(slot + 1) * nf];
-        for k in 0..hf {
-            let f = k % nf;
-            let yhat = head[k] * model.std[f] + model.mean[f];
-            let half = Z90 * sigma_of(head[hf + k]) * calib[f].sqrt() * model.std[f];
-            fc[3 * k] = yhat;
-            fc[3 * k + 1] = yhat - half;
-            fc[3 * k + 2] = yhat + half;
+        for (fc, (mean, sigma)) in fc
+            .chunks_exact_mut(3 * nf)
+            .zip(head[..hf].chunks_exact(nf).zip(sigma.chunks_exact(nf)))
+        {
+            for f in 0..nf {
+                let (c, std) = spread[f];
+                let yhat = mean[f] * std + model.mean[f];
+                let half = Z90 * sigma[f] * c * std;
+                fc[3 * f] = yhat;
+                fc[3 * f + 1] = yhat - half;
+                fc[3 * f + 2] = yhat + half;
+            }
         }
     }
 
@@ -764,6 +781,12 @@ impl Engine {
             count.saturating_add(1)
         };
     }
+}
+
+/// Whether every value is finite; without an early exit, so that it runs as vector code (the
+/// values are nearly always finite).
+fn all_finite(v: &[f32]) -> bool {
+    v.iter().fold(true, |all, x| all & x.is_finite())
 }
 
 /// An alarm event's explanation: the contributions summed over the alarm while it lasts

@@ -46,5 +46,15 @@ pub fn run(spec: BenchSpec) -> anyhow::Result<ExitCode> {
         share(p.finish),
         share(rest)
     );
+    let per = |d: std::time::Duration| d.as_secs_f64() * 1e9 / r.events.max(1) as f64;
+    println!(
+        "phases_ns_per_reading gather={:.0} step={:.0} head={:.0} detect={:.0} finish={:.0} other={:.0}",
+        per(p.gather),
+        per(p.step),
+        per(p.head),
+        per(p.detect),
+        per(p.finish),
+        per(rest)
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 /// Per-reading scratch of the scoring, one value per feature in each, reused across readings.
 #[derive(Debug, Default)]
 pub(super) struct Scratch {
+    /// The standardised residuals of a reading against one forecast.
+    zs: Vec<f32>,
     /// The largest standardised residual of each feature (signed); then its signed square.
     z: Vec<f64>,
     /// The one-step standardised residual of each feature (signed), the drift's input.
@@ -207,31 +209,40 @@ struct Verdict {
 }
 
 /// Standardises reading `x` against one forecast of it (`mean`, `sigma`, and the device's
-/// calibration `calib`): keeps each feature's residual in `near` where given, its largest
-/// residual so far in `z`, and returns the largest |z|. With `learn` (the calibration's
+/// calibration `calib`) into `zs`: keeps each feature's residual in `near` where given, its
+/// largest residual so far in `z`, and returns the largest |z|. With `learn` (the calibration's
 /// weight), folds the squared residual into `calib`, capped at 5σ so that a fault does not
-/// teach the device that faults are normal.
+/// teach the device that faults are normal. Each pass is a plain loop over the features,
+/// without a branch, so that it runs as vector code.
 fn judge(
     (x, mean, sigma): (&[f32], &[f32], &[f32]),
     calib: &mut [f32],
     learn: Option<f32>,
-    z: &mut [f64],
-    mut near: Option<&mut [f64]>,
+    (zs, z): (&mut Vec<f32>, &mut [f64]),
+    near: Option<&mut [f64]>,
 ) -> f64 {
+    zs.clear();
+    zs.extend(
+        x.iter()
+            .zip(mean)
+            .zip(sigma.iter().zip(calib.iter()))
+            .map(|((x, m), (s, c))| (x - m) / (s * c.sqrt())),
+    );
     let mut worst = 0.0f64;
-    for f in 0..x.len() {
-        let zf = (x[f] - mean[f]) / (sigma[f] * calib[f].sqrt());
-        let az = zf.abs() as f64;
-        worst = worst.max(az);
-        if az > z[f].abs() {
-            z[f] = zf as f64;
+    for (zf, z) in zs.iter().zip(z.iter_mut()) {
+        let zf = f64::from(*zf);
+        worst = worst.max(zf.abs());
+        *z = if zf.abs() > z.abs() { zf } else { *z };
+    }
+    if let Some(near) = near {
+        for (n, zf) in near.iter_mut().zip(zs.iter()) {
+            *n = f64::from(*zf);
         }
-        if let Some(near) = near.as_deref_mut() {
-            near[f] = zf as f64;
-        }
-        if let Some(alpha) = learn {
-            let z2 = (zf * zf * calib[f]).min(CALIBRATION_CAP);
-            calib[f] = (calib[f] + alpha * (z2 - calib[f])).clamp(CALIBRATION_MIN, CALIBRATION_MAX);
+    }
+    if let Some(alpha) = learn {
+        for (c, zf) in calib.iter_mut().zip(zs.iter()) {
+            let z2 = (zf * zf * *c).min(CALIBRATION_CAP);
+            *c = (*c + alpha * (z2 - *c)).clamp(CALIBRATION_MIN, CALIBRATION_MAX);
         }
     }
     worst
@@ -257,18 +268,9 @@ impl Engine {
         let step = clock.lap();
         self.head(&model, rows);
         let head = clock.lap();
-        self.judged.clear();
-        for (r, it) in items.iter().enumerate() {
-            let row = self.row(&model, &batch[it.index], r, it);
-            let judged = self.score_row(&model, &batch[it.index], &row, out);
-            self.judged.push((row, judged));
-        }
+        self.score(&model, batch, items, out);
         let detect = clock.lap();
-        let judged = std::mem::take(&mut self.judged);
-        for (row, j) in &judged {
-            self.finish_row(&model, row, j, rows, out);
-        }
-        self.judged = judged;
+        self.finish(&model, rows, out);
         let finish = clock.lap();
         if let Some(p) = self.phases.as_mut() {
             p.gather += gather;
@@ -277,6 +279,31 @@ impl Engine {
             p.detect += detect;
             p.finish += finish;
         }
+    }
+
+    /// Scores every row of the stepped wave, in order, into `judged`.
+    fn score(
+        &mut self,
+        model: &InferenceModel,
+        batch: &[Reading],
+        items: &[Item],
+        out: &mut BatchOutput,
+    ) {
+        self.judged.clear();
+        for (r, it) in items.iter().enumerate() {
+            let row = self.row(model, &batch[it.index], r, it);
+            let judged = self.score_row(model, &batch[it.index], &row, out);
+            self.judged.push((row, judged));
+        }
+    }
+
+    /// Keeps every scored row's forecasts and scatters its state back.
+    fn finish(&mut self, model: &InferenceModel, rows: usize, out: &mut BatchOutput) {
+        let judged = std::mem::take(&mut self.judged);
+        for (row, j) in &judged {
+            self.finish_row(model, row, j, rows, out);
+        }
+        self.judged = judged;
     }
 
     /// The readings in model units, one row each, clamped so that an absurd but finite value
@@ -300,21 +327,22 @@ impl Engine {
     /// The devices' states into per-layer `rows × hidden` blocks of `h` and `c`.
     fn gather(&mut self, items: &[Item]) {
         let (rows, s_len) = (items.len(), self.state_len);
-        self.h.clear();
+        // Every row is written below: no need to clear the blocks first.
         self.h.resize(rows * s_len, 0.0);
-        self.c.clear();
         self.c.resize(rows * s_len, 0.0);
         let mut off = 0;
         for layer in self.model.stack.layers() {
             let hl = layer.hidden();
             for (r, it) in items.iter().enumerate() {
+                let dst = rows * off + r * hl..rows * off + (r + 1) * hl;
                 if it.reset {
+                    self.h[dst.clone()].fill(0.0);
+                    self.c[dst].fill(0.0);
                     continue;
                 }
-                let src = it.slot * s_len + off;
-                let dst = rows * off + r * hl;
-                self.h[dst..dst + hl].copy_from_slice(&self.slots.h[src..src + hl]);
-                self.c[dst..dst + hl].copy_from_slice(&self.slots.c[src..src + hl]);
+                let src = it.slot * s_len + off..it.slot * s_len + off + hl;
+                self.h[dst.clone()].copy_from_slice(&self.slots.h[src.clone()]);
+                self.c[dst].copy_from_slice(&self.slots.c[src]);
             }
             off += hl;
         }
@@ -500,7 +528,7 @@ impl Engine {
             (x, &sl.pred_mean[near.clone()], &sl.pred_sigma[near.clone()]),
             &mut sl.calib[near.clone()],
             learn,
-            &mut sc.z,
+            (&mut sc.zs, &mut sc.z),
             Some(&mut sc.znear),
         );
         let mut judged = nf;
@@ -510,7 +538,7 @@ impl Engine {
                 (x, &sl.far_mean[far.clone()], &sl.far_sigma[far]),
                 &mut sl.calib_far[near.clone()],
                 learn,
-                &mut sc.z,
+                (&mut sc.zs, &mut sc.z),
                 None,
             ));
             judged += nf;
@@ -786,7 +814,11 @@ impl Engine {
 /// Whether every value is finite; without an early exit, so that it runs as vector code (the
 /// values are nearly always finite).
 fn all_finite(v: &[f32]) -> bool {
-    v.iter().fold(true, |all, x| all & x.is_finite())
+    // Non-finite: every exponent bit set (the integer test vectorises where `is_finite` did
+    // not).
+    const EXPONENT: u32 = 0x7f80_0000;
+    !v.iter()
+        .fold(false, |bad, x| bad | (x.to_bits() & EXPONENT == EXPONENT))
 }
 
 /// An alarm event's explanation: the contributions summed over the alarm while it lasts

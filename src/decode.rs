@@ -159,11 +159,17 @@ impl Schema {
         }
     }
 
+    /// One value per feature, each NaN until [`Schema::set`] stores it (it stores only finite
+    /// values, so NaN means "absent" and the vector becomes the reading's as it is).
+    fn absent(&self) -> Vec<f32> {
+        vec![f32::NAN; self.features.len()]
+    }
+
     fn finish(
         &self,
         device: Option<String>,
         ts: Option<i64>,
-        values: Vec<Option<f32>>,
+        values: Vec<f32>,
     ) -> Result<Reading, DecodeError> {
         let device = device
             .filter(|d| !d.is_empty())
@@ -176,15 +182,13 @@ impl Schema {
         }
         let ts = ts.ok_or(DecodeError::MissingTimestamp)?;
         check_ts_range(ts)?;
-        let values = values
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| v.ok_or_else(|| DecodeError::MissingFeature(self.features[i].clone())))
-            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(i) = values.iter().position(|v| v.is_nan()) {
+            return Err(DecodeError::MissingFeature(self.features[i].clone()));
+        }
         Ok(Reading { device, ts, values })
     }
 
-    fn set(&self, values: &mut [Option<f32>], feature: &str, v: f64) -> Result<(), DecodeError> {
+    fn set(&self, values: &mut [f32], feature: &str, v: f64) -> Result<(), DecodeError> {
         let i = *self
             .index
             .get(feature)
@@ -193,7 +197,7 @@ impl Schema {
         if !v.is_finite() || !f.is_finite() {
             return Err(DecodeError::NotFinite(feature.to_string()));
         }
-        values[i] = Some(f);
+        values[i] = f;
         Ok(())
     }
 
@@ -242,7 +246,7 @@ impl Schema {
             }
             None => return Err(DecodeError::InvalidJson("missing \"values\" object".into())),
         };
-        let mut values = vec![None; self.features.len()];
+        let mut values = self.absent();
         for (name, val) in values_obj {
             match val {
                 serde_json::Value::Number(n) => {
@@ -278,7 +282,7 @@ impl Schema {
             .find(|(k, _)| *k == self.device_key)
             .map(|(_, v)| v.clone())
             .or_else(|| key.map(str::to_string));
-        let mut values = vec![None; self.features.len()];
+        let mut values = self.absent();
         for (name, val) in &lp.fields {
             match val {
                 LpValue::Number(x) => self.set(&mut values, name, *x)?,
@@ -730,7 +734,7 @@ fn decode_csv_record(
     } else {
         Some(parse_ts_text(ts_text)?)
     };
-    let mut values = vec![None; schema.features.len()];
+    let mut values = schema.absent();
     for (col, &fi) in columns.iter().enumerate() {
         let raw = rec[col + 2].trim();
         let name = &schema.features[fi];

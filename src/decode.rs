@@ -5,8 +5,11 @@
 //! [`DecodeError`] with a stable `reason()` (a metric label) and a message that names the
 //! field, so callers can count it, log it and dead-letter it without ever panicking.
 
+mod json;
+
 use crate::config::{Format, StreamConfig};
 use crate::time::{TimeError, check_ts_range, epoch_by_magnitude, parse_ts_text};
+use json::Json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -124,6 +127,8 @@ impl DecodeError {
 pub struct Schema {
     features: Vec<String>,
     index: HashMap<String, usize>,
+    /// No feature is listed twice, so a name found at a position has that index.
+    unique: bool,
     device_key: String,
 }
 
@@ -139,8 +144,9 @@ impl Schema {
             .iter()
             .enumerate()
             .map(|(i, f)| (f.clone(), i))
-            .collect();
+            .collect::<HashMap<_, _>>();
         Self {
+            unique: index.len() == features.len(),
             features,
             index,
             device_key,
@@ -150,6 +156,15 @@ impl Schema {
     /// Feature names in order.
     pub fn features(&self) -> &[String] {
         &self.features
+    }
+
+    /// A feature's index; the one at `hint` is tried first, a comparison being cheaper than
+    /// hashing when messages list features in schema order.
+    fn position(&self, feature: &str, hint: usize) -> Option<usize> {
+        match self.features.get(hint) {
+            Some(f) if self.unique && f == feature => Some(hint),
+            _ => self.index.get(feature).copied(),
+        }
     }
 
     fn unknown(&self, feature: &str) -> DecodeError {
@@ -204,68 +219,34 @@ impl Schema {
     /// Decodes a JSON message `{"device":…,"ts":…,"values":{…}}`; `key` (the Kafka message key)
     /// is the device id unless the payload names one.
     pub fn decode_json(&self, key: Option<&str>, payload: &[u8]) -> Result<Reading, DecodeError> {
-        let v: serde_json::Value =
-            serde_json::from_slice(payload).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
-        let obj = v
-            .as_object()
+        let message = json::parse(self, payload)
+            .map_err(|e| DecodeError::InvalidJson(e.to_string()))?
             .ok_or_else(|| DecodeError::InvalidJson("expected a JSON object".into()))?;
-        let device = match obj.get(&self.device_key) {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        let device = match message.device {
+            Some(Json::Str(s)) => Some(s.into_owned()),
+            Some(Json::Number(n)) => Some(n.to_string()),
             Some(other) => {
                 return Err(DecodeError::InvalidJson(format!(
                     "{:?} must be a string, found {}",
                     self.device_key,
-                    kind(other)
+                    other.kind()
                 )));
             }
             None => key.map(str::to_string),
         };
-        let ts = match obj.get("ts") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(parse_ts_text(s)?),
-            Some(serde_json::Value::Number(n)) => {
-                Some(epoch_by_magnitude(n.as_i64().ok_or_else(|| {
-                    DecodeError::BadTimestamp(format!("{n} is not an integer epoch"))
-                })?)?)
-            }
-            Some(other) => {
-                return Err(DecodeError::BadTimestamp(format!(
-                    "expected a string or integer, found {}",
-                    kind(other)
-                )));
-            }
-        };
-        let values_obj = match obj.get("values") {
-            Some(serde_json::Value::Object(m)) => m,
-            Some(other) => {
+        let ts = json_ts(message.ts)?;
+        let values = match (message.values, message.features) {
+            (Some(Json::Object), Some(features)) => features.into_values(self)?,
+            (Some(other), _) => {
                 return Err(DecodeError::InvalidJson(format!(
                     "\"values\" must be an object, found {}",
-                    kind(other)
+                    other.kind()
                 )));
             }
-            None => return Err(DecodeError::InvalidJson("missing \"values\" object".into())),
-        };
-        let mut values = self.absent();
-        for (name, val) in values_obj {
-            match val {
-                serde_json::Value::Number(n) => {
-                    let x = n
-                        .as_f64()
-                        .ok_or_else(|| DecodeError::NotFinite(name.clone()))?;
-                    self.set(&mut values, name, x)?;
-                }
-                other => {
-                    if !self.index.contains_key(name) {
-                        return Err(self.unknown(name));
-                    }
-                    return Err(DecodeError::WrongType {
-                        feature: name.clone(),
-                        found: kind(other).into(),
-                    });
-                }
+            (None, _) => {
+                return Err(DecodeError::InvalidJson("missing \"values\" object".into()));
             }
-        }
+        };
         self.finish(device, ts, values)
     }
 
@@ -302,14 +283,21 @@ impl Schema {
     }
 }
 
-fn kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
+/// A JSON message's timestamp: RFC 3339 or integer epoch text, or an integer epoch.
+fn json_ts(ts: Option<Json<'_>>) -> Result<Option<i64>, DecodeError> {
+    match ts {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Str(s)) => Ok(Some(parse_ts_text(&s)?)),
+        Some(Json::Number(n)) => {
+            let epoch = n
+                .as_i64()
+                .ok_or_else(|| DecodeError::BadTimestamp(format!("{n} is not an integer epoch")))?;
+            Ok(Some(epoch_by_magnitude(epoch)?))
+        }
+        Some(other) => Err(DecodeError::BadTimestamp(format!(
+            "expected a string or integer, found {}",
+            other.kind()
+        ))),
     }
 }
 

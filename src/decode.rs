@@ -5,8 +5,12 @@
 //! [`DecodeError`] with a stable `reason()` (a metric label) and a message that names the
 //! field, so callers can count it, log it and dead-letter it without ever panicking.
 
+mod json;
+
 use crate::config::{Format, StreamConfig};
 use crate::time::{TimeError, check_ts_range, epoch_by_magnitude, parse_ts_text};
+use json::Json;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -124,6 +128,8 @@ impl DecodeError {
 pub struct Schema {
     features: Vec<String>,
     index: HashMap<String, usize>,
+    /// No feature is listed twice, so a name found at a position has that index.
+    unique: bool,
     device_key: String,
 }
 
@@ -139,8 +145,9 @@ impl Schema {
             .iter()
             .enumerate()
             .map(|(i, f)| (f.clone(), i))
-            .collect();
+            .collect::<HashMap<_, _>>();
         Self {
+            unique: index.len() == features.len(),
             features,
             index,
             device_key,
@@ -152,6 +159,15 @@ impl Schema {
         &self.features
     }
 
+    /// A feature's index; the one at `hint` is tried first, a comparison being cheaper than
+    /// hashing when messages list features in schema order.
+    fn position(&self, feature: &str, hint: usize) -> Option<usize> {
+        match self.features.get(hint) {
+            Some(f) if self.unique && f == feature => Some(hint),
+            _ => self.index.get(feature).copied(),
+        }
+    }
+
     fn unknown(&self, feature: &str) -> DecodeError {
         DecodeError::UnknownFeature {
             feature: feature.to_string(),
@@ -159,11 +175,17 @@ impl Schema {
         }
     }
 
+    /// One value per feature, each NaN until [`Schema::set`] stores it (it stores only finite
+    /// values, so NaN means "absent" and the vector becomes the reading's as it is).
+    fn absent(&self) -> Vec<f32> {
+        vec![f32::NAN; self.features.len()]
+    }
+
     fn finish(
         &self,
         device: Option<String>,
         ts: Option<i64>,
-        values: Vec<Option<f32>>,
+        values: Vec<f32>,
     ) -> Result<Reading, DecodeError> {
         let device = device
             .filter(|d| !d.is_empty())
@@ -176,92 +198,67 @@ impl Schema {
         }
         let ts = ts.ok_or(DecodeError::MissingTimestamp)?;
         check_ts_range(ts)?;
-        let values = values
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| v.ok_or_else(|| DecodeError::MissingFeature(self.features[i].clone())))
-            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(i) = values.iter().position(|v| v.is_nan()) {
+            return Err(DecodeError::MissingFeature(self.features[i].clone()));
+        }
         Ok(Reading { device, ts, values })
     }
 
-    fn set(&self, values: &mut [Option<f32>], feature: &str, v: f64) -> Result<(), DecodeError> {
+    fn set(&self, values: &mut [f32], feature: &str, v: f64) -> Result<(), DecodeError> {
         let i = *self
             .index
             .get(feature)
             .ok_or_else(|| self.unknown(feature))?;
+        self.store(values, i, feature, v)
+    }
+
+    /// Stores feature `i`'s value if it is finite both as read (`f64`) and as kept (`f32`).
+    fn store(
+        &self,
+        values: &mut [f32],
+        i: usize,
+        feature: &str,
+        v: f64,
+    ) -> Result<(), DecodeError> {
         let f = v as f32;
         if !v.is_finite() || !f.is_finite() {
             return Err(DecodeError::NotFinite(feature.to_string()));
         }
-        values[i] = Some(f);
+        values[i] = f;
         Ok(())
     }
 
     /// Decodes a JSON message `{"device":…,"ts":…,"values":{…}}`; `key` (the Kafka message key)
     /// is the device id unless the payload names one.
     pub fn decode_json(&self, key: Option<&str>, payload: &[u8]) -> Result<Reading, DecodeError> {
-        let v: serde_json::Value =
-            serde_json::from_slice(payload).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
-        let obj = v
-            .as_object()
+        let message = json::parse(self, payload)
+            .map_err(|e| DecodeError::InvalidJson(e.to_string()))?
             .ok_or_else(|| DecodeError::InvalidJson("expected a JSON object".into()))?;
-        let device = match obj.get(&self.device_key) {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        let device = match message.device {
+            Some(Json::Str(s)) => Some(s.into_owned()),
+            Some(Json::Number(n)) => Some(n.to_string()),
             Some(other) => {
                 return Err(DecodeError::InvalidJson(format!(
                     "{:?} must be a string, found {}",
                     self.device_key,
-                    kind(other)
+                    other.kind()
                 )));
             }
             None => key.map(str::to_string),
         };
-        let ts = match obj.get("ts") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(parse_ts_text(s)?),
-            Some(serde_json::Value::Number(n)) => {
-                Some(epoch_by_magnitude(n.as_i64().ok_or_else(|| {
-                    DecodeError::BadTimestamp(format!("{n} is not an integer epoch"))
-                })?)?)
-            }
-            Some(other) => {
-                return Err(DecodeError::BadTimestamp(format!(
-                    "expected a string or integer, found {}",
-                    kind(other)
-                )));
-            }
-        };
-        let values_obj = match obj.get("values") {
-            Some(serde_json::Value::Object(m)) => m,
-            Some(other) => {
+        let ts = json_ts(message.ts)?;
+        let values = match (message.values, message.features) {
+            (Some(Json::Object), Some(features)) => features.into_values(self)?,
+            (Some(other), _) => {
                 return Err(DecodeError::InvalidJson(format!(
                     "\"values\" must be an object, found {}",
-                    kind(other)
+                    other.kind()
                 )));
             }
-            None => return Err(DecodeError::InvalidJson("missing \"values\" object".into())),
-        };
-        let mut values = vec![None; self.features.len()];
-        for (name, val) in values_obj {
-            match val {
-                serde_json::Value::Number(n) => {
-                    let x = n
-                        .as_f64()
-                        .ok_or_else(|| DecodeError::NotFinite(name.clone()))?;
-                    self.set(&mut values, name, x)?;
-                }
-                other => {
-                    if !self.index.contains_key(name) {
-                        return Err(self.unknown(name));
-                    }
-                    return Err(DecodeError::WrongType {
-                        feature: name.clone(),
-                        found: kind(other).into(),
-                    });
-                }
+            (None, _) => {
+                return Err(DecodeError::InvalidJson("missing \"values\" object".into()));
             }
-        }
+        };
         self.finish(device, ts, values)
     }
 
@@ -271,41 +268,69 @@ impl Schema {
     pub fn decode_line(&self, key: Option<&str>, line: &[u8]) -> Result<Reading, DecodeError> {
         let text = std::str::from_utf8(line).map_err(|_| LineProtocolError::NotUtf8)?;
         let line = text.trim_end_matches(['\n', '\r']);
-        let lp = parse_line_protocol(line)?;
-        let device = lp
-            .tags
-            .iter()
-            .find(|(k, _)| *k == self.device_key)
-            .map(|(_, v)| v.clone())
-            .or_else(|| key.map(str::to_string));
-        let mut values = vec![None; self.features.len()];
-        for (name, val) in &lp.fields {
-            match val {
-                LpValue::Number(x) => self.set(&mut values, name, *x)?,
-                other => {
-                    if !self.index.contains_key(name.as_str()) {
-                        return Err(self.unknown(name));
-                    }
-                    return Err(DecodeError::WrongType {
-                        feature: name.clone(),
-                        found: other.kind().into(),
-                    });
+        let mut device = None;
+        let (mut values, mut next, mut error) = (self.absent(), 0, None);
+        // A bad field is reported only once the whole line has parsed, as a syntax error
+        // further on wins; the first bad field in line order is the one reported.
+        let (_, ts) = scan_line(
+            line,
+            |k, v| {
+                if device.is_none() && k == self.device_key.as_str() {
+                    device = Some(v);
                 }
-            }
+            },
+            |name, value| {
+                if error.is_none() {
+                    error = self.line_field(&mut values, &mut next, &name, value).err();
+                }
+            },
+        )?;
+        if let Some(e) = error {
+            return Err(e);
         }
-        let ts = lp.timestamp;
+        let device = device
+            .map(Cow::into_owned)
+            .or_else(|| key.map(str::to_string));
         self.finish(device, ts, values)
+    }
+
+    /// Stores one line-protocol field; `next` is where the next field is looked for first.
+    fn line_field(
+        &self,
+        values: &mut [f32],
+        next: &mut usize,
+        name: &str,
+        value: LpValue,
+    ) -> Result<(), DecodeError> {
+        let i = self
+            .position(name, *next)
+            .ok_or_else(|| self.unknown(name))?;
+        *next = i + 1;
+        match value {
+            LpValue::Number(x) => self.store(values, i, name, x),
+            other => Err(DecodeError::WrongType {
+                feature: name.to_string(),
+                found: other.kind().into(),
+            }),
+        }
     }
 }
 
-fn kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
+/// A JSON message's timestamp: RFC 3339 or integer epoch text, or an integer epoch.
+fn json_ts(ts: Option<Json<'_>>) -> Result<Option<i64>, DecodeError> {
+    match ts {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Str(s)) => Ok(Some(parse_ts_text(&s)?)),
+        Some(Json::Number(n)) => {
+            let epoch = n
+                .as_i64()
+                .ok_or_else(|| DecodeError::BadTimestamp(format!("{n} is not an integer epoch")))?;
+            Ok(Some(epoch_by_magnitude(epoch)?))
+        }
+        Some(other) => Err(DecodeError::BadTimestamp(format!(
+            "expected a string or integer, found {}",
+            other.kind()
+        ))),
     }
 }
 
@@ -343,8 +368,43 @@ pub struct LineProtocol {
     pub timestamp: Option<i64>,
 }
 
-/// Reads up to an unescaped delimiter; backslash escapes the next character.
-fn take_escaped<'a>(s: &'a str, stops: &[char]) -> (String, &'a str) {
+/// Where an unescaped token of line protocol ends.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// A measurement or tag value: at `,` or space.
+    Value,
+    /// A tag or field key: also at `=`.
+    Key,
+}
+
+impl End {
+    fn chars(self) -> &'static [char] {
+        match self {
+            End::Value => &[',', ' '],
+            End::Key => &['=', ',', ' '],
+        }
+    }
+}
+
+/// Reads up to an unescaped delimiter; backslash escapes the next character. Borrows from `s`
+/// unless there is a backslash to deal with.
+#[inline]
+fn take_escaped(s: &str, end: End) -> (Cow<'_, str>, &str) {
+    // Delimiters and `\` are ASCII, and UTF-8 never has an ASCII byte inside a character.
+    let special =
+        |&b: &u8| matches!(b, b',' | b' ' | b'\\') || matches!((end, b), (End::Key, b'='));
+    match s.as_bytes().iter().position(special) {
+        None => (Cow::Borrowed(s), ""),
+        Some(i) if s.as_bytes()[i] != b'\\' => (Cow::Borrowed(&s[..i]), &s[i..]),
+        Some(_) => {
+            let (owned, rest) = take_escaped_owned(s, end.chars());
+            (Cow::Owned(owned), rest)
+        }
+    }
+}
+
+/// [`take_escaped`] where an escape has to be removed.
+fn take_escaped_owned<'a>(s: &'a str, stops: &[char]) -> (String, &'a str) {
     let mut out = String::new();
     let mut chars = s.char_indices();
     while let Some((i, c)) = chars.next() {
@@ -423,110 +483,131 @@ pub enum LineProtocolError {
 
 /// Parses one line of InfluxDB line protocol.
 pub fn parse_line_protocol(line: &str) -> Result<LineProtocol, LineProtocolError> {
+    let (mut tags, mut fields) = (Vec::new(), Vec::new());
+    let (measurement, timestamp) = scan_line(
+        line,
+        |k, v| tags.push((k.into_owned(), v.into_owned())),
+        |k, v| fields.push((k.into_owned(), v)),
+    )?;
+    Ok(LineProtocol {
+        measurement: measurement.into_owned(),
+        tags,
+        fields,
+        timestamp,
+    })
+}
+
+/// Reads one line of line protocol, handing each tag and field to `tag` and `field` in line
+/// order (names and tag values borrowed from the line unless escaped); returns the
+/// measurement and the timestamp.
+fn scan_line<'a>(
+    line: &'a str,
+    mut tag: impl FnMut(Cow<'a, str>, Cow<'a, str>),
+    mut field: impl FnMut(Cow<'a, str>, LpValue),
+) -> Result<(Cow<'a, str>, Option<i64>), LineProtocolError> {
     use LineProtocolError as E;
     if line.trim().is_empty() {
         return Err(E::Empty);
     }
-    let (measurement, mut rest) = take_escaped(line, &[',', ' ']);
+    let (measurement, mut rest) = take_escaped(line, End::Value);
     if measurement.is_empty() {
         return Err(E::NoMeasurement);
     }
-    let mut tags = Vec::new();
     while let Some(r) = rest.strip_prefix(',') {
-        let (k, r) = take_escaped(r, &['=', ',', ' ']);
-        let r = r
-            .strip_prefix('=')
-            .ok_or_else(|| E::TagWithoutValue(k.clone()))?;
-        let (v, r) = take_escaped(r, &[',', ' ']);
+        let (k, r) = take_escaped(r, End::Key);
+        let Some(r) = r.strip_prefix('=') else {
+            return Err(E::TagWithoutValue(k.into_owned()));
+        };
+        let (v, r) = take_escaped(r, End::Value);
         if k.is_empty() || v.is_empty() {
-            return Err(E::EmptyTag(k));
+            return Err(E::EmptyTag(k.into_owned()));
         }
-        tags.push((k, v));
+        tag(k, v);
         rest = r;
     }
     let mut rest = rest
         .strip_prefix(' ')
         .ok_or(E::NoFields)?
         .trim_start_matches(' ');
-    let mut fields = Vec::new();
     loop {
-        let (k, r) = take_escaped(rest, &['=', ',', ' ']);
-        let r = r
-            .strip_prefix('=')
-            .ok_or_else(|| E::FieldWithoutValue(k.clone()))?;
+        let (k, r) = take_escaped(rest, End::Key);
+        let Some(r) = r.strip_prefix('=') else {
+            return Err(E::FieldWithoutValue(k.into_owned()));
+        };
         if k.is_empty() {
             return Err(E::EmptyFieldKey);
         }
-        let (value, r) = if let Some(q) = r.strip_prefix('"') {
-            let mut s = String::new();
-            let mut end = None;
-            let mut it = q.char_indices();
-            while let Some((i, c)) = it.next() {
-                match c {
-                    '\\' => {
-                        if let Some((_, n)) = it.next() {
-                            s.push(n);
-                        }
-                    }
-                    '"' => {
-                        end = Some(i);
-                        break;
-                    }
-                    c => s.push(c),
-                }
-            }
-            let end = end.ok_or_else(|| E::UnterminatedString(k.clone()))?;
-            (LpValue::Str(s), &q[end + 1..])
-        } else {
-            let end = r.find([',', ' ']).unwrap_or(r.len());
-            let raw = &r[..end];
-            let v = match raw {
-                "t" | "T" | "true" | "True" | "TRUE" => LpValue::Bool(true),
-                "f" | "F" | "false" | "False" | "FALSE" => LpValue::Bool(false),
-                _ => {
-                    let num = raw.strip_suffix(['i', 'u']).unwrap_or(raw);
-                    let x: f64 = num.parse().map_err(|_| E::NotAValue {
-                        field: k.clone(),
-                        raw: raw.to_string(),
-                    })?;
-                    if raw.ends_with(['i', 'u'])
-                        && num.parse::<i64>().is_err()
-                        && num.parse::<u64>().is_err()
-                    {
-                        return Err(E::NotAnInteger {
-                            field: k,
-                            raw: raw.to_string(),
-                        });
-                    }
-                    LpValue::Number(x)
-                }
-            };
-            (v, &r[end..])
+        let (value, r) = match r.strip_prefix('"') {
+            Some(q) => quoted_value(&k, q)?,
+            None => unquoted_value(&k, r)?,
         };
-        fields.push((k, value));
-        if let Some(r2) = r.strip_prefix(',') {
-            rest = r2;
-        } else {
-            rest = r;
-            break;
+        field(k, value);
+        match r.strip_prefix(',') {
+            Some(r) => rest = r,
+            None => {
+                rest = r;
+                break;
+            }
         }
     }
     let ts_text = rest.trim();
-    let timestamp = if ts_text.is_empty() {
-        None
-    } else {
-        Some(
-            ts_text
-                .parse::<i64>()
-                .map_err(|_| E::BadTimestamp(ts_text.to_string()))?,
-        )
+    if ts_text.is_empty() {
+        return Ok((measurement, None));
+    }
+    let ts = ts_text
+        .parse::<i64>()
+        .map_err(|_| E::BadTimestamp(ts_text.to_string()))?;
+    Ok((measurement, Some(ts)))
+}
+
+/// A string field's value, `q` starting after its opening quote; backslash escapes any
+/// character. Returns the rest of the line after the closing quote.
+fn quoted_value<'a>(field: &str, q: &'a str) -> Result<(LpValue, &'a str), LineProtocolError> {
+    let mut s = String::new();
+    let mut it = q.char_indices();
+    while let Some((i, c)) = it.next() {
+        match c {
+            '\\' => {
+                if let Some((_, n)) = it.next() {
+                    s.push(n);
+                }
+            }
+            '"' => return Ok((LpValue::Str(s), &q[i + 1..])),
+            c => s.push(c),
+        }
+    }
+    Err(LineProtocolError::UnterminatedString(field.to_string()))
+}
+
+/// A number or boolean field's value, up to the next `,` or space, and the rest of the line.
+fn unquoted_value<'a>(field: &str, r: &'a str) -> Result<(LpValue, &'a str), LineProtocolError> {
+    let end = r
+        .bytes()
+        .position(|b| b == b',' || b == b' ')
+        .unwrap_or(r.len());
+    let raw = &r[..end];
+    let value = match raw {
+        "t" | "T" | "true" | "True" | "TRUE" => LpValue::Bool(true),
+        "f" | "F" | "false" | "False" | "FALSE" => LpValue::Bool(false),
+        _ => {
+            let num = raw.strip_suffix(['i', 'u']).unwrap_or(raw);
+            let x: f64 = num.parse().map_err(|_| LineProtocolError::NotAValue {
+                field: field.to_string(),
+                raw: raw.to_string(),
+            })?;
+            if raw.ends_with(['i', 'u'])
+                && num.parse::<i64>().is_err()
+                && num.parse::<u64>().is_err()
+            {
+                return Err(LineProtocolError::NotAnInteger {
+                    field: field.to_string(),
+                    raw: raw.to_string(),
+                });
+            }
+            LpValue::Number(x)
+        }
     };
-    Ok(LineProtocol {
-        measurement,
-        tags,
-        fields,
-        timestamp,
-    })
+    Ok((value, &r[end..]))
 }
 
 /// A file of readings could not be read at all.
@@ -730,7 +811,7 @@ fn decode_csv_record(
     } else {
         Some(parse_ts_text(ts_text)?)
     };
-    let mut values = vec![None; schema.features.len()];
+    let mut values = schema.absent();
     for (col, &fi) in columns.iter().enumerate() {
         let raw = rec[col + 2].trim();
         let name = &schema.features[fi];
@@ -852,6 +933,9 @@ impl Decoder {
         Ok(Decoded { stream, readings })
     }
 }
+
+#[cfg(test)]
+mod golden;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,11 @@
 #    `serve` runs; p50/p99 from Kafka create time to InfluxDB acknowledgement are read from
 #    the sensorcast_end_to_end_seconds histogram.
 #
-# Usage: scripts/bench-e2e.sh [devices] [readings-per-device] [rate]
+# 3. With PROFILE=1: where serve's CPU time goes in the throughput run (1.), by part of the
+#    pipeline — `perf record` on the serve process, summed by scripts/profile_groups.py (needs
+#    perf; the perf data is kept in PROFILE_OUT, default /tmp/sensorcast-serve.perf).
+#
+# Usage: [PROFILE=1] scripts/bench-e2e.sh [devices] [readings-per-device] [rate]
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,8 +52,7 @@ group_id = "bench-$1"
 dead_letter_topic = ""
 [influxdb]
 url = "http://127.0.0.1:$vport"
-flush_interval = "20ms"
-batch_bytes = 4194304
+$3
 [engine]
 max_linger = "10ms"
 [http]
@@ -60,8 +63,10 @@ dir = "$work/state-$1"
 level = "warn"
 TOML
 }
-write_config tput bench.tput
-write_config lat bench.lat
+# Throughput: large requests (4 MiB, flushed every 20 ms). Latency: the [influxdb] defaults.
+write_config tput bench.tput 'flush_interval = "20ms"
+batch_bytes = 4194304'
+write_config lat bench.lat ""
 $bin simulate --devices 8 --readings 300 --interval 1s --out "$work/history.jsonl" >/dev/null
 $bin train --config "$work/tput.toml" --input "$work/history.jsonl" >/dev/null
 metric() { curl -s "127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 ~ "^"m {s+=$2} END {printf "%.0f", s}'; }
@@ -78,6 +83,10 @@ ppr=$($bin check-config --config "$work/tput.toml" | sed -n 's/^# stream "pumps"
 points=$((total * ppr))
 until [ "$(metric sensorcast_readings_total)" -gt 0 ] 2>/dev/null; do sleep 0.05; done
 s0=$(date +%s.%N)
+if [ -n "${PROFILE:-}" ]; then
+  perf_out=${PROFILE_OUT:-/tmp/sensorcast-serve.perf}
+  perf record -F 999 -p "$spid" -o "$perf_out" </dev/null >"$work/perf.log" 2>&1 & perfpid=$!
+fi
 until [ "$(metric sensorcast_points_written_total)" -ge "$points" ] 2>/dev/null; do sleep 0.1; done
 s1=$(date +%s.%N)
 python3 -c "e=$s1-$s0; print(f'throughput: $total readings in {e:.2f} s -> {$total/e:,.0f} events/s end to end')"
@@ -87,6 +96,13 @@ vmpid=${pids[1]}
 python3 -c "
 s, v = $(cpu $spid), $(cpu $vmpid)
 print(f'cpu: sensorcast {s:.1f} s ({$total/max(s,1e-9):,.0f} readings per CPU-second), victoria-metrics {v:.1f} s (cumulative)')"
+if [ -n "${PROFILE:-}" ]; then
+  kill -INT "$perfpid" 2>/dev/null || echo "perf stopped early: $(cat "$work/perf.log")"
+  wait "$perfpid" || true
+  echo "where serve's CPU time went (perf, $perf_out):"
+  perf report -i "$perf_out" --no-children --sort dso,sym --stdio --percent-limit 0 2>/dev/null |
+    python3 scripts/profile_groups.py
+fi
 kill -TERM $spid; wait $spid || true
 
 echo "latency at $rate readings/s…"
@@ -108,5 +124,5 @@ def q(p):
             return prev_le+(le-prev_le)*((t-prev)/max(c-prev,1)) if le!=float("inf") else prev_le
         prev_le,prev=le,c
 print("latency: p50=%.0f ms p99=%.0f ms over %d readings (interpolated in 10 ms buckets below 1 s: +-5 ms; doubling buckets above 2 s)"%(q(.5)*1000,q(.99)*1000,count))'
-if [ -n "${BENCH_VERBOSE:-}" ]; then curl -s "127.0.0.1:$hport/metrics" | grep -E "sink_write_seconds_(sum|count)|batch_readings_(sum|count)"; fi
+if [ -n "${BENCH_VERBOSE:-}" ]; then curl -s "127.0.0.1:$hport/metrics" | grep -E "sink_write_seconds_(sum|count)|batch_readings_(sum|count)|end_to_end_seconds_bucket|engine_batch_seconds_(sum|count)|checkpoint"; fi
 kill -TERM $spid; wait $spid || true

@@ -68,6 +68,8 @@ pub struct EngineStage {
     park_scans: u64,
     per_stream: Vec<(Vec<Reading>, Vec<u32>)>,
     out: BatchOutput,
+    /// Length of the last batch's body: the next one's starting capacity.
+    body_hint: usize,
     log_limit: RateLimit,
     store: Store,
     /// Idle time (ns of event time) after which a device is parked; 0: never.
@@ -136,6 +138,7 @@ impl EngineStage {
             park_scans: 0,
             per_stream: vec![(Vec::new(), Vec::new()); n],
             out: BatchOutput::default(),
+            body_hint: 0,
             log_limit: RateLimit::default(),
             store,
             ttl_ns: cfg.engine.device_ttl.as_nanos(),
@@ -314,7 +317,9 @@ impl EngineStage {
             readings.push(r.reading);
             shards.push(r.partition as u32);
         }
-        let mut body = String::new();
+        // Sized from the last body, so that a batch's line protocol is not copied again and
+        // again as it grows (a body of megabytes doubled its way up from nothing).
+        let mut body = String::with_capacity(self.body_hint + self.body_hint / 8);
         for i in 0..self.engines.len() {
             if self.per_stream[i].0.is_empty() {
                 continue;
@@ -347,6 +352,7 @@ impl EngineStage {
                 }
             }
         }
+        self.body_hint = body.len();
         Some(OutBatch {
             body,
             msg_ts: batch.msg_ts,

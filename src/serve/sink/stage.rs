@@ -135,7 +135,7 @@ impl SinkStage {
                 next = self.rx.recv(), if !closed && room => match next {
                     Some(ToSink::Points(mut b)) => {
                         unsettled.append(&mut b.dead_letters);
-                        add(&mut pending, b, self.flush_interval);
+                        add(&mut pending, b, (self.flush_interval, self.flush_bytes));
                     }
                     Some(ToSink::Checkpoints(set)) => {
                         // Behind every point received so far: send what is pending now.
@@ -161,15 +161,25 @@ impl SinkStage {
     }
 }
 
-fn add(pending: &mut Option<Pending>, b: OutBatch, flush_interval: Duration) {
+/// Adds a batch's points to the pending request (`flush`: the sink's flush interval and
+/// request size).
+fn add(
+    pending: &mut Option<Pending>,
+    b: OutBatch,
+    (flush_interval, flush_bytes): (Duration, usize),
+) {
     match pending {
         Some(p) => {
             p.body.push_str(&b.body);
             p.msg_ts.extend(b.msg_ts);
         }
         None => {
+            let mut body = b.body;
+            // Room for the batches that join it before it goes (at most `flush_bytes` and one
+            // more batch), so that it is not reallocated and copied as it grows.
+            body.reserve(flush_bytes.saturating_sub(body.len()));
             *pending = Some(Pending {
-                body: b.body,
+                body,
                 msg_ts: b.msg_ts,
                 deadline: tokio::time::Instant::now() + flush_interval,
             });

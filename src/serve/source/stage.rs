@@ -13,6 +13,7 @@ use crate::decode::Decoder;
 use crate::serve::dead_letters::DeadLetters;
 use crate::serve::pipeline::{InBatch, PartitionKey, Sourced, ToEngine};
 use crate::telemetry::{Metrics, RateLimit};
+use futures_util::FutureExt as _;
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::message::Message;
@@ -64,7 +65,7 @@ impl SourceStage {
                 st.follow_rebalance(&s.assignment, &s.topics);
             }
             let due = st.first_at.map(|t| t + s.linger);
-            let full = st.batch.messages >= s.max_batch || st.batch.readings.len() >= s.max_batch;
+            let full = !st.room(s.max_batch);
             let flush = !st.batch.readings.is_empty() || st.batch.messages > 0;
             let flush = flush && (st.stopping || full || due.is_some_and(|d| Instant::now() >= d));
             // A full batch takes no more messages: it waits for room in the engine's queue,
@@ -106,14 +107,25 @@ impl SourceStage {
                     }
                 }
                 // Owned: the dead letter outlives the borrow.
-                msg = async { s.consumer.recv().await.map(|m| m.detach()) }, if take => match msg {
-                    Ok(m) => st.take(m, (&s.assignment, &s.decoder, &s.dead_letters, &s.readings_in)),
-                    Err(e) => {
-                        if let Some(suppressed) = errors.check("consumer", Duration::from_secs(10)) {
-                            tracing::warn!(error = %e, suppressed, "Kafka consumer error");
+                msg = async { s.consumer.recv().await.map(|m| m.detach()) }, if take => {
+                    let mut next = Some(msg);
+                    // Then what librdkafka already holds, without a round of this loop (its
+                    // timers and clock reads) per message: up to a full batch, and never
+                    // across a rebalance.
+                    while let Some(msg) = next.take() {
+                        match msg {
+                            Ok(m) => st.take(m, (&s.assignment, &s.decoder, &s.dead_letters, &s.readings_in)),
+                            Err(e) => {
+                                if let Some(suppressed) = errors.check("consumer", Duration::from_secs(10)) {
+                                    tracing::warn!(error = %e, suppressed, "Kafka consumer error");
+                                }
+                            }
+                        }
+                        if st.room(s.max_batch) && s.assignment.generation() == st.generation {
+                            next = s.consumer.recv().now_or_never().map(|m| m.map(|m| m.detach()));
                         }
                     }
-                },
+                }
                 _ = tick.tick(), if flush => {
                     // The engine queue has been full for PAUSE_AFTER: pause fetching (and
                     // re-pause after a rebalance, which may assign partitions not paused yet)
@@ -229,6 +241,11 @@ impl Filling {
         batch.offsets.note_message(m.topic(), partition, offset);
         batch.messages += 1;
         st.first_at.get_or_insert_with(Instant::now);
+    }
+
+    /// The batch has room for another message (it is not full: see the loop).
+    fn room(&self, max_batch: usize) -> bool {
+        self.batch.messages < max_batch && self.batch.readings.len() < max_batch
     }
 
     fn owns(&self, topic: &str, partition: i32) -> bool {

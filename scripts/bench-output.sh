@@ -9,8 +9,11 @@
 #     the first reading consumed to the last point acknowledged;
 #   - sensorcast's CPU seconds (utime + stime of the process) and the database's, over the run;
 #   - the ceiling: the same points (`sensorcast replay` of the same readings with the same
-#     config) POSTed straight to a fresh database by scripts/write-ceiling.py, with serve's
-#     batch size and concurrency; reported as readings/s (lines/s ÷ points per reading).
+#     config) POSTed straight to a fresh database by scripts/write-ceiling.py (the database
+#     restarted empty before it, as before serve's run), the best of
+#     four request sizes × concurrencies (256 KiB, 1 MiB and 4 MiB over 2 connections, 1 MiB
+#     over 4; column ceiling_at says which); reported as readings/s (lines/s ÷ points per
+#     reading).
 #
 # Usage: [SENSORCAST_BIN=path] scripts/bench-output.sh [devices] [readings-per-device]
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics, influxdb) and python3.
@@ -34,8 +37,6 @@ vport=$(free_port); iport=$(free_port); irpc=$(free_port); hport=$(free_port)
 
 # Apache Kafka (scripts/kafka.sh: its pinned version, from the cached jars).
 kaddr=$(scripts/kafka.sh start "$work/kafka")
-victoria-metrics -httpListenAddr="127.0.0.1:$vport" -storageDataPath="$work/vm" -retentionPeriod=100y \
-  -search.latencyOffset=0s -loggerLevel=ERROR >"$work/vm.log" 2>&1 & vmpid=$!; pids+=($vmpid)
 cat >"$work/influxdb.conf" <<CONF
 reporting-disabled = true
 bind-address = "127.0.0.1:$irpc"
@@ -53,9 +54,26 @@ bind-address = "127.0.0.1:$irpc"
 [continuous_queries]
   enabled = false
 CONF
-influxd run -config "$work/influxdb.conf" >"$work/influxd.log" 2>&1 & ipid=$!; pids+=($ipid)
-for _ in $(seq 1 100); do curl -sf "127.0.0.1:$iport/ping" >/dev/null && break; sleep 0.1; done
-sleep 1
+# Every measurement (serve's run, each ceiling setting) starts on an empty database that has
+# just started: what an earlier run left (InfluxDB's compactions, VictoriaMetrics' merges)
+# would otherwise take CPU from the next on these 2 cores.
+fresh() {
+  case $1 in
+    vm)
+      if [ -n "${vmpid:-}" ]; then kill "$vmpid" 2>/dev/null || true; wait "$vmpid" 2>/dev/null || true; fi
+      rm -rf "$work/vm"
+      victoria-metrics -httpListenAddr="127.0.0.1:$vport" -storageDataPath="$work/vm" -retentionPeriod=100y \
+        -search.latencyOffset=0s -loggerLevel=ERROR >>"$work/vm.log" 2>&1 & vmpid=$!; pids+=($vmpid)
+      for _ in $(seq 1 100); do curl -sf "127.0.0.1:$vport/health" >/dev/null && break; sleep 0.1; done ;;
+    influx)
+      if [ -n "${ipid:-}" ]; then kill "$ipid" 2>/dev/null || true; wait "$ipid" 2>/dev/null || true; fi
+      rm -rf "$work/influx"
+      influxd run -config "$work/influxdb.conf" >>"$work/influxd.log" 2>&1 & ipid=$!; pids+=($ipid)
+      for _ in $(seq 1 100); do curl -sf "127.0.0.1:$iport/ping" >/dev/null && break; sleep 0.1; done ;;
+  esac
+  sleep 1
+}
+fresh vm
 scripts/kafka.sh topic "$work/kafka" bench.out 4
 influxql() { curl -sf -XPOST "127.0.0.1:$iport/query" --data-urlencode "q=$1" >/dev/null; }
 
@@ -120,12 +138,13 @@ $bin train --config "$work/train.toml" --input "$work/history.jsonl" >/dev/null
 metric() { curl -s "127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 ~ "^"m {s+=$2} END {printf "%.0f", s}'; }
 cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
 
-printf '%-16s %-8s %7s %12s %10s %14s %9s %14s %7s\n' database output pts/rd readings/s cpu_s readings/cpu_s db_cpu_s ceiling_rd/s e2e/ceil
+printf '%-16s %-8s %7s %12s %10s %14s %9s %14s %7s  %s\n' database output pts/rd readings/s cpu_s readings/cpu_s db_cpu_s ceiling_rd/s e2e/ceil ceiling_at
 for db in vm influx; do
   for out in default full; do
     name="$db-$out"
     write_config "$name" "$db" "$out"
     ppr=$($bin check-config --config "$work/$name.toml" | sed -n 's/^# stream "pumps": \([0-9]*\) points.*/\1/p')
+    fresh "$db"
     [ "$db" = influx ] && influxql "CREATE DATABASE \"$name\""
     dbpid=$([ "$db" = vm ] && echo $vmpid || echo $ipid)
     db0=$(cpu $dbpid)
@@ -138,22 +157,33 @@ for db in vm influx; do
     kill -TERM $spid; wait $spid || true
     # The same points, straight to a fresh database.
     $bin replay --config "$work/$name.toml" --input "$work/readings.jsonl" --output "$work/$name.lp" >/dev/null
-    if [ "$db" = influx ]; then
-      influxql "CREATE DATABASE \"ceiling-$name\""
-      ceil=$(python3 scripts/write-ceiling.py "http://127.0.0.1:$iport" "$work/$name.lp" --api v1 --db "ceiling-$name" --batch-bytes 4194304 --concurrency 2)
-    else
-      ceil=$(python3 scripts/write-ceiling.py "http://127.0.0.1:$vport" "$work/$name.lp" --api v2 --bucket "ceiling-$name" --batch-bytes 4194304 --concurrency 2)
-    fi
-    lines_per_s=$(echo "$ceil" | sed -n 's/.*: \([0-9]*\) lines\/s/\1/p')
-    python3 - "$db" "$out" "$ppr" "$total" "$s0" "$s1" "$scpu" "$db0" "$db1" "$lines_per_s" <<'PY'
+    # The database's best over a few request sizes and concurrencies, each into a fresh
+    # database (new series, as serve's run had): serve's own setting is not necessarily the
+    # one the database likes best, and a ceiling measured at one setting only can fall below
+    # what serve reaches with smaller requests.
+    lines_per_s=0; best_at=""
+    for setting in "262144 2" "1048576 2" "4194304 2" "1048576 4"; do
+      read -r bb cc <<<"$setting"
+      target="ceiling-$name-$bb-$cc"
+      fresh "$db"
+      if [ "$db" = influx ]; then
+        influxql "CREATE DATABASE \"$target\""
+        ceil=$(python3 scripts/write-ceiling.py "http://127.0.0.1:$iport" "$work/$name.lp" --api v1 --db "$target" --batch-bytes "$bb" --concurrency "$cc")
+      else
+        ceil=$(python3 scripts/write-ceiling.py "http://127.0.0.1:$vport" "$work/$name.lp" --api v2 --bucket "$target" --batch-bytes "$bb" --concurrency "$cc")
+      fi
+      lps=$(echo "$ceil" | sed -n 's/.*: \([0-9]*\) lines\/s/\1/p')
+      if [ "${lps:-0}" -gt "$lines_per_s" ]; then lines_per_s=$lps; best_at="$((bb / 1024))KiB×$cc"; fi
+    done
+    python3 - "$db" "$out" "$ppr" "$total" "$s0" "$s1" "$scpu" "$db0" "$db1" "$lines_per_s" "$best_at" <<'PY'
 import sys
-db, out, ppr, total, s0, s1, scpu, db0, db1, lps = sys.argv[1:]
+db, out, ppr, total, s0, s1, scpu, db0, db1, lps, best_at = sys.argv[1:]
 ppr, total = int(ppr), int(total)
 rate = total / (float(s1) - float(s0))
 ceiling = float(lps) / ppr
 names = {"vm": "VictoriaMetrics", "influx": "InfluxDB 1.6"}
 print(f"{names[db]:<16} {out:<8} {ppr:>7} {rate:>12,.0f} {float(scpu):>10.1f} {total / float(scpu):>14,.0f} "
-      f"{float(db1) - float(db0):>9.1f} {ceiling:>14,.0f} {rate / ceiling:>7.0%}")
+      f"{float(db1) - float(db0):>9.1f} {ceiling:>14,.0f} {rate / ceiling:>7.0%}  {best_at}")
 PY
   done
 done

@@ -133,6 +133,21 @@ pub struct Schema {
     device_key: String,
 }
 
+impl json::Fields for Schema {
+    fn count(&self) -> usize {
+        self.features.len()
+    }
+    fn position(&self, key: &str, hint: usize) -> Option<usize> {
+        Schema::position(self, key, hint)
+    }
+    fn name(&self, i: usize) -> &str {
+        &self.features[i]
+    }
+    fn device_key(&self) -> &str {
+        &self.device_key
+    }
+}
+
 impl Schema {
     /// Schema of a configured stream.
     pub fn from_stream(stream: &StreamConfig) -> Self {
@@ -165,6 +180,18 @@ impl Schema {
         match self.features.get(hint) {
             Some(f) if self.unique && f == feature => Some(hint),
             _ => self.index.get(feature).copied(),
+        }
+    }
+
+    /// The error of a `values` entry the JSON reader could not use.
+    fn unusable(&self, u: json::Unusable) -> DecodeError {
+        match u.why {
+            None => self.unknown(&u.feature),
+            Some(json::Bad::NotFinite) => DecodeError::NotFinite(u.feature),
+            Some(json::Bad::WrongType(found)) => DecodeError::WrongType {
+                feature: u.feature,
+                found: found.into(),
+            },
         }
     }
 
@@ -248,7 +275,9 @@ impl Schema {
         };
         let ts = json_ts(message.ts)?;
         let values = match (message.values, message.features) {
-            (Some(Json::Object), Some(features)) => features.into_values(self)?,
+            (Some(Json::Object), Some(features)) => {
+                features.into_values(self).map_err(|u| self.unusable(u))?
+            }
             (Some(other), _) => {
                 return Err(DecodeError::InvalidJson(format!(
                     "\"values\" must be an object, found {}",

@@ -8,10 +8,31 @@
 //! same recursion limit, and among bad `values` entries the first in key order is reported
 //! (a `Value` object is a map sorted by key: serde_json's `preserve_order` is off).
 
-use super::{DecodeError, Schema};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
+
+/// What the reader needs to know of a stream's schema (the decoder's `Schema` implements it;
+/// this module does not reach back up for it).
+pub(super) trait Fields {
+    /// Number of features.
+    fn count(&self) -> usize;
+    /// Index of a feature, looked for first at `hint`.
+    fn position(&self, key: &str, hint: usize) -> Option<usize>;
+    /// Name of feature `i`.
+    fn name(&self, i: usize) -> &str;
+    /// The key that names the device.
+    fn device_key(&self) -> &str;
+}
+
+/// Why a `values` object cannot be read: the first bad or unknown entry in key order.
+#[derive(Debug)]
+pub(super) struct Unusable {
+    /// The entry's key.
+    pub feature: String,
+    /// What is wrong with its value; `None`: the key is not a feature.
+    pub why: Option<Bad>,
+}
 
 /// The top-level fields a message may have, each as its last occurrence left it.
 #[derive(Debug, Default)]
@@ -47,7 +68,7 @@ impl<'de> Message<'de> {
 
 /// Parses a payload; `None` when it is valid JSON but not an object.
 pub(super) fn parse<'de>(
-    schema: &Schema,
+    schema: &dyn Fields,
     payload: &'de [u8],
 ) -> Result<Option<Message<'de>>, serde_json::Error> {
     // Checking the payload is UTF-8 at once is cheaper than string by string; a payload that
@@ -59,7 +80,7 @@ pub(super) fn parse<'de>(
 }
 
 fn read<'de, R: serde_json::de::Read<'de>>(
-    schema: &Schema,
+    schema: &dyn Fields,
     mut de: serde_json::Deserializer<R>,
 ) -> Result<Option<Message<'de>>, serde_json::Error> {
     let mut message = Message::default();
@@ -110,22 +131,23 @@ pub(super) struct Features<'de> {
 
 /// Why a feature's value is unusable.
 #[derive(Debug, Clone, Copy)]
-enum Bad {
+pub(super) enum Bad {
     NotFinite,
     WrongType(&'static str),
 }
 
 impl<'de> Features<'de> {
-    fn new(schema: &Schema) -> Self {
+    fn new(schema: &dyn Fields) -> Self {
         Self {
-            values: schema.absent(),
+            // NaN until set (only finite values are), so NaN means "absent".
+            values: vec![f32::NAN; schema.count()],
             bad: Vec::new(),
             unknown: None,
             next: 0,
         }
     }
 
-    fn set(&mut self, schema: &Schema, key: Cow<'de, str>, value: &Json<'de>) {
+    fn set(&mut self, schema: &dyn Fields, key: Cow<'de, str>, value: &Json<'de>) {
         let Some(i) = schema.position(&key, self.next) else {
             if self.unknown.as_deref().is_none_or(|u| *key < *u) {
                 self.unknown = Some(key);
@@ -150,25 +172,17 @@ impl<'de> Features<'de> {
         self.bad.push((i, why));
     }
 
-    /// The values in schema order (NaN where absent), or the error of the first bad entry in
-    /// key order.
-    pub fn into_values(self, schema: &Schema) -> Result<Vec<f32>, DecodeError> {
-        let bad = self
-            .bad
-            .iter()
-            .map(|&(i, why)| (schema.features[i].as_str(), Some(why)));
+    /// The values in schema order (NaN where absent), or the first bad entry in key order.
+    pub fn into_values(self, schema: &dyn Fields) -> Result<Vec<f32>, Unusable> {
+        let bad = self.bad.iter().map(|&(i, why)| (schema.name(i), Some(why)));
         let unknown = self.unknown.as_deref().map(|key| (key, None));
-        let Some((name, why)) = bad.chain(unknown).min_by(|a, b| a.0.cmp(b.0)) else {
-            return Ok(self.values);
-        };
-        Err(match why {
-            None => schema.unknown(name),
-            Some(Bad::NotFinite) => DecodeError::NotFinite(name.to_string()),
-            Some(Bad::WrongType(found)) => DecodeError::WrongType {
+        match bad.chain(unknown).min_by(|a, b| a.0.cmp(b.0)) {
+            None => Ok(self.values),
+            Some((name, why)) => Err(Unusable {
                 feature: name.to_string(),
-                found: found.into(),
-            },
-        })
+                why,
+            }),
+        }
     }
 }
 
@@ -215,7 +229,7 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
 /// it sets, kept in the slot given. Arrays and objects are walked with `deserialize_any`, as a
 /// `Value` is, so that serde_json's recursion limit applies the same way (`IgnoredAny` would
 /// skip any depth).
-struct Any<'a, 'de>(Option<(&'a Schema, &'a mut Option<Features<'de>>)>);
+struct Any<'a, 'de>(Option<(&'a dyn Fields, &'a mut Option<Features<'de>>)>);
 
 impl<'de> DeserializeSeed<'de> for Any<'_, 'de> {
     type Value = Json<'de>;
@@ -279,7 +293,7 @@ impl<'de> Visitor<'de> for Any<'_, 'de> {
 
 /// Reads the payload's top-level value: an object into the [`Message`] given (`true`),
 /// anything else is skipped (`false`).
-struct Top<'a, 'de>(&'a Schema, &'a mut Message<'de>);
+struct Top<'a, 'de>(&'a dyn Fields, &'a mut Message<'de>);
 
 impl<'de> Visitor<'de> for Top<'_, 'de> {
     type Value = bool;
@@ -313,7 +327,7 @@ impl<'de> Visitor<'de> for Top<'_, 'de> {
         while let Some(Key(key)) = map.next_key()? {
             let features = (key == "values").then_some((schema, &mut message.features));
             let value = map.next_value_seed(Any(features))?;
-            message.keep(&key, value, &schema.device_key);
+            message.keep(&key, value, schema.device_key());
         }
         Ok(true)
     }

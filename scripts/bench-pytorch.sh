@@ -17,6 +17,10 @@
 #                  https://download.pytorch.org/whl/cpu (CPU-only wheels, ~200 MB). PyPI's Linux
 #                  wheel pulls in the CUDA libraries: ~3 GB to download, ~5.5 GB on disk.
 #   PYTHON         interpreter for the venv (default: python3)
+#
+# ISA=avx2 measures both sides' AVX2 code on a machine with AVX-512: `sensorcast bench --isa
+# avx2`, and PyTorch with ATEN_CPU_CAPABILITY=avx2 and MKL_ENABLE_INSTRUCTIONS=AVX2 (its own
+# and MKL's dispatch). The default is each side's best.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +46,11 @@ pin=()
 if command -v taskset >/dev/null 2>&1; then pin=(taskset -c 0); fi
 # One thread for every library PyTorch may use.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+isa=()
+if [ "${ISA:-}" = avx2 ]; then
+  isa=(--isa avx2)
+  export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+fi
 
 value() { sed -n "s/^$1=\([0-9.]*\).*/\1/p" | head -n1; }
 
@@ -49,7 +58,7 @@ echo "machine: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1), $
 ours=()
 theirs=()
 for r in $(seq 1 "$rounds"); do
-  out=$("${pin[@]}" "$bin" bench "${shape[@]}")
+  out=$("${pin[@]}" "$bin" bench "${shape[@]}" "${isa[@]}")
   [ "$r" = 1 ] && echo "sensorcast: $(head -n1 <<<"$out"); $(grep -E '^(events|phases_pct)' <<<"$out" | tr '\n' ' ')"
   ours+=("$(value events_per_s <<<"$out")")
   out=$("${pin[@]}" "$venv/bin/python" scripts/bench_pytorch.py "${shape[@]}" --threads 1)

@@ -30,7 +30,7 @@ enum Command {
     /// Run the streaming engine over a file in time order and write its outputs.
     Replay(commands::replay::ReplayArgs),
     /// Measure the engine alone on a synthetic fleet (no I/O).
-    Bench(sensorcast::tools::bench::BenchSpec),
+    Bench(commands::bench::BenchArgs),
     /// Run the service: consume readings from Kafka, write forecasts and scores to InfluxDB.
     Serve(commands::serve::ServeArgs),
     /// Produce the synthetic fleet to Kafka or write it to a file.

@@ -1,10 +1,41 @@
 //! `sensorcast bench`: the engine alone on a synthetic fleet.
 
 use super::*;
+use crate::engine::kernel::Isa;
 
-pub fn run(spec: BenchSpec) -> anyhow::Result<ExitCode> {
+/// `sensorcast bench` arguments: the shape, and the kernel's instruction set.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub spec: BenchSpec,
+    /// Instruction set of the kernel: the best this CPU has, or a lower one, to measure that
+    /// code path on this machine (all give the same bits).
+    #[arg(long, value_enum, default_value_t = IsaChoice::Best)]
+    pub isa: IsaChoice,
+}
+
+/// `--isa`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsaChoice {
+    Best,
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     init_logging(None);
-    let r = crate::tools::bench::run(&spec).context("benchmark failed")?;
+    let isa = match args.isa {
+        IsaChoice::Best => Some(Isa::detect()),
+        IsaChoice::Avx512 => Isa::avx512(),
+        IsaChoice::Avx2 => Isa::avx2(),
+        IsaChoice::Portable => Some(Isa::PORTABLE),
+    };
+    let Some(isa) = isa else {
+        anyhow::bail!("--isa {:?}: this CPU does not have it", args.isa);
+    };
+    let spec = args.spec;
+    let r = crate::tools::bench::run_on(&spec, isa).context("benchmark failed")?;
     let BenchSpec {
         devices,
         steps,

@@ -1,6 +1,7 @@
 //! `sensorcast bench`: a synthetic fleet through the engine only (no I/O), reporting events
 //! per second and state bytes per device. Shared with the criterion benchmark.
 
+use crate::engine::kernel::Isa;
 use crate::engine::testing::{Shape, settings, synthetic_model, synthetic_readings};
 use crate::engine::{BatchOutput, Engine, InferenceModel, Outcome};
 use std::sync::Arc;
@@ -74,7 +75,7 @@ pub struct BenchResult {
     /// Time spent in the engine.
     pub elapsed: Duration,
     /// Instruction set used.
-    pub isa: crate::engine::kernel::Isa,
+    pub isa: Isa,
     /// Where the engine's time went, by phase of its waves (of a second run, measured: the
     /// first is timed as a whole only).
     pub phases: crate::engine::PhaseTimes,
@@ -86,11 +87,17 @@ pub struct BenchResult {
 
 /// Runs the benchmark.
 pub fn run(spec: &BenchSpec) -> Result<BenchResult, crate::engine::RunError> {
+    run_on(spec, Isa::detect())
+}
+
+/// [`run`] with the kernel on instruction set `isa` (a lower one than the CPU's best measures
+/// that code path on this machine).
+pub fn run_on(spec: &BenchSpec, isa: Isa) -> Result<BenchResult, crate::engine::RunError> {
     let model = calibrated_model(spec)?;
     let readings = synthetic_readings(spec.devices, spec.steps, spec.features);
     let settings = settings();
     let learning = settings.warmup as usize + settings.detect.learning as usize;
-    let mut engine = Engine::new(Arc::clone(&model), settings)?;
+    let mut engine = Engine::new(Arc::clone(&model), settings)?.with_isa(isa);
     let mut out = BatchOutput::default();
     let mut scored = 0;
     let rss0 = rss_bytes();
@@ -105,7 +112,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, crate::engine::RunError> {
     }
     let elapsed = start.elapsed();
     let rss = rss_bytes().saturating_sub(rss0);
-    let (phases, phases_of) = phase_run(spec, &model, &readings)?;
+    let (phases, phases_of) = phase_run(spec, &model, &readings, isa)?;
     Ok(BenchResult {
         events_per_s: scored as f64 / elapsed.as_secs_f64().max(1e-9),
         state_bytes_per_device: engine.state_heap_bytes() / spec.devices.max(1),
@@ -114,7 +121,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, crate::engine::RunError> {
         fully_scored: spec.devices * spec.steps.saturating_sub(learning),
         devices: engine.devices(),
         elapsed,
-        isa: crate::engine::kernel::Isa::detect(),
+        isa,
         phases,
         phases_of,
         calibrated: model.calibration.is_some(),
@@ -127,8 +134,9 @@ fn phase_run(
     spec: &BenchSpec,
     model: &Arc<InferenceModel>,
     readings: &[crate::decode::Reading],
+    isa: Isa,
 ) -> Result<(crate::engine::PhaseTimes, Duration), crate::engine::RunError> {
-    let mut engine = Engine::new(Arc::clone(model), settings())?;
+    let mut engine = Engine::new(Arc::clone(model), settings())?.with_isa(isa);
     engine.time_phases();
     let mut out = BatchOutput::default();
     let start = Instant::now();

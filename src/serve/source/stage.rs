@@ -110,8 +110,9 @@ impl SourceStage {
                 msg = async { s.consumer.recv().await.map(|m| m.detach()) }, if take => {
                     let mut next = Some(msg);
                     // Then what librdkafka already holds, without a round of this loop (its
-                    // timers and clock reads) per message: up to a full batch, and never
-                    // across a rebalance.
+                    // timers and clock reads) per message: up to a full batch, never across a
+                    // rebalance, and never past an error (back to the loop, which sees a stop
+                    // and keeps its timers, while the broker is away).
                     while let Some(msg) = next.take() {
                         match msg {
                             Ok(m) => st.take(m, (&s.assignment, &s.decoder, &s.dead_letters, &s.readings_in)),
@@ -119,6 +120,7 @@ impl SourceStage {
                                 if let Some(suppressed) = errors.check("consumer", Duration::from_secs(10)) {
                                     tracing::warn!(error = %e, suppressed, "Kafka consumer error");
                                 }
+                                break;
                             }
                         }
                         if st.room(s.max_batch) && s.assignment.generation() == st.generation {

@@ -213,7 +213,7 @@ struct Verdict {
 /// largest residual so far in `z`, and returns the largest |z|. With `learn` (the calibration's
 /// weight), folds the squared residual into `calib`, capped at 5σ so that a fault does not
 /// teach the device that faults are normal. Each pass is a plain loop over the features,
-/// without a branch, so that it runs as vector code.
+/// without a branch, so that the compiler can run it as vector code (the first one it does).
 fn judge(
     (x, mean, sigma): (&[f32], &[f32], &[f32]),
     calib: &mut [f32],
@@ -811,11 +811,11 @@ impl Engine {
     }
 }
 
-/// Whether every value is finite; without an early exit, so that it runs as vector code (the
-/// values are nearly always finite).
+/// Whether every value is finite; without an early exit, so that it can run as vector code
+/// (the values are nearly always finite).
 fn all_finite(v: &[f32]) -> bool {
-    // Non-finite: every exponent bit set (the integer test vectorises where `is_finite` did
-    // not).
+    // Non-finite: every exponent bit set (an integer test, which the compiler can run as
+    // vector code).
     const EXPONENT: u32 = 0x7f80_0000;
     !v.iter()
         .fold(false, |bad, x| bad | (x.to_bits() & EXPONENT == EXPONENT))

@@ -134,8 +134,8 @@ pub struct Schema {
 }
 
 impl json::Fields for Schema {
-    fn count(&self) -> usize {
-        self.features.len()
+    fn absent(&self) -> Vec<f32> {
+        Schema::absent(self)
     }
     fn position(&self, key: &str, hint: usize) -> Option<usize> {
         Schema::position(self, key, hint)

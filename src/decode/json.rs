@@ -15,8 +15,8 @@ use std::fmt;
 /// What the reader needs to know of a stream's schema (the decoder's `Schema` implements it;
 /// this module does not reach back up for it).
 pub(super) trait Fields {
-    /// Number of features.
-    fn count(&self) -> usize;
+    /// One value per feature, each NaN ("absent") until set.
+    fn absent(&self) -> Vec<f32>;
     /// Index of a feature, looked for first at `hint`.
     fn position(&self, key: &str, hint: usize) -> Option<usize>;
     /// Name of feature `i`.
@@ -139,8 +139,7 @@ pub(super) enum Bad {
 impl<'de> Features<'de> {
     fn new(schema: &dyn Fields) -> Self {
         Self {
-            // NaN until set (only finite values are), so NaN means "absent".
-            values: vec![f32::NAN; schema.count()],
+            values: schema.absent(),
             bad: Vec::new(),
             unknown: None,
             next: 0,

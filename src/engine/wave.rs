@@ -42,8 +42,8 @@ pub(super) struct Scratch {
     s_joint: Vec<f64>,
     /// The forecast σ of each value of the head (normalised units), for keeping forecasts.
     sigma: Vec<f32>,
-    /// Each feature's √calibration and standard deviation, for the bands.
-    spread: Vec<(f32, f32)>,
+    /// Each feature's √calibration, for the bands.
+    spread: Vec<f32>,
 }
 
 impl Scratch {
@@ -765,22 +765,16 @@ impl Engine {
         sl.pred_sigma[near.clone()].copy_from_slice(&sigma[..nf]);
         sl.far_mean[ring..ring + nf].copy_from_slice(&head[far..far + nf]);
         sl.far_sigma[ring..ring + nf].copy_from_slice(&sigma[far..far + nf]);
-        // Each feature's band per unit of forecast σ, the same at every step ahead.
+        // Each feature's √calibration, the same at every step ahead.
         spread.clear();
-        spread.extend(
-            sl.calib[near]
-                .iter()
-                .map(|c| c.sqrt())
-                .zip(&model.std)
-                .map(|(c, std)| (c, *std)),
-        );
+        spread.extend(sl.calib[near].iter().map(|c| c.sqrt()));
         let fc = &mut out.forecasts[row.index * out.per..(row.index + 1) * out.per];
         for (fc, (mean, sigma)) in fc
             .chunks_exact_mut(3 * nf)
             .zip(head[..hf].chunks_exact(nf).zip(sigma.chunks_exact(nf)))
         {
             for f in 0..nf {
-                let (c, std) = spread[f];
+                let (c, std) = (spread[f], model.std[f]);
                 let yhat = mean[f] * std + model.mean[f];
                 let half = Z90 * sigma[f] * c * std;
                 fc[3 * f] = yhat;

@@ -5,7 +5,8 @@ Reads `perf report --no-children --sort dso,sym --stdio --percent-limit 0` from 
 the samples of each symbol into the part of sensorcast (or the library) it belongs to, so that
 `scripts/profile-serve.sh` can say where each CPU-second of `serve` goes. A symbol is put in
 the first group whose pattern it matches; the patterns are plain substrings of the demangled
-name or of the shared object, in the order below.
+name or of the shared object, in the order below (and a C symbol starting with rd_ is
+librdkafka's).
 
 Usage: perf report ... | scripts/profile_groups.py
 """
@@ -15,7 +16,7 @@ import sys
 
 # (group, substrings of the symbol or its shared object), first match wins.
 GROUPS = [
-    ("kafka client (librdkafka, rdkafka)", ["librdkafka", "rdkafka::", "rd_kafka", "rd_", "lz4", "zstd", "snappy"]),
+    ("kafka client (librdkafka, rdkafka)", ["librdkafka", "rdkafka::", "lz4", "zstd", "snappy"]),
     ("decode (JSON, line protocol)", ["sensorcast::decode", "serde_json::", "json::"]),
     ("engine: LSTM kernel", ["engine::kernel"]),
     ("engine: scoring and state", ["sensorcast::engine", "score::", "detect::"]),
@@ -24,7 +25,7 @@ GROUPS = [
     ("telemetry", ["sensorcast::telemetry", "prometheus"]),
     ("serve stages and checkpoints", ["sensorcast::serve", "sensorcast::state", "crc32"]),
     ("tokio runtime", ["tokio::", "mio::", "parking_lot", "futures_"]),
-    ("allocator", ["malloc", "free", "_int_", "realloc", "calloc", "cfree", "alloc::alloc"]),
+    ("allocator", ["malloc", "_free", "cfree", "_int_", "realloc", "calloc", "alloc::alloc"]),
     ("memory copies (libc)", ["memmove", "memcpy", "memset", "memcmp", "strlen"]),
     ("maths (libm)", ["libm.so", "libm-"]),
     ("operating system (kernel)", ["[kernel", "[k]"]),
@@ -36,6 +37,9 @@ def group_of(dso: str, kind: str, sym: str) -> str:
     text = f"{dso} {sym}"
     if kind == "k":
         return "operating system (kernel)"
+    # librdkafka's C functions (statically linked into the binary) all start with rd_.
+    if sym.startswith("rd_"):
+        return "kafka client (librdkafka, rdkafka)"
     for name, pats in GROUPS:
         if any(p in text for p in pats):
             return name

@@ -95,9 +95,9 @@ struct ForecastEvidence {
     likelihood: f64,
     /// Largest squared standardised residual (once warm).
     stat: Option<f64>,
-    /// p-value of the forecast residuals (once warm).
+    /// p-value of the forecast residuals (once warm, where it counts).
     p: Option<f64>,
-    /// p-value of the drift of the one-step residuals (once warm).
+    /// p-value of the drift of the one-step residuals (once warm, where it counts).
     p_drift: Option<f64>,
 }
 
@@ -106,15 +106,45 @@ struct ForecastEvidence {
 struct DeviationEvidence {
     /// Largest squared standardised departure (once learnt).
     stat: Option<f64>,
-    /// p-value of the departures (once learnt).
+    /// p-value of the departures (once learnt, where it counts).
     p: Option<f64>,
     /// Joint distance of the departures (once learnt, with a joint calibration).
     joint_stat: Option<f64>,
-    /// p-value of the joint distance.
+    /// p-value of the joint distance (where it counts).
     p_joint: Option<f64>,
 }
 
-/// The pieces of evidence that count, in a fixed order.
+/// Which pieces of evidence count under an [`Evidence`] setting. Only those are turned into
+/// p-values; the others' statistics are still measured (for calibration in training, the drift
+/// state and the settle rule), which costs no tail look-up and no exponential.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    forecast: bool,
+    drift: bool,
+    deviation: bool,
+    joint: bool,
+}
+
+impl Counted {
+    fn of(evidence: Evidence) -> Self {
+        let (forecast, drift, deviation, joint) = match evidence {
+            Evidence::Default => (true, false, true, true),
+            Evidence::All => (true, true, true, true),
+            Evidence::Forecast => (true, false, false, false),
+            Evidence::Drift => (false, true, false, false),
+            Evidence::Deviation => (false, false, true, false),
+            Evidence::Joint => (false, false, false, true),
+        };
+        Self {
+            forecast,
+            drift,
+            deviation,
+            joint,
+        }
+    }
+}
+
+/// The pieces of evidence that count (the p-values [`Counted`] asked for), in a fixed order.
 #[derive(Debug, Clone, Copy)]
 struct Chosen {
     forecast: Option<f64>,
@@ -124,22 +154,12 @@ struct Chosen {
 }
 
 impl Chosen {
-    /// The pieces the configured [`Evidence`] combines; the others are measured (and recorded
-    /// for calibration) but do not count.
-    fn of(evidence: Evidence, fe: &ForecastEvidence, de: &DeviationEvidence) -> Self {
-        let (forecast, drift, deviation, joint) = match evidence {
-            Evidence::Default => (fe.p, None, de.p, de.p_joint),
-            Evidence::All => (fe.p, fe.p_drift, de.p, de.p_joint),
-            Evidence::Forecast => (fe.p, None, None, None),
-            Evidence::Drift => (None, fe.p_drift, None, None),
-            Evidence::Deviation => (None, None, de.p, None),
-            Evidence::Joint => (None, None, None, de.p_joint),
-        };
+    fn of(fe: &ForecastEvidence, de: &DeviationEvidence) -> Self {
         Self {
-            forecast,
-            drift,
-            deviation,
-            joint,
+            forecast: fe.p,
+            drift: fe.p_drift,
+            deviation: de.p,
+            joint: de.p_joint,
         }
     }
 }
@@ -414,7 +434,7 @@ impl Engine {
         let seen = self.slots.seen[slot];
         let de = self.deviation_evidence(model, row, seen);
         self.record_evidence(nf, row, &fe, &de, out);
-        let chosen = Chosen::of(self.settings.detect.evidence, &fe, &de);
+        let chosen = Chosen::of(&fe, &de);
         // The settle rule compares how far the device is from its normal: the joint
         // distance, or the largest standardised departure, in the statistic's own units
         // (an onset's forecast surprise is no yardstick for how far the level moved, and
@@ -556,11 +576,14 @@ impl Engine {
             *z = (*z * *z).copysign(*z);
         }
         let calibration = model.calibration.as_ref();
-        fe.p = Some(detect::feature_surprisals(
-            calibration.map(|c| c.forecast.as_slice()),
-            &sc.z,
-            &mut sc.s_fc,
-        ));
+        let counted = Counted::of(self.settings.detect.evidence);
+        if counted.forecast {
+            fe.p = Some(detect::feature_surprisals(
+                calibration.map(|c| c.forecast.as_slice()),
+                &sc.z,
+                &mut sc.s_fc,
+            ));
+        }
         let lr = self.settings.detect.drift_smoothing;
         let norm = lr / (2.0 - lr);
         for ((r, z), q) in sl.drift[near].iter_mut().zip(&sc.znear).zip(&mut sc.qdrift) {
@@ -568,11 +591,13 @@ impl Engine {
             *r = v as f32;
             *q = (v * v / norm).copysign(v);
         }
-        fe.p_drift = Some(detect::feature_surprisals(
-            calibration.map(|c| c.drift.as_slice()),
-            &sc.qdrift,
-            &mut sc.s_dr,
-        ));
+        if counted.drift {
+            fe.p_drift = Some(detect::feature_surprisals(
+                calibration.map(|c| c.drift.as_slice()),
+                &sc.qdrift,
+                &mut sc.s_dr,
+            ));
+        }
         fe
     }
 
@@ -610,18 +635,21 @@ impl Engine {
             return de;
         }
         let calibration = model.calibration.as_ref();
-        de.p = Some(detect::feature_surprisals(
-            calibration.map(|c| c.deviation.as_slice()),
-            &sc.parts,
-            &mut sc.s_dev,
-        ));
+        let counted = Counted::of(self.settings.detect.evidence);
+        if counted.deviation {
+            de.p = Some(detect::feature_surprisals(
+                calibration.map(|c| c.deviation.as_slice()),
+                &sc.parts,
+                &mut sc.s_dev,
+            ));
+        }
         if let Some(joint) = calibration.and_then(|c| c.joint.as_ref()) {
             sc.zjoint.clear();
             sc.zjoint
                 .extend(sc.parts.iter().map(|q| q.abs().sqrt().copysign(*q)));
             let d = joint.parts(&sc.zjoint, &mut sc.s_joint);
             de.joint_stat = Some(d);
-            de.p_joint = Some(joint.tail.survival(d));
+            de.p_joint = counted.joint.then(|| joint.tail.survival(d));
         }
         de
     }
@@ -638,14 +666,14 @@ impl Engine {
         let sc = &self.scratch;
         let ev = &mut out.evidence[row.index * 3 * nf..(row.index + 1) * 3 * nf];
         for f in 0..nf {
-            let (fc, dr) = if fe.p.is_some() {
+            let (fc, dr) = if fe.stat.is_some() {
                 (sc.z[f].abs() as f32, sc.qdrift[f].abs() as f32)
             } else {
                 (f32::NAN, f32::NAN)
             };
             ev[f] = fc;
             ev[nf + f] = dr;
-            ev[2 * nf + f] = if de.p.is_some() {
+            ev[2 * nf + f] = if de.stat.is_some() {
                 sc.parts[f] as f32
             } else {
                 f32::NAN

@@ -31,7 +31,9 @@ pub fn normal_cdf(x: f64) -> f64 {
 /// for a reading far outside them.
 pub fn score_from_max_z(max_abs_z: f64, n: usize) -> f64 {
     let p = erfc(max_abs_z / std::f64::consts::SQRT_2).clamp(0.0, 1.0);
-    (n as f64 * (-p).ln_1p()).exp()
+    // (1 − p)ⁿ by multiplication: n is small (the features judged), and no logarithm and
+    // exponential are needed for it.
+    (1.0 - p).powi(i32::try_from(n).unwrap_or(i32::MAX))
 }
 
 /// Per-device score statistics: a short-term average of scores and the running mean and

@@ -28,9 +28,10 @@ fn push_tag(out: &mut String, s: &str) {
 
 /// Appends an operator's verdict on an alarm to its `anomaly_event` point (same series and
 /// timestamp, so the point gains the fields): `verdict`, `labelled_by`, `label_note` (line
-/// breaks in them become spaces) and `labelled_at` (ns).
-pub fn write_verdict(out: &mut String, label: &crate::labels::Label) {
-    let Ok(span) = label.span() else { return };
+/// breaks in them become spaces) and `labelled_at` (ns). Returns the points written (0 for a
+/// label without a valid span).
+pub fn write_verdict(out: &mut String, label: &crate::labels::Label) -> usize {
+    let Ok(span) = label.span() else { return 0 };
     out.push_str("anomaly_event,stream=");
     push_tag(out, &label.stream);
     out.push_str(",device=");
@@ -49,6 +50,7 @@ pub fn write_verdict(out: &mut String, label: &crate::labels::Label) {
     out.push_str("i ");
     push_i64(out, span.at);
     out.push('\n');
+    1
 }
 
 /// Writes a string field value with its quotes escaped.

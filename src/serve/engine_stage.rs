@@ -176,14 +176,15 @@ impl EngineStage {
     /// The points of the operators' verdicts labelled since the last call, if any (labels of
     /// streams this instance does not serve are left to the instances that do).
     fn verdicts(&mut self) -> Option<OutBatch> {
-        let mut body = String::new();
+        let (mut body, mut points) = (String::new(), 0);
         for l in self.labels.as_mut()?.poll() {
             if self.names.contains(&l.stream) {
-                crate::output::write_verdict(&mut body, &l);
+                points += crate::output::write_verdict(&mut body, &l) as u64;
             }
         }
         (!body.is_empty()).then(|| OutBatch {
             body,
+            points,
             msg_ts: Vec::new(),
             dead_letters: Vec::new(),
         })
@@ -320,15 +321,14 @@ impl EngineStage {
         // Sized from the last body, so that a batch's line protocol is not copied again and
         // again as it grows (a body of megabytes doubled its way up from nothing).
         let mut body = String::with_capacity(self.body_hint + self.body_hint / 8);
+        let mut points = 0;
         for i in 0..self.engines.len() {
             if self.per_stream[i].0.is_empty() {
                 continue;
             }
             let (readings, shards) = std::mem::take(&mut self.per_stream[i]);
             let silent = std::mem::take(&mut self.silent[i]);
-            if !self.step_stream(i, &readings, &shards, &silent, &mut body) {
-                return None;
-            }
+            points += self.step_stream(i, &readings, &shards, &silent, &mut body)?;
             self.silent[i] = silent;
             self.silent[i].clear();
             let mut reuse = (readings, shards);
@@ -355,11 +355,14 @@ impl EngineStage {
         self.body_hint = body.len();
         Some(OutBatch {
             body,
+            points,
             msg_ts: batch.msg_ts,
             dead_letters: batch.dead_letters,
         })
     }
 
+    /// Steps stream `i`'s readings and appends their points to `body`; returns how many
+    /// (`None`: a reading does not fit the model, and the stage stops).
     fn step_stream(
         &mut self,
         i: usize,
@@ -367,7 +370,7 @@ impl EngineStage {
         shards: &[u32],
         silent: &[bool],
         body: &mut String,
-    ) -> bool {
+    ) -> Option<u64> {
         // The device budget is the instance's: what the other streams hold is taken.
         let others: usize = (0..self.engines.len())
             .filter(|&j| j != i)
@@ -397,7 +400,7 @@ impl EngineStage {
                 &self.outputs[i],
             )
         });
-        let mut stale = 0;
+        let (mut stale, mut points) = (0, 0);
         // A device switches between two chunks; during a swap a chunk holds each device at
         // most once, so that it switches at the very reading it is re-warmed at, also when a
         // backlog brings many readings of it at once. (Batching never changes the outputs.)
@@ -411,13 +414,13 @@ impl EngineStage {
             let (chunk, chunk_shards) = (&readings[range.clone()], &shards[range]);
             if let Err(e) = engine.process_sharded(chunk, chunk_shards, &mut self.out) {
                 tracing::error!(error = %e, stream = %self.names[i], "reading does not fit the model; stopping");
-                return false;
+                return None;
             }
             if let Some(sw) = swap.as_mut() {
                 sw.old.set_max_devices(budget);
                 if let Err(e) = sw.old.process_sharded(chunk, chunk_shards, &mut sw.out) {
                     tracing::error!(error = %e, stream = %self.names[i], "reading does not fit the previous model; stopping");
-                    return false;
+                    return None;
                 }
             }
             for (j, r) in chunk.iter().enumerate() {
@@ -429,7 +432,7 @@ impl EngineStage {
                     // Caught up silently: another member wrote this reading's points.
                     Outcome::Scored(_) if silent.get(start + j).is_some_and(|s| *s) => {}
                     Outcome::Scored(_) => {
-                        fmt.write_line_protocol(body, r, out, j);
+                        points += fmt.write_line_protocol(body, r, out, j) as u64;
                     }
                     Outcome::Stale { .. } => stale += 1,
                     Outcome::Refused => {
@@ -452,13 +455,13 @@ impl EngineStage {
             let caught_up = |e: &SilentEvent| silent.get(start + e.reading).is_some_and(|s| *s);
             for e in self.out.silent.iter().filter(|e| !caught_up(e)) {
                 if !swap.as_ref().is_some_and(|sw| sw.writes(&e.device)) {
-                    fmt.write_silent_event(body, e);
+                    points += fmt.write_silent_event(body, e) as u64;
                 }
             }
             if let (Some(sw), Some(old_fmt)) = (&swap, &old_fmt) {
                 for e in sw.out.silent.iter().filter(|e| !caught_up(e)) {
                     if sw.writes(&e.device) {
-                        old_fmt.write_silent_event(body, e);
+                        points += old_fmt.write_silent_event(body, e) as u64;
                     }
                 }
             }
@@ -468,7 +471,7 @@ impl EngineStage {
         }
         self.swaps[i] = swap;
         self.publish_counters(i, stale);
-        true
+        Some(points)
     }
 
     /// Brings stream `i`'s metrics up to its engine's counters (`stale`: readings found stale
@@ -1124,12 +1127,17 @@ mod tests {
         out
     }
 
+    /// A batch's body, checked against the points it says it holds (the sink trusts them).
+    fn counted(out: OutBatch) -> String {
+        assert_eq!(out.body.lines().count() as u64, out.points, "points as written");
+        out.body
+    }
+
     fn bodies(stage: &mut EngineStage, park: bool) -> (String, usize) {
         let mut text = String::new();
         let mut most_parked = 0;
         for b in batches() {
-            let out = stage.step(b).expect("step");
-            text.push_str(&out.body);
+            text.push_str(&counted(stage.step(b).expect("step")));
             if park {
                 stage.park_idle();
                 most_parked = most_parked.max(stage.parked.values().map(ParkedLog::devices).sum());
@@ -1199,7 +1207,7 @@ mod tests {
         let mut body = String::new();
         let mut all = all.into_iter();
         for b in all.by_ref().take(cut) {
-            body.push_str(&st.step(b).expect("step").body);
+            body.push_str(&counted(st.step(b).expect("step")));
         }
         let before = anomaly_points(&body).len();
         let before_swap: Vec<usize> = (0..8)
@@ -1218,7 +1226,7 @@ mod tests {
         assert!(mid.iter().all(|c| c.header.model == "v1"));
         assert_eq!(mid.iter().map(|c| c.header.devices).sum::<u64>(), 8);
         for b in all {
-            body.push_str(&st.step(b).expect("step").body);
+            body.push_str(&counted(st.step(b).expect("step")));
         }
         let points = anomaly_points(&body);
         assert_eq!(points.len(), readings, "one anomaly point per reading");
@@ -1298,7 +1306,7 @@ mod tests {
         assert_eq!(b.engines[0].devices(), 0);
         let mut body = String::new();
         for batch in all {
-            body.push_str(&b.step(batch).expect("step").body);
+            body.push_str(&counted(b.step(batch).expect("step")));
         }
         let points = anomaly_points(&body);
         let first = points.iter().find(|p| p.2 == "v2").expect("switched");
@@ -1375,8 +1383,8 @@ mod tests {
                 offsets: batch.offsets.clone(),
                 ..InBatch::default()
             };
-            ta.push_str(&a.step(batch).expect("a").body);
-            tb.push_str(&b.step(copy).expect("b").body);
+            ta.push_str(&counted(a.step(batch).expect("a")));
+            tb.push_str(&counted(b.step(copy).expect("b")));
         }
         assert!(
             !ta.is_empty() && ta == tb,

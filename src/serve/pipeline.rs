@@ -184,6 +184,9 @@ impl std::fmt::Debug for ToEngine {
 pub struct OutBatch {
     /// Line protocol.
     pub body: String,
+    /// Points (lines) in `body`, counted as they are written: the sink need not scan a
+    /// request's megabytes for them.
+    pub points: u64,
     /// Kafka timestamps (ms), for end-to-end latency.
     pub msg_ts: Vec<i64>,
     /// Deliveries of dead letters among the messages, awaited before the offsets are stored.

@@ -131,18 +131,20 @@ impl Writer {
         std::mem::take(&mut *self.refused.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Writes `body` (whole lines of line protocol) until InfluxDB has accepted every line,
-    /// or until `abort` turns true.
+    /// Writes `body` (`lines` whole lines of line protocol, as its writer counted them) until
+    /// InfluxDB has accepted every line, or until `abort` turns true.
     pub async fn write(
         &self,
         body: impl Into<Bytes>,
+        lines: u64,
         abort: &mut watch::Receiver<bool>,
     ) -> Result<WriteReport, SinkError> {
         let mut report = WriteReport::default();
-        // Work list of bodies still to write, in order; splitting pushes halves back. Halves
-        // and retries share the one buffer (no copy per request).
-        let mut pending: Vec<Bytes> = vec![body.into()];
-        while let Some(chunk) = pending.pop() {
+        // Work list of bodies still to write, in order, with their line counts where known;
+        // splitting pushes halves back (counted when written). Halves and retries share the
+        // one buffer (no copy per request).
+        let mut pending: Vec<(Bytes, Option<u64>)> = vec![(body.into(), Some(lines))];
+        while let Some((chunk, lines)) = pending.pop() {
             if chunk.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -157,7 +159,7 @@ impl Writer {
                 };
                 match outcome {
                     Attempt::Done => {
-                        report.written += line_count(&chunk) as u64;
+                        report.written += lines.unwrap_or_else(|| line_count(&chunk) as u64);
                         break;
                     }
                     Attempt::Partial { dropped, text } => {
@@ -168,13 +170,13 @@ impl Writer {
                         if line_count(&chunk) > 1 {
                             let (first, second) = split_lines(&chunk);
                             // Last pushed is written first: keep the original order.
-                            pending.push(second);
-                            pending.push(first);
+                            pending.push((second, None));
+                            pending.push((first, None));
                         } else if self.rejected_in_a_row.load(Ordering::Relaxed)
                             >= SYSTEMIC_REJECTIONS
                         {
                             self.rejecting_all(status, &text, abort).await?;
-                            pending.push(chunk);
+                            pending.push((chunk, lines));
                         } else {
                             self.rejected(&chunk, status, &text, &mut report);
                         }
@@ -488,7 +490,7 @@ mod tests {
             )
         };
         let (_tx, mut abort) = watch::channel(false);
-        let r = w.write("m f=1 1\n", &mut abort).await.expect("write");
+        let r = w.write("m f=1 1\n", 1, &mut abort).await.expect("write");
         assert_eq!(r.written, 1);
         assert!(health.ready().1.contains("\"sink_reachable\":true"));
         let (head, _) = seen.lock().expect("lock")[0].clone();
@@ -558,7 +560,7 @@ mod tests {
         let (w, _, _) = writer(&url);
         let (_tx, mut abort) = watch::channel(false);
         let r = w
-            .write("m f=1 1\nm f=2 2\n", &mut abort)
+            .write("m f=1 1\nm f=2 2\n", 2, &mut abort)
             .await
             .expect("write");
         assert_eq!(
@@ -594,7 +596,7 @@ mod tests {
         let (w, m, _) = writer(&url);
         let (_tx, mut abort) = watch::channel(false);
         let t0 = Instant::now();
-        let r = w.write("m f=1 1\n", &mut abort).await.expect("write");
+        let r = w.write("m f=1 1\n", 1, &mut abort).await.expect("write");
         assert_eq!(r.written, 1);
         assert_eq!(seen.lock().expect("lock").len(), 3);
         assert_eq!(
@@ -610,7 +612,7 @@ mod tests {
         let (url, _) = server(vec![(401, vec![]), (404, vec![]), (204, vec![])]).await;
         let (w, m, h) = writer(&url);
         let (_tx, mut abort) = watch::channel(false);
-        w.write("m f=1 1\n", &mut abort).await.expect("write");
+        w.write("m f=1 1\n", 1, &mut abort).await.expect("write");
         assert_eq!(retries(&m, "auth"), 2);
         assert!(
             h.sink_reachable.load(Ordering::Relaxed),
@@ -619,7 +621,7 @@ mod tests {
         let (url, _) = server(vec![(403, vec![]); 100]).await;
         let (w, _, h) = writer(&url);
         let (tx, mut abort) = watch::channel(false);
-        let task = tokio::spawn(async move { w.write("m f=1 1\n", &mut abort).await });
+        let task = tokio::spawn(async move { w.write("m f=1 1\n", 1, &mut abort).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!h.sink_reachable.load(Ordering::Relaxed), "403 → not ready");
         tx.send(true).expect("abort");
@@ -640,7 +642,7 @@ mod tests {
         let (w, m, _) = writer(&url);
         let (_tx, mut abort) = watch::channel(false);
         let r = w
-            .write("a f=1 1\nb f=1 1\nc f=1 1\nd f=1 1\n", &mut abort)
+            .write("a f=1 1\nb f=1 1\nc f=1 1\nd f=1 1\n", 4, &mut abort)
             .await
             .expect("write");
         assert_eq!(
@@ -668,7 +670,7 @@ mod tests {
         let (w, _, _) = writer(&url);
         let (_tx, mut abort) = watch::channel(false);
         let r = w
-            .write("a f=1 1\nb f=1 1\n", &mut abort)
+            .write("a f=1 1\nb f=1 1\n", 2, &mut abort)
             .await
             .expect("write");
         assert_eq!(r.written, 2);
@@ -676,7 +678,7 @@ mod tests {
         // Nothing listens here: connection errors are retried until aborted.
         let (w, m, _) = writer("http://127.0.0.1:9");
         let (tx, mut abort) = watch::channel(false);
-        let task = tokio::spawn(async move { w.write("a f=1 1\n", &mut abort).await });
+        let task = tokio::spawn(async move { w.write("a f=1 1\n", 1, &mut abort).await });
         tokio::time::sleep(Duration::from_millis(150)).await;
         tx.send(true).expect("abort");
         assert!(task.await.expect("join").is_err());
@@ -714,7 +716,7 @@ mod tests {
         let (w, m, h) = writer(&url);
         let (_tx, mut abort) = watch::channel(false);
         let r = w
-            .write("a f=1 1\nb f=1 1\nc f=1 1\n", &mut abort)
+            .write("a f=1 1\nb f=1 1\nc f=1 1\n", 3, &mut abort)
             .await
             .expect("write");
         assert_eq!(
@@ -726,10 +728,10 @@ mod tests {
             },
             "dropped=2 of 3: one written, not retried"
         );
-        let r = w.write("a f=1 1\n", &mut abort).await.expect("write");
+        let r = w.write("a f=1 1\n", 1, &mut abort).await.expect("write");
         assert_eq!((r.written, r.rejected), (0, 1));
         let r = w
-            .write("a f=1 1\nb f=1 1\n", &mut abort)
+            .write("a f=1 1\nb f=1 1\n", 2, &mut abort)
             .await
             .expect("write");
         assert_eq!((r.written, r.rejected), (0, 2));
@@ -758,7 +760,7 @@ mod tests {
         let (w, m, _) = writer(&url);
         let (_tx, mut abort) = watch::channel(false);
         let r = w
-            .write("a f=1 1\nb f=1 1\n", &mut abort)
+            .write("a f=1 1\nb f=1 1\n", 2, &mut abort)
             .await
             .expect("write");
         assert_eq!(
@@ -769,7 +771,7 @@ mod tests {
                 unknown: 2
             }
         );
-        let r = w.write("a f=1 1\n", &mut abort).await.expect("write");
+        let r = w.write("a f=1 1\n", 1, &mut abort).await.expect("write");
         assert_eq!(r.unknown, 1);
         assert_eq!(seen.lock().expect("lock").len(), 2, "never retried");
         assert_eq!(m.sink_rejected_points.get(), 0, "no count was reported");
@@ -787,7 +789,7 @@ mod tests {
         let (url, seen) = server(vec![(405, vec![]); 1000]).await;
         let (w, m, h) = writer(&url);
         let (tx, mut abort) = watch::channel(false);
-        let task = tokio::spawn(async move { w.write("a f=1 1\n", &mut abort).await });
+        let task = tokio::spawn(async move { w.write("a f=1 1\n", 1, &mut abort).await });
         let t0 = Instant::now();
         while seen.lock().expect("lock").len() < 2 {
             assert!(
@@ -809,7 +811,7 @@ mod tests {
         let (url, _) = server(vec![(405, vec![]), (204, vec![])]).await;
         let (w, m, h) = writer(&url);
         let (_tx, mut abort) = watch::channel(false);
-        let r = w.write("a f=1 1\n", &mut abort).await.expect("write");
+        let r = w.write("a f=1 1\n", 1, &mut abort).await.expect("write");
         assert_eq!(r.written, 1);
         assert_eq!(retries(&m, "client_error"), 1);
         assert!(h.sink_reachable.load(Ordering::Relaxed));

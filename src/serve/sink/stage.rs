@@ -50,6 +50,8 @@ pub struct SinkStage {
 /// Points waiting to be sent as one write request.
 struct Pending {
     body: String,
+    /// Points (lines) in `body`.
+    points: u64,
     msg_ts: Vec<i64>,
     deadline: tokio::time::Instant,
 }
@@ -102,8 +104,8 @@ impl SinkStage {
                 let Some(p) = pending.take() else { continue };
                 let (w, mut abort) = (Arc::clone(&writer), self.abort.clone());
                 inflight.push_back(async move {
-                    let Pending { body, msg_ts, .. } = p;
-                    (w.write(body, &mut abort).await, msg_ts)
+                    let Pending { body, points, msg_ts, .. } = p;
+                    (w.write(body, points, &mut abort).await, msg_ts)
                 });
                 issued += 1;
                 continue;
@@ -171,6 +173,7 @@ fn add(
     match pending {
         Some(p) => {
             p.body.push_str(&b.body);
+            p.points += b.points;
             p.msg_ts.extend(b.msg_ts);
         }
         None => {
@@ -180,6 +183,7 @@ fn add(
             body.reserve(flush_bytes.saturating_sub(body.len()));
             *pending = Some(Pending {
                 body,
+                points: b.points,
                 msg_ts: b.msg_ts,
                 deadline: tokio::time::Instant::now() + flush_interval,
             });

@@ -12,6 +12,7 @@ use crate::time::{TimeError, check_ts_range, epoch_by_magnitude, parse_ts_text};
 use json::Json;
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::path::{Path, PathBuf};
 
 /// One sensor reading, validated against its stream's schema.
@@ -863,7 +864,16 @@ pub struct Decoder {
     formats: Vec<Format>,
     max_payload: usize,
     max_future_ns: i64,
+    /// The wall clock's last read plus `max_future_ns`, so that a message need not read the
+    /// clock: [`Decoder::in_time`].
+    limit: AtomicI64,
+    /// Messages judged against `limit` since the clock was last read.
+    unread: AtomicU32,
 }
+
+/// Messages judged against a cached clock read before the clock is read again anyway (so
+/// that a wall clock stepped back is followed soon).
+const CLOCK_READ_EVERY: u32 = 1024;
 
 /// A decoded message.
 pub struct Decoded {
@@ -896,7 +906,25 @@ impl Decoder {
             formats: streams.iter().map(|s| s.format).collect(),
             max_payload,
             max_future_ns,
+            limit: AtomicI64::new(i64::MIN),
+            unread: AtomicU32::new(0),
         }
+    }
+
+    /// The newest timestamp allowed now (`engine.max_future` ahead of the wall clock) where
+    /// `ts` is beyond a cached one, else `None`: the reading is in time. The wall clock moves
+    /// on, so a timestamp within the limit of an earlier read is within today's; only one
+    /// beyond it, or every [`CLOCK_READ_EVERY`]th message, reads the clock again.
+    fn beyond_limit(&self, ts: i64) -> Option<(i64, i64)> {
+        let fresh = self.unread.fetch_add(1, Ordering::Relaxed) >= CLOCK_READ_EVERY;
+        if !fresh && ts <= self.limit.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let limit = now.saturating_add(self.max_future_ns);
+        self.limit.store(limit, Ordering::Relaxed);
+        self.unread.store(0, Ordering::Relaxed);
+        (ts > limit).then_some((now, limit))
     }
 
     /// Decodes a message (`key` is the device id unless the payload names one).
@@ -950,9 +978,9 @@ impl Decoder {
         };
         // A reading from the future would make every later reading of its device stale
         // until the clock caught up: refuse it here.
-        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-        let limit = now.saturating_add(self.max_future_ns);
-        if let Some(r) = readings.iter().find(|r| r.ts > limit) {
+        let newest = readings.iter().map(|r| r.ts).max().unwrap_or(i64::MIN);
+        if let Some((now, limit)) = self.beyond_limit(newest) {
+            let r = readings.iter().find(|r| r.ts > limit).unwrap_or(&readings[0]);
             return Err(reject(DecodeError::FutureTimestamp {
                 ts: crate::time::format_ts(r.ts),
                 ahead_s: (r.ts - now) as f64 / 1e9,
@@ -1252,4 +1280,37 @@ mod tests {
             "invalid_key"
         );
     }
+
+    #[test]
+    fn the_future_limit_holds_between_clock_reads() {
+        let streams = [StreamConfig {
+            name: "b".into(),
+            topic: "t.b".into(),
+            format: Format::Line,
+            features: vec!["x".into()],
+            ..StreamConfig::default()
+        }];
+        let d = Decoder::new(&streams, 1 << 16, 60_000_000_000);
+        let now = chrono::Utc::now().timestamp_nanos_opt().expect("now");
+        let line = |ts: i64| format!("m,device=d x=1 {ts}");
+        let reason = |payload: String| d.decode("t.b", None, Some(payload.as_bytes())).err();
+        // Across several cached clock reads: 50 s ahead passes, 2 min ahead never does.
+        for i in 0..3 * CLOCK_READ_EVERY {
+            assert!(reason(line(now + 50_000_000_000)).is_none(), "message {i}");
+            if i % 97 == 0 {
+                let err = reason(line(now + 120_000_000_000)).expect("refused");
+                assert_eq!(err.reason, "future_timestamp", "message {i}");
+            }
+        }
+        // The reading named is the one ahead, not the first of the message.
+        let err = reason(format!("{}\n{}", line(now), line(now + 3_600_000_000_000)))
+            .expect("refused");
+        assert_eq!(err.reason, "future_timestamp");
+        assert!(
+            err.message.contains("3600 s ahead") || err.message.contains("3599 s ahead"),
+            "{}",
+            err.message
+        );
+    }
+
 }

@@ -12,8 +12,8 @@ use crate::time::{TimeError, check_ts_range, epoch_by_magnitude, parse_ts_text};
 use json::Json;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 /// One sensor reading, validated against its stream's schema.
 #[derive(Debug, Clone, PartialEq)]
@@ -980,7 +980,10 @@ impl Decoder {
         // until the clock caught up: refuse it here.
         let newest = readings.iter().map(|r| r.ts).max().unwrap_or(i64::MIN);
         if let Some((now, limit)) = self.beyond_limit(newest) {
-            let r = readings.iter().find(|r| r.ts > limit).unwrap_or(&readings[0]);
+            let r = readings
+                .iter()
+                .find(|r| r.ts > limit)
+                .unwrap_or(&readings[0]);
             return Err(reject(DecodeError::FutureTimestamp {
                 ts: crate::time::format_ts(r.ts),
                 ahead_s: (r.ts - now) as f64 / 1e9,
@@ -1303,8 +1306,8 @@ mod tests {
             }
         }
         // The reading named is the one ahead, not the first of the message.
-        let err = reason(format!("{}\n{}", line(now), line(now + 3_600_000_000_000)))
-            .expect("refused");
+        let err =
+            reason(format!("{}\n{}", line(now), line(now + 3_600_000_000_000))).expect("refused");
         assert_eq!(err.reason, "future_timestamp");
         assert!(
             err.message.contains("3600 s ahead") || err.message.contains("3599 s ahead"),
@@ -1312,5 +1315,4 @@ mod tests {
             err.message
         );
     }
-
 }

@@ -1129,7 +1129,11 @@ mod tests {
 
     /// A batch's body, checked against the points it says it holds (the sink trusts them).
     fn counted(out: OutBatch) -> String {
-        assert_eq!(out.body.lines().count() as u64, out.points, "points as written");
+        assert_eq!(
+            out.body.lines().count() as u64,
+            out.points,
+            "points as written"
+        );
         out.body
     }
 

@@ -104,7 +104,12 @@ impl SinkStage {
                 let Some(p) = pending.take() else { continue };
                 let (w, mut abort) = (Arc::clone(&writer), self.abort.clone());
                 inflight.push_back(async move {
-                    let Pending { body, points, msg_ts, .. } = p;
+                    let Pending {
+                        body,
+                        points,
+                        msg_ts,
+                        ..
+                    } = p;
                     (w.write(body, points, &mut abort).await, msg_ts)
                 });
                 issued += 1;

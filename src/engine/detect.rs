@@ -63,9 +63,28 @@ pub struct TailTable {
     /// The deep tail, beyond the table's threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpd: Option<Gpd>,
-    /// −ln of `levels`, cached ([`TailTable::prepare`]).
+    /// The interpolation's knots, cached ([`TailTable::prepare`]).
     #[serde(skip)]
-    pub neg_ln_levels: Vec<f64>,
+    knots: Knots,
+}
+
+/// A tail table's knots: `(0, 0)`, then each level's value and surprisal (−ln level), so that
+/// a look-up below the first level interpolates like any other.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Knots {
+    values: Vec<f64>,
+    surprisals: Vec<f64>,
+}
+
+impl Knots {
+    fn of(levels: &[f64], values: &[f64]) -> Self {
+        Self {
+            values: std::iter::once(0.0).chain(values.iter().copied()).collect(),
+            surprisals: std::iter::once(0.0)
+                .chain(levels.iter().map(|l| -l.ln()))
+                .collect(),
+        }
+    }
 }
 
 impl TailTable {
@@ -99,23 +118,16 @@ impl TailTable {
             values,
             samples: samples.len() as u64,
             gpd: Gpd::fit(samples),
-            neg_ln_levels: Vec::new(),
+            knots: Knots::default(),
         };
         t.prepare();
         Some(t)
     }
 
-    /// Caches −ln of the levels (called once a table is loaded or fitted; the lookup works
-    /// without it, slower).
+    /// Caches the interpolation's knots (called once a table is loaded or fitted; the lookup
+    /// works without it, slower).
     pub fn prepare(&mut self) {
-        self.neg_ln_levels = self.levels.iter().map(|l| -l.ln()).collect();
-    }
-
-    fn level_surprisal(&self, k: usize) -> f64 {
-        match self.neg_ln_levels.get(k) {
-            Some(s) if self.neg_ln_levels.len() == self.levels.len() => *s,
-            _ => -self.levels[k].ln(),
-        }
+        self.knots = Knots::of(&self.levels, &self.values);
     }
 
     /// Why the table cannot be read (`None`: it can): its levels must be probabilities going
@@ -137,47 +149,51 @@ impl TailTable {
 
     /// Surprisal −ln p of a statistic `x`, p the share of normal readings at least as extreme:
     /// interpolated linearly in surprisal between the table's levels (p log-linearly), from 0
-    /// at `x = 0` to the first level, and extrapolated along the last two levels beyond the
-    /// table (exponential tail). Costs no logarithm or exponential once [`Self::prepare`]d.
+    /// at `x = 0` to the first level, and beyond the table along its fitted deep tail or, in
+    /// tables without one, along the last two levels (exponential tail). Costs no logarithm or
+    /// exponential within the table once [`Self::prepare`]d, and no branch that depends on
+    /// where in the table `x` falls.
     pub fn surprisal(&self, x: f64) -> f64 {
-        let v = &self.values;
-        if v.is_empty() || x.is_nan() || x <= 0.0 {
+        // `!(x > 0)`: NaN too.
+        if self.values.is_empty() || !(x > 0.0) {
             return 0.0;
         }
-        // Beyond the last level the samples are too few to read off: the fitted deep tail's
-        // decay, anchored at the last level so that the tail stays continuous.
+        let unprepared;
+        let knots = if self.knots.values.len() == self.values.len() + 1 {
+            &self.knots
+        } else {
+            unprepared = Knots::of(&self.levels, &self.values);
+            &unprepared
+        };
+        let (v, s) = (&knots.values, &knots.surprisals);
         let last = v.len() - 1;
-        if let Some(g) = &self.gpd
-            && x > v[last]
-        {
-            return self.level_surprisal(last) + (g.surprisal(x) - g.surprisal(v[last]));
+        if x > v[last] {
+            return self.beyond(x, knots);
         }
-        if x <= v[0] {
-            return if v[0] <= 0.0 {
-                self.level_surprisal(0)
-            } else {
-                self.level_surprisal(0) * (x / v[0])
-            };
+        // The first knot at or above `x` (the first knot, 0, lies below it): counted rather
+        // than searched for ([`Self::defect`]: the values do not go down); at most `last`.
+        let k = v[1..].iter().fold(1, |n, b| n + usize::from(*b < x));
+        // `v[k - 1] < x <= v[k]`: the span is not empty.
+        s[k - 1] + (x - v[k - 1]) / (v[k] - v[k - 1]) * (s[k] - s[k - 1])
+    }
+
+    /// The surprisal of `x` beyond the table's last level (the last of `knots`): where the
+    /// samples are too few to read off, the fitted deep tail's decay, anchored at the last
+    /// level so that the tail stays continuous; in a table without one, the slope of the last
+    /// two levels.
+    fn beyond(&self, x: f64, knots: &Knots) -> f64 {
+        let (v, s) = (&knots.values, &knots.surprisals);
+        let last = v.len() - 1;
+        if let Some(g) = &self.gpd {
+            return s[last] + (g.surprisal(x) - g.surprisal(v[last]));
         }
-        // The first level whose value is at least `x` (≥ 1 here): counted rather than searched
-        // for, without a branch per level ([`Self::defect`]: the values do not go down).
-        let k = v.iter().fold(0, |n, b| n + usize::from(*b < x));
-        if k <= last {
-            let (s0, s1) = (self.level_surprisal(k - 1), self.level_surprisal(k));
-            let span = v[k] - v[k - 1];
-            if span <= 0.0 {
-                return s1;
-            }
-            return s0 + (x - v[k - 1]) / span * (s1 - s0);
-        }
-        let s_last = self.level_surprisal(last);
-        let slope = if last > 0 && v[last] > v[last - 1] {
-            (s_last - self.level_surprisal(last - 1)) / (v[last] - v[last - 1])
+        let slope = if last > 1 && v[last] > v[last - 1] {
+            (s[last] - s[last - 1]) / (v[last] - v[last - 1])
         } else {
             // One usable level: one more unit of surprisal for every multiple of its value.
             1.0 / v[last].max(f64::MIN_POSITIVE)
         };
-        s_last + slope.max(0.0) * (x - v[last])
+        s[last] + slope.max(0.0) * (x - v[last])
     }
 
     /// Share of normal readings whose statistic is at least `x` (`exp(−surprisal)`).
@@ -362,7 +378,7 @@ impl Joint {
                 values: Vec::new(),
                 samples: 0,
                 gpd: None,
-                neg_ln_levels: Vec::new(),
+                knots: Knots::default(),
             },
         };
         let mut d: Vec<f64> = rows.iter().map(|r| joint.distance(r)).collect();

@@ -47,7 +47,15 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
+    /// Ready for a reading of `nf` features: the largest residuals start at zero. The other
+    /// per-feature vectors are written before they are read at every reading (each piece of
+    /// evidence writes its own where it is measured, and only a piece measured is read), so
+    /// they are sized, not cleared.
     fn reset(&mut self, nf: usize) {
+        if self.z.len() == nf {
+            self.z.fill(0.0);
+            return;
+        }
         for v in [
             &mut self.z,
             &mut self.znear,

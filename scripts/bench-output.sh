@@ -15,7 +15,10 @@
 #     over 4; column ceiling_at says which); reported as readings/s (lines/s ÷ points per
 #     reading).
 #
-# Usage: [SENSORCAST_BIN=path] scripts/bench-output.sh [devices] [readings-per-device]
+# Usage: [SENSORCAST_BIN=path] [DBS="vm influx"] [OUTPUTS="default full"] [CEILING=0]
+#        scripts/bench-output.sh [devices] [readings-per-device]
+# DBS and OUTPUTS pick a subset; CEILING=0 skips the ceilings (sensorcast's own CPU per reading
+# only, for a quick before/after).
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics, influxdb) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -139,8 +142,8 @@ metric() { curl -s "127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 ~ "^"m {s+=$2}
 cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
 
 printf '%-16s %-8s %7s %12s %10s %14s %9s %14s %7s  %s\n' database output pts/rd readings/s cpu_s readings/cpu_s db_cpu_s ceiling_rd/s e2e/ceil ceiling_at
-for db in vm influx; do
-  for out in default full; do
+for db in ${DBS:-vm influx}; do
+  for out in ${OUTPUTS:-default full}; do
     name="$db-$out"
     write_config "$name" "$db" "$out"
     ppr=$($bin check-config --config "$work/$name.toml" | sed -n 's/^# stream "pumps": \([0-9]*\) points.*/\1/p')
@@ -162,7 +165,9 @@ for db in vm influx; do
     # one the database likes best, and a ceiling measured at one setting only can fall below
     # what serve reaches with smaller requests.
     lines_per_s=0; best_at=""
-    for setting in "262144 2" "1048576 2" "4194304 2" "1048576 4"; do
+    settings=("262144 2" "1048576 2" "4194304 2" "1048576 4")
+    [ "${CEILING:-1}" = 0 ] && settings=()
+    for setting in "${settings[@]}"; do
       read -r bb cc <<<"$setting"
       target="ceiling-$name-$bb-$cc"
       fresh "$db"
@@ -180,7 +185,7 @@ import sys
 db, out, ppr, total, s0, s1, scpu, db0, db1, lps, best_at = sys.argv[1:]
 ppr, total = int(ppr), int(total)
 rate = total / (float(s1) - float(s0))
-ceiling = float(lps) / ppr
+ceiling = float(lps) / ppr or float("nan")
 names = {"vm": "VictoriaMetrics", "influx": "InfluxDB 1.6"}
 print(f"{names[db]:<16} {out:<8} {ppr:>7} {rate:>12,.0f} {float(scpu):>10.1f} {total / float(scpu):>14,.0f} "
       f"{float(db1) - float(db0):>9.1f} {ceiling:>14,.0f} {rate / ceiling:>7.0%}  {best_at}")

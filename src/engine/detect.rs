@@ -154,8 +154,7 @@ impl TailTable {
     /// exponential within the table once [`Self::prepare`]d, and no branch that depends on
     /// where in the table `x` falls.
     pub fn surprisal(&self, x: f64) -> f64 {
-        // `!(x > 0)`: NaN too.
-        if self.values.is_empty() || !(x > 0.0) {
+        if self.values.is_empty() || x.is_nan() || x <= 0.0 {
             return 0.0;
         }
         let unprepared;

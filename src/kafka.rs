@@ -1,12 +1,15 @@
 //! Kafka clients outside the consumer group: the client configuration every client starts
 //! from (our defaults, then `kafka.properties`), topic creation and deletion through the admin
-//! API (dead-letter and changelog topics), and `check-config --probe`.
+//! API (dead-letter and changelog topics), `check-config --probe`, and the producer the
+//! dead letters and the changelog store use ([`producer`]).
 
 use crate::config::Config;
 use crate::telemetry::Health;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use std::time::Duration;
+
+pub mod producer;
 
 /// Client config: our defaults, then the user's pass-through properties (which win).
 pub fn client_config(cfg: &Config, defaults: &[(&str, String)]) -> ClientConfig {

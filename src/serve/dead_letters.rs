@@ -7,16 +7,19 @@
 use crate::config::Config;
 use crate::decode::Rejected;
 use crate::kafka::client_config;
+use crate::kafka::producer::{Producer, Record};
 use crate::telemetry::{Health, Metrics, RateLimit, labels};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The dead-letter producer. A dead letter that cannot be delivered within 10 s is given up
 /// (counted as `undeliverable`): its partition's progress waits for it until then.
-pub fn producer(cfg: &Config) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    client_config(cfg, &[("message.timeout.ms", "10000".into())]).create()
+pub fn producer(cfg: &Config) -> Result<Producer, rdkafka::error::KafkaError> {
+    Producer::new(&client_config(
+        cfg,
+        &[("message.timeout.ms", "10000".into())],
+    ))
 }
 
 /// A dead letter on its way: the partition of the message it stands for, and whether its
@@ -61,7 +64,7 @@ impl DeadLetterAck {
 /// retry within its delivery timeout, after which the dead letter is given up.
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: Option<(FutureProducer, String)>,
+    producer: Option<(Producer, String)>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     log_limit: Arc<RateLimit>,
@@ -217,7 +220,7 @@ impl DeadLetters {
     /// `source` message's partition (topic, partition, offset; partition -1: every partition).
     fn spawn(
         &self,
-        (producer, topic): (FutureProducer, String),
+        (producer, topic): (Producer, String),
         record: Payload,
         source: (String, i32, i64),
         reason: &'static str,
@@ -254,16 +257,16 @@ impl DeadLetters {
                             value: Some(original.as_str()),
                         });
                 }
-                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(h);
-                if let Some(k) = &key {
-                    record = record.key(k.as_slice());
-                }
-                if let Some(p) = &payload {
-                    record = record.payload(&p[..p.len().min(limit)]);
-                }
-                let err = match producer.send(record, Duration::from_secs(5)).await {
+                let record = Record {
+                    topic: &topic,
+                    key: key.as_deref(),
+                    payload: payload.as_ref().map(|p| &p[..p.len().min(limit)]),
+                    headers: Some(h),
+                    ..Record::default()
+                };
+                let err = match producer.send(&record, Duration::from_secs(5)).await {
                     Ok(_) => return,
-                    Err((e, _)) => e,
+                    Err(e) => e,
                 };
                 let too_large = matches!(
                     err,

@@ -26,11 +26,11 @@
 
 use super::{Checkpoint, CheckpointError, DirStore, Expect, Header, Loaded, Skipped};
 use crate::config::changelog_topic;
+use crate::kafka::producer::{Delivery, Producer, Record};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -113,7 +113,7 @@ pub struct KafkaStore {
     template: String,
     group: String,
     keep: usize,
-    producer: FutureProducer,
+    producer: Producer,
     reader: Mutex<BaseConsumer>,
     partitions: Mutex<HashMap<String, i32>>,
     /// Next sequence number per (stream, partition).
@@ -160,15 +160,16 @@ impl KafkaStore {
         local: DirStore,
         keep: usize,
     ) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = client
-            .clone()
-            .set("enable.idempotence", "true")
-            // A deleted changelog topic must not come back as a plain, uncompacted one.
-            .set("allow.auto.create.topics", "false")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", IO_TIMEOUT.as_millis().to_string())
-            .create()?;
+        let producer = Producer::new(
+            client
+                .clone()
+                .set("enable.idempotence", "true")
+                // A deleted changelog topic must not come back as a plain, uncompacted one.
+                .set("allow.auto.create.topics", "false")
+                .set("acks", "all")
+                .set("linger.ms", "5")
+                .set("message.timeout.ms", IO_TIMEOUT.as_millis().to_string()),
+        )?;
         let reader: BaseConsumer = client
             .clone()
             .set("group.id", format!("{group}.checkpoint-reader"))
@@ -228,22 +229,24 @@ impl KafkaStore {
         partition: i32,
         key: &str,
         value: &[u8],
-    ) -> std::io::Result<DeliveryFuture> {
+    ) -> std::io::Result<Delivery> {
         let deadline = Instant::now() + IO_TIMEOUT;
-        let mut record = FutureRecord::to(topic)
-            .partition(partition)
-            .key(key)
-            .payload(value);
+        let record = Record {
+            topic,
+            partition: Some(partition),
+            key: Some(key.as_bytes()),
+            payload: Some(value),
+            ..Record::default()
+        };
         loop {
-            match self.producer.send_result(record) {
+            match self.producer.enqueue(&record) {
                 Ok(d) => return Ok(d),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
                     if Instant::now() < deadline =>
                 {
-                    record = r;
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Err((e, _)) => return Err(io(format!("cannot produce to {topic}: {e}"))),
+                Err(e) => return Err(io(format!("cannot produce to {topic}: {e}"))),
             }
         }
     }
@@ -557,11 +560,11 @@ impl<'a> Scan<'a> {
 }
 
 /// Waits for a record's acknowledgement; its offset.
-fn delivered(topic: &str, d: DeliveryFuture) -> std::io::Result<i64> {
+fn delivered(topic: &str, d: Delivery) -> std::io::Result<i64> {
     match wait(d) {
-        Ok(Ok(d)) => Ok(d.offset),
-        Ok(Err((e, _))) => Err(io(format!("{topic} did not take a checkpoint record: {e}"))),
-        Err(_) => Err(io(format!("the producer for {topic} went away"))),
+        Ok(offset) => Ok(offset),
+        Err(KafkaError::Canceled) => Err(io(format!("the producer for {topic} went away"))),
+        Err(e) => Err(io(format!("{topic} did not take a checkpoint record: {e}"))),
     }
 }
 

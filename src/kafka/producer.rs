@@ -6,7 +6,7 @@
 //! deadline, so the last fraction of a millisecond of every round is spent calling
 //! `poll(0)` — reading the clock — in a tight loop. An idle `serve` spent 1.8 % of a core in
 //! two such threads, 80 % of all its CPU time (`/proc/PID/task/*/stat` over 30 s, 2026-12-05).
-//! Here each round's timeout ends a little after a whole millisecond ([`ROUND`]), so that the
+//! Here each round's timeout ends a little after a whole millisecond (50 µs), so that the
 //! wait for it ends past the deadline and the round is over; only a round cut short by an event
 //! (a batch of delivery reports) spins, for less than a millisecond.
 

@@ -319,10 +319,45 @@ impl Engine {
     ) {
         self.judged.clear();
         for (r, it) in items.iter().enumerate() {
+            if let Some(ahead) = items.get(r + PREFETCH_ROWS) {
+                self.prefetch_scoring_state(model, ahead.slot);
+            }
             let row = self.row(model, &batch[it.index], r, it);
             let judged = self.score_row(model, &batch[it.index], &row, out);
             self.judged.push((row, judged));
         }
+    }
+
+    /// Asks for the cache lines of `slot`'s scoring state ahead of its row: each device's
+    /// state lies in a score of per-device arrays, a cache miss each in a large fleet.
+    fn prefetch_scoring_state(&self, model: &InferenceModel, slot: usize) {
+        let (nf, hz, sl) = (model.features.len(), model.horizon, &self.slots);
+        for v in [
+            &sl.pred_mean,
+            &sl.pred_sigma,
+            &sl.calib,
+            &sl.calib_far,
+            &sl.drift,
+            &sl.event_sum,
+            &sl.flat_last,
+        ] {
+            prefetch(v, slot * nf);
+        }
+        for k in (0..3 * nf).step_by(16) {
+            prefetch(&sl.dev, slot * 3 * nf + k);
+        }
+        for k in (0..hz * nf).step_by(16) {
+            prefetch(&sl.far_mean, slot * hz * nf + k);
+            prefetch(&sl.far_sigma, slot * hz * nf + k);
+        }
+        prefetch(&sl.flat_since, slot * nf);
+        prefetch(&sl.stats, slot);
+        prefetch(&sl.alarm, slot);
+        prefetch(&sl.stuck, slot);
+        prefetch(&sl.silent, slot);
+        prefetch(&sl.rate, slot);
+        prefetch(&sl.count, slot);
+        prefetch(&sl.seen, slot);
     }
 
     /// Keeps every scored row's forecasts and scatters its state back.
@@ -839,6 +874,23 @@ impl Engine {
             count.saturating_add(1)
         };
     }
+}
+
+/// Rows ahead whose scoring state is asked for ([`Engine::prefetch_scoring_state`]).
+const PREFETCH_ROWS: usize = 4;
+
+/// Asks the CPU to bring the cache line holding `v[i]` closer; a hint, nothing where `i` is out
+/// of range or on other architectures.
+#[inline(always)]
+fn prefetch<T>(v: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(x) = v.get(i) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch reads nothing and writes nothing; the address is inside `v`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(x).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (v, i);
 }
 
 /// Whether every value is finite; without an early exit, so that it can run as vector code

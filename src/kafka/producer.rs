@@ -165,3 +165,75 @@ impl Producer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A producer for a broker that is not there (nothing listens on port 1).
+    fn nowhere(extra: &[(&str, &str)]) -> Producer {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.timeout.ms", "300");
+        for (k, v) in extra {
+            c.set(*k, *v);
+        }
+        Producer::new(&c).expect("producer")
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_delivered_resolves_with_the_reason() {
+        let p = nowhere(&[]);
+        let record = Record {
+            topic: "t",
+            key: Some(b"k"),
+            payload: Some(b"x"),
+            ..Record::default()
+        };
+        let delivery = p.enqueue(&record).expect("enqueued");
+        // Delivered by the polling thread, not by anyone polling here.
+        let outcome =
+            block_on(async { tokio::time::timeout(Duration::from_secs(30), delivery).await })
+                .expect("resolved");
+        assert!(
+            matches!(
+                outcome,
+                Err(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageTimedOut
+                ))
+            ),
+            "{outcome:?}"
+        );
+        // Dropping the last clone stops and joins the polling thread (a hang fails the test).
+        let clone = p.clone();
+        drop(p);
+        drop(clone);
+    }
+
+    #[test]
+    fn send_gives_up_on_a_full_queue_after_its_timeout() {
+        let p = nowhere(&[("queue.buffering.max.messages", "1")]);
+        let record = Record {
+            topic: "t",
+            payload: Some(b"x"),
+            ..Record::default()
+        };
+        let _first = p.enqueue(&record).expect("the first fits");
+        let second = block_on(p.send(&record, Duration::from_millis(50)));
+        assert!(
+            matches!(
+                second,
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
+            ),
+            "{second:?}"
+        );
+    }
+}

@@ -999,42 +999,12 @@ fn step_stuck(
     (edge, state.features)
 }
 
-/// Standard deviation (normalised units) from the head's log-variance output.
-///
-/// The exponential is a polynomial in plain multiplications and additions (no fused
-/// multiply-add, no library call, no rounding instruction the baseline lacks), so that a loop
-/// over a row's forecasts runs as vector code on every machine and gives the same bits on all
-/// of them. Relative error below 3e-7 on the clamped range (`half_exp` test).
+/// Standard deviation (normalised units) from the head's log-variance output, through
+/// [`kernel::exp_unfused`] so that a row's bands run as vector code and give the same bits on
+/// every machine.
 #[inline(always)]
 pub fn sigma_of(logvar: f32) -> f32 {
-    half_exp(logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
-}
-
-/// `exp(x / 2)` for `x` in `[LOGVAR_MIN, LOGVAR_MAX]` (any finite `|x| < 170` works); NaN stays
-/// NaN. Cephes' range reduction and polynomial, with round-to-nearest by the 1.5·2²³ trick.
-#[inline(always)]
-fn half_exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in two: `n · LN2_HI` is exact for the small `n` seen here.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding 1.5·2²³ rounds to an integer, which then sits in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    let x = 0.5 * x;
-    let t = x * LOG2E + ROUND;
-    let n = t - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let y = p * (r * r) + r + 1.0;
-    // 2ⁿ from bits: `t`'s low mantissa bits hold n + 2²², shifted into the exponent field.
-    let n_bits = t.to_bits().wrapping_sub(0x4b40_0000);
-    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
-    y * scale
+    kernel::exp_unfused(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
 }
 
 #[cfg(test)]
@@ -1044,19 +1014,19 @@ mod tests {
     use crate::synth::{FleetSpec, generate};
 
     #[test]
-    fn half_exp_is_close_to_the_exponential_and_keeps_nan() {
+    fn sigma_is_close_to_the_exponential_and_keeps_nan() {
         let mut worst = 0.0f64;
         let steps = 200_000;
         for i in 0..=steps {
             let x = LOGVAR_MIN + (LOGVAR_MAX - LOGVAR_MIN) * i as f32 / steps as f32;
             let want = (0.5 * f64::from(x)).exp();
-            let got = f64::from(half_exp(x));
+            let got = f64::from(sigma_of(x));
             worst = worst.max((got - want).abs() / want);
         }
         assert!(worst < 3e-7, "relative error {worst:e}");
-        assert!(half_exp(f32::NAN).is_nan());
+        assert!(kernel::exp_unfused(f32::NAN).is_nan());
         assert!(sigma_of(f32::NAN).is_nan());
-        assert_eq!(sigma_of(1e30), half_exp(LOGVAR_MAX));
+        assert_eq!(sigma_of(1e30), sigma_of(LOGVAR_MAX));
     }
 
     fn engine(isa: Isa) -> Engine {

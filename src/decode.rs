@@ -865,7 +865,7 @@ pub struct Decoder {
     max_payload: usize,
     max_future_ns: i64,
     /// The wall clock's last read plus `max_future_ns`, so that a message need not read the
-    /// clock: [`Decoder::in_time`].
+    /// clock: [`Decoder::beyond_limit`].
     limit: AtomicI64,
     /// Messages judged against `limit` since the clock was last read.
     unread: AtomicU32,
@@ -911,11 +911,11 @@ impl Decoder {
         }
     }
 
-    /// The newest timestamp allowed now (`engine.max_future` ahead of the wall clock) where
-    /// `ts` is beyond a cached one, else `None`: the reading is in time. The wall clock moves
-    /// on, so a timestamp within the limit of an earlier read is within today's; only one
-    /// beyond it, or every [`CLOCK_READ_EVERY`]th message, reads the clock again.
-    fn beyond_limit(&self, ts: i64) -> Option<(i64, i64)> {
+    /// The wall clock now where `ts` lies more than `engine.max_future` ahead of it, else
+    /// `None`: the reading is in time. The wall clock moves on, so a timestamp within the limit
+    /// of an earlier read is within today's; only one beyond it, or every
+    /// [`CLOCK_READ_EVERY`]th message, reads the clock again.
+    fn beyond_limit(&self, ts: i64) -> Option<i64> {
         let fresh = self.unread.fetch_add(1, Ordering::Relaxed) >= CLOCK_READ_EVERY;
         if !fresh && ts <= self.limit.load(Ordering::Relaxed) {
             return None;
@@ -924,7 +924,7 @@ impl Decoder {
         let limit = now.saturating_add(self.max_future_ns);
         self.limit.store(limit, Ordering::Relaxed);
         self.unread.store(0, Ordering::Relaxed);
-        (ts > limit).then_some((now, limit))
+        (ts > limit).then_some(now)
     }
 
     /// Decodes a message (`key` is the device id unless the payload names one).
@@ -977,13 +977,11 @@ impl Decoder {
             }
         };
         // A reading from the future would make every later reading of its device stale
-        // until the clock caught up: refuse it here.
-        let newest = readings.iter().map(|r| r.ts).max().unwrap_or(i64::MIN);
-        if let Some((now, limit)) = self.beyond_limit(newest) {
-            let r = readings
-                .iter()
-                .find(|r| r.ts > limit)
-                .unwrap_or(&readings[0]);
+        // until the clock caught up: refuse it here (naming the message's newest reading).
+        let newest = readings.iter().max_by_key(|r| r.ts);
+        if let Some(r) = newest
+            && let Some(now) = self.beyond_limit(r.ts)
+        {
             return Err(reject(DecodeError::FutureTimestamp {
                 ts: crate::time::format_ts(r.ts),
                 ahead_s: (r.ts - now) as f64 / 1e9,

@@ -259,6 +259,41 @@ pub fn gemm_bias(isa: Isa, a: &[f32], rows: usize, w: &PackedMatrix, out: &mut [
     }
 }
 
+/// The most floating-point operations a second one core does in fused multiply-adds on `isa`:
+/// independent 8- or 16-lane multiply-adds, enough of them to hide the unit's latency, for
+/// about `time`. The ceiling to hold [`gemm_bias`] against; `None` for portable code (no vector
+/// multiply-add to measure).
+pub fn fma_peak_flops(isa: Isa, time: std::time::Duration) -> Option<f64> {
+    /// Multiply-adds per round and vector lanes.
+    const ROUND: u64 = 1 << 16;
+    let (lanes, chains) = match isa.0 {
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx512 => (16, simd::PEAK_CHAINS_AVX512),
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx2 => (8, simd::PEAK_CHAINS_AVX2),
+        _ => return None,
+    };
+    let start = std::time::Instant::now();
+    let mut rounds = 0u64;
+    let mut sink = 0.0f32;
+    while rounds == 0 || start.elapsed() < time {
+        sink += match isa.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: an `Isa` of kind Avx512 is only made after detecting AVX-512F.
+            Kind::Avx512 => unsafe { simd::fma_chains_avx512(ROUND) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: an `Isa` of kind Avx2 is only made after detecting AVX2 and FMA.
+            Kind::Avx2 => unsafe { simd::fma_chains_avx2(ROUND) },
+            _ => unreachable!("portable returned above"),
+        };
+        rounds += 1;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    let flop = (rounds * ROUND * chains as u64 * lanes * 2) as f64;
+    Some(flop / elapsed)
+}
+
 #[inline(always)]
 fn gemm_generic<const MR: usize>(a: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
     let k = w.k;
@@ -439,47 +474,120 @@ mod simd {
         }
     }
 
-    /// AVX2 micro-kernel: 4 rows × 16 columns (half a panel) in 8 accumulators.
+    /// AVX2: blocks of 6 rows × 16 columns (half a panel) in 12 accumulators. With the two
+    /// weight vectors and a broadcast that is 15 of the 16 registers, and 12 independent
+    /// multiply-adds per `k` cover the latency of cores with two FMA pipes (4 rows, 8
+    /// accumulators, left them idle a fifth of the time). `rows` is a multiple of
+    /// [`ROW_PAD`], so what 6-row blocks leave is 2 or 4 rows: the same body with fewer
+    /// accumulators. Every output is the bias plus one multiply-add per `k`, in order, as in
+    /// `gemm_generic`, whatever the block it falls in.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn gemm_avx2(a: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
-        const MR: usize = 4;
-        let k = w.k;
-        let n_pad = w.n_pad;
-        debug_assert!(rows.is_multiple_of(MR) && a.len() >= rows * k && out.len() >= rows * n_pad);
-        let (ap, wp, bp, op) = (
-            a.as_ptr(),
+        debug_assert!(
+            rows.is_multiple_of(2) && a.len() >= rows * w.k && out.len() >= rows * w.n_pad
+        );
+        let mut r0 = 0;
+        // SAFETY: as for `gemm_avx512`; each call covers rows r0..r0 + MR ≤ rows.
+        unsafe {
+            while rows - r0 >= 6 {
+                block_avx2::<6>(a, r0, w, out);
+                r0 += 6;
+            }
+            if rows - r0 >= 4 {
+                block_avx2::<4>(a, r0, w, out);
+                r0 += 4;
+            }
+            if rows - r0 >= 2 {
+                block_avx2::<2>(a, r0, w, out);
+            }
+        }
+    }
+
+    /// Rows `r0..r0 + MR` of [`gemm_avx2`], every panel.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn block_avx2<const MR: usize>(a: &[f32], r0: usize, w: &PackedMatrix, out: &mut [f32]) {
+        let (k, n_pad) = (w.k, w.n_pad);
+        debug_assert!(a.len() >= (r0 + MR) * k && out.len() >= (r0 + MR) * n_pad);
+        let (arow, wp, bp, op) = (
+            // SAFETY: r0·k ≤ a.len() (asserted above).
+            unsafe { a.as_ptr().add(r0 * k) },
             w.panels.as_ptr(),
             w.bias.as_ptr(),
             out.as_mut_ptr(),
         );
-        // SAFETY: as for `gemm_avx512`.
+        // SAFETY: as for `gemm_avx512`, for rows r0..r0 + MR.
         unsafe {
-            for r0 in (0..rows).step_by(MR) {
-                let arow = ap.add(r0 * k);
-                for p in 0..n_pad / NR {
-                    let panel = wp.add(p * k * NR);
-                    for half in [0, 16] {
-                        let b0 = _mm256_loadu_ps(bp.add(p * NR + half));
-                        let b1 = _mm256_loadu_ps(bp.add(p * NR + half + 8));
-                        let mut c = [[b0, b1]; MR];
-                        for kk in 0..k {
-                            let w0 = _mm256_loadu_ps(panel.add(kk * NR + half));
-                            let w1 = _mm256_loadu_ps(panel.add(kk * NR + half + 8));
-                            for (r, cr) in c.iter_mut().enumerate() {
-                                let av = _mm256_set1_ps(*arow.add(r * k + kk));
-                                cr[0] = _mm256_fmadd_ps(av, w0, cr[0]);
-                                cr[1] = _mm256_fmadd_ps(av, w1, cr[1]);
-                            }
+            for p in 0..n_pad / NR {
+                let panel = wp.add(p * k * NR);
+                for half in [0, 16] {
+                    let b0 = _mm256_loadu_ps(bp.add(p * NR + half));
+                    let b1 = _mm256_loadu_ps(bp.add(p * NR + half + 8));
+                    let mut c = [[b0, b1]; MR];
+                    for kk in 0..k {
+                        let w0 = _mm256_loadu_ps(panel.add(kk * NR + half));
+                        let w1 = _mm256_loadu_ps(panel.add(kk * NR + half + 8));
+                        for (r, cr) in c.iter_mut().enumerate() {
+                            let av = _mm256_set1_ps(*arow.add(r * k + kk));
+                            cr[0] = _mm256_fmadd_ps(av, w0, cr[0]);
+                            cr[1] = _mm256_fmadd_ps(av, w1, cr[1]);
                         }
-                        for (r, cr) in c.iter().enumerate() {
-                            let dst = op.add((r0 + r) * n_pad + p * NR + half);
-                            _mm256_storeu_ps(dst, cr[0]);
-                            _mm256_storeu_ps(dst.add(8), cr[1]);
-                        }
+                    }
+                    for (r, cr) in c.iter().enumerate() {
+                        let dst = op.add((r0 + r) * n_pad + p * NR + half);
+                        _mm256_storeu_ps(dst, cr[0]);
+                        _mm256_storeu_ps(dst.add(8), cr[1]);
                     }
                 }
             }
         }
+    }
+
+    /// Independent multiply-add chains of [`fma_chains_avx2`]: two FMA pipes × 5 cycles of
+    /// latency (AMD Zen 2; 4 on Intel) need at least 10.
+    pub(super) const PEAK_CHAINS_AVX2: usize = 12;
+    /// Of [`fma_chains_avx512`]: two 512-bit pipes × 4 cycles need at least 8.
+    pub(super) const PEAK_CHAINS_AVX512: usize = 16;
+
+    /// `rounds` multiply-adds on each of [`PEAK_CHAINS_AVX2`] independent 8-lane chains
+    /// (`v ← v·m + a`, which stays near 0.1: no overflow, no subnormals); returns a value that
+    /// depends on every chain, so that none is optimised away.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn fma_chains_avx2(rounds: u64) -> f32 {
+        // Opaque to the optimiser, which could otherwise run the loop ahead of time.
+        let (m, a, v0) = std::hint::black_box((0.999_999, 1e-7, 0.1));
+        let (m, a) = (_mm256_set1_ps(m), _mm256_set1_ps(a));
+        let mut v = [_mm256_set1_ps(v0); PEAK_CHAINS_AVX2];
+        for _ in 0..rounds {
+            for x in v.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, m, a);
+            }
+        }
+        let sum = v
+            .iter()
+            .fold(_mm256_setzero_ps(), |s, x| _mm256_add_ps(s, *x));
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+        lanes.iter().sum()
+    }
+
+    /// [`fma_chains_avx2`] with 16-lane vectors and [`PEAK_CHAINS_AVX512`] chains.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn fma_chains_avx512(rounds: u64) -> f32 {
+        // Opaque to the optimiser, which could otherwise run the loop ahead of time.
+        let (m, a, v0) = std::hint::black_box((0.999_999, 1e-7, 0.1));
+        let (m, a) = (_mm512_set1_ps(m), _mm512_set1_ps(a));
+        let mut v = [_mm512_set1_ps(v0); PEAK_CHAINS_AVX512];
+        for _ in 0..rounds {
+            for x in v.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, m, a);
+            }
+        }
+        let sum = v
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, x| _mm512_add_ps(s, *x));
+        _mm512_reduce_add_ps(sum)
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]

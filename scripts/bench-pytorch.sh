@@ -10,13 +10,8 @@
 # both; override through the environment): DEVICES=10000 STEPS=300 HIDDEN=64 FEATURES=8
 # LAYERS=1 HORIZON=3 BATCH=4096.
 #
-# PyTorch comes from PyPI into its own virtual environment, made on first use and reused:
-#   PYTORCH_VENV   where (default: ${XDG_CACHE_HOME:-~/.cache}/sensorcast/pytorch-venv)
-#   TORCH_SPEC     what to install (default: torch)
-#   TORCH_INDEX_URL  an index to install torch from instead of PyPI, e.g.
-#                  https://download.pytorch.org/whl/cpu (CPU-only wheels, ~200 MB). PyPI's Linux
-#                  wheel pulls in the CUDA libraries: ~3 GB to download, ~5.5 GB on disk.
-#   PYTHON         interpreter for the venv (default: python3)
+# PyTorch comes from PyPI into its own virtual environment, made on first use and reused
+# (scripts/pytorch-venv.sh says where and how).
 #
 # ISA=avx2 measures both sides' AVX2 code on a machine with AVX-512: `sensorcast bench --isa
 # avx2`, and PyTorch with ATEN_CPU_CAPABILITY=avx2 and MKL_ENABLE_INSTRUCTIONS=AVX2 (its own
@@ -28,15 +23,7 @@ rounds=${1:-3}
 shape=(--devices "${DEVICES:-10000}" --steps "${STEPS:-300}" --hidden "${HIDDEN:-64}"
   --features "${FEATURES:-8}" --layers "${LAYERS:-1}" --horizon "${HORIZON:-3}"
   --batch "${BATCH:-4096}")
-venv=${PYTORCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sensorcast/pytorch-venv}
-
-if ! "$venv/bin/python" -c 'import torch' >/dev/null 2>&1; then
-  echo "==> installing ${TORCH_SPEC:-torch} into $venv (once)" >&2
-  "${PYTHON:-python3}" -m venv "$venv"
-  index=()
-  if [ -n "${TORCH_INDEX_URL:-}" ]; then index=(--index-url "$TORCH_INDEX_URL"); fi
-  "$venv/bin/pip" install --quiet --progress-bar off "${index[@]}" "${TORCH_SPEC:-torch}"
-fi
+source scripts/pytorch-venv.sh
 
 echo "==> cargo build --release" >&2
 cargo build --release --quiet
@@ -44,8 +31,6 @@ bin=${CARGO_TARGET_DIR:-target}/release/sensorcast
 
 pin=()
 if command -v taskset >/dev/null 2>&1; then pin=(taskset -c 0); fi
-# One thread for every library PyTorch may use.
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 isa=()
 if [ "${ISA:-}" = avx2 ]; then
   isa=(--isa avx2)

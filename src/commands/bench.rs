@@ -12,6 +12,11 @@ pub struct BenchArgs {
     /// code path on this machine (all give the same bits).
     #[arg(long, value_enum, default_value_t = IsaChoice::Best)]
     pub isa: IsaChoice,
+    /// Measure the model core alone instead: the LSTM step and the forecast head on one
+    /// micro-batch of `--batch` rows, again and again (no device state, detection or output),
+    /// in FLOP per second and as a fraction of this core's measured multiply-add peak.
+    #[arg(long)]
+    pub kernel: bool,
 }
 
 /// `--isa`.
@@ -35,6 +40,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--isa {:?}: this CPU does not have it", args.isa);
     };
     let spec = args.spec;
+    if args.kernel {
+        print_kernel(&spec, isa);
+        return Ok(ExitCode::SUCCESS);
+    }
     let r = crate::tools::bench::run_on(&spec, isa).context("benchmark failed")?;
     let BenchSpec {
         devices,
@@ -88,4 +97,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         per(rest)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sensorcast bench --kernel`.
+fn print_kernel(spec: &BenchSpec, isa: Isa) {
+    let r = crate::tools::kernel_bench::run(spec, isa, std::time::Duration::from_secs(2));
+    println!(
+        "kernel hidden={} features={} layers={} horizon={} rows={} isa={isa:?}",
+        spec.hidden, spec.features, spec.layers, spec.horizon, r.rows
+    );
+    println!(
+        "kernel_ns_per_row step={:.1} head={:.1}",
+        r.step_ns_per_row, r.head_ns_per_row
+    );
+    println!("kernel_flop_per_row={:.0}", r.flop_per_row);
+    println!("kernel_gflops={:.1}", r.flops() / 1e9);
+    match (r.peak_flops, r.fraction_of_peak()) {
+        (Some(peak), Some(f)) => {
+            println!("core_peak_gflops={:.1}", peak / 1e9);
+            println!("kernel_fraction_of_peak={f:.2}");
+        }
+        _ => println!("core_peak_gflops=unknown (portable code)"),
+    }
 }

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod chart;
 pub mod demo;
 pub mod evaluate;
+pub mod kernel_bench;
 pub mod replay;
 pub mod simulate;
 pub mod state_bench;

@@ -248,7 +248,8 @@ impl Isa {
     }
 }
 
-/// `out[rows × n_pad] = a[rows × k] · W + b`; `rows` must be a multiple of [`ROW_PAD`].
+/// `out[rows × n_pad] = a[rows × k] · W + b`; `rows` must be a multiple of [`ROW_PAD`]. The
+/// columns past `n` (padding) are zeros for finite inputs; only the first `n` are results.
 pub fn gemm_bias(isa: Isa, a: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
     assert_eq!(rows % ROW_PAD, 0, "rows must be padded to ROW_PAD");
     assert!(a.len() >= rows * w.k && out.len() >= rows * w.n_pad);
@@ -526,6 +527,16 @@ mod simd {
             for p in 0..n_pad / NR {
                 let panel = wp.add(p * k * NR);
                 for half in [0, 16] {
+                    if p * NR + half >= w.n {
+                        // Columns of padding only (the forecast head's 48 of 64 at 8
+                        // features, horizon 3): zeros, without multiplying by zero weights.
+                        for r in 0..MR {
+                            let dst = op.add((r0 + r) * n_pad + p * NR + half);
+                            _mm256_storeu_ps(dst, _mm256_setzero_ps());
+                            _mm256_storeu_ps(dst.add(8), _mm256_setzero_ps());
+                        }
+                        continue;
+                    }
                     let b0 = _mm256_loadu_ps(bp.add(p * NR + half));
                     let b1 = _mm256_loadu_ps(bp.add(p * NR + half + 8));
                     let mut c = [[b0, b1]; MR];

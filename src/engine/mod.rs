@@ -507,7 +507,6 @@ pub struct Engine {
     x: Vec<f32>,
     h: Vec<f32>,
     c: Vec<f32>,
-    head_in: Vec<f32>,
     head_out: Vec<f32>,
     scratch: wave::Scratch,
     // Scored rows of the wave under way, awaiting their forecasts and state.
@@ -546,7 +545,6 @@ impl Engine {
             x: Vec::new(),
             h: Vec::new(),
             c: Vec::new(),
-            head_in: Vec::new(),
             head_out: Vec::new(),
             scratch: wave::Scratch::default(),
             judged: Vec::new(),

@@ -411,23 +411,24 @@ impl Engine {
         }
     }
 
-    /// The forecast head on the top layer's new hidden state, into `head_out`.
+    /// The forecast head on the top layer's new hidden state, into `head_out`. The top layer's
+    /// block is the last of `h`: zero rows appended to it pad it for the kernel in place (no
+    /// copy), and are cut off again.
     fn head(&mut self, model: &InferenceModel, rows: usize) {
         let top = model.stack.hidden();
         let padded = kernel::padded_rows(rows);
         let top_block = rows * (self.state_len - top);
-        self.head_in.clear();
-        self.head_in
-            .extend_from_slice(&self.h[top_block..top_block + rows * top]);
-        self.head_in.resize(padded * top, 0.0);
+        debug_assert_eq!(self.h.len(), top_block + rows * top);
+        self.h.resize(top_block + padded * top, 0.0);
         self.head_out.resize(padded * model.head.n_pad(), 0.0);
         kernel::gemm_bias(
             self.isa,
-            &self.head_in,
+            &self.h[top_block..],
             padded,
             &model.head,
             &mut self.head_out,
         );
+        self.h.truncate(top_block + rows * top);
     }
 
     fn row(&self, model: &InferenceModel, reading: &Reading, r: usize, it: &Item) -> Row {

@@ -12,29 +12,16 @@
 # each side in ns per row, sensorcast's GFLOP/s and fraction of the peak (matrix products
 # only: the cell's element-wise work is not counted), and the ratio.
 #
-# PyTorch comes as for scripts/bench-pytorch.sh (scripts/pytorch-venv.sh); ISA=avx2 measures
+# PyTorch comes as for scripts/bench-pytorch.sh (scripts/against-pytorch.sh); ISA=avx2 measures
 # both sides' AVX2 code on a machine with AVX-512, as there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rounds=${1:-3}
-source scripts/pytorch-venv.sh
-
-echo "==> cargo build --release" >&2
-cargo build --release --quiet
-bin=${CARGO_TARGET_DIR:-target}/release/sensorcast
-
-pin=()
-if command -v taskset >/dev/null 2>&1; then pin=(taskset -c 0); fi
-isa=()
-if [ "${ISA:-}" = avx2 ]; then
-  isa=(--isa avx2)
-  export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
-fi
+source scripts/against-pytorch.sh
 
 # "step=S head=H" → S + H
 total() { sed -n 's/^kernel_ns_per_row step=\([0-9.]*\) head=\([0-9.]*\)$/\1 \2/p' | awk '{print $1 + $2}'; }
-value() { sed -n "s/^$1=\([0-9.]*\).*/\1/p" | head -n1; }
 best() { printf '%s\n' "$@" | sort -g | head -n1; }
 
 echo "machine: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1), $(getconf _NPROCESSORS_ONLN) CPUs; pinned: ${pin[*]:-no}; rounds: $rounds; rows: ${BATCH:-4096}"

@@ -11,7 +11,7 @@
 # LAYERS=1 HORIZON=3 BATCH=4096.
 #
 # PyTorch comes from PyPI into its own virtual environment, made on first use and reused
-# (scripts/pytorch-venv.sh says where and how).
+# (scripts/against-pytorch.sh says where and how).
 #
 # ISA=avx2 measures both sides' AVX2 code on a machine with AVX-512: `sensorcast bench --isa
 # avx2`, and PyTorch with ATEN_CPU_CAPABILITY=avx2 and MKL_ENABLE_INSTRUCTIONS=AVX2 (its own
@@ -23,21 +23,8 @@ rounds=${1:-3}
 shape=(--devices "${DEVICES:-10000}" --steps "${STEPS:-300}" --hidden "${HIDDEN:-64}"
   --features "${FEATURES:-8}" --layers "${LAYERS:-1}" --horizon "${HORIZON:-3}"
   --batch "${BATCH:-4096}")
-source scripts/pytorch-venv.sh
+source scripts/against-pytorch.sh
 
-echo "==> cargo build --release" >&2
-cargo build --release --quiet
-bin=${CARGO_TARGET_DIR:-target}/release/sensorcast
-
-pin=()
-if command -v taskset >/dev/null 2>&1; then pin=(taskset -c 0); fi
-isa=()
-if [ "${ISA:-}" = avx2 ]; then
-  isa=(--isa avx2)
-  export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
-fi
-
-value() { sed -n "s/^$1=\([0-9.]*\).*/\1/p" | head -n1; }
 
 echo "machine: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1), $(getconf _NPROCESSORS_ONLN) CPUs; pinned: ${pin[*]:-no}"
 ours=()

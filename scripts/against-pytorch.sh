@@ -1,6 +1,8 @@
-# Sourced by the scripts that run PyTorch (bench-pytorch.sh, bench-kernel.sh): makes its virtual
-# environment on first use and reuses it, sets `venv`, and pins every library PyTorch may use
-# to one thread.
+# Sourced by the scripts that hold sensorcast against PyTorch (bench-pytorch.sh,
+# bench-kernel.sh), from the repository's root. Makes PyTorch's virtual environment on first use
+# and reuses it (`venv`), pins every library PyTorch may use to one thread, builds sensorcast
+# (`bin`), and sets `pin` (taskset -c 0 where there is taskset), `isa` (sensorcast's --isa) and
+# `value KEY` (reads KEY=NUMBER from standard input).
 #   PYTORCH_VENV     where (default: ${XDG_CACHE_HOME:-~/.cache}/sensorcast/pytorch-venv)
 #   TORCH_SPEC       what to install (default: torch)
 #   TORCH_INDEX_URL  an index to install torch from instead of PyPI, e.g.
@@ -18,3 +20,18 @@ fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 # PyTorch warns once per run that NumPy is missing; it is not used.
 export PYTHONWARNINGS=ignore
+
+echo "==> cargo build --release" >&2
+cargo build --release --quiet
+bin=${CARGO_TARGET_DIR:-target}/release/sensorcast
+
+pin=()
+if command -v taskset >/dev/null 2>&1; then pin=(taskset -c 0); fi
+# ISA=avx2: both sides' AVX2 code on a machine with AVX-512.
+isa=()
+if [ "${ISA:-}" = avx2 ]; then
+  isa=(--isa avx2)
+  export ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+fi
+
+value() { sed -n "s/^$1=\([0-9.]*\).*/\1/p" | head -n1; }

@@ -1071,8 +1071,13 @@ mod tests {
     }
 
     fn run(isa: Isa, batch: usize) -> (Vec<Outcome>, Vec<u32>, Counters) {
+        run_over(isa, batch, &readings())
+    }
+
+    /// `rs` through a fresh engine in batches of `batch`: every outcome, the bits of the
+    /// scored readings' forecasts and contributions, and the counters.
+    fn run_over(isa: Isa, batch: usize, rs: &[Reading]) -> (Vec<Outcome>, Vec<u32>, Counters) {
         let mut e = engine(isa);
-        let rs = readings();
         let mut out = BatchOutput::default();
         let (mut outcomes, mut bits) = (Vec::new(), Vec::new());
         for chunk in rs.chunks(batch) {
@@ -1112,6 +1117,24 @@ mod tests {
                 (Outcome::Stale { last_ts: s }, Outcome::Stale { last_ts: t }) => s == t,
                 _ => false,
             })
+    }
+
+    #[test]
+    fn a_wave_wider_than_its_parts_gives_the_bits_of_one_reading_at_a_time() {
+        // 700 devices in one batch: waves of 700 rows, cut into parts (PART_ROWS) and stepped
+        // in chunks (kernel::STEP_CHUNK) with a remainder in each.
+        let rs = crate::engine::testing::synthetic_readings(700, 30, 4);
+        let (one, one_bits, one_counters) = run_over(Isa::detect(), 1, &rs);
+        let (all, all_bits, all_counters) = run_over(Isa::detect(), rs.len(), &rs);
+        assert!(
+            one.iter()
+                .filter(|o| matches!(o, Outcome::Scored(_)))
+                .count()
+                > 20_000
+        );
+        assert!(same_bits(&one, &all), "outcomes differ");
+        assert!(one_bits == all_bits, "forecasts differ");
+        assert_eq!(one_counters, all_counters);
     }
 
     #[test]

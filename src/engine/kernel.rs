@@ -270,28 +270,22 @@ pub fn gemm_bias(isa: Isa, a: &[f32], rows: usize, w: &PackedMatrix, out: &mut [
 /// about `time`. The ceiling to hold [`gemm_bias`] against; `None` for portable code (no vector
 /// multiply-add to measure).
 pub fn fma_peak_flops(isa: Isa, time: std::time::Duration) -> Option<f64> {
-    /// Multiply-adds per round and vector lanes.
+    /// Multiply-adds per chain and call.
     const ROUND: u64 = 1 << 16;
-    let (lanes, chains) = match isa.0 {
+    // Lanes, chains, and the loop (unsafe: it runs the instruction set's instructions).
+    let (lanes, chains, chains_fn): (u64, usize, unsafe fn(u64) -> f32) = match isa.0 {
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx512 => (16, simd::PEAK_CHAINS_AVX512),
+        Kind::Avx512 => (16, simd::PEAK_CHAINS_AVX512, simd::fma_chains_avx512),
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx2 => (8, simd::PEAK_CHAINS_AVX2),
+        Kind::Avx2 => (8, simd::PEAK_CHAINS_AVX2, simd::fma_chains_avx2),
         _ => return None,
     };
     let start = std::time::Instant::now();
-    let mut rounds = 0u64;
-    let mut sink = 0.0f32;
+    let (mut rounds, mut sink) = (0u64, 0.0f32);
     while rounds == 0 || start.elapsed() < time {
-        sink += match isa.0 {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` of kind Avx512 is only made after detecting AVX-512F.
-            Kind::Avx512 => unsafe { simd::fma_chains_avx512(ROUND) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` of kind Avx2 is only made after detecting AVX2 and FMA.
-            Kind::Avx2 => unsafe { simd::fma_chains_avx2(ROUND) },
-            _ => unreachable!("portable returned above"),
-        };
+        // SAFETY: an `Isa` of kind Avx512 or Avx2 is only made after detecting the features
+        // its loop uses (AVX-512F; AVX2 and FMA).
+        sink += unsafe { chains_fn(ROUND) };
         rounds += 1;
     }
     let elapsed = start.elapsed().as_secs_f64();

@@ -743,6 +743,28 @@ impl LstmStack {
         self.layers.iter().map(|l| l.hidden).sum()
     }
 
+    /// `out = top · W + b` for `rows` sequences, `top` the top layer's hidden state: the last
+    /// block of `h` as [`Self::step`] leaves it. Zero rows appended to `h` pad that block for the
+    /// kernel in place, with no copy, and are cut off again; `out` becomes the padded rows ×
+    /// `w.n_pad()`. The forecast head of the engine and of `sensorcast bench --kernel`.
+    pub fn top_gemm(
+        &self,
+        isa: Isa,
+        rows: usize,
+        h: &mut Vec<f32>,
+        w: &PackedMatrix,
+        out: &mut Vec<f32>,
+    ) {
+        let (top, state_len) = (self.hidden(), self.state_len());
+        assert_eq!(h.len(), rows * state_len, "h holds rows × state_len floats");
+        let top_block = rows * (state_len - top);
+        let padded = padded_rows(rows);
+        h.resize(top_block + padded * top, 0.0);
+        out.resize(padded * w.n_pad, 0.0);
+        gemm_bias(isa, &h[top_block..], padded, w, out);
+        h.truncate(rows * state_len);
+    }
+
     /// One step for `rows` sequences. `h` and `c` hold, per layer in order, a `rows × hidden`
     /// block (so `rows × state_len()` floats each); after the call the top layer's new hidden
     /// state is the last block of `h`.

@@ -421,24 +421,11 @@ impl Engine {
         }
     }
 
-    /// The forecast head on the top layer's new hidden state, into `head_out`. The top layer's
-    /// block is the last of `h`: zero rows appended to it pad it for the kernel in place (no
-    /// copy), and are cut off again.
+    /// The forecast head on the top layer's new hidden state, into `head_out`.
     fn head(&mut self, model: &InferenceModel, rows: usize) {
-        let top = model.stack.hidden();
-        let padded = kernel::padded_rows(rows);
-        let top_block = rows * (self.state_len - top);
-        debug_assert_eq!(self.h.len(), top_block + rows * top);
-        self.h.resize(top_block + padded * top, 0.0);
-        self.head_out.resize(padded * model.head.n_pad(), 0.0);
-        kernel::gemm_bias(
-            self.isa,
-            &self.h[top_block..],
-            padded,
-            &model.head,
-            &mut self.head_out,
-        );
-        self.h.truncate(top_block + rows * top);
+        model
+            .stack
+            .top_gemm(self.isa, rows, &mut self.h, &model.head, &mut self.head_out);
     }
 
     fn row(&self, model: &InferenceModel, reading: &Reading, r: usize, it: &Item) -> Row {

@@ -670,8 +670,9 @@ impl LstmLayer {
         for r0 in (0..rows).step_by(STEP_CHUNK) {
             let n = (rows - r0).min(STEP_CHUNK);
             let padded = padded_rows(n);
-            ws.a.clear();
+            // Every row below `n` is written next: only the padding rows need zeros.
             ws.a.resize(padded * k, 0.0);
+            ws.a[n * k..padded * k].fill(0.0);
             for r in 0..n {
                 let (row, src) = (&mut ws.a[r * k..(r + 1) * k], r0 + r);
                 row[..inp].copy_from_slice(&x[src * inp..(src + 1) * inp]);

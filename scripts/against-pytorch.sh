@@ -1,8 +1,9 @@
 # Sourced by the scripts that hold sensorcast against PyTorch (bench-pytorch.sh,
 # bench-kernel.sh), from the repository's root. Makes PyTorch's virtual environment on first use
-# and reuses it (`venv`), pins every library PyTorch may use to one thread, builds sensorcast
-# (`bin`), and sets `pin` (taskset -c 0 where there is taskset), `isa` (sensorcast's --isa) and
-# `value KEY` (reads KEY=NUMBER from standard input).
+# and reuses it (`venv`), pins every library PyTorch may use to one thread, takes sensorcast's
+# binary (`bin`: scripts/sensorcast-bin.sh, so SENSORCAST_BIN works here too), and sets `pin`
+# (taskset -c 0 where there is taskset), `isa` (sensorcast's --isa) and `value KEY` (reads
+# KEY=NUMBER from standard input).
 #   PYTORCH_VENV     where (default: ${XDG_CACHE_HOME:-~/.cache}/sensorcast/pytorch-venv)
 #   TORCH_SPEC       what to install (default: torch)
 #   TORCH_INDEX_URL  an index to install torch from instead of PyPI, e.g.
@@ -21,9 +22,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 # PyTorch warns once per run that NumPy is missing; it is not used.
 export PYTHONWARNINGS=ignore
 
-echo "==> cargo build --release" >&2
-cargo build --release --quiet
-bin=${CARGO_TARGET_DIR:-target}/release/sensorcast
+source scripts/sensorcast-bin.sh
 
 pin=()
 if command -v taskset >/dev/null 2>&1; then pin=(taskset -c 0); fi

@@ -24,13 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-1000}
 readings=${2:-200}
-# SENSORCAST_BIN: another build's binary to measure (a before/after comparison in one sitting).
-if [ -n "${SENSORCAST_BIN:-}" ]; then
-  bin=$SENSORCAST_BIN
-else
-  cargo build --release --locked --quiet
-  bin=$(pwd)/target/release/sensorcast
-fi
+source scripts/sensorcast-bin.sh
 work=$(mktemp -d)
 pids=()
 cleanup() { scripts/kafka.sh stop "$work/kafka" || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

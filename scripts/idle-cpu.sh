@@ -8,12 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 window=${1:-30}
-if [ -n "${SENSORCAST_BIN:-}" ]; then
-  bin=$SENSORCAST_BIN
-else
-  cargo build --release --locked --quiet
-  bin=$(pwd)/target/release/sensorcast
-fi
+source scripts/sensorcast-bin.sh
 work=$(mktemp -d)
 spid=""
 cleanup() {

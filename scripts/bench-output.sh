@@ -9,11 +9,11 @@
 #     the first reading consumed to the last point acknowledged;
 #   - sensorcast's CPU seconds (utime + stime of the process) and the database's, over the run;
 #   - the ceiling: the same points (`sensorcast replay` of the same readings with the same
-#     config, in the order serve's consumer receives them) POSTed straight to a fresh database by scripts/write-ceiling.py (the database
-#     restarted empty before it, as before serve's run), the best of
-#     four request sizes × concurrencies (256 KiB, 1 MiB and 4 MiB over 2 connections, 1 MiB
-#     over 4; column ceiling_at says which); reported as readings/s (lines/s ÷ points per
-#     reading).
+#     config, in the order serve's consumer receives them) POSTed straight to a fresh database
+#     by scripts/write-ceiling.py (the database restarted empty before it, as before serve's
+#     run), the best of four request sizes × concurrencies (256 KiB, 1 MiB and 4 MiB over 2
+#     connections, 1 MiB over 4; column ceiling_at says which); reported as readings/s
+#     (lines/s ÷ points per reading).
 #
 # Usage: [SENSORCAST_BIN=path] [DBS="vm influx"] [OUTPUTS="default full"] [CEILING=0]
 #        scripts/bench-output.sh [devices] [readings-per-device]

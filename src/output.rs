@@ -101,7 +101,7 @@ pub struct Volume {
 /// anything else); a non-finite one would be written as `0`, never as `NaN`.
 fn push_f32(out: &mut String, v: f32) {
     if v.is_finite() {
-        push_shortest(out, zmij::Buffer::new().format_finite(v));
+        push_shortest(out, zmij::Buffer::new().format_finite(v), v.abs() >= 1e7);
     } else {
         out.push('0');
     }
@@ -109,7 +109,7 @@ fn push_f32(out: &mut String, v: f32) {
 
 fn push_f64(out: &mut String, v: f64) {
     if v.is_finite() {
-        push_shortest(out, zmij::Buffer::new().format_finite(v));
+        push_shortest(out, zmij::Buffer::new().format_finite(v), v.abs() >= 1e7);
     } else {
         out.push('0');
     }
@@ -117,8 +117,9 @@ fn push_f64(out: &mut String, v: f64) {
 
 /// Appends zmij's shortest form with the exponent's `+` left out (`1e13`, not `1e+13`): the
 /// digits ryu wrote before, for every finite f32 (checked exhaustively) and every f64 tried.
-fn push_shortest(out: &mut String, s: &str) {
-    match memchr::memchr(b'+', s.as_bytes()) {
+/// Only a large number has a positive exponent, so a reading's values skip the search.
+fn push_shortest(out: &mut String, s: &str, large: bool) {
+    match large.then(|| s.bytes().position(|b| b == b'+')).flatten() {
         None => out.push_str(s),
         Some(i) => {
             out.push_str(&s[..i]);

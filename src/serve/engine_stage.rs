@@ -21,6 +21,7 @@ use crate::engine::snapshot::ShardRecords;
 use crate::engine::{BatchOutput, Counters, Engine, Outcome};
 use crate::model::registry::Registry;
 use crate::output::PointFormat;
+use crate::serve::bodies::Bodies;
 use crate::serve::pipeline::{
     Checkpoints, InBatch, Offsets, OutBatch, PartitionKey, ToEngine, ToSink,
 };
@@ -70,6 +71,8 @@ pub struct EngineStage {
     out: BatchOutput,
     /// Length of the last batch's body: the next one's starting capacity.
     body_hint: usize,
+    /// Where batches' bodies come from; the sink gives them back once it has copied them.
+    bodies: Bodies,
     log_limit: RateLimit,
     store: Store,
     /// Idle time (ns of event time) after which a device is parked; 0: never.
@@ -139,6 +142,8 @@ impl EngineStage {
             per_stream: vec![(Vec::new(), Vec::new()); n],
             out: BatchOutput::default(),
             body_hint: 0,
+            // The engine fills one batch at a time; a second covers one on its way back.
+            bodies: Bodies::new(2),
             log_limit: RateLimit::default(),
             store,
             ttl_ns: cfg.engine.device_ttl.as_nanos(),
@@ -188,6 +193,11 @@ impl EngineStage {
             msg_ts: Vec::new(),
             dead_letters: Vec::new(),
         })
+    }
+
+    /// The pool the batches' bodies come from, for the sink to give them back to.
+    pub fn bodies(&self) -> Bodies {
+        self.bodies.clone()
     }
 
     /// Runs until the input closes; then takes a last checkpoint of every partition.
@@ -320,7 +330,7 @@ impl EngineStage {
         }
         // Sized from the last body, so that a batch's line protocol is not copied again and
         // again as it grows (a body of megabytes doubled its way up from nothing).
-        let mut body = String::with_capacity(self.body_hint + self.body_hint / 8);
+        let mut body = self.bodies.take(self.body_hint + self.body_hint / 8);
         let mut points = 0;
         for i in 0..self.engines.len() {
             if self.per_stream[i].0.is_empty() {

@@ -19,6 +19,7 @@
 //! travel behind the points they cover and are persisted once those are written; rebalances
 //! restore and checkpoint partitions ([`crate::serve::source::Rebalancer`]).
 
+pub mod bodies;
 pub mod dead_letters;
 pub mod engine_stage;
 pub mod pipeline;
@@ -246,6 +247,7 @@ async fn start(
         store.clone(),
         Arc::clone(&checkpoints_in_flight),
     );
+    let batch_bodies = stage.bodies();
     let engine = std::thread::Builder::new()
         .name("sensorcast-engine".into())
         .spawn(move || stage.run(engine_rx, sink_tx))
@@ -263,6 +265,7 @@ async fn start(
         persisted: persisted_tx,
         store,
         flush_bytes: cfg.influxdb.batch_bytes,
+        batch_bodies,
         flush_interval: cfg.influxdb.flush_interval.get(),
         concurrency: cfg.influxdb.concurrency,
         abort: shared.abort.clone(),

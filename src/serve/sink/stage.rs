@@ -12,6 +12,7 @@
 //! sink never touches the consumer: progress flows back on a channel.
 
 use super::{SinkError, Writer};
+use crate::serve::bodies::Bodies;
 use crate::serve::dead_letters::DeadLetterAck;
 use crate::serve::pipeline::{Checkpoints, NextOffset, Offsets, OutBatch, PartitionKey, ToSink};
 use crate::state::{Checkpoint, Store};
@@ -33,6 +34,8 @@ pub struct SinkStage {
     pub store: Store,
     /// A write request is sent once this many bytes wait…
     pub flush_bytes: usize,
+    /// Where the engine stage's batch bodies go back once copied into a request.
+    pub batch_bodies: Bodies,
     /// …or the oldest has waited this long.
     pub flush_interval: Duration,
     /// Requests in flight.
@@ -50,6 +53,8 @@ pub struct SinkStage {
 /// Points waiting to be sent as one write request.
 struct Pending {
     body: String,
+    /// Where `body` goes back once written.
+    pool: Pool,
     /// Points (lines) in `body`.
     points: u64,
     msg_ts: Vec<i64>,
@@ -73,6 +78,11 @@ impl SinkStage {
         ));
         let mut inflight = futures_util::stream::FuturesOrdered::new();
         let mut pending: Option<Pending> = None;
+        // Requests' buffers: those in flight and the one filling.
+        let bodies = Pools {
+            batches: self.batch_bodies.clone(),
+            requests: Bodies::new(self.concurrency + 1),
+        };
         // Requests issued and acknowledged, and checkpoints waiting for a number of them.
         let (mut issued, mut acked) = (0u64, 0u64);
         let mut barriers: VecDeque<(u64, Checkpoints, Vec<DeadLetterAck>)> = VecDeque::new();
@@ -103,13 +113,12 @@ impl SinkStage {
             if ready && !full {
                 let Some(p) = pending.take() else { continue };
                 let (w, mut abort) = (Arc::clone(&writer), self.abort.clone());
+                let body = match p.pool {
+                    Pool::Batches => bodies.batches.bytes(p.body),
+                    Pool::Requests => bodies.requests.bytes(p.body),
+                };
+                let (points, msg_ts) = (p.points, p.msg_ts);
                 inflight.push_back(async move {
-                    let Pending {
-                        body,
-                        points,
-                        msg_ts,
-                        ..
-                    } = p;
                     (w.write(body, points, &mut abort).await, msg_ts)
                 });
                 issued += 1;
@@ -129,9 +138,9 @@ impl SinkStage {
                         refused.append(&mut writer.take_refused());
                         self.metrics.points_written.inc_by(report.written);
                         let now = chrono::Utc::now().timestamp_millis();
-                        for ts in msg_ts {
-                            self.metrics.end_to_end_latency.observe((now - ts).max(0) as f64 / 1000.0);
-                        }
+                        self.metrics.end_to_end_latency.observe_all(
+                            msg_ts.iter().map(|ts| (now - ts).max(0) as f64 / 1000.0),
+                        );
                     }
                     Err(SinkError::Aborted) => break false,
                     Err(e) => {
@@ -142,7 +151,7 @@ impl SinkStage {
                 next = self.rx.recv(), if !closed && room => match next {
                     Some(ToSink::Points(mut b)) => {
                         unsettled.append(&mut b.dead_letters);
-                        add(&mut pending, b, (self.flush_interval, self.flush_bytes));
+                        add(&mut pending, b, (self.flush_interval, self.flush_bytes), &bodies);
                     }
                     Some(ToSink::Checkpoints(set)) => {
                         // Behind every point received so far: send what is pending now.
@@ -169,31 +178,53 @@ impl SinkStage {
 }
 
 /// Adds a batch's points to the pending request (`flush`: the sink's flush interval and
-/// request size).
+/// request size). A batch's body is copied into a request's buffer and given back, unless it
+/// is a request's worth on its own.
 fn add(
     pending: &mut Option<Pending>,
     b: OutBatch,
     (flush_interval, flush_bytes): (Duration, usize),
+    bodies: &Pools,
 ) {
     match pending {
         Some(p) => {
             p.body.push_str(&b.body);
             p.points += b.points;
             p.msg_ts.extend(b.msg_ts);
+            bodies.batches.give(b.body);
         }
         None => {
-            let mut body = b.body;
-            // Room for the batches that join it before it goes (at most `flush_bytes` and one
-            // more batch), so that it is not reallocated and copied as it grows.
-            body.reserve(flush_bytes.saturating_sub(body.len()));
+            let (body, pool) = if b.body.len() >= flush_bytes {
+                (b.body, Pool::Batches)
+            } else {
+                // Room for the batches that join it before it goes (at most `flush_bytes` and
+                // one more batch), so that it is not reallocated and copied as it grows.
+                let mut body = bodies.requests.take(flush_bytes + b.body.len());
+                body.push_str(&b.body);
+                bodies.batches.give(b.body);
+                (body, Pool::Requests)
+            };
             *pending = Some(Pending {
                 body,
+                pool,
                 points: b.points,
                 msg_ts: b.msg_ts,
                 deadline: tokio::time::Instant::now() + flush_interval,
             });
         }
     }
+}
+
+/// The buffer pools the sink draws on and gives back to.
+struct Pools {
+    batches: Bodies,
+    requests: Bodies,
+}
+
+/// Which pool a request's buffer goes back to.
+enum Pool {
+    Batches,
+    Requests,
 }
 
 /// Writes checkpoints in order, off the sink's loop (file I/O on the blocking pool), and

@@ -56,8 +56,9 @@ pub struct Metrics {
     /// Readings per engine micro-batch.
     pub batch_size: Histogram,
     /// Seconds from a message's Kafka timestamp to its outputs being acknowledged
-    /// ([`latency_buckets`]: 10 ms wide up to 1 s).
-    pub end_to_end_latency: Histogram,
+    /// ([`latency_buckets`]: 10 ms wide up to 1 s), observed a write request's messages at a
+    /// time.
+    pub end_to_end_latency: BatchHistogram,
     /// Consumer lag per partition, from librdkafka statistics.
     pub consumer_lag: Family<Labels, Gauge>,
     /// Devices tracked, by stream.
@@ -142,7 +143,7 @@ impl Metrics {
             sink_partial_writes: Family::default(),
             sink_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
-            end_to_end_latency: Histogram::new(latency_buckets()),
+            end_to_end_latency: BatchHistogram::new(latency_buckets()),
             consumer_lag: Family::default(),
             devices: Family::default(),
             alarms_raised: Family::default(),
@@ -651,6 +652,86 @@ impl Metrics {
     }
 }
 
+/// A histogram that takes many observations under one lock, each bucket found by binary
+/// search. prometheus_client's `Histogram` locks and scans its buckets in order for every
+/// value: with the 108 latency buckets and one observation per message that was ≈ 1.7 % of
+/// `serve`'s CPU in a throughput run. Exported in the same text as that `Histogram`.
+#[derive(Clone, Debug)]
+pub struct BatchHistogram(Arc<std::sync::Mutex<Buckets>>);
+
+#[derive(Debug)]
+struct Buckets {
+    sum: f64,
+    count: u64,
+    /// Upper bounds, increasing, the last `f64::MAX` (+Inf), and each one's count.
+    upper: Vec<f64>,
+    counts: Vec<u64>,
+}
+
+impl BatchHistogram {
+    /// A histogram over these increasing upper bounds (and +Inf).
+    pub fn new(bounds: impl Iterator<Item = f64>) -> Self {
+        let upper: Vec<f64> = bounds.chain(std::iter::once(f64::MAX)).collect();
+        let counts = vec![0; upper.len()];
+        Self(Arc::new(std::sync::Mutex::new(Buckets {
+            sum: 0.0,
+            count: 0,
+            upper,
+            counts,
+        })))
+    }
+
+    /// Observes every value (a value on a bound counts in that bound's bucket, `le`).
+    pub fn observe_all(&self, values: impl IntoIterator<Item = f64>) {
+        let mut b = self.lock();
+        let Buckets {
+            sum,
+            count,
+            upper,
+            counts,
+        } = &mut *b;
+        for v in values {
+            *sum += v;
+            *count += 1;
+            let i = upper.partition_point(|&u| u < v).min(upper.len() - 1);
+            counts[i] += 1;
+        }
+    }
+
+    /// Sum, count and (upper bound, count) per bucket.
+    pub fn get(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let b = self.lock();
+        let buckets = b.upper.iter().copied().zip(b.counts.iter().copied());
+        (b.sum, b.count, buckets.collect())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {
+        // The counts stay consistent enough to export even if an observer panicked.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for BatchHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for BatchHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.get();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            sum, count, &buckets, None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        <Self as prometheus_client::metrics::TypedMetric>::TYPE
+    }
+}
+
 /// Buckets of the produce → written latency: 10 ms wide from 10 ms to 1 s, so that a p50 or
 /// p99 read from them (interpolated within a bucket) is good to ±5 ms where the targets lie
 /// (a p99 under 250 ms), with 1 and 5 ms below and doubling from 2 s to 64 s above for
@@ -677,6 +758,33 @@ mod tests {
         // Resolved again (another stage), the same series.
         m.for_stream("a").alarms_raised.inc();
         assert_eq!(a.alarms_raised.get(), 4);
+    }
+
+    #[test]
+    fn a_batch_histogram_exports_what_prometheus_client_s_histogram_does() {
+        use prometheus_client::metrics::histogram::Histogram;
+        let ours = super::BatchHistogram::new(super::latency_buckets());
+        let theirs = Histogram::new(super::latency_buckets());
+        // On bounds, between them, below the first, past the last, and zero.
+        let values: Vec<f64> = (0..3000)
+            .map(|i| f64::from(i) * 0.001)
+            .chain([0.0, 0.0005, 0.01, 0.25, 1.0, 2.0, 63.9, 64.0, 65.0, 1e9])
+            .collect();
+        ours.observe_all(values[..1000].iter().copied());
+        ours.observe_all(values[1000..].iter().copied());
+        for &v in &values {
+            theirs.observe(v);
+        }
+        fn text(m: impl prometheus_client::registry::Metric) -> String {
+            let mut r = prometheus_client::registry::Registry::default();
+            r.register("latency", "help", m);
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &r).expect("encode");
+            out
+        }
+        let (a, b) = (text(ours), text(theirs));
+        assert!(a.contains("latency_bucket{le=\"0.25\"}"), "{a}");
+        assert_eq!(a, b);
     }
 
     #[test]

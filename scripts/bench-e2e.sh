@@ -10,16 +10,17 @@
 # 3. With PROFILE=1: where serve's CPU time goes in the throughput run (1.), by part of the
 #    pipeline — `perf record` on the serve process, summed by scripts/profile_groups.py (needs
 #    perf; the perf data is kept in PROFILE_OUT, default /tmp/sensorcast-serve.perf).
+#    PERF_ARGS adds to perf record's arguments, e.g. PERF_ARGS="--call-graph dwarf,16384" to see
+#    who calls a library function (`perf report -i … -G -S SYMBOL`).
 #
-# Usage: [PROFILE=1] scripts/bench-e2e.sh [devices] [readings-per-device] [rate]
+# Usage: [SENSORCAST_BIN=path] [PROFILE=1] scripts/bench-e2e.sh [devices] [readings-per-device] [rate]
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-1000}
 readings=${2:-200}
 rate=${3:-100000}
-cargo build --release --locked --quiet
-bin=target/release/sensorcast
+source scripts/sensorcast-bin.sh
 work=$(mktemp -d)
 pids=()
 cleanup() { scripts/kafka.sh stop "$work/kafka" || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -85,7 +86,7 @@ until [ "$(metric sensorcast_readings_total)" -gt 0 ] 2>/dev/null; do sleep 0.05
 s0=$(date +%s.%N)
 if [ -n "${PROFILE:-}" ]; then
   perf_out=${PROFILE_OUT:-/tmp/sensorcast-serve.perf}
-  perf record -F 999 -p "$spid" -o "$perf_out" </dev/null >"$work/perf.log" 2>&1 & perfpid=$!
+  perf record -F 999 ${PERF_ARGS:-} -p "$spid" -o "$perf_out" </dev/null >"$work/perf.log" 2>&1 & perfpid=$!
 fi
 until [ "$(metric sensorcast_points_written_total)" -ge "$points" ] 2>/dev/null; do sleep 0.1; done
 s1=$(date +%s.%N)

@@ -9,7 +9,7 @@ use crate::decode::Rejected;
 use crate::kafka::client_config;
 use crate::kafka::producer::{Producer, Record};
 use crate::telemetry::{Health, Metrics, RateLimit, labels};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,7 +107,7 @@ impl DeadLetters {
     /// Counts and logs the message and, when a dead-letter topic is configured, starts
     /// producing it there (on the runtime, at once); returns what must settle before its
     /// offset counts as done.
-    pub fn send(&self, msg: &OwnedMessage, why: &Rejected) -> Option<DeadLetterAck> {
+    pub fn send(&self, msg: &impl Message, why: &Rejected) -> Option<DeadLetterAck> {
         self.metrics
             .dead_letters
             .get_or_create(&labels(&[("reason", why.reason)]))

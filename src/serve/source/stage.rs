@@ -106,8 +106,8 @@ impl SourceStage {
                         st.paused = false;
                     }
                 }
-                // Owned: the dead letter outlives the borrow.
-                msg = async { s.consumer.recv().await.map(|m| m.detach()) }, if take => {
+                // Borrowed from librdkafka, not copied: a dead letter copies what it keeps.
+                msg = s.consumer.recv(), if take => {
                     let mut next = Some(msg);
                     // Then what librdkafka already holds, without a round of this loop (its
                     // timers and clock reads) per message: up to a full batch, never across a
@@ -115,7 +115,7 @@ impl SourceStage {
                     // and keeps its timers, while the broker is away).
                     while let Some(msg) = next.take() {
                         match msg {
-                            Ok(m) => st.take(m, (&s.assignment, &s.decoder, &s.dead_letters, &s.readings_in)),
+                            Ok(m) => st.take(&m, (&s.assignment, &s.decoder, &s.dead_letters, &s.readings_in)),
                             Err(e) => {
                                 if let Some(suppressed) = errors.check("consumer", Duration::from_secs(10)) {
                                     tracing::warn!(error = %e, suppressed, "Kafka consumer error");
@@ -124,7 +124,7 @@ impl SourceStage {
                             }
                         }
                         if st.room(s.max_batch) && s.assignment.generation() == st.generation {
-                            next = s.consumer.recv().now_or_never().map(|m| m.map(|m| m.detach()));
+                            next = s.consumer.recv().now_or_never();
                         }
                     }
                 }
@@ -195,7 +195,7 @@ impl Filling {
     /// message fetched before a revoke is left to the partition's new owner.
     fn take(
         &mut self,
-        m: rdkafka::message::OwnedMessage,
+        m: &impl Message,
         (assignment, decoder, dead_letters, readings_in): (
             &Assignment,
             &Decoder,
@@ -238,7 +238,7 @@ impl Filling {
                     batch.msg_ts.push(ts);
                 }
             }
-            Err(why) => batch.dead_letters.extend(dead_letters.send(&m, &why)),
+            Err(why) => batch.dead_letters.extend(dead_letters.send(m, &why)),
         }
         batch.offsets.note_message(m.topic(), partition, offset);
         batch.messages += 1;

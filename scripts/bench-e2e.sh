@@ -30,7 +30,7 @@ vport=$(free_port); hport=$(free_port)
 # Apache Kafka (scripts/kafka.sh: its pinned version, from the cached jars).
 kaddr=$(scripts/kafka.sh start "$work/kafka")
 victoria-metrics -httpListenAddr="127.0.0.1:$vport" -storageDataPath="$work/vm" -retentionPeriod=100y \
-  -search.latencyOffset=0s -loggerLevel=ERROR >"$work/vm.log" 2>&1 & pids+=($!)
+  -search.latencyOffset=0s -loggerLevel=ERROR >"$work/vm.log" 2>&1 & vmpid=$!; pids+=($vmpid)
 sleep 2
 scripts/kafka.sh topic "$work/kafka" bench.tput 4
 scripts/kafka.sh topic "$work/kafka" bench.lat 4
@@ -93,10 +93,9 @@ s1=$(date +%s.%N)
 python3 -c "e=$s1-$s0; print(f'throughput: $total readings in {e:.2f} s -> {$total/e:,.0f} events/s end to end')"
 # CPU seconds per process over the run (utime + stime, in clock ticks).
 cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
-vmpid=${pids[1]}
 python3 -c "
 s, v = $(cpu $spid), $(cpu $vmpid)
-print(f'cpu: sensorcast {s:.1f} s ({$total/max(s,1e-9):,.0f} readings per CPU-second), victoria-metrics {v:.1f} s (cumulative)')"
+print(f'cpu: sensorcast {s:.2f} s ({$total/max(s,1e-9):,.0f} readings per CPU-second), victoria-metrics {v:.2f} s (cumulative)')"
 if [ -n "${PROFILE:-}" ]; then
   kill -INT "$perfpid" 2>/dev/null || echo "perf stopped early: $(cat "$work/perf.log")"
   wait "$perfpid" || true

@@ -204,7 +204,7 @@ ppr, total = int(ppr), int(total)
 rate = total / (float(s1) - float(s0))
 ceiling = float(lps) / ppr or float("nan")
 names = {"vm": "VictoriaMetrics", "influx": "InfluxDB 1.6"}
-print(f"{names[db]:<16} {out:<8} {ppr:>7} {rate:>12,.0f} {float(scpu):>10.1f} {total / float(scpu):>14,.0f} "
+print(f"{names[db]:<16} {out:<8} {ppr:>7} {rate:>12,.0f} {float(scpu):>10.2f} {total / float(scpu):>14,.0f} "
       f"{float(db1) - float(db0):>9.1f} {ceiling:>14,.0f} {rate / ceiling:>7.0%}  {best_at}")
 PY
   done

@@ -10,28 +10,38 @@
 //! (a retry or a split of the request holds it until then).
 //!
 //! A pool makes a new buffer only when it has none to give, so it never holds more buffers
-//! than were in use at once, and it keeps at most `keep` of them. `serve` has one pool for
+//! than were in use at once, and it keeps at most `keep` of them, and none once nothing has
+//! been taken for a while ([`Bodies::trim_idle`]): a quiet `serve` holds no idle megabytes. `serve` has one pool for
 //! the micro-batches' bodies and one for the requests' (a batch's body that is a request on
 //! its own goes back to the batches' pool), so a buffer stays the size of its role, and the
 //! memory bound of docs/OPERATIONS.md §5 holds as it did.
 
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A pool of line-protocol buffers (cheap to clone: every clone is the same pool).
 #[derive(Clone)]
 pub struct Bodies(Arc<Pool>);
 
 struct Pool {
-    free: Mutex<Vec<String>>,
+    free: Mutex<Free>,
     keep: usize,
+}
+
+struct Free {
+    buffers: Vec<String>,
+    last_take: Instant,
 }
 
 impl Bodies {
     /// A pool that keeps at most `keep` buffers.
     pub fn new(keep: usize) -> Self {
         Self(Arc::new(Pool {
-            free: Mutex::new(Vec::with_capacity(keep)),
+            free: Mutex::new(Free {
+                buffers: Vec::with_capacity(keep),
+                last_take: Instant::now(),
+            }),
             keep,
         }))
     }
@@ -39,7 +49,11 @@ impl Bodies {
     /// An empty buffer with room for at least `capacity` bytes: a returned one when the pool
     /// has one, else a new one.
     pub fn take(&self, capacity: usize) -> String {
-        let mut body = self.free().pop().unwrap_or_default();
+        let mut body = {
+            let mut free = self.free();
+            free.last_take = Instant::now();
+            free.buffers.pop().unwrap_or_default()
+        };
         body.reserve(capacity);
         body
     }
@@ -50,9 +64,17 @@ impl Bodies {
             return;
         }
         let mut free = self.free();
-        if free.len() < self.0.keep {
+        if free.buffers.len() < self.0.keep {
             body.clear();
-            free.push(body);
+            free.buffers.push(body);
+        }
+    }
+
+    /// Drops every buffer waiting if none has been taken for `idle`.
+    pub fn trim_idle(&self, idle: Duration) {
+        let mut free = self.free();
+        if free.last_take.elapsed() >= idle {
+            free.buffers = Vec::new();
         }
     }
 
@@ -67,10 +89,10 @@ impl Bodies {
 
     /// Buffers waiting in the pool.
     pub fn waiting(&self) -> usize {
-        self.free().len()
+        self.free().buffers.len()
     }
 
-    fn free(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+    fn free(&self) -> std::sync::MutexGuard<'_, Free> {
         // A panic while holding the lock leaves a list of buffers, which is still valid.
         self.0.free.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -137,5 +159,17 @@ mod tests {
         let bodies = Bodies::new(2);
         bodies.give(String::new());
         assert_eq!(bodies.waiting(), 0, "nothing to keep in an unallocated buffer");
+    }
+
+    #[test]
+    fn an_idle_pool_lets_its_buffers_go() {
+        let bodies = Bodies::new(2);
+        let b = bodies.take(100);
+        bodies.give(b);
+        bodies.trim_idle(Duration::from_secs(3600));
+        assert_eq!(bodies.waiting(), 1, "taken from just now");
+        std::thread::sleep(Duration::from_millis(5));
+        bodies.trim_idle(Duration::from_millis(1));
+        assert_eq!(bodies.waiting(), 0);
     }
 }

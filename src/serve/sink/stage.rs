@@ -83,6 +83,8 @@ impl SinkStage {
             batches: self.batch_bodies.clone(),
             requests: Bodies::new(self.concurrency + 1),
         };
+        let mut trim = tokio::time::interval(POOL_IDLE / 4);
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Requests issued and acknowledged, and checkpoints waiting for a number of them.
         let (mut issued, mut acked) = (0u64, 0u64);
         let mut barriers: VecDeque<(u64, Checkpoints, Vec<DeadLetterAck>)> = VecDeque::new();
@@ -164,6 +166,10 @@ impl SinkStage {
                     None => closed = true,
                 },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() && !ready => {}
+                _ = trim.tick() => {
+                    bodies.batches.trim_idle(POOL_IDLE);
+                    bodies.requests.trim_idle(POOL_IDLE);
+                }
             }
         };
         drop(persist_tx);
@@ -214,6 +220,10 @@ fn add(
         }
     }
 }
+
+/// Buffers nobody has taken for this long are let go (a stream that paused, a backlog caught
+/// up), checked four times as often.
+const POOL_IDLE: Duration = Duration::from_secs(1);
 
 /// The buffer pools the sink draws on and gives back to.
 struct Pools {

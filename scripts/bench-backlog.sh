@@ -6,15 +6,14 @@
 # Peak memory must not grow with the backlog: it is bounded by the configuration (the formula
 # in docs/OPERATIONS.md, "Memory"), which the script prints beside the measurement.
 #
-# Usage: scripts/bench-backlog.sh [devices] [backlog...]   (default 1000 1000000 4000000)
+# Usage: [SENSORCAST_BIN=path] scripts/bench-backlog.sh [devices] [backlog...]   (default 1000 1000000 4000000)
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a
 # release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-1000}
 if [ $# -gt 1 ]; then shift; sizes=("$@"); else sizes=(1000000 4000000); fi
-cargo build --release --locked --quiet
-bin=target/release/sensorcast
+source scripts/sensorcast-bin.sh
 work=$(mktemp -d)
 pids=()
 cleanup() { scripts/kafka.sh stop "$work/kafka" || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

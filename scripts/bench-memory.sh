@@ -9,15 +9,14 @@
 # Every 15 s it prints a sample (elapsed, points written, devices, RSS), so a long run shows
 # whether memory settles or keeps growing.
 #
-# Usage: scripts/bench-memory.sh [devices] [readings-per-device] [live]   (default 100000 2)
+# Usage: [SENSORCAST_BIN=path] scripts/bench-memory.sh [devices] [readings-per-device] [live]   (default 100000 2)
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-100000}
 readings=${2:-2}
 live=${3:-}
-cargo build --release --locked --quiet
-bin=target/release/sensorcast
+source scripts/sensorcast-bin.sh
 work=$(mktemp -d)
 pids=()
 cleanup() { scripts/kafka.sh stop "$work/kafka" || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -16,15 +16,14 @@
 # (windows/s) comes from its log lines. Numbers depend on the machine: run it on the one you
 # care about; the ratios are what carries over.
 #
-# Usage: scripts/bench-retrain.sh [devices] [readings-per-device] [retrain-threads]
+# Usage: [SENSORCAST_BIN=path] scripts/bench-retrain.sh [devices] [readings-per-device] [retrain-threads]
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-500}
 readings=${2:-3000}
 threads=${3:-1}
-cargo build --release --locked --quiet
-bin=target/release/sensorcast
+source scripts/sensorcast-bin.sh
 work=$(mktemp -d)
 pids=()
 cleanup() { scripts/kafka.sh stop "$work/kafka" || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

@@ -8,7 +8,7 @@
 # consumer lag, devices in memory and parked, and prints a line; at the end a summary and a
 # chart (soak-out/soak.svg, soak-out/soak.csv).
 #
-# Usage: scripts/soak.sh [minutes] [stable-devices] [churn-devices-per-round]
+# Usage: [SENSORCAST_BIN=path] scripts/soak.sh [minutes] [stable-devices] [churn-devices-per-round]
 #        (default 30 1000 200: ≈1 200 readings/s)
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a release build.
 set -euo pipefail
@@ -17,8 +17,7 @@ minutes=${1:-30}
 stable=${2:-1000}
 churn=${3:-200}
 round_s=60
-cargo build --release --locked --quiet
-bin=$(pwd)/target/release/sensorcast
+source scripts/sensorcast-bin.sh
 out=$(pwd)/soak-out
 mkdir -p "$out"
 work=$(mktemp -d)

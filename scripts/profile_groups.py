@@ -20,7 +20,7 @@ GROUPS = [
     ("decode (JSON, line protocol)", ["sensorcast::decode", "serde_json::", "json::"]),
     ("engine: LSTM kernel", ["engine::kernel"]),
     ("engine: scoring and state", ["sensorcast::engine", "score::", "detect::"]),
-    ("encode (line protocol out)", ["sensorcast::output", "ryu::", "itoa::", "core::fmt"]),
+    ("encode (line protocol out)", ["sensorcast::output", "ryu::", "zmij::", "itoa::", "core::fmt"]),
     ("HTTP to the database", ["hyper", "reqwest", "h2::", "http::", "httparse", "rustls", "ring::"]),
     ("telemetry", ["sensorcast::telemetry", "prometheus"]),
     ("serve stages and checkpoints", ["sensorcast::serve", "sensorcast::state", "crc32"]),

@@ -100,25 +100,24 @@ pub struct Volume {
 /// all of these. Values are finite here (the engine resets a device rather than output
 /// anything else); a non-finite one would be written as `0`, never as `NaN`.
 fn push_f32(out: &mut String, v: f32) {
-    if v.is_finite() {
-        push_shortest(out, zmij::Buffer::new().format_finite(v), v.abs() >= 1e7);
-    } else {
-        out.push('0');
-    }
+    push_float(out, v, v.is_finite(), v.abs() >= 1e7);
 }
 
 fn push_f64(out: &mut String, v: f64) {
-    if v.is_finite() {
-        push_shortest(out, zmij::Buffer::new().format_finite(v), v.abs() >= 1e7);
-    } else {
-        out.push('0');
-    }
+    push_float(out, v, v.is_finite(), v.abs() >= 1e7);
 }
 
-/// Appends zmij's shortest form with the exponent's `+` left out (`1e13`, not `1e+13`): the
-/// digits ryu wrote before, for every finite f32 (checked exhaustively) and every f64 tried.
-/// Only a large number has a positive exponent, so a reading's values skip the search.
-fn push_shortest(out: &mut String, s: &str, large: bool) {
+/// Appends zmij's shortest form of a `finite` float with the exponent's `+` left out (`1e13`,
+/// not `1e+13`): the digits ryu wrote before, for every finite f32 (checked exhaustively) and
+/// every f64 tried. Both write an exponent only from 1e13 (f32) and 1e16 (f64) up, so the `+`
+/// is looked for only in `large` numbers (from 1e7: a margin), not in a reading's values.
+fn push_float<F: zmij::Float>(out: &mut String, v: F, finite: bool, large: bool) {
+    if !finite {
+        out.push('0');
+        return;
+    }
+    let mut buffer = zmij::Buffer::new();
+    let s = buffer.format_finite(v);
     match large.then(|| s.bytes().position(|b| b == b'+')).flatten() {
         None => out.push_str(s),
         Some(i) => {
@@ -609,10 +608,25 @@ mod tests {
     /// the edges, and f64s across the whole range: the digits ryu wrote before.
     #[test]
     fn floats_are_written_as_ryu_wrote_them() {
-        let edges = [0.0, -0.0, 1.0, 1e13, 1e-7, 123456.79, f32::MIN_POSITIVE, f32::MAX, f32::MIN];
+        let edges = [
+            0.0,
+            -0.0,
+            1.0,
+            1e13,
+            1e-7,
+            123456.79,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::MIN,
+        ];
         let strided = (0..=u32::MAX).step_by(4099).map(f32::from_bits);
         for v in edges.into_iter().chain(strided).filter(|v| v.is_finite()) {
-            assert_eq!(shortest_f32(v), ryu::Buffer::new().format_finite(v), "{:08x}", v.to_bits());
+            assert_eq!(
+                shortest_f32(v),
+                ryu::Buffer::new().format_finite(v),
+                "{:08x}",
+                v.to_bits()
+            );
         }
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..1_000_000 {
@@ -621,7 +635,11 @@ mod tests {
             x ^= x << 17;
             let v = f64::from_bits(x);
             if v.is_finite() {
-                assert_eq!(shortest_f64(v), ryu::Buffer::new().format_finite(v), "{x:016x}");
+                assert_eq!(
+                    shortest_f64(v),
+                    ryu::Buffer::new().format_finite(v),
+                    "{x:016x}"
+                );
             }
         }
         assert_eq!(shortest_f32(f32::NAN), "0");

@@ -693,8 +693,12 @@ impl BatchHistogram {
         for v in values {
             *sum += v;
             *count += 1;
-            let i = upper.partition_point(|&u| u < v).min(upper.len() - 1);
-            counts[i] += 1;
+            // The first bound at or above `v`. NaN has none, nor has +Inf (past f64::MAX):
+            // they count in no bucket, as in prometheus_client's histogram.
+            let i = upper.partition_point(|&u| u < v);
+            if let Some(c) = counts.get_mut(i).filter(|_| !v.is_nan()) {
+                *c += 1;
+            }
         }
     }
 
@@ -722,9 +726,8 @@ impl prometheus_client::encoding::EncodeMetric for BatchHistogram {
         mut encoder: prometheus_client::encoding::MetricEncoder,
     ) -> Result<(), std::fmt::Error> {
         let (sum, count, buckets) = self.get();
-        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-            sum, count, &buckets, None,
-        )
+        encoder
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
     }
 
     fn metric_type(&self) -> prometheus_client::metrics::MetricType {
@@ -782,9 +785,14 @@ mod tests {
             prometheus_client::encoding::text::encode(&mut out, &r).expect("encode");
             out
         }
-        let (a, b) = (text(ours), text(theirs));
+        let (a, b) = (text(ours.clone()), text(theirs.clone()));
         assert!(a.contains("latency_bucket{le=\"0.25\"}"), "{a}");
         assert_eq!(a, b);
+        // Values that fit no bucket (none arrive: latencies are whole milliseconds).
+        ours.observe_all([f64::NAN, f64::INFINITY]);
+        theirs.observe(f64::NAN);
+        theirs.observe(f64::INFINITY);
+        assert_eq!(text(ours), text(theirs));
     }
 
     #[test]

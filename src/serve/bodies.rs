@@ -1,20 +1,21 @@
 //! Line-protocol buffers handed round between the engine stage and the sink.
 //!
-//! Every micro-batch's points and every write request are megabytes of text. Allocated fresh
-//! each time, such a buffer comes from memory the allocator has just handed back to the
-//! kernel (glibc trims a thread arena's free top, and maps big blocks on their own), so each
-//! page of it is faulted in and zero-filled again before the text is written over it: ≈ 6 %
-//! of `serve`'s CPU in a throughput run (`PROFILE=1 scripts/bench-e2e.sh`). A buffer the
-//! engine stage wrote a batch into comes back here once the sink has copied it into a
-//! request; a request's buffer comes back once the HTTP client has let go of every part of it
-//! (a retry or a split of the request holds it until then).
+//! Every micro-batch's points and every write request are megabytes of text. `serve` maps
+//! blocks of a megabyte and more on their own (its mmap threshold, `src/serve/mod.rs`), so a
+//! buffer allocated fresh each time was mapped afresh, and each of its pages faulted in and
+//! zero-filled before the text was written over it: ≈ 6 % of `serve`'s CPU in a throughput
+//! run (`PROFILE=1 scripts/bench-e2e.sh`). A buffer the engine stage wrote a batch into comes
+//! back here once the sink has copied it into a request; a request's buffer comes back once
+//! the HTTP client has let go of every part of it (a retry or a split of the request holds it
+//! until then).
 //!
 //! A pool makes a new buffer only when it has none to give, so it never holds more buffers
-//! than were in use at once, and it keeps at most `keep` of them, and none once nothing has
-//! been taken for a while ([`Bodies::trim_idle`]): a quiet `serve` holds no idle megabytes. `serve` has one pool for
-//! the micro-batches' bodies and one for the requests' (a batch's body that is a request on
-//! its own goes back to the batches' pool), so a buffer stays the size of its role, and the
-//! memory bound of docs/OPERATIONS.md §5 holds as it did.
+//! than were in use at once; it keeps at most `keep` of them, and none once nothing has been
+//! taken for a while ([`Bodies::trim_idle`]): a quiet `serve` holds no idle megabytes.
+//! `serve` has one pool for the micro-batches' bodies and one for the requests' (a batch's
+//! body that is a request on its own goes back to the batches' pool), so a buffer keeps the
+//! size of its role: what is resident is what the buffers in use held before, the in-flight
+//! terms of the memory bound in docs/OPERATIONS.md §5.
 
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
@@ -54,7 +55,7 @@ impl Bodies {
             free.last_take = Instant::now();
             free.buffers.pop().unwrap_or_default()
         };
-        body.reserve(capacity);
+        body.reserve_exact(capacity);
         body
     }
 
@@ -158,7 +159,11 @@ mod tests {
         assert_eq!(bodies.waiting(), 2);
         let bodies = Bodies::new(2);
         bodies.give(String::new());
-        assert_eq!(bodies.waiting(), 0, "nothing to keep in an unallocated buffer");
+        assert_eq!(
+            bodies.waiting(),
+            0,
+            "nothing to keep in an unallocated buffer"
+        );
     }
 
     #[test]

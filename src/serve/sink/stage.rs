@@ -54,7 +54,7 @@ pub struct SinkStage {
 struct Pending {
     body: String,
     /// Where `body` goes back once written.
-    pool: Pool,
+    to: Bodies,
     /// Points (lines) in `body`.
     points: u64,
     msg_ts: Vec<i64>,
@@ -115,14 +115,10 @@ impl SinkStage {
             if ready && !full {
                 let Some(p) = pending.take() else { continue };
                 let (w, mut abort) = (Arc::clone(&writer), self.abort.clone());
-                let body = match p.pool {
-                    Pool::Batches => bodies.batches.bytes(p.body),
-                    Pool::Requests => bodies.requests.bytes(p.body),
-                };
+                let body = p.to.bytes(p.body);
                 let (points, msg_ts) = (p.points, p.msg_ts);
-                inflight.push_back(async move {
-                    (w.write(body, points, &mut abort).await, msg_ts)
-                });
+                inflight
+                    .push_back(async move { (w.write(body, points, &mut abort).await, msg_ts) });
                 issued += 1;
                 continue;
             }
@@ -200,19 +196,19 @@ fn add(
             bodies.batches.give(b.body);
         }
         None => {
-            let (body, pool) = if b.body.len() >= flush_bytes {
-                (b.body, Pool::Batches)
+            let (body, to) = if b.body.len() >= flush_bytes {
+                (b.body, bodies.batches.clone())
             } else {
                 // Room for the batches that join it before it goes (at most `flush_bytes` and
                 // one more batch), so that it is not reallocated and copied as it grows.
                 let mut body = bodies.requests.take(flush_bytes + b.body.len());
                 body.push_str(&b.body);
                 bodies.batches.give(b.body);
-                (body, Pool::Requests)
+                (body, bodies.requests.clone())
             };
             *pending = Some(Pending {
                 body,
-                pool,
+                to,
                 points: b.points,
                 msg_ts: b.msg_ts,
                 deadline: tokio::time::Instant::now() + flush_interval,
@@ -229,12 +225,6 @@ const POOL_IDLE: Duration = Duration::from_secs(1);
 struct Pools {
     batches: Bodies,
     requests: Bodies,
-}
-
-/// Which pool a request's buffer goes back to.
-enum Pool {
-    Batches,
-    Requests,
 }
 
 /// Writes checkpoints in order, off the sink's loop (file I/O on the blocking pool), and

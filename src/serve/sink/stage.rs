@@ -96,16 +96,7 @@ impl SinkStage {
         let mut refused: Vec<DeadLetterAck> = Vec::new();
         let mut closed = false;
         let ok = loop {
-            while barriers.front().is_some_and(|(t, _, _)| *t <= acked) {
-                let Some((_, set, mut acks)) = barriers.pop_front() else {
-                    break;
-                };
-                refused.retain(|a| !a.settled());
-                acks.extend(refused.iter().cloned());
-                if persist_tx.send((set, acks)).await.is_err() {
-                    break;
-                }
-            }
+            release(&mut barriers, acked, &mut refused, &persist_tx).await;
             let full = inflight.len() >= self.concurrency;
             let ready = pending.as_ref().is_some_and(|p| {
                 closed
@@ -134,11 +125,7 @@ impl SinkStage {
                     Ok(report) => {
                         acked += 1;
                         refused.append(&mut writer.take_refused());
-                        self.metrics.points_written.inc_by(report.written);
-                        let now = chrono::Utc::now().timestamp_millis();
-                        self.metrics.end_to_end_latency.observe_all(
-                            msg_ts.iter().map(|ts| (now - ts).max(0) as f64 / 1000.0),
-                        );
+                        written(&self.metrics, report, &msg_ts);
                     }
                     Err(SinkError::Aborted) => break false,
                     Err(e) => {
@@ -177,6 +164,35 @@ impl SinkStage {
         }
         ok
     }
+}
+
+/// Sends the checkpoints whose requests are all acknowledged (`acked`) to be persisted, each
+/// with the dead letters it waits for: its own and those of points refused so far.
+async fn release(
+    barriers: &mut VecDeque<(u64, Checkpoints, Vec<DeadLetterAck>)>,
+    acked: u64,
+    refused: &mut Vec<DeadLetterAck>,
+    persist: &mpsc::Sender<(Checkpoints, Vec<DeadLetterAck>)>,
+) {
+    while barriers.front().is_some_and(|(t, _, _)| *t <= acked) {
+        let Some((_, set, mut acks)) = barriers.pop_front() else {
+            break;
+        };
+        refused.retain(|a| !a.settled());
+        acks.extend(refused.iter().cloned());
+        if persist.send((set, acks)).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Counts an acknowledged request's points and its messages' produce → written latency.
+fn written(metrics: &Metrics, report: super::WriteReport, msg_ts: &[i64]) {
+    metrics.points_written.inc_by(report.written);
+    let now = chrono::Utc::now().timestamp_millis();
+    metrics
+        .end_to_end_latency
+        .observe_all(msg_ts.iter().map(|ts| (now - ts).max(0) as f64 / 1000.0));
 }
 
 /// Adds a batch's points to the pending request (`flush`: the sink's flush interval and

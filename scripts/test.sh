@@ -98,6 +98,9 @@ cargo clippy --release --all-targets --features integration --locked -- -D warni
 step "cargo test (unit, CLI end-to-end, serve end-to-end against Apache Kafka, VictoriaMetrics and InfluxDB 1.6)"
 TMPDIR=$scratch cargo test --release --locked --features integration -- --test-threads=2
 
+step "cargo test --ignored (exhaustive checks too slow for a plain cargo test: every f32 written as before)"
+cargo test --release --locked --features integration --lib -- --ignored
+
 step "systemd-analyze verify and security deploy/systemd"
 # The units as shipped, with the binary they start pointed at the one just built (verify
 # checks that ExecStart= is executable).

@@ -89,7 +89,8 @@ impl Bodies {
     }
 
     /// Buffers waiting in the pool.
-    pub fn waiting(&self) -> usize {
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
         self.free().buffers.len()
     }
 

@@ -8,57 +8,66 @@
 //!    a `rows × hidden` block (zeros for a device that starts cold);
 //! 3. **step**: the LSTM stack over all rows at once ([`kernel`]);
 //! 4. **head**: the top layer's new hidden state through the forecast head, all rows at once;
-//! 5. **score**, row by row: the forecast and drift evidence (the reading against the forecasts
-//!    made for it), the deviation evidence (the reading against the device's own normal),
-//!    their combination, explanation and the alarm policy; then the new forecasts are kept and
-//!    the new state is scattered back to the device.
+//! 5. **score**, in three passes over the rows: the forecast and drift evidence (the reading
+//!    against the forecasts made for it) and the deviation evidence (the reading against the
+//!    device's own normal) of each row; their tail look-ups, all rows at once, one feature's
+//!    table at a time; then each row's combination, explanation and the alarm policy;
+//! 6. **finish**: the new forecasts are kept and the new state is scattered back to the
+//!    device.
 //!
 //! Every row is computed from its own device's state alone, so any batching gives the same
 //! bits (§3.6).
 
 use super::*;
 use crate::config::Evidence;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
-/// Per-reading scratch of the scoring, one value per feature in each, reused across readings.
+/// Scratch of the scoring, reused across parts: per-reading values, and per-part blocks with
+/// one row of `nf` values per row of the part (row `r` at `r·nf..(r + 1)·nf`).
 #[derive(Debug, Default)]
 pub(super) struct Scratch {
     /// The standardised residuals of a reading against one forecast.
     zs: Vec<f32>,
-    /// The largest standardised residual of each feature (signed); then its signed square.
-    z: Vec<f64>,
     /// The one-step standardised residual of each feature (signed), the drift's input.
     znear: Vec<f64>,
-    /// The drift statistic of each feature (signed square).
-    qdrift: Vec<f64>,
-    /// The squared standardised departure from the device's normal (signed).
-    parts: Vec<f64>,
     /// The standardised departure (signed), the joint deviation's input.
     zjoint: Vec<f64>,
-    /// Per-feature surprisals of each piece of evidence.
-    s_fc: Vec<f64>,
-    s_dr: Vec<f64>,
-    s_dev: Vec<f64>,
-    s_joint: Vec<f64>,
     /// The forecast σ of each value of the head (normalised units), for keeping forecasts.
     sigma: Vec<f32>,
     /// Each feature's √calibration, for the bands.
     spread: Vec<f32>,
+    /// Per row: the largest standardised residual of each feature (signed); then its signed
+    /// square.
+    z: Vec<f64>,
+    /// Per row: the drift statistic of each feature (signed square).
+    qdrift: Vec<f64>,
+    /// Per row: the squared standardised departure from the device's normal (signed).
+    parts: Vec<f64>,
+    /// Per row: the per-feature surprisals of each piece of evidence.
+    s_fc: Vec<f64>,
+    s_dr: Vec<f64>,
+    s_dev: Vec<f64>,
+    s_joint: Vec<f64>,
+    /// The rows whose forecast, drift and deviation evidence is looked up in the tails.
+    wanted: [Vec<usize>; 3],
+    /// One feature's statistics of the wanted rows, and their surprisals.
+    column: Vec<f64>,
+    column_s: Vec<f64>,
+    /// The part's rows with their evidence so far, between the passes of [`Engine::score`].
+    pending: Vec<Pending>,
 }
 
 impl Scratch {
-    /// Ready for a reading of `nf` features: the largest residuals start at zero. The other
-    /// per-feature vectors are written before they are read at every reading (each piece of
-    /// evidence writes its own where it is measured, and only a piece measured is read), so
-    /// they are sized, not cleared.
-    fn reset(&mut self, nf: usize) {
-        if self.z.len() == nf {
-            self.z.fill(0.0);
-            return;
-        }
+    /// Ready for a part of `rows` readings of `nf` features: the largest residuals start at
+    /// zero. The other per-row blocks are written before they are read at every reading (each
+    /// piece of evidence writes its own where it is measured, and only a piece measured is
+    /// read), so they are sized, not cleared.
+    fn reset(&mut self, rows: usize, nf: usize) {
+        let n = rows * nf;
+        self.z.clear();
+        self.z.resize(n, 0.0);
         for v in [
-            &mut self.z,
-            &mut self.znear,
             &mut self.qdrift,
             &mut self.parts,
             &mut self.s_fc,
@@ -66,10 +75,25 @@ impl Scratch {
             &mut self.s_dev,
             &mut self.s_joint,
         ] {
-            v.clear();
-            v.resize(nf, 0.0);
+            v.resize(n, 0.0);
         }
+        self.znear.resize(nf, 0.0);
+        for w in &mut self.wanted {
+            w.clear();
+        }
+        self.pending.clear();
     }
+}
+
+/// A row between the passes of [`Engine::score`]: its evidence measured, the tail look-ups
+/// and the verdict to come.
+#[derive(Debug)]
+pub(super) struct Pending {
+    row: Row,
+    fe: ForecastEvidence,
+    de: DeviationEvidence,
+    /// The readings its device had before this one.
+    seen: u32,
 }
 
 /// One reading's place in the wave and in its device's history.
@@ -319,7 +343,11 @@ impl Engine {
         }
     }
 
-    /// Scores every row of the stepped wave, in order, into `judged`.
+    /// Scores every row of the stepped wave into `judged`, in three passes: each row's
+    /// evidence (its device's calibration, drift and departure move on); then the tail
+    /// look-ups of all rows, one feature's table at a time (vector code); then each row's
+    /// verdict and alarm. Each pass takes the rows in order, and every row is its own
+    /// device's, so the passes give the bits of scoring one row at a time.
     fn score(
         &mut self,
         model: &InferenceModel,
@@ -327,15 +355,22 @@ impl Engine {
         items: &[Item],
         out: &mut BatchOutput,
     ) {
-        self.judged.clear();
+        self.scratch.reset(items.len(), model.features.len());
         for (r, it) in items.iter().enumerate() {
             if let Some(ahead) = items.get(r + PREFETCH_ROWS) {
                 self.prefetch_scoring_state(model, ahead.slot);
             }
             let row = self.row(model, &batch[it.index], r, it);
-            let judged = self.score_row(model, &batch[it.index], &row, out);
-            self.judged.push((row, judged));
+            self.measure_row(model, row, out);
         }
+        self.look_up(model);
+        self.judged.clear();
+        let mut pending = std::mem::take(&mut self.scratch.pending);
+        for p in pending.drain(..) {
+            let judged = self.judge_row(model, &batch[p.row.index], p, out);
+            self.judged.push(judged);
+        }
+        self.scratch.pending = pending;
     }
 
     /// Asks for the cache lines of `slot`'s scoring state ahead of its row: each device's
@@ -454,27 +489,98 @@ impl Engine {
         }
     }
 
-    /// Scores one row of the stepped wave: its evidence, verdict and alarms, with the
-    /// device's detection state moved on. Its forecasts and LSTM state are kept afterwards
-    /// ([`Engine::finish_row`]), once every row is scored.
-    fn score_row(
-        &mut self,
-        model: &InferenceModel,
-        reading: &Reading,
-        row: &Row,
-        out: &mut BatchOutput,
-    ) -> Judged {
+    /// The first pass over a row of the stepped wave: its forecast, drift and deviation
+    /// evidence, with its device's detection state moved on, recorded for calibration; notes
+    /// which of it is looked up in the tails ([`Engine::look_up`]).
+    fn measure_row(&mut self, model: &InferenceModel, row: Row, out: &mut BatchOutput) {
         let (nf, slot) = (model.features.len(), row.slot);
-        self.scratch.reset(nf);
-        let fe = self.forecast_evidence(model, row);
+        let fe = self.forecast_evidence(model, &row);
         if row.reset {
             self.slots.drift[slot * nf..(slot + 1) * nf].fill(0.0);
         }
         // Deviation from the device's own normal (not reset by gaps: it is the device's
         // normal, not the LSTM's memory).
         let seen = self.slots.seen[slot];
-        let de = self.deviation_evidence(model, row, seen);
-        self.record_evidence(nf, row, &fe, &de, out);
+        let de = self.deviation_evidence(model, &row, seen);
+        self.record_evidence(nf, &row, &fe, &de, out);
+        let counted = Counted::of(self.settings.detect.evidence);
+        let wanted = &mut self.scratch.wanted;
+        for (piece, want) in [
+            counted.forecast && fe.stat.is_some(),
+            counted.drift && fe.stat.is_some(),
+            counted.deviation && de.stat.is_some(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if want {
+                wanted[piece].push(row.r);
+            }
+        }
+        self.scratch.pending.push(Pending { row, fe, de, seen });
+    }
+
+    /// The second pass: the per-feature surprisals of the rows that want them, one feature's
+    /// tail table at a time, and each row's p-value for that piece of evidence.
+    fn look_up(&mut self, model: &InferenceModel) {
+        let nf = model.features.len();
+        let calibration = model.calibration.as_ref();
+        let Scratch {
+            z,
+            qdrift,
+            parts,
+            s_fc,
+            s_dr,
+            s_dev,
+            wanted,
+            column,
+            column_s,
+            pending,
+            ..
+        } = &mut self.scratch;
+        let pieces = [
+            (&*z, s_fc, calibration.map(|c| c.forecast.as_slice())),
+            (&*qdrift, s_dr, calibration.map(|c| c.drift.as_slice())),
+            (&*parts, s_dev, calibration.map(|c| c.deviation.as_slice())),
+        ];
+        for (piece, (q, s, tables)) in pieces.into_iter().enumerate() {
+            let rows = &wanted[piece];
+            if rows.is_empty() {
+                continue;
+            }
+            for f in 0..nf {
+                column.clear();
+                column.extend(rows.iter().map(|r| q[r * nf + f]));
+                column_s.resize(rows.len(), 0.0);
+                detect::column_surprisals(tables.map(|t| &t[f]), column, column_s);
+                for (r, v) in rows.iter().zip(column_s.iter()) {
+                    s[r * nf + f] = *v;
+                }
+            }
+            for &r in rows {
+                let p = Some(detect::piece_p(&s[r * nf..(r + 1) * nf]));
+                let pe = &mut pending[r];
+                match piece {
+                    0 => pe.fe.p = p,
+                    1 => pe.fe.p_drift = p,
+                    _ => pe.de.p = p,
+                }
+            }
+        }
+    }
+
+    /// The last pass over a row: its verdict and alarm, the device's baseline and stuck
+    /// sensors moved on. Its forecasts and LSTM state are kept afterwards
+    /// ([`Engine::finish_row`]), once every row is scored.
+    fn judge_row(
+        &mut self,
+        model: &InferenceModel,
+        reading: &Reading,
+        p: Pending,
+        out: &mut BatchOutput,
+    ) -> (Row, Judged) {
+        let Pending { row, fe, de, seen } = p;
+        let (nf, slot) = (model.features.len(), row.slot);
         let chosen = Chosen::of(&fe, &de);
         // The settle rule compares how far the device is from its normal: the joint
         // distance, or the largest standardised departure, in the statistic's own units
@@ -482,7 +588,7 @@ impl Engine {
         // a p-value's logarithm depends on the shape of the fitted tail). 0 while the
         // device learns: no settling then.
         let level = de.joint_stat.or(de.stat).unwrap_or(0.0);
-        let verdict = self.decide(nf, row, seen, chosen, level, out);
+        let verdict = self.decide(nf, &row, seen, chosen, level, out);
         if seen > 0 {
             let healthy = if row.maintenance {
                 0.0
@@ -510,14 +616,15 @@ impl Engine {
             &mut self.counters,
             (slot, reading, row.step_ns, row.maintenance),
         );
-        Judged {
+        let judged = Judged {
             fe,
             deviation_stat: de.stat,
             deviation: chosen.deviation,
             verdict,
             stuck_edge,
             stuck_features,
-        }
+        };
+        (row, judged)
     }
 
     /// Keeps a scored row's forecasts and scatters its new LSTM state back to the device;
@@ -574,7 +681,8 @@ impl Engine {
     /// forecasts made for it) and the drift evidence (a short average of the signed one-step
     /// residuals: a forecaster follows a slow drift a step behind, so its residuals lean one
     /// way for as long as the drift lasts). Updates the device's residual calibration,
-    /// likelihood and drift; leaves the per-feature statistics in the scratch.
+    /// likelihood and drift; leaves the per-feature statistics in the row's scratch, for
+    /// [`Engine::look_up`] to turn into p-values.
     fn forecast_evidence(&mut self, model: &InferenceModel, row: &Row) -> ForecastEvidence {
         let mut fe = ForecastEvidence::default();
         if row.step == 0 {
@@ -584,12 +692,14 @@ impl Engine {
         let x = &self.x[row.r * nf..(row.r + 1) * nf];
         let learn = (row.warm && !row.maintenance).then_some(self.settings.calibration_alpha);
         let near = row.slot * nf..(row.slot + 1) * nf;
+        let own = row.r * nf..(row.r + 1) * nf;
         let (sl, sc) = (&mut self.slots, &mut self.scratch);
+        let z = &mut sc.z[own.clone()];
         let mut worst = judge(
             (x, &sl.pred_mean[near.clone()], &sl.pred_sigma[near.clone()]),
             &mut sl.calib[near.clone()],
             learn,
-            (&mut sc.zs, &mut sc.z),
+            (&mut sc.zs, z),
             Some(&mut sc.znear),
         );
         let mut judged = nf;
@@ -599,7 +709,7 @@ impl Engine {
                 (x, &sl.far_mean[far.clone()], &sl.far_sigma[far]),
                 &mut sl.calib_far[near.clone()],
                 learn,
-                (&mut sc.zs, &mut sc.z),
+                (&mut sc.zs, z),
                 None,
             ));
             judged += nf;
@@ -613,31 +723,16 @@ impl Engine {
             .likelihood
             .update(&mut sl.stats[row.slot], fe.score);
         fe.stat = Some(worst * worst);
-        for z in sc.z.iter_mut() {
+        for z in z.iter_mut() {
             *z = (*z * *z).copysign(*z);
-        }
-        let calibration = model.calibration.as_ref();
-        let counted = Counted::of(self.settings.detect.evidence);
-        if counted.forecast {
-            fe.p = Some(detect::feature_surprisals(
-                calibration.map(|c| c.forecast.as_slice()),
-                &sc.z,
-                &mut sc.s_fc,
-            ));
         }
         let lr = self.settings.detect.drift_smoothing;
         let norm = lr / (2.0 - lr);
-        for ((r, z), q) in sl.drift[near].iter_mut().zip(&sc.znear).zip(&mut sc.qdrift) {
+        let qdrift = &mut sc.qdrift[own];
+        for ((r, z), q) in sl.drift[near].iter_mut().zip(&sc.znear).zip(qdrift) {
             let v = lr * z + (1.0 - lr) * *r as f64;
             *r = v as f32;
             *q = (v * v / norm).copysign(v);
-        }
-        if counted.drift {
-            fe.p_drift = Some(detect::feature_surprisals(
-                calibration.map(|c| c.drift.as_slice()),
-                &sc.qdrift,
-                &mut sc.s_dr,
-            ));
         }
         fe
     }
@@ -645,7 +740,8 @@ impl Engine {
     /// The deviation evidence of a reading: its departure from the device's own normal
     /// (`seen`: the readings the device had before), and the joint distance of the departures
     /// where the model has a joint calibration. Folds the reading into the device's smoothed
-    /// departure; leaves the per-feature departures in the scratch.
+    /// departure; leaves the per-feature departures in the row's scratch, for
+    /// [`Engine::look_up`] to turn into a p-value.
     fn deviation_evidence(
         &mut self,
         model: &InferenceModel,
@@ -663,32 +759,21 @@ impl Engine {
             return de;
         }
         let sc = &mut self.scratch;
+        let own = row.r * nf..(row.r + 1) * nf;
+        let parts = &mut sc.parts[own.clone()];
         de.stat = dev
-            .observe(
-                &self.settings.detect,
-                self.settings.warmup,
-                seen,
-                x,
-                &mut sc.parts,
-            )
+            .observe(&self.settings.detect, self.settings.warmup, seen, x, parts)
             .stat;
         if de.stat.is_none() {
             return de;
         }
         let calibration = model.calibration.as_ref();
         let counted = Counted::of(self.settings.detect.evidence);
-        if counted.deviation {
-            de.p = Some(detect::feature_surprisals(
-                calibration.map(|c| c.deviation.as_slice()),
-                &sc.parts,
-                &mut sc.s_dev,
-            ));
-        }
         if let Some(joint) = calibration.and_then(|c| c.joint.as_ref()) {
             sc.zjoint.clear();
             sc.zjoint
-                .extend(sc.parts.iter().map(|q| q.abs().sqrt().copysign(*q)));
-            let d = joint.parts(&sc.zjoint, &mut sc.s_joint);
+                .extend(parts.iter().map(|q| q.abs().sqrt().copysign(*q)));
+            let d = joint.parts(&sc.zjoint, &mut sc.s_joint[own]);
             de.joint_stat = Some(d);
             de.p_joint = counted.joint.then(|| joint.tail.survival(d));
         }
@@ -705,17 +790,18 @@ impl Engine {
         out: &mut BatchOutput,
     ) {
         let sc = &self.scratch;
+        let own = row.r * nf;
         let ev = &mut out.evidence[row.index * 3 * nf..(row.index + 1) * 3 * nf];
         for f in 0..nf {
             let (fc, dr) = if fe.stat.is_some() {
-                (sc.z[f].abs() as f32, sc.qdrift[f].abs() as f32)
+                (sc.z[own + f].abs() as f32, sc.qdrift[own + f].abs() as f32)
             } else {
                 (f32::NAN, f32::NAN)
             };
             ev[f] = fc;
             ev[nf + f] = dr;
             ev[2 * nf + f] = if de.stat.is_some() {
-                sc.parts[f] as f32
+                sc.parts[own + f] as f32
             } else {
                 f32::NAN
             };
@@ -745,7 +831,7 @@ impl Engine {
         let over_line = p <= rate;
         let quiet = p > rate * set.clear_factor;
         let contrib = &mut out.contributions[row.index * nf..(row.index + 1) * nf];
-        let top_feature = self.explain(chosen, contrib);
+        let top_feature = self.explain(chosen, row.r * nf..(row.r + 1) * nf, contrib);
         let policy = AlarmPolicy {
             min_duration: set.min_duration,
             cooldown: set.cooldown,
@@ -793,13 +879,14 @@ impl Engine {
 
     /// Each feature's share of the strongest piece of evidence, signed by its direction,
     /// into `contrib`; returns the feature with the largest share (the lowest index on ties).
-    fn explain(&self, chosen: Chosen, contrib: &mut [f32]) -> usize {
+    fn explain(&self, chosen: Chosen, own: Range<usize>, contrib: &mut [f32]) -> usize {
         let sc = &self.scratch;
+        let o = || own.clone();
         let strongest = [
-            (chosen.forecast, &sc.s_fc, &sc.z),
-            (chosen.drift, &sc.s_dr, &sc.qdrift),
-            (chosen.deviation, &sc.s_dev, &sc.parts),
-            (chosen.joint, &sc.s_joint, &sc.parts),
+            (chosen.forecast, &sc.s_fc[o()], &sc.z[o()]),
+            (chosen.drift, &sc.s_dr[o()], &sc.qdrift[o()]),
+            (chosen.deviation, &sc.s_dev[o()], &sc.parts[o()]),
+            (chosen.joint, &sc.s_joint[o()], &sc.parts[o()]),
         ]
         .into_iter()
         .filter_map(|(p, pf, dir)| p.map(|p| (p, pf, dir)))

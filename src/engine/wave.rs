@@ -894,14 +894,7 @@ impl Engine {
         if let Some((_, pf, dir)) = strongest {
             detect::explain(pf, dir, contrib);
         }
-        (0..contrib.len())
-            .max_by(|&a, &b| {
-                contrib[a]
-                    .abs()
-                    .total_cmp(&contrib[b].abs())
-                    .then(b.cmp(&a))
-            })
-            .unwrap_or(0)
+        top_feature(contrib)
     }
 
     /// Keeps the one-step and horizon-H forecasts for scoring the readings to come, and
@@ -980,6 +973,18 @@ fn prefetch<T>(v: &[T], i: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (v, i);
+}
+
+/// The feature with the largest share of the explanation `contrib` (by absolute value, in
+/// the total order of floats), the lowest index on ties.
+fn top_feature(contrib: &[f32]) -> usize {
+    let mut top = 0;
+    for (f, c) in contrib.iter().enumerate().skip(1) {
+        if c.abs().total_cmp(&contrib[top].abs()).is_gt() {
+            top = f;
+        }
+    }
+    top
 }
 
 /// Whether every value is finite; without an early exit, so that it can run as vector code

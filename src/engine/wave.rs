@@ -881,18 +881,22 @@ impl Engine {
     /// into `contrib`; returns the feature with the largest share (the lowest index on ties).
     fn explain(&self, chosen: Chosen, own: Range<usize>, contrib: &mut [f32]) -> usize {
         let sc = &self.scratch;
-        let o = || own.clone();
-        let strongest = [
-            (chosen.forecast, &sc.s_fc[o()], &sc.z[o()]),
-            (chosen.drift, &sc.s_dr[o()], &sc.qdrift[o()]),
-            (chosen.deviation, &sc.s_dev[o()], &sc.parts[o()]),
-            (chosen.joint, &sc.s_joint[o()], &sc.parts[o()]),
-        ]
-        .into_iter()
-        .filter_map(|(p, pf, dir)| p.map(|p| (p, pf, dir)))
-        .min_by(|a, b| a.0.total_cmp(&b.0));
+        // The smallest p-value, the first on ties.
+        let mut strongest: Option<(f64, &Vec<f64>, &Vec<f64>)> = None;
+        for (p, pf, dir) in [
+            (chosen.forecast, &sc.s_fc, &sc.z),
+            (chosen.drift, &sc.s_dr, &sc.qdrift),
+            (chosen.deviation, &sc.s_dev, &sc.parts),
+            (chosen.joint, &sc.s_joint, &sc.parts),
+        ] {
+            if let Some(p) = p
+                && strongest.is_none_or(|(best, ..)| p.total_cmp(&best).is_lt())
+            {
+                strongest = Some((p, pf, dir));
+            }
+        }
         if let Some((_, pf, dir)) = strongest {
-            detect::explain(pf, dir, contrib);
+            detect::explain(&pf[own.clone()], &dir[own], contrib);
         }
         top_feature(contrib)
     }

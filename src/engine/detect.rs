@@ -930,11 +930,17 @@ impl AlarmPolicy {
 /// Combines the p-values of the pieces of evidence present into the reading's p-value: the
 /// smallest, times the number present (Bonferroni), at most 1; 1 when none is present.
 pub fn combine(p: &[Option<f64>]) -> f64 {
-    let present = p.iter().flatten().count();
-    p.iter()
-        .flatten()
-        .fold(None, |m: Option<f64>, &v| Some(m.map_or(v, |m| m.min(v))))
-        .map_or(1.0, |m| (m * present as f64).min(1.0))
+    // A plain loop: the iterator chain it replaces cost more than the arithmetic.
+    let (mut present, mut smallest) = (0u32, f64::NAN);
+    for v in p.iter().flatten() {
+        smallest = if present == 0 { *v } else { smallest.min(*v) };
+        present += 1;
+    }
+    if present == 0 {
+        1.0
+    } else {
+        (smallest * f64::from(present)).min(1.0)
+    }
 }
 
 /// How one reading stands against the alarm line.

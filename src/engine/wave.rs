@@ -505,17 +505,16 @@ impl Engine {
         self.record_evidence(nf, &row, &fe, &de, out);
         let counted = Counted::of(self.settings.detect.evidence);
         let wanted = &mut self.scratch.wanted;
-        for (piece, want) in [
-            counted.forecast && fe.stat.is_some(),
-            counted.drift && fe.stat.is_some(),
-            counted.deviation && de.stat.is_some(),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if want {
-                wanted[piece].push(row.r);
+        if fe.stat.is_some() {
+            if counted.forecast {
+                wanted[0].push(row.r);
             }
+            if counted.drift {
+                wanted[1].push(row.r);
+            }
+        }
+        if counted.deviation && de.stat.is_some() {
+            wanted[2].push(row.r);
         }
         self.scratch.pending.push(Pending { row, fe, de, seen });
     }
@@ -790,21 +789,23 @@ impl Engine {
         out: &mut BatchOutput,
     ) {
         let sc = &self.scratch;
-        let own = row.r * nf;
+        let own = row.r * nf..(row.r + 1) * nf;
         let ev = &mut out.evidence[row.index * 3 * nf..(row.index + 1) * 3 * nf];
-        for f in 0..nf {
-            let (fc, dr) = if fe.stat.is_some() {
-                (sc.z[own + f].abs() as f32, sc.qdrift[own + f].abs() as f32)
-            } else {
-                (f32::NAN, f32::NAN)
-            };
-            ev[f] = fc;
-            ev[nf + f] = dr;
-            ev[2 * nf + f] = if de.stat.is_some() {
-                sc.parts[own + f] as f32
-            } else {
-                f32::NAN
-            };
+        let (fc, rest) = ev.split_at_mut(nf);
+        let (dr, dev) = rest.split_at_mut(nf);
+        if fe.stat.is_some() {
+            abs_f32(&sc.z[own.clone()], fc);
+            abs_f32(&sc.qdrift[own.clone()], dr);
+        } else {
+            fc.fill(f32::NAN);
+            dr.fill(f32::NAN);
+        }
+        if de.stat.is_some() {
+            for (o, v) in dev.iter_mut().zip(&sc.parts[own]) {
+                *o = *v as f32;
+            }
+        } else {
+            dev.fill(f32::NAN);
         }
     }
 
@@ -977,6 +978,13 @@ fn prefetch<T>(v: &[T], i: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (v, i);
+}
+
+/// `|v|` of each value, as `f32`, into `out`.
+fn abs_f32(v: &[f64], out: &mut [f32]) {
+    for (o, v) in out.iter_mut().zip(v) {
+        *o = v.abs() as f32;
+    }
 }
 
 /// The feature with the largest share of the explanation `contrib` (by absolute value, in

@@ -130,6 +130,11 @@ impl TailTable {
         self.knots = Knots::of(&self.levels, &self.values);
     }
 
+    /// The cached knots, where [`Self::prepare`] made them for the table as it is.
+    fn prepared(&self) -> Option<&Knots> {
+        (self.knots.values.len() == self.values.len() + 1).then_some(&self.knots)
+    }
+
     /// Why the table cannot be read (`None`: it can): its levels must be probabilities going
     /// down and its values finite, non-negative and not going down, one per level.
     pub fn defect(&self) -> Option<&'static str> {
@@ -158,11 +163,12 @@ impl TailTable {
             return 0.0;
         }
         let unprepared;
-        let knots = if self.knots.values.len() == self.values.len() + 1 {
-            &self.knots
-        } else {
-            unprepared = Knots::of(&self.levels, &self.values);
-            &unprepared
+        let knots = match self.prepared() {
+            Some(k) => k,
+            None => {
+                unprepared = Knots::of(&self.levels, &self.values);
+                &unprepared
+            }
         };
         let (v, s) = (&knots.values, &knots.surprisals);
         let last = v.len() - 1;
@@ -183,7 +189,7 @@ impl TailTable {
     /// [`Self::surprisal`] itself.
     pub fn surprisals(&self, xs: &[f64], out: &mut [f64]) {
         assert_eq!(xs.len(), out.len(), "one surprisal per statistic");
-        if self.values.is_empty() || self.knots.values.len() != self.values.len() + 1 {
+        if self.values.is_empty() || self.prepared().is_none() {
             for (o, x) in out.iter_mut().zip(xs) {
                 *o = self.surprisal(*x);
             }
@@ -585,8 +591,8 @@ impl MeasuredWith {
 }
 
 /// The surprisals (−ln p-value) of one feature's squared statistics `q` in many readings
-/// (their sign, a direction, is ignored), written into `out`: from the feature's tail table
-/// or, without one, the two-sided Gaussian tail.
+/// (their sign, a direction, is ignored: `q` is left holding their absolute values), written
+/// into `out`: from the feature's tail table or, without one, the two-sided Gaussian tail.
 pub fn column_surprisals(table: Option<&TailTable>, q: &mut [f64], out: &mut [f64]) {
     for x in q.iter_mut() {
         *x = x.abs();

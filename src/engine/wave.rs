@@ -49,7 +49,8 @@ pub(super) struct Scratch {
     s_dr: Vec<f64>,
     s_dev: Vec<f64>,
     s_joint: Vec<f64>,
-    /// The rows whose forecast, drift and deviation evidence is looked up in the tails.
+    /// The rows whose evidence is looked up in the tails, per piece ([`FORECAST`], [`DRIFT`],
+    /// [`DEVIATION`]).
     wanted: [Vec<usize>; 3],
     /// One feature's statistics of the wanted rows, and their surprisals.
     column: Vec<f64>,
@@ -84,6 +85,11 @@ impl Scratch {
         self.pending.clear();
     }
 }
+
+/// The pieces of evidence looked up in per-feature tails, as indices of [`Scratch::wanted`].
+const FORECAST: usize = 0;
+const DRIFT: usize = 1;
+const DEVIATION: usize = 2;
 
 /// A row between the passes of [`Engine::score`]: its evidence measured, the tail look-ups
 /// and the verdict to come.
@@ -507,14 +513,14 @@ impl Engine {
         let wanted = &mut self.scratch.wanted;
         if fe.stat.is_some() {
             if counted.forecast {
-                wanted[0].push(row.r);
+                wanted[FORECAST].push(row.r);
             }
             if counted.drift {
-                wanted[1].push(row.r);
+                wanted[DRIFT].push(row.r);
             }
         }
         if counted.deviation && de.stat.is_some() {
-            wanted[2].push(row.r);
+            wanted[DEVIATION].push(row.r);
         }
         self.scratch.pending.push(Pending { row, fe, de, seen });
     }
@@ -538,11 +544,26 @@ impl Engine {
             ..
         } = &mut self.scratch;
         let pieces = [
-            (&*z, s_fc, calibration.map(|c| c.forecast.as_slice())),
-            (&*qdrift, s_dr, calibration.map(|c| c.drift.as_slice())),
-            (&*parts, s_dev, calibration.map(|c| c.deviation.as_slice())),
+            (
+                FORECAST,
+                &*z,
+                s_fc,
+                calibration.map(|c| c.forecast.as_slice()),
+            ),
+            (
+                DRIFT,
+                &*qdrift,
+                s_dr,
+                calibration.map(|c| c.drift.as_slice()),
+            ),
+            (
+                DEVIATION,
+                &*parts,
+                s_dev,
+                calibration.map(|c| c.deviation.as_slice()),
+            ),
         ];
-        for (piece, (q, s, tables)) in pieces.into_iter().enumerate() {
+        for (piece, q, s, tables) in pieces {
             let rows = &wanted[piece];
             if rows.is_empty() {
                 continue;
@@ -558,10 +579,12 @@ impl Engine {
             }
             for &r in rows {
                 let p = Some(detect::piece_p(&s[r * nf..(r + 1) * nf]));
+                // The rows were measured, and so pushed, in order.
                 let pe = &mut pending[r];
+                debug_assert_eq!(pe.row.r, r);
                 match piece {
-                    0 => pe.fe.p = p,
-                    1 => pe.fe.p_drift = p,
+                    FORECAST => pe.fe.p = p,
+                    DRIFT => pe.fe.p_drift = p,
                     _ => pe.de.p = p,
                 }
             }

@@ -12,14 +12,77 @@ use crate::engine::silent::SilentEvent;
 use crate::engine::{BatchOutput, Outcome, Scored};
 use std::fmt::Write as _;
 
+/// Appends `s` to `out`. The pieces of a point are short (a key, a number's digits, a tag
+/// set), and a call to `memcpy` for each was a quarter of encoding's time (`benches/encode.rs`):
+/// up to 64 bytes are copied inline, in two overlapping loads and stores.
+#[inline(always)]
+fn put(out: &mut String, s: &str) {
+    let n = s.len();
+    if n > 64 {
+        out.push_str(s);
+        return;
+    }
+    out.reserve(n);
+    // SAFETY: `s` is UTF-8 and is appended whole, so `out` stays UTF-8. `reserve` made room
+    // for `n` bytes past the length, and each pair of copies below stays within both `s` and
+    // that room: the second copy of a pair ends at byte `n` (overlapping the first where `n`
+    // is not the width); for `n` < 4, bytes 0, n/2 and n − 1 cover all of them. A `&str` and
+    // the `&mut String` it is appended to cannot overlap.
+    unsafe {
+        let v = out.as_mut_vec();
+        let len = v.len();
+        let (src, dst) = (s.as_ptr(), v.as_mut_ptr().add(len));
+        if n >= 32 {
+            copy_ends::<32>(src, dst, n);
+        } else if n >= 16 {
+            copy_ends::<16>(src, dst, n);
+        } else if n >= 8 {
+            copy_ends::<8>(src, dst, n);
+        } else if n >= 4 {
+            copy_ends::<4>(src, dst, n);
+        } else if n > 0 {
+            *dst = *src;
+            *dst.add(n / 2) = *src.add(n / 2);
+            *dst.add(n - 1) = *src.add(n - 1);
+        }
+        v.set_len(len + n);
+    }
+}
+
+/// Copies `n` bytes (`W ≤ n ≤ 2·W`) as the first and the last `W`.
+///
+/// # Safety
+///
+/// `src` must be readable and `dst` writable for `n` bytes, and they must not overlap.
+#[inline(always)]
+unsafe fn copy_ends<const W: usize>(src: *const u8, dst: *mut u8, n: usize) {
+    // SAFETY: both copies lie within the first `n` bytes, as the caller promises for both.
+    unsafe {
+        let head = src.cast::<[u8; W]>().read_unaligned();
+        let tail = src.add(n - W).cast::<[u8; W]>().read_unaligned();
+        dst.cast::<[u8; W]>().write_unaligned(head);
+        dst.add(n - W).cast::<[u8; W]>().write_unaligned(tail);
+    }
+}
+
+/// Whether `s` holds a byte that line protocol escapes (in a tag or a string field): every
+/// such byte is ASCII, so a byte test finds them.
+fn needs_escape(s: &str, special: impl Fn(u8) -> bool) -> bool {
+    s.bytes().any(special)
+}
+
 /// Writes a tag key or value with line-protocol escaping (comma, equals sign, space).
 fn push_tag(out: &mut String, s: &str) {
+    if !needs_escape(s, |b| matches!(b, b',' | b'=' | b' ' | b'\\' | b'\n')) {
+        put(out, s);
+        return;
+    }
     for ch in s.chars() {
         if matches!(ch, ',' | '=' | ' ' | '\\') {
             out.push('\\');
         }
         if ch == '\n' {
-            out.push_str("\\n");
+            put(out, "\\n");
         } else {
             out.push(ch);
         }
@@ -32,22 +95,22 @@ fn push_tag(out: &mut String, s: &str) {
 /// label without a valid span).
 pub fn write_verdict(out: &mut String, label: &crate::labels::Label) -> usize {
     let Ok(span) = label.span() else { return 0 };
-    out.push_str("anomaly_event,stream=");
+    put(out, "anomaly_event,stream=");
     push_tag(out, &label.stream);
-    out.push_str(",device=");
+    put(out, ",device=");
     push_tag(out, &label.device);
-    out.push_str(",kind=");
+    put(out, ",kind=");
     push_tag(out, &label.kind);
-    out.push_str(" verdict=");
+    put(out, " verdict=");
     push_str_field(out, label.verdict.as_str());
     let one_line = |s: &str| s.replace(['\n', '\r'], " ");
-    out.push_str(",labelled_by=");
+    put(out, ",labelled_by=");
     push_str_field(out, &one_line(&label.by));
-    out.push_str(",label_note=");
+    put(out, ",label_note=");
     push_str_field(out, &one_line(&label.note));
-    out.push_str(",labelled_at=");
+    put(out, ",labelled_at=");
     push_i64(out, span.recorded);
-    out.push_str("i ");
+    put(out, "i ");
     push_i64(out, span.at);
     out.push('\n');
     1
@@ -56,6 +119,11 @@ pub fn write_verdict(out: &mut String, label: &crate::labels::Label) -> usize {
 /// Writes a string field value with its quotes escaped.
 fn push_str_field(out: &mut String, s: &str) {
     out.push('"');
+    if !needs_escape(s, |b| matches!(b, b'"' | b'\\')) {
+        put(out, s);
+        out.push('"');
+        return;
+    }
     for ch in s.chars() {
         if matches!(ch, '"' | '\\') {
             out.push('\\');
@@ -78,10 +146,11 @@ pub struct PointFormat<'a> {
     pub horizon: usize,
     /// What is written.
     pub output: &'a OutputConfig,
-    /// Escaped once, written many times: `,stream=S`, per feature `,field=F,horizon=`,
-    /// `,contrib_F=` and `F=`, and `,model="V"`.
+    /// Escaped once, written many times: `,stream=S`, per step and feature
+    /// `,field=F,horizon=H yhat=` (step-major), per feature `,contrib_F=` and `F=`, and
+    /// `,model="V"`.
     stream_tag: String,
-    field_tags: Vec<String>,
+    forecast_keys: Vec<String>,
     contrib_keys: Vec<String>,
     reading_keys: Vec<String>,
     model_field: String,
@@ -119,20 +188,20 @@ fn push_float<F: zmij::Float>(out: &mut String, v: F, finite: bool, large: bool)
     let mut buffer = zmij::Buffer::new();
     let s = buffer.format_finite(v);
     match large.then(|| s.bytes().position(|b| b == b'+')).flatten() {
-        None => out.push_str(s),
+        None => put(out, s),
         Some(i) => {
-            out.push_str(&s[..i]);
-            out.push_str(&s[i + 1..]);
+            put(out, &s[..i]);
+            put(out, &s[i + 1..]);
         }
     }
 }
 
 fn push_i64(out: &mut String, v: i64) {
-    out.push_str(itoa::Buffer::new().format(v));
+    put(out, itoa::Buffer::new().format(v));
 }
 
 fn push_bool(out: &mut String, v: bool) {
-    out.push_str(if v { "true" } else { "false" });
+    put(out, if v { "true" } else { "false" });
 }
 
 fn escaped_tag(s: &str) -> String {
@@ -164,9 +233,12 @@ impl<'a> PointFormat<'a> {
             horizon,
             output,
             stream_tag: format!(",stream={}", escaped_tag(stream)),
-            field_tags: features
-                .iter()
-                .map(|f| format!(",field={},horizon=", escaped_tag(f)))
+            forecast_keys: (1..=horizon)
+                .flat_map(|h| {
+                    features
+                        .iter()
+                        .map(move |f| format!(",field={},horizon={h} yhat=", escaped_tag(f)))
+                })
                 .collect(),
             contrib_keys: features
                 .iter()
@@ -248,23 +320,23 @@ impl<'a> PointFormat<'a> {
     /// `,stream=S,device=D`: the tags every point of a device starts with, escaped once.
     fn series(&self, device: &str) -> String {
         let mut series = String::with_capacity(self.stream_tag.len() + device.len() + 12);
-        series.push_str(&self.stream_tag);
-        series.push_str(",device=");
+        put(&mut series, &self.stream_tag);
+        put(&mut series, ",device=");
         push_tag(&mut series, device);
         series
     }
 
     /// Appends the `reading` point: the reading's values, one field per feature, at `ts`.
     fn write_reading(&self, out: &mut String, series: &str, reading: &Reading, ts: &str) {
-        out.push_str("reading");
-        out.push_str(series);
+        put(out, "reading");
+        put(out, series);
         for (f, (key, v)) in self.reading_keys.iter().zip(&reading.values).enumerate() {
             out.push(if f == 0 { ' ' } else { ',' });
-            out.push_str(key);
+            put(out, key);
             push_f32(out, *v);
         }
         out.push(' ');
-        out.push_str(ts);
+        put(out, ts);
         out.push('\n');
     }
 
@@ -285,27 +357,24 @@ impl<'a> PointFormat<'a> {
                 continue;
             }
             let target = ts.saturating_add((h as i64 + 1).saturating_mul(step_ns));
-            let mut step = itoa::Buffer::new();
-            let step = step.format(h + 1);
             let mut target_buf = itoa::Buffer::new();
             let target = target_buf.format(target);
-            for (f, field_tag) in self.field_tags.iter().enumerate() {
+            let keys = &self.forecast_keys[h * nf..(h + 1) * nf];
+            for (f, key) in keys.iter().enumerate() {
                 let k = (h * nf + f) * 3;
-                out.push_str("forecast");
-                out.push_str(series);
-                out.push_str(field_tag);
-                out.push_str(step);
-                out.push_str(" yhat=");
+                put(out, "forecast");
+                put(out, series);
+                put(out, key);
                 push_f32(out, forecast[k]);
                 if self.output.band {
-                    out.push_str(",yhat_lower=");
+                    put(out, ",yhat_lower=");
                     push_f32(out, forecast[k + 1]);
-                    out.push_str(",yhat_upper=");
+                    put(out, ",yhat_upper=");
                     push_f32(out, forecast[k + 2]);
                 }
-                out.push_str(&self.model_field);
+                put(out, &self.model_field);
                 out.push(' ');
-                out.push_str(target);
+                put(out, target);
                 out.push('\n');
                 points += 1;
             }
@@ -325,44 +394,44 @@ impl<'a> PointFormat<'a> {
         ts: &str,
     ) {
         let all = self.output.anomaly == AnomalyFields::All;
-        out.push_str("anomaly");
-        out.push_str(series);
+        put(out, "anomaly");
+        put(out, series);
         let explained = contrib.iter().any(|c| *c != 0.0);
         let top = if explained {
             self.features[scored.top_feature].as_str()
         } else {
             ""
         };
-        out.push_str(" score=");
+        put(out, " score=");
         push_f64(out, scored.score);
         if all {
-            out.push_str(",forecast_score=");
+            put(out, ",forecast_score=");
             push_f64(out, scored.forecast_score);
-            out.push_str(",deviation_score=");
+            put(out, ",deviation_score=");
             push_f64(out, scored.deviation_score);
         }
-        out.push_str(",likelihood=");
+        put(out, ",likelihood=");
         push_f64(out, scored.likelihood);
         if all {
-            out.push_str(",over_line=");
+            put(out, ",over_line=");
             push_bool(out, scored.over_line);
         }
-        out.push_str(",is_anomaly=");
+        put(out, ",is_anomaly=");
         push_bool(out, scored.is_anomaly);
         if scored.maintenance {
-            out.push_str(",maintenance=true");
+            put(out, ",maintenance=true");
         }
-        out.push_str(",top_field=");
+        put(out, ",top_field=");
         push_str_field(out, top);
         if all {
             for (key, c) in self.contrib_keys.iter().zip(contrib) {
-                out.push_str(key);
+                put(out, key);
                 push_f32(out, *c);
             }
         }
-        out.push_str(&self.model_field);
+        put(out, &self.model_field);
         out.push(' ');
-        out.push_str(ts);
+        put(out, ts);
         out.push('\n');
     }
 
@@ -409,32 +478,32 @@ impl<'a> PointFormat<'a> {
         let (Edge::Raised { start } | Edge::Cleared { start, .. }) = e.edge else {
             return;
         };
-        out.push_str("anomaly_event");
-        out.push_str(series);
-        out.push_str(",kind=");
-        out.push_str(e.kind);
-        out.push_str(" active=");
+        put(out, "anomaly_event");
+        put(out, series);
+        put(out, ",kind=");
+        put(out, e.kind);
+        put(out, " active=");
         push_bool(out, matches!(e.edge, Edge::Raised { .. }));
-        out.push_str(",start=");
+        put(out, ",start=");
         push_i64(out, start);
         out.push('i');
         if let Edge::Cleared { end, .. } = e.edge {
-            out.push_str(",end=");
+            put(out, ",end=");
             push_i64(out, end);
-            out.push_str("i,duration_s=");
+            put(out, "i,duration_s=");
             push_f64(out, (end - start) as f64 / 1e9);
         }
         if let Some(peak) = e.peak {
-            out.push_str(",peak_score=");
+            put(out, ",peak_score=");
             push_f32(out, peak);
         }
-        out.push_str(",top_fields=");
+        put(out, ",top_fields=");
         push_str_field(out, e.top_fields);
         for (key, c) in self.contrib_keys.iter().zip(e.contributions) {
-            out.push_str(key);
+            put(out, key);
             push_f32(out, *c);
         }
-        out.push_str(&self.model_field);
+        put(out, &self.model_field);
         out.push(' ');
         push_i64(out, start);
         out.push('\n');
@@ -708,6 +777,49 @@ mod tests {
             vec![0.25, -0.75],
             vec![0.0, 0.0],
         )
+    }
+
+    /// `put` appends the bytes `push_str` does, at every length it copies inline and past
+    /// it, onto every length of text already there (so into every alignment and spare room).
+    #[test]
+    fn put_appends_what_push_str_appends() {
+        let source: String = ('a'..='z')
+            .chain('A'..='Z')
+            .chain('0'..='9')
+            .cycle()
+            .take(80)
+            .collect();
+        for before in 0..40 {
+            for n in 0..=source.len() {
+                let piece = &source[source.len() - n..];
+                let mut want = "x".repeat(before);
+                let mut got = want.clone();
+                want.push_str(piece);
+                put(&mut got, piece);
+                assert_eq!(got, want, "{before} + {n}");
+            }
+        }
+        let mut got = String::from("x");
+        put(&mut got, "Grüße, 温度=1");
+        assert_eq!(got, "xGrüße, 温度=1");
+    }
+
+    /// Tags and string fields without anything to escape are appended as they are; with it,
+    /// escaped: both ways give the escaping the character-by-character path gives.
+    #[test]
+    fn tags_and_string_fields_escape_only_what_they_must() {
+        let mut out = String::new();
+        push_tag(&mut out, "pump-7 a,b=c\\d\ne");
+        assert_eq!(out, "pump-7\\ a\\,b\\=c\\\\d\\ne");
+        out.clear();
+        push_tag(&mut out, "Grüße-温度_01");
+        assert_eq!(out, "Grüße-温度_01");
+        out.clear();
+        push_str_field(&mut out, "say \"hi\" \\ bye");
+        assert_eq!(out, "\"say \\\"hi\\\" \\\\ bye\"");
+        out.clear();
+        push_str_field(&mut out, "plain, = text");
+        assert_eq!(out, "\"plain, = text\"");
     }
 
     #[test]

@@ -510,7 +510,7 @@ pub struct Engine {
     head_out: Vec<f32>,
     scratch: wave::Scratch,
     // Scored rows of the wave under way, awaiting their forecasts and state.
-    judged: Vec<(wave::Row, wave::Judged)>,
+    judged: Vec<wave::Judged>,
     // Time per phase, when measured.
     phases: Option<PhaseTimes>,
     stuck_policy: stuck::StuckPolicy,

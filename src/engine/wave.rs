@@ -55,7 +55,8 @@ pub(super) struct Scratch {
     /// One feature's statistics of the wanted rows, and their surprisals.
     column: Vec<f64>,
     column_s: Vec<f64>,
-    /// The part's rows with their evidence so far, between the passes of [`Engine::score`].
+    /// The part's rows with their evidence, from the first pass of [`Engine::score`] until
+    /// [`Engine::finish`]: kept in place, not moved from pass to pass.
     pending: Vec<Pending>,
 }
 
@@ -91,8 +92,8 @@ const FORECAST: usize = 0;
 const DRIFT: usize = 1;
 const DEVIATION: usize = 2;
 
-/// A row between the passes of [`Engine::score`]: its evidence measured, the tail look-ups
-/// and the verdict to come.
+/// A row of the part, its evidence measured: between the passes of [`Engine::score`], then
+/// until its forecasts and state are kept ([`Engine::finish`]).
 #[derive(Debug)]
 pub(super) struct Pending {
     row: Row,
@@ -202,14 +203,10 @@ impl Chosen {
     }
 }
 
-/// What scoring found of one row, kept until the row's forecasts and state are written
-/// ([`Engine::finish_row`]).
+/// What the last pass of scoring found of one row (beside its [`Pending`] evidence), kept
+/// until the row's forecasts and state are written ([`Engine::finish_row`]).
 #[derive(Debug)]
 pub(super) struct Judged {
-    fe: ForecastEvidence,
-    deviation_stat: Option<f64>,
-    /// The deviation's p-value, where it counts.
-    deviation: Option<f64>,
     verdict: Verdict,
     stuck_edge: Edge,
     stuck_features: u64,
@@ -371,8 +368,8 @@ impl Engine {
         }
         self.look_up(model);
         self.judged.clear();
-        let mut pending = std::mem::take(&mut self.scratch.pending);
-        for p in pending.drain(..) {
+        let pending = std::mem::take(&mut self.scratch.pending);
+        for p in &pending {
             let judged = self.judge_row(model, &batch[p.row.index], p, out);
             self.judged.push(judged);
         }
@@ -413,11 +410,14 @@ impl Engine {
 
     /// Keeps every scored row's forecasts and scatters its state back.
     fn finish(&mut self, model: &InferenceModel, rows: usize, out: &mut BatchOutput) {
-        let judged = std::mem::take(&mut self.judged);
-        for (row, j) in &judged {
-            self.finish_row(model, row, j, rows, out);
+        let (judged, pending) = (
+            std::mem::take(&mut self.judged),
+            std::mem::take(&mut self.scratch.pending),
+        );
+        for (p, j) in pending.iter().zip(&judged) {
+            self.finish_row(model, p, j, rows, out);
         }
-        self.judged = judged;
+        (self.judged, self.scratch.pending) = (judged, pending);
     }
 
     /// The readings in model units, one row each, clamped so that an absurd but finite value
@@ -598,19 +598,19 @@ impl Engine {
         &mut self,
         model: &InferenceModel,
         reading: &Reading,
-        p: Pending,
+        p: &Pending,
         out: &mut BatchOutput,
-    ) -> (Row, Judged) {
+    ) -> Judged {
         let Pending { row, fe, de, seen } = p;
-        let (nf, slot) = (model.features.len(), row.slot);
-        let chosen = Chosen::of(&fe, &de);
+        let (nf, slot, seen) = (model.features.len(), row.slot, *seen);
+        let chosen = Chosen::of(fe, de);
         // The settle rule compares how far the device is from its normal: the joint
         // distance, or the largest standardised departure, in the statistic's own units
         // (an onset's forecast surprise is no yardstick for how far the level moved, and
         // a p-value's logarithm depends on the shape of the fitted tail). 0 while the
         // device learns: no settling then.
         let level = de.joint_stat.or(de.stat).unwrap_or(0.0);
-        let verdict = self.decide(nf, &row, seen, chosen, level, out);
+        let verdict = self.decide(nf, row, seen, chosen, level, out);
         if seen > 0 {
             let healthy = if row.maintenance {
                 0.0
@@ -638,15 +638,11 @@ impl Engine {
             &mut self.counters,
             (slot, reading, row.step_ns, row.maintenance),
         );
-        let judged = Judged {
-            fe,
-            deviation_stat: de.stat,
-            deviation: chosen.deviation,
+        Judged {
             verdict,
             stuck_edge,
             stuck_features,
-        };
-        (row, judged)
+        }
     }
 
     /// Keeps a scored row's forecasts and scatters its new LSTM state back to the device;
@@ -654,13 +650,14 @@ impl Engine {
     fn finish_row(
         &mut self,
         model: &InferenceModel,
-        row: &Row,
+        p: &Pending,
         j: &Judged,
         rows: usize,
         out: &mut BatchOutput,
     ) {
+        let Pending { row, fe, de, .. } = p;
         let slot = row.slot;
-        let Judged { fe, verdict, .. } = j;
+        let verdict = &j.verdict;
         self.keep_forecasts(model, row, out);
         self.scatter(row, rows);
         self.counters.stepped += 1;
@@ -682,14 +679,14 @@ impl Engine {
             score,
             surprisal: -verdict.p.max(f64::MIN_POSITIVE).ln(),
             forecast_score: fe.score,
-            deviation_score: j.deviation.map_or(0.0, |q| 1.0 - q),
+            deviation_score: de.p.map_or(0.0, |q| 1.0 - q),
             likelihood: fe.likelihood,
             over_line: verdict.over_line,
             is_anomaly: verdict.is_anomaly,
             edge: verdict.edge,
             peak: verdict.peak,
             forecast_stat: fe.stat,
-            deviation_stat: j.deviation_stat,
+            deviation_stat: de.stat,
             top_feature: verdict.top_feature,
             step_ns: row.step_ns,
             cold: row.reset,

@@ -74,8 +74,213 @@ pub(super) fn parse<'de>(
     // Checking the payload is UTF-8 at once is cheaper than string by string; a payload that
     // is not is read as bytes, so that the error is the one found there.
     match std::str::from_utf8(payload) {
-        Ok(text) => read(schema, serde_json::Deserializer::from_str(text)),
+        Ok(text) => match scan(schema, text) {
+            Some(message) => Ok(Some(message)),
+            None => read(schema, serde_json::Deserializer::from_str(text)),
+        },
         Err(_) => read(schema, serde_json::Deserializer::from_slice(payload)),
+    }
+}
+
+/// The plain shape nearly every message has, read in one pass without serde: an object whose
+/// members are strings, numbers and a `values` object of numbers, with no escapes in its
+/// strings and numbers of at most 18 digits and a decimal exponent of at most 22. `None` for
+/// anything else (including every error), which [`read`] then reads (and reports) as before.
+///
+/// What it gives is what [`read`] gives for the same text, bit for bit: numbers are made as
+/// serde_json makes them (the significand's digits as a `u64`, then one multiplication or
+/// division by an exact power of ten), and the members go through the same
+/// [`Message::keep`] and [`Features::set`], so repeated keys and the schema's lookups behave
+/// the same. `tests::the_plain_shape_reads_as_serde_json_reads_it` holds it to that.
+fn scan<'de>(schema: &dyn Fields, text: &'de str) -> Option<Message<'de>> {
+    let mut s = Scanner { text, at: 0 };
+    let mut message = Message::default();
+    s.open()?;
+    if !s.close() {
+        loop {
+            let key = s.string()?;
+            s.colon()?;
+            let value = if key == "values" {
+                s.open()?;
+                let mut features = Features::new(schema);
+                if !s.close() {
+                    loop {
+                        let feature = s.string()?;
+                        s.colon()?;
+                        let value = s.number()?;
+                        features.set(schema, Cow::Borrowed(feature), &value);
+                        if s.next_member()? {
+                            break;
+                        }
+                    }
+                }
+                message.features = Some(features);
+                Json::Object
+            } else if s.peek()? == b'"' {
+                Json::Str(Cow::Borrowed(s.string()?))
+            } else {
+                s.number()?
+            };
+            message.keep(key, value, schema.device_key());
+            if s.next_member()? {
+                break;
+            }
+        }
+    }
+    s.skip_space();
+    (s.at == text.len()).then_some(message)
+}
+
+/// A cursor over a payload for [`scan`]; every method gives `None` where the text leaves the
+/// plain shape.
+struct Scanner<'de> {
+    text: &'de str,
+    at: usize,
+}
+
+/// The powers of ten that are exact as `f64`, as serde_json's table has them.
+const EXACT_POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+impl<'de> Scanner<'de> {
+    fn bytes(&self) -> &'de [u8] {
+        self.text.as_bytes()
+    }
+
+    /// JSON's whitespace, as serde_json skips it.
+    fn skip_space(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.bytes().get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// The next byte after whitespace, not taken.
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_space();
+        self.bytes().get(self.at).copied()
+    }
+
+    /// Takes `b` after whitespace.
+    fn expect(&mut self, b: u8) -> Option<()> {
+        (self.peek()? == b).then(|| self.at += 1)
+    }
+
+    fn open(&mut self) -> Option<()> {
+        self.expect(b'{')
+    }
+
+    fn colon(&mut self) -> Option<()> {
+        self.expect(b':')
+    }
+
+    /// Takes a `}` if one comes next.
+    fn close(&mut self) -> bool {
+        self.expect(b'}').is_some()
+    }
+
+    /// After a member: `true` at the object's end, `false` before the next member.
+    fn next_member(&mut self) -> Option<bool> {
+        match self.peek()? {
+            b',' => {
+                self.at += 1;
+                Some(false)
+            }
+            b'}' => {
+                self.at += 1;
+                Some(true)
+            }
+            _ => None,
+        }
+    }
+
+    /// A string without escapes or control characters (serde_json refuses the latter).
+    fn string(&mut self) -> Option<&'de str> {
+        self.expect(b'"')?;
+        let start = self.at;
+        let len = self.bytes()[start..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let end = start + len;
+        (self.bytes()[end] == b'"').then_some(())?;
+        self.at = end + 1;
+        // Both ends sit next to an ASCII quote: on character boundaries.
+        Some(&self.text[start..end])
+    }
+
+    /// Up to 18 digits (which cannot overflow a `u64`), accumulated into `significand`;
+    /// how many.
+    fn digits(&mut self, significand: &mut u64, room: &mut u32) -> Option<u32> {
+        let mut n = 0;
+        while let Some(&c @ b'0'..=b'9') = self.bytes().get(self.at) {
+            *room = room.checked_sub(1)?;
+            *significand = *significand * 10 + u64::from(c - b'0');
+            self.at += 1;
+            n += 1;
+        }
+        Some(n)
+    }
+
+    /// A number as serde_json reads it into a `Value`: an integer as `u64` or `i64` (`-0` as
+    /// the float −0), anything with a fraction or an exponent as the `f64` its parts make.
+    fn number(&mut self) -> Option<Json<'de>> {
+        let negative = self.peek()? == b'-';
+        if negative {
+            self.at += 1;
+        }
+        let (mut significand, mut room) = (0u64, 18u32);
+        let leading_zero = self.bytes().get(self.at) == Some(&b'0');
+        let whole = self.digits(&mut significand, &mut room)?;
+        if whole == 0 || (leading_zero && whole > 1) {
+            return None;
+        }
+        let mut exponent = 0i32;
+        let mut float = false;
+        if self.bytes().get(self.at) == Some(&b'.') {
+            self.at += 1;
+            let fraction = self.digits(&mut significand, &mut room)?;
+            if fraction == 0 {
+                return None;
+            }
+            exponent = -(fraction as i32);
+            float = true;
+        }
+        if let Some(b'e' | b'E') = self.bytes().get(self.at) {
+            self.at += 1;
+            let sign = match self.bytes().get(self.at) {
+                Some(b'-') => -1,
+                Some(b'+') => 1,
+                _ => 0,
+            };
+            if sign != 0 {
+                self.at += 1;
+            }
+            let (mut exp, mut exp_room) = (0u64, 4u32);
+            if self.digits(&mut exp, &mut exp_room)? == 0 {
+                return None;
+            }
+            exponent += if sign < 0 { -(exp as i32) } else { exp as i32 };
+            float = true;
+        }
+        if !float {
+            return Some(Json::Number(if !negative {
+                significand.into()
+            } else if significand == 0 {
+                serde_json::Number::from_f64(-0.0)?
+            } else {
+                // At most 18 digits: within `i64`.
+                (-(significand as i64)).into()
+            }));
+        }
+        let pow = *EXACT_POW10.get(exponent.unsigned_abs() as usize)?;
+        let mut f = significand as f64;
+        if exponent >= 0 {
+            f *= pow;
+        } else {
+            f /= pow;
+        }
+        serde_json::Number::from_f64(if negative { -f } else { f }).map(Json::Number)
     }
 }
 
@@ -329,5 +534,233 @@ impl<'de> Visitor<'de> for Top<'_, 'de> {
             message.keep(&key, value, schema.device_key());
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream's schema as the reader sees it.
+    struct Schema(Vec<&'static str>);
+
+    impl Fields for Schema {
+        fn absent(&self) -> Vec<f32> {
+            vec![f32::NAN; self.0.len()]
+        }
+        fn position(&self, key: &str, hint: usize) -> Option<usize> {
+            (hint..self.0.len())
+                .chain(0..hint)
+                .find(|&i| self.0[i] == key)
+        }
+        fn name(&self, i: usize) -> &str {
+            self.0[i]
+        }
+        fn device_key(&self) -> &str {
+            "device"
+        }
+    }
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            from[self.below(from.len())]
+        }
+    }
+
+    /// A number's text: mostly what producers write, with the forms at and past the plain
+    /// shape's limits (18 digits, exponent 22) and invalid ones.
+    fn number(rng: &mut Rng) -> String {
+        match rng.below(12) {
+            0 => rng
+                .pick(&[
+                    "0", "-0", "0.0", "-0.0", "00", "01", "-", "1.", ".5", "+1", "1e", "1e+",
+                    "--1", "0x10", "1.5.2", "NaN", "Infinity", "1_0",
+                ])
+                .to_string(),
+            1 => format!("{}", rng.next() as i64 >> rng.below(64)),
+            2 => format!("{}", rng.next() >> rng.below(64)),
+            3 => format!("{}", f64::from_bits(rng.next())),
+            4 => format!("{:e}", f64::from_bits(rng.next()) as f32),
+            5 => {
+                let digits = 1 + rng.below(22);
+                let s: String = (0..digits)
+                    .map(|_| char::from(b'0' + rng.below(10) as u8))
+                    .collect();
+                let cut = rng.below(digits);
+                let s = if cut == 0 {
+                    s
+                } else {
+                    format!("{}.{}", &s[..cut], &s[cut..])
+                };
+                format!("{}{s}", if rng.below(3) == 0 { "-" } else { "" })
+            }
+            6 => format!(
+                "{}e{}{}",
+                rng.below(100_000),
+                rng.pick(&["", "+", "-"]),
+                rng.below(30)
+            ),
+            7 => format!(
+                "{}.{}E-{}",
+                rng.below(1000),
+                rng.below(100_000),
+                rng.below(310)
+            ),
+            8 => format!("{}e{:04}", rng.below(10), rng.below(40)),
+            _ => format!(
+                "{}",
+                (rng.next() as f32 / u32::MAX as f32 - 0.5) * 10f32.powi(rng.below(12) as i32 - 4)
+            ),
+        }
+    }
+
+    /// A string's text: plain, with escapes, with a control character, or not UTF-8-safe to cut.
+    fn string(rng: &mut Rng) -> String {
+        rng.pick(&[
+            "\"pump-7\"",
+            "\"\"",
+            "\"Grüße 温度\"",
+            "\"a\\\"b\"",
+            "\"a\\u0041\"",
+            "\"tab\there\"",
+            "\"line\\nbreak\"",
+            "\"unterminated",
+            "\"vibration\"",
+            "\"temp\"",
+            "\"device\"",
+            "\"values\"",
+            "\"ts\"",
+        ])
+        .to_string()
+    }
+
+    fn space(rng: &mut Rng) -> &'static str {
+        if rng.below(3) == 0 {
+            rng.pick(&[" ", "\n", "\t ", "\r\n  ", "\u{a0}", "\u{b}"])
+        } else {
+            ""
+        }
+    }
+
+    /// A message: the plain shape most of the time, with members repeated, unknown, of other
+    /// kinds, missing, and the text around them broken now and then.
+    fn message(rng: &mut Rng) -> String {
+        let mut members = Vec::new();
+        for _ in 0..rng.below(6) {
+            let key = match rng.below(8) {
+                0..=2 => "\"values\"".to_string(),
+                3 | 4 => "\"device\"".to_string(),
+                5 => "\"ts\"".to_string(),
+                _ => string(rng),
+            };
+            let value = if key == "\"values\"" && rng.below(6) != 0 {
+                let mut fields = Vec::new();
+                for _ in 0..rng.below(6) {
+                    let k = if rng.below(5) == 0 {
+                        string(rng)
+                    } else {
+                        format!("\"{}\"", rng.pick(&["vibration", "temp", "flow", "rpm"]))
+                    };
+                    let v = match rng.below(10) {
+                        0 => rng
+                            .pick(&["null", "true", "\"1.5\"", "[1]", "{}", "1e999", "-1e999"])
+                            .to_string(),
+                        _ => number(rng),
+                    };
+                    fields.push(format!(
+                        "{}{k}{}:{}{v}{}",
+                        space(rng),
+                        space(rng),
+                        space(rng),
+                        space(rng)
+                    ));
+                }
+                format!("{{{}{}}}", fields.join(","), space(rng))
+            } else {
+                match rng.below(8) {
+                    0 => string(rng),
+                    1 => rng
+                        .pick(&[
+                            "null",
+                            "true",
+                            "false",
+                            "[1, {\"a\": 2}]",
+                            "{\"x\": {\"y\": 1}}",
+                        ])
+                        .to_string(),
+                    _ => number(rng),
+                }
+            };
+            members.push(format!(
+                "{}{key}{}:{}{value}{}",
+                space(rng),
+                space(rng),
+                space(rng),
+                space(rng)
+            ));
+        }
+        let mut text = format!("{}{{{}}}{}", space(rng), members.join(","), space(rng));
+        match rng.below(30) {
+            0 => text.push('x'),
+            1 => text.push_str("{}"),
+            2 => text = text.replacen(',', ",,", 1),
+            3 => text = text.replacen('}', ",}", 1),
+            4 => {
+                text.pop();
+            }
+            5 => text = text.replacen(':', "", 1),
+            _ => {}
+        }
+        text
+    }
+
+    /// Whatever the text, the plain-shape reader either declines it or gives exactly what
+    /// serde_json's reader gives (compared through `Debug`, which writes every float's
+    /// shortest exact form); and it takes most of the plain messages.
+    #[test]
+    fn the_plain_shape_reads_as_serde_json_reads_it() {
+        let schema = Schema(vec!["vibration", "temp", "flow"]);
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let (mut taken, mut total) = (0, 0);
+        for _ in 0..200_000 {
+            let text = message(&mut rng);
+            let Some(fast) = scan(&schema, &text) else {
+                continue;
+            };
+            taken += 1;
+            let slow = read(&schema, serde_json::Deserializer::from_str(&text));
+            assert_eq!(
+                format!("{:?}", Ok::<_, String>(Some(fast))),
+                format!("{:?}", slow.map_err(|e| e.to_string())),
+                "{text}"
+            );
+        }
+        for text in [
+            r#"{"device":"pump-7","ts":1795748248123,"values":{"vibration":0.1234,"temp":71.31,"flow":13.52}}"#,
+            "{ \"device\" : \"pump-7\" ,\n \"ts\" : 1795748248123 , \"values\" : { \"vibration\" : -1.5e-3 } }\n",
+            r#"{"ts":1795748248123,"values":{}}"#,
+            "{}",
+        ] {
+            total += 1;
+            let fast = scan(&schema, text).expect(text);
+            let slow = read(&schema, serde_json::Deserializer::from_str(text)).expect(text);
+            assert_eq!(format!("{:?}", Some(fast)), format!("{slow:?}"), "{text}");
+        }
+        assert_eq!(total, 4);
+        assert!(
+            taken > 20_000,
+            "the plain-shape reader took only {taken} of 200000"
+        );
     }
 }

@@ -621,10 +621,12 @@ fn unquoted_value<'a>(field: &str, r: &'a str) -> Result<(LpValue, &'a str), Lin
         "f" | "F" | "false" | "False" | "FALSE" => LpValue::Bool(false),
         _ => {
             let num = raw.strip_suffix(['i', 'u']).unwrap_or(raw);
-            let x: f64 = num.parse().map_err(|_| LineProtocolError::NotAValue {
-                field: field.to_string(),
-                raw: raw.to_string(),
-            })?;
+            let x: f64 = plain_f64(num)
+                .map_or_else(|| num.parse(), Ok)
+                .map_err(|_| LineProtocolError::NotAValue {
+                    field: field.to_string(),
+                    raw: raw.to_string(),
+                })?;
             if raw.ends_with(['i', 'u'])
                 && num.parse::<i64>().is_err()
                 && num.parse::<u64>().is_err()
@@ -638,6 +640,40 @@ fn unquoted_value<'a>(field: &str, r: &'a str) -> Result<(LpValue, &'a str), Lin
         }
     };
     Ok((value, &r[end..]))
+}
+
+/// `num` as `str::parse::<f64>` reads it, for the plain decimals readings are written in
+/// (`-?digits[.digits]`, at most 15 digits in all); `None` for anything else, which `parse`
+/// then reads. With at most 15 digits the significand is exact in an `f64`, and so is a power
+/// of ten up to 10¹⁵: one division rounds the quotient correctly, as `parse` does (and 2–3×
+/// faster than it, `benches/decode.rs`).
+fn plain_f64(num: &str) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let b = num.as_bytes();
+    let (negative, body) = match b.first()? {
+        b'-' => (true, &b[1..]),
+        _ => (false, b),
+    };
+    let (mut significand, mut digits, mut point) = (0u64, 0usize, None);
+    for (i, &c) in body.iter().enumerate() {
+        match c {
+            b'0'..=b'9' if digits < 15 => {
+                significand = significand * 10 + u64::from(c - b'0');
+                digits += 1;
+            }
+            b'.' if point.is_none() && i > 0 => point = Some(i),
+            _ => return None,
+        }
+    }
+    if digits == 0 {
+        return None;
+    }
+    let fraction = point.map_or(0, |p| body.len() - p - 1);
+    // Below 10¹⁵: exact as an `i64` and as an `f64` (one instruction from `i64`).
+    let f = significand as i64 as f64 / POW10[fraction];
+    Some(if negative { -f } else { f })
 }
 
 /// A file of readings could not be read at all.
@@ -1001,6 +1037,74 @@ mod tests {
 
     fn schema() -> Schema {
         Schema::new(vec!["vibration".into(), "temp".into()], "device".into())
+    }
+
+    /// Every plain decimal `plain_f64` takes is read to the bits `parse` gives, and it takes
+    /// the usual ones: digits around a point, signs, leading and trailing zeros, up to and past
+    /// its 15 digits, and what is not a plain decimal at all.
+    #[test]
+    fn plain_decimals_read_as_parse_reads_them() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut taken = 0;
+        for _ in 0..500_000 {
+            let mut text = String::new();
+            if next(3) == 0 {
+                text.push('-');
+            }
+            let len = 1 + next(19) as usize;
+            let point = next(len as u64 + 3) as usize;
+            for i in 0..len {
+                if i == point {
+                    text.push('.');
+                }
+                text.push(char::from(b'0' + next(10) as u8));
+            }
+            if next(40) == 0 {
+                text.push(['.', 'e', '-', '+', 'x'][next(5) as usize]);
+            }
+            let want = text.parse::<f64>().ok();
+            if let Some(got) = plain_f64(&text) {
+                taken += 1;
+                assert_eq!(Some(got.to_bits()), want.map(f64::to_bits), "{text}");
+            }
+        }
+        for text in [
+            "0",
+            "-0",
+            "-0.0",
+            "1.",
+            "71.31",
+            "0.1234",
+            "229.8",
+            "123456789012345",
+        ] {
+            assert_eq!(
+                plain_f64(text).map(f64::to_bits),
+                Some(text.parse::<f64>().unwrap().to_bits()),
+                "{text}"
+            );
+        }
+        for text in [
+            "",
+            "-",
+            ".5",
+            "1e5",
+            "+1",
+            "1.2.3",
+            "inf",
+            "NaN",
+            "1234567890123456",
+            "1_0",
+        ] {
+            assert_eq!(plain_f64(text), None, "{text}");
+        }
+        assert!(taken > 200_000, "took only {taken} of 500000");
     }
 
     #[test]

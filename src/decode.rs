@@ -621,12 +621,14 @@ fn unquoted_value<'a>(field: &str, r: &'a str) -> Result<(LpValue, &'a str), Lin
         "f" | "F" | "false" | "False" | "FALSE" => LpValue::Bool(false),
         _ => {
             let num = raw.strip_suffix(['i', 'u']).unwrap_or(raw);
-            let x: f64 = plain_f64(num)
-                .map_or_else(|| num.parse(), Ok)
-                .map_err(|_| LineProtocolError::NotAValue {
-                    field: field.to_string(),
-                    raw: raw.to_string(),
-                })?;
+            let parsed = match plain_f64(num) {
+                Some(x) => Ok(x),
+                None => num.parse(),
+            };
+            let x: f64 = parsed.map_err(|_| LineProtocolError::NotAValue {
+                field: field.to_string(),
+                raw: raw.to_string(),
+            })?;
             if raw.ends_with(['i', 'u'])
                 && num.parse::<i64>().is_err()
                 && num.parse::<u64>().is_err()
@@ -643,7 +645,7 @@ fn unquoted_value<'a>(field: &str, r: &'a str) -> Result<(LpValue, &'a str), Lin
 }
 
 /// `num` as `str::parse::<f64>` reads it, for the plain decimals readings are written in
-/// (`-?digits[.digits]`, at most 15 digits in all); `None` for anything else, which `parse`
+/// (`-?digits[.[digits]]`, at most 15 digits in all); `None` for anything else, which `parse`
 /// then reads. With at most 15 digits the significand is exact in an `f64`, and so is a power
 /// of ten up to 10¹⁵: one division rounds the quotient correctly, as `parse` does (and 2–3×
 /// faster than it, `benches/decode.rs`).

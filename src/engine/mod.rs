@@ -509,7 +509,8 @@ pub struct Engine {
     c: Vec<f32>,
     head_out: Vec<f32>,
     scratch: wave::Scratch,
-    // Scored rows of the wave under way, awaiting their forecasts and state.
+    // The verdicts of the part under way, one per row of `scratch`'s pending rows (by
+    // index), until the rows' forecasts and state are kept.
     judged: Vec<wave::Judged>,
     // Time per phase, when measured.
     phases: Option<PhaseTimes>,

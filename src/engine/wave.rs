@@ -414,6 +414,7 @@ impl Engine {
             std::mem::take(&mut self.judged),
             std::mem::take(&mut self.scratch.pending),
         );
+        debug_assert_eq!(pending.len(), judged.len(), "a verdict for every row");
         for (p, j) in pending.iter().zip(&judged) {
             self.finish_row(model, p, j, rows, out);
         }

@@ -66,15 +66,13 @@ unsafe fn copy_ends<const W: usize>(src: *const u8, dst: *mut u8, n: usize) {
     }
 }
 
-/// Whether `s` holds a byte that line protocol escapes (in a tag or a string field): every
-/// such byte is ASCII, so a byte test finds them.
-fn needs_escape(s: &str, special: impl Fn(u8) -> bool) -> bool {
-    s.bytes().any(special)
-}
-
-/// Writes a tag key or value with line-protocol escaping (comma, equals sign, space).
+/// Writes a tag key or value with line-protocol escaping (comma, equals sign, space). Every
+/// character escaped is ASCII, so a byte test tells whether there is any.
 fn push_tag(out: &mut String, s: &str) {
-    if !needs_escape(s, |b| matches!(b, b',' | b'=' | b' ' | b'\\' | b'\n')) {
+    if !s
+        .bytes()
+        .any(|b| matches!(b, b',' | b'=' | b' ' | b'\\' | b'\n'))
+    {
         put(out, s);
         return;
     }
@@ -120,7 +118,7 @@ pub fn write_verdict(out: &mut String, label: &crate::labels::Label) -> usize {
 /// Writes a string field value with its quotes escaped.
 fn push_str_field(out: &mut String, s: &str) {
     out.push('"');
-    if !needs_escape(s, |b| matches!(b, b'"' | b'\\')) {
+    if !s.bytes().any(|b| matches!(b, b'"' | b'\\')) {
         put(out, s);
         out.push('"');
         return;

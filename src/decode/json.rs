@@ -140,8 +140,9 @@ struct Scanner<'de> {
     at: usize,
 }
 
-/// The powers of ten that are exact as `f64`, as serde_json's table has them.
-const EXACT_POW10: [f64; 23] = [
+/// The powers of ten that are exact as `f64`, as serde_json's table has them (and as the
+/// line-protocol reader divides by them).
+pub(super) const EXACT_POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
@@ -227,7 +228,8 @@ impl<'de> Scanner<'de> {
     /// A number as serde_json reads it into a `Value`: an integer as `u64` or `i64` (`-0` as
     /// the float −0), anything with a fraction or an exponent as the `f64` its parts make.
     /// Inlined: returned from a call, the value went through memory in pieces and was read
-    /// back whole, and the CPU could not forward those stores (a quarter of the decoding).
+    /// back whole, and the CPU could not forward those stores (inlined, a JSON message decodes
+    /// ≈ 4 % faster, `benches/decode.rs`).
     #[inline(always)]
     fn number(&mut self) -> Option<Json<'de>> {
         let negative = self.peek()? == b'-';

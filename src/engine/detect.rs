@@ -224,6 +224,7 @@ impl TailTable {
     }
 
     /// Share of normal readings whose statistic is at least `x` (`exp(−surprisal)`).
+    #[inline(always)]
     pub fn survival(&self, x: f64) -> f64 {
         (-self.surprisal(x)).exp()
     }
@@ -476,6 +477,7 @@ impl Joint {
 
     /// The distance, as [`Self::distance`], with each feature's share of it, `|zᵢ (P z)ᵢ|`,
     /// written into `out` (for the explanation) in the same pass.
+    #[inline(always)]
     pub fn parts(&self, z: &[f64], out: &mut [f64]) -> f64 {
         let mut d = 0.0;
         for (t, o) in self.terms(z).zip(out.iter_mut()) {
@@ -593,6 +595,7 @@ impl MeasuredWith {
 /// The surprisals (−ln p-value) of one feature's squared statistics `q` in many readings
 /// (their sign, a direction, is ignored: `q` is left holding their absolute values), written
 /// into `out`: from the feature's tail table or, without one, the two-sided Gaussian tail.
+#[inline(always)]
 pub fn column_surprisals(table: Option<&TailTable>, q: &mut [f64], out: &mut [f64]) {
     for x in q.iter_mut() {
         *x = x.abs();
@@ -611,6 +614,7 @@ pub fn column_surprisals(table: Option<&TailTable>, q: &mut [f64], out: &mut [f6
 
 /// A reading's p-value for one piece of evidence from its features' surprisals `s`: the
 /// smallest per-feature p-value times the number of features (Bonferroni), at most 1.
+#[inline(always)]
 pub fn piece_p(s: &[f64]) -> f64 {
     let max_s = s.iter().fold(0.0f64, |m, v| m.max(*v));
     ((-max_s).exp() * s.len() as f64).min(1.0)
@@ -618,6 +622,7 @@ pub fn piece_p(s: &[f64]) -> f64 {
 
 /// Each feature's share of a reading's evidence, signed by the direction of its departure:
 /// its surprisal over the sum of surprisals. Zero everywhere when nothing is surprising.
+#[inline(always)]
 pub fn explain(surprisal: &[f64], direction: &[f64], out: &mut [f32]) {
     let total: f64 = surprisal.iter().sum();
     if total.is_nan() || total <= 0.0 {
@@ -707,6 +712,7 @@ pub struct DeviationStat {
 
 impl Deviation<'_> {
     /// Starts a device at its first reading `x` (normalised).
+    #[inline(always)]
     pub fn start(&mut self, x: &[f32]) {
         let nf = x.len();
         self.state[..nf].copy_from_slice(x);
@@ -717,6 +723,7 @@ impl Deviation<'_> {
     /// readings the device had before this one (≥ 1). Returns the statistic once learnt, and
     /// writes each feature's squared standardised departure, signed by its direction, into
     /// `parts`.
+    #[inline(always)]
     pub fn observe(
         &mut self,
         set: &DetectSettings,
@@ -758,6 +765,7 @@ impl Deviation<'_> {
 
     /// Moves the baseline to where the device's readings settled (baseline plus smoothed
     /// departure) and forgets the departure.
+    #[inline(always)]
     pub fn rebase(&mut self) {
         let nf = self.state.len() / 3;
         let (base, rest) = self.state.split_at_mut(nf);
@@ -775,6 +783,7 @@ impl Deviation<'_> {
     /// device whose normal moves slowly spends long enough there to be followed. (An alarm
     /// that lasts ends through [`AlarmPolicy`]'s settle rule or maximum duration, after
     /// which the engine restarts the baseline where the device settled.)
+    #[inline(always)]
     pub fn adapt(&mut self, set: &DetectSettings, warmup: u32, n: u32, x: &[f32], weight: f64) {
         if weight <= 0.0 {
             return;
@@ -800,6 +809,7 @@ impl Deviation<'_> {
 /// How far a reading with p-value `p` counts as healthy for the baselines: 0 while the device
 /// is alarmed or the reading is over the line (`p ≤ rate`), 1 once it is quiet
 /// (`p > rate · clear_factor`), and in between log-linearly in `p`.
+#[inline(always)]
 pub fn health_weight(alarmed: bool, p: f64, rate: f64, clear_factor: f64) -> f64 {
     if alarmed || p <= rate {
         return 0.0;
@@ -872,6 +882,7 @@ impl AlarmPolicy {
     /// its normal (a non-negative statistic). While an alarm is raised, a reading also counts
     /// as quiet when its level has fallen below `settle_fraction` of the alarm's peak (the
     /// condition that raised it is over, though the device may have settled elsewhere).
+    #[inline(always)]
     pub fn step(&self, s: &mut AlarmState, ts: i64, j: Judgement, score: f32, level: f64) -> Edge {
         let Judgement {
             over,
@@ -935,6 +946,7 @@ impl AlarmPolicy {
 
 /// Combines the p-values of the pieces of evidence present into the reading's p-value: the
 /// smallest, times the number present (Bonferroni), at most 1; 1 when none is present.
+#[inline(always)]
 pub fn combine(p: &[Option<f64>]) -> f64 {
     // A plain loop: the iterator chain it replaces cost more than the arithmetic.
     let (mut present, mut smallest) = (0u32, f64::NAN);

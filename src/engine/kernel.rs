@@ -248,6 +248,14 @@ impl Isa {
     }
 }
 
+impl Isa {
+    /// Whether this CPU has AVX2 (held by the kinds AVX-512 and AVX2), for code other than
+    /// the kernel's that is compiled for it too (`#[target_feature(enable = "avx2")]`).
+    pub fn has_avx2(self) -> bool {
+        matches!(self.0, Kind::Avx512 | Kind::Avx2)
+    }
+}
+
 /// `out[rows × n_pad] = a[rows × k] · W + b`; `rows` must be a multiple of [`ROW_PAD`]. The
 /// columns past `n` (padding) are zeros for finite inputs; only the first `n` are results.
 pub fn gemm_bias(isa: Isa, a: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {

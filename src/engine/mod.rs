@@ -974,6 +974,7 @@ impl Engine {
 
 /// Folds a stepped reading (of `slot`, at the device's interval `step_ns`) into the device's
 /// flat runs and its stuck-sensor alarm.
+#[inline(always)]
 fn step_stuck(
     policy: &stuck::StuckPolicy,
     slots: &mut Slots,
@@ -1158,6 +1159,8 @@ mod tests {
             assert!(ref_bits == bits, "batch {batch}: forecasts differ");
             assert_eq!(c, counters);
         }
+        // The kernel and the scoring compiled for the baseline instruction set, against
+        // their AVX2 copies where this CPU has AVX2.
         let (o, bits, _) = run(Isa::PORTABLE, 4096);
         assert!(
             same_bits(&reference, &o) && ref_bits == bits,

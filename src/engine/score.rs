@@ -5,6 +5,7 @@
 //! All arithmetic is sequential per device in `f64`, so it is deterministic (§3.6).
 
 /// Complementary error function; fractional error below 1.2e-7 everywhere (Chebyshev fit).
+#[inline(always)]
 pub fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
@@ -21,6 +22,7 @@ pub fn erfc(x: f64) -> f64 {
 }
 
 /// Standard normal cumulative distribution function.
+#[inline(always)]
 pub fn normal_cdf(x: f64) -> f64 {
     0.5 * erfc(-x / std::f64::consts::SQRT_2)
 }
@@ -29,6 +31,7 @@ pub fn normal_cdf(x: f64) -> f64 {
 /// forecast): the probability that `n` independent standard normals all stay closer to zero
 /// than the largest `|z|` seen. Uniform on [0, 1] when forecasts are calibrated, close to 1
 /// for a reading far outside them.
+#[inline(always)]
 pub fn score_from_max_z(max_abs_z: f64, n: usize) -> f64 {
     let p = erfc(max_abs_z / std::f64::consts::SQRT_2).clamp(0.0, 1.0);
     // (1 − p)ⁿ by multiplication: n is small (the features judged), and no logarithm and
@@ -83,6 +86,7 @@ impl Likelihood {
     /// Folds in one score; returns the likelihood that the recent scores are higher than the
     /// device's normal (the normal CDF of the short-term average against the long-term
     /// distribution, judged before this score updates it).
+    #[inline(always)]
     pub fn update(&self, s: &mut ScoreStats, score: f64) -> f64 {
         s.short += self.alpha_short * (score - s.short);
         let sd = s.var.max(1e-8).sqrt();

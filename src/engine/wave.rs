@@ -269,6 +269,7 @@ struct Verdict {
 /// weight), folds the squared residual into `calib`, capped at 5σ so that a fault does not
 /// teach the device that faults are normal. Each pass is a plain loop over the features,
 /// without a branch, so that the compiler can run it as vector code (the first one it does).
+#[inline(always)]
 fn judge(
     (x, mean, sigma): (&[f32], &[f32], &[f32]),
     calib: &mut [f32],
@@ -333,8 +334,24 @@ impl Engine {
         let step = clock.lap();
         self.head(&model, rows);
         let head = clock.lap();
+        #[cfg(target_arch = "x86_64")]
+        if self.isa.has_avx2() {
+            // SAFETY: the engine's `Isa` has AVX2, so this CPU has it.
+            unsafe { self.score_avx2(&model, batch, items, out) };
+        } else {
+            self.score(&model, batch, items, out);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
         self.score(&model, batch, items, out);
         let detect = clock.lap();
+        #[cfg(target_arch = "x86_64")]
+        if self.isa.has_avx2() {
+            // SAFETY: as above.
+            unsafe { self.finish_avx2(&model, rows, out) };
+        } else {
+            self.finish(&model, rows, out);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
         self.finish(&model, rows, out);
         let finish = clock.lap();
         if let Some(p) = self.phases.as_mut() {
@@ -346,11 +363,37 @@ impl Engine {
         }
     }
 
+    /// [`Engine::score`] compiled for AVX2: the scoring is plain scalar code, which the
+    /// compiler then runs as 256-bit vector code where it vectorises it, instead of the
+    /// baseline's 128-bit (≈ 8 % less time in detection; `sensorcast bench`). The same bits:
+    /// Rust never fuses a multiplication and an addition on its own, and every other
+    /// operation rounds the same at any width. Only what is inlined into it (the functions
+    /// marked `#[inline(always)]` below) is compiled so; what it calls out of line is not.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn score_avx2(
+        &mut self,
+        model: &InferenceModel,
+        batch: &[Reading],
+        items: &[Item],
+        out: &mut BatchOutput,
+    ) {
+        self.score(model, batch, items, out);
+    }
+
+    /// [`Engine::finish`] compiled for AVX2, as [`Engine::score_avx2`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn finish_avx2(&mut self, model: &InferenceModel, rows: usize, out: &mut BatchOutput) {
+        self.finish(model, rows, out);
+    }
+
     /// Scores every row of the stepped wave into `judged`, in three passes: each row's
     /// evidence (its device's calibration, drift and departure move on); then the tail
     /// look-ups of all rows, one feature's table at a time (vector code); then each row's
     /// verdict and alarm. Each pass takes the rows in order, and every row is its own
     /// device's, so the passes give the bits of scoring one row at a time.
+    #[inline(always)]
     fn score(
         &mut self,
         model: &InferenceModel,
@@ -378,6 +421,7 @@ impl Engine {
 
     /// Asks for the cache lines of `slot`'s scoring state ahead of its row: each device's
     /// state lies in a score of per-device arrays, a cache miss each in a large fleet.
+    #[inline(always)]
     fn prefetch_scoring_state(&self, model: &InferenceModel, slot: usize) {
         let (nf, hz, sl) = (model.features.len(), model.horizon, &self.slots);
         for v in [
@@ -409,6 +453,7 @@ impl Engine {
     }
 
     /// Keeps every scored row's forecasts and scatters its state back.
+    #[inline(always)]
     fn finish(&mut self, model: &InferenceModel, rows: usize, out: &mut BatchOutput) {
         let (judged, pending) = (
             std::mem::take(&mut self.judged),
@@ -470,6 +515,7 @@ impl Engine {
             .top_gemm(self.isa, rows, &mut self.h, &model.head, &mut self.head_out);
     }
 
+    #[inline(always)]
     fn row(&self, model: &InferenceModel, reading: &Reading, r: usize, it: &Item) -> Row {
         let maintenance = !self.settings.maintenance.is_empty()
             && self
@@ -499,6 +545,7 @@ impl Engine {
     /// The first pass over a row of the stepped wave: its forecast, drift and deviation
     /// evidence, with its device's detection state moved on, recorded for calibration; notes
     /// which of it is looked up in the tails ([`Engine::look_up`]).
+    #[inline(always)]
     fn measure_row(&mut self, model: &InferenceModel, row: Row, out: &mut BatchOutput) {
         let (nf, slot) = (model.features.len(), row.slot);
         let fe = self.forecast_evidence(model, &row);
@@ -528,6 +575,7 @@ impl Engine {
 
     /// The second pass: the per-feature surprisals of the rows that want them, one feature's
     /// tail table at a time, and each row's p-value for that piece of evidence.
+    #[inline(always)]
     fn look_up(&mut self, model: &InferenceModel) {
         let nf = model.features.len();
         let calibration = model.calibration.as_ref();
@@ -595,6 +643,7 @@ impl Engine {
     /// The last pass over a row: its verdict and alarm, the device's baseline and stuck
     /// sensors moved on. Its forecasts and LSTM state are kept afterwards
     /// ([`Engine::finish_row`]), once every row is scored.
+    #[inline(always)]
     fn judge_row(
         &mut self,
         model: &InferenceModel,
@@ -648,6 +697,7 @@ impl Engine {
 
     /// Keeps a scored row's forecasts and scatters its new LSTM state back to the device;
     /// writes its outcome (a device whose state would turn non-finite starts over instead).
+    #[inline(always)]
     fn finish_row(
         &mut self,
         model: &InferenceModel,
@@ -703,6 +753,7 @@ impl Engine {
     /// way for as long as the drift lasts). Updates the device's residual calibration,
     /// likelihood and drift; leaves the per-feature statistics in the row's scratch, for
     /// [`Engine::look_up`] to turn into p-values.
+    #[inline(always)]
     fn forecast_evidence(&mut self, model: &InferenceModel, row: &Row) -> ForecastEvidence {
         let mut fe = ForecastEvidence::default();
         if row.step == 0 {
@@ -762,6 +813,7 @@ impl Engine {
     /// where the model has a joint calibration. Folds the reading into the device's smoothed
     /// departure; leaves the per-feature departures in the row's scratch, for
     /// [`Engine::look_up`] to turn into a p-value.
+    #[inline(always)]
     fn deviation_evidence(
         &mut self,
         model: &InferenceModel,
@@ -801,6 +853,7 @@ impl Engine {
     }
 
     /// The evidence itself, for calibration in training (NaN: not available).
+    #[inline(always)]
     fn record_evidence(
         &self,
         nf: usize,
@@ -832,6 +885,7 @@ impl Engine {
 
     /// Combines the chosen evidence into the reading's p-value, explains it, and steps the
     /// device's alarm (`level`: how far the device is from its normal, for the settle rule).
+    #[inline(always)]
     fn decide(
         &mut self,
         nf: usize,
@@ -901,6 +955,7 @@ impl Engine {
 
     /// Each feature's share of the strongest piece of evidence, signed by its direction,
     /// into `contrib`; returns the feature with the largest share (the lowest index on ties).
+    #[inline(always)]
     fn explain(&self, chosen: Chosen, own: Range<usize>, contrib: &mut [f32]) -> usize {
         let sc = &self.scratch;
         // The smallest p-value, the first on ties.
@@ -925,6 +980,7 @@ impl Engine {
 
     /// Keeps the one-step and horizon-H forecasts for scoring the readings to come, and
     /// writes the forecast with its 90 % band into `out`.
+    #[inline(always)]
     fn keep_forecasts(&mut self, model: &InferenceModel, row: &Row, out: &mut BatchOutput) {
         let (nf, slot, ring) = (model.features.len(), row.slot, row.ring);
         let hf = model.horizon * nf;
@@ -960,6 +1016,7 @@ impl Engine {
     }
 
     /// The row's new state back to its device (of a wave of `rows`), one reading on.
+    #[inline(always)]
     fn scatter(&mut self, row: &Row, rows: usize) {
         let s_len = self.state_len;
         let mut off = 0;

@@ -746,18 +746,28 @@ impl Deviation<'_> {
         );
         // Running mean of e² over the learning readings: the weight of this one.
         let learning = (n >= learn_from && n < learnt_at).then(|| (n - learn_from + 1) as f64);
-        let mut worst: f64 = 0.0;
+        // Plain loops over the features, the branch and the running maximum out of them, so
+        // that the compiler runs them (divisions included) as vector code. `parts` holds each
+        // smoothed departure until the last one turns it into its statistic.
         for f in 0..nf {
             let d = x[f] as f64 - base[f] as f64;
             let e = lambda * d + (1.0 - lambda) * ewm[f] as f64;
             ewm[f] = e as f32;
-            if let Some(k) = learning {
+            parts[f] = e;
+        }
+        if let Some(k) = learning {
+            for f in 0..nf {
+                let e = parts[f];
                 var[f] = (var[f] as f64 + (e * e - var[f] as f64) / k) as f32;
             }
+        }
+        for f in 0..nf {
+            let e = parts[f];
             let q = e * e / (var[f] as f64).max(VARIANCE_FLOOR);
             parts[f] = q.copysign(e);
-            worst = worst.max(q);
         }
+        // |q| is q (never negative), and NaN where q is: `max` passes over it as before.
+        let worst = parts.iter().fold(0.0f64, |w, q| w.max(q.abs()));
         DeviationStat {
             stat: (n >= learnt_at).then_some(worst),
         }
@@ -794,12 +804,16 @@ impl Deviation<'_> {
         let learnt = n >= warmup.saturating_add(set.learning);
         let (base, rest) = self.state.split_at_mut(nf);
         let (ewm, var) = rest.split_at_mut(nf);
+        // Plain loops, the branch out of them, for vector code.
         for f in 0..nf {
             let d = x[f] as f64 - base[f] as f64;
             base[f] = (base[f] as f64 + alpha * d) as f32;
-            if learnt {
+        }
+        if learnt {
+            for f in 0..nf {
                 let v = (var[f] as f64).max(VARIANCE_FLOOR);
-                let e2 = (ewm[f] as f64).powi(2).min(VARIANCE_CAP * v);
+                let e = ewm[f] as f64;
+                let e2 = (e * e).min(VARIANCE_CAP * v);
                 var[f] = (v + weight * (e2 - v) / window) as f32;
             }
         }

@@ -128,6 +128,10 @@ pub(super) struct Row {
 /// What the forecasts made for a reading say of it.
 #[derive(Debug, Default)]
 struct ForecastEvidence {
+    /// The largest |standardised residual| against the forecasts, of `judged` residuals (0
+    /// of 0 without a forecast), for the score.
+    worst: f64,
+    judged: usize,
     /// Score from the largest standardised residual (0 without a forecast).
     score: f64,
     /// The device's smoothed likelihood of that score (0 before warm).
@@ -409,6 +413,7 @@ impl Engine {
             let row = self.row(model, &batch[it.index], r, it);
             self.measure_row(model, row, out);
         }
+        self.forecast_scores();
         self.look_up(model);
         self.judged.clear();
         let pending = std::mem::take(&mut self.scratch.pending);
@@ -571,6 +576,23 @@ impl Engine {
             wanted[DEVIATION].push(row.r);
         }
         self.scratch.pending.push(Pending { row, fe, de, seen });
+    }
+
+    /// The forecast score of every row with a forecast, and the likelihood of every warm one,
+    /// each in a loop over the rows of its own: a score is a chain of dependent arithmetic
+    /// (an `erfc`, a power, then the likelihood's `erfc` of it), and rows taken together let
+    /// the core overlap the chains of different rows. Each row is its own device's, so the
+    /// order of rows changes nothing.
+    #[inline(always)]
+    fn forecast_scores(&mut self) {
+        let pending = &mut self.scratch.pending;
+        for p in pending.iter_mut().filter(|p| p.fe.judged > 0) {
+            p.fe.score = score::score_from_max_z(p.fe.worst, p.fe.judged);
+        }
+        let (likelihood, stats) = (&self.settings.likelihood, &mut self.slots.stats);
+        for p in pending.iter_mut().filter(|p| p.fe.stat.is_some()) {
+            p.fe.likelihood = likelihood.update(&mut stats[p.row.slot], p.fe.score);
+        }
     }
 
     /// The second pass: the per-feature surprisals of the rows that want them, one feature's
@@ -785,14 +807,11 @@ impl Engine {
             ));
             judged += nf;
         }
-        fe.score = score::score_from_max_z(worst, judged);
+        // The score and likelihood follow for all rows at once ([`Engine::forecast_scores`]).
+        (fe.worst, fe.judged) = (worst, judged);
         if !row.warm {
             return fe;
         }
-        fe.likelihood = self
-            .settings
-            .likelihood
-            .update(&mut sl.stats[row.slot], fe.score);
         fe.stat = Some(worst * worst);
         for z in z.iter_mut() {
             *z = (*z * *z).copysign(*z);

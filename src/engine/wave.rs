@@ -414,6 +414,7 @@ impl Engine {
             self.measure_row(model, row, out);
         }
         self.forecast_scores();
+        self.joint_evidence(model);
         self.look_up(model);
         self.judged.clear();
         let pending = std::mem::take(&mut self.scratch.pending);
@@ -855,20 +856,36 @@ impl Engine {
         de.stat = dev
             .observe(&self.settings.detect, self.settings.warmup, seen, x, parts)
             .stat;
-        if de.stat.is_none() {
-            return de;
-        }
-        let calibration = model.calibration.as_ref();
-        let counted = Counted::of(self.settings.detect.evidence);
-        if let Some(joint) = calibration.and_then(|c| c.joint.as_ref()) {
-            sc.zjoint.clear();
-            sc.zjoint
-                .extend(parts.iter().map(|q| q.abs().sqrt().copysign(*q)));
-            let d = joint.parts(&sc.zjoint, &mut sc.s_joint[own]);
-            de.joint_stat = Some(d);
-            de.p_joint = counted.joint.then(|| joint.tail.survival(d));
-        }
+        // The joint distance follows for all rows at once ([`Engine::joint_evidence`]).
         de
+    }
+
+    /// The joint distance of the departures of every row that has them, where the model has
+    /// a joint calibration, and its p-value where it counts: in loops over the rows of their
+    /// own, as [`Engine::forecast_scores`] (each is a chain of dependent arithmetic: a
+    /// triangular solve, then a tail look-up and an exponential).
+    #[inline(always)]
+    fn joint_evidence(&mut self, model: &InferenceModel) {
+        let Some(joint) = model.calibration.as_ref().and_then(|c| c.joint.as_ref()) else {
+            return;
+        };
+        let nf = model.features.len();
+        let sc = &mut self.scratch;
+        for p in sc.pending.iter_mut().filter(|p| p.de.stat.is_some()) {
+            let own = p.row.r * nf..(p.row.r + 1) * nf;
+            sc.zjoint.clear();
+            sc.zjoint.extend(
+                sc.parts[own.clone()]
+                    .iter()
+                    .map(|q| q.abs().sqrt().copysign(*q)),
+            );
+            p.de.joint_stat = Some(joint.parts(&sc.zjoint, &mut sc.s_joint[own]));
+        }
+        if Counted::of(self.settings.detect.evidence).joint {
+            for p in sc.pending.iter_mut() {
+                p.de.p_joint = p.de.joint_stat.map(|d| joint.tail.survival(d));
+            }
+        }
     }
 
     /// The evidence itself, for calibration in training (NaN: not available).

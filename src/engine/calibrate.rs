@@ -88,7 +88,7 @@ fn measure(
     devices: &[(&[&Reading], usize)],
 ) -> Result<Option<Calibration>, RunError> {
     let measured_with = settings.measured_with();
-    let mut engine = Engine::new(model, settings)?;
+    let mut engine = Engine::new(model, settings)?.keeping_evidence();
     let longest = devices.iter().map(|d| d.0.len()).max().unwrap_or(0);
     let mut out = BatchOutput::default();
     let nf = engine.model().features.len();

@@ -346,9 +346,11 @@ impl BatchOutput {
     /// The evidence of reading `i` per feature: squared standardised forecast residuals
     /// (`[..F]`), the squared standardised drift of the residuals (`[F..2F]`) and squared
     /// standardised departures from the device's normal (`[2F..]`); NaN where not available
-    /// (cold, warming up, still learning).
+    /// (cold, warming up, still learning). Empty unless the engine keeps it
+    /// ([`Engine::keeping_evidence`]).
     pub fn evidence(&self, i: usize) -> &[f32] {
-        &self.evidence[i * 3 * self.nf..(i + 1) * 3 * self.nf]
+        let n = 3 * self.nf;
+        self.evidence.get(i * n..(i + 1) * n).unwrap_or(&[])
     }
 
     /// Contributions of the alarm that changed at reading `i`: those of the reading that
@@ -514,6 +516,8 @@ pub struct Engine {
     judged: Vec<wave::Judged>,
     // Time per phase, when measured.
     phases: Option<PhaseTimes>,
+    // Each reading's evidence is written into the batch output (calibration in training).
+    keep_evidence: bool,
     stuck_policy: stuck::StuckPolicy,
     watch: silent::Watch,
     // Per batch: silent-device alarms raised (reading index, its time, slot, start).
@@ -550,6 +554,7 @@ impl Engine {
             scratch: wave::Scratch::default(),
             judged: Vec::new(),
             phases: None,
+            keep_evidence: false,
             stuck_policy,
             watch: silent::Watch::new(settings.detect.silent_factor, settings.default_interval_ns),
             raised_silent: Vec::new(),
@@ -566,6 +571,14 @@ impl Engine {
     /// The stream's maintenance windows in use.
     pub fn maintenance(&self) -> &Arc<maintenance::Maintenance> {
         &self.settings.maintenance
+    }
+
+    /// Writes each reading's evidence into [`BatchOutput::evidence`], for the calibration in
+    /// training; without it (the service, replay, benchmarks) nothing reads it, and it is not
+    /// written.
+    pub fn keeping_evidence(mut self) -> Self {
+        self.keep_evidence = true;
+        self
     }
 
     /// Forces an instruction set (tests compare paths).
@@ -800,7 +813,9 @@ impl Engine {
         out.event_contributions.clear();
         out.event_contributions.resize(batch.len() * nf, 0.0);
         out.evidence.clear();
-        out.evidence.resize(batch.len() * 3 * nf, f32::NAN);
+        if self.keep_evidence {
+            out.evidence.resize(batch.len() * 3 * nf, f32::NAN);
+        }
         out.silent.clear();
         self.raised_silent.clear();
         for (index, r) in batch.iter().enumerate() {
@@ -1119,6 +1134,28 @@ mod tests {
                 (Outcome::Stale { last_ts: s }, Outcome::Stale { last_ts: t }) => s == t,
                 _ => false,
             })
+    }
+
+    #[test]
+    fn evidence_is_written_where_kept_and_changes_nothing_else() {
+        let rs = readings();
+        let nf = 4;
+        let (mut plain, mut kept) = (
+            engine(Isa::detect()),
+            engine(Isa::detect()).keeping_evidence(),
+        );
+        let (mut a, mut b) = (BatchOutput::default(), BatchOutput::default());
+        plain.process(&rs, &mut a).expect("process");
+        kept.process(&rs, &mut b).expect("process");
+        assert!(same_bits(&a.outcomes, &b.outcomes), "outcomes differ");
+        assert_eq!(a.forecasts, b.forecasts);
+        assert!((0..rs.len()).all(|i| a.evidence(i).is_empty()));
+        assert!((0..rs.len()).all(|i| b.evidence(i).len() == 3 * nf));
+        // Warm readings have their forecast and deviation evidence, as calibration needs.
+        let full = (0..rs.len())
+            .filter(|&i| b.evidence(i).iter().all(|v| v.is_finite()))
+            .count();
+        assert!(full > 100, "{full} readings with all their evidence");
     }
 
     #[test]

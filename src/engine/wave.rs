@@ -562,7 +562,9 @@ impl Engine {
         // normal, not the LSTM's memory).
         let seen = self.slots.seen[slot];
         let de = self.deviation_evidence(model, &row, seen);
-        self.record_evidence(nf, &row, &fe, &de, out);
+        if self.keep_evidence {
+            self.record_evidence(nf, &row, &fe, &de, out);
+        }
         let counted = Counted::of(self.settings.detect.evidence);
         let wanted = &mut self.scratch.wanted;
         if fe.stat.is_some() {

@@ -416,6 +416,7 @@ impl Engine {
         self.forecast_scores();
         self.joint_evidence(model);
         self.look_up(model);
+        self.explain_rows(model.features.len(), out);
         self.judged.clear();
         let pending = std::mem::take(&mut self.scratch.pending);
         for p in &pending {
@@ -944,8 +945,7 @@ impl Engine {
         let rate = self.slots.rate[slot] as f64;
         let over_line = p <= rate;
         let quiet = p > rate * set.clear_factor;
-        let contrib = &mut out.contributions[row.index * nf..(row.index + 1) * nf];
-        let top_feature = self.explain(chosen, row.r * nf..(row.r + 1) * nf, contrib);
+        let top_feature = top_feature(&out.contributions[row.index * nf..(row.index + 1) * nf]);
         let policy = AlarmPolicy {
             min_duration: set.min_duration,
             cooldown: set.cooldown,
@@ -994,7 +994,7 @@ impl Engine {
     /// Each feature's share of the strongest piece of evidence, signed by its direction,
     /// into `contrib`; returns the feature with the largest share (the lowest index on ties).
     #[inline(always)]
-    fn explain(&self, chosen: Chosen, own: Range<usize>, contrib: &mut [f32]) -> usize {
+    fn explain(&self, chosen: Chosen, own: Range<usize>, contrib: &mut [f32]) {
         let sc = &self.scratch;
         // The smallest p-value, the first on ties.
         let mut strongest: Option<(f64, &Vec<f64>, &Vec<f64>)> = None;
@@ -1013,7 +1013,21 @@ impl Engine {
         if let Some((_, pf, dir)) = strongest {
             detect::explain(&pf[own.clone()], &dir[own], contrib);
         }
-        top_feature(contrib)
+    }
+
+    /// Each row's explanation into `out`'s contributions ([`Engine::explain`]), in a loop of
+    /// its own, as [`Engine::forecast_scores`]: the sum of its surprisals is a chain of
+    /// dependent additions.
+    #[inline(always)]
+    fn explain_rows(&self, nf: usize, out: &mut BatchOutput) {
+        for p in &self.scratch.pending {
+            let contrib = &mut out.contributions[p.row.index * nf..(p.row.index + 1) * nf];
+            self.explain(
+                Chosen::of(&p.fe, &p.de),
+                p.row.r * nf..(p.row.r + 1) * nf,
+                contrib,
+            );
+        }
     }
 
     /// Keeps the one-step and horizon-H forecasts for scoring the readings to come, and
@@ -1106,11 +1120,14 @@ fn abs_f32(v: &[f64], out: &mut [f32]) {
 /// The feature with the largest share of the explanation `contrib` (by absolute value, in
 /// the total order of floats), the lowest index on ties.
 fn top_feature(contrib: &[f32]) -> usize {
+    // The total order of floats without their sign is the order of their bits; the largest
+    // so far kept at hand, and no branch.
     let mut top = 0;
+    let mut best = contrib.first().map_or(0, |c| c.to_bits() & 0x7fff_ffff);
     for (f, c) in contrib.iter().enumerate().skip(1) {
-        if c.abs().total_cmp(&contrib[top].abs()).is_gt() {
-            top = f;
-        }
+        let a = c.to_bits() & 0x7fff_ffff;
+        top = if a > best { f } else { top };
+        best = best.max(a);
     }
     top
 }
@@ -1155,5 +1172,46 @@ fn event_contributions(
             }
         }
         Edge::None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The order of `top_feature`: the largest |share| by `f32::total_cmp`, the lowest index
+    /// on ties.
+    fn top_by_total_cmp(contrib: &[f32]) -> usize {
+        let mut top = 0;
+        for f in 1..contrib.len() {
+            if contrib[f].abs().total_cmp(&contrib[top].abs()).is_gt() {
+                top = f;
+            }
+        }
+        top
+    }
+
+    #[test]
+    fn the_top_feature_is_the_largest_share_in_the_total_order_first_on_ties() {
+        let values = [
+            0.0,
+            -0.0,
+            0.25,
+            -0.25,
+            1.0,
+            -1.0,
+            f32::MIN_POSITIVE,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        // Every row of four drawn from the values (11⁴ rows: ties, NaN and signs included).
+        let n = values.len();
+        for k in 0..n.pow(4) {
+            let row: Vec<f32> = (0..4).map(|i| values[k / n.pow(i) % n]).collect();
+            assert_eq!(top_feature(&row), top_by_total_cmp(&row), "{row:?}");
+        }
+        assert_eq!(top_feature(&[]), 0);
     }
 }

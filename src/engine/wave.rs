@@ -8,10 +8,12 @@
 //!    a `rows × hidden` block (zeros for a device that starts cold);
 //! 3. **step**: the LSTM stack over all rows at once ([`kernel`]);
 //! 4. **head**: the top layer's new hidden state through the forecast head, all rows at once;
-//! 5. **score**, in three passes over the rows: the forecast and drift evidence (the reading
+//! 5. **score**, in passes over the rows: the forecast and drift evidence (the reading
 //!    against the forecasts made for it) and the deviation evidence (the reading against the
-//!    device's own normal) of each row; their tail look-ups, all rows at once, one feature's
-//!    table at a time; then each row's combination, explanation and the alarm policy;
+//!    device's own normal) of each row; their forecast scores and likelihoods; their joint
+//!    distances; their tail look-ups, all rows at once, one feature's table at a time; their
+//!    explanations; then each row's combination and the alarm policy. Compiled for AVX2 too
+//!    ([`Engine::score_avx2`]);
 //! 6. **finish**: the new forecasts are kept and the new state is scattered back to the
 //!    device.
 //!
@@ -392,10 +394,11 @@ impl Engine {
         self.finish(model, rows, out);
     }
 
-    /// Scores every row of the stepped wave into `judged`, in three passes: each row's
-    /// evidence (its device's calibration, drift and departure move on); then the tail
-    /// look-ups of all rows, one feature's table at a time (vector code); then each row's
-    /// verdict and alarm. Each pass takes the rows in order, and every row is its own
+    /// Scores every row of the stepped wave into `judged`, in passes: each row's evidence (its
+    /// device's calibration, drift and departure move on); the forecast scores and the joint
+    /// distances ([`Engine::forecast_scores`], [`Engine::joint_evidence`]); the tail look-ups
+    /// of all rows, one feature's table at a time (vector code); the explanations; then each
+    /// row's verdict and alarm. Each pass takes the rows in order, and every row is its own
     /// device's, so the passes give the bits of scoring one row at a time.
     #[inline(always)]
     fn score(

@@ -249,8 +249,10 @@ impl Isa {
 }
 
 impl Isa {
-    /// Whether this CPU has AVX2 (held by the kinds AVX-512 and AVX2), for code other than
-    /// the kernel's that is compiled for it too (`#[target_feature(enable = "avx2")]`).
+    /// Whether this instruction set includes AVX2 (the kinds AVX-512 and AVX2; not
+    /// [`Isa::PORTABLE`], nor a CPU with AVX2 but without FMA), for code other than the
+    /// kernel's that is compiled for it too (`#[target_feature(enable = "avx2")]`): true
+    /// only on a CPU that has AVX2.
     pub fn has_avx2(self) -> bool {
         matches!(self.0, Kind::Avx512 | Kind::Avx2)
     }
@@ -365,11 +367,11 @@ pub fn exp_approx(x: f32) -> f32 {
     y * scale
 }
 
-/// [`exp_approx`]'s polynomial in plain multiplications and additions, for code compiled for
-/// the baseline instruction set (the scoring after the step): no fused multiply-add (a library
-/// call there) and no `floor` (no vector instruction there; round-to-nearest by adding
-/// 1.5·2²³ instead), so that a loop of it runs as vector code and gives the same bits on every
-/// machine. For finite `|x| < 85`; NaN stays NaN. Relative error below 3e-7 on the forecast σ's
+/// [`exp_approx`]'s polynomial in plain multiplications and additions, for code compiled
+/// without FMA (the finishing after the step, in its baseline and AVX2 copies): no fused
+/// multiply-add (a library call there) and no `floor` (no vector instruction in the baseline;
+/// round-to-nearest by adding 1.5·2²³ instead), so that a loop of it runs as vector code and
+/// gives the same bits on every machine. For finite `|x| < 85`; NaN stays NaN. Relative error below 3e-7 on the forecast σ's
 /// range (`engine::tests`).
 #[inline(always)]
 pub fn exp_unfused(x: f32) -> f32 {

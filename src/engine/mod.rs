@@ -350,7 +350,10 @@ impl BatchOutput {
     /// ([`Engine::keeping_evidence`]).
     pub fn evidence(&self, i: usize) -> &[f32] {
         let n = 3 * self.nf;
-        self.evidence.get(i * n..(i + 1) * n).unwrap_or(&[])
+        if self.evidence.is_empty() {
+            return &[];
+        }
+        &self.evidence[i * n..(i + 1) * n]
     }
 
     /// Contributions of the alarm that changed at reading `i`: those of the reading that
@@ -1148,7 +1151,10 @@ mod tests {
         plain.process(&rs, &mut a).expect("process");
         kept.process(&rs, &mut b).expect("process");
         assert!(same_bits(&a.outcomes, &b.outcomes), "outcomes differ");
-        assert_eq!(a.forecasts, b.forecasts);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.forecasts), bits(&b.forecasts));
+        assert_eq!(bits(&a.contributions), bits(&b.contributions));
+        assert_eq!(bits(&a.event_contributions), bits(&b.event_contributions));
         assert!((0..rs.len()).all(|i| a.evidence(i).is_empty()));
         assert!((0..rs.len()).all(|i| b.evidence(i).len() == 3 * nf));
         // Warm readings have their forecast and deviation evidence, as calibration needs.

@@ -15,7 +15,7 @@
 //!    explanations; then each row's combination and the alarm policy. Compiled for AVX2 too
 //!    ([`Engine::score_avx2`]);
 //! 6. **finish**: the new forecasts are kept and the new state is scattered back to the
-//!    device.
+//!    device. Compiled for AVX2 too ([`Engine::finish_avx2`]).
 //!
 //! Every row is computed from its own device's state alone, so any batching gives the same
 //! bits (§3.6).
@@ -340,25 +340,9 @@ impl Engine {
         let step = clock.lap();
         self.head(&model, rows);
         let head = clock.lap();
-        #[cfg(target_arch = "x86_64")]
-        if self.isa.has_avx2() {
-            // SAFETY: the engine's `Isa` has AVX2, so this CPU has it.
-            unsafe { self.score_avx2(&model, batch, items, out) };
-        } else {
-            self.score(&model, batch, items, out);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        self.score(&model, batch, items, out);
+        self.score_any(&model, batch, items, out);
         let detect = clock.lap();
-        #[cfg(target_arch = "x86_64")]
-        if self.isa.has_avx2() {
-            // SAFETY: as above.
-            unsafe { self.finish_avx2(&model, rows, out) };
-        } else {
-            self.finish(&model, rows, out);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        self.finish(&model, rows, out);
+        self.finish_any(&model, rows, out);
         let finish = clock.lap();
         if let Some(p) = self.phases.as_mut() {
             p.gather += gather;
@@ -369,12 +353,39 @@ impl Engine {
         }
     }
 
+    /// [`Engine::score`], in its AVX2 copy where the engine's instruction set has AVX2.
+    fn score_any(
+        &mut self,
+        model: &InferenceModel,
+        batch: &[Reading],
+        items: &[Item],
+        out: &mut BatchOutput,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa.has_avx2() {
+            // SAFETY: an `Isa` with AVX2 is only made on a CPU that has it.
+            return unsafe { self.score_avx2(model, batch, items, out) };
+        }
+        self.score(model, batch, items, out);
+    }
+
+    /// [`Engine::finish`], in its AVX2 copy where the engine's instruction set has AVX2.
+    fn finish_any(&mut self, model: &InferenceModel, rows: usize, out: &mut BatchOutput) {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa.has_avx2() {
+            // SAFETY: as in `score_any`.
+            return unsafe { self.finish_avx2(model, rows, out) };
+        }
+        self.finish(model, rows, out);
+    }
+
     /// [`Engine::score`] compiled for AVX2: the scoring is plain scalar code, which the
     /// compiler then runs as 256-bit vector code where it vectorises it, instead of the
-    /// baseline's 128-bit (≈ 8 % less time in detection; `sensorcast bench`). The same bits:
-    /// Rust never fuses a multiplication and an addition on its own, and every other
-    /// operation rounds the same at any width. Only what is inlined into it (the functions
-    /// marked `#[inline(always)]` below) is compiled so; what it calls out of line is not.
+    /// baseline's 128-bit (detection 462 → 399 ns a reading when it came in; `sensorcast
+    /// bench`). The same bits: Rust never fuses a multiplication and an addition on its own
+    /// (and `fma` is not enabled here), and every other operation rounds the same at any
+    /// width. What is inlined into it (the functions marked `#[inline(always)]` below, and
+    /// whatever else the compiler inlines) is compiled so; what it calls out of line is not.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn score_avx2(
@@ -553,7 +564,8 @@ impl Engine {
     }
 
     /// The first pass over a row of the stepped wave: its forecast, drift and deviation
-    /// evidence, with its device's detection state moved on, recorded for calibration; notes
+    /// evidence, with its device's detection state moved on, recorded for calibration where
+    /// the engine keeps it; notes
     /// which of it is looked up in the tails ([`Engine::look_up`]).
     #[inline(always)]
     fn measure_row(&mut self, model: &InferenceModel, row: Row, out: &mut BatchOutput) {
@@ -593,6 +605,7 @@ impl Engine {
     #[inline(always)]
     fn forecast_scores(&mut self) {
         let pending = &mut self.scratch.pending;
+        // Residuals judged: the row has a forecast (a model has at least one feature).
         for p in pending.iter_mut().filter(|p| p.fe.judged > 0) {
             p.fe.score = score::score_from_max_z(p.fe.worst, p.fe.judged);
         }
@@ -602,7 +615,7 @@ impl Engine {
         }
     }
 
-    /// The second pass: the per-feature surprisals of the rows that want them, one feature's
+    /// The per-feature surprisals of the rows that want them, one feature's
     /// tail table at a time, and each row's p-value for that piece of evidence.
     #[inline(always)]
     fn look_up(&mut self, model: &InferenceModel) {
@@ -779,9 +792,10 @@ impl Engine {
     /// The forecast evidence of a reading (how far it falls from the one-step and horizon-H
     /// forecasts made for it) and the drift evidence (a short average of the signed one-step
     /// residuals: a forecaster follows a slow drift a step behind, so its residuals lean one
-    /// way for as long as the drift lasts). Updates the device's residual calibration,
-    /// likelihood and drift; leaves the per-feature statistics in the row's scratch, for
-    /// [`Engine::look_up`] to turn into p-values.
+    /// way for as long as the drift lasts). Updates the device's residual calibration and
+    /// drift; leaves the per-feature statistics in the row's scratch, for
+    /// [`Engine::look_up`] to turn into p-values, and the largest residual in the evidence, for
+    /// [`Engine::forecast_scores`] to score (and the likelihood to follow).
     #[inline(always)]
     fn forecast_evidence(&mut self, model: &InferenceModel, row: &Row) -> ForecastEvidence {
         let mut fe = ForecastEvidence::default();
@@ -835,10 +849,10 @@ impl Engine {
     }
 
     /// The deviation evidence of a reading: its departure from the device's own normal
-    /// (`seen`: the readings the device had before), and the joint distance of the departures
-    /// where the model has a joint calibration. Folds the reading into the device's smoothed
-    /// departure; leaves the per-feature departures in the row's scratch, for
-    /// [`Engine::look_up`] to turn into a p-value.
+    /// (`seen`: the readings the device had before). Folds the reading into the device's
+    /// smoothed departure; leaves the per-feature departures in the row's scratch, for
+    /// [`Engine::look_up`] to turn into a p-value and [`Engine::joint_evidence`] into the
+    /// joint distance.
     #[inline(always)]
     fn deviation_evidence(
         &mut self,
@@ -868,8 +882,8 @@ impl Engine {
 
     /// The joint distance of the departures of every row that has them, where the model has
     /// a joint calibration, and its p-value where it counts: in loops over the rows of their
-    /// own, as [`Engine::forecast_scores`] (each is a chain of dependent arithmetic: a
-    /// triangular solve, then a tail look-up and an exponential).
+    /// own, as [`Engine::forecast_scores`] (each is a chain of dependent arithmetic: a product
+    /// with the precision matrix, then a tail look-up and an exponential).
     #[inline(always)]
     fn joint_evidence(&mut self, model: &InferenceModel) {
         let Some(joint) = model.calibration.as_ref().and_then(|c| c.joint.as_ref()) else {
@@ -925,8 +939,8 @@ impl Engine {
         }
     }
 
-    /// Combines the chosen evidence into the reading's p-value, explains it, and steps the
-    /// device's alarm (`level`: how far the device is from its normal, for the settle rule).
+    /// Combines the chosen evidence into the reading's p-value, finds its top feature in the
+    /// explanation ([`Engine::explain_rows`] wrote it), and steps the device's alarm (`level`: how far the device is from its normal, for the settle rule).
     #[inline(always)]
     fn decide(
         &mut self,
@@ -995,7 +1009,7 @@ impl Engine {
     }
 
     /// Each feature's share of the strongest piece of evidence, signed by its direction,
-    /// into `contrib`; returns the feature with the largest share (the lowest index on ties).
+    /// into `contrib` (left as it is, zeros, where no evidence counts).
     #[inline(always)]
     fn explain(&self, chosen: Chosen, own: Range<usize>, contrib: &mut [f32]) {
         let sc = &self.scratch;

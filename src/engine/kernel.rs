@@ -246,9 +246,7 @@ impl Isa {
         }
         None
     }
-}
 
-impl Isa {
     /// Whether this instruction set includes AVX2 (the kinds AVX-512 and AVX2; not
     /// [`Isa::PORTABLE`], nor a CPU with AVX2 but without FMA), for code other than the
     /// kernel's that is compiled for it too (`#[target_feature(enable = "avx2")]`): true
@@ -371,8 +369,8 @@ pub fn exp_approx(x: f32) -> f32 {
 /// without FMA (the finishing after the step, in its baseline and AVX2 copies): no fused
 /// multiply-add (a library call there) and no `floor` (no vector instruction in the baseline;
 /// round-to-nearest by adding 1.5·2²³ instead), so that a loop of it runs as vector code and
-/// gives the same bits on every machine. For finite `|x| < 85`; NaN stays NaN. Relative error below 3e-7 on the forecast σ's
-/// range (`engine::tests`).
+/// gives the same bits on every machine. For finite `|x| < 85`; NaN stays NaN. Relative error
+/// below 3e-7 on the forecast σ's range (`engine::tests`).
 #[inline(always)]
 pub fn exp_unfused(x: f32) -> f32 {
     // Adding 1.5·2²³ rounds to an integer, which then sits in the low mantissa bits.

@@ -130,10 +130,10 @@ pub(super) struct Row {
 /// What the forecasts made for a reading say of it.
 #[derive(Debug, Default)]
 struct ForecastEvidence {
-    /// The largest |standardised residual| against the forecasts, of `judged` residuals (0
-    /// of 0 without a forecast), for the score.
+    /// The largest |standardised residual| against the forecasts, of `residuals` (0 of 0
+    /// without a forecast), for the score.
     worst: f64,
-    judged: usize,
+    residuals: usize,
     /// Score from the largest standardised residual (0 without a forecast).
     score: f64,
     /// The device's smoothed likelihood of that score (0 before warm).
@@ -605,9 +605,9 @@ impl Engine {
     #[inline(always)]
     fn forecast_scores(&mut self) {
         let pending = &mut self.scratch.pending;
-        // Residuals judged: the row has a forecast (a model has at least one feature).
-        for p in pending.iter_mut().filter(|p| p.fe.judged > 0) {
-            p.fe.score = score::score_from_max_z(p.fe.worst, p.fe.judged);
+        // Residuals: the row has a forecast (a model has at least one feature).
+        for p in pending.iter_mut().filter(|p| p.fe.residuals > 0) {
+            p.fe.score = score::score_from_max_z(p.fe.worst, p.fe.residuals);
         }
         let (likelihood, stats) = (&self.settings.likelihood, &mut self.slots.stats);
         for p in pending.iter_mut().filter(|p| p.fe.stat.is_some()) {
@@ -829,7 +829,7 @@ impl Engine {
             judged += nf;
         }
         // The score and likelihood follow for all rows at once ([`Engine::forecast_scores`]).
-        (fe.worst, fe.judged) = (worst, judged);
+        (fe.worst, fe.residuals) = (worst, judged);
         if !row.warm {
             return fe;
         }
@@ -940,7 +940,8 @@ impl Engine {
     }
 
     /// Combines the chosen evidence into the reading's p-value, finds its top feature in the
-    /// explanation ([`Engine::explain_rows`] wrote it), and steps the device's alarm (`level`: how far the device is from its normal, for the settle rule).
+    /// explanation ([`Engine::explain_rows`] wrote it), and steps the device's alarm (`level`:
+    /// how far the device is from its normal, for the settle rule).
     #[inline(always)]
     fn decide(
         &mut self,
@@ -1208,25 +1209,34 @@ mod tests {
         top
     }
 
+    /// Values where the order and finiteness of floats have their edges: signed zeros, ties of
+    /// either sign, the smallest normal and subnormal, the extremes, infinities and NaNs.
+    const EDGES: [f32; 14] = [
+        0.0,
+        -0.0,
+        0.25,
+        -0.25,
+        1.0,
+        -1.0,
+        f32::MIN_POSITIVE,
+        1e-45,
+        f32::MAX,
+        f32::MIN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+    ];
+
+    /// Every row of `len` values drawn from [`EDGES`] (14^len rows).
+    fn edge_rows(len: u32) -> impl Iterator<Item = Vec<f32>> {
+        let n = EDGES.len();
+        (0..n.pow(len)).map(move |k| (0..len).map(|i| EDGES[k / n.pow(i) % n]).collect())
+    }
+
     #[test]
     fn the_top_feature_is_the_largest_share_in_the_total_order_first_on_ties() {
-        let values = [
-            0.0,
-            -0.0,
-            0.25,
-            -0.25,
-            1.0,
-            -1.0,
-            f32::MIN_POSITIVE,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            -f32::NAN,
-        ];
-        // Every row of four drawn from the values (11⁴ rows: ties, NaN and signs included).
-        let n = values.len();
-        for k in 0..n.pow(4) {
-            let row: Vec<f32> = (0..4).map(|i| values[k / n.pow(i) % n]).collect();
+        for row in edge_rows(4) {
             assert_eq!(top_feature(&row), top_by_total_cmp(&row), "{row:?}");
         }
         assert_eq!(top_feature(&[]), 0);
@@ -1234,28 +1244,9 @@ mod tests {
 
     #[test]
     fn all_finite_is_what_is_finite_says() {
-        let values = [
-            0.0,
-            -0.0,
-            1.5,
-            -2.0,
-            f32::MIN_POSITIVE,
-            f32::MAX,
-            f32::MIN,
-            1e-45,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            -f32::NAN,
-        ];
-        let n = values.len();
-        for k in 0..n.pow(3) {
-            let row: Vec<f32> = (0..3).map(|i| values[k / n.pow(i) % n]).collect();
-            assert_eq!(
-                all_finite(&row),
-                row.iter().all(|v| v.is_finite()),
-                "{row:?}"
-            );
+        for row in edge_rows(3) {
+            let finite = row.iter().all(|v| v.is_finite());
+            assert_eq!(all_finite(&row), finite, "{row:?}");
         }
         // Longer than a vector, with the bad value in the remainder.
         let mut long = vec![1.0f32; 37];

@@ -12,6 +12,8 @@ use crate::engine::silent::SilentEvent;
 use crate::engine::{BatchOutput, Outcome, Scored};
 use std::fmt::Write as _;
 
+mod plain;
+
 /// Appends `s` to `out`. The pieces of a point are short (a key, a number's digits, a tag
 /// set), and the calls to `memcpy` for them held a quarter of encoding's samples
 /// (`benches/encode.rs`): up to 64 bytes are copied inline, in at most two overlapping loads
@@ -164,9 +166,15 @@ pub struct Volume {
 
 /// Appends a float in its shortest exact form (`1.5`, `2.0`, `1e-7`); line protocol reads
 /// all of these. Values are finite here (the engine resets a device rather than output
-/// anything else); a non-finite one would be written as `0`, never as `NaN`.
+/// anything else); a non-finite one would be written as `0`, never as `NaN`. Plain decimals
+/// (zero, and from 2^−10 to below 2^23: nearly every reading, forecast and contribution) are
+/// made in place ([`plain`]); the rest go through zmij. Inlined into the writers: a call per
+/// number cost 1.5 % of encoding.
+#[inline(always)]
 fn push_f32(out: &mut String, v: f32) {
-    push_float(out, v, v.is_finite(), v.abs() >= 1e7);
+    if !plain::push(out, v) {
+        push_float(out, v, v.is_finite(), v.abs() >= 1e7);
+    }
 }
 
 fn push_f64(out: &mut String, v: f64) {

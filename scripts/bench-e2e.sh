@@ -13,7 +13,10 @@
 #    PERF_ARGS adds to perf record's arguments, e.g. PERF_ARGS="--call-graph dwarf,16384" to see
 #    who calls a library function (`perf report -i … -G -S SYMBOL`).
 #
-# Usage: [SENSORCAST_BIN=path] [PROFILE=1] scripts/bench-e2e.sh [devices] [readings-per-device] [rate]
+# LAT_INFLUX adds [influxdb] settings to the latency run (default: none, the defaults), e.g.
+# LAT_INFLUX=$'batch_bytes = 262144\nconcurrency = 4'.
+#
+# Usage: [SENSORCAST_BIN=path] [PROFILE=1] [LAT_INFLUX=…] scripts/bench-e2e.sh [devices] [readings-per-device] [rate]
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +70,7 @@ TOML
 # Throughput: large requests (4 MiB, flushed every 20 ms). Latency: the [influxdb] defaults.
 write_config tput bench.tput 'flush_interval = "20ms"
 batch_bytes = 4194304'
-write_config lat bench.lat ""
+write_config lat bench.lat "${LAT_INFLUX:-}"
 $bin simulate --devices 8 --readings 300 --interval 1s --out "$work/history.jsonl" >/dev/null
 $bin train --config "$work/tput.toml" --input "$work/history.jsonl" >/dev/null
 metric() { curl -s "127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 ~ "^"m {s+=$2} END {printf "%.0f", s}'; }

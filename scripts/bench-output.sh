@@ -18,7 +18,8 @@
 # Usage: [SENSORCAST_BIN=path] [DBS="vm influx"] [OUTPUTS="default full"] [CEILING=0]
 #        scripts/bench-output.sh [devices] [readings-per-device]
 # DBS and OUTPUTS pick a subset; CEILING=0 skips the ceilings (sensorcast's own CPU per reading
-# only, for a quick before/after).
+# only, for a quick before/after). OUTPUTS may also name leaner outputs than the default:
+# "basic" (anomaly = "basic"), "first" (horizons = "first") and "lean" (both).
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics, influxdb) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -118,6 +119,12 @@ database = \"$1\"" ;;
     default) output="" ;;
     full) output='horizons = "all"
 readings = false' ;;
+    # Leaner outputs than the default, for what a smaller default would save (OUTPUTS only).
+    basic) output='anomaly = "basic"' ;;
+    first) output='horizons = "first"' ;;
+    lean) output='horizons = "first"
+anomaly = "basic"' ;;
+    *) echo "unknown output $3 (default, full, basic, first, lean)" >&2; exit 2 ;;
   esac
   cat >"$work/$1.toml" <<TOML
 [[streams]]

@@ -1,8 +1,10 @@
 //! Criterion benchmark of encoding: the line-protocol points of one processed micro-batch
-//! (what `serve` appends to a write request per batch), with the default `[output]` and with
-//! every step and no reading points. The batch comes from the engine itself, past warm-up and
-//! the deviation baselines' learning, so that scores, explanations and bands are real values.
-//! Reports readings per second; targets live here, never in timed tests.
+//! (what `serve` appends to a write request per batch), with the default `[output]`, with
+//! every step and no reading points, and with the default for readings of two decimals
+//! (`default_two_decimals`: what a plant with a resolution of 0.01 sends). The batch comes
+//! from the engine itself, past warm-up and the deviation baselines' learning, so that scores,
+//! explanations and bands are real values. Reports readings per second; targets live here,
+//! never in timed tests.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sensorcast::config::{HorizonSet, Horizons, OutputConfig};
@@ -57,6 +59,14 @@ fn processed(features: usize) -> (Vec<String>, Vec<Reading>, BatchOutput) {
     (names, last.to_vec(), out)
 }
 
+fn two_decimals(r: &Reading) -> Reading {
+    let mut r = r.clone();
+    for v in &mut r.values {
+        *v = (*v * 100.0).round() / 100.0;
+    }
+    r
+}
+
 fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode_line_protocol");
     let full = OutputConfig {
@@ -66,13 +76,20 @@ fn encode(c: &mut Criterion) {
     };
     for features in [4, 8] {
         let (names, readings, out) = processed(features);
-        for (label, output) in [("default", OutputConfig::default()), ("full", full.clone())] {
+        // The same readings as a plant with a resolution of 0.01 would send them: their
+        // values are written with at most two decimals (the engine's outputs are unchanged).
+        let short: Vec<Reading> = readings.iter().map(two_decimals).collect();
+        for (label, output, readings) in [
+            ("default", OutputConfig::default(), &readings),
+            ("full", full.clone(), &readings),
+            ("default_two_decimals", OutputConfig::default(), &short),
+        ] {
             let fmt = PointFormat::new("pumps", "20261206T054649Z", &names, 3, &output);
             let mut body = String::new();
             group.throughput(Throughput::Elements(readings.len() as u64));
             group.bench_with_input(
                 BenchmarkId::new(label, format!("{features}_features")),
-                &readings,
+                readings,
                 |b, readings| {
                     b.iter(|| {
                         // A pooled body: cleared, its capacity kept.

@@ -565,8 +565,7 @@ impl Engine {
 
     /// The first pass over a row of the stepped wave: its forecast, drift and deviation
     /// evidence, with its device's detection state moved on, recorded for calibration where
-    /// the engine keeps it; notes
-    /// which of it is looked up in the tails ([`Engine::look_up`]).
+    /// the engine keeps it; notes which of it is looked up in the tails ([`Engine::look_up`]).
     #[inline(always)]
     fn measure_row(&mut self, model: &InferenceModel, row: Row, out: &mut BatchOutput) {
         let (nf, slot) = (model.features.len(), row.slot);

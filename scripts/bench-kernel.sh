@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The model core alone, shape by shape: sensorcast's LSTM step and forecast head against the
 # core's measured multiply-add peak and against PyTorch's batched nn.LSTMCell and nn.Linear,
-# one core each (the README's kernel table comes from here).
+# one core each (the README's model-core row and docs/PERFORMANCE.md §3 come from here).
 #
 #   scripts/bench-kernel.sh [ROUNDS]      # default 3
 #

@@ -19,7 +19,7 @@
 //! (loaded from the registry) and the swap starts over there. Once every such device has
 //! switched (or `model.swap_timeout` passed) the old engine is dropped and every checkpoint
 //! names the new version. Cost while it runs: a second engine step per reading and a second
-//! device state (1294 B at hidden 64, 8 features, README "Performance") per device; nothing
+//! device state (1481 B at hidden 64, 8 features, README "Performance") per device; nothing
 //! after.
 
 use crate::config::{Config, Horizons, StreamConfig};

@@ -16,10 +16,12 @@
 #     (lines/s ÷ points per reading).
 #
 # Usage: [SENSORCAST_BIN=path] [DBS="vm influx"] [OUTPUTS="default full"] [CEILING=0]
+#        [BATCH_BYTES=n] [CONCURRENCY=n]
 #        scripts/bench-output.sh [devices] [readings-per-device]
 # DBS and OUTPUTS pick a subset; CEILING=0 skips the ceilings (sensorcast's own CPU per reading
 # only, for a quick before/after). OUTPUTS may also name leaner outputs than the default:
-# "basic" (anomaly = "basic"), "first" (horizons = "first") and "lean" (both).
+# "basic" (anomaly = "basic"), "first" (horizons = "first") and "lean" (both). serve writes
+# requests of up to BATCH_BYTES (default 4194304), CONCURRENCY (default 2) at a time.
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics, influxdb) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -145,8 +147,8 @@ dead_letter_topic = ""
 [influxdb]
 $influx
 flush_interval = "20ms"
-batch_bytes = 4194304
-concurrency = 2
+batch_bytes = ${BATCH_BYTES:-4194304}
+concurrency = ${CONCURRENCY:-2}
 [engine]
 max_linger = "10ms"
 [http]

@@ -915,7 +915,49 @@ pub struct Decoded {
     /// Stream index.
     pub stream: usize,
     /// Its readings (one for JSON; one per line for line protocol).
-    pub readings: Vec<Reading>,
+    pub readings: Readings,
+}
+
+/// A message's readings: a JSON message's one is kept without a `Vec` (an allocation and a
+/// free per message, on the path of every reading), a line-protocol message's lines in one.
+#[derive(Debug)]
+pub struct Readings {
+    one: Option<Reading>,
+    lines: Vec<Reading>,
+}
+
+impl Readings {
+    fn one(reading: Reading) -> Self {
+        Self {
+            one: Some(reading),
+            lines: Vec::new(),
+        }
+    }
+
+    fn lines(lines: Vec<Reading>) -> Self {
+        Self { one: None, lines }
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.one.is_some()) + self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Reading> {
+        self.one.iter().chain(&self.lines)
+    }
+}
+
+impl IntoIterator for Readings {
+    type Item = Reading;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Reading>, std::vec::IntoIter<Reading>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.one.into_iter().chain(self.lines)
+    }
 }
 
 /// Why a message is a dead letter.
@@ -993,7 +1035,7 @@ impl Decoder {
         };
         let schema = &self.schemas[stream];
         let readings = match self.formats[stream] {
-            Format::Json => vec![schema.decode_json(key, payload).map_err(reject)?],
+            Format::Json => Readings::one(schema.decode_json(key, payload).map_err(reject)?),
             Format::Line => {
                 let mut out = Vec::new();
                 for line in payload.split(|b| *b == b'\n') {
@@ -1008,7 +1050,7 @@ impl Decoder {
                         message: "empty message".into(),
                     });
                 }
-                out
+                Readings::lines(out)
             }
         };
         // A reading from the future would make every later reading of its device stale
@@ -1348,7 +1390,11 @@ mod tests {
                 Some(br#"{"ts":1795000000000,"values":{"x":1.5}}"#),
             )
             .expect("json");
-        assert_eq!((ok.stream, ok.readings[0].device.as_str()), (0, "dev-1"));
+        let devices = |r: &Readings| r.iter().map(|r| r.device.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            (ok.stream, devices(&ok.readings)),
+            (0, vec!["dev-1".into()])
+        );
         let ok = d
             .decode(
                 "t.b",
@@ -1357,6 +1403,8 @@ mod tests {
             )
             .expect("lines");
         assert_eq!((ok.stream, ok.readings.len()), (1, 2));
+        let values: Vec<f32> = ok.readings.into_iter().map(|r| r.values[0]).collect();
+        assert_eq!(values, [1.0, 2.0]);
         for (topic, payload, reason) in [
             ("t.c", &b"{}"[..], "unknown_stream"),
             ("t.a", &[b'x'; 300][..], "too_large"),

@@ -10,6 +10,7 @@ use crate::decode::Reading;
 use crate::engine::detect::Edge;
 use crate::engine::silent::SilentEvent;
 use crate::engine::{BatchOutput, Outcome, Scored};
+use std::cell::Cell;
 use std::fmt::Write as _;
 
 mod plain;
@@ -135,7 +136,7 @@ fn push_str_field(out: &mut String, s: &str) {
 }
 
 /// Renders the points of one stepped reading.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PointFormat<'a> {
     /// Model version (the `model` field; not written when empty).
     model: &'a str,
@@ -153,6 +154,20 @@ pub struct PointFormat<'a> {
     contrib_keys: Vec<String>,
     reading_keys: Vec<String>,
     model_field: String,
+    /// The buffer a reading's series is made in ([`PointFormat::series`]), kept from one
+    /// reading to the next instead of allocated for each.
+    series: Kept,
+}
+
+/// A buffer kept from one use to the next ([`PointFormat::series`]): taken, filled, given
+/// back.
+#[derive(Default)]
+struct Kept(Cell<String>);
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kept")
+    }
 }
 
 /// What one reading costs in the database.
@@ -253,6 +268,7 @@ impl<'a> PointFormat<'a> {
                 .map(|f| format!("{}=", escaped_tag(f)))
                 .collect(),
             model_field,
+            series: Kept::default(),
         }
     }
 
@@ -304,26 +320,42 @@ impl<'a> PointFormat<'a> {
         let Outcome::Scored(scored) = &batch.outcomes[i] else {
             return 0;
         };
-        let mut points = 0;
         let series = self.series(&reading.device);
+        let points = self.write_points(out, &series, reading, (batch, i), scored);
+        self.series.0.set(series);
+        points
+    }
+
+    /// [`PointFormat::write_line_protocol`] once the series is made.
+    fn write_points(
+        &self,
+        out: &mut String,
+        series: &str,
+        reading: &Reading,
+        (batch, i): (&BatchOutput, usize),
+        scored: &Scored,
+    ) -> usize {
+        let mut points = 0;
         let mut ts = itoa::Buffer::new();
         let ts = ts.format(reading.ts);
         if self.output.readings {
-            self.write_reading(out, &series, reading, ts);
+            self.write_reading(out, series, reading, ts);
             points += 1;
         }
         if self.forecasts_due(reading.ts, scored.step_ns) {
             points +=
-                self.write_forecasts(out, &series, reading.ts, scored.step_ns, batch.forecast(i));
+                self.write_forecasts(out, series, reading.ts, scored.step_ns, batch.forecast(i));
         }
-        self.write_anomaly(out, &series, scored, batch.contributions(i), ts);
+        self.write_anomaly(out, series, scored, batch.contributions(i), ts);
         points += 1;
-        points + self.write_alarm_edges(out, &series, scored, batch, i)
+        points + self.write_alarm_edges(out, series, scored, batch, i)
     }
 
-    /// `,stream=S,device=D`: the tags every point of a device starts with, escaped once.
+    /// `,stream=S,device=D`: the tags every point of a device starts with, escaped once, in
+    /// the kept buffer (give it back with `self.series.0.set`).
     fn series(&self, device: &str) -> String {
-        let mut series = String::with_capacity(self.stream_tag.len() + device.len() + 12);
+        let mut series = self.series.0.take();
+        series.clear();
         put(&mut series, &self.stream_tag);
         put(&mut series, ",device=");
         push_tag(&mut series, device);
@@ -525,6 +557,7 @@ impl<'a> PointFormat<'a> {
             contributions: &[],
         };
         self.write_event(out, &series, &event);
+        self.series.0.set(series);
         1
     }
 

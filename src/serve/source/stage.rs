@@ -240,7 +240,7 @@ impl Filling {
             }
             Err(why) => batch.dead_letters.extend(dead_letters.send(m, &why)),
         }
-        batch.offsets.note_message(m.topic(), partition, offset);
+        batch.offsets.note_message(topic, partition, offset);
         batch.messages += 1;
         st.first_at.get_or_insert_with(Instant::now);
     }

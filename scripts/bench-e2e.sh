@@ -13,13 +13,13 @@
 #    PERF_ARGS adds to perf record's arguments, e.g. PERF_ARGS="--call-graph dwarf,16384" to see
 #    who calls a library function (`perf report -i … -G -S SYMBOL`).
 #
-# The latency run starts with a warm-up of LAT_WARMUP readings per device (default 5; other
-# devices), reported apart; the figures that count are those of the readings after it.
+# The latency run starts with a warm-up of LAT_WARMUP_S seconds (default 5; other devices),
+# reported apart; the figures that count are those of the readings after it.
 # LAT_INFLUX adds [influxdb] settings to the latency run (default: none, the defaults), e.g.
 # LAT_INFLUX=$'batch_bytes = 262144\nconcurrency = 4'; LAT_OUTPUT adds [output] settings to it,
 # e.g. LAT_OUTPUT=$'horizons = "first"\nanomaly = "basic"' (what a leaner output does to latency).
 #
-# Usage: [SENSORCAST_BIN=path] [PROFILE=1] [LAT_WARMUP=n] [LAT_INFLUX=…] [LAT_OUTPUT=…] scripts/bench-e2e.sh [devices] [readings-per-device] [rate]
+# Usage: [SENSORCAST_BIN=path] [PROFILE=1] [LAT_WARMUP_S=n] [LAT_INFLUX=…] [LAT_OUTPUT=…] scripts/bench-e2e.sh [devices] [readings-per-device] [rate]
 # Needs what scripts/test.sh installs (Java and Maven for Apache Kafka, victoria-metrics) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +76,8 @@ TOML
 write_config tput bench.tput 'flush_interval = "20ms"
 batch_bytes = 4194304'
 write_config lat bench.lat "${LAT_INFLUX:-}" "${LAT_OUTPUT:-}"
+# A mistake in LAT_INFLUX or LAT_OUTPUT stops here, not after the throughput run.
+$bin check-config --config "$work/lat.toml" >/dev/null
 $bin simulate --devices 8 --readings 300 --interval 1s --out "$work/history.jsonl" >/dev/null
 $bin train --config "$work/tput.toml" --input "$work/history.jsonl" >/dev/null
 metric() { curl -s "127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 ~ "^"m {s+=$2} END {printf "%.0f", s}'; }
@@ -88,8 +90,8 @@ t1=$(date +%s.%N)
 echo "produced in $(python3 -c "print(round($t1 - $t0, 2))") s"
 $bin serve --config "$work/tput.toml" 2>"$work/serve-tput.log" & spid=$!; pids+=($spid)
 # Points per reading of this config (check-config counts them).
-ppr() { $bin check-config --config "$work/$1.toml" | sed -n 's/^# stream "pumps": \([0-9]*\) points.*/\1/p'; }
-points=$((total * $(ppr tput)))
+ppr=$($bin check-config --config "$work/tput.toml" | sed -n 's/^# stream "pumps": \([0-9]*\) points.*/\1/p')
+points=$((total * ppr))
 until [ "$(metric sensorcast_readings_total)" -gt 0 ] 2>/dev/null; do sleep 0.05; done
 s0=$(date +%s.%N)
 if [ -n "${PROFILE:-}" ]; then
@@ -115,17 +117,24 @@ kill -TERM $spid; wait $spid || true
 
 echo "latency at $rate readings/s…"
 $bin serve --config "$work/lat.toml" 2>"$work/serve-lat.log" & spid=$!; pids+=($spid)
-until curl -sf "127.0.0.1:$hport/health/ready" >/dev/null; do sleep 0.1; done
-# A warm-up first (other devices, LAT_WARMUP readings each, default 5, at the same rate), left out
-# of the figures: the first seconds after a producer and a consumer start are not the steady state
-# a running plant sees.
-warmup=${LAT_WARMUP:-5}
+until curl -sf "127.0.0.1:$hport/health/ready" >/dev/null; do kill -0 "$spid" || exit 1; sleep 0.1; done
+# A warm-up first (other devices, LAT_WARMUP_S seconds at the same rate, default 5), left out of
+# the figures: the first seconds after serve starts are not the steady state a running plant
+# sees. The measured readings come from a producer of their own (its connection is set up in
+# them; the broker and serve are warm by then).
+warmup=$(( (${LAT_WARMUP_S:-5} * rate + devices - 1) / devices ))
 $bin simulate --devices "$devices" --readings "$warmup" --device-prefix warm- --interval 1s --rate "$rate" --brokers "$kaddr" --topic bench.lat >/dev/null
-acked() { metric sensorcast_end_to_end_seconds_count; }
-until [ "$(acked)" -ge $((devices * warmup)) ] 2>/dev/null; do sleep 0.1; done
+# Until N readings are acknowledged (stops the script if serve stopped).
+wait_acked() {
+  until [ "$(metric sensorcast_end_to_end_seconds_count)" -ge "$1" ] 2>/dev/null; do
+    kill -0 "$spid" 2>/dev/null || { echo "serve stopped:" >&2; tail -5 "$work/serve-lat.log" >&2; exit 1; }
+    sleep 0.1
+  done
+}
+wait_acked $((devices * warmup))
 curl -s "127.0.0.1:$hport/metrics" >"$work/lat-warm.txt"
 $bin simulate --devices "$devices" --readings "$readings" --interval 1s --rate "$rate" --brokers "$kaddr" --topic bench.lat >/dev/null
-until [ "$(acked)" -ge $((total + devices * warmup)) ] 2>/dev/null; do sleep 0.1; done
+wait_acked $((total + devices * warmup))
 curl -s "127.0.0.1:$hport/metrics" >"$work/lat-end.txt"
 python3 - "$work/lat-warm.txt" "$work/lat-end.txt" <<'PY'
 import sys
@@ -146,9 +155,12 @@ def quantile(b, count, p):
         prev_le, prev = le, c
     return prev_le
 (w, wn), (e, en) = histogram(sys.argv[1]), histogram(sys.argv[2])
+assert e and [le for le, _ in e] == [le for le, _ in w], "the two snapshots' buckets differ"
 # The readings acknowledged after the warm-up: the difference of the two histograms.
 d = [(le, c - wc) for (le, c), (_, wc) in zip(e, w)]
 for name, b, n in (("after the warm-up", d, en - wn), ("warm-up", w, wn)):
+    if n == 0:
+        continue
     print("latency (%s): p50=%.0f ms p99=%.0f ms over %d readings (interpolated in 10 ms buckets below 1 s: +-5 ms; doubling buckets above 2 s)"
           % (name, quantile(b, n, .5) * 1000, quantile(b, n, .99) * 1000, n))
 PY

@@ -218,4 +218,4 @@ print(f"{names[db]:<16} {out:<8} {ppr:>7} {rate:>12,.0f} {float(scpu):>10.2f} {t
 PY
   done
 done
-echo "(cpu_s: sensorcast's whole process, start-up and model load included; machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+echo "(cpu_s: sensorcast's whole process, start-up and model load included; serve's requests: up to ${BATCH_BYTES:-4194304} bytes, ${CONCURRENCY:-2} at a time; machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"

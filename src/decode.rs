@@ -938,14 +938,17 @@ impl Readings {
         Self { one: None, lines }
     }
 
+    /// How many readings the message held.
     pub fn len(&self) -> usize {
         usize::from(self.one.is_some()) + self.lines.len()
     }
 
+    /// Whether it held none (a decoded message holds one at least).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The readings in the message's order.
     pub fn iter(&self) -> impl Iterator<Item = &Reading> {
         self.one.iter().chain(&self.lines)
     }

@@ -136,7 +136,7 @@ fn push_str_field(out: &mut String, s: &str) {
 }
 
 /// Renders the points of one stepped reading.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PointFormat<'a> {
     /// Model version (the `model` field; not written when empty).
     model: &'a str,
@@ -154,15 +154,22 @@ pub struct PointFormat<'a> {
     contrib_keys: Vec<String>,
     reading_keys: Vec<String>,
     model_field: String,
-    /// The buffer a reading's series is made in ([`PointFormat::series`]), kept from one
+    /// The buffer a reading's series is made in ([`PointFormat::with_series`]), kept from one
     /// reading to the next instead of allocated for each.
     series: Kept,
 }
 
-/// A buffer kept from one use to the next ([`PointFormat::series`]): taken, filled, given
-/// back.
+/// A buffer kept from one use to the next ([`PointFormat::with_series`]): taken, filled,
+/// given back.
 #[derive(Default)]
 struct Kept(Cell<String>);
+
+/// A clone starts with a buffer of its own.
+impl Clone for Kept {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
 
 impl std::fmt::Debug for Kept {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -320,10 +327,9 @@ impl<'a> PointFormat<'a> {
         let Outcome::Scored(scored) = &batch.outcomes[i] else {
             return 0;
         };
-        let series = self.series(&reading.device);
-        let points = self.write_points(out, &series, reading, (batch, i), scored);
-        self.series.0.set(series);
-        points
+        self.with_series(&reading.device, |series| {
+            self.write_points(out, series, reading, (batch, i), scored)
+        })
     }
 
     /// [`PointFormat::write_line_protocol`] once the series is made.
@@ -351,15 +357,17 @@ impl<'a> PointFormat<'a> {
         points + self.write_alarm_edges(out, series, scored, batch, i)
     }
 
-    /// `,stream=S,device=D`: the tags every point of a device starts with, escaped once, in
-    /// the kept buffer (give it back with `self.series.0.set`).
-    fn series(&self, device: &str) -> String {
+    /// Calls `write` with `,stream=S,device=D`, the tags every point of a device starts with,
+    /// escaped once, made in the kept buffer.
+    fn with_series<R>(&self, device: &str, write: impl FnOnce(&str) -> R) -> R {
         let mut series = self.series.0.take();
         series.clear();
         put(&mut series, &self.stream_tag);
         put(&mut series, ",device=");
         push_tag(&mut series, device);
-        series
+        let written = write(&series);
+        self.series.0.set(series);
+        written
     }
 
     /// Appends the `reading` point: the reading's values, one field per feature, at `ts`.
@@ -548,7 +556,6 @@ impl<'a> PointFormat<'a> {
     /// Appends the `anomaly_event` point (`kind=silent`) of a silent device's alarm edge;
     /// returns the points written (1).
     pub fn write_silent_event(&self, out: &mut String, e: &SilentEvent) -> usize {
-        let series = self.series(&e.device);
         let event = Event {
             kind: "silent",
             edge: e.edge,
@@ -556,8 +563,7 @@ impl<'a> PointFormat<'a> {
             top_fields: "",
             contributions: &[],
         };
-        self.write_event(out, &series, &event);
-        self.series.0.set(series);
+        self.with_series(&e.device, |series| self.write_event(out, series, &event));
         1
     }
 

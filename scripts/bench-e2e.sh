@@ -138,31 +138,17 @@ wait_acked $((total + devices * warmup))
 curl -s "127.0.0.1:$hport/metrics" >"$work/lat-end.txt"
 python3 - "$work/lat-warm.txt" "$work/lat-end.txt" <<'PY'
 import sys
-def histogram(path):
-    b, count = [], 0.0
-    for l in open(path):
-        if l.startswith("sensorcast_end_to_end_seconds_bucket"):
-            le = l.split('le="')[1].split('"')[0]
-            b.append((float("inf") if le == "+Inf" else float(le), float(l.rsplit(" ", 1)[1])))
-        if l.startswith("sensorcast_end_to_end_seconds_count"):
-            count = float(l.rsplit(" ", 1)[1])
-    return b, count
-def quantile(b, count, p):
-    t, prev_le, prev = p * count, 0.0, 0.0
-    for le, c in b:
-        if c >= t:
-            return prev_le + (le - prev_le) * ((t - prev) / max(c - prev, 1)) if le != float("inf") else prev_le
-        prev_le, prev = le, c
-    return prev_le
-(w, wn), (e, en) = histogram(sys.argv[1]), histogram(sys.argv[2])
-assert e and [le for le, _ in e] == [le for le, _ in w], "the two snapshots' buckets differ"
+sys.path.insert(0, "scripts")
+from latency_histogram import buckets, difference, quantile
+warm, end = (buckets(open(p).read()) for p in sys.argv[1:3])
+assert end, "no latency histogram in /metrics"
 # The readings acknowledged after the warm-up: the difference of the two histograms.
-d = [(le, c - wc) for (le, c), (_, wc) in zip(e, w)]
-for name, b, n in (("after the warm-up", d, en - wn), ("warm-up", w, wn)):
+for name, b in (("after the warm-up", difference(end, warm)), ("warm-up", warm)):
+    n = b[-1][1] if b else 0
     if n == 0:
         continue
     print("latency (%s): p50=%.0f ms p99=%.0f ms over %d readings (interpolated in 10 ms buckets below 1 s: +-5 ms; doubling buckets above 2 s)"
-          % (name, quantile(b, n, .5) * 1000, quantile(b, n, .99) * 1000, n))
+          % (name, quantile(b, .5) * 1000, quantile(b, .99) * 1000, n))
 PY
 if [ -n "${BENCH_VERBOSE:-}" ]; then curl -s "127.0.0.1:$hport/metrics" | grep -E "sink_write_seconds_(sum|count)|batch_readings_(sum|count)|end_to_end_seconds_bucket|engine_batch_seconds_(sum|count)|checkpoint"; fi
 kill -TERM $spid; wait $spid || true

@@ -84,37 +84,23 @@ until curl -sf "127.0.0.1:$hport/health/ready" >/dev/null; do sleep 0.2; done
 
 python3 - "$hport" "$spid" "$ppid" "$out" "$minutes" <<'PY'
 import sys, time, urllib.request, os
+sys.path.insert(0, "scripts")
+from latency_histogram import buckets as latency_buckets, difference, quantile
 hport, spid, ppid, out, minutes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
 def metrics():
     text = urllib.request.urlopen(f"http://127.0.0.1:{hport}/metrics", timeout=5).read().decode()
     m = {}
-    buckets = []
     for l in text.splitlines():
         if l.startswith("#") or not l.strip():
             continue
         name, value = l.rsplit(" ", 1)
-        if name.startswith("sensorcast_end_to_end_seconds_bucket"):
-            le = name.split('le="')[1].split('"')[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), float(value)))
         base = name.split("{")[0]
         m[base] = m.get(base, 0.0) + float(value)
-    return m, buckets
+    return m, latency_buckets(text)
 def rss():
     for l in open(f"/proc/{spid}/status"):
         if l.startswith("VmRSS:"):
             return int(l.split()[1]) * 1024
-def quantile(delta, q):
-    total = delta[-1][1] if delta else 0
-    if total <= 0:
-        return float("nan")
-    prev_le, prev = 0.0, 0.0
-    for le, c in delta:
-        if c >= q * total:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * ((q * total - prev) / max(c - prev, 1e-9))
-        prev_le, prev = le, c
-    return prev_le
 rows = []
 t0 = time.time()
 last_b = None
@@ -122,7 +108,7 @@ print(f"{'min':>5} {'rss_MiB':>8} {'p50_ms':>7} {'p99_ms':>7} {'lag':>7} {'devic
 while True:
     time.sleep(15)
     m, b = metrics()
-    d = [(le, c - (dict(last_b).get(le, 0.0) if last_b else 0.0)) for le, c in b]
+    d = difference(b, last_b)
     last_b = b
     row = dict(t=(time.time() - t0) / 60, rss=rss() / 2**20, p50=quantile(d, .5) * 1e3, p99=quantile(d, .99) * 1e3,
                lag=m.get("sensorcast_consumer_lag", 0), devices=m.get("sensorcast_devices", 0),

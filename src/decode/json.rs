@@ -155,13 +155,9 @@ pub(super) const EXACT_POW10: [f64; 23] = [
 ];
 
 impl<'de> Scanner<'de> {
-    fn bytes(&self) -> &'de [u8] {
-        self.bytes
-    }
-
     /// JSON's whitespace, as serde_json skips it.
     fn skip_space(&mut self) {
-        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.bytes().get(self.at) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.bytes.get(self.at) {
             self.at += 1;
         }
     }
@@ -169,7 +165,7 @@ impl<'de> Scanner<'de> {
     /// The next byte after whitespace, not taken.
     fn peek(&mut self) -> Option<u8> {
         self.skip_space();
-        self.bytes().get(self.at).copied()
+        self.bytes.get(self.at).copied()
     }
 
     /// Takes `b` after whitespace.
@@ -211,14 +207,14 @@ impl<'de> Scanner<'de> {
         self.expect(b'"')?;
         let start = self.at;
         let mut seen = 0u8;
-        let len = self.bytes()[start..].iter().position(|&b| {
+        let len = self.bytes[start..].iter().position(|&b| {
             seen |= b;
             b == b'"' || b == b'\\' || b < 0x20
         })?;
         let end = start + len;
-        (self.bytes()[end] == b'"').then_some(())?;
+        (self.bytes[end] == b'"').then_some(())?;
         self.at = end + 1;
-        let text = &self.bytes()[start..end];
+        let text = &self.bytes[start..end];
         if seen.is_ascii() {
             // SAFETY: every byte of `text` is ASCII (`seen` is all of them or'ed together).
             Some(unsafe { std::str::from_utf8_unchecked(text) })
@@ -231,7 +227,7 @@ impl<'de> Scanner<'de> {
     /// accumulated into `significand`; how many.
     fn digits(&mut self, significand: &mut u64, room: &mut u32) -> Option<u32> {
         let mut n = 0;
-        while let Some(&c @ b'0'..=b'9') = self.bytes().get(self.at) {
+        while let Some(&c @ b'0'..=b'9') = self.bytes.get(self.at) {
             *room = room.checked_sub(1)?;
             *significand = *significand * 10 + u64::from(c - b'0');
             self.at += 1;
@@ -252,14 +248,14 @@ impl<'de> Scanner<'de> {
             self.at += 1;
         }
         let (mut significand, mut room) = (0u64, 19u32);
-        let leading_zero = self.bytes().get(self.at) == Some(&b'0');
+        let leading_zero = self.bytes.get(self.at) == Some(&b'0');
         let whole = self.digits(&mut significand, &mut room)?;
         if whole == 0 || (leading_zero && whole > 1) {
             return None;
         }
         let mut exponent = 0i32;
         let mut float = false;
-        if self.bytes().get(self.at) == Some(&b'.') {
+        if self.bytes.get(self.at) == Some(&b'.') {
             self.at += 1;
             let fraction = self.digits(&mut significand, &mut room)?;
             if fraction == 0 {
@@ -268,9 +264,9 @@ impl<'de> Scanner<'de> {
             exponent = -(fraction as i32);
             float = true;
         }
-        if let Some(b'e' | b'E') = self.bytes().get(self.at) {
+        if let Some(b'e' | b'E') = self.bytes.get(self.at) {
             self.at += 1;
-            let sign = match self.bytes().get(self.at) {
+            let sign = match self.bytes.get(self.at) {
                 Some(b'-') => -1,
                 Some(b'+') => 1,
                 _ => 0,

@@ -60,6 +60,28 @@ pub(super) struct Scratch {
     /// The part's rows with their evidence, from the first pass of [`Engine::score`] until
     /// [`Engine::finish`]: kept in place, not moved from pass to pass.
     pending: Vec<Pending>,
+    /// Columns for the forecast scores and likelihoods ([`Engine::forecast_scores`]).
+    scores: ScoreColumns,
+}
+
+/// Columns of `f64`s for the forecast scores and likelihoods, one value per row taken, so that
+/// their arithmetic runs as vector code; and the residual count of each row.
+#[derive(Debug, Default)]
+pub(super) struct ScoreColumns {
+    columns: [Vec<f64>; 5],
+    residuals: Vec<u32>,
+}
+
+impl ScoreColumns {
+    /// The five columns, `rows` long each (their values are the last use's, or 0), and the
+    /// residual counts.
+    fn columns(&mut self, rows: usize) -> ([&mut [f64]; 5], &mut Vec<u32>) {
+        let columns = self.columns.each_mut().map(|c| {
+            c.resize(rows, 0.0);
+            c.as_mut_slice()
+        });
+        (columns, &mut self.residuals)
+    }
 }
 
 impl Scratch {
@@ -597,20 +619,50 @@ impl Engine {
     }
 
     /// The forecast score of every row with a forecast, and the likelihood of every warm one,
-    /// each in a loop over the rows of its own: a score is a chain of dependent arithmetic
-    /// (an `erfc`, a power, then the likelihood's `erfc` of it), and rows taken together let
-    /// the core overlap the chains of different rows. Each row is its own device's, so the
-    /// order of rows changes nothing.
+    /// each in a loop over the rows of its own, their inputs taken into columns: a score is a
+    /// chain of dependent arithmetic (an `erfc`, a power, then the likelihood's `erfc` of
+    /// it), which runs as vector code over the columns (plain arithmetic throughout, the
+    /// exponential included: [`score::exp`]). Each row is its own device's, so the order of
+    /// rows changes nothing.
     #[inline(always)]
     fn forecast_scores(&mut self) {
-        let pending = &mut self.scratch.pending;
-        // Residuals: the row has a forecast (a model has at least one feature).
-        for p in pending.iter_mut().filter(|p| p.fe.residuals > 0) {
-            p.fe.score = score::score_from_max_z(p.fe.worst, p.fe.residuals);
+        let Scratch {
+            pending, scores, ..
+        } = &mut self.scratch;
+        let rows = pending.len();
+        // Residuals: the row has a forecast (a model has at least one feature). Rows without
+        // keep their score of 0.
+        let ([worst, _, _, score, _], n) = scores.columns(rows);
+        n.clear();
+        for (p, w) in pending.iter().zip(worst.iter_mut()) {
+            *w = p.fe.worst;
+            n.push(u32::try_from(p.fe.residuals).unwrap_or(u32::MAX));
         }
-        let (likelihood, stats) = (&self.settings.likelihood, &mut self.slots.stats);
-        for p in pending.iter_mut().filter(|p| p.fe.stat.is_some()) {
-            p.fe.likelihood = likelihood.update(&mut stats[p.row.slot], p.fe.score);
+        score.fill(0.0);
+        score::scores_from_max_z(worst, n, score);
+        for (p, s) in pending.iter_mut().zip(score.iter()) {
+            p.fe.score = *s;
+        }
+        // The likelihood of each warm row, its device's statistics taken into columns and
+        // put back.
+        let warm = pending.iter().filter(|p| p.fe.stat.is_some());
+        let k = warm.clone().count();
+        let stats = &mut self.slots.stats;
+        let ([short, mean, var, score, out], _) = scores.columns(k);
+        for (i, p) in warm.clone().enumerate() {
+            let s = &stats[p.row.slot];
+            (short[i], mean[i], var[i], score[i]) = (s.short, s.mean, s.var, p.fe.score);
+        }
+        let likelihood = &self.settings.likelihood;
+        likelihood.update_all((short, mean, var), score, out);
+        let warm = pending.iter_mut().filter(|p| p.fe.stat.is_some());
+        for (i, p) in warm.enumerate() {
+            stats[p.row.slot] = score::ScoreStats {
+                short: short[i],
+                mean: mean[i],
+                var: var[i],
+            };
+            p.fe.likelihood = out[i];
         }
     }
 

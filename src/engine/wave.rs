@@ -1121,17 +1121,20 @@ impl Engine {
         spread.clear();
         spread.extend(sl.calib[near].iter().map(|c| c.sqrt()));
         let fc = &mut out.forecasts[row.index * out.per..(row.index + 1) * out.per];
+        // Each feature's value, band and scale taken together (no index, so no bound to check
+        // inside the loop).
+        let scale = spread.iter().zip(&model.std).zip(&model.mean);
         for (fc, (mean, sigma)) in fc
             .chunks_exact_mut(3 * nf)
             .zip(head[..hf].chunks_exact(nf).zip(sigma.chunks_exact(nf)))
         {
-            for f in 0..nf {
-                let (c, std) = (spread[f], model.std[f]);
-                let yhat = mean[f] * std + model.mean[f];
-                let half = Z90 * sigma[f] * c * std;
-                fc[3 * f] = yhat;
-                fc[3 * f + 1] = yhat - half;
-                fc[3 * f + 2] = yhat + half;
+            let per_feature = fc.chunks_exact_mut(3).zip(mean.iter().zip(sigma));
+            for ((fc, (mean, sigma)), ((c, std), mu)) in per_feature.zip(scale.clone()) {
+                let yhat = mean * std + mu;
+                let half = Z90 * sigma * c * std;
+                fc[0] = yhat;
+                fc[1] = yhat - half;
+                fc[2] = yhat + half;
             }
         }
     }

@@ -69,21 +69,39 @@ pub struct TailTable {
 }
 
 /// A tail table's knots: `(0, 0)`, then each level's value and surprisal (−ln level), so that
-/// a look-up below the first level interpolates like any other.
+/// a look-up below the first level interpolates like any other; and the slope of each span,
+/// from knot `k` to `k + 1` (one fewer than the knots; a span with no width, between two
+/// equal values, is never looked up in).
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Knots {
     values: Vec<f64>,
     surprisals: Vec<f64>,
+    slopes: Vec<f64>,
 }
 
 impl Knots {
     fn of(levels: &[f64], values: &[f64]) -> Self {
+        let values: Vec<f64> = std::iter::once(0.0).chain(values.iter().copied()).collect();
+        let surprisals: Vec<f64> = std::iter::once(0.0)
+            .chain(levels.iter().map(|l| -l.ln()))
+            .collect();
+        let slopes = values
+            .windows(2)
+            .zip(surprisals.windows(2))
+            .map(|(v, s)| (s[1] - s[0]) / (v[1] - v[0]))
+            .collect();
         Self {
-            values: std::iter::once(0.0).chain(values.iter().copied()).collect(),
-            surprisals: std::iter::once(0.0)
-                .chain(levels.iter().map(|l| -l.ln()))
-                .collect(),
+            values,
+            surprisals,
+            slopes,
         }
+    }
+
+    /// The surprisal at `x` on span `j` (`values[j] < x ≤ values[j + 1]`): the same
+    /// arithmetic wherever a look-up is made.
+    #[inline(always)]
+    fn along(&self, j: usize, x: f64) -> f64 {
+        self.surprisals[j] + (x - self.values[j]) * self.slopes[j]
     }
 }
 
@@ -170,16 +188,16 @@ impl TailTable {
                 &unprepared
             }
         };
-        let (v, s) = (&knots.values, &knots.surprisals);
+        let v = &knots.values;
         let last = v.len() - 1;
         if x > v[last] {
             return self.beyond(x, knots);
         }
-        // The first knot at or above `x` (the first knot, 0, lies below it): counted rather
-        // than searched for ([`Self::defect`]: the values do not go down); at most `last`.
-        let k = v[1..].iter().fold(1, |n, b| n + usize::from(*b < x));
-        // `v[k - 1] < x <= v[k]`: the span is not empty.
-        s[k - 1] + (x - v[k - 1]) / (v[k] - v[k - 1]) * (s[k] - s[k - 1])
+        // The span `x` falls in (the first knot, 0, lies below it): the knots below `x`
+        // counted rather than searched for ([`Self::defect`]: the values do not go down); at
+        // most `last - 1`. `v[j] < x <= v[j + 1]`: the span is not empty.
+        let j = v[1..].iter().fold(0, |n, b| n + usize::from(*b < x));
+        knots.along(j, x)
     }
 
     /// [`Self::surprisal`] of every statistic in `xs`, into `out` (as long), bit for bit: the
@@ -236,28 +254,31 @@ const LANES: usize = 4;
 /// [`TailTable::surprisals`] of a prepared table, [`LANES`] statistics at a time.
 #[inline(always)]
 fn lanes(t: &TailTable, xs: &[f64], out: &mut [f64]) {
-    let (v, s) = (&t.knots.values, &t.knots.surprisals);
+    let knots = &t.knots;
+    let v = &knots.values;
     let last = v.len() - 1;
     let top = v[last];
     let mut xc = xs.chunks_exact(LANES);
     let mut oc = out.chunks_exact_mut(LANES);
     for (x, o) in (&mut xc).zip(&mut oc) {
-        // As in `surprisal`: the first knot at or above each statistic, counted.
-        let mut k = [1u64; LANES];
+        // As in `surprisal`: the span of each statistic, its knots below it counted.
+        let mut j = [0u64; LANES];
         for b in &v[1..] {
             for l in 0..LANES {
-                k[l] += u64::from(*b < x[l]);
+                j[l] += u64::from(*b < x[l]);
             }
         }
+        let mut inside = true;
         for l in 0..LANES {
-            let k = (k[l] as usize).min(last);
-            let (v0, v1, s0, s1) = (v[k - 1], v[k], s[k - 1], s[k]);
-            o[l] = s0 + (x[l] - v0) / (v1 - v0) * (s1 - s0);
+            o[l] = knots.along((j[l] as usize).min(last - 1), x[l]);
+            inside &= x[l] > 0.0 && x[l] <= top;
         }
-        for l in 0..LANES {
-            // Outside the table (rare): the value above is meaningless there.
-            if !(x[l] > 0.0 && x[l] <= top) {
-                o[l] = t.surprisal(x[l]);
+        if !inside {
+            for l in 0..LANES {
+                // Outside the table (rare): the value above is meaningless there.
+                if !(x[l] > 0.0 && x[l] <= top) {
+                    o[l] = t.surprisal(x[l]);
+                }
             }
         }
     }

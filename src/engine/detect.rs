@@ -825,17 +825,17 @@ impl Deviation<'_> {
         let learnt = n >= warmup.saturating_add(set.learning);
         let (base, rest) = self.state.split_at_mut(nf);
         let (ewm, var) = rest.split_at_mut(nf);
-        // Plain loops, the branch out of them, for vector code.
-        for f in 0..nf {
-            let d = x[f] as f64 - base[f] as f64;
-            base[f] = (base[f] as f64 + alpha * d) as f32;
+        // Plain loops, the branch out of them, for vector code (zipped: no bound to check).
+        for (b, x) in base.iter_mut().zip(x) {
+            let d = *x as f64 - *b as f64;
+            *b = (*b as f64 + alpha * d) as f32;
         }
         if learnt {
-            for f in 0..nf {
-                let v = (var[f] as f64).max(VARIANCE_FLOOR);
-                let e = ewm[f] as f64;
+            for (var, e) in var.iter_mut().zip(ewm.iter()) {
+                let v = (*var as f64).max(VARIANCE_FLOOR);
+                let e = *e as f64;
                 let e2 = (e * e).min(VARIANCE_CAP * v);
-                var[f] = (v + weight * (e2 - v) / window) as f32;
+                *var = (v + weight * (e2 - v) / window) as f32;
             }
         }
     }

@@ -71,12 +71,21 @@ pub struct TailTable {
 /// A tail table's knots: `(0, 0)`, then each level's value and surprisal (−ln level), so that
 /// a look-up below the first level interpolates like any other; and the slope of each span,
 /// from knot `k` to `k + 1` (one fewer than the knots; a span with no width, between two
-/// equal values, is never looked up in).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// equal values, is never used: its slope may be infinite or NaN).
+#[derive(Debug, Clone, Default)]
 struct Knots {
     values: Vec<f64>,
     surprisals: Vec<f64>,
     slopes: Vec<f64>,
+}
+
+/// The knots are a cache of the table's levels and values, which the table compares itself:
+/// a table equals its copy whether or not either was [`TailTable::prepare`]d (and a NaN slope
+/// of a span with no width does not make a table unequal to itself).
+impl PartialEq for Knots {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Knots {
@@ -98,7 +107,8 @@ impl Knots {
     }
 
     /// The surprisal at `x` on span `j` (`values[j] < x ≤ values[j + 1]`): the same
-    /// arithmetic wherever a look-up is made.
+    /// arithmetic wherever a look-up is made. At a knot it may differ from the knot's
+    /// surprisal by an ulp.
     #[inline(always)]
     fn along(&self, j: usize, x: f64) -> f64 {
         self.surprisals[j] + (x - self.values[j]) * self.slopes[j]
@@ -233,7 +243,7 @@ impl TailTable {
             return s[last] + (g.surprisal(x) - g.surprisal(v[last]));
         }
         let slope = if last > 1 && v[last] > v[last - 1] {
-            (s[last] - s[last - 1]) / (v[last] - v[last - 1])
+            knots.slopes[last - 1]
         } else {
             // One usable level: one more unit of surprisal for every multiple of its value.
             1.0 / v[last].max(f64::MIN_POSITIVE)
@@ -268,15 +278,14 @@ fn lanes(t: &TailTable, xs: &[f64], out: &mut [f64]) {
                 j[l] += u64::from(*b < x[l]);
             }
         }
-        let mut inside = true;
+        let inside: [bool; LANES] = std::array::from_fn(|l| x[l] > 0.0 && x[l] <= top);
         for l in 0..LANES {
             o[l] = knots.along((j[l] as usize).min(last - 1), x[l]);
-            inside &= x[l] > 0.0 && x[l] <= top;
         }
-        if !inside {
+        if inside.contains(&false) {
             for l in 0..LANES {
                 // Outside the table (rare): the value above is meaningless there.
-                if !(x[l] > 0.0 && x[l] <= top) {
+                if !inside[l] {
                     o[l] = t.surprisal(x[l]);
                 }
             }

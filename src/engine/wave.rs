@@ -645,7 +645,9 @@ impl Engine {
         }
         // The likelihood of each warm row, its device's statistics taken into columns and
         // put back.
-        let warm = pending.iter().filter(|p| p.fe.stat.is_some());
+        // One test for gathering and scattering, so that the two stay aligned.
+        let is_warm = |p: &Pending| p.fe.stat.is_some();
+        let warm = pending.iter().filter(|p| is_warm(p));
         let k = warm.clone().count();
         let stats = &mut self.slots.stats;
         let ([short, mean, var, score, out], _) = scores.columns(k);
@@ -655,7 +657,7 @@ impl Engine {
         }
         let likelihood = &self.settings.likelihood;
         likelihood.update_all((short, mean, var), score, out);
-        let warm = pending.iter_mut().filter(|p| p.fe.stat.is_some());
+        let warm = pending.iter_mut().filter(|p| is_warm(p));
         for (i, p) in warm.enumerate() {
             stats[p.row.slot] = score::ScoreStats {
                 short: short[i],

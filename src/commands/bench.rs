@@ -96,6 +96,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         per(p.finish),
         per(rest)
     );
+    let d = p.detect_passes;
+    println!(
+        "detect_ns_per_reading measure={:.0} scores={:.0} joint={:.0} look_up={:.0} explain={:.0} verdict={:.0}",
+        per(d.measure),
+        per(d.scores),
+        per(d.joint),
+        per(d.look_up),
+        per(d.explain),
+        per(d.verdict)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

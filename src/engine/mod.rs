@@ -33,7 +33,7 @@ use kernel::{Isa, LstmStack, PackedMatrix, Workspace};
 use score::{Likelihood, ScoreStats};
 use std::collections::HashMap;
 use std::sync::Arc;
-pub use wave::PhaseTimes;
+pub use wave::{DetectPasses, PhaseTimes};
 
 /// z-value of the 90% central prediction band.
 pub const Z90: f32 = 1.644_853_6;

@@ -255,6 +255,27 @@ pub struct PhaseTimes {
     pub detect: Duration,
     /// Keeping the forecasts (with their bands) and scattering the state back.
     pub finish: Duration,
+    /// Detection's time, pass by pass ([`Engine::score`]).
+    pub detect_passes: DetectPasses,
+}
+
+/// Where detection's time went, by pass over a part's rows ([`PhaseTimes::detect`] is their
+/// sum).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DetectPasses {
+    /// Each row's forecast, drift and deviation evidence measured, its device's detection state
+    /// moved on.
+    pub measure: Duration,
+    /// The forecast scores and likelihoods.
+    pub scores: Duration,
+    /// The joint distances and their p-values.
+    pub joint: Duration,
+    /// The per-feature tail look-ups and each piece's p-value.
+    pub look_up: Duration,
+    /// The explanations.
+    pub explain: Duration,
+    /// Each row's verdict and alarm, its baseline and stuck sensors moved on.
+    pub verdict: Duration,
 }
 
 /// Laps of a wave's phases; reads no clock unless on.
@@ -362,7 +383,7 @@ impl Engine {
         let step = clock.lap();
         self.head(&model, rows);
         let head = clock.lap();
-        self.score_any(&model, batch, items, out);
+        let passes = self.score_any(&model, batch, items, out);
         let detect = clock.lap();
         self.finish_any(&model, rows, out);
         let finish = clock.lap();
@@ -372,6 +393,13 @@ impl Engine {
             p.head += head;
             p.detect += detect;
             p.finish += finish;
+            let d = &mut p.detect_passes;
+            d.measure += passes.measure;
+            d.scores += passes.scores;
+            d.joint += passes.joint;
+            d.look_up += passes.look_up;
+            d.explain += passes.explain;
+            d.verdict += passes.verdict;
         }
     }
 
@@ -382,13 +410,13 @@ impl Engine {
         batch: &[Reading],
         items: &[Item],
         out: &mut BatchOutput,
-    ) {
+    ) -> DetectPasses {
         #[cfg(target_arch = "x86_64")]
         if self.isa.has_avx2() {
             // SAFETY: an `Isa` with AVX2 is only made on a CPU that has it.
             return unsafe { self.score_avx2(model, batch, items, out) };
         }
-        self.score(model, batch, items, out);
+        self.score(model, batch, items, out)
     }
 
     /// [`Engine::finish`], in its AVX2 copy where the engine's instruction set has AVX2.
@@ -416,8 +444,8 @@ impl Engine {
         batch: &[Reading],
         items: &[Item],
         out: &mut BatchOutput,
-    ) {
-        self.score(model, batch, items, out);
+    ) -> DetectPasses {
+        self.score(model, batch, items, out)
     }
 
     /// [`Engine::finish`] compiled for AVX2, as [`Engine::score_avx2`].
@@ -432,7 +460,8 @@ impl Engine {
     /// distances ([`Engine::forecast_scores`], [`Engine::joint_evidence`]); the tail look-ups
     /// of all rows, one feature's table at a time (vector code); the explanations; then each
     /// row's verdict and alarm. Each pass takes the rows in order, and every row is its own
-    /// device's, so the passes give the bits of scoring one row at a time.
+    /// device's, so the passes give the bits of scoring one row at a time. Returns the time of
+    /// each pass where the engine times its phases (zeros otherwise).
     #[inline(always)]
     fn score(
         &mut self,
@@ -440,7 +469,8 @@ impl Engine {
         batch: &[Reading],
         items: &[Item],
         out: &mut BatchOutput,
-    ) {
+    ) -> DetectPasses {
+        let mut clock = Clock::start(self.phases.is_some());
         self.scratch.reset(items.len(), model.features.len());
         for (r, it) in items.iter().enumerate() {
             if let Some(ahead) = items.get(r + PREFETCH_ROWS) {
@@ -449,10 +479,15 @@ impl Engine {
             let row = self.row(model, &batch[it.index], r, it);
             self.measure_row(model, row, out);
         }
+        let measure = clock.lap();
         self.forecast_scores();
+        let scores = clock.lap();
         self.joint_evidence(model);
+        let joint = clock.lap();
         self.look_up(model);
+        let look_up = clock.lap();
         self.explain_rows(model.features.len(), out);
+        let explain = clock.lap();
         self.judged.clear();
         let pending = std::mem::take(&mut self.scratch.pending);
         for p in &pending {
@@ -460,6 +495,14 @@ impl Engine {
             self.judged.push(judged);
         }
         self.scratch.pending = pending;
+        DetectPasses {
+            measure,
+            scores,
+            joint,
+            look_up,
+            explain,
+            verdict: clock.lap(),
+        }
     }
 
     /// Asks for the cache lines of `slot`'s scoring state ahead of its row: each device's

@@ -58,6 +58,17 @@ impl SilentState {
     }
 }
 
+/// The time after which a device last heard at `last_ts` is silent: `factor` times its
+/// usual interval (`default_interval_ns` before its own is known).
+fn deadline(factor: f64, default_interval_ns: i64, last_ts: i64, state: &SilentState) -> i64 {
+    let interval = if state.interval > 0.0 {
+        state.interval as f64
+    } else {
+        default_interval_ns as f64
+    };
+    last_ts.saturating_add((factor * interval).min(i64::MAX as f64 / 2.0) as i64)
+}
+
 /// The shards' clocks and deadlines.
 #[derive(Debug, Default)]
 pub struct Watch {
@@ -65,9 +76,11 @@ pub struct Watch {
     factor: f64,
     /// Interval assumed for a device before its own is known.
     default_interval_ns: i64,
-    shards: HashMap<u32, Shard>,
+    shards: HashMap<u32, Shard, foldhash::fast::RandomState>,
     /// Per slot: whether the device has an entry in its shard's heap.
     queued: Vec<bool>,
+    /// Devices found in another shard's heap by [`Watch::advance`], queued there afterwards.
+    moved: Vec<(u32, Reverse<(i64, u32)>)>,
 }
 
 #[derive(Debug)]
@@ -104,12 +117,7 @@ impl Watch {
 
     /// The time after which a device last heard at `last_ts` is silent.
     pub fn deadline(&self, last_ts: i64, state: &SilentState) -> i64 {
-        let interval = if state.interval > 0.0 {
-            state.interval as f64
-        } else {
-            self.default_interval_ns as f64
-        };
-        last_ts.saturating_add((self.factor * interval).min(i64::MAX as f64 / 2.0) as i64)
+        deadline(self.factor, self.default_interval_ns, last_ts, state)
     }
 
     /// Makes sure the device in `slot` (of `shard`, last heard at `last_ts`) has a deadline.
@@ -146,20 +154,20 @@ impl Watch {
         if !self.enabled() {
             return;
         }
-        let clock = {
-            let s = self.shards.entry(shard).or_default();
-            s.clock = s.clock.max(ts);
-            s.clock
-        };
-        loop {
-            let Some(s) = self.shards.get_mut(&shard) else {
-                return;
-            };
-            let Some(&Reverse((d, slot))) = s.heap.peek() else {
-                return;
-            };
+        let Watch {
+            factor,
+            default_interval_ns,
+            shards: heaps,
+            queued,
+            moved,
+        } = self;
+        // The shard looked up once (a call per reading).
+        let s = heaps.entry(shard).or_default();
+        s.clock = s.clock.max(ts);
+        let clock = s.clock;
+        while let Some(&Reverse((d, slot))) = s.heap.peek() {
             if d >= clock {
-                return;
+                break;
             }
             s.heap.pop();
             let slot = slot as usize;
@@ -167,21 +175,22 @@ impl Watch {
                 // Already silent (an entry left over from a restore).
                 continue;
             }
-            let current = self.deadline(last_ts[slot], &states[slot]);
+            let current = deadline(*factor, *default_interval_ns, last_ts[slot], &states[slot]);
+            let entry = Reverse((current, slot as u32));
             if shards[slot] != shard {
-                // The device moved to another shard: judged by that one's clock.
-                self.shards
-                    .entry(shards[slot])
-                    .or_default()
-                    .heap
-                    .push(Reverse((current, slot as u32)));
+                // The device moved to another shard: judged by that one's clock (queued
+                // there below; this loop reads this shard's heap only).
+                moved.push((shards[slot], entry));
             } else if current < clock {
-                self.queued[slot] = false;
+                queued[slot] = false;
                 states[slot].active = true;
                 silent.push(slot);
-            } else if let Some(s) = self.shards.get_mut(&shard) {
-                s.heap.push(Reverse((current, slot as u32)));
+            } else {
+                s.heap.push(entry);
             }
+        }
+        for (other, entry) in moved.drain(..) {
+            heaps.entry(other).or_default().heap.push(entry);
         }
     }
 
@@ -275,6 +284,31 @@ mod tests {
         w.advance(1, 100 * S, &last, &shards, &mut states, &mut silent);
         assert!(silent.is_empty());
         w.advance(0, 14 * S, &last, &shards, &mut states, &mut silent);
+        assert_eq!(silent, [0]);
+    }
+
+    #[test]
+    fn a_device_that_moved_to_another_shard_is_judged_by_that_shards_clock() {
+        let mut w = Watch::new(3.0, S);
+        let last = vec![10 * S, 10 * S];
+        // Both were queued in shard 0; device 0 has since moved to shard 1.
+        let mut shards = vec![0, 0];
+        let mut states = vec![SilentState::default(); 2];
+        for slot in 0..2 {
+            states[slot].observe(S);
+            w.track(slot, 0, last[slot], &states[slot]);
+        }
+        shards[0] = 1;
+        let mut silent = Vec::new();
+        // Shard 0's clock passes both deadlines: only device 1, still its own, falls silent.
+        w.advance(0, 20 * S, &last, &shards, &mut states, &mut silent);
+        assert_eq!(silent, [1]);
+        assert!(!states[0].active);
+        // Shard 1's clock is behind the deadline, then passes it.
+        silent.clear();
+        w.advance(1, 12 * S, &last, &shards, &mut states, &mut silent);
+        assert!(silent.is_empty());
+        w.advance(1, 14 * S, &last, &shards, &mut states, &mut silent);
         assert_eq!(silent, [0]);
     }
 

@@ -255,7 +255,7 @@ pub struct PhaseTimes {
     pub detect: Duration,
     /// Keeping the forecasts (with their bands) and scattering the state back.
     pub finish: Duration,
-    /// Detection's time, pass by pass ([`Engine::score`]).
+    /// Detection's time, pass by pass over each part's rows.
     pub detect_passes: DetectPasses,
 }
 

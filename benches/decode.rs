@@ -1,9 +1,11 @@
 //! Criterion benchmark of decoding one message: a typical JSON reading (string device id,
-//! integer epoch, 8 features) and a typical line-protocol line as Telegraf writes it. Reports
+//! integer epoch, 8 features) and a typical line-protocol line as Telegraf writes it, by the
+//! schema alone and through the decoder as `serve` calls it (routed by topic). Reports
 //! messages per second; targets live here, never in timed tests.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sensorcast::decode::Schema;
+use sensorcast::config::{Format, StreamConfig};
+use sensorcast::decode::{Decoder, Schema};
 use std::hint::black_box;
 
 const FEATURES: [&str; 8] = [
@@ -33,6 +35,38 @@ fn decode(c: &mut Criterion) {
     });
     group.bench_function("line_8_features", |b| {
         b.iter(|| schema.decode_line(None, black_box(LINE)).expect("line"))
+    });
+    // The path `serve` takes: the message routed by its topic to its stream's schema, its
+    // size and its timestamp checked.
+    let stream = |name: &str, format| StreamConfig {
+        name: name.into(),
+        topic: name.into(),
+        format,
+        features: FEATURES.iter().map(|f| f.to_string()).collect(),
+        device_key: "device".into(),
+        ..StreamConfig::default()
+    };
+    let decoder = Decoder::new(
+        &[
+            stream("pumps", Format::Json),
+            stream("pumps-lp", Format::Line),
+        ],
+        1 << 20,
+        i64::MAX / 2,
+    );
+    group.bench_function("decoder_json_8_features", |b| {
+        b.iter(|| {
+            decoder
+                .decode(black_box("pumps"), None, Some(black_box(JSON)))
+                .expect("json")
+        })
+    });
+    group.bench_function("decoder_line_8_features", |b| {
+        b.iter(|| {
+            decoder
+                .decode(black_box("pumps-lp"), None, Some(black_box(LINE)))
+                .expect("line")
+        })
     });
     group.finish();
 }

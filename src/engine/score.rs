@@ -81,19 +81,19 @@ pub fn normal_cdf(x: f64) -> f64 {
     0.5 * erfc(-x / std::f64::consts::SQRT_2)
 }
 
-/// Score of a reading from its standardised residuals `z` (each `(x − μ) / σ` against a
-/// forecast): the probability that `n` independent standard normals all stay closer to zero
-/// than the largest `|z|` seen. Uniform on [0, 1] when forecasts are calibrated, close to 1
-/// for a reading far outside them.
-#[inline(always)]
+/// One reading's score, as [`scores_from_max_z`] computes it for many: the tests' reference.
+#[cfg(test)]
 pub fn score_from_max_z(max_abs_z: f64, n: usize) -> f64 {
     let n = u32::try_from(n).unwrap_or(u32::MAX);
     score_of(max_abs_z, n, u32::BITS - n.leading_zeros())
 }
 
-/// [`score_from_max_z`] of every row with residuals: `scores[i]` from `max_abs_z[i]` and
-/// `n[i]` (a row without residuals, `n[i] = 0`, is left as it is), bit for bit, as one loop
-/// without a branch, which the compiler runs as vector code.
+/// The score of each reading with residuals from its standardised residuals (each `(x − μ) / σ`
+/// against a forecast): the probability that `n[i]` independent standard normals all stay
+/// closer to zero than the largest `|z|` seen, `max_abs_z[i]`. Uniform on [0, 1] when
+/// forecasts are calibrated, close to 1 for a reading far outside them. A row without
+/// residuals (`n[i] = 0`) is left as it is. One loop without a branch, which the compiler runs
+/// as vector code; each row's bits are the same whatever the other rows.
 #[inline(always)]
 pub fn scores_from_max_z(max_abs_z: &[f64], n: &[u32], scores: &mut [f64]) {
     // The powers' loop over the bits of n, of a length known when compiled, so that it is
@@ -180,10 +180,8 @@ impl Likelihood {
         self.prior
     }
 
-    /// Folds in one score; returns the likelihood that the recent scores are higher than the
-    /// device's normal (the normal CDF of the short-term average against the long-term
-    /// distribution, judged before this score updates it).
-    #[inline(always)]
+    /// One device's [`Self::update_all`]: the tests' reference.
+    #[cfg(test)]
     pub fn update(&self, s: &mut ScoreStats, score: f64) -> f64 {
         let (mut short, mut mean, mut var) = (s.short, s.mean, s.var);
         let likelihood = self.fold(&mut short, &mut mean, &mut var, score);
@@ -191,9 +189,11 @@ impl Likelihood {
         likelihood
     }
 
-    /// [`Self::update`] of many devices' statistics, held column by column (`short[i]`,
-    /// `mean[i]`, `var[i]`), with `scores[i]`, their likelihoods into `out[i]`: bit for bit,
-    /// as one loop without a branch, which the compiler runs as vector code.
+    /// Folds score `scores[i]` into device `i`'s statistics, held column by column
+    /// (`short[i]`, `mean[i]`, `var[i]`), and writes into `out[i]` the likelihood that its
+    /// recent scores are higher than its normal (the normal CDF of the short-term average
+    /// against the long-term distribution, judged before this score updates it). One loop
+    /// without a branch, which the compiler runs as vector code.
     #[inline(always)]
     pub fn update_all(&self, (short, mean, var): Columns<'_>, scores: &[f64], out: &mut [f64]) {
         let rows = short.iter_mut().zip(mean.iter_mut()).zip(var.iter_mut());
@@ -202,7 +202,7 @@ impl Likelihood {
         }
     }
 
-    /// The arithmetic of [`Self::update`].
+    /// One device's arithmetic of [`Self::update_all`].
     #[inline(always)]
     fn fold(&self, short: &mut f64, mean: &mut f64, var: &mut f64, score: f64) -> f64 {
         *short += self.alpha_short * (score - *short);

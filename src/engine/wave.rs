@@ -687,8 +687,7 @@ impl Engine {
             p.fe.score = *s;
         }
         // The likelihood of each warm row, its device's statistics taken into columns and
-        // put back.
-        // One test for gathering and scattering, so that the two stay aligned.
+        // put back (one test of warmth for both, so that they stay aligned).
         let is_warm = |p: &Pending| p.fe.stat.is_some();
         let warm = pending.iter().filter(|p| is_warm(p));
         let k = warm.clone().count();

@@ -398,10 +398,106 @@ pub fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / (exp_approx(2.0 * x) + 1.0)
 }
 
-/// The LSTM cell update for `rows` rows given their gate pre-activations (row stride `stride`,
-/// blocks i, f, g, o of width `h`), updating `c` and `h_out` (`rows × h`) in place.
+/// [`exp_approx`] on `N` lanes, one operation at a time across all of them. Compiled for a
+/// vector instruction set, that is `N / width` independent vector chains side by side: one
+/// chain alone is a run of about twenty dependent operations, of which the core keeps too few
+/// in flight to fill its pipes (four chains of eight lanes: −44 ns a row of the hidden-64 step
+/// on an AVX2 core, PERFORMANCE.md §3). The same operations per lane as [`exp_approx`], hence
+/// the same bits.
 #[inline(always)]
-fn cell_update(
+// One indexed sweep per operation: the zipped form (two operations in some sweeps) measured
+// 5–7 ns a row slower.
+#[allow(clippy::needless_range_loop)]
+fn exp_lanes<const N: usize>(x: &mut [f32; N]) {
+    const MAGIC: f32 = 8_388_735.0;
+    let mut n = [0.0f32; N];
+    for l in 0..N {
+        x[l] = x[l].clamp(-87.0, 88.0);
+    }
+    for l in 0..N {
+        n[l] = (x[l] * LOG2E + 0.5).floor();
+    }
+    let mut r = [0.0f32; N];
+    for l in 0..N {
+        r[l] = n[l].mul_add(-LN2_HI, x[l]);
+    }
+    for l in 0..N {
+        r[l] = n[l].mul_add(-LN2_LO, r[l]);
+    }
+    let mut p = [EXP_POLY[0]; N];
+    for c in &EXP_POLY[1..] {
+        for l in 0..N {
+            p[l] = p[l].mul_add(r[l], *c);
+        }
+    }
+    for l in 0..N {
+        p[l] = p[l].mul_add(r[l] * r[l], r[l]) + 1.0;
+    }
+    for l in 0..N {
+        x[l] = p[l] * f32::from_bits((n[l] + MAGIC).to_bits() << 23);
+    }
+}
+
+/// [`sigmoid`] on `N` lanes (see [`exp_lanes`]).
+#[inline(always)]
+fn sigmoid_lanes<const N: usize>(x: &mut [f32; N]) {
+    for v in x.iter_mut() {
+        *v = -*v;
+    }
+    exp_lanes(x);
+    for v in x.iter_mut() {
+        *v = 1.0 / (1.0 + *v);
+    }
+}
+
+/// [`tanh`] on `N` lanes (see [`exp_lanes`]).
+#[inline(always)]
+fn tanh_lanes<const N: usize>(x: &mut [f32; N]) {
+    for v in x.iter_mut() {
+        *v *= 2.0;
+    }
+    exp_lanes(x);
+    for v in x.iter_mut() {
+        *v = 1.0 - 2.0 / (*v + 1.0);
+    }
+}
+
+/// σ (or, with `TANH`, tanh) of every element of `v`: `N` at a time ([`exp_lanes`]), what is
+/// left 8 at a time, then one at a time. A const parameter rather than a function argument: a
+/// function passed in is called, not inlined, from code compiled for an instruction set.
+#[inline(always)]
+fn activate<const N: usize, const TANH: bool>(v: &mut [f32]) {
+    let mut chunks = v.chunks_exact_mut(N);
+    for chunk in &mut chunks {
+        activate_lanes::<N, TANH>(chunk);
+    }
+    let mut eights = chunks.into_remainder().chunks_exact_mut(8);
+    for chunk in &mut eights {
+        activate_lanes::<8, TANH>(chunk);
+    }
+    for v in eights.into_remainder() {
+        *v = if TANH { tanh(*v) } else { sigmoid(*v) };
+    }
+}
+
+/// [`activate`] on one chunk of exactly `N` elements.
+#[inline(always)]
+fn activate_lanes<const N: usize, const TANH: bool>(chunk: &mut [f32]) {
+    let chunk: &mut [f32; N] = chunk
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("chunks are N long"));
+    if TANH {
+        tanh_lanes(chunk);
+    } else {
+        sigmoid_lanes(chunk);
+    }
+}
+
+/// The LSTM cell update for `rows` rows given their gate pre-activations (row stride `stride`,
+/// blocks i, f, g, o of width `h`), updating `c` and `h_out` (`rows × h`) in place. The
+/// activations run `N` lanes at a time ([`exp_lanes`]).
+#[inline(always)]
+fn cell_update<const N: usize>(
     gates: &mut [f32],
     stride: usize,
     rows: usize,
@@ -411,24 +507,23 @@ fn cell_update(
 ) {
     for r in 0..rows {
         let g = &mut gates[r * stride..r * stride + 4 * h];
-        for v in g[..2 * h].iter_mut() {
-            *v = sigmoid(*v);
-        }
-        for v in g[2 * h..3 * h].iter_mut() {
-            *v = tanh(*v);
-        }
-        for v in g[3 * h..].iter_mut() {
-            *v = sigmoid(*v);
-        }
+        activate::<N, false>(&mut g[..2 * h]);
+        activate::<N, true>(&mut g[2 * h..3 * h]);
+        activate::<N, false>(&mut g[3 * h..]);
         let (i, rest) = g.split_at(h);
         let (f, rest) = rest.split_at(h);
         let (cand, o) = rest.split_at(h);
         let c = &mut c[r * h..(r + 1) * h];
         let ho = &mut h_out[r * h..(r + 1) * h];
+        // h' = o·tanh(c'): c' first, then its tanh in place, then the product.
         for j in 0..h {
             let cj = f[j] * c[j] + i[j] * cand[j];
             c[j] = cj;
-            ho[j] = o[j] * tanh(cj);
+            ho[j] = cj;
+        }
+        activate::<N, true>(ho);
+        for (hj, oj) in ho.iter_mut().zip(o) {
+            *hj *= *oj;
         }
     }
 }
@@ -437,6 +532,12 @@ fn cell_update(
 mod simd {
     use super::*;
     use std::arch::x86_64::*;
+
+    /// Lanes the cell's activations run at a time ([`exp_lanes`]): four vectors of 8 on AVX2
+    /// (two vectors were slower than one, eight no faster than four; PERFORMANCE.md §3) and
+    /// four of 16 on AVX-512 (not measured: no AVX-512 machine in that sitting).
+    const LANES_AVX2: usize = 32;
+    const LANES_AVX512: usize = 64;
 
     /// AVX-512 micro-kernel: 8 rows × one 32-column panel in 16 accumulators. Each
     /// accumulator starts at the bias and takes one fused multiply-add per `k`, in order —
@@ -617,7 +718,7 @@ mod simd {
         c: &mut [f32],
         h_out: &mut [f32],
     ) {
-        cell_update(gates, stride, rows, h, c, h_out)
+        cell_update::<LANES_AVX512>(gates, stride, rows, h, c, h_out)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -629,7 +730,7 @@ mod simd {
         c: &mut [f32],
         h_out: &mut [f32],
     ) {
-        cell_update(gates, stride, rows, h, c, h_out)
+        cell_update::<LANES_AVX2>(gates, stride, rows, h, c, h_out)
     }
 }
 
@@ -650,7 +751,8 @@ fn cell(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above: `Isa::avx2` detected AVX2 and FMA.
         Kind::Avx2 => unsafe { simd::cell_avx2(gates, stride, rows, h, c, h_out) },
-        _ => cell_update(gates, stride, rows, h, c, h_out),
+        // Scalar code: the lane count only groups the loops.
+        _ => cell_update::<8>(gates, stride, rows, h, c, h_out),
     }
 }
 
@@ -1077,10 +1179,7 @@ mod tests {
 
     #[test]
     fn matches_pytorch_golden_vectors() {
-        let mut isas = vec![Isa::PORTABLE];
-        isas.extend(Isa::avx512());
-        isas.extend(Isa::avx2());
-        for isa in isas {
+        for isa in every_isa() {
             for name in [
                 "lstm_small",
                 "lstm_state",
@@ -1130,6 +1229,55 @@ mod tests {
         assert!(tanh_abs < 5e-7, "tanh abs error {tanh_abs}");
     }
 
+    /// Every instruction set this CPU has (all three on an AVX-512 machine), not only the
+    /// portable one and the best.
+    fn every_isa() -> Vec<Isa> {
+        let isas: Vec<Isa> = [Some(Isa::PORTABLE), Isa::avx2(), Isa::avx512()]
+            .into_iter()
+            .flatten()
+            .collect();
+        assert!(isas.contains(&Isa::detect()));
+        isas
+    }
+
+    #[test]
+    fn the_cell_gives_each_element_the_scalar_formulas_bits_on_every_isa_and_width() {
+        // Gate pre-activations from the whole activation sweep (both saturations and the
+        // infinities); widths that leave whole 32- and 64-lane chunks, chunks of 8 and single
+        // elements; a row stride that is not a multiple of anything.
+        let inputs: Vec<f32> = activation_inputs().collect();
+        let rows = 3;
+        for hidden in [1, 7, 13, 40, 64, 77, 128] {
+            let stride = 4 * hidden + 5;
+            let gates0: Vec<f32> = (0..rows * stride)
+                .map(|j| inputs[(j * 7919 + hidden) % inputs.len()])
+                .collect();
+            let c0: Vec<f32> = (0..rows * hidden)
+                .map(|j| (j as f32 * 0.37).sin() * 30.0)
+                .collect();
+            // The cell's equations one element at a time, with the scalar activations.
+            let (mut want_c, mut want_h) = (c0.clone(), vec![0.0f32; rows * hidden]);
+            for r in 0..rows {
+                let g = |gate: usize, j: usize| gates0[r * stride + gate * hidden + j];
+                for j in 0..hidden {
+                    let (i, f) = (sigmoid(g(0, j)), sigmoid(g(1, j)));
+                    let (cand, o) = (tanh(g(2, j)), sigmoid(g(3, j)));
+                    let cj = f * want_c[r * hidden + j] + i * cand;
+                    want_c[r * hidden + j] = cj;
+                    want_h[r * hidden + j] = o * tanh(cj);
+                }
+            }
+            for isa in every_isa() {
+                let mut gates = gates0.clone();
+                let (mut c, mut h) = (c0.clone(), vec![0.0f32; rows * hidden]);
+                cell(isa, &mut gates, stride, rows, hidden, &mut c, &mut h);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&c), bits(&want_c), "c, hidden {hidden}, {isa:?}");
+                assert_eq!(bits(&h), bits(&want_h), "h, hidden {hidden}, {isa:?}");
+            }
+        }
+    }
+
     #[test]
     fn activations_saturate_to_their_limits() {
         // Far left the sigmoid is e^-88 ≈ 6e-39 (exp_approx clamps at 88): zero to f32's
@@ -1168,14 +1316,7 @@ mod tests {
         let h0: Vec<f32> = (0..rows * hidden).map(|_| next()).collect();
         let c0: Vec<f32> = (0..rows * hidden).map(|_| next()).collect();
         let mut reference: Option<(Vec<f32>, Vec<f32>)> = None;
-        // Every instruction set this CPU has (all three on an AVX-512 machine), not only the
-        // portable one and the best.
-        let isas: Vec<Isa> = [Some(Isa::PORTABLE), Isa::avx2(), Isa::avx512()]
-            .into_iter()
-            .flatten()
-            .collect();
-        assert!(isas.contains(&Isa::detect()));
-        for isa in isas {
+        for isa in every_isa() {
             let mut ws = Workspace::default();
             let (mut h, mut c) = (h0.clone(), c0.clone());
             layer.step(isa, &mut ws, rows, &x, &mut h, &mut c);

@@ -348,21 +348,13 @@ const EXP_POLY: [f32; 6] = [
 ];
 
 /// Exponential with a Cephes-style polynomial: branch-free, vectorisable and, unlike `f32::exp`,
-/// the same bits on every code path. Relative error about 1e-7 on the clamped range.
+/// the same bits on every code path. Relative error about 1e-7 on the clamped range. One lane
+/// of [`exp_lanes`], which the cell runs.
 #[inline(always)]
 pub fn exp_approx(x: f32) -> f32 {
-    // 2^23 + 127: adding it leaves `n + 127` in the low mantissa bits.
-    const MAGIC: f32 = 8_388_735.0;
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + 0.5).floor();
-    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
-    let p = EXP_POLY[1..]
-        .iter()
-        .fold(EXP_POLY[0], |p, c| p.mul_add(r, *c));
-    let y = p.mul_add(r * r, r) + 1.0;
-    // 2^n built from bits: (n + 127) shifted into the exponent field.
-    let scale = f32::from_bits((n + MAGIC).to_bits() << 23);
-    y * scale
+    let mut v = [x];
+    exp_lanes(&mut v);
+    v[0]
 }
 
 /// [`exp_approx`]'s polynomial in plain multiplications and additions, for code compiled
@@ -398,17 +390,19 @@ pub fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / (exp_approx(2.0 * x) + 1.0)
 }
 
-/// [`exp_approx`] on `N` lanes, one operation at a time across all of them. Compiled for a
+/// [`exp_approx`] of `N` values, one operation at a time across all of them. Compiled for a
 /// vector instruction set, that is `N / width` independent vector chains side by side: one
 /// chain alone is a run of about twenty dependent operations, of which the core keeps too few
 /// in flight to fill its pipes (four chains of eight lanes: −44 ns a row of the hidden-64 step
-/// on an AVX2 core, PERFORMANCE.md §3). The same operations per lane as [`exp_approx`], hence
-/// the same bits.
+/// on an AVX2 core, PERFORMANCE.md §3). `x = n·ln 2 + r` with `n = ⌊x·log₂e + ½⌋`, `eʳ` by the
+/// polynomial (Horner's scheme), `2ⁿ` from bits. The same operations whatever `N`, hence the
+/// same bits.
 #[inline(always)]
 // One indexed sweep per operation: the zipped form (two operations in some sweeps) measured
 // 5–7 ns a row slower.
 #[allow(clippy::needless_range_loop)]
 fn exp_lanes<const N: usize>(x: &mut [f32; N]) {
+    // 2^23 + 127: adding it leaves `n + 127` in the low mantissa bits.
     const MAGIC: f32 = 8_388_735.0;
     let mut n = [0.0f32; N];
     for l in 0..N {
@@ -433,6 +427,7 @@ fn exp_lanes<const N: usize>(x: &mut [f32; N]) {
     for l in 0..N {
         p[l] = p[l].mul_add(r[l] * r[l], r[l]) + 1.0;
     }
+    // 2ⁿ built from bits: (n + 127) shifted into the exponent field.
     for l in 0..N {
         x[l] = p[l] * f32::from_bits((n[l] + MAGIC).to_bits() << 23);
     }

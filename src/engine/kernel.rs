@@ -349,7 +349,7 @@ const EXP_POLY: [f32; 6] = [
 
 /// Exponential with a Cephes-style polynomial: branch-free, vectorisable and, unlike `f32::exp`,
 /// the same bits on every code path. Relative error about 1e-7 on the clamped range. One lane
-/// of [`exp_lanes`], which the cell runs.
+/// of `exp_lanes`, which the cell runs.
 #[inline(always)]
 pub fn exp_approx(x: f32) -> f32 {
     let mut v = [x];

@@ -393,8 +393,8 @@ pub fn tanh(x: f32) -> f32 {
 /// [`exp_approx`] of `N` values, one operation at a time across all of them. Compiled for a
 /// vector instruction set, that is `N / width` independent vector chains side by side: one
 /// chain alone is a run of about twenty dependent operations, of which the core keeps too few
-/// in flight to fill its pipes (four chains of eight lanes: −44 ns a row of the hidden-64 step
-/// on an AVX2 core, PERFORMANCE.md §3). `x = n·ln 2 + r` with `n = ⌊x·log₂e + ½⌋`, `eʳ` by the
+/// in flight to fill its pipes (four chains of eight lanes: 594–596 → 555–557 ns a row of the
+/// hidden-64 step on an AVX2 core, PERFORMANCE.md §3). `x = n·ln 2 + r` with `n = ⌊x·log₂e + ½⌋`, `eʳ` by the
 /// polynomial (Horner's scheme), `2ⁿ` from bits. The same operations whatever `N`, hence the
 /// same bits.
 #[inline(always)]
@@ -458,8 +458,10 @@ fn tanh_lanes<const N: usize>(x: &mut [f32; N]) {
 }
 
 /// σ (or, with `TANH`, tanh) of every element of `v`: `N` at a time ([`exp_lanes`]), what is
-/// left 8 at a time, then one at a time. A const parameter rather than a function argument: a
-/// function passed in is called, not inlined, from code compiled for an instruction set.
+/// left 8 at a time, then one at a time. Which activation is a const parameter: passed as a
+/// function argument (`impl Fn`), the lanes functions were called through `Fn::call` from the
+/// AVX2 copy instead of inlined into it (seen in its machine code), and their `mul_add`s became
+/// library calls.
 #[inline(always)]
 fn activate<const N: usize, const TANH: bool>(v: &mut [f32]) {
     let mut chunks = v.chunks_exact_mut(N);
@@ -489,8 +491,9 @@ fn activate_lanes<const N: usize, const TANH: bool>(chunk: &mut [f32]) {
 }
 
 /// The LSTM cell update for `rows` rows given their gate pre-activations (row stride `stride`,
-/// blocks i, f, g, o of width `h`), updating `c` and `h_out` (`rows × h`) in place. The
-/// activations run `N` lanes at a time ([`exp_lanes`]).
+/// blocks i, f, g, o of width `h`): updates `c` (`rows × h`) in place and writes `h_out`
+/// (`rows × h`, which holds c′ on the way). The gates are overwritten by their activations, which
+/// run `N` lanes at a time ([`exp_lanes`]).
 #[inline(always)]
 fn cell_update<const N: usize>(
     gates: &mut [f32],
@@ -746,7 +749,8 @@ fn cell(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above: `Isa::avx2` detected AVX2 and FMA.
         Kind::Avx2 => unsafe { simd::cell_avx2(gates, stride, rows, h, c, h_out) },
-        // Scalar code: the lane count only groups the loops.
+        // Portable code (on x86-64 SSE2, `mul_add` and `floor` library calls): the lane count
+        // only groups the loops.
         _ => cell_update::<8>(gates, stride, rows, h, c, h_out),
     }
 }
@@ -1224,6 +1228,38 @@ mod tests {
         assert!(tanh_abs < 5e-7, "tanh abs error {tanh_abs}");
     }
 
+    /// The exponential as the cell computed it one element at a time before its lanes
+    /// (e57dcf1), written out again here so that the cell is held against a formula it does
+    /// not share: any change to the bits of [`exp_lanes`] fails the tests below.
+    fn exp_reference(x: f32) -> f32 {
+        let x = x.clamp(-87.0, 88.0);
+        let n = (x * LOG2E + 0.5).floor();
+        let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
+        let p = EXP_POLY[1..]
+            .iter()
+            .fold(EXP_POLY[0], |p, c| p.mul_add(r, *c));
+        let y = p.mul_add(r * r, r) + 1.0;
+        y * f32::from_bits((n + 8_388_735.0).to_bits() << 23)
+    }
+
+    fn sigmoid_reference(x: f32) -> f32 {
+        1.0 / (1.0 + exp_reference(-x))
+    }
+
+    fn tanh_reference(x: f32) -> f32 {
+        1.0 - 2.0 / (exp_reference(2.0 * x) + 1.0)
+    }
+
+    #[test]
+    fn the_activations_keep_the_reference_bits() {
+        let bits = |x: f32| x.to_bits();
+        for x in activation_inputs().chain([f32::NAN, -f32::NAN]) {
+            assert_eq!(bits(exp_approx(x)), bits(exp_reference(x)), "exp({x})");
+            assert_eq!(bits(sigmoid(x)), bits(sigmoid_reference(x)), "σ({x})");
+            assert_eq!(bits(tanh(x)), bits(tanh_reference(x)), "tanh({x})");
+        }
+    }
+
     /// Every instruction set this CPU has (all three on an AVX-512 machine), not only the
     /// portable one and the best.
     fn every_isa() -> Vec<Isa> {
@@ -1244,13 +1280,28 @@ mod tests {
         let rows = 3;
         for hidden in [1, 7, 13, 40, 64, 77, 128] {
             let stride = 4 * hidden + 5;
-            let gates0: Vec<f32> = (0..rows * stride)
+            let mut gates0: Vec<f32> = (0..rows * stride)
                 .map(|j| inputs[(j * 7919 + hidden) % inputs.len()])
                 .collect();
+            // The extremes in every gate of the first row.
+            let extremes = [f32::NEG_INFINITY, f32::INFINITY, f32::MAX, -f32::MAX];
+            let extremes = extremes.into_iter().chain([88.0, -88.0, 89.0, -89.0]);
+            for gate in 0..4 {
+                for (j, x) in extremes
+                    .clone()
+                    .cycle()
+                    .skip(gate)
+                    .take(hidden.min(8))
+                    .enumerate()
+                {
+                    gates0[gate * hidden + j] = x;
+                }
+            }
             let c0: Vec<f32> = (0..rows * hidden)
                 .map(|j| (j as f32 * 0.37).sin() * 30.0)
                 .collect();
-            // The cell's equations one element at a time, with the scalar activations.
+            // The cell's equations one element at a time, with the reference activations.
+            let (sigmoid, tanh) = (sigmoid_reference, tanh_reference);
             let (mut want_c, mut want_h) = (c0.clone(), vec![0.0f32; rows * hidden]);
             for r in 0..rows {
                 let g = |gate: usize, j: usize| gates0[r * stride + gate * hidden + j];

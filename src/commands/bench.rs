@@ -122,11 +122,15 @@ fn print_kernel(spec: &BenchSpec, isa: Isa) {
     );
     println!("kernel_flop_per_row={:.0}", r.flop_per_row);
     println!("kernel_gflops={:.1}", r.flops() / 1e9);
+    println!("kernel_product_ns_per_row={:.1}", r.product_ns_per_row);
     match (r.peak_flops, r.fraction_of_peak()) {
         (Some(peak), Some(f)) => {
             println!("core_peak_gflops={:.1}", peak / 1e9);
             println!("kernel_fraction_of_peak={f:.2}");
         }
         _ => println!("core_peak_gflops=unknown (portable code)"),
+    }
+    if let Some(f) = r.product_fraction_of_peak() {
+        println!("kernel_product_fraction_of_peak={f:.2}");
     }
 }

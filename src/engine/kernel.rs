@@ -172,6 +172,12 @@ impl LstmLayer {
     pub fn hidden(&self) -> usize {
         self.hidden
     }
+
+    /// The packed gate matrix `[x, h] · W + b` of [`Self::step`]'s product, for timing the
+    /// product apart from the cell (`sensorcast bench --kernel`).
+    pub fn gates(&self) -> &PackedMatrix {
+        &self.gates
+    }
 }
 
 /// One gate's weights in burn's layout, borrowed for [`LstmLayer::from_gate_transforms`].

@@ -400,13 +400,13 @@ pub fn tanh(x: f32) -> f32 {
 /// vector instruction set, that is `N / width` independent vector chains side by side: one
 /// chain alone is a run of about twenty dependent operations, of which the core keeps too few
 /// in flight to fill its pipes (four chains of eight lanes: 594–596 → 555–557 ns a row of the
-/// hidden-64 step on an AVX2 core, PERFORMANCE.md §3). `x = n·ln 2 + r` with `n = ⌊x·log₂e + ½⌋`, `eʳ` by the
-/// polynomial (Horner's scheme), `2ⁿ` from bits. The same operations whatever `N`, hence the
-/// same bits.
-#[inline(always)]
+/// hidden-64 step on an AVX2 core, PERFORMANCE.md §3). `x = n·ln 2 + r` with
+/// `n = ⌊x·log₂e + ½⌋`, `eʳ` by the polynomial (Horner's scheme), `2ⁿ` from bits. The same
+/// operations whatever `N`, hence the same bits.
 // One indexed sweep per operation: the zipped form (two operations in some sweeps) measured
 // 5–7 ns a row slower.
 #[allow(clippy::needless_range_loop)]
+#[inline(always)]
 fn exp_lanes<const N: usize>(x: &mut [f32; N]) {
     // 2^23 + 127: adding it leaves `n + 127` in the low mantissa bits.
     const MAGIC: f32 = 8_388_735.0;

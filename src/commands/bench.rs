@@ -59,9 +59,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         r.isa
     );
     println!(
-        "events={} fully_scored={} elapsed_s={:.3}",
+        "events={} learning_untimed={} elapsed_s={:.3}",
         r.events,
-        r.fully_scored,
+        r.learning,
         r.elapsed.as_secs_f64()
     );
     println!(

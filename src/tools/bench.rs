@@ -13,9 +13,10 @@ pub struct BenchSpec {
     /// Devices.
     #[arg(long, default_value_t = 10_000, value_parser = positive)]
     pub devices: usize,
-    /// Readings per device. The default, 300, goes past the warm-up (30) and the deviation
-    /// baselines' learning (200 readings) of the default config, so that the last 70 readings
-    /// of every device run every piece of evidence and the alarm policy.
+    /// Readings per device timed, all of them past the warm-up (30 readings) and the deviation
+    /// baselines' learning (200) of the default config, which every device goes through
+    /// first, untimed: every timed reading runs every piece of evidence and the alarm policy,
+    /// as a fleet's readings do once it has run a while.
     #[arg(long, default_value_t = 300, value_parser = positive)]
     pub steps: usize,
     /// Hidden width.
@@ -65,11 +66,12 @@ pub struct BenchResult {
     /// Growth of the process's resident memory over the run, per device (Linux; 0 elsewhere):
     /// what the table really costs, allocator included.
     pub rss_bytes_per_device: usize,
-    /// Readings the engine stepped and scored (all `devices × steps` unless one was stale).
+    /// Readings the engine stepped and scored in the timed run (all `devices × steps` unless
+    /// one was stale), every one past its device's warm-up and learning, so that every piece
+    /// of evidence and the alarm policy ran for it.
     pub events: usize,
-    /// Of those, readings past the warm-up and the baselines' learning, which ran every piece
-    /// of evidence and the alarm policy.
-    pub fully_scored: usize,
+    /// Readings the devices went through first, untimed: their warm-up and learning.
+    pub learning: usize,
     /// Devices the engine tracks afterwards.
     pub devices: usize,
     /// Time spent in the engine.
@@ -94,31 +96,26 @@ pub fn run(spec: &BenchSpec) -> Result<BenchResult, crate::engine::RunError> {
 /// that code path on this machine).
 pub fn run_on(spec: &BenchSpec, isa: Isa) -> Result<BenchResult, crate::engine::RunError> {
     let model = calibrated_model(spec)?;
-    let readings = synthetic_readings(spec.devices, spec.steps, spec.features);
     let settings = settings();
     let learning = settings.warmup as usize + settings.detect.learning as usize;
+    let readings = synthetic_readings(spec.devices, learning + spec.steps, spec.features);
+    // The generator interleaves devices step by step: the first `learning` steps of all.
+    let (first, timed) = readings.split_at(learning * spec.devices);
     let mut engine = Engine::new(Arc::clone(&model), settings)?.with_isa(isa);
     let mut out = BatchOutput::default();
-    let mut scored = 0;
     let rss0 = rss_bytes();
+    scored(&mut engine, first, spec.batch, &mut out)?;
     let start = Instant::now();
-    for chunk in readings.chunks(spec.batch.max(1)) {
-        engine.process(chunk, &mut out)?;
-        scored += out
-            .outcomes
-            .iter()
-            .filter(|o| matches!(o, Outcome::Scored(_)))
-            .count();
-    }
+    let events = scored(&mut engine, timed, spec.batch, &mut out)?;
     let elapsed = start.elapsed();
     let rss = rss_bytes().saturating_sub(rss0);
-    let (phases, phases_of) = phase_run(spec, &model, &readings, isa)?;
+    let (phases, phases_of) = phase_run(spec, &model, (first, timed), isa)?;
     Ok(BenchResult {
-        events_per_s: scored as f64 / elapsed.as_secs_f64().max(1e-9),
+        events_per_s: events as f64 / elapsed.as_secs_f64().max(1e-9),
         state_bytes_per_device: engine.state_heap_bytes() / spec.devices.max(1),
         rss_bytes_per_device: rss / spec.devices.max(1),
-        events: scored,
-        fully_scored: spec.devices * spec.steps.saturating_sub(learning),
+        events,
+        learning: first.len(),
         devices: engine.devices(),
         elapsed,
         isa,
@@ -128,19 +125,40 @@ pub fn run_on(spec: &BenchSpec, isa: Isa) -> Result<BenchResult, crate::engine::
     })
 }
 
-/// The same run on a fresh engine that measures its phases, so that the clock reads do not
-/// weigh on the figure above; returns the phases and the whole time in the engine.
+/// Runs `readings` through `engine` in micro-batches of `batch`; returns how many it scored.
+fn scored(
+    engine: &mut Engine,
+    readings: &[crate::decode::Reading],
+    batch: usize,
+    out: &mut BatchOutput,
+) -> Result<usize, crate::engine::RunError> {
+    let mut scored = 0;
+    for chunk in readings.chunks(batch.max(1)) {
+        engine.process(chunk, out)?;
+        scored += out
+            .outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Scored(_)))
+            .count();
+    }
+    Ok(scored)
+}
+
+/// The same run on a fresh engine that measures the phases of the timed readings (after the
+/// devices' learning, untimed, as in [`run_on`]), so that the clock reads do not weigh on the
+/// figure above; returns the phases and the whole time in the engine.
 fn phase_run(
     spec: &BenchSpec,
     model: &Arc<InferenceModel>,
-    readings: &[crate::decode::Reading],
+    (first, timed): (&[crate::decode::Reading], &[crate::decode::Reading]),
     isa: Isa,
 ) -> Result<(crate::engine::PhaseTimes, Duration), crate::engine::RunError> {
     let mut engine = Engine::new(Arc::clone(model), settings())?.with_isa(isa);
-    engine.time_phases();
     let mut out = BatchOutput::default();
+    scored(&mut engine, first, spec.batch, &mut out)?;
+    engine.time_phases();
     let start = Instant::now();
-    for chunk in readings.chunks(spec.batch.max(1)) {
+    for chunk in timed.chunks(spec.batch.max(1)) {
         engine.process(chunk, &mut out)?;
     }
     let all = start.elapsed();
@@ -203,6 +221,11 @@ mod tests {
         let r = run(&spec).expect("bench");
         assert_eq!(r.events, spec.devices * spec.steps);
         assert_eq!(r.devices, spec.devices);
+        // Every device learnt first, untimed, so that every timed reading was fully scored.
+        let s = settings();
+        let learning = s.warmup as usize + s.detect.learning as usize;
+        assert_eq!(r.learning, spec.devices * learning);
+        assert!(r.phases.detect > Duration::ZERO, "the phases were timed");
         // The state really holds h and C of every layer (f32)…
         let hc = 2 * spec.layers * spec.hidden * 4;
         assert!(

@@ -507,7 +507,6 @@ impl Joint {
 
     /// The distance, as [`Self::distance`], with each feature's share of it, `|zᵢ (P z)ᵢ|`,
     /// written into `out` (for the explanation) in the same pass.
-    #[inline(always)]
     pub fn parts(&self, z: &[f64], out: &mut [f64]) -> f64 {
         let mut d = 0.0;
         for (t, o) in self.terms(z).zip(out.iter_mut()) {
@@ -516,7 +515,72 @@ impl Joint {
         }
         d.max(0.0)
     }
+
+    /// [`Self::parts`] of many readings, bit for bit: `z` and `out` hold one reading's `nf`
+    /// values after another, `d` its distance. [`JOINT_LANES`] readings are taken in lockstep,
+    /// their departures turned into columns (`zt`, scratch), so that each step of the products
+    /// with `P` runs for all of them as vector code: one reading's product is a chain of
+    /// dependent additions (they are added in the same order, so rounded the same), which
+    /// leaves the core waiting where readings go one at a time.
+    #[inline(always)]
+    pub fn parts_of_rows(
+        &self,
+        nf: usize,
+        (z, out): (&[f64], &mut [f64]),
+        d: &mut [f64],
+        zt: &mut Vec<[f64; JOINT_LANES]>,
+    ) {
+        assert!(
+            z.len() == nf * d.len() && out.len() == z.len(),
+            "nf values a reading"
+        );
+        if d.is_empty() {
+            return;
+        }
+        assert_eq!(
+            self.precision.len(),
+            nf * nf,
+            "one precision row per feature"
+        );
+        const L: usize = JOINT_LANES;
+        for ((z, out), d) in z
+            .chunks(L * nf)
+            .zip(out.chunks_mut(L * nf))
+            .zip(d.chunks_mut(L))
+        {
+            // Missing lanes of the last chunk compute on zeros and are not written.
+            zt.clear();
+            zt.extend(
+                (0..nf).map(|f| std::array::from_fn(|l| z.get(l * nf + f).copied().unwrap_or(0.0))),
+            );
+            let mut dist = [0.0f64; L];
+            for (i, row) in self.precision.chunks_exact(nf).enumerate() {
+                // `(P z)ᵢ` as `terms` sums it: from its first product on (`Sum` starts at
+                // −0, which adds nothing to it), in the features' order.
+                let mut dot: [f64; L] = std::array::from_fn(|l| row[0] * zt[0][l]);
+                for (p, zj) in row[1..].iter().zip(&zt[1..]) {
+                    for l in 0..L {
+                        dot[l] += p * zj[l];
+                    }
+                }
+                for l in 0..L {
+                    let t = zt[i][l] * dot[l];
+                    dist[l] += t;
+                    if let Some(o) = out.get_mut(l * nf + i) {
+                        *o = t.abs();
+                    }
+                }
+            }
+            for (d, v) in d.iter_mut().zip(dist) {
+                *d = v.max(0.0);
+            }
+        }
+    }
 }
+
+/// Readings whose joint distances are computed together ([`Joint::parts_of_rows`]): two AVX2
+/// vectors of `f64`, two independent chains.
+pub const JOINT_LANES: usize = 8;
 
 /// Inverse of a symmetric positive definite `n × n` matrix (row-major) through its Cholesky
 /// factor; `None` when it is not positive definite.
@@ -644,10 +708,21 @@ pub fn column_surprisals(table: Option<&TailTable>, q: &mut [f64], out: &mut [f6
 
 /// A reading's p-value for one piece of evidence from its features' surprisals `s`: the
 /// smallest per-feature p-value times the number of features (Bonferroni), at most 1.
-#[inline(always)]
 pub fn piece_p(s: &[f64]) -> f64 {
-    let max_s = s.iter().fold(0.0f64, |m, v| m.max(*v));
-    ((-max_s).exp() * s.len() as f64).min(1.0)
+    let max_s = s.iter().fold(0.0f64, |m, v| most_surprising(m, *v));
+    piece_p_of(max_s, s.len())
+}
+
+/// The running maximum of [`piece_p`]'s surprisals, from 0, one feature after another.
+#[inline(always)]
+pub fn most_surprising(so_far: f64, s: f64) -> f64 {
+    so_far.max(s)
+}
+
+/// [`piece_p`] from the largest of `nf` surprisals.
+#[inline(always)]
+pub fn piece_p_of(max_s: f64, nf: usize) -> f64 {
+    ((-max_s).exp() * nf as f64).min(1.0)
 }
 
 /// Each feature's share of a reading's evidence, signed by the direction of its departure:
@@ -1375,6 +1450,45 @@ mod tests {
             "{parts:?}"
         );
         assert!(Joint::fit(&z[..99 * 3], 3).is_none(), "too few rows");
+    }
+
+    #[test]
+    fn many_joint_distances_have_the_bits_of_one_at_a_time() {
+        // A fitted precision matrix of five features, and readings that include zeros of both
+        // signs, large and tiny departures, and the non-finite values a broken sensor gives.
+        let nf = 5;
+        let z: Vec<f64> = (0..2_000u64).map(normal).collect();
+        let j = Joint::fit(&z, nf).expect("enough rows");
+        let mut rows: Vec<f64> = z[..40 * nf].to_vec();
+        rows.extend([0.0, -0.0, 0.0, -0.0, 0.0]);
+        rows.extend([-0.0; 5]);
+        rows.extend([1e150, -1e-300, 3.0, f64::MIN_POSITIVE, -7.5]);
+        rows.extend([f64::NAN, 1.0, 2.0, 3.0, 4.0]);
+        rows.extend([f64::INFINITY, -1.0, 0.5, 0.0, 1.0]);
+        let mut zt = Vec::new();
+        // Every count of readings around the lanes' width, so that the last chunk is full,
+        // partial or alone.
+        for n in [
+            0,
+            1,
+            3,
+            JOINT_LANES - 1,
+            JOINT_LANES,
+            JOINT_LANES + 1,
+            rows.len() / nf,
+        ] {
+            let z = &rows[..n * nf];
+            let (mut parts, mut d) = (vec![0.0; n * nf], vec![0.0; n]);
+            j.parts_of_rows(nf, (z, &mut parts), &mut d, &mut zt);
+            for (i, r) in z.chunks_exact(nf).enumerate() {
+                let mut want = vec![0.0; nf];
+                let dist = j.parts(r, &mut want);
+                assert_eq!(d[i].to_bits(), dist.to_bits(), "{r:?}: {} vs {dist}", d[i]);
+                for (got, want) in parts[i * nf..(i + 1) * nf].iter().zip(&want) {
+                    assert_eq!(got.to_bits(), want.to_bits(), "{r:?}: {got} vs {want}");
+                }
+            }
+        }
     }
 
     #[test]

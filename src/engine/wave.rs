@@ -33,8 +33,12 @@ pub(super) struct Scratch {
     zs: Vec<f32>,
     /// The one-step standardised residual of each feature (signed), the drift's input.
     znear: Vec<f64>,
-    /// The standardised departure (signed), the joint deviation's input.
+    /// The standardised departures (signed) of the rows that have them, one row after
+    /// another: the joint distance's input; each feature's share of it; and the same
+    /// departures in columns, a few rows at a time ([`detect::Joint::parts_of_rows`]).
     zjoint: Vec<f64>,
+    jparts: Vec<f64>,
+    zt: Vec<[f64; detect::JOINT_LANES]>,
     /// The forecast σ of each value of the head (normalised units), for keeping forecasts.
     sigma: Vec<f32>,
     /// Each feature's √calibration, for the bands.
@@ -54,9 +58,11 @@ pub(super) struct Scratch {
     /// The rows whose evidence is looked up in the tails, per piece ([`FORECAST`], [`DRIFT`],
     /// [`DEVIATION`]).
     wanted: [Vec<usize>; 3],
-    /// One feature's statistics of the wanted rows, and their surprisals.
+    /// One feature's statistics of the wanted rows, and their surprisals; the largest
+    /// surprisal of each wanted row so far.
     column: Vec<f64>,
     column_s: Vec<f64>,
+    most: Vec<f64>,
     /// The part's rows with their evidence, from the first pass of [`Engine::score`] until
     /// [`Engine::finish`]: kept in place, not moved from pass to pass.
     pending: Vec<Pending>,
@@ -726,6 +732,7 @@ impl Engine {
             wanted,
             column,
             column_s,
+            most,
             pending,
             ..
         } = &mut self.scratch;
@@ -754,17 +761,22 @@ impl Engine {
             if rows.is_empty() {
                 continue;
             }
+            // Each row's largest surprisal, kept feature after feature as `piece_p` folds a
+            // row's: the same bits, without reading the rows again.
+            most.clear();
+            most.resize(rows.len(), 0.0);
             for f in 0..nf {
                 column.clear();
                 column.extend(rows.iter().map(|r| q[r * nf + f]));
                 column_s.resize(rows.len(), 0.0);
                 detect::column_surprisals(tables.map(|t| &t[f]), column, column_s);
-                for (r, v) in rows.iter().zip(column_s.iter()) {
+                for ((r, v), m) in rows.iter().zip(column_s.iter()).zip(most.iter_mut()) {
                     s[r * nf + f] = *v;
+                    *m = detect::most_surprising(*m, *v);
                 }
             }
-            for &r in rows {
-                let p = Some(detect::piece_p(&s[r * nf..(r + 1) * nf]));
+            for (&r, m) in rows.iter().zip(most.iter()) {
+                let p = Some(detect::piece_p_of(*m, nf));
                 // The rows were measured, and so pushed, in order.
                 let pe = &mut pending[r];
                 debug_assert_eq!(pe.row.r, r);
@@ -985,20 +997,39 @@ impl Engine {
             return;
         };
         let nf = model.features.len();
-        let sc = &mut self.scratch;
-        for p in sc.pending.iter_mut().filter(|p| p.de.stat.is_some()) {
-            let own = p.row.r * nf..(p.row.r + 1) * nf;
-            sc.zjoint.clear();
-            sc.zjoint.extend(
-                sc.parts[own.clone()]
-                    .iter()
-                    .map(|q| q.abs().sqrt().copysign(*q)),
-            );
-            p.de.joint_stat = Some(joint.parts(&sc.zjoint, &mut sc.s_joint[own]));
+        let Scratch {
+            pending,
+            parts,
+            s_joint,
+            zjoint,
+            jparts,
+            zt,
+            column: distance,
+            column_s: surprisal,
+            ..
+        } = &mut self.scratch;
+        let has_departures = |p: &&mut Pending| p.de.stat.is_some();
+        zjoint.clear();
+        for p in pending.iter_mut().filter(has_departures) {
+            let own = &parts[p.row.r * nf..(p.row.r + 1) * nf];
+            zjoint.extend(own.iter().map(|q| q.abs().sqrt().copysign(*q)));
+        }
+        let k = zjoint.len() / nf;
+        jparts.resize(zjoint.len(), 0.0);
+        distance.resize(k, 0.0);
+        joint.parts_of_rows(nf, (zjoint, jparts), distance, zt);
+        let with = pending.iter_mut().filter(has_departures);
+        for ((p, d), share) in with.zip(distance.iter()).zip(jparts.chunks_exact(nf)) {
+            p.de.joint_stat = Some(*d);
+            s_joint[p.row.r * nf..(p.row.r + 1) * nf].copy_from_slice(share);
         }
         if Counted::of(self.settings.detect.evidence).joint {
-            for p in sc.pending.iter_mut() {
-                p.de.p_joint = p.de.joint_stat.map(|d| joint.tail.survival(d));
+            // The p-values: `TailTable::survival`, its look-ups all rows at once.
+            surprisal.resize(k, 0.0);
+            joint.tail.surprisals(distance, surprisal);
+            let with = pending.iter_mut().filter(has_departures);
+            for (p, s) in with.zip(surprisal.iter()) {
+                p.de.p_joint = Some((-s).exp());
             }
         }
     }

@@ -296,15 +296,68 @@ fn lanes(t: &TailTable, xs: &[f64], out: &mut [f64]) {
     }
 }
 
-/// [`lanes`] compiled for AVX2.
+/// [`lanes`] in AVX2 instructions, written out: the compiler ran `lanes`' count of knots as
+/// vector code over the knots, one statistic at a time, with a horizontal sum for each, where
+/// it is meant to run over the four statistics, one knot at a time. The same comparisons, the
+/// same clamp of the span and the same three operations on the span's knots (gathered), in the
+/// same order: the same bits.
 ///
 /// # Safety
 ///
-/// The CPU must have AVX2.
+/// The CPU must have AVX2; `t` must be prepared, with at least one level.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn lanes_avx2(t: &TailTable, xs: &[f64], out: &mut [f64]) {
-    lanes(t, xs, out);
+    use std::arch::x86_64::*;
+    const _: () = assert!(LANES == 4, "four f64 to an AVX2 vector");
+    let knots = &t.knots;
+    let (v, s, k) = (&knots.values, &knots.surprisals, &knots.slopes);
+    let last = v.len() - 1;
+    assert!(
+        last >= 1 && s.len() == v.len() && k.len() == last,
+        "a prepared table"
+    );
+    let (top, zero) = (_mm256_set1_pd(v[last]), _mm256_setzero_pd());
+    let widest = _mm256_set1_epi64x((last - 1) as i64);
+    let mut xc = xs.chunks_exact(LANES);
+    let mut oc = out.chunks_exact_mut(LANES);
+    for (x, o) in (&mut xc).zip(&mut oc) {
+        // SAFETY: `x` and `o` hold four f64 each; every span index gathered is at most
+        // `last - 1`, inside all three knot arrays (asserted above).
+        unsafe {
+            let xv = _mm256_loadu_pd(x.as_ptr());
+            // The knots below each statistic, counted: a comparison's all-ones lane is −1.
+            let mut j = _mm256_setzero_si256();
+            for b in &v[1..] {
+                let below = _mm256_cmp_pd::<_CMP_LT_OQ>(_mm256_set1_pd(*b), xv);
+                j = _mm256_sub_epi64(j, _mm256_castpd_si256(below));
+            }
+            let past = _mm256_cmpgt_epi64(j, widest);
+            let j = _mm256_blendv_epi8(j, widest, past);
+            let at = _mm256_i64gather_pd::<8>(s.as_ptr(), j);
+            let from = _mm256_i64gather_pd::<8>(v.as_ptr(), j);
+            let slope = _mm256_i64gather_pd::<8>(k.as_ptr(), j);
+            // `Knots::along`: surprisal + (x − value) · slope, rounded step by step.
+            let along = _mm256_add_pd(at, _mm256_mul_pd(_mm256_sub_pd(xv, from), slope));
+            _mm256_storeu_pd(o.as_mut_ptr(), along);
+            let inside = _mm256_and_pd(
+                _mm256_cmp_pd::<_CMP_GT_OQ>(xv, zero),
+                _mm256_cmp_pd::<_CMP_LE_OQ>(xv, top),
+            );
+            let inside = _mm256_movemask_pd(inside);
+            if inside != 0b1111 {
+                for l in 0..LANES {
+                    // Outside the table (rare): the value above is meaningless there.
+                    if inside & (1 << l) == 0 {
+                        o[l] = t.surprisal(x[l]);
+                    }
+                }
+            }
+        }
+    }
+    for (o, x) in oc.into_remainder().iter_mut().zip(xc.remainder()) {
+        *o = t.surprisal(*x);
+    }
 }
 
 /// Exceedances of the deep tail's threshold: a share this large of the samples (so that the

@@ -6,7 +6,9 @@
 #
 # Runs `sensorcast bench` and scripts/bench_pytorch.py (PyTorch's batched nn.LSTMCell and a
 # linear head, one thread) alternately, ROUNDS times each, pinned to CPU 0 with taskset when
-# it is available, and prints every run, the best of each and their ratio. Shape (same for
+# it is available, and prints every run, the best of each and their ratio. sensorcast's side
+# times only readings past each device's warm-up and learning (run first, untimed), so that
+# all of its detection runs; PyTorch has no such phase and times every step. Shape (same for
 # both; override through the environment): DEVICES=10000 STEPS=300 HIDDEN=64 FEATURES=8
 # LAYERS=1 HORIZON=3 BATCH=4096.
 #

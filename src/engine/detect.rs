@@ -211,10 +211,10 @@ impl TailTable {
     }
 
     /// [`Self::surprisal`] of every statistic in `xs`, into `out` (as long), bit for bit: the
-    /// same operations in the same order, four statistics at a time, so that the compiler can
-    /// run them as vector code (each knot is compared with four statistics at once). The
-    /// statistics outside the table (not positive, NaN or beyond its last level) go through
-    /// [`Self::surprisal`] itself.
+    /// same operations in the same order, four statistics at a time, each knot compared with
+    /// four statistics at once (in AVX2 intrinsics where the CPU has AVX2, since the compiler
+    /// vectorised the portable form the other way round). The statistics outside the table
+    /// (not positive, NaN or beyond its last level) go through [`Self::surprisal`] itself.
     pub fn surprisals(&self, xs: &[f64], out: &mut [f64]) {
         assert_eq!(xs.len(), out.len(), "one surprisal per statistic");
         if self.values.is_empty() || self.prepared().is_none() {
@@ -296,61 +296,51 @@ fn lanes(t: &TailTable, xs: &[f64], out: &mut [f64]) {
     }
 }
 
-/// [`lanes`] in AVX2 instructions, written out: the compiler ran `lanes`' count of knots as
-/// vector code over the knots, one statistic at a time, with a horizontal sum for each, where
-/// it is meant to run over the four statistics, one knot at a time. The same comparisons, the
-/// same clamp of the span and the same three operations on the span's knots (gathered), in the
-/// same order: the same bits.
+/// [`lanes`] with its count of knots in AVX2 instructions, written out: the compiler ran
+/// `lanes`' count as vector code over the knots, one statistic at a time, with a horizontal sum
+/// for each, where it is meant to run over the four statistics, one knot at a time. The same
+/// comparisons, then each statistic's span read as `lanes` reads it (gathering the span's
+/// knots instead was no faster on a Xeon, and gathers are slow on some CPUs): the same bits.
 ///
 /// # Safety
 ///
-/// The CPU must have AVX2; `t` must be prepared, with at least one level.
+/// The CPU must have AVX2; `t` must be prepared.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn lanes_avx2(t: &TailTable, xs: &[f64], out: &mut [f64]) {
     use std::arch::x86_64::*;
     const _: () = assert!(LANES == 4, "four f64 to an AVX2 vector");
     let knots = &t.knots;
-    let (v, s, k) = (&knots.values, &knots.surprisals, &knots.slopes);
+    let v = &knots.values;
     let last = v.len() - 1;
-    assert!(
-        last >= 1 && s.len() == v.len() && k.len() == last,
-        "a prepared table"
-    );
+    assert!(last >= 1, "a prepared table has a knot above 0");
     let (top, zero) = (_mm256_set1_pd(v[last]), _mm256_setzero_pd());
-    let widest = _mm256_set1_epi64x((last - 1) as i64);
     let mut xc = xs.chunks_exact(LANES);
     let mut oc = out.chunks_exact_mut(LANES);
     for (x, o) in (&mut xc).zip(&mut oc) {
-        // SAFETY: `x` and `o` hold four f64 each; every span index gathered is at most
-        // `last - 1`, inside all three knot arrays (asserted above).
-        unsafe {
-            let xv = _mm256_loadu_pd(x.as_ptr());
-            // The knots below each statistic, counted: a comparison's all-ones lane is −1.
-            let mut j = _mm256_setzero_si256();
-            for b in &v[1..] {
-                let below = _mm256_cmp_pd::<_CMP_LT_OQ>(_mm256_set1_pd(*b), xv);
-                j = _mm256_sub_epi64(j, _mm256_castpd_si256(below));
-            }
-            let past = _mm256_cmpgt_epi64(j, widest);
-            let j = _mm256_blendv_epi8(j, widest, past);
-            let at = _mm256_i64gather_pd::<8>(s.as_ptr(), j);
-            let from = _mm256_i64gather_pd::<8>(v.as_ptr(), j);
-            let slope = _mm256_i64gather_pd::<8>(k.as_ptr(), j);
-            // `Knots::along`: surprisal + (x − value) · slope, rounded step by step.
-            let along = _mm256_add_pd(at, _mm256_mul_pd(_mm256_sub_pd(xv, from), slope));
-            _mm256_storeu_pd(o.as_mut_ptr(), along);
-            let inside = _mm256_and_pd(
-                _mm256_cmp_pd::<_CMP_GT_OQ>(xv, zero),
-                _mm256_cmp_pd::<_CMP_LE_OQ>(xv, top),
-            );
-            let inside = _mm256_movemask_pd(inside);
-            if inside != 0b1111 {
-                for l in 0..LANES {
-                    // Outside the table (rare): the value above is meaningless there.
-                    if inside & (1 << l) == 0 {
-                        o[l] = t.surprisal(x[l]);
-                    }
+        // SAFETY: `x` holds four f64.
+        let xv = unsafe { _mm256_loadu_pd(x.as_ptr()) };
+        // The knots below each statistic, counted: a comparison's all-ones lane is −1.
+        let mut j = _mm256_setzero_si256();
+        for b in &v[1..] {
+            let below = _mm256_cmp_pd::<_CMP_LT_OQ>(_mm256_set1_pd(*b), xv);
+            j = _mm256_sub_epi64(j, _mm256_castpd_si256(below));
+        }
+        let mut span = [0i64; LANES];
+        // SAFETY: `span` holds four i64.
+        unsafe { _mm256_storeu_si256(span.as_mut_ptr().cast(), j) };
+        for l in 0..LANES {
+            o[l] = knots.along((span[l] as usize).min(last - 1), x[l]);
+        }
+        let inside = _mm256_movemask_pd(_mm256_and_pd(
+            _mm256_cmp_pd::<_CMP_GT_OQ>(xv, zero),
+            _mm256_cmp_pd::<_CMP_LE_OQ>(xv, top),
+        ));
+        if inside != 0b1111 {
+            for l in 0..LANES {
+                // Outside the table (rare): the value above is meaningless there.
+                if inside & (1 << l) == 0 {
+                    o[l] = t.surprisal(x[l]);
                 }
             }
         }
@@ -1331,7 +1321,38 @@ mod tests {
             1e300,
             f64::MIN_POSITIVE,
         ]);
-        for t in [&with_tail, &without_tail, &unprepared] {
+        // A table with one level, and one whose values repeat (spans with no width, whose
+        // slopes are infinite or NaN and must never be used).
+        let one_level = {
+            let mut t = TailTable {
+                levels: vec![0.5],
+                values: vec![1.5],
+                samples: 100,
+                gpd: None,
+                knots: Knots::default(),
+            };
+            t.prepare();
+            t
+        };
+        let repeating = {
+            let mut t = TailTable {
+                levels: vec![0.5, 0.3, 0.1, 0.05, 0.01],
+                values: vec![0.0, 1.0, 1.0, 1.0, 4.0],
+                samples: 1000,
+                gpd: None,
+                knots: Knots::default(),
+            };
+            t.prepare();
+            t
+        };
+        xs.extend([0.5, 1.0, 1.0f64.next_up(), 1.5, 3.9, 4.0, 4.0f64.next_up()]);
+        for t in [
+            &with_tail,
+            &without_tail,
+            &unprepared,
+            &one_level,
+            &repeating,
+        ] {
             // Every length, so that every remainder of the four-at-a-time loop is met.
             for n in [0, 1, 3, 4, 5, 7, xs.len()] {
                 let mut out = vec![0.0; n];

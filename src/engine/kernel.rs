@@ -552,7 +552,7 @@ mod simd {
     /// accumulator starts at the bias and takes one fused multiply-add per `k`, in order —
     /// the same operations as `gemm_generic`, so the bits agree. The rows go in blocks of
     /// [`A_BLOCK_BYTES`], each block through one panel after another, so that a panel stays
-    /// in L1 while the block's rows pass it: the weights of a layer of hidden 64 (74 KiB at 8
+    /// in L1 while the block's rows pass it: the weights of a layer of hidden 64 (72 KiB at 8
     /// features) do not fit L1 together, and taking all panels for each 8 rows read them from
     /// L2 again and again (the products of hidden 64 took 9–13 % longer so).
     #[target_feature(enable = "avx512f")]

@@ -58,7 +58,8 @@ pub(super) struct Scratch {
     /// The rows whose evidence is looked up in the tails, per piece ([`FORECAST`], [`DRIFT`],
     /// [`DEVIATION`]).
     wanted: [Vec<usize>; 3],
-    /// One feature's statistics of the wanted rows, and their surprisals; the largest
+    /// One feature's statistics of the wanted rows, and their surprisals (in
+    /// [`Engine::joint_evidence`], the rows' joint distances and theirs); the largest
     /// surprisal of each wanted row so far.
     column: Vec<f64>,
     column_s: Vec<f64>,
@@ -989,8 +990,10 @@ impl Engine {
 
     /// The joint distance of the departures of every row that has them, where the model has
     /// a joint calibration, and its p-value where it counts: in loops over the rows of their
-    /// own, as [`Engine::forecast_scores`] (each is a chain of dependent arithmetic: a product
-    /// with the precision matrix, then a tail look-up and an exponential).
+    /// own, as [`Engine::forecast_scores`] (each row's is a chain of dependent arithmetic: a
+    /// product with the precision matrix, then a tail look-up and an exponential). The
+    /// products run eight rows in lockstep ([`detect::Joint::parts_of_rows`]), the look-ups
+    /// all rows at once.
     #[inline(always)]
     fn joint_evidence(&mut self, model: &InferenceModel) {
         let Some(joint) = model.calibration.as_ref().and_then(|c| c.joint.as_ref()) else {

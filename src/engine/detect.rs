@@ -749,22 +749,11 @@ pub fn column_surprisals(table: Option<&TailTable>, q: &mut [f64], out: &mut [f6
     }
 }
 
-/// A reading's p-value for one piece of evidence from its features' surprisals `s`: the
-/// smallest per-feature p-value times the number of features (Bonferroni), at most 1.
-pub fn piece_p(s: &[f64]) -> f64 {
-    let max_s = s.iter().fold(0.0f64, |m, v| most_surprising(m, *v));
-    piece_p_of(max_s, s.len())
-}
-
-/// The running maximum of [`piece_p`]'s surprisals, from 0, one feature after another.
+/// A reading's p-value for one piece of evidence from the largest of its `nf` features'
+/// surprisals (the running maximum from 0, one feature after another): the smallest
+/// per-feature p-value times the number of features (Bonferroni), at most 1.
 #[inline(always)]
-pub fn most_surprising(so_far: f64, s: f64) -> f64 {
-    so_far.max(s)
-}
-
-/// [`piece_p`] from the largest of `nf` surprisals.
-#[inline(always)]
-pub fn piece_p_of(max_s: f64, nf: usize) -> f64 {
+pub fn piece_p(max_s: f64, nf: usize) -> f64 {
     ((-max_s).exp() * nf as f64).min(1.0)
 }
 

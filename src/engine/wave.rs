@@ -762,8 +762,8 @@ impl Engine {
             if rows.is_empty() {
                 continue;
             }
-            // Each row's largest surprisal, kept feature after feature as `piece_p` folds a
-            // row's: the same bits, without reading the rows again.
+            // Each row's largest surprisal, kept feature after feature as the columns come
+            // out, so that the rows are not read again.
             most.clear();
             most.resize(rows.len(), 0.0);
             for f in 0..nf {
@@ -773,11 +773,11 @@ impl Engine {
                 detect::column_surprisals(tables.map(|t| &t[f]), column, column_s);
                 for ((r, v), m) in rows.iter().zip(column_s.iter()).zip(most.iter_mut()) {
                     s[r * nf + f] = *v;
-                    *m = detect::most_surprising(*m, *v);
+                    *m = m.max(*v);
                 }
             }
             for (&r, m) in rows.iter().zip(most.iter()) {
-                let p = Some(detect::piece_p_of(*m, nf));
+                let p = Some(detect::piece_p(*m, nf));
                 // The rows were measured, and so pushed, in order.
                 let pe = &mut pending[r];
                 debug_assert_eq!(pe.row.r, r);

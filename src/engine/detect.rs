@@ -749,6 +749,41 @@ pub fn column_surprisals(table: Option<&TailTable>, q: &mut [f64], out: &mut [f6
     }
 }
 
+/// The largest of the `magnitude`s of `v` (each +0 or more, or NaN), NaNs passed over, and
+/// +0 where none is left: what folding `max` over them from 0, one after another, gives.
+///
+/// Over numbers of +0 and more, `max` is associative and commutative and no magnitude is −0,
+/// so any order of the fold gives the same bits. It runs in [`MAGNITUDE_LANES`] independent
+/// lanes, then a tree of `max`: one after another, each `max` (three instructions, to pass
+/// NaNs over) waited for the one before, and held a row's loop over its features to one
+/// feature at a time.
+#[inline(always)]
+pub fn largest_magnitude<T: Copy + PartialOrd + Default>(v: &[T], magnitude: impl Fn(T) -> T) -> T {
+    // `x > m` is false for a NaN `x`, which leaves `m`: the NaN is passed over.
+    let larger = |m: T, x: T| if x > m { x } else { m };
+    let mut lanes = [T::default(); MAGNITUDE_LANES];
+    let mut chunks = v.chunks_exact(MAGNITUDE_LANES);
+    for chunk in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = larger(*m, magnitude(x));
+        }
+    }
+    for (m, &x) in lanes.iter_mut().zip(chunks.remainder()) {
+        *m = larger(*m, magnitude(x));
+    }
+    let mut width = MAGNITUDE_LANES;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            lanes[i] = larger(lanes[i], lanes[i + width]);
+        }
+    }
+    lanes[0]
+}
+
+/// The lanes of [`largest_magnitude`]: a power of two, the features of most models.
+pub const MAGNITUDE_LANES: usize = 8;
+
 /// A reading's p-value for one piece of evidence from the largest of its `nf` features'
 /// surprisals (the running maximum from 0, one feature after another): the smallest
 /// per-feature p-value times the number of features (Bonferroni), at most 1.
@@ -903,8 +938,8 @@ impl Deviation<'_> {
             let q = e * e / (var[f] as f64).max(VARIANCE_FLOOR);
             parts[f] = q.copysign(e);
         }
-        // |q| is q (never negative), and NaN where q is: `max` passes over it as before.
-        let worst = parts.iter().fold(0.0f64, |w, q| w.max(q.abs()));
+        // |q| is q (never negative), and NaN where q is: passed over.
+        let worst = largest_magnitude(parts, f64::abs);
         DeviationStat {
             stat: (n >= learnt_at).then_some(worst),
         }
@@ -1552,6 +1587,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_largest_magnitude_has_the_bits_of_the_fold_one_after_another() {
+        // Values of both signs, zeros of both signs, NaNs, infinities, subnormals and ties,
+        // in every count around the lanes' width, for both widths of float.
+        let specials = [
+            0.0,
+            -0.0,
+            f64::NAN,
+            -f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN_POSITIVE / 4.0,
+            -3.5,
+            3.5,
+            1e300,
+        ];
+        let mut values: Vec<f64> = (0..64u64).map(normal).collect();
+        for (i, s) in specials.iter().enumerate() {
+            values.insert(i * 5, *s);
+        }
+        let counts = (0..=3 * MAGNITUDE_LANES + 1).chain([values.len()]);
+        for n in counts {
+            for start in [0, 1, 7, 11] {
+                let v = &values[start.min(values.len())..][..n.min(values.len() - start)];
+                let want = v.iter().fold(0.0f64, |w, x| w.max(x.abs()));
+                let got = largest_magnitude(v, f64::abs);
+                assert_eq!(got.to_bits(), want.to_bits(), "{v:?}: {got} vs {want}");
+                let v32: Vec<f32> = v.iter().map(|x| *x as f32).collect();
+                let want = v32.iter().fold(0.0f32, |w, x| w.max(x.abs()));
+                let got = largest_magnitude(&v32, f32::abs);
+                assert_eq!(got.to_bits(), want.to_bits(), "{v32:?}: {got} vs {want}");
+            }
+        }
+        // Nothing but NaNs, and nothing at all: +0.
+        let nan = [f64::NAN; 3];
+        assert_eq!(
+            largest_magnitude(&nan, f64::abs).to_bits(),
+            0.0f64.to_bits()
+        );
+        assert_eq!(largest_magnitude(&[] as &[f32], f32::abs).to_bits(), 0);
     }
 
     #[test]

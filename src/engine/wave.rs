@@ -324,7 +324,9 @@ struct Verdict {
 /// largest residual so far in `z`, and returns the largest |z|. With `learn` (the calibration's
 /// weight), folds the squared residual into `calib`, capped at 5σ so that a fault does not
 /// teach the device that faults are normal. Each pass is a plain loop over the features,
-/// without a branch, so that the compiler can run it as vector code (the first one it does).
+/// without a branch and without a chain from one feature to the next (the largest |z| is
+/// taken in lanes, [`detect::largest_magnitude`]), so that the compiler can run it as vector
+/// code.
 #[inline(always)]
 fn judge(
     (x, mean, sigma): (&[f32], &[f32], &[f32]),
@@ -340,12 +342,12 @@ fn judge(
             .zip(sigma.iter().zip(calib.iter()))
             .map(|((x, m), (s, c))| (x - m) / (s * c.sqrt())),
     );
-    let mut worst = 0.0f64;
     for (zf, z) in zs.iter().zip(z.iter_mut()) {
         let zf = f64::from(*zf);
-        worst = worst.max(zf.abs());
         *z = if zf.abs() > z.abs() { zf } else { *z };
     }
+    // The largest |z| as `f32`, then widened: widening is exact and keeps the order.
+    let worst = f64::from(detect::largest_magnitude(zs, f32::abs));
     if let Some(near) = near {
         for (n, zf) in near.iter_mut().zip(zs.iter()) {
             *n = f64::from(*zf);

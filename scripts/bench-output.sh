@@ -8,6 +8,11 @@
 #   - end to end: N readings are produced up front; readings/s is N divided by the time from
 #     the first reading consumed to the last point acknowledged;
 #   - sensorcast's CPU seconds (utime + stime of the process) and the database's, over the run;
+#     readings per sensorcast CPU-second both for the whole process (start-up, model load and
+#     joining the group included: about 0.1 CPU-s, 5 % of a run of 600 k readings) and for the
+#     steady state (run_rd/cpu_s: from the first poll that sees a reading consumed to the last
+#     point acknowledged). Both include the script's own /metrics polls (ten a second, each an
+#     encoding of every metric: about 2 % of sensorcast's CPU in a profile);
 #   - the ceiling: the same points (`sensorcast replay` of the same readings with the same
 #     config, in the order serve's consumer receives them) POSTed straight to a fresh database
 #     by scripts/write-ceiling.py (the database restarted empty before it, as before serve's
@@ -167,7 +172,7 @@ $bin train --config "$work/train.toml" --input "$work/history.jsonl" >/dev/null
 metric() { curl -s "127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 ~ "^"m {s+=$2} END {printf "%.0f", s}'; }
 cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
 
-printf '%-16s %-8s %7s %12s %10s %14s %9s %14s %7s  %s\n' database output pts/rd readings/s cpu_s readings/cpu_s db_cpu_s ceiling_rd/s e2e/ceil ceiling_at
+printf '%-16s %-8s %7s %12s %10s %14s %15s %9s %14s %7s  %s\n' database output pts/rd readings/s cpu_s readings/cpu_s run_rd/cpu_s db_cpu_s ceiling_rd/s e2e/ceil ceiling_at
 for db in ${DBS:-vm influx}; do
   for out in ${OUTPUTS:-default full}; do
     name="$db-$out"
@@ -178,8 +183,8 @@ for db in ${DBS:-vm influx}; do
     dbpid=$([ "$db" = vm ] && echo $vmpid || echo $ipid)
     db0=$(cpu $dbpid)
     $bin serve --config "$work/$name.toml" 2>"$work/serve-$name.log" & spid=$!; pids+=($spid)
-    until [ "$(metric sensorcast_readings_total)" -gt 0 ] 2>/dev/null; do sleep 0.05; done
-    s0=$(date +%s.%N)
+    until r0=$(metric sensorcast_readings_total) && [ "$r0" -gt 0 ] 2>/dev/null; do sleep 0.05; done
+    s0=$(date +%s.%N); scpu0=$(cpu $spid)
     until [ "$(metric sensorcast_points_written_total)" -ge $((total * ppr)) ] 2>/dev/null; do sleep 0.1; done
     s1=$(date +%s.%N)
     scpu=$(cpu $spid); db1=$(cpu $dbpid)
@@ -206,16 +211,18 @@ for db in ${DBS:-vm influx}; do
       lps=$(echo "$ceil" | sed -n 's/.*: \([0-9]*\) lines\/s/\1/p')
       if [ "${lps:-0}" -gt "$lines_per_s" ]; then lines_per_s=$lps; best_at="$((bb / 1024))KiB×$cc"; fi
     done
-    python3 - "$db" "$out" "$ppr" "$total" "$s0" "$s1" "$scpu" "$db0" "$db1" "$lines_per_s" "$best_at" <<'PY'
+    python3 - "$db" "$out" "$ppr" "$total" "$s0" "$s1" "$scpu" "$db0" "$db1" "$lines_per_s" "$best_at" "$r0" "$scpu0" <<'PY'
 import sys
-db, out, ppr, total, s0, s1, scpu, db0, db1, lps, best_at = sys.argv[1:]
+db, out, ppr, total, s0, s1, scpu, db0, db1, lps, best_at, r0, scpu0 = sys.argv[1:]
 ppr, total = int(ppr), int(total)
+# Steady state: the readings after the first poll that saw any, over the CPU from then on.
+run = (total - int(r0)) / max(float(scpu) - float(scpu0), 1e-9)
 rate = total / (float(s1) - float(s0))
 ceiling = float(lps) / ppr or float("nan")
 names = {"vm": "VictoriaMetrics", "influx": "InfluxDB 1.6"}
 print(f"{names[db]:<16} {out:<8} {ppr:>7} {rate:>12,.0f} {float(scpu):>10.2f} {total / float(scpu):>14,.0f} "
-      f"{float(db1) - float(db0):>9.1f} {ceiling:>14,.0f} {rate / ceiling:>7.0%}  {best_at}")
+      f"{run:>15,.0f} {float(db1) - float(db0):>9.1f} {ceiling:>14,.0f} {rate / ceiling:>7.0%}  {best_at}")
 PY
   done
 done
-echo "(cpu_s: sensorcast's whole process, start-up and model load included; serve's requests: up to ${BATCH_BYTES:-4194304} bytes, ${CONCURRENCY:-2} at a time; machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+echo "(cpu_s: sensorcast's whole process, start-up and model load included; run_rd/cpu_s: the readings after the first one seen over sensorcast's CPU from then on, the steady state; both include this script's /metrics polls, ten a second; serve's requests: up to ${BATCH_BYTES:-4194304} bytes, ${CONCURRENCY:-2} at a time; machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"

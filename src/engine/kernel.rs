@@ -497,16 +497,17 @@ fn activate_lanes<const N: usize, const TANH: bool>(chunk: &mut [f32]) {
 }
 
 /// The LSTM cell update for `rows` rows given their gate pre-activations (row stride `stride`,
-/// blocks i, f, g, o of width `h`): updates `c` (`rows × h`) in place and writes `h_out`
-/// (`rows × h`, which holds c′ on the way). The gates are overwritten by their activations, which
-/// run `N` lanes at a time ([`exp_lanes`]).
+/// blocks i, f, g, o of width `h`): updates the rows' cell states in place (`cells`: the array,
+/// where its rows lie, and the first row's index there) and writes `h_out` (`rows × h`, which
+/// holds c′ on the way). The gates are overwritten by their activations, which run `N` lanes at
+/// a time ([`exp_lanes`]).
 #[inline(always)]
 fn cell_update<const N: usize>(
     gates: &mut [f32],
     stride: usize,
     rows: usize,
     h: usize,
-    c: &mut [f32],
+    (c, at, r0): Cells<'_, '_>,
     h_out: &mut [f32],
 ) {
     for r in 0..rows {
@@ -517,7 +518,8 @@ fn cell_update<const N: usize>(
         let (i, rest) = g.split_at(h);
         let (f, rest) = rest.split_at(h);
         let (cand, o) = rest.split_at(h);
-        let c = &mut c[r * h..(r + 1) * h];
+        let start = at.start(r0 + r, h);
+        let c = &mut c[start..start + h];
         let ho = &mut h_out[r * h..(r + 1) * h];
         // h' = o·tanh(c'): c' first, then its tanh in place, then the product.
         for j in 0..h {
@@ -760,10 +762,10 @@ mod simd {
         stride: usize,
         rows: usize,
         h: usize,
-        c: &mut [f32],
+        cells: Cells<'_, '_>,
         h_out: &mut [f32],
     ) {
-        cell_update::<LANES_AVX512>(gates, stride, rows, h, c, h_out)
+        cell_update::<LANES_AVX512>(gates, stride, rows, h, cells, h_out)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -772,10 +774,10 @@ mod simd {
         stride: usize,
         rows: usize,
         h: usize,
-        c: &mut [f32],
+        cells: Cells<'_, '_>,
         h_out: &mut [f32],
     ) {
-        cell_update::<LANES_AVX2>(gates, stride, rows, h, c, h_out)
+        cell_update::<LANES_AVX2>(gates, stride, rows, h, cells, h_out)
     }
 }
 
@@ -785,22 +787,57 @@ fn cell(
     stride: usize,
     rows: usize,
     h: usize,
-    c: &mut [f32],
+    cells: Cells<'_, '_>,
     h_out: &mut [f32],
 ) {
     match isa.0 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa` of kind Avx512 is only made by `Isa::avx512`, after detecting
         // AVX-512F, AVX2 and FMA on this CPU.
-        Kind::Avx512 => unsafe { simd::cell_avx512(gates, stride, rows, h, c, h_out) },
+        Kind::Avx512 => unsafe { simd::cell_avx512(gates, stride, rows, h, cells, h_out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above: `Isa::avx2` detected AVX2 and FMA.
-        Kind::Avx2 => unsafe { simd::cell_avx2(gates, stride, rows, h, c, h_out) },
+        Kind::Avx2 => unsafe { simd::cell_avx2(gates, stride, rows, h, cells, h_out) },
         // Portable code (on x86-64 SSE2, `mul_add` and `floor` library calls): the lane count
         // only groups the loops.
-        _ => cell_update::<8>(gates, stride, rows, h, c, h_out),
+        _ => cell_update::<8>(gates, stride, rows, h, cells, h_out),
     }
 }
+
+/// Where the state of a step's rows lies.
+#[derive(Debug, Clone, Copy)]
+pub enum StateAt<'a> {
+    /// In `rows × hidden` blocks, one row after another: the previous hidden state is the
+    /// output block itself (updated in place), and row `r`'s cell state is at `r · hidden` of
+    /// the cell states.
+    Blocks,
+    /// Each row at its own place (the engine's per-device arrays): row `r`'s previous hidden
+    /// state at `at[r] + base` of `h`, and its cell state at the same place of the cell
+    /// states, updated there. The rows' places must not overlap.
+    Rows {
+        /// The previous hidden states.
+        h: &'a [f32],
+        /// Where each row's state starts.
+        at: &'a [usize],
+        /// Where the layer's part of a row's state starts within it.
+        base: usize,
+    },
+}
+
+impl StateAt<'_> {
+    /// Where row `r`'s state starts for a layer of `hidden` units.
+    #[inline(always)]
+    fn start(&self, r: usize, hidden: usize) -> usize {
+        match self {
+            Self::Blocks => r * hidden,
+            Self::Rows { at, base, .. } => at[r] + base,
+        }
+    }
+}
+
+/// A step's cell states: the array, where its rows lie, and the index of the first row of the
+/// chunk being updated.
+type Cells<'c, 'a> = (&'c mut [f32], StateAt<'a>, usize);
 
 impl LstmLayer {
     /// Advances `rows` independent sequences by one step.
@@ -819,8 +856,23 @@ impl LstmLayer {
         h: &mut [f32],
         c: &mut [f32],
     ) {
+        assert!(c.len() >= rows * self.hidden);
+        self.step_at(isa, ws, (rows, x), (StateAt::Blocks, c), h);
+    }
+
+    /// [`Self::step`] for `rows` rows of input `x` (`rows × input`) whose state lies where `at`
+    /// says: the cell states in `c`, updated in place; the new hidden states into `h_out`
+    /// (`rows × hidden`).
+    pub fn step_at(
+        &self,
+        isa: Isa,
+        ws: &mut Workspace,
+        (rows, x): (usize, &[f32]),
+        (at, c): (StateAt<'_>, &mut [f32]),
+        h_out: &mut [f32],
+    ) {
         let (inp, hid) = (self.input, self.hidden);
-        assert!(x.len() >= rows * inp && h.len() >= rows * hid && c.len() >= rows * hid);
+        assert!(x.len() >= rows * inp && h_out.len() >= rows * hid);
         let k = inp + hid;
         let stride = self.gates.n_pad;
         for r0 in (0..rows).step_by(STEP_CHUNK) {
@@ -832,19 +884,23 @@ impl LstmLayer {
             for r in 0..n {
                 let (row, src) = (&mut ws.a[r * k..(r + 1) * k], r0 + r);
                 row[..inp].copy_from_slice(&x[src * inp..(src + 1) * inp]);
-                row[inp..].copy_from_slice(&h[src * hid..(src + 1) * hid]);
+                let start = at.start(src, hid);
+                let prev = match at {
+                    StateAt::Blocks => &h_out[start..start + hid],
+                    StateAt::Rows { h, .. } => &h[start..start + hid],
+                };
+                row[inp..].copy_from_slice(prev);
             }
             ws.out.resize(padded * stride, 0.0);
             gemm_bias(isa, &ws.a, padded, &self.gates, &mut ws.out);
-            let block = r0 * hid..(r0 + n) * hid;
             cell(
                 isa,
                 &mut ws.out,
                 stride,
                 n,
                 hid,
-                &mut c[block.clone()],
-                &mut h[block],
+                (&mut *c, at, r0),
+                &mut h_out[r0 * hid..(r0 + n) * hid],
             );
         }
     }
@@ -948,6 +1004,41 @@ impl LstmStack {
                 layer.step(isa, ws, rows, input, h_l, c_l);
             }
             offset += len;
+        }
+    }
+
+    /// [`Self::step`] for the engine, whose devices' states stay in per-device arrays: row `r`'s
+    /// state (every layer's, `state_len()` floats) starts at `at[r]` of `h_prev` and `c`. The
+    /// cell states are updated there; the new hidden states go into `h_out`, per layer a `rows
+    /// × hidden` block as [`Self::step`] leaves them, and are not written back.
+    pub fn step_rows(
+        &self,
+        isa: Isa,
+        ws: &mut Workspace,
+        (rows, x): (usize, &[f32]),
+        (h_prev, c, at): (&[f32], &mut [f32], &[usize]),
+        h_out: &mut [f32],
+    ) {
+        assert!(at.len() >= rows && h_out.len() >= rows * self.state_len());
+        let (mut base, mut block) = (0, 0);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let len = rows * layer.hidden;
+            let (below, rest) = h_out.split_at_mut(block);
+            let state = (
+                StateAt::Rows {
+                    h: h_prev,
+                    at,
+                    base,
+                },
+                &mut *c,
+            );
+            let input = if l == 0 {
+                x
+            } else {
+                &below[block - rows * self.layers[l - 1].hidden..]
+            };
+            layer.step_at(isa, ws, (rows, input), state, &mut rest[..len]);
+            (base, block) = (base + layer.hidden, block + len);
         }
     }
 
@@ -1360,13 +1451,43 @@ mod tests {
                     want_h[r * hidden + j] = o * tanh(cj);
                 }
             }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             for isa in every_isa() {
                 let mut gates = gates0.clone();
                 let (mut c, mut h) = (c0.clone(), vec![0.0f32; rows * hidden]);
-                cell(isa, &mut gates, stride, rows, hidden, &mut c, &mut h);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let cells = (c.as_mut_slice(), StateAt::Blocks, 0);
+                cell(isa, &mut gates, stride, rows, hidden, cells, &mut h);
                 assert_eq!(bits(&c), bits(&want_c), "c, hidden {hidden}, {isa:?}");
                 assert_eq!(bits(&h), bits(&want_h), "h, hidden {hidden}, {isa:?}");
+                // The same rows' cell states each at its own place, in reverse order with gaps
+                // between them (the last row's one first), and a chunk that starts at row 1.
+                let place = |r: usize| 3 + (rows - 1 - r) * (hidden + 2);
+                let at: Vec<usize> = (0..rows).map(place).collect();
+                let mut spread = vec![f32::NAN; 3 + rows * (hidden + 2)];
+                for r in 0..rows {
+                    spread[place(r)..][..hidden].copy_from_slice(&c0[r * hidden..][..hidden]);
+                }
+                let mut gates = gates0[stride..].to_vec();
+                let mut h = vec![0.0f32; (rows - 1) * hidden];
+                let rows_at = StateAt::Rows {
+                    h: &[],
+                    at: &at,
+                    base: 0,
+                };
+                let cells = (spread.as_mut_slice(), rows_at, 1);
+                cell(isa, &mut gates, stride, rows - 1, hidden, cells, &mut h);
+                for r in 1..rows {
+                    let (got, want) = (
+                        &spread[place(r)..][..hidden],
+                        &want_c[r * hidden..][..hidden],
+                    );
+                    assert_eq!(bits(got), bits(want), "c at its place, row {r}, {isa:?}");
+                }
+                assert_eq!(
+                    bits(&h),
+                    bits(&want_h[hidden..]),
+                    "h, rows at their places, {isa:?}"
+                );
             }
         }
     }
@@ -1447,6 +1568,63 @@ mod tests {
                         .all(|(a, b)| a.to_bits() == b.to_bits()),
                     "row {r} c"
                 );
+            }
+        }
+    }
+    #[test]
+    fn a_stack_stepped_where_its_rows_lie_gives_the_bits_of_blocks() {
+        // Two layers; rows across a step chunk and a part of one, each row's state (both
+        // layers') at its own slot of a larger per-device array, in no order, slot 0 unused.
+        let (input, hidden, top, rows) = (5, 24, 16, STEP_CHUNK + 13);
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32) - 0.5
+        };
+        let mut layer = |inp: usize, hid: usize| {
+            let w_ih: Vec<f32> = (0..4 * hid * inp).map(|_| next()).collect();
+            let w_hh: Vec<f32> = (0..4 * hid * hid).map(|_| next()).collect();
+            let b: Vec<f32> = (0..4 * hid).map(|_| next()).collect();
+            LstmLayer::from_pytorch(inp, hid, &w_ih, &w_hh, &b, &b)
+        };
+        let stack = LstmStack::new(vec![layer(input, hidden), layer(hidden, top)]).expect("stack");
+        let s_len = stack.state_len();
+        let x: Vec<f32> = (0..rows * input).map(|_| next() * 4.0).collect();
+        // Per layer, a block of rows × width: the layout of `step`.
+        let h0: Vec<f32> = (0..rows * s_len).map(|_| next()).collect();
+        let c0: Vec<f32> = (0..rows * s_len).map(|_| next()).collect();
+        let slot = |r: usize| 1 + (r * 37) % rows;
+        let mut slots_h = vec![f32::NAN; (rows + 1) * s_len];
+        let mut slots_c = slots_h.clone();
+        let mut base = 0;
+        for width in [hidden, top] {
+            for r in 0..rows {
+                let (from, to) = (rows * base + r * width, slot(r) * s_len + base);
+                slots_h[to..to + width].copy_from_slice(&h0[from..from + width]);
+                slots_c[to..to + width].copy_from_slice(&c0[from..from + width]);
+            }
+            base += width;
+        }
+        let at: Vec<usize> = (0..rows).map(|r| slot(r) * s_len).collect();
+        for isa in every_isa() {
+            let mut ws = Workspace::default();
+            let (mut h, mut c) = (h0.clone(), c0.clone());
+            stack.step(isa, &mut ws, rows, &x, &mut h, &mut c);
+            let (mut h_out, mut cells) = (vec![f32::NAN; rows * s_len], slots_c.clone());
+            let state = (slots_h.as_slice(), cells.as_mut_slice(), at.as_slice());
+            stack.step_rows(isa, &mut ws, (rows, &x), state, &mut h_out);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&h_out), bits(&h), "new hidden states, {isa:?}");
+            let mut base = 0;
+            for width in [hidden, top] {
+                for r in 0..rows {
+                    let (want, got) = (rows * base + r * width, slot(r) * s_len + base);
+                    let (want, got) = (&c[want..want + width], &cells[got..got + width]);
+                    assert_eq!(bits(got), bits(want), "cell state of row {r}, {isa:?}");
+                }
+                base += width;
             }
         }
     }

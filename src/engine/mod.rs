@@ -510,8 +510,10 @@ pub struct Engine {
     waves: Vec<Vec<Item>>,
     ws: Workspace,
     x: Vec<f32>,
+    /// The new hidden states of a part's rows, a `rows × hidden` block per layer.
     h: Vec<f32>,
-    c: Vec<f32>,
+    /// Where each row's device state starts in the per-device arrays.
+    at: Vec<usize>,
     head_out: Vec<f32>,
     scratch: wave::Scratch,
     // The verdicts of the part under way, one per row of `scratch`'s pending rows (by
@@ -552,7 +554,7 @@ impl Engine {
             ws: Workspace::default(),
             x: Vec::new(),
             h: Vec::new(),
-            c: Vec::new(),
+            at: Vec::new(),
             head_out: Vec::new(),
             scratch: wave::Scratch::default(),
             judged: Vec::new(),

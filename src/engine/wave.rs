@@ -381,13 +381,12 @@ impl Engine {
         self.normalise(&model, batch, items);
         self.gather(items);
         let gather = clock.lap();
-        model.stack.step(
+        model.stack.step_rows(
             self.isa,
             &mut self.ws,
-            rows,
-            &self.x,
+            (rows, &self.x),
+            (&self.slots.h, &mut self.slots.c, &self.at),
             &mut self.h,
-            &mut self.c,
         );
         let step = clock.lap();
         self.head(&model, rows);
@@ -579,27 +578,20 @@ impl Engine {
         }
     }
 
-    /// The devices' states into per-layer `rows × hidden` blocks of `h` and `c`.
+    /// Where each row's device state lies, for the step to read it there (and update the cell
+    /// state in place) rather than from copies; a device starting over starts from zeros.
     fn gather(&mut self, items: &[Item]) {
         let (rows, s_len) = (items.len(), self.state_len);
-        // Every row is written below: no need to clear the blocks first.
+        // The step writes every row of every layer's block of new hidden states.
         self.h.resize(rows * s_len, 0.0);
-        self.c.resize(rows * s_len, 0.0);
-        let mut off = 0;
-        for layer in self.model.stack.layers() {
-            let hl = layer.hidden();
-            for (r, it) in items.iter().enumerate() {
-                let dst = rows * off + r * hl..rows * off + (r + 1) * hl;
-                if it.reset {
-                    self.h[dst.clone()].fill(0.0);
-                    self.c[dst].fill(0.0);
-                    continue;
-                }
-                let src = it.slot * s_len + off..it.slot * s_len + off + hl;
-                self.h[dst.clone()].copy_from_slice(&self.slots.h[src.clone()]);
-                self.c[dst].copy_from_slice(&self.slots.c[src]);
+        self.at.clear();
+        for it in items {
+            let at = it.slot * s_len;
+            if it.reset {
+                self.slots.h[at..at + s_len].fill(0.0);
+                self.slots.c[at..at + s_len].fill(0.0);
             }
-            off += hl;
+            self.at.push(at);
         }
     }
 
@@ -1219,7 +1211,8 @@ impl Engine {
         }
     }
 
-    /// The row's new state back to its device (of a wave of `rows`), one reading on.
+    /// The row's new hidden state back to its device (of a wave of `rows`; the step updated
+    /// the cell state in place), one reading on.
     #[inline(always)]
     fn scatter(&mut self, row: &Row, rows: usize) {
         let s_len = self.state_len;
@@ -1229,7 +1222,6 @@ impl Engine {
             let dst = row.slot * s_len + off;
             let src = rows * off + row.r * hl;
             self.slots.h[dst..dst + hl].copy_from_slice(&self.h[src..src + hl]);
-            self.slots.c[dst..dst + hl].copy_from_slice(&self.c[src..src + hl]);
             off += hl;
         }
         let count = &mut self.slots.count[row.slot];

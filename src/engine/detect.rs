@@ -1591,43 +1591,80 @@ mod tests {
 
     #[test]
     fn the_largest_magnitude_has_the_bits_of_the_fold_one_after_another() {
-        // Values of both signs, zeros of both signs, NaNs, infinities, subnormals and ties,
-        // in every count around the lanes' width, for both widths of float.
-        let specials = [
-            0.0,
+        fn check<T: Copy + PartialOrd + Default + std::fmt::Debug>(
+            v: &[T],
+            magnitude: fn(T) -> T,
+            max: fn(T, T) -> T,
+            bits: fn(T) -> u64,
+        ) {
+            let want = v.iter().fold(T::default(), |w, x| max(w, magnitude(*x)));
+            let got = largest_magnitude(v, magnitude);
+            assert_eq!(bits(got), bits(want), "{v:?}: {got:?} vs {want:?}");
+        }
+        let f64s = |v: &[f64]| check(v, f64::abs, f64::max, f64::to_bits);
+        let f32s = |v: &[f32]| check(v, f32::abs, f32::max, |x| u64::from(x.to_bits()));
+        // Each width's own special values (no infinity among them, so that each of them can be
+        // the largest), every window of them in every count around the lanes' width.
+        let special64 = [
             -0.0,
             f64::NAN,
-            -f64::NAN,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
             f64::MIN_POSITIVE / 4.0,
+            -f64::NAN,
+            0.0,
             -3.5,
+            f64::MIN_POSITIVE,
             3.5,
-            1e300,
+            -1e300,
+            f64::MAX,
+            -f64::MAX,
+            2.0,
         ];
-        let mut values: Vec<f64> = (0..64u64).map(normal).collect();
-        for (i, s) in specials.iter().enumerate() {
-            values.insert(i * 5, *s);
-        }
-        let counts = (0..=3 * MAGNITUDE_LANES + 1).chain([values.len()]);
-        for n in counts {
-            for start in [0, 1, 7, 11] {
-                let v = &values[start.min(values.len())..][..n.min(values.len() - start)];
-                let want = v.iter().fold(0.0f64, |w, x| w.max(x.abs()));
-                let got = largest_magnitude(v, f64::abs);
-                assert_eq!(got.to_bits(), want.to_bits(), "{v:?}: {got} vs {want}");
-                let v32: Vec<f32> = v.iter().map(|x| *x as f32).collect();
-                let want = v32.iter().fold(0.0f32, |w, x| w.max(x.abs()));
-                let got = largest_magnitude(&v32, f32::abs);
-                assert_eq!(got.to_bits(), want.to_bits(), "{v32:?}: {got} vs {want}");
+        let special32 = [
+            -0.0,
+            f32::NAN,
+            f32::MIN_POSITIVE / 4.0,
+            -f32::NAN,
+            0.0,
+            -3.5,
+            f32::MIN_POSITIVE,
+            3.5,
+            -1e30,
+            f32::MAX,
+            -f32::MAX,
+            2.0,
+        ];
+        for start in 0..special64.len() {
+            for end in start..=special64.len() {
+                f64s(&special64[start..end]);
+                f32s(&special32[start..end]);
             }
         }
-        // Nothing but NaNs, and nothing at all: +0.
-        let nan = [f64::NAN; 3];
-        assert_eq!(
-            largest_magnitude(&nan, f64::abs).to_bits(),
-            0.0f64.to_bits()
-        );
+        // Alone or among NaNs: a −0, a NaN of either sign, a subnormal, an infinity.
+        for v in [
+            [-0.0, f64::NAN],
+            [-f64::NAN, -f64::NAN],
+            [f64::MIN_POSITIVE / 4.0, f64::NAN],
+            [f64::NEG_INFINITY, -0.0],
+        ] {
+            f64s(&v);
+            f64s(&v[..1]);
+            f32s(&v.map(|x| x as f32));
+        }
+        // Longer runs: normal values with the specials spread among them, every count and
+        // start around the lanes' width.
+        let mut values: Vec<f64> = (0..64u64).map(normal).collect();
+        for (i, s) in special64.iter().enumerate() {
+            values.insert(i * 5, *s);
+        }
+        values.push(f64::INFINITY);
+        let values32: Vec<f32> = values.iter().map(|x| *x as f32).collect();
+        for n in (0..=3 * MAGNITUDE_LANES + 1).chain([values.len()]) {
+            for start in [0, 1, 7, 11] {
+                let end = (start + n).min(values.len());
+                f64s(&values[start.min(end)..end]);
+                f32s(&values32[start.min(end)..end]);
+            }
+        }
         assert_eq!(largest_magnitude(&[] as &[f32], f32::abs).to_bits(), 0);
     }
 

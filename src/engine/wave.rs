@@ -342,6 +342,7 @@ fn judge(
             .zip(sigma.iter().zip(calib.iter()))
             .map(|((x, m), (s, c))| (x - m) / (s * c.sqrt())),
     );
+    debug_assert_eq!(zs.len(), z.len(), "a residual for every feature");
     for (zf, z) in zs.iter().zip(z.iter_mut()) {
         let zf = f64::from(*zf);
         *z = if zf.abs() > z.abs() { zf } else { *z };

@@ -1509,6 +1509,16 @@ mod tests {
         assert_eq!(tanh(0.0), 0.0);
     }
 
+    /// Pseudo-random numbers in [−0.5, 0.5] (xorshift) from `seed`.
+    fn uniform(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32) - 0.5
+        }
+    }
+
     #[test]
     fn every_isa_and_batch_size_gives_identical_bits() {
         // Pseudo-random weights and inputs; a row's result must not depend on its batch.
@@ -1516,13 +1526,7 @@ mod tests {
         // of 6, 6 and 4 rows, AVX-512 tiles of 12 and 4; a lone row pads to 8: blocks of 6 and
         // 2, one AVX-512 tile of 8.
         let (input, hidden, rows) = (5, 24, 2 * STEP_CHUNK + 13);
-        let mut seed = 0x2545_f491_u32;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed as f32 / u32::MAX as f32) - 0.5
-        };
+        let mut next = uniform(0x2545_f491);
         let w_ih: Vec<f32> = (0..4 * hidden * input).map(|_| next()).collect();
         let w_hh: Vec<f32> = (0..4 * hidden * hidden).map(|_| next()).collect();
         let b: Vec<f32> = (0..4 * hidden).map(|_| next()).collect();
@@ -1576,13 +1580,7 @@ mod tests {
         // Two layers; rows across a step chunk and a part of one, each row's state (both
         // layers') at its own slot of a larger per-device array, in no order, slot 0 unused.
         let (input, hidden, top, rows) = (5, 24, 16, STEP_CHUNK + 13);
-        let mut seed = 0x9e37_79b9_u32;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed as f32 / u32::MAX as f32) - 0.5
-        };
+        let mut next = uniform(0x9e37_79b9);
         let mut layer = |inp: usize, hid: usize| {
             let w_ih: Vec<f32> = (0..4 * hid * inp).map(|_| next()).collect();
             let w_hh: Vec<f32> = (0..4 * hid * hid).map(|_| next()).collect();

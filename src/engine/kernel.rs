@@ -990,21 +990,10 @@ impl LstmStack {
         h: &mut [f32],
         c: &mut [f32],
     ) {
-        let mut offset = 0;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let len = rows * layer.hidden;
-            let (below, rest) = h.split_at_mut(offset);
-            let h_l = &mut rest[..len];
-            let c_l = &mut c[offset..offset + len];
-            if l == 0 {
-                layer.step(isa, ws, rows, x, h_l, c_l);
-            } else {
-                let prev_len = rows * self.layers[l - 1].hidden;
-                let input = &below[offset - prev_len..];
-                layer.step(isa, ws, rows, input, h_l, c_l);
-            }
-            offset += len;
-        }
+        self.each_layer((rows, x), h, |layer, input, h_l, base| {
+            let c_l = &mut c[rows * base..rows * (base + layer.hidden)];
+            layer.step(isa, ws, rows, input, h_l, c_l);
+        });
     }
 
     /// [`Self::step`] for the engine, whose devices' states stay in per-device arrays: row `r`'s
@@ -1019,26 +1008,37 @@ impl LstmStack {
         (h_prev, c, at): (&[f32], &mut [f32], &[usize]),
         h_out: &mut [f32],
     ) {
-        assert!(at.len() >= rows && h_out.len() >= rows * self.state_len());
-        let (mut base, mut block) = (0, 0);
-        for (l, layer) in self.layers.iter().enumerate() {
-            let len = rows * layer.hidden;
-            let (below, rest) = h_out.split_at_mut(block);
-            let state = (
-                StateAt::Rows {
-                    h: h_prev,
-                    at,
-                    base,
-                },
-                &mut *c,
-            );
-            let input = if l == 0 {
-                x
-            } else {
-                &below[block - rows * self.layers[l - 1].hidden..]
+        assert!(at.len() >= rows);
+        self.each_layer((rows, x), h_out, |layer, input, h_l, base| {
+            let state = StateAt::Rows {
+                h: h_prev,
+                at,
+                base,
             };
-            layer.step_at(isa, ws, (rows, input), state, &mut rest[..len]);
-            (base, block) = (base + layer.hidden, block + len);
+            layer.step_at(isa, ws, (rows, input), (state, &mut *c), h_l);
+        });
+    }
+
+    /// Calls `step(layer, input, h_l, base)` for each layer, bottom first: its input (`x` for
+    /// the first layer, the new hidden states of the layer below for the others), its
+    /// `rows × hidden` block of `h`, and where its part of a row's state starts (the hidden
+    /// widths of the layers below, summed).
+    fn each_layer(
+        &self,
+        (rows, x): (usize, &[f32]),
+        h: &mut [f32],
+        mut step: impl FnMut(&LstmLayer, &[f32], &mut [f32], usize),
+    ) {
+        assert!(h.len() >= rows * self.state_len());
+        let mut base = 0;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (below, rest) = h.split_at_mut(rows * base);
+            let input = match l.checked_sub(1) {
+                None => x,
+                Some(prev) => &below[rows * (base - self.layers[prev].hidden)..],
+            };
+            step(layer, input, &mut rest[..rows * layer.hidden], base);
+            base += layer.hidden;
         }
     }
 

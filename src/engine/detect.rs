@@ -264,13 +264,9 @@ const LANES: usize = 4;
 /// [`TailTable::surprisals`] of a prepared table, [`LANES`] statistics at a time.
 #[inline(always)]
 fn lanes(t: &TailTable, xs: &[f64], out: &mut [f64]) {
-    let knots = &t.knots;
-    let v = &knots.values;
-    let last = v.len() - 1;
-    let top = v[last];
-    let mut xc = xs.chunks_exact(LANES);
-    let mut oc = out.chunks_exact_mut(LANES);
-    for (x, o) in (&mut xc).zip(&mut oc) {
+    let v = &t.knots.values;
+    let top = v[v.len() - 1];
+    lanes_by(t, xs, out, |x| {
         // As in `surprisal`: the span of each statistic, its knots below it counted.
         let mut j = [0u64; LANES];
         for b in &v[1..] {
@@ -278,14 +274,34 @@ fn lanes(t: &TailTable, xs: &[f64], out: &mut [f64]) {
                 j[l] += u64::from(*b < x[l]);
             }
         }
-        let inside: [bool; LANES] = std::array::from_fn(|l| x[l] > 0.0 && x[l] <= top);
+        let inside = (0..LANES).fold(0, |m, l| m | (u32::from(x[l] > 0.0 && x[l] <= top) << l));
+        (j, inside)
+    });
+}
+
+/// The statistics of `xs` [`LANES`] at a time: `spans` counts each one's knots below it and
+/// says which lie inside the table (a bit each); each is then read along its span, and those
+/// outside the table (rare) go through [`TailTable::surprisal`], as does the remainder.
+#[inline(always)]
+fn lanes_by(
+    t: &TailTable,
+    xs: &[f64],
+    out: &mut [f64],
+    spans: impl Fn(&[f64]) -> ([u64; LANES], u32),
+) {
+    let knots = &t.knots;
+    let last = knots.values.len() - 1;
+    let mut xc = xs.chunks_exact(LANES);
+    let mut oc = out.chunks_exact_mut(LANES);
+    for (x, o) in (&mut xc).zip(&mut oc) {
+        let (j, inside) = spans(x);
         for l in 0..LANES {
             o[l] = knots.along((j[l] as usize).min(last - 1), x[l]);
         }
-        if inside.contains(&false) {
+        if inside != (1 << LANES) - 1 {
             for l in 0..LANES {
-                // Outside the table (rare): the value above is meaningless there.
-                if !inside[l] {
+                // Outside the table: the value above is meaningless there.
+                if inside & (1 << l) == 0 {
                     o[l] = t.surprisal(x[l]);
                 }
             }
@@ -310,14 +326,10 @@ fn lanes(t: &TailTable, xs: &[f64], out: &mut [f64]) {
 unsafe fn lanes_avx2(t: &TailTable, xs: &[f64], out: &mut [f64]) {
     use std::arch::x86_64::*;
     const _: () = assert!(LANES == 4, "four f64 to an AVX2 vector");
-    let knots = &t.knots;
-    let v = &knots.values;
-    let last = v.len() - 1;
-    assert!(last >= 1, "a prepared table has a knot above 0");
-    let (top, zero) = (_mm256_set1_pd(v[last]), _mm256_setzero_pd());
-    let mut xc = xs.chunks_exact(LANES);
-    let mut oc = out.chunks_exact_mut(LANES);
-    for (x, o) in (&mut xc).zip(&mut oc) {
+    let v = &t.knots.values;
+    assert!(v.len() >= 2, "a prepared table has a knot above 0");
+    let (top, zero) = (_mm256_set1_pd(v[v.len() - 1]), _mm256_setzero_pd());
+    lanes_by(t, xs, out, |x| {
         // SAFETY: `x` holds four f64.
         let xv = unsafe { _mm256_loadu_pd(x.as_ptr()) };
         // The knots below each statistic, counted: a comparison's all-ones lane is −1.
@@ -326,28 +338,15 @@ unsafe fn lanes_avx2(t: &TailTable, xs: &[f64], out: &mut [f64]) {
             let below = _mm256_cmp_pd::<_CMP_LT_OQ>(_mm256_set1_pd(*b), xv);
             j = _mm256_sub_epi64(j, _mm256_castpd_si256(below));
         }
-        let mut span = [0i64; LANES];
-        // SAFETY: `span` holds four i64.
+        let mut span = [0u64; LANES];
+        // SAFETY: `span` holds four u64.
         unsafe { _mm256_storeu_si256(span.as_mut_ptr().cast(), j) };
-        for l in 0..LANES {
-            o[l] = knots.along((span[l] as usize).min(last - 1), x[l]);
-        }
         let inside = _mm256_movemask_pd(_mm256_and_pd(
             _mm256_cmp_pd::<_CMP_GT_OQ>(xv, zero),
             _mm256_cmp_pd::<_CMP_LE_OQ>(xv, top),
         ));
-        if inside != 0b1111 {
-            for l in 0..LANES {
-                // Outside the table (rare): the value above is meaningless there.
-                if inside & (1 << l) == 0 {
-                    o[l] = t.surprisal(x[l]);
-                }
-            }
-        }
-    }
-    for (o, x) in oc.into_remainder().iter_mut().zip(xc.remainder()) {
-        *o = t.surprisal(*x);
-    }
+        (span, inside as u32)
+    });
 }
 
 /// Exceedances of the deep tail's threshold: a share this large of the samples (so that the

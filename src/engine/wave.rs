@@ -4,9 +4,11 @@
 //! The phases, in order:
 //!
 //! 1. **normalise**: the readings into model units, clamped, as the rows of `x`;
-//! 2. **gather**: each device's hidden and cell state into the rows of `h` and `c`, per layer
-//!    a `rows × hidden` block (zeros for a device that starts cold);
-//! 3. **step**: the LSTM stack over all rows at once ([`kernel`]);
+//! 2. **locate** (timed as "gather", the name of the phase when it copied the state): where
+//!    each device's state lies in the per-device arrays, zeroed for a device that starts cold;
+//! 3. **step**: the LSTM stack over all rows at once ([`kernel`]), each row's previous hidden
+//!    state read and its cell state updated where they lie, the new hidden states into the rows
+//!    of `h`, per layer a `rows × hidden` block;
 //! 4. **head**: the top layer's new hidden state through the forecast head, all rows at once;
 //! 5. **score**, in passes over the rows: the forecast and drift evidence (the reading
 //!    against the forecasts made for it) and the deviation evidence (the reading against the
@@ -14,7 +16,7 @@
 //!    distances; their tail look-ups, all rows at once, one feature's table at a time; their
 //!    explanations; then each row's combination and the alarm policy. Compiled for AVX2 too
 //!    ([`Engine::score_avx2`]);
-//! 6. **finish**: the new forecasts are kept and the new state is scattered back to the
+//! 6. **finish**: the new forecasts are kept and the new hidden state is scattered back to the
 //!    device. Compiled for AVX2 too ([`Engine::finish_avx2`]).
 //!
 //! Every row is computed from its own device's state alone, so any batching gives the same
@@ -251,7 +253,8 @@ pub(super) struct Judged {
 /// [`Engine::time_phases`]; `sensorcast bench` prints it).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PhaseTimes {
-    /// Normalising the readings and gathering their devices' LSTM state.
+    /// Normalising the readings and locating their devices' LSTM state (named for when it
+    /// copied the state).
     pub gather: Duration,
     /// The LSTM step.
     pub step: Duration,
@@ -380,7 +383,7 @@ impl Engine {
         let rows = items.len();
         let mut clock = Clock::start(self.phases.is_some());
         self.normalise(&model, batch, items);
-        self.gather(items);
+        self.locate(items);
         let gather = clock.lap();
         model.stack.step_rows(
             self.isa,
@@ -581,7 +584,7 @@ impl Engine {
 
     /// Where each row's device state lies, for the step to read it there (and update the cell
     /// state in place) rather than from copies; a device starting over starts from zeros.
-    fn gather(&mut self, items: &[Item]) {
+    fn locate(&mut self, items: &[Item]) {
         let (rows, s_len) = (items.len(), self.state_len);
         // The step writes every row of every layer's block of new hidden states.
         self.h.resize(rows * s_len, 0.0);

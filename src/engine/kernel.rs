@@ -1,7 +1,8 @@
 //! Batched LSTM inference kernel on exported weights.
 //!
 //! Owns the hot loop of the streaming engine: one time step for many independent sequences at
-//! once (gather states → one matrix product per layer → scatter). burn trains and stores the
+//! once (each row's input and previous hidden state packed from where they lie → one matrix
+//! product per layer → cell update, the cell state in place; [`StateAt`]). burn trains and stores the
 //! model; this module runs it at streaming rates on the CPU.
 //!
 //! Invariant kept here: **determinism** (docs/ARCHITECTURE.md §3.6). Every output element is computed with

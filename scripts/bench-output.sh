@@ -6,13 +6,14 @@
 # For each database × output ("default": the [output] defaults; "full": every forecast step, no
 # reading points — the 13 points per reading written before [output] existed):
 #   - end to end: N readings are produced up front; readings/s is N divided by the time from
-#     the first reading consumed to the last point acknowledged;
+#     the first reading consumed to the last point the database took in;
 #   - sensorcast's CPU seconds (utime + stime of the process) and the database's, over the run;
 #     readings per sensorcast CPU-second both for the whole process (start-up, model load and
 #     joining the group included: about 0.1 CPU-s, 5 % of a run of 600 k readings) and for the
 #     steady state (run_rd/cpu_s: from the first poll that sees a reading consumed to the last
-#     point acknowledged). Both include the script's own /metrics polls (ten a second, each an
-#     encoding of every metric: about 2 % of sensorcast's CPU in a profile);
+#     point the database took in). The end is found by polling the database's own count, ten
+#     times a second, and sensorcast's /metrics only once a second (each scrape encodes every
+#     metric: ten a second cost sensorcast about 2 % of its CPU, measured 2026-12-07);
 #   - the ceiling: the same points (`sensorcast replay` of the same readings with the same
 #     config, in the order serve's consumer receives them) POSTed straight to a fresh database
 #     by scripts/write-ceiling.py (the database restarted empty before it, as before serve's
@@ -171,6 +172,16 @@ write_config train vm default
 $bin train --config "$work/train.toml" --input "$work/history.jsonl" >/dev/null
 metric() { curl -s "127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 ~ "^"m {s+=$2} END {printf "%.0f", s}'; }
 cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
+# What the database has taken in since it started: VictoriaMetrics' rows (one a numeric field),
+# InfluxDB's points written. Polling it rather than sensorcast's /metrics keeps the script's
+# polls out of sensorcast's CPU (ten scrapes a second cost it about 2 %).
+db_count() {
+  case $1 in
+    vm) curl -s "127.0.0.1:$vport/metrics" | awk '/^vm_rows_inserted_total\{type="influx"\}/ {n = $2} END {print n + 0}' ;;
+    influx) curl -s "127.0.0.1:$iport/debug/vars" |
+      awk 'match($0, /"pointsWrittenOK":[0-9]+/) {n = substr($0, RSTART + 18, RLENGTH - 18)} END {print n + 0}' ;;
+  esac
+}
 
 printf '%-16s %-8s %7s %12s %10s %14s %15s %9s %14s %7s  %s\n' database output pts/rd readings/s cpu_s readings/cpu_s run_rd/cpu_s db_cpu_s ceiling_rd/s e2e/ceil ceiling_at
 for db in ${DBS:-vm influx}; do
@@ -185,9 +196,22 @@ for db in ${DBS:-vm influx}; do
     $bin serve --config "$work/$name.toml" 2>"$work/serve-$name.log" & spid=$!; pids+=($spid)
     until r0=$(metric sensorcast_readings_total) && [ "$r0" -gt 0 ] 2>/dev/null; do sleep 0.05; done
     s0=$(date +%s.%N); scpu0=$(cpu $spid)
-    until [ "$(metric sensorcast_points_written_total)" -ge $((total * ppr)) ] 2>/dev/null; do sleep 0.1; done
-    s1=$(date +%s.%N)
-    scpu=$(cpu $spid); db1=$(cpu $dbpid)
+    # The end: when the database's own count of what it took in last moved, polled ten times
+    # a second with sensorcast's CPU read at each poll; sensorcast's /metrics only once a
+    # second, to learn that every point was acknowledged.
+    last=-1; next=0
+    while :; do
+      n=$(db_count "$db"); now=$(date +%s.%N); c=$(cpu $spid)
+      if [ "$n" != "$last" ]; then last=$n; s1=$now; scpu=$c; fi
+      if [ "${now%.*}" -ge "$next" ]; then
+        [ "$(metric sensorcast_points_written_total)" -ge $((total * ppr)) ] 2>/dev/null && break
+        next=$((${now%.*} + 1))
+      fi
+      sleep 0.1
+    done
+    # Its last points may have landed after the last poll.
+    n=$(db_count "$db"); [ "$n" != "$last" ] && { s1=$(date +%s.%N); scpu=$(cpu $spid); }
+    db1=$(cpu $dbpid)
     kill -TERM $spid; wait $spid || true
     # The same points, straight to a fresh database.
     $bin replay --config "$work/$name.toml" --input "$work/consumed.jsonl" --output "$work/$name.lp" >/dev/null
@@ -225,4 +249,4 @@ print(f"{names[db]:<16} {out:<8} {ppr:>7} {rate:>12,.0f} {float(scpu):>10.2f} {t
 PY
   done
 done
-echo "(cpu_s: sensorcast's whole process, start-up and model load included; run_rd/cpu_s: the readings after the first one seen over sensorcast's CPU from then on, the steady state; both include this script's /metrics polls, ten a second; serve's requests: up to ${BATCH_BYTES:-4194304} bytes, ${CONCURRENCY:-2} at a time; machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+echo "(cpu_s: sensorcast's whole process, start-up and model load included; run_rd/cpu_s: the readings after the first one seen over sensorcast's CPU from then on, the steady state; both include this script's polls of its /metrics, once a second; serve's requests: up to ${BATCH_BYTES:-4194304} bytes, ${CONCURRENCY:-2} at a time; machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"

@@ -46,6 +46,12 @@ pub fn consumer(
             ("queued.max.messages.kbytes", "16384".into()),
             // Latency: do not let an idle fetch sit at the broker for librdkafka's 500 ms.
             ("fetch.wait.max.ms", "50".into()),
+            // Live traffic: let the broker gather a quarter of a MiB (or wait those 50 ms)
+            // before it answers, instead of answering each fetch with whatever single batch
+            // has just arrived. At 20 k readings/s this took serve's CPU a reading down by
+            // ≈ 23 %, the broker's by ≈ 20 %, and halved the 99th percentile of the latency
+            // (docs/PERFORMANCE.md §12); a backlog's fetches are full either way.
+            ("fetch.min.bytes", "262144".into()),
             // Incremental rebalancing: a member joining or leaving moves only the partitions
             // that change owner; the others keep their devices in memory and keep being
             // scored (librdkafka's default, range+roundrobin, revokes every partition).

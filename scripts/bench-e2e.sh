@@ -3,9 +3,9 @@
 #
 # 1. Throughput: N readings are produced up front, then `serve` starts; events/s is readings
 #    divided by the time from the first reading consumed to the last point acknowledged.
-# 2. Latency: readings are produced at a fixed rate (default: half the target, 100k/s) while
-#    `serve` runs; p50/p99 from Kafka create time to InfluxDB acknowledgement are read from
-#    the sensorcast_end_to_end_seconds histogram.
+# 2. Latency: one producer sends readings at a fixed rate (the third argument, default 100 k/s)
+#    while `serve` runs; p50/p99 from Kafka create time to the database's acknowledgement are
+#    read from the sensorcast_end_to_end_seconds histogram.
 #
 # 3. With PROFILE=1: where serve's CPU time goes in the throughput run (1.), by part of the
 #    pipeline — `perf record` on the serve process, summed by scripts/profile_groups.py (needs
@@ -126,21 +126,30 @@ until curl -sf "127.0.0.1:$hport/health/ready" >/dev/null; do kill -0 "$spid" ||
 # not the steady state a running plant sees; then the measured readings, those acknowledged
 # after the warm-up's count was (the difference of the histogram then and at the end). Until
 # 2026-12-07 the measured readings came from a second producer started after the warm-up's had
-# finished, so a gap in the traffic and the new producer's connection fell in the measured
-# window and lifted its 99th percentile (by about half at 300 readings a device).
+# finished, of devices new to serve, so a gap in the traffic, the new producer's connection and
+# the new devices fell in the measured window and lifted its 99th percentile (by a quarter to a
+# half at 300 readings a device).
 warmup=$(( (${LAT_WARMUP_S:-5} * rate + devices - 1) / devices ))
 $bin simulate --devices "$devices" --readings $((warmup + readings)) --interval 1s --rate "$rate" \
   --brokers "$kaddr" --topic bench.lat >/dev/null & ppid=$!; pids+=($ppid)
-# Until N readings are acknowledged (stops the script if serve stopped).
+# The producer's end, once: stops the script if it failed.
+produced=""
+producer_done() {
+  [ -n "$produced" ] && return
+  wait "$ppid" || { echo "the producer (sensorcast simulate) failed" >&2; exit 1; }
+  produced=1
+}
+# Until N readings are acknowledged (stops the script if serve stopped or the producer failed).
 wait_acked() {
   until [ "$(metric sensorcast_end_to_end_seconds_count)" -ge "$1" ] 2>/dev/null; do
     kill -0 "$spid" 2>/dev/null || { echo "serve stopped:" >&2; tail -5 "$work/serve-lat.log" >&2; exit 1; }
+    kill -0 "$ppid" 2>/dev/null || producer_done
     sleep 0.1
   done
 }
 wait_acked $((devices * warmup))
 curl -s "127.0.0.1:$hport/metrics" >"$work/lat-warm.txt"
-wait "$ppid"
+producer_done
 wait_acked $((total + devices * warmup))
 curl -s "127.0.0.1:$hport/metrics" >"$work/lat-end.txt"
 python3 - "$work/lat-warm.txt" "$work/lat-end.txt" <<'PY'

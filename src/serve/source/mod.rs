@@ -48,9 +48,11 @@ pub fn consumer(
             ("fetch.wait.max.ms", "50".into()),
             // Live traffic: let the broker gather a quarter of a MiB (or wait those 50 ms)
             // before it answers, instead of answering each fetch with whatever single batch
-            // has just arrived. At 20 k readings/s this took serve's CPU a reading down by
-            // ≈ 23 %, the broker's by ≈ 20 %, and halved the 99th percentile of the latency
-            // (docs/PERFORMANCE.md §12); a backlog's fetches are full either way.
+            // has just arrived; below ≈ 30 k readings/s a broker so answers every 50 ms. On a
+            // 2-vCPU test machine at 20 k readings/s this took serve's CPU down by a quarter
+            // and the broker's by a sixth to a fifth (docs/PERFORMANCE.md §12). A backlog's
+            // fetches are full either way, where max.partition.fetch.bytes × partitions a
+            // broker leads reaches 256 KiB (the defaults: 1 MiB a partition).
             ("fetch.min.bytes", "262144".into()),
             // Incremental rebalancing: a member joining or leaving moves only the partitions
             // that change owner; the others keep their devices in memory and keep being

@@ -1452,7 +1452,6 @@ mod tests {
                     want_h[r * hidden + j] = o * tanh(cj);
                 }
             }
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             for isa in every_isa() {
                 let mut gates = gates0.clone();
                 let (mut c, mut h) = (c0.clone(), vec![0.0f32; rows * hidden]);
@@ -1510,6 +1509,11 @@ mod tests {
         assert_eq!(tanh(0.0), 0.0);
     }
 
+    /// The bits of each float, for comparisons that tell −0 from +0 and NaNs apart.
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
     /// Pseudo-random numbers in [−0.5, 0.5] (xorshift) from `seed`.
     fn uniform(mut seed: u32) -> impl FnMut() -> f32 {
         move || {
@@ -1543,8 +1547,8 @@ mod tests {
             match &reference {
                 None => reference = Some((h, c)),
                 Some((rh, rc)) => {
-                    assert!(h.iter().zip(rh).all(|(a, b)| a.to_bits() == b.to_bits()));
-                    assert!(c.iter().zip(rc).all(|(a, b)| a.to_bits() == b.to_bits()));
+                    assert_eq!(bits(&h), bits(rh), "h, {isa:?}");
+                    assert_eq!(bits(&c), bits(rc), "c, {isa:?}");
                 }
             }
             let (rh, rc) = reference.as_ref().expect("set above");
@@ -1561,18 +1565,9 @@ mod tests {
                     &mut h1,
                     &mut c1,
                 );
-                assert!(
-                    h1.iter()
-                        .zip(&rh[r * hidden..])
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "row {r} h"
-                );
-                assert!(
-                    c1.iter()
-                        .zip(&rc[r * hidden..])
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "row {r} c"
-                );
+                let own = r * hidden..(r + 1) * hidden;
+                assert_eq!(bits(&h1), bits(&rh[own.clone()]), "row {r} h, {isa:?}");
+                assert_eq!(bits(&c1), bits(&rc[own]), "row {r} c, {isa:?}");
             }
         }
     }
@@ -1614,7 +1609,6 @@ mod tests {
             let (mut h_out, mut cells) = (vec![f32::NAN; rows * s_len], slots_c.clone());
             let state = (slots_h.as_slice(), cells.as_mut_slice(), at.as_slice());
             stack.step_rows(isa, &mut ws, (rows, &x), state, &mut h_out);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&h_out), bits(&h), "new hidden states, {isa:?}");
             let mut base = 0;
             for width in [hidden, top] {
